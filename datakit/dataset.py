@@ -1,0 +1,133 @@
+"""Opening a dataset: ``open_dataset(path)`` returns a read-only :class:`Dataset` after a cheap check.
+
+The cheap check (metadata schema, format version, identity hash, array presence, dtypes, shapes,
+lengths) reads no array data, so opening a 1M-transition dataset takes milliseconds. The full
+scan over every value is :func:`datakit.validate.validate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datakit import format as fmt
+from datakit.errors import DatasetError, InvalidDatasetError
+from datakit.spec import EnvSpec
+
+
+def _open_zarr_group(path: Path, mode: str = "r"):
+    import zarr
+
+    if not path.exists():
+        partial = partial_path(path)
+        hint = (f"; an unfinished write exists at {partial}: resume the command that wrote it"
+                if partial.exists() else "")
+        raise DatasetError(f"no dataset at {path}{hint}")
+    if not (path / "zarr.json").is_file():
+        raise DatasetError(f"{path} is not a Zarr v3 store (no zarr.json); omgmg datasets are Zarr v3 groups, "
+                           "convert HDF5 files with `omgmg-data import`")
+    try:
+        return zarr.open_group(store=str(path), mode=mode, zarr_format=3)
+    except Exception as e:  # zarr raises several types for damaged metadata
+        raise DatasetError(f"{path} could not be opened as a Zarr v3 group ({type(e).__name__}: {e}); "
+                           "the store is damaged: regenerate it") from None
+
+
+def partial_path(path: Path) -> Path:
+    """Where a dataset is written before it is renamed into place: ``.NAME.partial`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+@dataclass
+class Dataset:
+    """A read-only handle on a dataset: metadata, spec and lazily read arrays."""
+
+    path: Path
+    group: object  # zarr.Group
+    meta: dict
+    spec: EnvSpec
+
+    # ----- metadata shortcuts -------------------------------------------------------------------
+    @property
+    def n_episodes(self) -> int:
+        return self.meta["stats"]["episodes"]
+
+    @property
+    def n_transitions(self) -> int:
+        return self.meta["stats"]["transitions"]
+
+    @property
+    def level(self) -> str | None:
+        return self.meta["level"]
+
+    # ----- arrays -------------------------------------------------------------------------------
+    def array(self, key: str):
+        """The zarr array ``steps/NAME`` or ``episodes/NAME`` (lazy; slice it to read)."""
+        return self.group[key]
+
+    def has(self, key: str) -> bool:
+        return key in {a.key for a in fmt.array_layout(self.spec)}
+
+    def episode_lengths(self) -> np.ndarray:
+        return np.asarray(self.group["episodes/length"][:], dtype=np.int64)  # (E,)
+
+    def episode_starts(self) -> np.ndarray:
+        lengths = self.episode_lengths()
+        return np.cumsum(lengths) - lengths  # (E,)
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        arr = self.group[key]
+        return np.asarray(arr[start: arr.shape[0] if stop is None else stop])
+
+    def chunk_rows(self) -> int:
+        """Chunk length of ``steps/obs`` along time (the natural unit for streaming reads)."""
+        return int(self.group["steps/obs"].chunks[0])
+
+
+def open_dataset(path, *, check: bool = True) -> Dataset:
+    """Open a dataset read-only. With ``check`` (default) run the cheap structural check."""
+    path = Path(path)
+    group = _open_zarr_group(path)
+    meta = dict(group.attrs)
+    if fmt.WRITER_ATTR in meta:
+        raise DatasetError(f"{path} is an unfinished write; resume the command that wrote it")
+    problems = fmt.check_metadata(meta)
+    if problems:
+        raise InvalidDatasetError(path, problems)
+    spec = EnvSpec.from_json(meta["env"])
+    if check:
+        problems = fmt.check_structure(group, spec, meta)
+        if problems:
+            raise InvalidDatasetError(path, problems)
+    return Dataset(path=path, group=group, meta=meta, spec=spec)
+
+
+IDENTITY_KEYS = ("format_version", "env", "identity_sha256")
+MUTABLE_KEYS = ("collection", "behaviour_policy", "level")
+
+
+def update_metadata(path, **changes) -> dict:
+    """Change descriptive metadata (``collection``, ``behaviour_policy``, ``level``) of a finished dataset.
+
+    Identity keys (format version, env spec) cannot be changed: a dataset of another task is another
+    dataset. Counts and stats follow from the arrays and are not editable either.
+    """
+    path = Path(path)
+    frozen = [k for k in changes if k not in MUTABLE_KEYS]
+    if frozen:
+        raise DatasetError(f"cannot change {', '.join(frozen)} of {path}: only {', '.join(MUTABLE_KEYS)} may be "
+                           "edited; identity keys and stats are fixed once written")
+    ds = open_dataset(path)
+    meta = dict(ds.meta)
+    if "level" in changes:
+        changes["level"] = fmt.normalise_level(changes["level"])
+    meta.update(changes)
+    problems = fmt.check_metadata(meta)
+    if problems:
+        raise InvalidDatasetError(path, problems)
+    group = _open_zarr_group(path, mode="r+")
+    group.attrs.update({k: meta[k] for k in changes})
+    return meta
+

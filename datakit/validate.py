@@ -1,0 +1,213 @@
+"""Full validation of a dataset: every invariant of ``schemas/dataset-v1.md`` checked over every value.
+
+The scan reads the store in blocks of whole chunks, so memory stays bounded whatever the dataset's
+size. The same value checks (:func:`check_steps`, :func:`check_episodes`) are applied by the writer
+to each episode as it arrives, so bad data is refused where it enters, not at the end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from datakit import format as fmt
+from datakit.dataset import _open_zarr_group
+from datakit.errors import Problem
+from datakit.spec import Box, EnvSpec
+
+MAX_ROWS_REPORTED = 1  # each failed check names its first offending row and counts the rest
+RETURN_RTOL = 1e-5
+RETURN_ATOL = 1e-3
+
+
+def _rows_problem(key: str, bad: np.ndarray, offset: int, message: str, fix: str) -> list[Problem]:
+    """One Problem naming the first bad row of a boolean row mask (and how many more there are)."""
+    idx = np.flatnonzero(bad)
+    if len(idx) == 0:
+        return []
+    more = f" ({len(idx) - 1} more rows)" if len(idx) > 1 else ""
+    return [Problem(key, message + more, fix, index=int(idx[0]) + offset)]
+
+
+def _any_rows(mask: np.ndarray) -> np.ndarray:
+    """Reduce a (L, ...) boolean array to (L,) by any() over the trailing axes."""
+    return mask.reshape(mask.shape[0], -1).any(axis=1) if mask.ndim > 1 else mask
+
+
+def _pad_masks(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """Boolean (N, O) mask of padded observation entries, and (N, A) of padded action entries."""
+    obs_pad = np.arange(spec.obs_dim)[None, :] >= np.asarray(spec.obs_dims)[:, None]  # (N, O)
+    if spec.discrete:
+        return obs_pad, None
+    dims = np.asarray([s.dim for s in spec.action_spaces])
+    return obs_pad, np.arange(spec.action_dim)[None, :] >= dims[:, None]  # (N, A)
+
+
+def _action_bounds(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(N, A) low and high bounds, padded entries 0."""
+    low = np.zeros((spec.n_agents, spec.action_dim), np.float32)
+    high = np.zeros_like(low)
+    for i, s in enumerate(spec.action_spaces):
+        assert isinstance(s, Box)
+        low[i, : s.dim], high[i, : s.dim] = s.low, s.high
+    return low, high
+
+
+def check_observations(spec: EnvSpec, key: str, obs: np.ndarray, offset: int) -> list[Problem]:
+    """obs (L, N, O): finite, and zero past each agent's own observation size."""
+    problems = _rows_problem(key, _any_rows(~np.isfinite(obs)), offset, "non-finite value",
+                             "drop or repair the episode that produced it")
+    obs_pad, _ = _pad_masks(spec)
+    if obs_pad.any():
+        problems += _rows_problem(key, _any_rows((obs != 0) & obs_pad[None]), offset,
+                                  "non-zero value in the padding past an agent's obs_dims",
+                                  "pad observations with zeros (see EnvSpec.obs_dims)")
+    return problems
+
+
+def check_avail(spec: EnvSpec, key: str, avail: np.ndarray, offset: int) -> list[Problem]:
+    """avail (L, N, K): at least one available action per agent; none past an agent's own n."""
+    problems = _rows_problem(key, ~avail.any(axis=2).all(axis=1), offset, "an agent has no available action",
+                             "every agent needs at least one available action (a no-op for dead agents)")
+    n = np.asarray([s.n for s in spec.action_spaces])
+    pad = np.arange(spec.n_actions)[None, :] >= n[:, None]  # (N, K)
+    if pad.any():
+        problems += _rows_problem(key, _any_rows(avail & pad[None]), offset,
+                                  "an action past the agent's action space is marked available",
+                                  "mask actions >= the agent's n as unavailable")
+    return problems
+
+
+def check_steps(spec: EnvSpec, block: dict[str, np.ndarray], offset: int = 0,
+                is_last: np.ndarray | None = None) -> list[Problem]:
+    """Value checks for rows ``offset ..`` of the ``steps/`` arrays given in ``block`` (keyed by name).
+
+    ``is_last`` (L,) marks rows that end an episode; when given, episode-boundary flags are checked.
+    """
+    problems = check_observations(spec, "steps/obs", block["obs"], offset)
+    problems += _rows_problem("steps/state", _any_rows(~np.isfinite(block["state"])), offset,
+                              "non-finite value", "drop or repair the episode that produced it")
+    problems += _rows_problem("steps/reward", ~np.isfinite(block["reward"]), offset,
+                              "non-finite reward", "drop or repair the episode that produced it")
+    actions = block["actions"]
+    if spec.discrete:
+        avail = block["avail"]
+        problems += check_avail(spec, "steps/avail", avail, offset)
+        in_range = (actions >= 0) & (actions < spec.n_actions)  # (L, N)
+        problems += _rows_problem("steps/actions", ~in_range.all(axis=1), offset,
+                                  f"action outside 0..{spec.n_actions - 1}", "store the executed action index")
+        safe = np.where(in_range, actions, 0)
+        allowed = np.take_along_axis(avail, safe[..., None].astype(np.int64), axis=2)[..., 0]  # (L, N)
+        problems += _rows_problem("steps/actions", (in_range & ~allowed).any(axis=1), offset,
+                                  "action is not available under steps/avail",
+                                  "store the executed action and the mask the agent acted under")
+    else:
+        finite = np.isfinite(actions)
+        problems += _rows_problem("steps/actions", _any_rows(~finite), offset, "non-finite action",
+                                  "store the executed (clipped) action")
+        low, high = _action_bounds(spec)
+        outside = finite & ((actions < low[None]) | (actions > high[None]))
+        problems += _rows_problem("steps/actions", _any_rows(outside), offset,
+                                  "action outside the action space bounds",
+                                  "store the executed action, clipped to the bounds in metadata.env.action_spaces")
+        _, act_pad = _pad_masks(spec)
+        if act_pad is not None and act_pad.any():
+            problems += _rows_problem("steps/actions", _any_rows((actions != 0) & act_pad[None]), offset,
+                                      "non-zero value in the padding past an agent's action dim",
+                                      "pad actions with zeros")
+    if is_last is not None:
+        ended = block["terminated"] | block["truncated"]
+        problems += _rows_problem("steps/terminated", ended & ~is_last, offset,
+                                  "terminated or truncated set on a row that does not end its episode",
+                                  "episodes/length and the end flags disagree; regenerate the dataset")
+        problems += _rows_problem("steps/truncated", is_last & ~ended, offset,
+                                  "episode ends with neither terminated nor truncated set",
+                                  "mark the last step terminated (true end) or truncated (time limit / cut)")
+    return problems
+
+
+def check_episodes(spec: EnvSpec, block: dict[str, np.ndarray], offset: int = 0) -> list[Problem]:
+    """Value checks for rows ``offset ..`` of the ``episodes/`` arrays given in ``block``."""
+    problems = _rows_problem("episodes/length", block["length"] < 1, offset, "episode of length < 1",
+                             "episodes need at least one step")
+    problems += check_observations(spec, "episodes/final_obs", block["final_obs"], offset)
+    problems += _rows_problem("episodes/final_state", _any_rows(~np.isfinite(block["final_state"])), offset,
+                              "non-finite value", "drop or repair the episode that produced it")
+    if spec.discrete:
+        problems += check_avail(spec, "episodes/final_avail", block["final_avail"], offset)
+    return problems
+
+
+def validate(path, *, block_rows: int | None = None) -> list[Problem]:
+    """Every check of the spec over every value; returns the problems found (empty when valid)."""
+    path = Path(path)
+    group = _open_zarr_group(path)
+    meta = dict(group.attrs)
+    if fmt.WRITER_ATTR in meta and "stats" not in meta:
+        return [Problem("metadata", "this is an unfinished write",
+                        "resume the command that wrote it, or delete the folder")]
+    problems = fmt.check_metadata(meta)
+    if problems:
+        return problems
+    spec = EnvSpec.from_json(meta["env"])
+    problems = fmt.check_structure(group, spec, meta)
+    if problems:
+        return problems
+
+    lengths = np.asarray(group["episodes/length"][:], np.int64)  # (E,)
+    E, T = len(lengths), int(group["steps/obs"].shape[0])
+    ep = {name: np.asarray(group[f"episodes/{name}"][:]) for name in ("length", "return")}
+    if int(lengths.sum()) != T or (lengths < 1).any():
+        problems.append(Problem("episodes/length", f"episode lengths sum to {int(lengths.sum())} "
+                                f"(min {int(lengths.min()) if E else 0}) but steps/ has {T} rows",
+                                "episode lengths must be >= 1 and sum to the number of steps"))
+        return problems
+    ends = np.cumsum(lengths) - 1  # (E,) row index of each episode's last step
+    episode_of_row_returns = np.zeros(E, np.float64)
+
+    steps = [a for a in fmt.array_layout(spec) if a.group == "steps"]
+    block = block_rows or max(group["steps/obs"].chunks[0], 1) * 4
+    for start in range(0, T, block):
+        stop = min(T, start + block)
+        data = {a.name: np.asarray(group[a.key][start:stop]) for a in steps}
+        is_last = np.zeros(stop - start, bool)
+        in_block = ends[(ends >= start) & (ends < stop)]
+        is_last[in_block - start] = True
+        problems += check_steps(spec, data, start, is_last)
+        # per-episode return sums: episode index of each row in this block
+        first_ep = int(np.searchsorted(ends, start))
+        ep_idx = first_ep + np.concatenate([[0], np.cumsum(is_last[:-1])]).astype(np.int64)
+        episode_of_row_returns += np.bincount(ep_idx, weights=data["reward"].astype(np.float64), minlength=E)[:E]
+
+    ep_arrays = [a for a in fmt.array_layout(spec) if a.group == "episodes"]
+    eblock = 65536
+    for start in range(0, E, eblock):
+        data = {a.name: np.asarray(group[a.key][start:start + eblock]) for a in ep_arrays}
+        problems += check_episodes(spec, data, start)
+
+    mismatch = ~np.isclose(ep["return"], episode_of_row_returns, rtol=RETURN_RTOL, atol=RETURN_ATOL)
+    problems += _rows_problem("episodes/return", mismatch, 0,
+                              "does not equal the sum of the episode's steps/reward",
+                              "recompute episodes/return from the rewards")
+    won = np.asarray(group["episodes/won"][:]) if spec.reports_wins else None
+    problems += _check_stats(meta["stats"], fmt.compute_stats(lengths, ep["return"], won))
+    return problems
+
+
+def _check_stats(stored: dict, actual: dict) -> list[Problem]:
+    problems = []
+    for key in ("episodes", "transitions"):
+        if stored[key] != actual[key]:
+            problems.append(Problem(f"metadata.stats.{key}", f"is {stored[key]} but the arrays hold {actual[key]}",
+                                    "rewrite the stats from the data"))
+    for key in ("return", "episode_length"):
+        s, a = stored[key], actual[key]
+        if (s is None) != (a is None) or (a is not None and not all(
+                np.isclose(s[k], a[k], rtol=RETURN_RTOL, atol=RETURN_ATOL) for k in ("mean", "std", "min", "max"))):
+            problems.append(Problem(f"metadata.stats.{key}", f"is {s} but the data gives {a}",
+                                    "rewrite the stats from the data"))
+    s, a = stored["win_rate"], actual["win_rate"]
+    if (s is None) != (a is None) or (a is not None and not np.isclose(s, a)):
+        problems.append(Problem("metadata.stats.win_rate", f"is {s} but episodes/won gives {a}",
+                                "rewrite the stats from the data"))
+    return problems

@@ -1,0 +1,228 @@
+"""Writing a dataset one whole episode at a time, atomically and resumably.
+
+    with DatasetWriter("hopper-medium.zarr", spec, level="medium") as w:
+        for ep in episodes:
+            w.add_episode(**ep)
+    # on leaving the block: stats computed, full validation, rename into place
+
+The writer never holds the dataset in memory: episodes are buffered until about one chunk of steps
+has arrived, then appended to the store. Everything goes into ``.NAME.partial`` beside the target
+and is renamed to ``NAME`` only after the finished store validated, so a crash never leaves a
+half dataset under the final name. After a crash, a new writer with ``resume=True`` (the default)
+truncates the partial store to its last committed episode and continues from there;
+``n_episodes`` tells the caller where to pick up, and ``progress`` returns whatever JSON the caller
+saved with :meth:`set_progress` at the last commit (e.g. the seed of the next episode).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from datakit import format as fmt
+from datakit.dataset import Dataset, _open_zarr_group, open_dataset, partial_path
+from datakit.errors import DatasetError, InvalidDatasetError
+from datakit.spec import EnvSpec
+from datakit.validate import check_episodes, check_steps, validate
+
+
+class DatasetWriter:
+    """Append-only writer for one dataset; see the module docstring."""
+
+    def __init__(self, path, spec: EnvSpec, *, level: str | None = None, behaviour_policy: dict | None = None,
+                 collection: dict | None = None, overwrite: bool = False, resume: bool = True,
+                 flush_steps: int | None = None):
+        import zarr
+
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.spec = spec
+        self.level = fmt.normalise_level(level)
+        self.behaviour_policy = behaviour_policy
+        self.collection = dict(collection or {})
+        self.overwrite = overwrite
+        if self.path.exists() and not overwrite:
+            raise DatasetError(f"{self.path} already exists; choose another path or overwrite it explicitly "
+                               "(--force on the command line)")
+        if not self.path.parent.exists():
+            raise DatasetError(f"the folder {self.path.parent} does not exist; create it first")
+        self._layout = fmt.array_layout(spec)
+        self._buffer: list[dict[str, np.ndarray]] = []
+        self._buffered_steps = 0
+        self.progress: dict = {}
+        self._closed = False
+
+        if self.partial.exists() and resume:
+            self._group = _open_zarr_group(self.partial, mode="r+")
+            self._resume()
+        else:
+            if self.partial.exists():
+                shutil.rmtree(self.partial)
+            self._group = zarr.open_group(store=str(self.partial), mode="w", zarr_format=3)
+            for a in self._layout:
+                self._group.require_group(a.group).create_array(
+                    a.name, shape=(0, *a.tail), chunks=(fmt.chunk_length(a.tail, a.dtype), *a.tail),
+                    dtype=a.dtype, compressors=fmt.compressor(a.dtype), fill_value=0)
+            self.n_episodes, self.n_transitions = 0, 0
+            self._commit()
+        obs_chunk = self._group["steps/obs"].chunks[0]
+        self.flush_steps = flush_steps or obs_chunk
+
+    # ----- resume -------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        state = dict(self._group.attrs).get(fmt.WRITER_ATTR)
+        if not state:
+            raise DatasetError(f"{self.partial} is not an omgmg partial write; delete it and start again")
+        if state["identity_sha256"] != fmt.identity_sha256(self.spec):
+            raise DatasetError(f"the unfinished write at {self.partial} is for another task or spec; "
+                               "delete it (or pass resume=False) to start a new one")
+        self.n_episodes, self.n_transitions = int(state["episodes"]), int(state["transitions"])
+        self.progress = dict(state.get("progress", {}))
+        for a in self._layout:  # drop rows a crash left behind after the last commit
+            arr = self._group[a.key]
+            rows = self.n_transitions if a.group == "steps" else self.n_episodes
+            if arr.shape[0] != rows:
+                arr.resize((rows, *a.tail))
+
+    def _commit(self) -> None:
+        self._group.attrs[fmt.WRITER_ATTR] = {
+            "episodes": self.n_episodes, "transitions": self.n_transitions,
+            "identity_sha256": fmt.identity_sha256(self.spec), "env": self.spec.to_json(),
+            "progress": self.progress,
+        }
+
+    # ----- appending ----------------------------------------------------------------------------
+    def add_episode(self, *, obs, state, actions, reward, final_obs, final_state, terminated: bool,
+                    truncated: bool, avail=None, final_avail=None, won: bool | None = None) -> None:
+        """Append one whole episode of L steps.
+
+        obs (L, N, O), state (L, S), actions (L, N, A) or (L, N), reward (L,), avail (L, N, K) for
+        discrete tasks; final_obs (N, O), final_state (S,), final_avail (N, K): what the environment
+        returned after the last action. ``terminated``: the episode reached a terminal state;
+        ``truncated``: it was cut (time limit) and bootstrapping through its end is correct.
+        """
+        if self._closed:
+            raise DatasetError("this writer is closed")
+        spec = self.spec
+        if not (terminated or truncated):
+            raise DatasetError("an episode must end terminated or truncated; pass truncated=True for a time limit "
+                               "or an episode cut short by the collection budget")
+        if spec.discrete and (avail is None or final_avail is None):
+            raise DatasetError(f"{spec.name} has discrete actions: pass avail and final_avail")
+        if not spec.discrete and (avail is not None or final_avail is not None):
+            raise DatasetError(f"{spec.name} has continuous actions: avail / final_avail do not apply")
+        if spec.reports_wins and won is None:
+            raise DatasetError(f"{spec.name} reports wins: pass won=True/False")
+        L = int(np.shape(reward)[0]) if np.ndim(reward) else 0
+        if L < 1:
+            raise DatasetError("an episode needs at least one step (reward must have shape (L,) with L >= 1)")
+        steps = {"obs": obs, "state": state, "actions": actions, "reward": reward}
+        if spec.discrete:
+            steps["avail"] = avail
+        ep = {"final_obs": final_obs, "final_state": final_state}
+        if spec.discrete:
+            ep["final_avail"] = final_avail
+        row: dict[str, np.ndarray] = {}
+        for a in self._layout:
+            if a.group == "steps" and a.name in steps:
+                row[a.key] = self._as(a, steps[a.name], (L, *a.tail))
+            elif a.group == "episodes" and a.name in ep:
+                row[a.key] = self._as(a, ep[a.name], (1, *a.tail), add_axis=True)
+        flags_t = np.zeros(L, bool)
+        flags_u = np.zeros(L, bool)
+        flags_t[-1], flags_u[-1] = bool(terminated), bool(truncated)
+        row["steps/terminated"], row["steps/truncated"] = flags_t, flags_u
+        row["episodes/length"] = np.array([L], np.int64)
+        row["episodes/return"] = np.array([row["steps/reward"].astype(np.float64).sum()])
+        if spec.reports_wins:
+            row["episodes/won"] = np.array([bool(won)])
+        problems = check_steps(spec, {k.split("/")[1]: v for k, v in row.items() if k.startswith("steps/")},
+                               is_last=np.arange(L) == L - 1)
+        problems += check_episodes(spec, {k.split("/")[1]: v for k, v in row.items() if k.startswith("episodes/")})
+        if problems:
+            raise DatasetError(f"episode {self.n_episodes + len(self._buffer)} refused: "
+                               + "; ".join(str(p) for p in problems))
+        self._buffer.append(row)
+        self._buffered_steps += L
+        if self._buffered_steps >= self.flush_steps:
+            self.flush()
+
+    @staticmethod
+    def _as(a: fmt.ArraySpec, value, shape: tuple[int, ...], add_axis: bool = False) -> np.ndarray:
+        arr = np.asarray(value)
+        if add_axis:
+            arr = arr[None]
+        if arr.shape != shape:
+            want = shape[1:] if add_axis else shape
+            got = arr.shape[1:] if add_axis else arr.shape
+            raise DatasetError(f"{a.key} has shape {got}, expected {want} for this task")
+        if a.dtype == np.bool_ and arr.dtype != np.bool_:
+            raise DatasetError(f"{a.key} must be boolean, got {arr.dtype}")
+        if np.issubdtype(a.dtype, np.integer) and not np.issubdtype(arr.dtype, np.integer):
+            raise DatasetError(f"{a.key} must hold integer action indices, got {arr.dtype}")
+        return np.ascontiguousarray(arr, dtype=a.dtype)
+
+    def set_progress(self, progress: dict) -> None:
+        """JSON-serialisable caller state saved with the next commit (returned as ``progress`` on resume)."""
+        self.progress = dict(progress)
+
+    def flush(self) -> None:
+        """Append buffered episodes to the store and commit them (they survive a crash from here on)."""
+        if not self._buffer:
+            self._commit()
+            return
+        for a in self._layout:
+            block = np.concatenate([row[a.key] for row in self._buffer], axis=0)
+            self._group[a.key].append(block, axis=0)
+        self.n_episodes += len(self._buffer)
+        self.n_transitions += self._buffered_steps
+        self._buffer, self._buffered_steps = [], 0
+        self._commit()
+
+    # ----- finishing ----------------------------------------------------------------------------
+    def close(self) -> Dataset:
+        """Flush, write stats and metadata, validate fully, and rename into place. Returns the dataset."""
+        if self._closed:
+            return open_dataset(self.path)
+        self.flush()
+        g = self._group
+        lengths = np.asarray(g["episodes/length"][:])
+        returns = np.asarray(g["episodes/return"][:])
+        won = np.asarray(g["episodes/won"][:]) if self.spec.reports_wins else None
+        meta = fmt.build_metadata(self.spec, level=self.level, behaviour_policy=self.behaviour_policy,
+                                  collection=self.collection, stats=fmt.compute_stats(lengths, returns, won))
+        g.attrs.put(meta)  # replaces all attributes: the _writer marker goes away
+        problems = validate(self.partial)
+        if problems:
+            g.attrs[fmt.WRITER_ATTR] = {"episodes": self.n_episodes, "transitions": self.n_transitions,
+                                        "identity_sha256": fmt.identity_sha256(self.spec), "progress": self.progress}
+            raise InvalidDatasetError(self.partial, problems)
+        self._closed = True
+        _replace_atomically(self.partial, self.path, self.overwrite)
+        return open_dataset(self.path)
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self._closed:
+            # Interrupted: keep every whole episode received so far, so the write can resume.
+            self.flush()
+
+
+def _replace_atomically(src: Path, dst: Path, overwrite: bool) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` (only with overwrite) is moved aside first."""
+    if dst.exists():
+        if not overwrite:
+            raise DatasetError(f"{dst} appeared while writing; the new data is kept at {src}")
+        trash = dst.with_name(f".{dst.name}.replaced")
+        if trash.exists():
+            shutil.rmtree(trash)
+        dst.rename(trash)
+        src.rename(dst)
+        shutil.rmtree(trash)
+    else:
+        src.rename(dst)
