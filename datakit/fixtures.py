@@ -4,9 +4,10 @@ The data comes from a tiny linear-Gaussian multi-agent system (suite ``fixture``
 ``x`` drifts as ``x' = 0.95 x + 0.1 * B a + noise``; agent i observes a fixed projection of ``x``
 (of its own size, zero-padded); the team reward is ``1 - mean(x'^2)``; an episode terminates when
 ``|x|`` leaves a ball (a "fall") and is truncated at the episode limit. The behaviour policy is a
-noisy linear controller, so the data has structure a value function can fit. Discrete fixtures
-map each action to a column of B, mask a random subset of actions (action 0 always available) and
-report a win when the state is driven close to zero.
+noisy linear controller, so the data has structure a value function can fit. In discrete
+fixtures each action is a row of B, agents act greedily against x with Gumbel noise, a random
+subset of actions is masked (action 0 always available), and a win is reported when the state is
+driven close to zero.
 
 Shapes can mimic real tasks (``SHAPES``), e.g. ``halfcheetah-6x1`` has 6 agents with observations
 9,9,8,9,9,8, state 17 and one action each, as gymnasium-robotics' HalfCheetah 6x1.
@@ -82,12 +83,12 @@ class LinearSystem:
         mask[:, 0] = True
         return mask
 
-    def act(self, obs: np.ndarray, avail: np.ndarray | None, noise: float) -> np.ndarray:
+    def act(self, x: np.ndarray, obs: np.ndarray, avail: np.ndarray | None, noise: float) -> np.ndarray:
         spec = self.spec
-        if spec.discrete:
+        if spec.discrete:  # noisy greedy: prefer the available action whose push points against x
             actions = np.zeros(spec.n_agents, np.int32)  # (N,)
-            for i, K in enumerate(self.K):
-                logits = K @ obs[i, : K.shape[1]] + noise * self.rng.normal(size=K.shape[0])
+            for i in range(spec.n_agents):
+                logits = -(self.B[i] @ x) + 2.0 * noise * self.rng.gumbel(size=spec.n_actions)
                 logits[~avail[i]] = -np.inf
                 actions[i] = int(np.argmax(logits))
             return actions
@@ -105,7 +106,7 @@ class LinearSystem:
         terminated, won = False, False
         for _ in range(limit):
             obs = self.observe(x)
-            a = self.act(obs, avail, noise)
+            a = self.act(x, obs, avail, noise)
             rows["obs"].append(obs)
             rows["state"].append(x.copy())
             rows["actions"].append(a)
@@ -121,7 +122,7 @@ class LinearSystem:
             if np.abs(x).max() > self.fall_radius:
                 terminated = True
                 break
-            if spec.reports_wins and np.abs(x).max() < 0.25:
+            if spec.reports_wins and np.mean(x ** 2) < 0.08:
                 terminated, won = True, True
                 break
         out = {
@@ -138,7 +139,7 @@ class LinearSystem:
 
 def make_fixture(path, shape: str = "continuous", *, episodes: int = 20, seed: int = 0, noise: float = 0.5,
                  max_episode_len: int | None = None, level: str | None = "medium", overwrite: bool = False,
-                 progress=None) -> Dataset:
+                 chunk_rows: int | None = None, progress=None) -> Dataset:
     """Write a fixture dataset of ``episodes`` episodes to ``path`` and return it opened.
 
     ``progress``, if given, is called with the number of episodes written so far.
@@ -149,10 +150,14 @@ def make_fixture(path, shape: str = "continuous", *, episodes: int = 20, seed: i
                  "noise": noise, "stochastic": True, "eval_score": None}
     collection = {"generator": "datakit.fixtures", "stored_action": "executed (clipped to bounds)",
                   "note": "synthetic linear-Gaussian data for tests and demos, not a benchmark"}
-    with DatasetWriter(Path(path), spec, level=level, behaviour_policy=behaviour, collection=collection,
-                       overwrite=overwrite, resume=False) as writer:
+    writer = DatasetWriter(Path(path), spec, level=level, behaviour_policy=behaviour, collection=collection,
+                           overwrite=overwrite, resume=False, chunk_rows=chunk_rows)
+    try:
         for e in range(episodes):
             writer.add_episode(**system.episode(noise=noise, max_len=max_episode_len))
             if progress is not None:
                 progress(e + 1)
+    except BaseException:
+        writer.abort()  # cheap to regenerate: never leave a partial store behind
+        raise
     return writer.close()

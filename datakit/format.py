@@ -74,6 +74,12 @@ def chunk_length(tail: tuple[int, ...], dtype: np.dtype, target_bytes: int = CHU
     return int(2 ** max(10, min(20, int(math.log2(rows)))))
 
 
+def step_chunk_length(spec: EnvSpec) -> int:
+    """One chunk length shared by every ``steps/`` array, sized by the widest row (observations), so a
+    range of time maps to the same chunks in every array and a block read decodes nothing extra."""
+    return chunk_length((spec.n_agents, spec.obs_dim), np.dtype("float32"))
+
+
 def compressor(dtype: np.dtype):
     """Blosc/zstd; bit shuffle for booleans (1 bit of information per byte), byte shuffle otherwise."""
     import zarr.codecs as zc

@@ -13,10 +13,12 @@ next state, and ``batch.terminated`` is 1 only for true terminal states:
 and an index ``next_index (T,)``, so no next-observation array is duplicated.
 
 **Streaming mode** (``streaming=True``) keeps a bounded set of resident blocks (whole chunks of
-consecutive steps) and samples uniformly among resident transitions; every ``swap_every`` batches
-the oldest block is replaced by the next one of a seeded random permutation of all blocks, read by
-a background thread while sampling continues. Over an epoch of blocks every transition is equally
-likely to be drawn. Memory is about ``(resident_blocks + 1) * block_rows`` steps.
+consecutive steps, next observations resolved) and samples uniformly among resident transitions;
+every ``swap_every`` batches the oldest block is replaced by the next one of a seeded random
+permutation of all blocks, read by a background thread while sampling continues. Over an epoch of
+blocks every transition is equally likely to be drawn, and the batches are a pure function of the
+seed, as in memory. Memory: ``resident_blocks + 1`` blocks, with observations and states held twice
+(current and next).
 """
 from __future__ import annotations
 
@@ -138,11 +140,53 @@ def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device) ->
     return _Table(steps, finals, next_index, starts, device)
 
 
+class _Slots:
+    """Streaming's resident set: ``resident`` fixed slots of ``block_rows`` transitions each.
+
+    Blocks arrive with their next observations already resolved (a Batch over the whole block), so a
+    swap is one in-place copy into the oldest slot, and sampling is a plain gather.
+    """
+
+    def __init__(self, example: Batch, resident: int, block_rows: int, device):
+        self.block_rows = block_rows
+        self.names = [f.name for f in fields(Batch) if getattr(example, f.name) is not None]
+        self.data = {n: torch.zeros((resident * block_rows, *getattr(example, n).shape[1:]),
+                                    dtype=getattr(example, n).dtype, device=device) for n in self.names}
+        self.lengths = torch.zeros(resident, dtype=torch.long)
+
+    def put(self, slot: int, block: Batch) -> None:
+        n = block.reward.shape[0]
+        lo = slot * self.block_rows
+        for name in self.names:
+            self.data[name][lo:lo + n].copy_(getattr(block, name))
+        self.data["episode_start"][lo + n:lo + self.block_rows] = 0  # stale rows are never sampled
+        self.lengths[slot] = n
+
+    def sample(self, batch_size: int, gen: torch.Generator) -> Batch:
+        slot = torch.multinomial(self.lengths.double(), batch_size, replacement=True, generator=gen)
+        row = (torch.rand(batch_size, generator=gen, dtype=torch.float64) * self.lengths[slot]).long()
+        return self.gather(slot * self.block_rows + row)
+
+    def gather(self, idx: torch.Tensor) -> Batch:
+        idx = idx.to(self.data["reward"].device)
+        return Batch(**{n: torch.index_select(self.data[n], 0, idx) for n in self.names})
+
+    def start_rows(self) -> torch.Tensor:
+        return torch.nonzero(self.data["episode_start"]).flatten()
+
+
 class TransitionLoader:
-    """Seeded uniform minibatches of transitions from one dataset. See the module docstring."""
+    """Seeded uniform minibatches of transitions from one dataset. See the module docstring.
+
+    Streaming options: ``block_rows`` steps per block (rounded to whole chunks, default 4 chunks),
+    ``resident_blocks`` blocks held at once, and ``reuse``: how often, on average, each resident
+    transition is drawn before its block is swapped out (``swap_every`` overrides the derived
+    number of batches between swaps).
+    """
 
     def __init__(self, dataset, batch_size: int = 256, *, seed: int = 0, device="cpu", streaming: bool = False,
-                 block_rows: int | None = None, resident_blocks: int = 4, swap_every: int | None = None):
+                 block_rows: int | None = None, resident_blocks: int = 4, reuse: float = 8.0,
+                 swap_every: int | None = None):
         self.ds = dataset if isinstance(dataset, Dataset) else open_dataset(Path(dataset))
         if self.ds.n_transitions == 0:
             raise DatasetError(f"{self.ds.path} holds no transitions; nothing to sample")
@@ -164,11 +208,15 @@ class TransitionLoader:
         self.block_rows = max(chunk, (block_rows or 4 * chunk) // chunk * chunk)
         self._blocks = [(a, min(T, a + self.block_rows)) for a in range(0, T, self.block_rows)]
         self.resident_blocks = max(1, min(resident_blocks, len(self._blocks)))
-        self.swap_every = swap_every or max(1, self.block_rows // batch_size)
+        self.swap_every = swap_every or max(1, round(reuse * self.block_rows / batch_size))
         self._rng = np.random.default_rng(seed)
         self._order: list[int] = []
-        self._resident: list[_Table] = [self._load(self._next_block()) for _ in range(self.resident_blocks)]
-        self._merge()
+        first = self._load(self._next_block())
+        self._slots = _Slots(first, self.resident_blocks, self.block_rows, self.device)
+        self._slots.put(0, first)
+        for k in range(1, self.resident_blocks):
+            self._slots.put(k, self._load(self._next_block()))
+        self._oldest = 0
         self._since_swap = 0
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._prefetch()
@@ -179,90 +227,59 @@ class TransitionLoader:
             self._order = list(self._rng.permutation(len(self._blocks)))
         return self._order.pop()
 
-    def _load(self, b: int) -> _Table:
+    def _load(self, b: int) -> Batch:
+        """Read block b and resolve every row's next observation: a Batch over the whole block."""
         start, stop = self._blocks[b]
-        return _read_block(self.ds, start, stop, self._ends, torch.device("cpu"))
+        table = _read_block(self.ds, start, stop, self._ends, torch.device("cpu"))
+        return table.gather(torch.arange(table.n_steps))
 
     def _prefetch(self) -> None:
         b = self._next_block()
-        thread = threading.Thread(target=lambda: self._queue.put(self._load(b)), daemon=True)
-        thread.start()
-
-    def _merge(self) -> None:
-        """One table over all resident blocks (row indices shifted per block)."""
-        tabs = self._resident
-        if len(tabs) == 1:
-            self._table = _to_device(tabs[0], self.device)
-            return
-        merged = object.__new__(_Table)
-        step_offsets = np.cumsum([0] + [t.n_steps for t in tabs])
-        total_steps = int(step_offsets[-1])
-        final_counts = [t.obs.shape[0] - t.n_steps for t in tabs]
-        final_offsets = total_steps + np.cumsum([0] + final_counts)
-        remap = []
-        for t, so, fo in zip(tabs, step_offsets, final_offsets):
-            ni = t.next_index.clone()
-            is_final = ni >= t.n_steps
-            ni[~is_final] += int(so)
-            ni[is_final] += int(fo) - t.n_steps
-            remap.append(ni)
-        split = lambda name: [getattr(t, name) for t in tabs]  # noqa: E731
-        both = lambda name: torch.cat(  # noqa: E731
-            [getattr(t, name)[: t.n_steps] for t in tabs] + [getattr(t, name)[t.n_steps:] for t in tabs])
-        merged.n_steps = total_steps
-        merged.obs, merged.state = both("obs"), both("state")
-        merged.avail = both("avail") if tabs[0].avail is not None else None
-        for name in ("actions", "reward", "terminated", "truncated", "episode_start"):
-            setattr(merged, name, torch.cat(split(name)))
-        merged.next_index = torch.cat(remap)
-        merged.starts = torch.cat([t.starts + int(so) for t, so in zip(tabs, step_offsets)])
-        self._table = _to_device(merged, self.device)
+        threading.Thread(target=lambda: self._queue.put(self._load(b)), daemon=True).start()
 
     def _maybe_swap(self) -> None:
         self._since_swap += 1
         if self._since_swap < self.swap_every or len(self._blocks) <= self.resident_blocks:
             return
-        try:
-            fresh = self._queue.get_nowait()  # never wait on I/O if the next block is not ready yet
-        except queue.Empty:
-            return
-        self._resident = self._resident[1:] + [fresh]
-        self._merge()
+        # The next block was read in the background while the last swap_every batches were drawn; waiting
+        # for it (rarely needed) keeps the sequence of batches a pure function of the seed.
+        self._slots.put(self._oldest, self._queue.get())
+        self._oldest = (self._oldest + 1) % self.resident_blocks
         self._since_swap = 0
         self._prefetch()
 
     # ----- public -------------------------------------------------------------------------------
+    @property
+    def resident_transitions(self) -> int:
+        """Transitions the loader can currently draw from (all of them in memory mode)."""
+        return int(self._slots.lengths.sum()) if self.streaming else self._table.n_steps
+
     def sample(self, batch_size: int | None = None) -> Batch:
         """One minibatch of uniformly sampled transitions."""
+        batch_size = batch_size or self.batch_size
         if self.streaming:
             self._maybe_swap()
-        idx = torch.randint(self._table.n_steps, (batch_size or self.batch_size,), generator=self._gen)
+            return self._slots.sample(batch_size, self._gen)
+        idx = torch.randint(self._table.n_steps, (batch_size,), generator=self._gen)
         return self._table.gather(idx.to(self.device))
 
     def sample_initial(self, batch_size: int | None = None) -> InitialStates:
         """Observations at uniformly sampled episode starts (resident ones in streaming mode)."""
-        starts = self._table.starts
-        if len(starts) == 0:  # streaming block inside one long episode: no start resident
-            starts = torch.zeros(1, dtype=torch.long, device=self.device)
-        pick = torch.randint(len(starts), (batch_size or self.batch_size,), generator=self._gen)
-        rows = starts[pick.to(starts.device)]
+        batch_size = batch_size or self.batch_size
+        if self.streaming:
+            starts = self._slots.start_rows()
+            if len(starts) == 0:  # every resident block lies inside one long episode
+                raise DatasetError("no episode start is resident; use larger streaming blocks")
+            pick = starts[torch.randint(len(starts), (batch_size,), generator=self._gen).to(starts.device)]
+            b = self._slots.gather(pick)
+            return InitialStates(obs=b.obs, state=b.state, avail=b.avail)
         t = self._table
+        rows = t.starts[torch.randint(len(t.starts), (batch_size,), generator=self._gen).to(t.starts.device)]
         return InitialStates(obs=t.obs[rows], state=t.state[rows], avail=None if t.avail is None else t.avail[rows])
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
             yield self.sample()
-
-
-def _to_device(table: _Table, device) -> _Table:
-    if device.type == "cpu":
-        return table
-    for name in ("obs", "state", "avail", "actions", "reward", "terminated", "truncated", "episode_start",
-                 "next_index", "starts"):
-        v = getattr(table, name)
-        if v is not None:
-            setattr(table, name, v.to(device))
-    return table
 
 
 def iter_episodes(dataset, *, block_rows: int = 65536) -> Iterator[dict[str, np.ndarray]]:

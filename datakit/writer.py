@@ -28,11 +28,16 @@ from datakit.validate import check_episodes, check_steps, validate
 
 
 class DatasetWriter:
-    """Append-only writer for one dataset; see the module docstring."""
+    """Append-only writer for one dataset; see the module docstring.
+
+    ``chunk_rows`` overrides the chunk length shared by the ``steps/`` arrays (default: about 2 MiB
+    of observations per chunk); ``flush_steps`` how many buffered steps trigger a commit (default:
+    one chunk).
+    """
 
     def __init__(self, path, spec: EnvSpec, *, level: str | None = None, behaviour_policy: dict | None = None,
                  collection: dict | None = None, overwrite: bool = False, resume: bool = True,
-                 flush_steps: int | None = None):
+                 flush_steps: int | None = None, chunk_rows: int | None = None):
         import zarr
 
         self.path = Path(path)
@@ -60,9 +65,11 @@ class DatasetWriter:
             if self.partial.exists():
                 shutil.rmtree(self.partial)
             self._group = zarr.open_group(store=str(self.partial), mode="w", zarr_format=3)
+            step_chunk = chunk_rows or fmt.step_chunk_length(spec)
             for a in self._layout:
+                rows = step_chunk if a.group == "steps" else fmt.chunk_length(a.tail, a.dtype)
                 self._group.require_group(a.group).create_array(
-                    a.name, shape=(0, *a.tail), chunks=(fmt.chunk_length(a.tail, a.dtype), *a.tail),
+                    a.name, shape=(0, *a.tail), chunks=(rows, *a.tail),
                     dtype=a.dtype, compressors=fmt.compressor(a.dtype), fill_value=0)
             self.n_episodes, self.n_transitions = 0, 0
             self._commit()
@@ -201,6 +208,12 @@ class DatasetWriter:
         self._closed = True
         _replace_atomically(self.partial, self.path, self.overwrite)
         return open_dataset(self.path)
+
+    def abort(self) -> None:
+        """Throw the unfinished write away (for writers that cannot resume, e.g. a failed import)."""
+        self._closed = True
+        self._buffer = []
+        shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self) -> "DatasetWriter":
         return self
