@@ -1,0 +1,133 @@
+"""``omgmg-data``: make, check, look at, import and export offline MARL datasets."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, progress_bar, version_option
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option()
+def main():
+    """Offline MARL datasets: format v1 (Zarr v3). See schemas/dataset-v1.md for the format."""
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@friendly_errors
+def validate(path: Path):
+    """Check every invariant of the format over every value of the dataset at PATH.
+
+    Exit 0 when valid; exit 1 with one line per problem (array, index, fix) when not.
+    """
+    from datakit import validate as run_validate
+
+    problems = run_validate(path)
+    if problems:
+        err_console.print(f"[bold red]invalid:[/] {path} ({len(problems)} problem(s))", highlight=False)
+        for p in problems:
+            err_console.print(f"  {p}", highlight=False, soft_wrap=True)
+        raise SystemExit(EXIT_INVALID)
+    console.print(f"[bold green]valid:[/] {path}", highlight=False)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the card as JSON instead of a table.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Also write a return histogram to this PNG file.")
+@friendly_errors
+def inspect(path: Path, as_json: bool, plot: Path | None):
+    """Show the dataset card: where the data came from, its arrays and return statistics."""
+    from datakit import open_dataset
+    from datakit.card import card, plot_returns, render
+
+    ds = open_dataset(path)
+    c = card(ds)
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            fail(f"--plot writes PNG; give a file name ending in .png, not {plot.name}")
+        plot_returns(ds, plot)
+    if as_json:
+        click.echo(json.dumps(c, indent=2))
+    else:
+        console.print(render(c))
+        if plot is not None:
+            console.print(f"return histogram written to {plot}", highlight=False)
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--shape", default="continuous", show_default=True,
+              type=click.Choice(["continuous", "discrete", "halfcheetah-6x1", "hopper-3x1", "ant-2x4", "protoss-5v5"]),
+              help="Which fixture: small continuous/discrete, or shaped like a real task.")
+@click.option("--episodes", default=20, show_default=True, type=click.IntRange(min=1), help="Episodes to write.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-episode-len", type=click.IntRange(min=1), help="Cut episodes shorter than the task limit.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@friendly_errors
+def fixture(out: Path, shape: str, episodes: int, seed: int, max_episode_len: int | None, force: bool):
+    """Write a small synthetic dataset (no simulator needed) for tests, demos and benchmarks."""
+    from datakit.fixtures import make_fixture
+
+    with progress_bar("writing episodes", episodes) as update:
+        ds = make_fixture(out, shape, episodes=episodes, seed=seed, max_episode_len=max_episode_len,
+                          overwrite=force, progress=update)
+    console.print(f"[bold green]wrote[/] {out}: {ds.n_episodes} episodes, {ds.n_transitions} transitions",
+                  highlight=False)
+
+
+@main.group(name="import")
+def import_group():
+    """Convert datasets from other layouts to format v1."""
+
+
+@import_group.command(name="omiga")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--task", required=True, help="MaMuJoCo task of the file, e.g. HalfCheetah-6x1.")
+@click.option("--level", required=True, help="expert, medium, medium-expert, medium-replay or random.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the .zarr dataset.")
+@click.option("--episode-limit", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Episodes this long are taken as time-limit truncations, shorter ones as terminations.")
+@click.option("--action-bound", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Actions lie in [-bound, bound].")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@friendly_errors
+def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit: int, action_bound: float,
+                     force: bool):
+    """Import an OMIGA MaMuJoCo HDF5 file (keys s, o, a, r, d)."""
+    from datakit.format import normalise_level
+    from datakit.omiga import import_omiga
+
+    level = normalise_level(level)
+    with progress_bar("importing rows", None) as update:
+        ds = import_omiga(src, out, task=task, level=level, episode_limit=episode_limit,
+                          action_bound=action_bound, overwrite=force, progress=update)
+    console.print(f"[bold green]imported[/] {src} -> {out}: {ds.n_episodes} episodes, {ds.n_transitions} "
+                  "transitions", highlight=False)
+    console.print(f"assumed: {ds.meta['collection']['termination_rule']}", highlight=False)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--format", "format_", required=True, type=click.Choice(["omiga"]), help="Target layout.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="File to write.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@friendly_errors
+def export(path: Path, format_: str, out: Path, force: bool):
+    """Export a dataset to another layout (OMIGA's HDF5, for the official OMIGA code)."""
+    from datakit import open_dataset
+    from datakit.omiga import export_omiga
+
+    ds = open_dataset(path)
+    with progress_bar("exporting rows", ds.n_transitions + ds.n_episodes) as update:
+        export_omiga(ds, out, overwrite=force, progress=update)
+    console.print(f"[bold green]exported[/] {path} -> {out}", highlight=False)
+    console.print("note: OMIGA's layout treats every episode end as terminal, time-limit truncations included",
+                  highlight=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Behaviour-policy training (MAPPO, HAPPO) and dataset collection, and the environment adapters."""

@@ -1,0 +1,132 @@
+"""The dataset card: what ``omgmg-data inspect`` shows, as a dict, a rich renderable and a histogram."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from datakit import format as fmt
+from datakit.dataset import Dataset
+
+
+def card(ds: Dataset) -> dict:
+    """Everything the card shows, JSON-serialisable. Flat keys first, then nested detail."""
+    m, spec = ds.meta, ds.spec
+    ret = m["stats"]["return"] or {}
+    length = m["stats"]["episode_length"] or {}
+    arrays = []
+    for a in fmt.array_layout(spec):
+        arr = ds.array(a.key)
+        arrays.append({"name": a.key, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                       "chunks": list(arr.chunks), "stored_bytes": int(arr.nbytes_stored()),
+                       "bytes": int(arr.nbytes)})
+    return {
+        "path": str(ds.path),
+        "format_version": m["format_version"],
+        "suite": spec.suite,
+        "task": spec.task,
+        "backend": spec.backend,
+        "level": m["level"],
+        "n_agents": spec.n_agents,
+        "action_type": "discrete" if spec.discrete else "continuous",
+        "obs_dim": spec.obs_dim,
+        "state_dim": spec.state_dim,
+        "action_dim": spec.n_actions if spec.discrete else spec.action_dim,
+        "n_episodes": m["stats"]["episodes"],
+        "n_transitions": m["stats"]["transitions"],
+        "return_mean": ret.get("mean"),
+        "return_std": ret.get("std"),
+        "return_min": ret.get("min"),
+        "return_max": ret.get("max"),
+        "episode_length_mean": length.get("mean"),
+        "episode_length_min": length.get("min"),
+        "episode_length_max": length.get("max"),
+        "win_rate": m["stats"]["win_rate"],
+        "terminated_episodes": int(np.asarray(ds.read("steps/terminated")).sum()),
+        "stored_bytes": sum(a["stored_bytes"] for a in arrays),
+        "created": m["created"],
+        "omgmg_version": m["omgmg_version"],
+        "env": spec.to_json(),
+        "behaviour_policy": m["behaviour_policy"],
+        "collection": m["collection"],
+        "arrays": arrays,
+    }
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _num(x) -> str:
+    return "-" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))
+
+
+def render(c: dict):
+    """A rich renderable of the card."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold cyan")
+    head.add_column()
+    rows = [
+        ("task", f"{c['suite']}/{c['task']}  (backend {c['backend']})"),
+        ("level", c["level"] or "-"),
+        ("agents", f"{c['n_agents']}  obs {c['obs_dim']}  state {c['state_dim']}  "
+                   f"{c['action_type']} actions {c['action_dim']}"),
+        ("episodes", f"{c['n_episodes']}  ({c['terminated_episodes']} terminated, "
+                     f"{c['n_episodes'] - c['terminated_episodes']} truncated)"),
+        ("transitions", str(c["n_transitions"])),
+        ("return", f"mean {_num(c['return_mean'])}  std {_num(c['return_std'])}  "
+                   f"min {_num(c['return_min'])}  max {_num(c['return_max'])}"),
+        ("episode length", f"mean {_num(c['episode_length_mean'])}  min {_num(c['episode_length_min'])}  "
+                           f"max {_num(c['episode_length_max'])}"),
+    ]
+    if c["win_rate"] is not None:
+        rows.append(("win rate", f"{100 * c['win_rate']:.1f}%"))
+    bp = c["behaviour_policy"]
+    if bp:
+        detail = ", ".join(f"{k} {v}" for k, v in bp.items() if k != "algorithm" and v is not None)
+        rows.append(("behaviour policy", f"{bp['algorithm']}" + (f"  ({detail})" if detail else "")))
+    for k, v in c["collection"].items():
+        rows.append((f"  {k}", str(v)))
+    rows += [("format", f"v{c['format_version']}, written by omgmg {c['omgmg_version']} at {c['created']}"),
+             ("stored", _size(c["stored_bytes"]))]
+    for k, v in rows:
+        head.add_row(k, v)
+
+    arrays = Table(title="arrays", title_justify="left", show_edge=False)
+    for col in ("name", "shape", "dtype", "chunks", "stored", "ratio"):
+        arrays.add_column(col, justify="right" if col in ("stored", "ratio") else "left")
+    for a in c["arrays"]:
+        ratio = a["bytes"] / a["stored_bytes"] if a["stored_bytes"] else float("nan")
+        arrays.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])),
+                       _size(a["stored_bytes"]), f"{ratio:.1f}x")
+    return Panel(Group(head, "", arrays), title=f"[bold]{Path(c['path']).name}", expand=False)
+
+
+def plot_returns(ds: Dataset, out) -> Path:
+    """A histogram of per-episode returns (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    returns = np.asarray(ds.read("episodes/return"))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.hist(returns, bins=min(50, max(5, len(returns) // 5)), color="#3b7dd8", edgecolor="white")
+    ax.axvline(returns.mean(), color="k", ls="--", lw=1, label=f"mean {returns.mean():.4g}")
+    ax.set_xlabel("episode return")
+    ax.set_ylabel("episodes")
+    ax.set_title(f"{ds.spec.name} · {ds.level or 'no level'} · {len(returns)} episodes", fontsize=10)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
