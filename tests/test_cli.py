@@ -1,0 +1,118 @@
+"""The command-line tools through click's CliRunner: outputs, exit codes, and no tracebacks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from cli.data import main as data_cli
+from cli.train import main as train_cli
+from test_omiga import omiga_file
+
+CARD_KEYS = {"format_version", "suite", "task", "level", "n_agents", "n_episodes", "n_transitions", "return_mean",
+             "return_std", "return_min", "return_max"}
+
+
+def run(cli, *args, code=0):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == code, (result.output, result.exception)
+    if code:  # errors are reported, never raised as a traceback
+        assert isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def test_fixture_validate_inspect(tmp_path):
+    out = tmp_path / "d.zarr"
+    run(data_cli, "fixture", out, "--shape", "discrete", "--episodes", 12, "--seed", 3)
+    assert "valid" in run(data_cli, "validate", out).output
+    text = run(data_cli, "inspect", out).output
+    assert "fixture/discrete" in text and "win rate" in text and "steps/obs" in text
+
+    card = json.loads(run(data_cli, "inspect", out, "--json").output)
+    assert CARD_KEYS <= set(card)
+    assert card["n_episodes"] == 12 and card["n_agents"] == 3 and card["level"] == "medium"
+    returns = zarr.open_group(str(out), mode="r")["episodes/return"][:]
+    assert card["return_mean"] == pytest.approx(float(np.mean(returns)))
+    assert card["return_max"] == pytest.approx(float(np.max(returns)))
+
+
+def test_inspect_plot_writes_a_png(tmp_path):
+    out = tmp_path / "c.zarr"
+    run(data_cli, "fixture", out, "--episodes", 10)
+    run(data_cli, "inspect", out, "--plot", tmp_path / "returns.png")
+    assert (tmp_path / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run(data_cli, "inspect", out, "--plot", tmp_path / "returns.jpg", code=2)
+    assert "ending in .png" in result.output
+
+
+def test_validate_reports_each_problem_on_one_line_and_exits_1(tmp_path):
+    out = tmp_path / "c.zarr"
+    run(data_cli, "fixture", out, "--episodes", 5)
+    g = zarr.open_group(str(out), mode="r+")
+    obs = g["steps/obs"][:]
+    obs[3, 0, 0] = np.nan
+    g["steps/obs"][:] = obs
+    rew = g["steps/reward"][:]
+    rew[0] += 50
+    g["steps/reward"][:] = rew
+    result = run(data_cli, "validate", out, code=1)
+    assert "steps/obs[3]: non-finite value" in result.output
+    assert "episodes/return[0]" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_and_foreign_paths_are_one_line_errors(tmp_path):
+    result = run(data_cli, "validate", tmp_path / "nope.zarr", code=1)
+    assert "no dataset at" in result.output
+    (tmp_path / "dir").mkdir()
+    result = run(data_cli, "inspect", tmp_path / "dir", code=1)
+    assert "not a Zarr v3 store" in result.output
+
+
+def test_existing_output_is_kept_without_force(tmp_path):
+    out = tmp_path / "c.zarr"
+    run(data_cli, "fixture", out, "--episodes", 5)
+    before = zarr.open_group(str(out), mode="r")["steps/obs"][:]
+    result = run(data_cli, "fixture", out, "--episodes", 7, code=1)
+    assert "already exists" in result.output and "--force" in result.output
+    assert np.array_equal(zarr.open_group(str(out), mode="r")["steps/obs"][:], before)
+    run(data_cli, "fixture", out, "--episodes", 7, "--force")
+    assert json.loads(run(data_cli, "inspect", out, "--json").output)["n_episodes"] == 7
+
+
+def test_bad_options_exit_2(tmp_path):
+    assert "Invalid value" in run(data_cli, "fixture", tmp_path / "x.zarr", "--episodes", 0, code=2).output
+    assert "Invalid value" in run(data_cli, "fixture", tmp_path / "x.zarr", "--shape", "nope", code=2).output
+
+
+def test_import_and_export_omiga(tmp_path):
+    omiga_file(tmp_path / "src.hdf5", [10, 3, 10], limit=10)
+    result = run(data_cli, "import", "omiga", tmp_path / "src.hdf5", "--task", "HalfCheetah-6x1", "--level",
+                 "m-replay", "--out", tmp_path / "a.zarr", "--episode-limit", 10)
+    assert "3 episodes, 23 transitions" in result.output and "assumed:" in result.output
+    card = json.loads(run(data_cli, "inspect", tmp_path / "a.zarr", "--json").output)
+    assert card["level"] == "medium-replay" and card["suite"] == "mamujoco" and card["task"] == "HalfCheetah-6x1"
+    assert card["terminated_episodes"] == 1
+    run(data_cli, "export", tmp_path / "a.zarr", "--format", "omiga", "--out", tmp_path / "b.hdf5")
+    run(data_cli, "export", tmp_path / "a.zarr", "--format", "omiga", "--out", tmp_path / "b.hdf5", code=1)
+    result = run(data_cli, "import", "omiga", tmp_path / "src.hdf5", "--task", "HalfCheetah-6x1", "--level",
+                 "superb", "--out", tmp_path / "c.zarr", code=1)
+    assert "unknown level 'superb'" in result.output
+
+
+def test_omgmg_batch_shows_what_trainers_receive(tmp_path):
+    run(data_cli, "fixture", tmp_path / "d.zarr", "--shape", "discrete", "--episodes", 5)
+    text = run(train_cli, "batch", tmp_path / "d.zarr", "--batch-size", 8).output
+    assert "next_avail" in text and "(8, 3, 5)" in text and "int64" in text
+    text = run(train_cli, "batch", tmp_path / "d.zarr", "--streaming").output
+    assert "next_obs" in text
+
+
+def test_versions(tmp_path):
+    from omgmg import __version__
+
+    assert __version__ in run(data_cli, "--version").output
+    assert __version__ in run(train_cli, "--version").output

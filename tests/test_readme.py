@@ -1,0 +1,40 @@
+"""The README's set-up commands are real: two of them, CI runs the same test command, the main job works."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli.data import main as data_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    commands = setup_commands()
+    assert len(commands) == 2 and all("\n" not in c for c in commands)
+    main_job, tests = commands
+    assert "pytest" in tests and "pytest" not in main_job
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci, "the README's test command and .ci/run disagree"
+
+
+def test_readme_main_job_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main_job = setup_commands()[0]
+    steps = [shlex.split(part) for part in main_job.split(" && ")]
+    ours = [s for s in steps if s[0] == "omgmg-data"]
+    assert len(ours) >= 3
+    for argv in ours:
+        result = CliRunner().invoke(data_cli, argv[1:])
+        assert result.exit_code == 0, (argv, result.output)
+    assert Path("demo.zarr/zarr.json").is_file()
+    assert Path("demo-returns.png").read_bytes()[:4] == b"\x89PNG"
