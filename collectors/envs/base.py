@@ -1,0 +1,100 @@
+"""The one interface every environment adapter implements, single and vectorised.
+
+Numpy float32 at the boundary, agents in ``spec.agent_ids`` order, observations padded to
+``spec.obs_dim`` (see ``datakit.spec``):
+
+    env = make_env("mamujoco/Hopper-3x1")
+    obs, state, avail = env.reset(seed=0)        # (N, O), (S,), (N, K) or None
+    step = env.step(actions)                     # actions (N, A) float32 or (N,) int
+    step.obs, step.state, step.avail, step.reward, step.terminated, step.truncated, step.info
+
+``terminated`` is a true terminal state (a fall, a battle decided); ``truncated`` is the time limit.
+Tasks that report wins put ``info["won"]`` (bool) in the info of an episode's last step.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from datakit.spec import EnvSpec
+
+
+class Reset(NamedTuple):
+    obs: np.ndarray  # (N, O) float32
+    state: np.ndarray  # (S,) float32
+    avail: np.ndarray | None  # (N, K) bool, discrete tasks
+
+
+class Step(NamedTuple):
+    obs: np.ndarray  # (N, O) float32, after the action
+    state: np.ndarray  # (S,) float32
+    avail: np.ndarray | None  # (N, K) bool
+    reward: float  # team reward
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
+
+
+class MultiAgentEnv(ABC):
+    """One environment instance."""
+
+    spec: EnvSpec
+
+    @abstractmethod
+    def reset(self, seed: int | None = None) -> Reset:
+        """Start an episode. The same seed gives the same episode; ``None`` continues the env's RNG."""
+
+    @abstractmethod
+    def step(self, actions: np.ndarray) -> Step:
+        """Advance one step with every agent's action."""
+
+    def close(self) -> None:
+        """Release simulator resources."""
+
+
+@dataclass
+class VecStep:
+    """One step of E environments, auto-reset: where an episode ended, ``obs``/``state``/``avail``
+    already belong to the next episode and ``final_*`` hold the last observation of the ended one."""
+
+    obs: np.ndarray  # (E, N, O)
+    state: np.ndarray  # (E, S)
+    avail: np.ndarray | None  # (E, N, K)
+    reward: np.ndarray  # (E,) float32
+    terminated: np.ndarray  # (E,) bool
+    truncated: np.ndarray  # (E,) bool
+    won: np.ndarray  # (E,) bool, False where the task reports no wins or the episode goes on
+    final_obs: np.ndarray  # (E, N, O), meaningful where terminated | truncated
+    final_state: np.ndarray  # (E, S)
+    final_avail: np.ndarray | None  # (E, N, K)
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.terminated | self.truncated
+
+
+class VectorEnv(ABC):
+    """E environments of one task stepped together, with auto-reset."""
+
+    spec: EnvSpec
+    num_envs: int
+
+    @abstractmethod
+    def reset(self, seed: int) -> Reset:
+        """Reset all envs (env e seeded from ``seed`` and e); arrays gain a leading (E,) axis."""
+
+    @abstractmethod
+    def step(self, actions: np.ndarray) -> VecStep:
+        """actions (E, N, A) float32 or (E, N) int."""
+
+    def close(self) -> None:
+        """Stop workers and release simulators."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
