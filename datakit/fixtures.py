@@ -97,6 +97,20 @@ class LinearSystem:
             actions[i] = np.clip(-(K @ obs[i, : K.shape[1]]) + noise * self.rng.normal(size=K.shape[0]), -1, 1)
         return actions
 
+    def transition(self, x: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+        """One step of the dynamics: (next x, terminated, won)."""
+        spec = self.spec
+        if spec.discrete:
+            push = np.stack([self.B[i, a[i]] for i in range(spec.n_agents)]).sum(0)
+        else:
+            push = np.einsum("na,nas->s", a, self.B[:, : a.shape[1]])
+        x = (0.95 * x + 0.1 * push + 0.05 * self.rng.normal(size=x.shape)).astype(np.float32)
+        if np.abs(x).max() > self.fall_radius:
+            return x, True, False
+        if spec.reports_wins and np.mean(x ** 2) < 0.08:
+            return x, True, True
+        return x, False, False
+
     def episode(self, noise: float = 0.5, max_len: int | None = None) -> dict:
         spec = self.spec
         limit = min(spec.episode_limit, max_len or spec.episode_limit)
@@ -111,19 +125,11 @@ class LinearSystem:
             rows["state"].append(x.copy())
             rows["actions"].append(a)
             rows["avail"].append(avail)
-            if spec.discrete:
-                push = np.stack([self.B[i, a[i]] for i in range(spec.n_agents)]).sum(0)
-            else:
-                push = np.einsum("na,nas->s", a, self.B[:, : a.shape[1]])
-            x = (0.95 * x + 0.1 * push + 0.05 * self.rng.normal(size=x.shape)).astype(np.float32)
+            x, terminated, won = self.transition(x, a)
             rows["reward"].append(np.float32(1.0 - np.mean(x ** 2)))
             if spec.discrete:
                 avail = self.avail()
-            if np.abs(x).max() > self.fall_radius:
-                terminated = True
-                break
-            if spec.reports_wins and np.mean(x ** 2) < 0.08:
-                terminated, won = True, True
+            if terminated:
                 break
         out = {
             "obs": np.stack(rows["obs"]), "state": np.stack(rows["state"]), "actions": np.stack(rows["actions"]),
