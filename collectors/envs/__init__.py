@@ -1,0 +1,166 @@
+"""Environments behind one interface (``collectors.envs.base``): the rest of omgmg never sees which
+simulator is underneath.
+
+    env = make_env("mamujoco/Hopper-3x1")                     # one env
+    vec = make_vector_env("smacv2/protoss_5v5", num_envs=64)  # SMAX (or SC2) with auto-reset
+    vec = make_vector_env("mamujoco/HalfCheetah-6x1", 8, workers=2)
+
+Task names are ``SUITE/TASK`` (or suite and task apart), case-insensitive. Suites:
+
+- ``mamujoco``: any ``Scenario-agent_conf`` gymnasium-robotics supports (``collectors.envs.mamujoco``);
+  option ``obs_mode="omiga"`` for OMIGA-style observations.
+- ``smacv2``: ``{protoss,terran,zerg}_{5,10,20}v{n}`` on ``backend="sc2"`` (StarCraft II) or
+  ``"smax"`` (JaxMARL); the default is sc2 where installed, else smax (``collectors.envs.smacv2``).
+- ``fixture``: datakit's synthetic fixture systems, for tests (``collectors.envs.fixture``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors.envs.base import MultiAgentEnv, Reset, Step, VecStep, VectorEnv
+from datakit.errors import DatasetError
+from datakit.spec import EnvSpec
+
+SUITES = ("mamujoco", "smacv2", "fixture")
+EXAMPLES = {
+    "mamujoco": ("HalfCheetah-6x1", "Hopper-3x1", "Ant-2x4", "Walker2d-2x3"),
+    "smacv2": ("protoss_5v5", "terran_5v5", "zerg_5v5", "protoss_10v10"),
+    "fixture": ("continuous", "discrete", "halfcheetah-6x1", "protoss-5v5"),
+}
+
+__all__ = ["EXAMPLES", "MultiAgentEnv", "Reset", "SUITES", "Step", "TaskRef", "VecStep", "VectorEnv",
+           "check_compatible", "make_env", "make_vector_env", "resolve", "task_for_dataset"]
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A fully resolved task: canonical names, the backend that will run it, and its options."""
+
+    suite: str
+    task: str
+    backend: str
+    options: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    """One line for the user about how the backend was chosen (empty when there was no choice)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.suite}/{self.task}"
+
+
+def _split(name: str, task: str | None) -> tuple[str, str]:
+    if task is None:
+        if "/" not in name:
+            raise DatasetError(f"name a task as SUITE/TASK, e.g. mamujoco/Hopper-3x1 (got {name!r}); suites: "
+                               + ", ".join(SUITES))
+        name, task = name.split("/", 1)
+    suite = name.strip().lower()
+    if suite not in SUITES:
+        listing = "; ".join(f"{s}: {', '.join(EXAMPLES[s])}" for s in SUITES)
+        raise DatasetError(f"unknown suite {name!r}; valid suites and example tasks: {listing}")
+    return suite, task.strip()
+
+
+def resolve(name: str, task: str | None = None, *, backend: str | None = None, **options) -> TaskRef:
+    """Check a task name and pick its backend; raises DatasetError naming the valid choices."""
+    suite, task = _split(name, task)
+    if suite == "mamujoco":
+        from collectors.envs import mamujoco
+
+        if backend not in (None, "gymnasium-robotics"):
+            raise DatasetError(f"MaMuJoCo has one backend, gymnasium-robotics (got {backend!r})")
+        scenario, conf = mamujoco.parse_task(task)
+        unknown = set(options) - {"obs_mode"}
+        if unknown:
+            raise DatasetError(f"unknown MaMuJoCo option(s) {sorted(unknown)}; known: obs_mode")
+        return TaskRef(suite, f"{scenario}-{conf}", "gymnasium-robotics", dict(options))
+    if suite == "smacv2":
+        from collectors.envs import smacv2
+
+        canonical = smacv2.canonical_task(task)
+        if options:
+            raise DatasetError(f"SMACv2 tasks take no options (got {sorted(options)})")
+        chosen, note = smacv2.choose_backend(backend)
+        return TaskRef(suite, canonical, chosen, {}, note)
+    from datakit.fixtures import SHAPES
+
+    if task.lower() not in SHAPES:
+        raise DatasetError(f"unknown fixture task {task!r}: choose one of {', '.join(SHAPES)}")
+    if backend not in (None, "numpy"):
+        raise DatasetError(f"fixture tasks have one backend, numpy (got {backend!r})")
+    return TaskRef(suite, task.lower(), "numpy", {})
+
+
+def _factory(ref: TaskRef, seed: int = 0):
+    """A picklable zero-argument constructor of one env (for worker processes)."""
+    if ref.suite == "mamujoco":
+        from collectors.envs.mamujoco import MaMuJoCoEnv
+
+        return functools.partial(MaMuJoCoEnv, ref.task, **ref.options)
+    if ref.suite == "smacv2":
+        if ref.backend == "sc2":
+            from collectors.envs.smacv2 import SC2Env
+
+            return functools.partial(SC2Env, ref.task, seed)
+        from collectors.envs.smax import SmaxEnv
+
+        return functools.partial(SmaxEnv, ref.task)
+    from collectors.envs.fixture import FixtureEnv
+
+    return functools.partial(FixtureEnv, ref.task)
+
+
+def make_env(name: str | TaskRef, task: str | None = None, *, backend: str | None = None, **options) -> MultiAgentEnv:
+    """One environment for a task name (see the module docstring) or a resolved TaskRef."""
+    ref = name if isinstance(name, TaskRef) else resolve(name, task, backend=backend, **options)
+    return _factory(ref)()
+
+
+def make_vector_env(name: str | TaskRef, num_envs: int, task: str | None = None, *, backend: str | None = None,
+                    workers: int = 1, **options) -> VectorEnv:
+    """``num_envs`` environments stepped together with auto-reset.
+
+    SMAX steps all envs in one jitted vmap; CPU simulators run in this process (``workers=1``) or
+    split over ``workers`` processes.
+    """
+    if num_envs < 1:
+        raise DatasetError(f"num_envs must be >= 1, got {num_envs}")
+    ref = name if isinstance(name, TaskRef) else resolve(name, task, backend=backend, **options)
+    if ref.suite == "smacv2" and ref.backend == "smax":
+        from collectors.envs.smax import SmaxVectorEnv
+
+        return SmaxVectorEnv(ref.task, num_envs)
+    from collectors.envs.vector import SerialVectorEnv, SubprocVectorEnv
+
+    if workers > 1:
+        return SubprocVectorEnv(_factory(ref), num_envs, workers)
+    return SerialVectorEnv(_factory(ref), num_envs)
+
+
+def task_for_dataset(spec: EnvSpec) -> TaskRef:
+    """The task (and backend) on which a policy trained on a dataset with this spec is evaluated.
+
+    Data imported from OMIGA's HDF5 files (backend ``omiga-hdf5``) is evaluated on gymnasium-robotics
+    with ``obs_mode="omiga"``; everything else on the backend that produced it.
+    """
+    backend = None if spec.backend in ("omiga-hdf5", "gymnasium-robotics", "numpy") else spec.backend
+    return resolve(spec.suite, spec.task, backend=backend, **spec.options) if spec.suite == "mamujoco" else \
+        resolve(spec.suite, spec.task, backend=backend)
+
+
+def check_compatible(dataset: EnvSpec, env: EnvSpec) -> None:
+    """Raise a clear error when a policy trained on ``dataset`` cannot act in ``env``."""
+    problems = []
+    if (dataset.suite, dataset.task.lower()) != (env.suite, env.task.lower()):
+        problems.append(f"task {dataset.name} vs {env.name}")
+    for what in ("n_agents", "obs_dims", "state_dim", "action_spaces"):
+        a, b = getattr(dataset, what), getattr(env, what)
+        if a != b:
+            problems.append(f"{what} {a} vs {b}")
+    if dataset.options.get("obs_mode") != env.options.get("obs_mode"):
+        problems.append(f"obs_mode {dataset.options.get('obs_mode')} vs {env.options.get('obs_mode')}")
+    if problems:
+        raise DatasetError(f"the dataset ({dataset.name}, backend {dataset.backend}) does not fit the environment "
+                           f"({env.name}, backend {env.backend}): " + "; ".join(problems))
