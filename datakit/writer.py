@@ -170,6 +170,15 @@ class DatasetWriter:
             raise DatasetError(f"{a.key} must hold integer action indices, got {arr.dtype}")
         return np.ascontiguousarray(arr, dtype=a.dtype)
 
+    @property
+    def episodes_added(self) -> int:
+        """Episodes added so far, committed or still buffered (``n_episodes`` counts committed ones)."""
+        return self.n_episodes + len(self._buffer)
+
+    @property
+    def transitions_added(self) -> int:
+        return self.n_transitions + self._buffered_steps
+
     def set_progress(self, progress: dict) -> None:
         """JSON-serialisable caller state saved with the next commit (returned as ``progress`` on resume)."""
         self.progress = dict(progress)
@@ -185,6 +194,19 @@ class DatasetWriter:
         self.n_episodes += len(self._buffer)
         self.n_transitions += self._buffered_steps
         self._buffer, self._buffered_steps = [], 0
+        self._commit()
+
+    def truncate(self, n_episodes: int) -> None:
+        """Drop every episode after the first ``n_episodes`` (e.g. rows written after the checkpoint a
+        training run resumes from) and commit."""
+        self.flush()
+        if not 0 <= n_episodes <= self.n_episodes:
+            raise DatasetError(f"cannot truncate to {n_episodes} episodes: the store holds {self.n_episodes}")
+        lengths = np.asarray(self._group["episodes/length"][:n_episodes])
+        self.n_episodes, self.n_transitions = n_episodes, int(lengths.sum())
+        for a in self._layout:
+            rows = self.n_transitions if a.group == "steps" else self.n_episodes
+            self._group[a.key].resize((rows, *a.tail))
         self._commit()
 
     # ----- finishing ----------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Pieces MAPPO and HAPPO share: GAE, running normalisers, networks, rollout storage.
+
+Axis convention in training code: time first, then envs, then agents: ``(T, E, N, ...)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+
+# ----- returns and advantages --------------------------------------------------------------------------
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
+        done: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over (T, E) tensors.
+
+    ``next_values[t]`` is V of the observation after step t: V(o_{t+1}) inside an episode, V of the
+    stored final observation where the episode ended at t. ``terminated`` zeroes the bootstrap (true
+    terminal state); ``done`` (terminated or truncated) stops the advantage from flowing across an
+    episode boundary. So a time-limit truncation bootstraps from V(final obs), as it should.
+    Returns (advantages, returns = advantages + values).
+    """
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * next_values[t] * (1 - terminated[t]) - values[t]
+        last = delta + gamma * lam * (1 - done[t]) * last
+        adv[t] = last
+    return adv, adv + values
+
+
+# ----- normalisers ---------------------------------------------------------------------------------------
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance over a stream of batches (Chan et al.'s parallel update), kept as
+    buffers so they travel with ``state_dict`` into checkpoints."""
+
+    def __init__(self, shape: tuple[int, ...] = (), eps: float = 1e-4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(eps, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, *self.mean.shape).double()
+        b_mean, b_var, b_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta = b_mean - self.mean
+        total = self.count + b_count
+        self.mean += delta * b_count / total
+        self.var.copy_((self.var * self.count + b_var * b_count + delta ** 2 * self.count * b_count / total) / total)
+        self.count.copy_(total)
+
+    def normalise(self, x: torch.Tensor, clip: float = 10.0) -> torch.Tensor:
+        out = (x - self.mean.float()) / torch.sqrt(self.var.float() + 1e-8)
+        return out.clamp(-clip, clip)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sqrt(self.var.float() + 1e-8) + self.mean.float()
+
+
+# ----- networks --------------------------------------------------------------------------------------------
+
+def mlp(sizes: list[int], activation=nn.ReLU, out_gain: float = 1.0) -> nn.Sequential:
+    """Linear layers with orthogonal init (gain sqrt(2) hidden, ``out_gain`` last), activation between."""
+    layers: list[nn.Module] = []
+    for k in range(len(sizes) - 1):
+        lin = nn.Linear(sizes[k], sizes[k + 1])
+        last = k == len(sizes) - 2
+        nn.init.orthogonal_(lin.weight, out_gain if last else np.sqrt(2))
+        nn.init.zeros_(lin.bias)
+        layers += [lin] if last else [lin, activation()]
+    return nn.Sequential(*layers)
+
+
+def stacked_forward(nets: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """Evaluate N same-shaped MLPs (one per agent) as one batched op: x (B, N, in) -> (B, N, out).
+
+    Weights are stacked on the fly, so each agent keeps its own parameters (and its own optimiser)
+    while rollout inference costs one einsum per layer instead of a Python loop over agents.
+    """
+    layers = list(zip(*[list(net) for net in nets]))
+    for group in layers:
+        if isinstance(group[0], nn.Linear):
+            w = torch.stack([m.weight for m in group])  # (N, out, in)
+            b = torch.stack([m.bias for m in group])  # (N, out)
+            x = torch.einsum("bni,noi->bno", x, w) + b
+        else:
+            x = group[0](x)
+    return x
+
+
+# ----- rollout storage --------------------------------------------------------------------------------------
+
+@dataclass
+class Rollout:
+    """T steps of E envs as tensors, time first. Filled by the training loop, read by ``update``."""
+
+    obs: torch.Tensor  # (T, E, N, O) normalised observations the policy saw
+    state: torch.Tensor  # (T, E, S) normalised states the critic saw
+    actions: torch.Tensor  # (T, E, N, A) float (pre-clip samples) or (T, E, N) long
+    log_probs: torch.Tensor  # (T, E, N) log pi_old(a_i | o_i)
+    values: torch.Tensor  # (T, E) V_old(s_t), denormalised
+    next_values: torch.Tensor  # (T, E) V_old(s_{t+1}) or V_old(final state), denormalised
+    rewards: torch.Tensor  # (T, E)
+    terminated: torch.Tensor  # (T, E) float
+    done: torch.Tensor  # (T, E) float: terminated or truncated
+    avail: torch.Tensor | None = None  # (T, E, N, K) bool
+
+    def flat(self) -> "Rollout":
+        """Merge time and env axes: every tensor becomes (T * E, ...)."""
+        return Rollout(**{f.name: None if (v := getattr(self, f.name)) is None else v.reshape(-1, *v.shape[2:])
+                          for f in fields(self)})
+
+
+def minibatches(n: int, num_minibatches: int, generator: torch.Generator):
+    """Random index chunks covering 0..n-1 once."""
+    perm = torch.randperm(n, generator=generator)
+    size = max(1, n // num_minibatches)
+    for k in range(num_minibatches):
+        yield perm[k * size:(k + 1) * size] if k < num_minibatches - 1 else perm[k * size:]

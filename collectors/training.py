@@ -1,0 +1,428 @@
+"""The training loop behaviour policies share, and the run directory it keeps.
+
+    run = train_behaviour(ref, "happo", seed=0, total_env_steps=1_000_000)
+
+A run lives in ``$OMGMG_HOME/runs/SUITE/TASK/BACKEND/ALGO/seed{S}-{hash}`` (``OMGMG_HOME`` defaults
+to ``~/.omgmg``; ``hash`` covers every hyperparameter except the step budget and the worker count,
+which do not change what is learned up to a given step). It holds:
+
+- ``config.json``: the resolved config;
+- ``checkpoints/step_{env_steps}.pt``: self-contained checkpoints (weights, normaliser statistics,
+  optimiser state, RNG state, config, evaluation, env steps), loadable with ``weights_only=True``;
+- ``log.jsonl``: one line per iteration and per evaluation (``charts/``, ``losses/``, ``eval/``);
+- ``curve.png``: evaluation score against environment steps;
+- ``replay.zarr``: every episode the behaviour policy generated while training (for medium-replay).
+
+The loop runs in segments of ``eval_every`` env steps. A segment starts by resetting all envs
+with a seed derived from the segment index and ends by cutting unfinished episodes (stored as
+truncated), evaluating, and checkpointing. A run interrupted anywhere resumes from its last
+checkpoint and continues exactly as an uninterrupted run would (same seed, same results), and
+a later request for more steps extends a finished run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from collectors.common import Rollout, gae
+from collectors.envs import TaskRef, make_vector_env
+from collectors.envs.base import VecStep
+from datakit.errors import DatasetError
+from datakit.spec import EnvSpec
+from datakit.writer import DatasetWriter
+
+
+@dataclass
+class LoopConfig:
+    """Fields of the training loop shared by every behaviour-policy algorithm."""
+
+    total_env_steps: int = 1_000_000
+    """Environment steps to train for (summed over envs)."""
+    num_envs: int = 16
+    """Environments stepped together."""
+    rollout_len: int = 250
+    """Steps per env between updates (one update sees num_envs * rollout_len transitions)."""
+    eval_every: int = 100_000
+    """Env steps per segment: evaluation and a checkpoint after each."""
+    seed: int = 0
+    """Seed of network initialisation, environment resets and action sampling."""
+    workers: int = 1
+    """Processes for CPU simulators (MaMuJoCo); does not change results."""
+    torch_threads: int = 1
+    """Torch intra-op threads while training (these small networks run fastest on one, and it leaves
+    the other core to the simulator)."""
+
+    def __post_init__(self):
+        for name in ("total_env_steps", "num_envs", "rollout_len", "eval_every"):
+            if getattr(self, name) < 1:
+                raise DatasetError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+NOT_IN_RUN_KEY = ("total_env_steps", "workers", "torch_threads")
+
+
+def data_home() -> Path:
+    return Path(os.environ.get("OMGMG_HOME", Path.home() / ".omgmg")).expanduser()
+
+
+def algorithm(name: str):
+    """(config class, agent class) of a behaviour-policy algorithm."""
+    if name == "mappo":
+        from collectors.mappo import MAPPOAgent, MAPPOConfig
+
+        return MAPPOConfig, MAPPOAgent
+    if name == "happo":
+        from collectors.happo import HAPPOAgent, HAPPOConfig
+
+        return HAPPOConfig, HAPPOAgent
+    raise DatasetError(f"unknown behaviour algorithm {name!r}: mappo (discrete) or happo (continuous)")
+
+
+# ----- run directory ------------------------------------------------------------------------------------------
+
+class RunDir:
+    """One training run on disk (see the module docstring)."""
+
+    def __init__(self, ref: TaskRef, algo: str, cfg: LoopConfig, home: Path | None = None):
+        key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_RUN_KEY}
+        key["options"] = ref.options
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+        self.root = (home or data_home()) / "runs" / ref.suite / ref.task / ref.backend / algo / f"seed{cfg.seed}-{digest}"
+        self.ref, self.algo, self.cfg = ref, algo, cfg
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "checkpoints").mkdir(exist_ok=True)
+        (self.root / "config.json").write_text(json.dumps(
+            {"algorithm": algo, "task": ref.name, "backend": ref.backend, "options": ref.options,
+             "config": dataclasses.asdict(cfg)}, indent=2))
+
+    @property
+    def replay_path(self) -> Path:
+        return self.root / "replay.zarr"
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.root.glob("checkpoints/step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+    def load(self, path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def evaluations(self) -> list[dict]:
+        """(env steps, eval dict, path) of every checkpoint, in order."""
+        out = []
+        for p in self.checkpoints():
+            ck = self.load(p)
+            out.append({"env_steps": int(ck["env_steps"]), "eval": ck["eval"], "path": p,
+                        "replay_episodes": int(ck["replay_episodes"])})
+        return out
+
+    def log(self, record: dict) -> None:
+        with open(self.root / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def score(evaluation: dict) -> float:
+    """The number levels are defined by: win rate where the task reports wins, else mean return."""
+    return evaluation["win_rate"] if evaluation.get("win_rate") is not None else evaluation["return"]
+
+
+# ----- episodes out of vector steps ---------------------------------------------------------------------------
+
+class EpisodeRecorder:
+    """Turns vector steps into whole episodes for ``DatasetWriter.add_episode`` (raw observations,
+    executed actions, final observations), one list of rows per env."""
+
+    def __init__(self, spec: EnvSpec, num_envs: int):
+        self.spec, self.E = spec, num_envs
+        self.rows: list[list[tuple]] = [[] for _ in range(num_envs)]
+
+    def start(self, obs: np.ndarray, state: np.ndarray, avail: np.ndarray | None) -> None:
+        self.rows = [[] for _ in range(self.E)]
+        self.cur = (obs, state, avail)
+
+    def add(self, actions: np.ndarray, step: VecStep, envs=None) -> list[tuple[int, dict]]:
+        """Record one step for ``envs`` (default all); returns (env, episode) for episodes that ended."""
+        obs, state, avail = self.cur
+        finished = []
+        for e in range(self.E) if envs is None else envs:
+            self.rows[e].append((obs[e], state[e], None if avail is None else avail[e], actions[e], step.reward[e]))
+            if step.done[e]:
+                finished.append((e, self._episode(e, step.final_obs[e], step.final_state[e],
+                                                  None if step.final_avail is None else step.final_avail[e],
+                                                  bool(step.terminated[e]), bool(step.won[e]))))
+        self.cur = (step.obs, step.state, step.avail)
+        return finished
+
+    def cut(self, e: int, keep: int | None = None) -> dict | None:
+        """End env e's episode early (truncated): after ``keep`` steps, or after all recorded steps."""
+        rows = self.rows[e]
+        if not rows:
+            return None
+        if keep is not None and keep < len(rows):
+            nxt = rows[keep]
+            final = (nxt[0], nxt[1], nxt[2])
+            self.rows[e] = rows[:keep]
+        else:
+            obs, state, avail = self.cur
+            final = (obs[e], state[e], None if avail is None else avail[e])
+        return self._episode(e, *final, terminated=False, won=False)
+
+    def _episode(self, e, final_obs, final_state, final_avail, terminated: bool, won: bool) -> dict:
+        rows, self.rows[e] = self.rows[e], []
+        ep = {"obs": np.stack([r[0] for r in rows]), "state": np.stack([r[1] for r in rows]),
+              "actions": np.stack([r[3] for r in rows]), "reward": np.asarray([r[4] for r in rows], np.float32),
+              "final_obs": final_obs, "final_state": final_state, "terminated": terminated, "truncated": not terminated}
+        if self.spec.discrete:
+            ep["avail"], ep["final_avail"] = np.stack([r[2] for r in rows]), final_avail
+            ep["actions"] = ep["actions"].astype(np.int32)
+        if self.spec.reports_wins:
+            ep["won"] = won
+        return ep
+
+
+# ----- evaluation ---------------------------------------------------------------------------------------------
+
+def evaluate(agent, vec, seed: int, deterministic: bool = True) -> dict:
+    """One episode in each env of ``vec`` (so short episodes are not over-represented)."""
+    spec = vec.spec
+    r = vec.reset(seed=seed)
+    obs, state, avail = r
+    E = vec.num_envs
+    returns, won, lengths = np.zeros(E), np.zeros(E, bool), np.zeros(E, int)
+    running = np.ones(E, bool)
+    gen = torch.Generator().manual_seed(seed)
+    while running.any():
+        o = agent.obs_norm.normalise(torch.from_numpy(obs))
+        av = None if avail is None else torch.from_numpy(avail)
+        actions, _ = agent.act(o, av, deterministic, gen)
+        s = vec.step(agent.executed(actions))
+        returns[running] += s.reward[running]
+        lengths[running] += 1
+        won |= running & s.won
+        running &= ~s.done
+        obs, state, avail = s.obs, s.state, s.avail
+    return {"return": float(returns.mean()), "return_std": float(returns.std()),
+            "win_rate": float(won.mean()) if spec.reports_wins else None,
+            "episode_length": float(lengths.mean()), "episodes": int(E)}
+
+
+# ----- the loop -------------------------------------------------------------------------------------------------
+
+def _segment_seed(seed: int, segment: int) -> int:
+    return (seed * 1_000_003 + segment * 7919) % (2 ** 31)
+
+
+def train_behaviour(ref: TaskRef, algo: str, cfg: LoopConfig, *, home: Path | None = None,
+                    progress: Callable[[int, int, float | None], None] | None = None) -> RunDir:
+    """Train (or resume, or extend) a behaviour policy; returns its run directory."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)
+    try:
+        return _train(ref, algo, cfg, home, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(ref: TaskRef, algo: str, cfg: LoopConfig, home: Path | None, progress) -> RunDir:
+    _, agent_cls = algorithm(algo)
+    run = RunDir(ref, algo, cfg, home)
+    torch.manual_seed(cfg.seed)
+    vec = make_vector_env(ref, cfg.num_envs, workers=cfg.workers)
+    spec = vec.spec
+    if spec.discrete != (algo == "mappo"):
+        raise DatasetError(f"{algo} does not fit {ref.name}: use mappo for discrete and happo for continuous actions")
+    agent = agent_cls(spec, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    env_steps, segment = 0, 0
+    replay = DatasetWriter(run.replay_path, spec, level=None, behaviour_policy={"algorithm": algo, "seed": cfg.seed},
+                           collection={"source": "training rollouts", "run": str(run.root)}, resume=True,
+                           overwrite=True)
+    ckpts = run.checkpoints()
+    if ckpts:
+        state = run.load(ckpts[-1])
+        agent.load_state_dict(state["weights"])
+        agent.load_optimizer_state(state["optim"])
+        gen.set_state(state["rng"])
+        env_steps, segment = int(state["env_steps"]), int(state["segment"])
+        replay.truncate(int(state["replay_episodes"]))
+    else:
+        _checkpoint(run, agent, gen, replay, env_steps, segment, evaluate(agent, vec, seed=10 ** 9), spec)
+    if progress:
+        progress(env_steps, cfg.total_env_steps, score(run.evaluations()[-1]["eval"]))
+    try:
+        while env_steps < cfg.total_env_steps:
+            segment_end = min(cfg.total_env_steps, (env_steps // cfg.eval_every + 1) * cfg.eval_every)
+            recorder = EpisodeRecorder(spec, cfg.num_envs)
+            r = vec.reset(seed=_segment_seed(cfg.seed, segment))
+            recorder.start(*r)
+            while env_steps < segment_end:
+                t0 = time.perf_counter()
+                ro, finished = _rollout(agent, vec, recorder, cfg, gen)
+                for _, ep in finished:
+                    replay.add_episode(**ep)
+                env_steps += cfg.num_envs * cfg.rollout_len
+                adv, ret = gae(ro.rewards, ro.values, ro.next_values, ro.terminated, ro.done, agent.cfg.gamma,
+                               agent.cfg.gae_lambda)
+                stats = agent.update(ro, adv, ret, gen)
+                record = {"env_steps": env_steps, "time/sps": cfg.num_envs * cfg.rollout_len / (time.perf_counter() - t0),
+                          **stats}
+                if finished:
+                    record["charts/episode_return"] = float(np.mean([ep["reward"].sum() for _, ep in finished]))
+                    if spec.reports_wins:
+                        record["charts/win_rate"] = float(np.mean([ep["won"] for _, ep in finished]))
+                run.log(record)
+                if progress:
+                    progress(env_steps, cfg.total_env_steps, None)
+            for e in range(cfg.num_envs):  # the segment ends: unfinished episodes are cut (truncated)
+                ep = recorder.cut(e)
+                if ep is not None:
+                    replay.add_episode(**ep)
+            segment += 1
+            ev = evaluate(agent, vec, seed=10 ** 9 + segment)
+            _checkpoint(run, agent, gen, replay, env_steps, segment, ev, spec)
+            if progress:
+                progress(env_steps, cfg.total_env_steps, score(ev))
+    finally:
+        replay.flush()
+        vec.close()
+    plot_curve(run)
+    return run
+
+
+def _rollout(agent, vec, recorder: EpisodeRecorder, cfg: LoopConfig, gen) -> tuple[Rollout, list]:
+    """cfg.rollout_len steps of every env with the current stochastic policy."""
+    T, E = cfg.rollout_len, cfg.num_envs
+    obs_raw, state_raw, avail = recorder.cur
+    buf = {k: [] for k in ("obs", "state", "actions", "log_probs", "values", "next_values", "rewards", "terminated",
+                           "done", "avail")}
+    raw_obs, raw_states = [], []
+    finished = []
+    for _ in range(T):
+        obs_n = agent.obs_norm.normalise(torch.from_numpy(obs_raw))  # (E, N, O)
+        state_n = agent.state_norm.normalise(torch.from_numpy(state_raw))  # (E, S)
+        av = None if avail is None else torch.from_numpy(avail)
+        actions, log_probs = agent.act(obs_n, av, False, gen)
+        executed = agent.executed(actions)
+        step = vec.step(executed)
+        done = step.done
+        bootstrap = np.where(done[:, None], step.final_state, step.state)  # V of the real next state
+        buf["next_values"].append(agent.value(agent.state_norm.normalise(torch.from_numpy(bootstrap))))
+        buf["values"].append(agent.value(state_n))
+        for k, v in (("obs", obs_n), ("state", state_n), ("actions", actions), ("log_probs", log_probs),
+                     ("rewards", torch.from_numpy(step.reward)),
+                     ("terminated", torch.from_numpy(step.terminated.astype(np.float32))),
+                     ("done", torch.from_numpy(done.astype(np.float32)))):
+            buf[k].append(v)
+        if av is not None:
+            buf["avail"].append(av)
+        raw_obs.append(obs_raw)
+        raw_states.append(state_raw)
+        finished += recorder.add(executed, step)
+        obs_raw, state_raw, avail = step.obs, step.state, step.avail
+    agent.obs_norm.update(torch.from_numpy(np.stack(raw_obs)))
+    agent.state_norm.update(torch.from_numpy(np.stack(raw_states)))
+    ro = Rollout(**{k: torch.stack(v) for k, v in buf.items() if k != "avail"},
+                 avail=torch.stack(buf["avail"]) if buf["avail"] else None)
+    return ro, finished
+
+
+def _checkpoint(run: RunDir, agent, gen, replay: DatasetWriter, env_steps: int, segment: int, ev: dict,
+                spec: EnvSpec) -> Path:
+    replay.flush()  # the replay stream and the checkpoint agree on how many episodes exist
+    state = {"weights": agent.state_dict(), "optim": agent.optimizer_state(), "rng": gen.get_state(),
+             "config": dataclasses.asdict(agent.cfg), "algorithm": run.algo, "env": spec.to_json(),
+             "eval": ev, "env_steps": env_steps, "segment": segment, "replay_episodes": replay.n_episodes}
+    path = run.root / "checkpoints" / f"step_{env_steps:010d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.rename(path)  # atomic: a crash never leaves a half checkpoint
+    run.log({"env_steps": env_steps, **{f"eval/{k}": v for k, v in ev.items()}})
+    return path
+
+
+def replay_episodes(run: RunDir, count: int):
+    """The first ``count`` training episodes of a run, as dicts for ``DatasetWriter.add_episode``.
+
+    The replay store stays an unfinished write (so a finished run can be extended); it is read
+    here directly, up to the episode count a checkpoint recorded.
+    """
+    import zarr
+
+    from datakit.dataset import partial_path
+
+    group = zarr.open_group(str(partial_path(run.replay_path)), mode="r")
+    spec = EnvSpec.from_json(dict(group.attrs)["_writer"]["env"])
+    lengths = np.asarray(group["episodes/length"][:count])
+    starts = np.cumsum(lengths) - lengths
+    step_keys = ["obs", "state", "actions", "reward"] + (["avail"] if spec.discrete else [])
+    ep_keys = ["final_obs", "final_state"] + (["final_avail"] if spec.discrete else []) + \
+        (["won"] if spec.reports_wins else [])
+    block = 64
+    for lo in range(0, count, block):
+        hi = min(count, lo + block)
+        a, b = int(starts[lo]), int(starts[hi - 1] + lengths[hi - 1])
+        steps = {k: np.asarray(group[f"steps/{k}"][a:b]) for k in step_keys + ["terminated"]}
+        eps = {k: np.asarray(group[f"episodes/{k}"][lo:hi]) for k in ep_keys}
+        for j in range(lo, hi):
+            s, t = int(starts[j]) - a, int(starts[j] + lengths[j]) - a
+            ep = {k: steps[k][s:t] for k in step_keys}
+            ep.update({k: v[j - lo] for k, v in eps.items()})
+            if "won" in ep:
+                ep["won"] = bool(ep["won"])
+            ep["terminated"] = bool(steps["terminated"][t - 1])
+            ep["truncated"] = not ep["terminated"]
+            yield ep
+
+
+def load_agent(path: Path):
+    """Rebuild a behaviour agent from a checkpoint (weights_only: no code is unpickled)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg_cls, agent_cls = algorithm(state["algorithm"])
+    cfg = cfg_cls(**state["config"])
+    agent = agent_cls(EnvSpec.from_json(state["env"]), cfg)
+    agent.load_state_dict(state["weights"])
+    agent.eval()
+    return agent, state
+
+
+def plot_curve(run: RunDir) -> Path:
+    """Evaluation score (and training episode return) against env steps, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = run.evaluations()
+    steps = [e["env_steps"] for e in evals]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    wins = evals and evals[0]["eval"].get("win_rate") is not None
+    ax.plot(steps, [score(e["eval"]) for e in evals], "o-", label="eval " + ("win rate" if wins else "return"))
+    if not wins:
+        train = [json.loads(line) for line in open(run.root / "log.jsonl") if "charts/episode_return" in line]
+        if train:
+            ax.plot([t["env_steps"] for t in train], [t["charts/episode_return"] for t in train], alpha=0.4,
+                    label="training episodes")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("win rate" if wins else "return")
+    ax.set_title(f"{run.algo} on {run.ref.name} ({run.ref.backend}), seed {run.cfg.seed}", fontsize=10)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    out = run.root / "curve.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
