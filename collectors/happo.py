@@ -1,0 +1,188 @@
+"""HAPPO (Kuba et al. 2022, "Trust Region Policy Optimisation in Multi-Agent Reinforcement Learning")
+for continuous-action tasks (MaMuJoCo): the behaviour policy of the MaMuJoCo datasets.
+
+Algorithm (the paper's Algorithm 2, PPO-clip version), per iteration:
+1. Roll out all agents' current policies; compute GAE advantages A(s, a) from a centralised V(s).
+2. Draw a random permutation i_1..i_n of the agents and set M = 1.
+3. For m = 1..n: update agent i_m for ``epochs`` epochs on the clipped objective
+   ``min(r M A, clip(r, 1-eps, 1+eps) M A)`` with ``r = pi_new(a_i|o_i) / pi_old(a_i|o_i)``, then
+   compound ``M <- M * r`` with the *updated* policy (no gradient): later agents see the change
+   earlier agents made.
+4. Fit V(s) to the returns.
+
+Each agent has its own actor (no parameter sharing) and its own optimiser: a diagonal Gaussian
+whose mean is an MLP of the agent's observation and whose log-std is a learned vector, both in
+the agent's own optimiser. Rollout
+inference evaluates all agents' actors as one batched op (``stacked_forward``). The executed action
+is the sample clipped to the bounds; the log-probability is of the unclipped sample.
+
+Defaults after HARL's HAPPO for MaMuJoCo (lr 5e-4, 5 epochs, gamma 0.99, GAE 0.95, hidden
+128x3, ReLU), with clip 0.2 and observation/state normalisation by running statistics (HARL uses a
+feature LayerNorm) and a clipped-MSE value loss on normalised returns (HARL: Huber, delta 10).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from collectors.common import RunningMeanStd, Rollout, minibatches, mlp, stacked_forward
+from collectors.training import LoopConfig
+from datakit.spec import EnvSpec
+
+
+@dataclass
+class HAPPOConfig(LoopConfig):
+    """HAPPO hyperparameters (loop fields are documented on LoopConfig)."""
+
+    actor_lr: float = 5e-4
+    """Adam learning rate of each agent's actor."""
+    critic_lr: float = 5e-4
+    """Adam learning rate of the centralised critic."""
+    clip: float = 0.2
+    """PPO ratio clip epsilon."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (HARL uses 0 on MaMuJoCo)."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    epochs: int = 5
+    """Epochs per agent (and for the critic) per rollout."""
+    num_minibatches: int = 1
+    """Minibatches per epoch."""
+    hidden: int = 128
+    """Width of the three hidden layers."""
+    init_log_std: float = -0.5
+    """Initial log standard deviation of every action dimension."""
+    max_grad_norm: float = 10.0
+    """Gradient-norm clip."""
+    num_envs: int = 16
+    rollout_len: int = 250
+    eval_every: int = 100_000
+
+
+class HAPPOAgent(nn.Module):
+    algorithm = "happo"
+
+    def __init__(self, spec: EnvSpec, cfg: HAPPOConfig):
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        N, O, A, S, H = spec.n_agents, spec.obs_dim, spec.action_dim, spec.state_dim, cfg.hidden
+        self.actors = nn.ModuleList([mlp([O, H, H, H, A], out_gain=0.01) for _ in range(N)])
+        self.log_stds = nn.ParameterList([nn.Parameter(torch.full((A,), cfg.init_log_std)) for _ in range(N)])
+        self.critic = mlp([S, H, H, H, 1])
+        self.obs_norm = RunningMeanStd((N, O))
+        self.state_norm = RunningMeanStd((S,))
+        self.value_norm = RunningMeanStd(())
+        low = np.zeros((N, A), np.float32)
+        high = np.zeros((N, A), np.float32)
+        mask = np.zeros((N, A), np.float32)  # 1 on each agent's own action entries (others are padding)
+        for i, space in enumerate(spec.action_spaces):
+            low[i, : space.dim], high[i, : space.dim], mask[i, : space.dim] = space.low, space.high, 1
+        self.register_buffer("low", torch.from_numpy(low))
+        self.register_buffer("high", torch.from_numpy(high))
+        self.register_buffer("action_mask", torch.from_numpy(mask))
+        # one optimiser per agent over its own actor and log-std: updating agent i touches nothing else
+        self.actor_optims = [torch.optim.Adam(list(a.parameters()) + [s], lr=cfg.actor_lr)
+                             for a, s in zip(self.actors, self.log_stds)]
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+
+    def optimizer_state(self) -> dict:
+        return {"actors": [o.state_dict() for o in self.actor_optims], "critic": self.critic_optim.state_dict()}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        for o, s in zip(self.actor_optims, state["actors"]):
+            o.load_state_dict(s)
+        self.critic_optim.load_state_dict(state["critic"])
+
+    def _log_prob(self, mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor):
+        """Diagonal-Gaussian log-density summed over the agent's own action entries."""
+        z = (actions - mean) / log_std.exp()
+        per_dim = -0.5 * z ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        return (per_dim * mask).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, avail, deterministic: bool, gen: torch.Generator):
+        """obs (E, N, O) normalised -> unclipped actions (E, N, A), log-probs (E, N)."""
+        mean = stacked_forward(self.actors, obs)  # (E, N, A): all agents in one batched op
+        if deterministic:
+            actions = mean
+        else:
+            noise = torch.randn(mean.shape, generator=gen)
+            actions = mean + noise * self.log_std.exp()
+        actions = actions * self.action_mask
+        return actions, self._log_prob(mean, self.log_std, actions, self.action_mask)
+
+    @property
+    def log_std(self) -> torch.Tensor:
+        return torch.stack(list(self.log_stds))  # (N, A)
+
+    @torch.no_grad()
+    def value(self, state: torch.Tensor) -> torch.Tensor:
+        return self.value_norm.denormalise(self.critic(state)[..., 0])
+
+    def executed(self, actions: torch.Tensor):
+        """The action the environment receives: the sample clipped to the bounds."""
+        return torch.maximum(torch.minimum(actions, self.high), self.low).cpu().numpy()
+
+    # ----- losses ---------------------------------------------------------------------------------------
+    @staticmethod
+    def sequential_policy_loss(log_probs, old_log_probs, factor, advantages, clip):
+        """HAPPO's clipped objective for one agent (Kuba et al. 2022, Eq. 11 with PPO clipping), negated:
+        ``-E[min(r M A, clip(r, 1-eps, 1+eps) M A)]`` where M compounds earlier agents' ratios."""
+        ratio = torch.exp(log_probs - old_log_probs)  # (B,)
+        weighted = factor * advantages  # (B,)
+        return -torch.min(ratio * weighted, ratio.clamp(1 - clip, 1 + clip) * weighted).mean()
+
+    @staticmethod
+    def value_loss(values, old_values, targets, clip):
+        """Clipped value loss on normalised returns."""
+        clipped = old_values + (values - old_values).clamp(-clip, clip)
+        return torch.max((values - targets) ** 2, (clipped - targets) ** 2).mean()
+
+    # ----- update ---------------------------------------------------------------------------------------
+    def update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, gen: torch.Generator) -> dict:
+        cfg, N = self.cfg, self.spec.n_agents
+        self.value_norm.update(returns)
+        flat = ro.flat()
+        adv = advantages.reshape(-1)
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # (B,)
+        factor = torch.ones_like(adv)  # M
+        order = torch.randperm(N, generator=gen).tolist()
+        stats = {}
+        for i in order:
+            actor, mask = self.actors[i], self.action_mask[i]
+            obs_i, act_i, old_i = flat.obs[:, i], flat.actions[:, i], flat.log_probs[:, i]
+            for _ in range(cfg.epochs):
+                for idx in minibatches(adv.shape[0], cfg.num_minibatches, gen):
+                    log_std = self.log_stds[i]
+                    logp = self._log_prob(actor(obs_i[idx]), log_std, act_i[idx], mask)
+                    entropy = ((log_std + 0.5 * math.log(2 * math.pi * math.e)) * mask).sum()
+                    loss = self.sequential_policy_loss(logp, old_i[idx], factor[idx], adv[idx], cfg.clip)
+                    loss = loss - cfg.entropy_coef * entropy
+                    self.actor_optims[i].zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(list(actor.parameters()) + [log_std], cfg.max_grad_norm)
+                    self.actor_optims[i].step()
+            with torch.no_grad():  # compound the factor with agent i's *updated* policy
+                new_logp = self._log_prob(actor(obs_i), self.log_stds[i], act_i, mask)
+                factor = factor * torch.exp(new_logp - old_i)
+            stats[f"losses/actor_{i}"] = loss.item()
+        targets = self.value_norm.normalise(returns.reshape(-1), clip=1e6)
+        old_values = self.value_norm.normalise(flat.values, clip=1e6)
+        for _ in range(cfg.epochs):
+            for idx in minibatches(adv.shape[0], cfg.num_minibatches, gen):
+                v_loss = self.value_loss(self.critic(flat.state[idx])[..., 0], old_values[idx], targets[idx], cfg.clip)
+                self.critic_optim.zero_grad()
+                v_loss.backward()
+                nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                self.critic_optim.step()
+        stats["losses/critic"] = v_loss.item()
+        stats["losses/actor"] = float(np.mean([stats[f"losses/actor_{i}"] for i in range(N)]))
+        stats["policy/std"] = self.log_std.exp().mean().item()
+        stats["policy/factor_mean"] = factor.mean().item()
+        return stats
