@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, progress_bar, version_option
+from cli.common import EXIT_INVALID, EXIT_USAGE, console, err_console, fail, friendly_errors, progress_bar, version_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,6 +56,70 @@ def inspect(path: Path, as_json: bool, plot: Path | None):
         console.print(render(c))
         if plot is not None:
             console.print(f"return histogram written to {plot}", highlight=False)
+
+
+@main.command()
+@click.argument("suite")
+@click.argument("task")
+@click.option("--level", required=True, help="expert, medium, medium-expert (m-expert), medium-replay (m-replay), random.")
+@click.option("--transitions", type=int, help="Transition budget (MaMuJoCo default 1M).")
+@click.option("--episodes", type=int, help="Episode budget (SMACv2 default 1000).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of behaviour training and rollouts.")
+@click.option("--backend", help="SMACv2: sc2 or smax (default: sc2 where installed, else smax).")
+@click.option("--train-steps", type=int, help="Behaviour-policy training budget in env steps (happo 2M, mappo 5M).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output .zarr path (default under $OMGMG_HOME/datasets).")
+@click.option("--workers", default=2, show_default=True, type=int, help="Processes for CPU simulators.")
+@click.option("--medium-fraction", default=0.5, show_default=True, type=float,
+              help="Medium = the checkpoint scoring closest to this fraction of the expert's score.")
+@click.option("--force", is_flag=True, help="Replace the output if it exists.")
+@friendly_errors
+def collect(suite, task, level, transitions, episodes, seed, backend, train_steps, out, workers, medium_fraction,
+            force):
+    """Generate a dataset: train (or reuse) a behaviour policy and roll it out at a level.
+
+    Example: omgmg-data collect smacv2 protoss_5v5 --level medium
+    """
+    from collectors.collect import CollectRequest, collect as run_collect, default_out
+    from collectors.envs import resolve
+    from datakit.errors import DatasetError
+
+    try:  # bad requests are usage errors: one line, exit 2, nothing touched
+        req = CollectRequest(suite, task, level, transitions=transitions, episodes=episodes, seed=seed,
+                             backend=backend, train_steps=train_steps, out=out, workers=workers,
+                             medium_fraction=medium_fraction, force=force)
+        ref = resolve(suite, task, backend=backend)
+        target = Path(out) if out else default_out(ref, req.level, seed)
+        if target.exists() and not force:
+            raise DatasetError(f"{target} already exists; pass --force to replace it or --out for another path")
+        if workers < 1:
+            raise DatasetError(f"--workers must be >= 1, got {workers}")
+    except DatasetError as e:
+        fail(str(e), EXIT_USAGE)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=err_console, disable=not err_console.is_terminal) as p:
+        bars: dict[str, int] = {}
+
+        def on_train(steps, total, score):
+            if "train" not in bars:
+                bars["train"] = p.add_task("training behaviour policy", total=total, info="")
+            info = {} if score is None else {"info": f"eval score {score:.3g}"}
+            p.update(bars["train"], completed=steps, total=total, **info)
+
+        def on_rollout(done, total):
+            if "roll" not in bars:
+                bars["roll"] = p.add_task(f"collecting {req.level}", total=total, info="")
+            p.update(bars["roll"], completed=done, total=total)
+
+        ds = run_collect(req, on_note=lambda m: err_console.print(m, highlight=False), on_train=on_train,
+                         on_rollout=on_rollout)
+    c = ds.meta["stats"]
+    line = (f"[bold green]wrote[/] {ds.path}: {c['episodes']} episodes, {c['transitions']} transitions, "
+            f"return {c['return']['mean']:.4g} ± {c['return']['std']:.3g}")
+    if c["win_rate"] is not None:
+        line += f", win rate {100 * c['win_rate']:.1f}%"
+    console.print(line, highlight=False)
 
 
 @main.command()

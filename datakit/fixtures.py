@@ -2,8 +2,9 @@
 
 The data comes from a tiny linear-Gaussian multi-agent system (suite ``fixture``): a hidden state
 ``x`` drifts as ``x' = 0.95 x + 0.1 * B a + noise``; agent i observes a fixed projection of ``x``
-(of its own size, zero-padded); the team reward is ``1 - mean(x'^2)``; an episode terminates when
-``|x|`` leaves a ball (a "fall") and is truncated at the episode limit. The behaviour policy is a
+(of its own size, zero-padded); the team reward is the cost ``-mean(x'^2)``, and ``-FALL_PENALTY``
+when ``|x|`` leaves a ball (a "fall", which terminates the episode); episodes are truncated at the
+limit. Driving x to zero and keeping it there is optimal, so a learner has something to learn. The behaviour policy is a
 noisy linear controller, so the data has structure a value function can fit. In discrete
 fixtures each action is a row of B, agents act greedily against x with Gumbel noise, a random
 subset of actions is masked (action 0 always available), and a win is reported when the state is
@@ -22,6 +23,9 @@ import numpy as np
 from datakit.dataset import Dataset
 from datakit.spec import Box, Discrete, EnvSpec
 from datakit.writer import DatasetWriter
+
+
+FALL_PENALTY = 50.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,11 @@ class LinearSystem:
             actions[i] = np.clip(-(K @ obs[i, : K.shape[1]]) + noise * self.rng.normal(size=K.shape[0]), -1, 1)
         return actions
 
+    def reward(self, x: np.ndarray, terminated: bool, won: bool) -> np.float32:
+        """The team reward of arriving at x."""
+        fell = terminated and not won
+        return np.float32(-FALL_PENALTY if fell else -np.mean(x ** 2))
+
     def transition(self, x: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, bool, bool]:
         """One step of the dynamics: (next x, terminated, won)."""
         spec = self.spec
@@ -126,7 +135,7 @@ class LinearSystem:
             rows["actions"].append(a)
             rows["avail"].append(avail)
             x, terminated, won = self.transition(x, a)
-            rows["reward"].append(np.float32(1.0 - np.mean(x ** 2)))
+            rows["reward"].append(self.reward(x, terminated, won))
             if spec.discrete:
                 avail = self.avail()
             if terminated:

@@ -155,7 +155,7 @@ class SmaxVectorEnv(VectorEnv):
             self.core.step(self._keys, self._state, self.core.jnp.zeros((self.num_envs, self.spec.n_agents),
                                                                          self.core.jnp.int32))
             self._warm = True
-        return Reset(np.asarray(obs), np.asarray(state), np.asarray(avail))
+        return Reset(np.array(obs), np.array(state), np.array(avail))  # copies: JAX's buffers are read-only
 
     def step(self, actions: np.ndarray) -> VecStep:
         if self._state is None:
@@ -163,7 +163,7 @@ class SmaxVectorEnv(VectorEnv):
         actions = self.core.jnp.asarray(np.asarray(actions, np.int32).reshape(self.num_envs, self.spec.n_agents))
         (self._keys, self._state, obs, state, avail, reward, terminated, truncated, won,
          final_obs, final_state, final_avail) = self.core.step(self._keys, self._state, actions)
-        a = np.asarray
+        a = np.array  # copies: JAX's buffers are read-only
         return VecStep(a(obs), a(state), a(avail), a(reward), a(terminated), a(truncated), a(won),
                        a(final_obs), a(final_state), a(final_avail))
 
