@@ -1,0 +1,106 @@
+"""Collection speed: env-steps/s of rollouts with the behaviour policy vs the bare vectorised env,
+and of behaviour-policy training.
+
+    python benchmarks/collect.py              # Hopper-3x1, HalfCheetah-6x1 (HAPPO), SMAX protoss_5v5 (MAPPO)
+
+"bare" steps the same vector env with actions drawn before timing; "rollout" runs the real
+collection loop (policy inference on raw observations, action sampling, episode recording into a
+dataset writer). Target (issue 4): policy inference and recording cost <= 25% of the bare rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from collectors.collect import AgentPolicy, rollout_waves  # noqa: E402
+from collectors.envs import make_vector_env, resolve  # noqa: E402
+from collectors.training import algorithm, train_behaviour  # noqa: E402
+from datakit.writer import DatasetWriter  # noqa: E402
+
+CASES = [("mamujoco/Hopper-3x1", None, 16, 2), ("mamujoco/HalfCheetah-6x1", None, 16, 2),
+         ("smacv2/protoss_5v5", "smax", 64, 1)]
+
+
+def bare(vec, steps: int) -> float:
+    spec = vec.spec
+    r = vec.reset(seed=0)
+    rng = np.random.default_rng(0)
+    if spec.discrete:
+        actions = [np.full((vec.num_envs, spec.n_agents), 4, np.int32)]
+    else:
+        actions = [rng.uniform(-1, 1, (vec.num_envs, spec.n_agents, spec.action_dim)).astype(np.float32)
+                   for _ in range(16)]
+    n = max(1, steps // vec.num_envs)
+    t0 = time.perf_counter()
+    for t in range(n):
+        vec.step(actions[t % len(actions)])
+    del r
+    return n * vec.num_envs / (time.perf_counter() - t0)
+
+
+def rollout(vec, agent, episodes: int, workdir: Path) -> float:
+    with tempfile.TemporaryDirectory(dir=workdir) as d:
+        writer = DatasetWriter(Path(d) / "b.zarr", vec.spec)
+        t0 = time.perf_counter()
+        rollout_waves(writer, AgentPolicy(agent), vec, phase=0, until=("episodes", episodes), seed=0)
+        rate = writer.transitions_added / (time.perf_counter() - t0)
+        writer.abort()
+    return rate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30_000, help="env steps of the bare measurement")
+    p.add_argument("--train-steps", type=int, default=40_000, help="env steps of the training measurement")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as home:
+        import os
+
+        os.environ["OMGMG_HOME"] = home
+        for name, backend, num_envs, workers in CASES:
+            ref = resolve(name, backend=backend)
+            vec = make_vector_env(ref, num_envs, workers=workers)
+            algo = "mappo" if vec.spec.discrete else "happo"
+            cfg_cls, agent_cls = algorithm(algo)
+            agent = agent_cls(vec.spec, cfg_cls())
+            bare_rate = bare(vec, args.steps)
+            roll_rate = rollout(vec, agent, episodes=2 * num_envs, workdir=Path(home))
+            vec.close()
+            cfg = cfg_cls(total_env_steps=args.train_steps, workers=workers, eval_every=args.train_steps)
+            t0 = time.perf_counter()
+            train_behaviour(ref, algo, cfg)
+            train_rate = args.train_steps / (time.perf_counter() - t0)
+            row = {"task": name, "backend": ref.backend, "num_envs": num_envs, "workers": workers,
+                   "bare_env_steps_per_s": bare_rate, "rollout_env_steps_per_s": roll_rate,
+                   "policy_and_recording_share": 1 - roll_rate / bare_rate, "training_env_steps_per_s": train_rate}
+            rows.append(row)
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="collection speed (env-steps/s)")
+    for col in ("task", "envs", "bare vector env", "rollout with policy", "policy + recording share", "training"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(f"{r['task']} ({r['backend']})", str(r["num_envs"]), f"{r['bare_env_steps_per_s']:,.0f}",
+                  f"{r['rollout_env_steps_per_s']:,.0f}", f"{100 * r['policy_and_recording_share']:.0f}%",
+                  f"{r['training_env_steps_per_s']:,.0f}")
+    Console(width=130).print(t)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

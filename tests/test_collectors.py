@@ -1,0 +1,284 @@
+"""Behaviour policies and dataset collection, on the fixture suite (fast, deterministic)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.data import main as data_cli
+from collectors.collect import CollectRequest, RandomPolicy, collect
+from collectors.common import Rollout, gae
+from collectors.envs import resolve
+from collectors.happo import HAPPOAgent, HAPPOConfig
+from collectors.mappo import MAPPOAgent, MAPPOConfig
+from collectors.training import load_agent, train_behaviour
+from datakit import DatasetError, iter_episodes, open_dataset, validate
+from datakit.fixtures import fixture_spec
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+SMALL = dict(num_envs=4, rollout_len=25, eval_every=1000)
+
+
+# ----- GAE ------------------------------------------------------------------------------------------------------
+
+def gae_reference(r, v, nv, term, done, gamma, lam):
+    """Plain per-env loop, written from the definition."""
+    T, E = r.shape
+    adv = np.zeros((T, E))
+    for e in range(E):
+        running = 0.0
+        for t in reversed(range(T)):
+            bootstrap = 0.0 if term[t, e] else gamma * nv[t, e]
+            delta = r[t, e] + bootstrap - v[t, e]
+            running = delta + (0.0 if done[t, e] else gamma * lam * running)
+            adv[t, e] = running
+    return adv
+
+
+def test_gae_matches_a_reference_loop():
+    rng = np.random.default_rng(0)
+    T, E = 9, 4
+    r, v, nv = rng.normal(size=(T, E)), rng.normal(size=(T, E)), rng.normal(size=(T, E))
+    term = rng.random((T, E)) < 0.15
+    trunc = (rng.random((T, E)) < 0.15) & ~term
+    done = term | trunc
+    f = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    adv, ret = gae(f(r), f(v), f(nv), f(term.astype(float)), f(done.astype(float)), 0.97, 0.9)
+    ref = gae_reference(r, v, nv, term, done, 0.97, 0.9)
+    assert np.allclose(adv.numpy(), ref) and np.allclose(ret.numpy(), ref + v)
+
+
+def test_gae_bootstraps_through_truncation_but_not_termination():
+    f = lambda *x: torch.tensor([x], dtype=torch.float64)  # noqa: E731  (T=1, E=2)
+    adv, _ = gae(f(1.0, 1.0), f(2.0, 2.0), f(10.0, 10.0), f(0.0, 1.0), f(1.0, 1.0), 0.99, 0.95)
+    assert adv[0, 0].item() == pytest.approx(1 + 0.99 * 10 - 2)  # truncated: V(final obs) counts
+    assert adv[0, 1].item() == pytest.approx(1 - 2)  # terminated: no bootstrap
+
+
+# ----- HAPPO ----------------------------------------------------------------------------------------------------
+
+def test_happo_sequential_loss_on_hand_values():
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.0]))
+    old = torch.zeros(3)
+    factor = torch.tensor([2.0, 1.0, 0.5])
+    adv = torch.tensor([1.0, -1.0, 2.0])
+    # ratios 1.5, 0.5, 1.0; clip 0.2: min(1.5*2, 1.2*2)=2.4; min(0.5*-1, 0.8*-1)=-0.8; min(1*1, 1*1)=1
+    loss = HAPPOAgent.sequential_policy_loss(logp, old, factor, adv, 0.2)
+    assert loss.item() == pytest.approx(-(2.4 - 0.8 + 1.0) / 3)
+
+
+def _fake_rollout(spec, agent, T=6, E=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(T, E, spec.n_agents, spec.obs_dim, generator=g)
+    actions, logp = agent.act(obs.reshape(T * E, spec.n_agents, -1), None, False, g)
+    return Rollout(obs=obs, state=torch.randn(T, E, spec.state_dim, generator=g),
+                   actions=actions.reshape(T, E, spec.n_agents, -1), log_probs=logp.reshape(T, E, -1),
+                   values=torch.randn(T, E, generator=g), next_values=torch.randn(T, E, generator=g),
+                   rewards=torch.randn(T, E, generator=g), terminated=torch.zeros(T, E), done=torch.zeros(T, E))
+
+
+def test_happo_factor_compounds_every_agents_updated_ratio():
+    spec = fixture_spec("continuous")
+    agent = HAPPOAgent(spec, HAPPOConfig(epochs=3, actor_lr=1e-2))
+    ro = _fake_rollout(spec, agent)
+    adv = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    stats = agent.update(ro, adv, adv + ro.values, torch.Generator().manual_seed(2))
+    flat = ro.flat()
+    with torch.no_grad():  # after the update every agent has been updated, so M = prod_i r_i(new)
+        product = torch.ones(flat.obs.shape[0])
+        for i in range(spec.n_agents):
+            new = agent._log_prob(agent.actors[i](flat.obs[:, i]), agent.log_stds[i], flat.actions[:, i],
+                                  agent.action_mask[i])
+            product *= torch.exp(new - flat.log_probs[:, i])
+    assert stats["policy/factor_mean"] == pytest.approx(product.mean().item(), rel=1e-5)
+    assert abs(stats["policy/factor_mean"] - 1) > 1e-4  # the policies did move
+
+
+def test_happo_agents_share_no_parameters_or_optimiser():
+    agent = HAPPOAgent(fixture_spec("continuous"), HAPPOConfig())
+    owned = [{id(p) for g in o.param_groups for p in g["params"]} for o in agent.actor_optims]
+    assert all(not (owned[i] & owned[j]) for i in range(3) for j in range(i + 1, 3))
+    assert all(id(agent.log_stds[i]) in owned[i] for i in range(3))
+
+
+def test_happo_executed_actions_are_clipped_and_padding_is_zero():
+    spec = fixture_spec("continuous")
+    agent = HAPPOAgent(spec, HAPPOConfig(init_log_std=2.0))
+    actions, _ = agent.act(torch.zeros(500, 3, spec.obs_dim), None, False, torch.Generator().manual_seed(0))
+    executed = agent.executed(actions)
+    assert executed.min() >= -1 and executed.max() <= 1 and np.abs(actions.numpy()).max() > 1
+
+
+# ----- MAPPO / masks --------------------------------------------------------------------------------------------
+
+def test_masked_actions_are_never_sampled():
+    spec = fixture_spec("discrete")
+    agent = MAPPOAgent(spec, MAPPOConfig())
+    g = torch.Generator().manual_seed(0)
+    avail = torch.rand(2000, 3, spec.n_actions, generator=g) < 0.3
+    avail[..., 2] = True
+    actions, logp = agent.act(torch.randn(2000, 3, spec.obs_dim, generator=g), avail, False, g)
+    assert avail.gather(-1, actions[..., None]).all() and torch.isfinite(logp).all()
+    greedy, _ = agent.act(torch.randn(2000, 3, spec.obs_dim, generator=g), avail, True, g)
+    assert avail.gather(-1, greedy[..., None]).all()
+    random_actions = RandomPolicy(spec).act(np.zeros((2000, 3, 5), np.float32), avail.numpy(), g)
+    assert np.take_along_axis(avail.numpy(), random_actions[..., None].astype(int), -1).all()
+    assert len(np.unique(random_actions)) > 1
+
+
+def test_mappo_policy_loss_on_hand_values():
+    ratio_logs = torch.log(torch.tensor([[1.5, 0.5]]))
+    loss = MAPPOAgent.policy_loss(ratio_logs, torch.zeros(1, 2), torch.tensor([1.0]), 0.2)
+    assert loss.item() == pytest.approx(-(1.2 + 0.5) / 2)
+
+
+# ----- learning, checkpoints, resume ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task, algo, cfg_cls", [("fixture/continuous", "happo", HAPPOConfig),
+                                                  ("fixture/discrete", "mappo", MAPPOConfig)])
+def test_short_training_improves_over_the_first_evaluation(task, algo, cfg_cls):
+    cfg = cfg_cls(total_env_steps=12_000, num_envs=8, rollout_len=50, eval_every=6_000)
+    evals = train_behaviour(resolve(task), algo, cfg).evaluations()
+    first, last = evals[0]["eval"]["return"], evals[-1]["eval"]["return"]
+    assert last > first + 2.0, (first, last)
+
+
+def test_checkpoint_reload_gives_identical_actions():
+    run = train_behaviour(resolve("fixture/continuous"), "happo", HAPPOConfig(total_env_steps=1000, **SMALL))
+    path = run.checkpoints()[-1]
+    torch.load(path, weights_only=True)  # nothing but tensors and plain data inside
+    a, _ = load_agent(path)
+    b, _ = load_agent(path)
+    obs = torch.randn(16, 3, 4)
+    assert torch.equal(a.act(obs, None, True, None)[0], b.act(obs, None, True, None)[0])
+
+
+def test_interrupted_training_resumes_to_the_same_weights(home):
+    ref = resolve("fixture/discrete")
+    cfg = MAPPOConfig(total_env_steps=3000, **SMALL)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_segment(steps, total, score):
+        if score is not None and steps >= 1000:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_behaviour(ref, "mappo", cfg, progress=stop_after_first_segment)
+    resumed = train_behaviour(ref, "mappo", cfg)
+    w_resumed = torch.load(resumed.checkpoints()[-1], weights_only=True)["weights"]
+    other_home = home.parent / "other"
+    import os
+
+    os.environ["OMGMG_HOME"] = str(other_home)
+    straight = train_behaviour(ref, "mappo", cfg)
+    w_straight = torch.load(straight.checkpoints()[-1], weights_only=True)["weights"]
+    assert all(torch.equal(w_resumed[k], w_straight[k]) for k in w_straight)
+
+
+# ----- levels end to end ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("level", ["random", "expert", "medium", "medium-replay", "medium-expert"])
+def test_each_level_end_to_end(level, tmp_path):
+    req = CollectRequest("fixture", "continuous", level, episodes=9, train_steps=2000, workers=1,
+                         out=tmp_path / f"{level}.zarr")
+    ds = collect(req, on_note=lambda m: None)
+    assert validate(ds.path) == []
+    meta = ds.meta
+    assert meta["level"] == level and meta["collection"]["level_definition"]
+    if level not in ("medium-replay",):
+        assert ds.n_episodes == 9
+    if level in ("expert", "medium"):
+        assert len(meta["behaviour_policy"]["checkpoint_sha256"]) == 64
+        assert meta["behaviour_policy"]["stochastic"] is True
+    if level == "random":
+        assert meta["behaviour_policy"]["algorithm"] == "uniform-random"
+    if level == "medium-expert":
+        assert set(meta["collection"]["checkpoints"]) == {"medium", "expert"}
+
+
+def test_transition_budget_is_exact_and_cuts_the_last_episode(tmp_path):
+    ds = collect(CollectRequest("fixture", "continuous", "random", transitions=333, workers=1, out=tmp_path / "r.zarr"),
+                 on_note=lambda m: None)
+    assert ds.n_transitions == 333
+    last = list(iter_episodes(ds))[-1]
+    assert last["truncated"][-1] and not last["terminated"][-1]
+
+
+def test_same_seed_and_budget_give_identical_bytes(tmp_path):
+    a = collect(CollectRequest("fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1,
+                               out=tmp_path / "a.zarr"), on_note=lambda m: None)
+    b = collect(CollectRequest("fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1,
+                               out=tmp_path / "b.zarr"), on_note=lambda m: None)
+    for key in ("steps/obs", "steps/actions", "steps/avail", "steps/reward", "episodes/won"):
+        assert np.array_equal(a.read(key), b.read(key)), key
+    c = collect(CollectRequest("fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1, seed=1,
+                               out=tmp_path / "c.zarr"), on_note=lambda m: None)
+    assert not np.array_equal(a.read("steps/obs"), c.read("steps/obs"))
+
+
+def test_interrupted_collection_resumes_to_the_same_dataset(tmp_path):
+    base = dict(episodes=40, workers=1, train_steps=1000, num_envs=4)  # 10 waves of 4 episodes
+    reference = collect(CollectRequest("fixture", "continuous", "medium-expert", out=tmp_path / "ref.zarr", **base),
+                        on_note=lambda m: None)
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def interrupt(done, total):
+        calls["n"] += 1
+        if calls["n"] == 7:  # inside the expert half
+            raise Stop
+
+    target = tmp_path / "x.zarr"
+    with pytest.raises(Stop):
+        collect(CollectRequest("fixture", "continuous", "medium-expert", out=target, **base),
+                on_note=lambda m: None, on_rollout=interrupt)
+    assert not target.exists()
+    resumed = collect(CollectRequest("fixture", "continuous", "medium-expert", out=target, **base),
+                      on_note=lambda m: None)
+    for key in ("steps/obs", "steps/actions", "steps/reward", "steps/truncated", "episodes/length"):
+        assert np.array_equal(resumed.read(key), reference.read(key)), key
+
+
+# ----- the command ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["fixture", "nope", "--level", "random"], "unknown fixture task 'nope'"),
+    (["fixture", "continuous", "--level", "superb"], "unknown level 'superb'"),
+    (["fixture", "continuous", "--level", "random", "--episodes", "0"], "--episodes must be a positive number"),
+    (["smacv2", "protoss_5v5", "--level", "random", "--backend", "pysc2"], "unknown SMACv2 backend 'pysc2'"),
+    (["fixture", "continuous", "--level", "random", "--episodes", "3", "--transitions", "9"], "not both"),
+])
+def test_collect_bad_input_is_one_line_and_exit_2(args, message):
+    result = CliRunner().invoke(data_cli, ["collect", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_collect_command_writes_a_valid_dataset_and_never_overwrites(tmp_path):
+    out = tmp_path / "c.zarr"
+    args = ["collect", "fixture", "discrete", "--level", "m-expert", "--episodes", "6", "--train-steps", "800",
+            "--workers", "1", "--out", str(out)]
+    result = CliRunner().invoke(data_cli, args)
+    assert result.exit_code == 0, result.output
+    assert "6 episodes" in result.output and "win rate" in result.output
+    assert open_dataset(out).level == "medium-expert"
+    before = open_dataset(out).read("steps/obs")
+    again = CliRunner().invoke(data_cli, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    assert np.array_equal(open_dataset(out).read("steps/obs"), before)
+    with pytest.raises(DatasetError):
+        CollectRequest("fixture", "discrete", "expert", medium_fraction=1.5)
+    assert math.isfinite(open_dataset(out).meta["stats"]["return"]["mean"])
