@@ -1,0 +1,265 @@
+"""OMGMG: Offline Multi-Agent RL with Global Moderate Generalization (AAMAS 2026), section 4.3.
+
+Read this file beside the paper: config -> networks -> losses (Eqs. 11, 12, 10) -> update in the
+order of Algorithm 1.
+
+Per gradient step (Algorithm 1, lines 3-7), on a minibatch (o, s, a, r, o', s') from the dataset:
+
+4. V_i   <- Eq. (11): min E[exp(w_i(s)/alpha (Qbar_i(o_i,a_i) - V_i(o_i))) + w_i(s)/alpha V_i(o_i)]
+5. Q_i, w, b <- Eq. (12): min E[(r + lam*gamma*E_{a'~pibar_tot} Qbar_tot(o',a')
+                               + (1-lam)*gamma*V_tot(o') - Q_tot(o,a))^2]
+   with Q_tot = sum_i w_i(s) Q_i + b(s) and V_tot = sum_i w_i(s) V_i + b(s)  (Eq. 9).
+6. pi_i  <- Eq. (10): max E_{a_i~pi_i}[Q_i(o_i,a_i)]
+                        + nu * E_D[exp(w_i(s)/alpha (Qbar_i - V_i)) * log pi_i(a_i|o_i)]
+7. Qbar_i <- tau Q_i + (1-tau) Qbar_i;  pibar_i <- tau pi_i + (1-tau) pibar_i.
+
+Implementation choices, each stated where the paper leaves room or where we deviate:
+
+- **Stabilised Eq. (11)**, exactly as the official OMIGA code: ``z = w (Qbar - V) / alpha`` clamped
+  to [-10, 10]; the loss is divided by ``exp(max z)`` (max over the batch, detached, floored at -1):
+  ``exp(z - max z) + exp(-max z) * w * V / alpha``. Dividing by a positive constant changes the
+  gradient's scale, not its direction.
+- **Eq. (10)'s weight** is ``exp(z)`` with the same clamped z, computed in step 4 (before V's update)
+  and detached, as OMIGA does.
+- **Targets.** Algorithm 1 keeps target copies of Q_i and pi_i only, so V_tot(o') in Eq. (12) uses
+  the freshly updated V and the current mixer, both without gradient; w(s) in Eqs. (10)-(11) is the
+  current mixer without gradient. (OMIGA's code also keeps target copies of V and the mixer.)
+- **E_{a'~pibar_tot} Qbar_tot(o',a')**: the mixer is linear in Q_i, so it is
+  ``sum_i w_i(s') E_{a'_i~pibar_i} Qbar_i(o'_i, a'_i) + b(s')``: an exact expectation over the
+  available actions for discrete actions, ``n_action_samples`` reparameterised samples per agent
+  for continuous ones.
+- **Terminations vs truncations.** Both bootstrap terms are multiplied by (1 - terminated): a
+  time-limit truncation bootstraps from o' (the stored final observation), a termination does not.
+- **Discrete actions.** Q_i(o_i, .) outputs one value per action; the actor's Q term is the exact
+  expectation ``sum_a pi_i(a|o_i) Q_i(o_i, a)`` under the masked softmax.
+- ``normalize_q_term`` (off by default) divides Eq. (10)'s Q term by the batch mean of |Q| (as TD3+BC
+  does); it is a deviation from the paper, offered for stability experiments only.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from datakit.loader import Batch
+from datakit.spec import EnvSpec
+from omgmg.algos.base import OfflineAlgorithm, OfflineConfig, action_bounds
+from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, adam, mix, soft_update
+
+
+@dataclass
+class OMGMGConfig(OfflineConfig):
+    """OMGMG hyperparameters (loop fields are documented on OfflineConfig)."""
+
+    lam: float = 0.5
+    """Generalisation discount lambda of Eq. (12), in [0, 1]: weight of the policy's bootstrap."""
+    nu: float = 1.0
+    """Penalty coefficient nu of Eq. (10): weight of the behaviour-regularisation term."""
+    alpha: float = 10.0
+    """OMIGA's temperature alpha in Eqs. (10)-(11)."""
+    gamma: float = 0.99
+    """Discount."""
+    tau: float = 0.005
+    """Polyak rate of the target Q and target policy (Algorithm 1, line 7)."""
+    lr: float = 5e-4
+    """Adam learning rate of every network."""
+    hidden: int = 256
+    """Hidden width of the per-agent networks (two hidden layers)."""
+    mixer_hidden: int = 64
+    """Hidden width of the mixer."""
+    shared_networks: bool = True
+    """One network for all agents with a one-hot id input (True) or separate stacked weights (False)."""
+    grad_norm_clip: float = 1.0
+    """Gradient-norm clip of every update."""
+    z_clip: float = 10.0
+    """Clamp of z = w (Qbar - V) / alpha, as OMIGA."""
+    n_action_samples: int = 1
+    """Samples of a' ~ pibar per agent for Eq. (12)'s expectation (continuous actions)."""
+    normalize_q_term: bool = False
+    """Deviation, off by default: divide Eq. (10)'s Q term by mean |Q| of the batch."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
+        if self.nu < 0 or self.alpha <= 0:
+            raise ValueError(f"nu must be >= 0 and alpha > 0, got nu={self.nu}, alpha={self.alpha}")
+
+
+# ----- losses ---------------------------------------------------------------------------------------------------
+
+def advantage_exponent(w: torch.Tensor, q_target: torch.Tensor, v: torch.Tensor, alpha: float,
+                       clip: float) -> torch.Tensor:
+    """z_i = w_i(s) / alpha * (Qbar_i(o_i, a_i) - V_i(o_i)), clamped as in OMIGA's code. (B, N)"""
+    return (w * (q_target - v) / alpha).clamp(-clip, clip)
+
+
+def implicit_value_loss(z: torch.Tensor, w: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. (11): implicit local V loss, E[exp(z) + w V / alpha], divided by exp(max z) for stability."""
+    max_z = z.max().detach().clamp(min=-1.0)
+    return (torch.exp(z - max_z) + torch.exp(-max_z) * w * v / alpha).mean()
+
+
+def gmg_target(reward: torch.Tensor, terminated: torch.Tensor, next_w: torch.Tensor, next_b: torch.Tensor,
+               next_q_expected: torch.Tensor, next_v: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """Eq. (12)'s target: r + lam*gamma*E_{a'~pibar_tot}[Qbar_tot(o',a')] + (1-lam)*gamma*V_tot(o').
+
+    next_q_expected (B, N) = E_{a'_i~pibar_i} Qbar_i(o'_i, a'_i); next_v (B, N) = V_i(o'_i); the mixer is
+    linear, so both totals use the same w(s'), b(s') (Eq. 9). Bootstraps are cut at terminations only.
+    """
+    q_tot_next = mix(next_w, next_q_expected, next_b)  # (B,)
+    v_tot_next = mix(next_w, next_v, next_b)  # (B,)
+    return reward + (1.0 - terminated) * gamma * (lam * q_tot_next + (1.0 - lam) * v_tot_next)
+
+
+def gmg_q_loss(q_tot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. (12): squared error between Q_tot(o, a) and the (detached) GMG target."""
+    return ((q_tot - target.detach()) ** 2).mean()
+
+
+def moderate_generalization_actor_loss(q_pi: torch.Tensor, log_prob_data: torch.Tensor, weight: torch.Tensor,
+                                       nu: float) -> torch.Tensor:
+    """Eq. (10), negated: -(E_{a_i~pi_i}[Q_i(o_i, a_i)] + nu * E_D[exp(z_i) * log pi_i(a_i | o_i)]).
+
+    q_pi (B, N): Q_i at the policy's action (or its expectation); log_prob_data (B, N): log pi_i of the
+    dataset action; weight (B, N): exp(z_i), detached.
+    """
+    return -(q_pi.mean() + nu * (weight.detach() * log_prob_data).mean())
+
+
+# ----- the algorithm ----------------------------------------------------------------------------------------------
+
+class OMGMG(OfflineAlgorithm):
+    name = "omgmg"
+    config_cls = OMGMGConfig
+
+    def __init__(self, spec: EnvSpec, cfg: OMGMGConfig):
+        super().__init__(spec, cfg)
+        N, O, S, H, shared = spec.n_agents, spec.obs_dim, spec.state_dim, cfg.hidden, cfg.shared_networks
+        if spec.discrete:
+            K = spec.n_actions
+            self.actor = CategoricalPolicy(N, O, K, H, shared)
+            self.q = AgentMLP(N, O, K, H, shared=shared)  # Q_i(o_i, .) over all actions
+        else:
+            A = spec.action_dim
+            low, high, mask = action_bounds(spec)
+            self.actor = TanhGaussianPolicy(N, O, A, low, high, mask, H, shared)
+            self.q = AgentMLP(N, O + A, 1, H, shared=shared)  # Q_i(o_i, a_i)
+        self.v = AgentMLP(N, O, 1, H, shared=shared)
+        self.mixer = Mixer(S, N, cfg.mixer_hidden)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)  # Qbar_i
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)  # pibar_i
+        self.optimizers = {
+            "v": adam(self.v.parameters(), cfg.lr),
+            "q": adam(list(self.q.parameters()) + list(self.mixer.parameters()), cfg.lr),
+            "actor": adam(self.actor.parameters(), cfg.lr),
+        }
+
+    # ----- network evaluations -----------------------------------------------------------------------------
+    def _q(self, q_net: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q_i(o_i, a_i) for given actions -> (B, N)."""
+        if self.spec.discrete:
+            return q_net(obs).gather(-1, actions[..., None])[..., 0]
+        return q_net(torch.cat([obs, actions], dim=-1))[..., 0]
+
+    def _expected_next_q_discrete(self, next_obs: torch.Tensor, next_avail: torch.Tensor) -> torch.Tensor:
+        """E_{a'_i ~ pibar_i} Qbar_i(o'_i, a'_i), exactly, over the available actions -> (B, N)."""
+        probs = self.actor_target.log_probs(next_obs, next_avail).exp()  # (B, N, K)
+        return (probs * self.q_target(next_obs)).sum(-1)
+
+    def _target_q_values(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Qbar_i(o_i, a_i), E_{a'_i~pibar_i} Qbar_i(o'_i, a'_i)), each (B, N), without gradient.
+
+        Continuous: the target network sees (o, a) and the samples (o', a') in one call of 2B rows.
+        """
+        if self.spec.discrete:
+            q_bar = self._q(self.q_target, b.obs, b.actions)
+            next_q = self._expected_next_q_discrete(b.next_obs, b.next_avail) if self.cfg.lam > 0 else \
+                torch.zeros_like(q_bar)
+            return q_bar, next_q
+        B, k = b.obs.shape[0], self.cfg.n_action_samples if self.cfg.lam > 0 else 0
+        obs = torch.cat([b.obs] + [b.next_obs] * k)
+        actions = torch.cat([b.actions] + [self.actor_target.sample(b.next_obs)[0] for _ in range(k)])
+        q = self._q(self.q_target, obs, actions)  # ((1 + k) B, N)
+        next_q = q[B:].reshape(k, B, -1).mean(0) if k else torch.zeros_like(q[:B])
+        return q[:B], next_q
+
+    def _actor_terms(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E_{a~pi_i} Q_i(o_i, a), log pi_i(a_data | o_i)), each (B, N), from one actor pass."""
+        if self.spec.discrete:
+            logp = self.actor.log_probs(b.obs, b.avail)  # (B, N, K)
+            q_pi = (logp.exp() * self.q(b.obs)).sum(-1)
+            return q_pi, logp.gather(-1, b.actions[..., None])[..., 0]
+        a_pi, log_prob_data = self.actor.sample_and_log_prob(b.obs, b.actions)
+        return self._q(self.q, b.obs, a_pi), log_prob_data
+
+    # ----- one gradient step: Algorithm 1, lines 4-7 --------------------------------------------------------
+    def update(self, b: Batch) -> dict[str, float]:
+        with torch.no_grad():  # what the targets need, from the target networks (fixed within a step)
+            q_bar, next_q = self._target_q_values(b)  # (B, N) each
+        z, stats = self.update_v(b, q_bar)  # line 4
+        stats |= self.update_q(b, next_q)  # line 5
+        stats |= self.update_actor(b, z)  # line 6
+        self.update_targets()  # line 7
+        return stats
+
+    def update_v(self, b: Batch, q_bar: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Algorithm 1, line 4: V_i by Eq. (11). Returns z (for Eq. 10's weight) and metrics."""
+        cfg = self.cfg
+        with torch.no_grad():
+            w, _ = self.mixer(b.state)  # (B, N): current mixer, no gradient
+        v = self.v(b.obs)[..., 0]  # (B, N)
+        z = advantage_exponent(w, q_bar, v, cfg.alpha, cfg.z_clip)
+        v_loss = implicit_value_loss(z, w, v, cfg.alpha)
+        self._step("v", v_loss, self.v)
+        return z.detach(), {"loss/v": v_loss.item(), "value/v": v.mean().item(), "value/w": w.mean().item(),
+                            "value/exp_z": torch.exp(z).mean().item()}
+
+    def update_q(self, b: Batch, next_q: torch.Tensor) -> dict:
+        """Algorithm 1, line 5: Q_i, w and b by Eq. (12), bootstrapping from the V just updated."""
+        cfg = self.cfg
+        with torch.no_grad():
+            next_w, next_b = self.mixer(b.next_state)
+            next_v = self.v(b.next_obs)[..., 0]
+            target = gmg_target(b.reward, b.terminated, next_w, next_b, next_q, next_v, cfg.gamma, cfg.lam)
+        w, bias = self.mixer(b.state)
+        q_tot = mix(w, self._q(self.q, b.obs, b.actions), bias)  # (B,)
+        q_loss = gmg_q_loss(q_tot, target)
+        self._step("q", q_loss, list(self.q.parameters()) + list(self.mixer.parameters()))
+        return {"loss/q": q_loss.item(), "value/q_tot": q_tot.mean().item(), "value/target": target.mean().item()}
+
+    def update_actor(self, b: Batch, z: torch.Tensor) -> dict:
+        """Algorithm 1, line 6: pi_i by Eq. (10). Q_i is frozen, so only the actor moves."""
+        cfg = self.cfg
+        self.q.requires_grad_(False)
+        try:
+            q_pi, log_prob_data = self._actor_terms(b)
+            if cfg.normalize_q_term:
+                q_pi = q_pi / q_pi.abs().mean().detach().clamp(min=1e-6)
+            actor_loss = moderate_generalization_actor_loss(q_pi, log_prob_data, torch.exp(z), cfg.nu)
+            self._step("actor", actor_loss, self.actor)
+        finally:
+            self.q.requires_grad_(True)
+        return {"loss/actor": actor_loss.item()}
+
+    def update_targets(self) -> None:
+        """Algorithm 1, line 7: Qbar_i <- tau Q_i + (1 - tau) Qbar_i; pibar_i likewise."""
+        soft_update(self.q_target, self.q, self.cfg.tau)
+        soft_update(self.actor_target, self.actor, self.cfg.tau)
+
+    def _step(self, name: str, loss: torch.Tensor, params) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = params.parameters() if isinstance(params, nn.Module) else params
+        nn.utils.clip_grad_norm_(params, self.cfg.grad_norm_clip)
+        opt.step()
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
+        """Deterministic evaluation actions: tanh of the mean, or the most probable available action."""
+        if self.spec.discrete:
+            return self.actor.deterministic(obs, avail)
+        return self.actor.deterministic(obs)
