@@ -1,17 +1,158 @@
-"""``omgmg``: train and evaluate offline MARL algorithms on omgmg datasets."""
+"""``omgmg``: train and evaluate offline MARL algorithms on omgmg datasets.
+
+Training options are generated from the algorithms' config dataclasses (``omgmg.algos``): every
+field is an option with its docstring as help, so the dataclass stays the single source of truth.
+"""
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
 from pathlib import Path
 
 import click
 
-from cli.common import console, friendly_errors, version_option
+from cli.common import EXIT_USAGE, console, err_console, fail, friendly_errors, version_option
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings (the string literal after each field) of a dataclass and its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = " ".join(str(b.value.value).split())
+    return docs
+
+
+def _config_classes() -> dict[str, type]:
+    from omgmg.algos import ALGORITHMS, algorithm_class
+
+    return {name: algorithm_class(name).config_cls for name in ALGORITHMS}
+
+
+def config_options(fn):
+    """One click option per config field of any algorithm (default None: the algorithm's default)."""
+    seen: dict[str, tuple[dataclasses.Field, list[str], str]] = {}
+    for algo, cls in _config_classes().items():
+        docs = _field_docs(cls)
+        for f in dataclasses.fields(cls):
+            entry = seen.setdefault(f.name, (f, [], docs.get(f.name, "")))
+            entry[1].append(algo)
+    for name, (f, algos, doc) in sorted(seen.items(), reverse=True):
+        flag = "--" + name.replace("_", "-")
+        scope = "" if len(algos) == len(_config_classes()) else f" [{', '.join(algos)}]"
+        default = f.default
+        if isinstance(default, bool):
+            decl = [f"{flag}/--no-{name.replace('_', '-')}"]
+            kw = {"default": None}
+        else:
+            decl = [flag]
+            kw = {"type": type(default), "default": None}
+        fn = click.option(*decl, name, help=f"{doc} (default {default}){scope}", **kw)(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @version_option()
 def main():
     """Offline MARL training and evaluation (OMGMG and baselines)."""
+
+
+@main.command(context_settings={"show_default": False})
+@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="A format-v1 dataset (.zarr).")
+@click.option("--algo", default="omgmg", show_default=True, help="Algorithm: omgmg or bc.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/DATASET/ALGO-seedS).")
+@click.option("--eval/--no-eval", "evaluate", default=True, help="Evaluate in the environment every eval_every steps.")
+@config_options
+@friendly_errors
+def train(dataset: Path, algo: str, out: Path | None, evaluate: bool, **options):
+    """Train an algorithm on a dataset; running it again resumes the run."""
+    from omgmg.algos import ALGORITHMS, algorithm_class
+    from omgmg.trainer import train as run_train
+
+    if algo not in ALGORITHMS:
+        fail(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}", EXIT_USAGE)
+    cls = algorithm_class(algo).config_cls
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in options.items() if v is not None}
+    foreign = sorted(k for k in given if k not in names)
+    if foreign:
+        names_ = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        fail(f"{names_} {'does' if len(foreign) == 1 else 'do'} not apply to {algo}", EXIT_USAGE)
+    try:
+        cfg = cls(**given)
+    except (ValueError, TypeError) as e:
+        fail(str(e), EXIT_USAGE)
+    out = out or Path("runs") / Path(dataset).stem / f"{algo}-seed{cfg.seed}"
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=err_console, disable=not err_console.is_terminal) as p:
+        task = p.add_task(f"{algo} on {Path(dataset).name}", total=cfg.steps, info="")
+
+        def progress(step, total, ev):
+            info = {}
+            if ev and ev.get("eval/return") is not None:
+                wr = ev.get("eval/win_rate")
+                info = {"info": f"eval return {ev['eval/return']:.4g}" + (f", win {100 * wr:.0f}%" if wr is not None else "")}
+            p.update(task, completed=step, **info)
+
+        result = run_train(algo, dataset, cfg, out, evaluate=evaluate, progress=progress)
+    _print_result(result.run_dir, result.final, result.best)
+
+
+def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{run_dir}", title_justify="left")
+    for col in ("", "step", "return", "win rate", "Q_tot"):
+        t.add_column(col, justify="right")
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    for label, rec in (("final", final), ("best", best)):
+        if rec:
+            wr = rec.get("eval/win_rate")
+            t.add_row(label, str(rec.get("step", "-")), fmt(rec.get("eval/return")),
+                      "-" if wr is None else f"{100 * wr:.1f}%", fmt(rec.get("value/q_tot")))
+    console.print(t)
+    console.print(f"curves: {run_dir / 'curves.png'}   log: {run_dir / 'log.jsonl'}", highlight=False)
+
+
+@main.command(name="eval")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--dataset", type=click.Path(path_type=Path), help="Dataset the policy was trained on (default: from the run).")
+@click.option("--episodes", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=1234, show_default=True, type=int)
+@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "latest"]))
+@friendly_errors
+def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoint: str):
+    """Evaluate a trained run's policy in the environment of its dataset."""
+    from datakit import open_dataset
+    from omgmg.trainer import Evaluator, load_policy
+
+    path = run if run.is_file() else run / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        fail(f"no checkpoint at {path}; train first with `omgmg train --out {run}`", EXIT_USAGE)
+    config = json.loads((path.parent.parent / "config.json").read_text()) if dataset is None else None
+    ds = open_dataset(dataset or config["dataset"])
+    algo = load_policy(path)
+    evaluator = Evaluator(ds, episodes, seed)
+    try:
+        result = evaluator(algo)
+    finally:
+        evaluator.close()
+    wr = result["eval/win_rate"]
+    console.print(f"[bold]{path}[/]: return {result['eval/return']:.4g} ± {result['eval/return_std']:.3g} over "
+                  f"{episodes} episodes" + ("" if wr is None else f", win rate {100 * wr:.1f}%"), highlight=False)
+    (path.parent.parent / f"eval-{checkpoint}.json").write_text(json.dumps(result, indent=2))
 
 
 @main.command()
