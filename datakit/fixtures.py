@@ -44,7 +44,7 @@ SHAPES = {
     "halfcheetah-6x1": FixtureShape(obs_dims=(9, 9, 8, 9, 9, 8), state_dim=17, action_dim=1, episode_limit=1000),
     "hopper-3x1": FixtureShape(obs_dims=(8, 9, 8), state_dim=11, action_dim=1, episode_limit=1000),
     "ant-2x4": FixtureShape(obs_dims=(63, 63), state_dim=105, action_dim=4, episode_limit=1000),
-    "protoss-5v5": FixtureShape(obs_dims=(80,) * 5, state_dim=120, n_actions=11, episode_limit=200,
+    "protoss-5v5": FixtureShape(obs_dims=(127,) * 5, state_dim=120, n_actions=10, episode_limit=200,
                                 reports_wins=True),
 }
 

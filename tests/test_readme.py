@@ -28,13 +28,18 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 
 def test_readme_main_job_runs(tmp_path, monkeypatch):
+    from cli.train import main as train_cli
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))
     main_job = setup_commands()[0]
     steps = [shlex.split(part) for part in main_job.split(" && ")]
-    ours = [s for s in steps if s[0] == "omgmg-data"]
-    assert len(ours) >= 3
+    clis = {"omgmg-data": data_cli, "omgmg": train_cli}
+    ours = [s for s in steps if s[0] in clis]
+    assert [s[0] for s in ours] == ["omgmg-data", "omgmg"]
     for argv in ours:
-        result = CliRunner().invoke(data_cli, argv[1:])
+        result = CliRunner().invoke(clis[argv[0]], argv[1:])
         assert result.exit_code == 0, (argv, result.output)
-    assert Path("demo.zarr/zarr.json").is_file()
-    assert Path("demo-returns.png").read_bytes()[:4] == b"\x89PNG"
+    assert "final" in result.output and "return" in result.output  # the result table
+    assert Path("hopper-medium.zarr/zarr.json").is_file()
+    assert Path("runs/hopper-medium-omgmg/curves.png").read_bytes()[:4] == b"\x89PNG"

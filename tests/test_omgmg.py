@@ -1,0 +1,243 @@
+"""OMGMG (Eqs. 9-12, Algorithm 1), BC, the trainer, checkpoints and the `omgmg` command."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.train import main as train_cli
+from datakit import TransitionLoader
+from datakit.fixtures import make_fixture
+from datakit.loader import Batch
+from omgmg.algos.bc import BCConfig
+from omgmg.algos.omgmg import (OMGMGConfig, advantage_exponent, gmg_target, implicit_value_loss,
+                               moderate_generalization_actor_loss)
+from omgmg.nets import mix
+from omgmg.trainer import build, load_policy, read_log, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("omgmg")
+    return {"continuous": make_fixture(root / "c.zarr", "continuous", episodes=30),
+            "discrete": make_fixture(root / "d.zarr", "discrete", episodes=40)}
+
+
+def small(**kw) -> OMGMGConfig:
+    return OMGMGConfig(**{"hidden": 32, "mixer_hidden": 16, "batch_size": 32, "torch_threads": 1, **kw})
+
+
+def batch(algo, ds, seed=0, size=32) -> Batch:
+    return algo.prepare(TransitionLoader(ds, size, seed=seed).sample())
+
+
+# ----- the losses, by hand -------------------------------------------------------------------------------------
+
+def test_eq11_value_loss_on_hand_values():
+    w = torch.tensor([[1.0, 2.0]])
+    q_bar = torch.tensor([[3.0, 1.0]])
+    v = torch.tensor([[1.0, 2.0]])
+    z = advantage_exponent(w, q_bar, v, alpha=2.0, clip=10.0)
+    assert torch.allclose(z, torch.tensor([[1.0, -1.0]]))  # w (Qbar - V) / alpha
+    loss = implicit_value_loss(z, w, v, alpha=2.0)
+    max_z = 1.0  # the stabiliser: divide by exp(max z)
+    by_hand = (math.exp(1 - max_z) + math.exp(-max_z) * 1 * 1 / 2 + math.exp(-1 - max_z) + math.exp(-max_z) * 2 * 2 / 2) / 2
+    assert loss.item() == pytest.approx(by_hand)
+    # without the stabiliser the loss is exp(max z) times larger: same minimiser
+    raw = (torch.exp(z) + w * v / 2).mean()
+    assert raw.item() == pytest.approx(by_hand * math.exp(max_z))
+    assert advantage_exponent(w, q_bar * 100, v, 2.0, 10.0).max().item() == 10.0  # clamped as OMIGA
+
+
+def test_eq12_target_on_hand_values_and_lambda_zero_is_the_in_sample_target():
+    r, term = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])
+    w, b = torch.tensor([[0.5, 2.0], [0.5, 2.0]]), torch.tensor([0.1, 0.1])
+    q_next, v_next = torch.tensor([[4.0, 2.0], [4.0, 2.0]]), torch.tensor([[2.0, 1.0], [2.0, 1.0]])
+    t = gmg_target(r, term, w, b, q_next, v_next, gamma=0.9, lam=0.25)
+    q_tot, v_tot = 0.5 * 4 + 2 * 2 + 0.1, 0.5 * 2 + 2 * 1 + 0.1
+    assert t[0].item() == pytest.approx(1 + 0.9 * (0.25 * q_tot + 0.75 * v_tot))
+    assert t[1].item() == pytest.approx(1.0)  # terminated: no bootstrap
+    t0 = gmg_target(r, term, w, b, q_next * 1000, v_next, gamma=0.9, lam=0.0)
+    assert t0[0].item() == pytest.approx(1 + 0.9 * v_tot)  # lambda = 0: r + gamma V_tot(s'), Q ignored
+
+
+def test_eq10_actor_loss_on_hand_values():
+    q_pi = torch.tensor([[2.0, 4.0]])
+    logp = torch.tensor([[-1.0, -2.0]])
+    weight = torch.tensor([[1.0, 0.5]])
+    loss = moderate_generalization_actor_loss(q_pi, logp, weight, nu=0.1)
+    assert loss.item() == pytest.approx(-(3.0 + 0.1 * (-1.0 - 1.0) / 2))
+
+
+def test_eq9_mixer_weights_are_non_negative_and_shared_by_q_and_v(data):
+    algo = build("omgmg", data["continuous"], small())
+    w, b = algo.mixer(torch.randn(64, algo.spec.state_dim) * 5)
+    assert (w >= 0).all() and w.shape == (64, 3) and b.shape == (64,)
+    assert torch.allclose(mix(w, torch.ones(64, 3), b), w.sum(-1) + b)
+
+
+def test_discrete_expectations_are_exact_over_available_actions(data):
+    algo = build("omgmg", data["discrete"], small())
+    b = batch(algo, data["discrete"])
+    with torch.no_grad():
+        got = algo._expected_next_q_discrete(b.next_obs, b.next_avail)
+        logits = algo.actor_target.net(b.next_obs).masked_fill(~b.next_avail, -torch.inf)
+        probs = torch.softmax(logits, -1)
+        want = (probs * algo.q_target(b.next_obs)).sum(-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (probs[~b.next_avail] == 0).all()
+
+
+# ----- Algorithm 1's update ----------------------------------------------------------------------------------------
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module):
+    after = module.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_each_update_moves_only_its_own_networks(data, kind):
+    algo = build("omgmg", data[kind], small())
+    b = batch(algo, data[kind])
+    with torch.no_grad():
+        q_bar, next_q = algo._target_q_values(b)
+    groups = {"v": algo.v, "q": algo.q, "mixer": algo.mixer, "actor": algo.actor, "q_target": algo.q_target,
+              "actor_target": algo.actor_target}
+    snaps = {k: _snapshot(m) for k, m in groups.items()}
+    z, _ = algo.update_v(b, q_bar)
+    moved = {k for k, m in groups.items() if _changed(snaps[k], m)}
+    assert moved == {"v"}
+    snaps = {k: _snapshot(m) for k, m in groups.items()}
+    algo.update_q(b, next_q)
+    assert {k for k, m in groups.items() if _changed(snaps[k], m)} == {"q", "mixer"}
+    snaps = {k: _snapshot(m) for k, m in groups.items()}
+    for p in algo.q.parameters():  # clear the Q step's own gradients, then look for any from the actor
+        p.grad = None
+    algo.update_actor(b, z)
+    assert {k for k, m in groups.items() if _changed(snaps[k], m)} == {"actor"}
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in algo.q.parameters())  # no leak into Q
+    snaps = {k: _snapshot(m) for k, m in groups.items()}
+    algo.update_targets()
+    assert {k for k, m in groups.items() if _changed(snaps[k], m)} == {"q_target", "actor_target"}
+
+
+def test_truncation_bootstraps_and_termination_does_not_in_the_update(data):
+    algo = build("omgmg", data["continuous"], small(lam=0.5))
+    b = batch(algo, data["continuous"], size=8)
+    seen = {}
+    real = gmg_target
+
+    def spy(reward, terminated, *args, **kw):
+        out = real(reward, terminated, *args, **kw)
+        seen["terminated"], seen["target"], seen["reward"] = terminated, out, reward
+        return out
+
+    import omgmg.algos.omgmg as mod
+
+    b.terminated[:] = torch.tensor([1, 0, 1, 0, 0, 0, 0, 0], dtype=torch.float32)
+    b.truncated[:] = torch.tensor([0, 1, 0, 0, 0, 0, 0, 0], dtype=torch.float32)
+    mod.gmg_target, orig = spy, mod.gmg_target
+    try:
+        with torch.no_grad():
+            _, next_q = algo._target_q_values(b)
+        algo.update_q(b, next_q)
+    finally:
+        mod.gmg_target = orig
+    t = seen["target"]
+    assert torch.equal(t[[0, 2]], b.reward[[0, 2]])  # terminations: target is the reward alone
+    assert not torch.isclose(t[1], b.reward[1])  # the truncated step still bootstraps
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_two_hundred_steps_lower_the_q_loss(data, kind):
+    torch.manual_seed(0)
+    algo = build("omgmg", data[kind], small(lr=1e-3))
+    loader = TransitionLoader(data[kind], 64, seed=0)
+    losses = [algo.update(algo.prepare(loader.sample()))["loss/q"] for _ in range(200)]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
+
+
+def test_separate_and_shared_networks_both_train(data):
+    for shared in (True, False):
+        algo = build("omgmg", data["discrete"], small(shared_networks=shared))
+        stats = algo.update(batch(algo, data["discrete"]))
+        assert all(np.isfinite(v) for v in stats.values())
+
+
+def test_bc_learns_the_dataset_actions(data):
+    # the continuous fixture's behaviour is a linear controller plus noise: its likelihood can rise a lot
+    algo = build("bc", data["continuous"], BCConfig(hidden=32, torch_threads=1, lr=1e-3))
+    loader = TransitionLoader(data["continuous"], 64, seed=0)
+    losses = [algo.update(algo.prepare(loader.sample()))["loss/actor"] for _ in range(200)]
+    assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.5, (np.mean(losses[:20]), np.mean(losses[-20:]))
+
+
+# ----- trainer, checkpoints, resume, command -------------------------------------------------------------------
+
+def test_checkpoint_reload_gives_identical_actions(data, tmp_path):
+    res = train("omgmg", data["continuous"], small(steps=60, eval_every=30, eval_episodes=2, log_every=20), tmp_path / "r")
+    torch.load(res.run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    a, b = load_policy(res.run_dir / "checkpoints" / "latest.pt"), load_policy(res.run_dir / "checkpoints" / "latest.pt")
+    obs = torch.randn(20, 3, 4)
+    assert torch.equal(a.act(a.normalise_obs(obs), None), b.act(b.normalise_obs(obs), None))
+    assert torch.equal(a.obs_mean, b.obs_mean) and a.obs_std.abs().sum() > 0
+    assert (res.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert res.final["eval/return"] is not None
+
+
+def test_resume_continues_the_same_metrics_stream(data, tmp_path):
+    cfg = small(steps=120, eval_every=40, eval_episodes=2, log_every=20)
+    straight = train("omgmg", data["discrete"], cfg, tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, total, ev):
+        if ev is not None and step == 80:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train("omgmg", data["discrete"], cfg, tmp_path / "b", progress=stop)
+    with open(tmp_path / "b" / "log.jsonl", "a") as f:  # a line written after the checkpoint, then a crash
+        f.write(json.dumps({"step": 100, "loss/q": 123.0}) + "\n")
+    resumed = train("omgmg", data["discrete"], cfg, tmp_path / "b")
+    drop = lambda log: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in log]  # noqa: E731
+    assert drop(read_log(resumed.run_dir)) == drop(read_log(straight.run_dir))
+
+
+def test_a_run_directory_refuses_another_dataset_or_config(data, tmp_path):
+    from datakit import DatasetError
+
+    train("bc", data["discrete"], BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=16), tmp_path / "r")
+    with pytest.raises(DatasetError, match="another dataset"):
+        train("bc", data["continuous"], BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=16), tmp_path / "r")
+    with pytest.raises(DatasetError, match="other hyperparameters"):
+        train("bc", data["discrete"], BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=8), tmp_path / "r")
+
+
+def test_command_trains_evaluates_and_refuses_bad_options(data, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--dataset", str(data["discrete"].path), "--out", str(run), "--steps", "40", "--eval-every",
+            "20", "--eval-episodes", "2", "--hidden", "16", "--lam", "0.9", "--nu", "0.1"]
+    result = CliRunner().invoke(train_cli, args)
+    assert result.exit_code == 0, result.output
+    assert "final" in result.output and "win rate" in result.output
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    assert cfg["lam"] == 0.9 and cfg["nu"] == 0.1
+    result = CliRunner().invoke(train_cli, ["eval", str(run), "--episodes", "2"])
+    assert result.exit_code == 0 and "win rate" in result.output
+    bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(data["discrete"].path), "--algo", "bc", "--lam", "0.3"])
+    assert bad.exit_code == 2 and "--lam does not apply to bc" in bad.output
+    bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(data["discrete"].path), "--lam", "1.5"])
+    assert bad.exit_code == 2 and "lam must lie in [0, 1]" in bad.output
+    bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(tmp_path / "none.zarr")])
+    assert bad.exit_code == 1 and "no dataset at" in bad.output
