@@ -259,6 +259,23 @@ def test_smax_steps_end_episodes_and_compiles_once(smax_vec):
     assert vec.core.step._cache_size() == 1 and vec.core.reset._cache_size() == 1
 
 
+def test_smax_time_limit_is_200_steps_and_a_truncation(smax_vec):
+    vec = smax_vec
+    vec.reset(seed=3)
+    # units that only ever "stop" (action 4) are not all killed: with this seed one env reaches the limit
+    lengths, truncated = np.zeros(vec.num_envs, int), np.zeros(vec.num_envs, bool)
+    ended = np.zeros(vec.num_envs, bool)
+    for t in range(1, 260):
+        s = vec.step(np.full((vec.num_envs, 5), 4))
+        first = s.done & ~ended
+        lengths[first], truncated[first] = t, s.truncated[first]
+        ended |= s.done
+        if ended.all():
+            break
+    assert ended.all() and lengths.max() == 200  # SMACv2's limit, not SMAX's max_steps + 1
+    assert truncated.any() and (lengths[truncated] == 200).all() and (lengths[~truncated] < 200).all()
+
+
 def test_smax_seeded_reset_is_deterministic_and_teams_are_race_only(smax_vec):
     a = smax_vec.reset(seed=9)
     types = np.asarray(smax_vec._state.state.unit_types)  # (E, 10)

@@ -8,7 +8,8 @@ What we change from SMAX's ``smacv2_{n}_units`` scenario (see also ``collectors.
 - **Race-only teams.** SMAX draws unit types uniformly from all six of its types. We draw each
   ally from its race's two SMAX types (protoss: stalker/zealot, terran: marine/marauder, zerg:
   zergling/hydralisk) with weights 0.5/0.5, and enemies mirror allies, as in SMACv2.
-- **Episode limit 200**, as SMACv2 (SMAX's default is 100).
+- **Episode limit 200**, as SMACv2 (SMAX's default is 100). SMAX checks its limit before it counts
+  the step, so ``max_steps=199`` gives episodes of at most 200 steps.
 - **Terminated vs truncated.** SMAX's ``done`` merges both; a battle decided (one side dead) is a
   termination, reaching the limit with both sides alive is a truncation.
 - **Wins.** SMAX's info has no win flag; ``won`` = every enemy dead and at least one ally alive.
@@ -89,7 +90,8 @@ class _SmaxCore:
     def __init__(self, task: str):
         jax, jnp, HeuristicEnemySMAX, map_name_to_scenario = _jax()
         race, n = parse_task(task)
-        self.env = env = HeuristicEnemySMAX(scenario=map_name_to_scenario(f"smacv2_{n}_units"), max_steps=EPISODE_LIMIT,
+        # SMAX tests its limit before counting the step, so max_steps=L allows L + 1 steps: pass L - 1.
+        self.env = env = HeuristicEnemySMAX(scenario=map_name_to_scenario(f"smacv2_{n}_units"), max_steps=EPISODE_LIMIT - 1,
                                             see_enemy_actions=True, walls_cause_death=True, attack_mode="closest")
         env._env.unit_type_generator = RaceUnitTypes(race, n)
         agents = list(env.agents)
