@@ -80,15 +80,18 @@ def train(dataset: Path, algo: str, out: Path | None, evaluate: bool, **options)
 
     if algo not in ALGORITHMS:
         fail(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}", EXIT_USAGE)
-    cls = algorithm_class(algo).config_cls
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(algorithm_class(algo).config_cls)}
     given = {k: v for k, v in options.items() if v is not None}
     foreign = sorted(k for k in given if k not in names)
     if foreign:
         names_ = ", ".join("--" + k.replace("_", "-") for k in foreign)
         fail(f"{names_} {'does' if len(foreign) == 1 else 'do'} not apply to {algo}", EXIT_USAGE)
+    from datakit import open_dataset
+    from omgmg.algos import make_config
+
+    suite = open_dataset(dataset).spec.suite
     try:
-        cfg = cls(**given)
+        cfg = make_config(algo, suite, **given)  # dataclass defaults < per-suite defaults < options given
     except (ValueError, TypeError) as e:
         fail(str(e), EXIT_USAGE)
     out = out or Path("runs") / Path(dataset).stem / f"{algo}-seed{cfg.seed}"

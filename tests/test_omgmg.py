@@ -224,6 +224,16 @@ def test_a_run_directory_refuses_another_dataset_or_config(data, tmp_path):
         train("bc", data["discrete"], BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=8), tmp_path / "r")
 
 
+def test_per_suite_defaults_apply_where_the_user_sets_nothing():
+    from omgmg.algos import make_config
+    from omgmg.algos.omgmg import SUITE_DEFAULTS
+
+    assert make_config("omgmg", "mamujoco").nu == SUITE_DEFAULTS["mamujoco"]["nu"]
+    assert make_config("omgmg", "mamujoco", nu=0.3).nu == 0.3  # an explicit option wins
+    assert make_config("omgmg", "fixture").nu == OMGMGConfig().nu  # no row: the dataclass default
+    assert make_config("bc", "mamujoco") == BCConfig()
+
+
 def test_command_trains_evaluates_and_refuses_bad_options(data, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--dataset", str(data["discrete"].path), "--out", str(run), "--steps", "40", "--eval-every",

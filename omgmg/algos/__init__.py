@@ -17,3 +17,13 @@ def algorithm_class(name: str):
 
 
 ALGORITHMS = ("bc", "omgmg")
+
+
+def make_config(name: str, suite: str | None = None, **overrides):
+    """An algorithm's config: dataclass defaults, then its per-suite defaults (``SUITE_DEFAULTS`` in
+    the algorithm's file, if any), then ``overrides``."""
+    import importlib
+
+    cls = algorithm_class(name)
+    table = getattr(importlib.import_module(cls.__module__), "SUITE_DEFAULTS", {})
+    return cls.config_cls(**{**table.get(suite, {}), **overrides})
