@@ -8,7 +8,6 @@ the issue notes). Writes ``OUT_DIR/summary.md`` and ``OUT_DIR/q_tot_lambda.png``
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path

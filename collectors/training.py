@@ -306,13 +306,12 @@ def _train(ref: TaskRef, algo: str, cfg: LoopConfig, home: Path | None, progress
 
 def _rollout(agent, vec, recorder: EpisodeRecorder, cfg: LoopConfig, gen) -> tuple[Rollout, list]:
     """cfg.rollout_len steps of every env with the current stochastic policy."""
-    T, E = cfg.rollout_len, cfg.num_envs
     obs_raw, state_raw, avail = recorder.cur
     buf = {k: [] for k in ("obs", "state", "actions", "log_probs", "values", "next_values", "rewards", "terminated",
                            "done", "avail")}
     raw_obs, raw_states = [], []
     finished = []
-    for _ in range(T):
+    for _ in range(cfg.rollout_len):
         obs_n = agent.obs_norm.normalise(torch.from_numpy(obs_raw))  # (E, N, O)
         state_n = agent.state_norm.normalise(torch.from_numpy(state_raw))  # (E, S)
         av = None if avail is None else torch.from_numpy(avail)

@@ -15,7 +15,6 @@ from datakit.dataset import _open_zarr_group
 from datakit.errors import Problem
 from datakit.spec import Box, EnvSpec
 
-MAX_ROWS_REPORTED = 1  # each failed check names its first offending row and counts the rest
 RETURN_RTOL = 1e-5
 RETURN_ATOL = 1e-3
 

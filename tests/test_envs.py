@@ -119,7 +119,8 @@ def test_mujoco_keeps_quiet_and_writes_no_log_file(tmp_path, monkeypatch, capfd)
 def _reference_run(name, seed, num_envs, actions_per_step):
     """Step single envs by hand: per env, the list of (final obs, next obs) at each episode end."""
     envs = [make_env(name) for _ in range(num_envs)]
-    cur = [env.reset(seed=seed + e) for e, env in enumerate(envs)]
+    for e, env in enumerate(envs):
+        env.reset(seed=seed + e)
     ends = [[] for _ in range(num_envs)]
     obs_trace = []
     for actions in actions_per_step:
