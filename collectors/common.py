@@ -33,6 +33,14 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     return adv, adv + values
 
 
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor,
+                       clip: float) -> torch.Tensor:
+    """PPO's clipped value loss (as in MAPPO and HAPPO): the larger of the squared errors of the new
+    value and of the old value moved at most ``clip`` towards it, on normalised returns."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return torch.max((values - targets) ** 2, (clipped - targets) ** 2).mean()
+
+
 # ----- normalisers ---------------------------------------------------------------------------------------
 
 class RunningMeanStd(nn.Module):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from collectors.common import RunningMeanStd, Rollout, minibatches, mlp, stacked_forward
+from collectors.common import clipped_value_loss, RunningMeanStd, Rollout, minibatches, mlp, stacked_forward
 from collectors.training import LoopConfig
 from datakit.spec import EnvSpec
 
@@ -138,12 +138,6 @@ class HAPPOAgent(nn.Module):
         weighted = factor * advantages  # (B,)
         return -torch.min(ratio * weighted, ratio.clamp(1 - clip, 1 + clip) * weighted).mean()
 
-    @staticmethod
-    def value_loss(values, old_values, targets, clip):
-        """Clipped value loss on normalised returns."""
-        clipped = old_values + (values - old_values).clamp(-clip, clip)
-        return torch.max((values - targets) ** 2, (clipped - targets) ** 2).mean()
-
     # ----- update ---------------------------------------------------------------------------------------
     def update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, gen: torch.Generator) -> dict:
         cfg, N = self.cfg, self.spec.n_agents
@@ -176,7 +170,8 @@ class HAPPOAgent(nn.Module):
         old_values = self.value_norm.normalise(flat.values, clip=1e6)
         for _ in range(cfg.epochs):
             for idx in minibatches(adv.shape[0], cfg.num_minibatches, gen):
-                v_loss = self.value_loss(self.critic(flat.state[idx])[..., 0], old_values[idx], targets[idx], cfg.clip)
+                values = self.critic(flat.state[idx])[..., 0]
+                v_loss = clipped_value_loss(values, old_values[idx], targets[idx], cfg.clip)
                 self.critic_optim.zero_grad()
                 v_loss.backward()
                 nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)

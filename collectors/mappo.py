@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collectors.common import RunningMeanStd, Rollout, minibatches, mlp
+from collectors.common import clipped_value_loss, RunningMeanStd, Rollout, minibatches, mlp
 from collectors.training import LoopConfig
 from datakit.spec import EnvSpec
 
@@ -107,12 +107,6 @@ class MAPPOAgent(nn.Module):
         adv = advantages[:, None]  # (B, 1): the team advantage is every agent's
         return -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
 
-    @staticmethod
-    def value_loss(values, old_values, targets, clip):
-        """Clipped value loss on normalised returns (MAPPO's value clipping)."""
-        clipped = old_values + (values - old_values).clamp(-clip, clip)
-        return torch.max((values - targets) ** 2, (clipped - targets) ** 2).mean()
-
     # ----- update ---------------------------------------------------------------------------------------
     def update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, gen: torch.Generator) -> dict:
         cfg = self.cfg
@@ -129,7 +123,8 @@ class MAPPOAgent(nn.Module):
                 log_probs = logp_all.gather(-1, flat.actions[idx][..., None])[..., 0]
                 entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
                 pi_loss = self.policy_loss(log_probs, flat.log_probs[idx], adv[idx], cfg.clip)
-                v_loss = self.value_loss(self.critic(flat.state[idx])[..., 0], old_values[idx], targets[idx], cfg.clip)
+                values = self.critic(flat.state[idx])[..., 0]
+                v_loss = clipped_value_loss(values, old_values[idx], targets[idx], cfg.clip)
                 loss = pi_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
                 self.optim.zero_grad()
                 loss.backward()
