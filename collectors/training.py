@@ -35,7 +35,7 @@ import torch
 
 from collectors.common import Rollout, gae
 from collectors.envs import TaskRef, make_vector_env
-from collectors.envs.base import VecStep
+from collectors.envs.base import VecStep, run_episodes
 from datakit.errors import DatasetError
 from datakit.spec import EnvSpec
 from datakit.writer import DatasetWriter
@@ -199,26 +199,17 @@ class EpisodeRecorder:
 
 def evaluate(agent, vec, seed: int, deterministic: bool = True) -> dict:
     """One episode in each env of ``vec`` (so short episodes are not over-represented)."""
-    spec = vec.spec
-    r = vec.reset(seed=seed)
-    obs, state, avail = r
-    E = vec.num_envs
-    returns, won, lengths = np.zeros(E), np.zeros(E, bool), np.zeros(E, int)
-    running = np.ones(E, bool)
     gen = torch.Generator().manual_seed(seed)
-    while running.any():
+
+    def act(obs, avail):
         o = agent.obs_norm.normalise(torch.from_numpy(obs))
-        av = None if avail is None else torch.from_numpy(avail)
-        actions, _ = agent.act(o, av, deterministic, gen)
-        s = vec.step(agent.executed(actions))
-        returns[running] += s.reward[running]
-        lengths[running] += 1
-        won |= running & s.won
-        running &= ~s.done
-        obs, state, avail = s.obs, s.state, s.avail
-    return {"return": float(returns.mean()), "return_std": float(returns.std()),
-            "win_rate": float(won.mean()) if spec.reports_wins else None,
-            "episode_length": float(lengths.mean()), "episodes": int(E)}
+        actions, _ = agent.act(o, None if avail is None else torch.from_numpy(avail), deterministic, gen)
+        return agent.executed(actions)
+
+    res = run_episodes(vec, act, seed)
+    return {"return": float(res.returns.mean()), "return_std": float(res.returns.std()),
+            "win_rate": float(res.won.mean()) if vec.spec.reports_wins else None,
+            "episode_length": float(res.lengths.mean()), "episodes": int(vec.num_envs)}
 
 
 # ----- the loop -------------------------------------------------------------------------------------------------

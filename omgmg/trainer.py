@@ -69,20 +69,15 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, algo: OfflineAlgorithm, round_: int = 0) -> dict:
-        r = self.vec.reset(seed=self.seed * 1_000_003 + round_)
-        obs, avail = r.obs, r.avail
-        E = self.vec.num_envs
-        returns, won, running = np.zeros(E), np.zeros(E, bool), np.ones(E, bool)
-        while running.any():
+        from collectors.envs.base import run_episodes
+
+        def act(obs, avail):
             o = algo.normalise_obs(torch.from_numpy(obs))
-            a = algo.act(o, None if avail is None else torch.from_numpy(avail)).cpu().numpy()
-            s = self.vec.step(a)
-            returns[running] += s.reward[running]
-            won |= running & s.won
-            running &= ~s.done
-            obs, avail = s.obs, s.avail
-        return {"eval/return": float(returns.mean()), "eval/return_std": float(returns.std()),
-                "eval/win_rate": float(won.mean()) if self.vec.spec.reports_wins else None}
+            return algo.act(o, None if avail is None else torch.from_numpy(avail)).cpu().numpy()
+
+        res = run_episodes(self.vec, act, seed=self.seed * 1_000_003 + round_)
+        return {"eval/return": float(res.returns.mean()), "eval/return_std": float(res.returns.std()),
+                "eval/win_rate": float(res.won.mean()) if self.vec.spec.reports_wins else None}
 
     def close(self) -> None:
         self.vec.close()

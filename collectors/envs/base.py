@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -98,3 +98,29 @@ class VectorEnv(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class EpisodeResults(NamedTuple):
+    returns: np.ndarray  # (E,) one episode per env
+    won: np.ndarray  # (E,) bool
+    lengths: np.ndarray  # (E,)
+
+
+def run_episodes(vec: VectorEnv, act: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+                 seed: int) -> EpisodeResults:
+    """Run exactly one episode in each env of ``vec`` (so short episodes are not over-represented),
+    ``act(obs (E, N, O), avail (E, N, K) or None) -> actions``; envs that finished keep stepping
+    until all have, their steps not counted."""
+    r = vec.reset(seed=seed)
+    obs, avail = r.obs, r.avail
+    E = vec.num_envs
+    returns, won, lengths = np.zeros(E), np.zeros(E, bool), np.zeros(E, int)
+    running = np.ones(E, bool)
+    while running.any():
+        s = vec.step(act(obs, avail))
+        returns[running] += s.reward[running]
+        lengths[running] += 1
+        won |= running & s.won
+        running &= ~s.done
+        obs, avail = s.obs, s.avail
+    return EpisodeResults(returns, won, lengths)
