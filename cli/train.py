@@ -39,24 +39,30 @@ def _config_classes() -> dict[str, type]:
 
 
 def config_options(fn):
-    """One click option per config field of any algorithm (default None: the algorithm's default)."""
-    seen: dict[str, tuple[dataclasses.Field, list[str], str]] = {}
+    """One click option per config field of any algorithm (default None: the algorithm's default).
+
+    A field several algorithms share gets one option; where their meanings or defaults differ, the
+    help lists each algorithm's."""
+    seen: dict[str, list[tuple[str, dataclasses.Field, str]]] = {}
     for algo, cls in _config_classes().items():
         docs = _field_docs(cls)
         for f in dataclasses.fields(cls):
-            entry = seen.setdefault(f.name, (f, [], docs.get(f.name, "")))
-            entry[1].append(algo)
-    for name, (f, algos, doc) in sorted(seen.items(), reverse=True):
+            seen.setdefault(f.name, []).append((algo, f, docs.get(f.name, "")))
+    n_algos = len(_config_classes())
+    for name, entries in sorted(seen.items(), reverse=True):
+        f = entries[0][1]
         flag = "--" + name.replace("_", "-")
-        scope = "" if len(algos) == len(_config_classes()) else f" [{', '.join(algos)}]"
-        default = f.default
-        if isinstance(default, bool):
-            decl = [f"{flag}/--no-{name.replace('_', '-')}"]
-            kw = {"default": None}
+        variants = {(doc, repr(g.default)) for _, g, doc in entries}
+        if len(variants) == 1:
+            scope = "" if len(entries) == n_algos else f" [{', '.join(a for a, _, _ in entries)}]"
+            help_ = f"{entries[0][2]} (default {f.default}){scope}"
         else:
-            decl = [flag]
-            kw = {"type": type(default), "default": None}
-        fn = click.option(*decl, name, help=f"{doc} (default {default}){scope}", **kw)(fn)
+            help_ = " | ".join(f"{a}: {doc} (default {g.default})" for a, g, doc in entries)
+        if isinstance(f.default, bool):
+            decl, kw = [f"{flag}/--no-{name.replace('_', '-')}"], {"default": None}
+        else:
+            decl, kw = [flag], {"type": type(f.default), "default": None}
+        fn = click.option(*decl, name, help=help_, **kw)(fn)
     return fn
 
 
@@ -68,7 +74,8 @@ def main():
 
 @main.command(context_settings={"show_default": False})
 @click.option("--dataset", required=True, type=click.Path(path_type=Path), help="A format-v1 dataset (.zarr).")
-@click.option("--algo", default="omgmg", show_default=True, help="Algorithm: omgmg or bc.")
+@click.option("--algo", default="omgmg", show_default=True,
+              help="Algorithm: bc, mabcq, macql, icq, omar (continuous only), omiga, comadice or omgmg.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/DATASET/ALGO-seedS).")
 @click.option("--eval/--no-eval", "evaluate", default=True, help="Evaluate in the environment every eval_every steps.")
 @config_options

@@ -45,6 +45,7 @@ class Batch:
     reward: torch.Tensor  # (B,) team reward
     next_obs: torch.Tensor  # (B, N, O)
     next_state: torch.Tensor  # (B, S)
+    next_actions: torch.Tensor  # dataset action at o' (zeros after the episode's last step: none was taken)
     terminated: torch.Tensor  # (B,) 1.0 only where the step reached a true terminal state
     truncated: torch.Tensor  # (B,) 1.0 where the episode was cut after this step (still bootstrap)
     episode_start: torch.Tensor  # (B,) 1.0 where the step is the first of its episode
@@ -79,7 +80,7 @@ class _Table:
         self.obs = cat(steps["obs"], finals["final_obs"])  # (T + E, N, O)
         self.state = cat(steps["state"], finals["final_state"])  # (T + E, S)
         self.avail = cat(steps["avail"], finals["final_avail"]) if "avail" in steps else None  # (T + E, N, K)
-        actions = steps["actions"]
+        actions = np.concatenate([steps["actions"], finals["final_actions"]])  # final rows: no action taken
         self.actions = torch.from_numpy(actions.astype(np.int64) if actions.dtype.kind == "i" else actions).to(device)
         self.reward = torch.from_numpy(steps["reward"]).to(device)  # (T,)
         self.terminated = torch.from_numpy(steps["terminated"].astype(np.float32)).to(device)  # (T,)
@@ -96,6 +97,7 @@ class _Table:
         return Batch(
             obs=sel(self.obs, idx), state=sel(self.state, idx), actions=sel(self.actions, idx),
             reward=sel(self.reward, idx), next_obs=sel(self.obs, nxt), next_state=sel(self.state, nxt),
+            next_actions=sel(self.actions, nxt),
             terminated=sel(self.terminated, idx), truncated=sel(self.truncated, idx),
             episode_start=sel(self.episode_start, idx),
             avail=None if self.avail is None else sel(self.avail, idx),
@@ -123,12 +125,13 @@ def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device) ->
     n_end = len(ends_in)
     steps = {k: ds.read(f"steps/{k}", start, stop) for k in _step_keys(ds)}
     finals = {k: ds.read(f"episodes/{k}", first_ep, first_ep + n_end) for k in _final_keys(ds)}
+    finals["final_actions"] = np.zeros((n_end, *steps["actions"].shape[1:]), steps["actions"].dtype)
     n = stop - start
     next_index = np.arange(1, n + 1, dtype=np.int64)
     local_ends = ends_in - start
     if stop < T and (n_end == 0 or local_ends[-1] != n - 1):
         # The block's last step continues into the next block: append row `stop` as its next obs.
-        extra = {k: ds.read(f"steps/{k}", stop, stop + 1) for k in ("obs", "state")}
+        extra = {k: ds.read(f"steps/{k}", stop, stop + 1) for k in ("obs", "state", "actions")}
         if ds.spec.discrete:
             extra["avail"] = ds.read("steps/avail", stop, stop + 1)
         finals = {k: np.concatenate([finals[k], extra[k.removeprefix("final_")]]) for k in finals}

@@ -147,7 +147,7 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress) -> Trai
     n, t0 = 0, time.perf_counter()
     try:
         for step in range(start + 1, cfg.steps + 1):
-            metrics = algo.update(algo.prepare(loader.sample()))
+            metrics = algo.step(loader)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1

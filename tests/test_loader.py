@@ -43,6 +43,9 @@ def check_batch(batch, eps):
         assert batch.reward[b].item() == pytest.approx(r["reward"])
         ep = eps[r["e"]]
         assert torch.equal(batch.actions[b].cpu(), torch.as_tensor(ep["actions"][r["t"]]).to(batch.actions.dtype))
+        t, L = r["t"], len(ep["reward"])
+        next_action = ep["actions"][t + 1] if t < L - 1 else np.zeros_like(ep["actions"][t])  # none after the end
+        assert torch.equal(batch.next_actions[b].cpu(), torch.as_tensor(next_action).to(batch.actions.dtype))
         if batch.avail is not None:
             t, L = r["t"], len(ep["reward"])
             nxt = ep["final_avail"] if t == L - 1 else ep["avail"][t + 1]

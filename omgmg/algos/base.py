@@ -3,10 +3,12 @@ statistics (kept in the checkpoint), optimiser state, and evaluation-time acting
 
 An algorithm subclasses :class:`OfflineAlgorithm`, sets ``name`` and ``config_cls``, builds its
 networks and ``self.optimizers`` (a dict) in ``__init__``, and implements ``update(batch)`` (one
-gradient step, returning metrics) and ``act(obs, avail)`` (deterministic actions on normalised obs).
+gradient step, returning metrics); ``act(obs, avail)`` (deterministic actions on normalised obs)
+defaults to the deterministic action of ``self.actor``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +39,38 @@ class OfflineConfig:
     """Standardise observations and states by the dataset's mean and std (stored in checkpoints)."""
     torch_threads: int = 2
     """Torch intra-op threads for training."""
+    lr: float = 5e-4
+    """Adam learning rate of every network (OMIGA's)."""
+    hidden: int = 256
+    """Hidden width of the per-agent networks (two hidden layers)."""
+    shared_networks: bool = True
+    """One network for all agents with a one-hot id input (True) or separate stacked weights (False)."""
+    grad_norm_clip: float = 1.0
+    """Gradient-norm clip of every update."""
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "eval_episodes", "log_every", "torch_threads"):
+        for name in ("steps", "batch_size", "eval_every", "eval_episodes", "log_every", "torch_threads", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class TDConfig(OfflineConfig):
+    """Fields shared by the algorithms that learn values by temporal differences."""
+
+    gamma: float = 0.99
+    """Discount."""
+    tau: float = 0.005
+    """Polyak rate of the target networks."""
+    mixer_hidden: int = 64
+    """Hidden width of the mixer (value decomposition Q_tot = sum_i w_i(s) Q_i + b(s))."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (0 <= self.gamma <= 1 and 0 < self.tau <= 1):
+            raise ValueError(f"gamma must lie in [0, 1] and tau in (0, 1], got gamma={self.gamma}, tau={self.tau}")
 
 
 def action_bounds(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,17 +109,47 @@ class OfflineAlgorithm(nn.Module):
 
     def prepare(self, b: Batch) -> Batch:
         """A batch with normalised observations and states (what ``update`` sees)."""
-        return Batch(obs=self.normalise_obs(b.obs), state=self.normalise_state(b.state), actions=b.actions,
-                     reward=b.reward, next_obs=self.normalise_obs(b.next_obs),
-                     next_state=self.normalise_state(b.next_state), terminated=b.terminated, truncated=b.truncated,
-                     episode_start=b.episode_start, avail=b.avail, next_avail=b.next_avail)
+        return dataclasses.replace(b, obs=self.normalise_obs(b.obs), state=self.normalise_state(b.state),
+                                   next_obs=self.normalise_obs(b.next_obs), next_state=self.normalise_state(b.next_state))
+
+    # ----- pieces every update uses -------------------------------------------------------------------------
+    def optimize(self, name: str, loss: torch.Tensor, params) -> None:
+        """One step of optimiser ``name`` on ``loss``, with the gradient norm of ``params`` clipped to
+        ``cfg.grad_norm_clip`` (every algorithm here clips, as the OMIGA code does)."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
+        nn.utils.clip_grad_norm_(params, self.cfg.grad_norm_clip)
+        opt.step()
+
+    def q_at(self, q_net: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q_i(o_i, a_i) -> (B, N): a gather from Q_i(o_i, .) for discrete actions, Q_i(o_i ++ a_i) otherwise."""
+        if self.spec.discrete:
+            return q_net(obs).gather(-1, actions[..., None])[..., 0]
+        return q_net(torch.cat([obs, actions], dim=-1))[..., 0]
 
     # ----- to implement -------------------------------------------------------------------------------------
     def update(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
 
+    def step(self, loader) -> dict[str, float]:
+        """One gradient step on a fresh minibatch from ``loader`` (the trainer's entry point). Algorithms
+        that need more than a batch of transitions (ComaDICE: initial states) override this."""
+        return self.update(self.prepare(loader.sample()))
+
+    def log_prob_data(self, b: Batch) -> torch.Tensor:
+        """log pi_i(a_i | o_i) of the dataset actions under ``self.actor`` (masked softmax or tanh-Gaussian),
+        (B, N)."""
+        if self.spec.discrete:
+            return self.actor.log_probs(b.obs, b.avail).gather(-1, b.actions[..., None])[..., 0]
+        return self.actor.log_prob(b.obs, b.actions)
+
+    @torch.no_grad()
     def act(self, obs: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """Deterministic evaluation actions of ``self.actor``: tanh of the Gaussian mean, or the most
+        probable available action. Algorithms without an actor (greedy in Q) override this."""
+        return self.actor.deterministic(obs, avail) if self.spec.discrete else self.actor.deterministic(obs)
 
     # ----- checkpoints --------------------------------------------------------------------------------------
     def optimizer_state(self) -> dict:

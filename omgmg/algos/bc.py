@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
@@ -18,16 +17,7 @@ from omgmg.nets import CategoricalPolicy, TanhGaussianPolicy, adam
 
 @dataclass
 class BCConfig(OfflineConfig):
-    """BC hyperparameters (loop fields are documented on OfflineConfig)."""
-
-    lr: float = 5e-4
-    """Adam learning rate."""
-    hidden: int = 256
-    """Hidden width of the per-agent networks (two hidden layers)."""
-    shared_networks: bool = True
-    """One network for all agents with a one-hot id input (True) or separate stacked weights (False)."""
-    grad_norm_clip: float = 1.0
-    """Gradient-norm clip."""
+    """BC has no hyperparameters beyond the shared ones (documented on OfflineConfig)."""
 
 
 def bc_loss(log_prob_data: torch.Tensor) -> torch.Tensor:
@@ -50,18 +40,6 @@ class BC(OfflineAlgorithm):
         self.optimizers = {"actor": adam(self.actor.parameters(), cfg.lr)}
 
     def update(self, b: Batch) -> dict[str, float]:
-        if self.spec.discrete:
-            log_prob = self.actor.log_probs(b.obs, b.avail).gather(-1, b.actions[..., None])[..., 0]
-        else:
-            log_prob = self.actor.log_prob(b.obs, b.actions)
-        loss = bc_loss(log_prob)
-        opt = self.optimizers["actor"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.grad_norm_clip)
-        opt.step()
+        loss = bc_loss(self.log_prob_data(b))
+        self.optimize("actor", loss, self.actor)
         return {"loss/actor": loss.item()}
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
-        return self.actor.deterministic(obs, avail) if self.spec.discrete else self.actor.deterministic(obs)

@@ -41,17 +41,16 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
-from omgmg.algos.base import OfflineAlgorithm, OfflineConfig, action_bounds
+from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
 from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, adam, mix, soft_update
 
 
 @dataclass
-class OMGMGConfig(OfflineConfig):
-    """OMGMG hyperparameters (loop fields are documented on OfflineConfig)."""
+class OMGMGConfig(TDConfig):
+    """OMGMG hyperparameters (shared ones are documented on OfflineConfig and TDConfig)."""
 
     lam: float = 0.5
     """Generalisation discount lambda of Eq. (12), in [0, 1]: weight of the policy's bootstrap."""
@@ -59,20 +58,6 @@ class OMGMGConfig(OfflineConfig):
     """Penalty coefficient nu of Eq. (10): weight of the behaviour-regularisation term (see SUITE_DEFAULTS)."""
     alpha: float = 10.0
     """OMIGA's temperature alpha in Eqs. (10)-(11)."""
-    gamma: float = 0.99
-    """Discount."""
-    tau: float = 0.005
-    """Polyak rate of the target Q and target policy (Algorithm 1, line 7)."""
-    lr: float = 5e-4
-    """Adam learning rate of every network."""
-    hidden: int = 256
-    """Hidden width of the per-agent networks (two hidden layers)."""
-    mixer_hidden: int = 64
-    """Hidden width of the mixer."""
-    shared_networks: bool = True
-    """One network for all agents with a one-hot id input (True) or separate stacked weights (False)."""
-    grad_norm_clip: float = 1.0
-    """Gradient-norm clip of every update."""
     z_clip: float = 10.0
     """Clamp of z = w (Qbar - V) / alpha, as OMIGA."""
     n_action_samples: int = 1
@@ -168,12 +153,6 @@ class OMGMG(OfflineAlgorithm):
         }
 
     # ----- network evaluations -----------------------------------------------------------------------------
-    def _q(self, q_net: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Q_i(o_i, a_i) for given actions -> (B, N)."""
-        if self.spec.discrete:
-            return q_net(obs).gather(-1, actions[..., None])[..., 0]
-        return q_net(torch.cat([obs, actions], dim=-1))[..., 0]
-
     def _expected_next_q_discrete(self, next_obs: torch.Tensor, next_avail: torch.Tensor) -> torch.Tensor:
         """E_{a'_i ~ pibar_i} Qbar_i(o'_i, a'_i), exactly, over the available actions -> (B, N)."""
         probs = self.actor_target.log_probs(next_obs, next_avail).exp()  # (B, N, K)
@@ -185,14 +164,14 @@ class OMGMG(OfflineAlgorithm):
         Continuous: the target network sees (o, a) and the samples (o', a') in one call of 2B rows.
         """
         if self.spec.discrete:
-            q_bar = self._q(self.q_target, b.obs, b.actions)
+            q_bar = self.q_at(self.q_target, b.obs, b.actions)
             next_q = self._expected_next_q_discrete(b.next_obs, b.next_avail) if self.cfg.lam > 0 else \
                 torch.zeros_like(q_bar)
             return q_bar, next_q
         B, k = b.obs.shape[0], self.cfg.n_action_samples if self.cfg.lam > 0 else 0
         obs = torch.cat([b.obs] + [b.next_obs] * k)
         actions = torch.cat([b.actions] + [self.actor_target.sample(b.next_obs)[0] for _ in range(k)])
-        q = self._q(self.q_target, obs, actions)  # ((1 + k) B, N)
+        q = self.q_at(self.q_target, obs, actions)  # ((1 + k) B, N)
         next_q = q[B:].reshape(k, B, -1).mean(0) if k else torch.zeros_like(q[:B])
         return q[:B], next_q
 
@@ -203,7 +182,7 @@ class OMGMG(OfflineAlgorithm):
             q_pi = (logp.exp() * self.q(b.obs)).sum(-1)
             return q_pi, logp.gather(-1, b.actions[..., None])[..., 0]
         a_pi, log_prob_data = self.actor.sample_and_log_prob(b.obs, b.actions)
-        return self._q(self.q, b.obs, a_pi), log_prob_data
+        return self.q_at(self.q, b.obs, a_pi), log_prob_data
 
     # ----- one gradient step: Algorithm 1, lines 4-7 --------------------------------------------------------
     def update(self, b: Batch) -> dict[str, float]:
@@ -223,7 +202,7 @@ class OMGMG(OfflineAlgorithm):
         v = self.v(b.obs)[..., 0]  # (B, N)
         z = advantage_exponent(w, q_bar, v, cfg.alpha, cfg.z_clip)
         v_loss = implicit_value_loss(z, w, v, cfg.alpha)
-        self._step("v", v_loss, self.v)
+        self.optimize("v", v_loss, self.v)
         return z.detach(), {"loss/v": v_loss.item(), "value/v": v.mean().item(), "value/w": w.mean().item(),
                             "value/exp_z": torch.exp(z).mean().item()}
 
@@ -235,9 +214,9 @@ class OMGMG(OfflineAlgorithm):
             next_v = self.v(b.next_obs)[..., 0]
             target = gmg_target(b.reward, b.terminated, next_w, next_b, next_q, next_v, cfg.gamma, cfg.lam)
         w, bias = self.mixer(b.state)
-        q_tot = mix(w, self._q(self.q, b.obs, b.actions), bias)  # (B,)
+        q_tot = mix(w, self.q_at(self.q, b.obs, b.actions), bias)  # (B,)
         q_loss = gmg_q_loss(q_tot, target)
-        self._step("q", q_loss, list(self.q.parameters()) + list(self.mixer.parameters()))
+        self.optimize("q", q_loss, list(self.q.parameters()) + list(self.mixer.parameters()))
         return {"loss/q": q_loss.item(), "value/q_tot": q_tot.mean().item(), "value/target": target.mean().item()}
 
     def update_actor(self, b: Batch, z: torch.Tensor) -> dict:
@@ -249,7 +228,7 @@ class OMGMG(OfflineAlgorithm):
             if cfg.normalize_q_term:
                 q_pi = q_pi / q_pi.abs().mean().detach().clamp(min=1e-6)
             actor_loss = moderate_generalization_actor_loss(q_pi, log_prob_data, torch.exp(z), cfg.nu)
-            self._step("actor", actor_loss, self.actor)
+            self.optimize("actor", actor_loss, self.actor)
         finally:
             self.q.requires_grad_(True)
         return {"loss/actor": actor_loss.item()}
@@ -258,18 +237,3 @@ class OMGMG(OfflineAlgorithm):
         """Algorithm 1, line 7: Qbar_i <- tau Q_i + (1 - tau) Qbar_i; pibar_i likewise."""
         soft_update(self.q_target, self.q, self.cfg.tau)
         soft_update(self.actor_target, self.actor, self.cfg.tau)
-
-    def _step(self, name: str, loss: torch.Tensor, params) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = params.parameters() if isinstance(params, nn.Module) else params
-        nn.utils.clip_grad_norm_(params, self.cfg.grad_norm_clip)
-        opt.step()
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
-        """Deterministic evaluation actions: tanh of the mean, or the most probable available action."""
-        if self.spec.discrete:
-            return self.actor.deterministic(obs, avail)
-        return self.actor.deterministic(obs)

@@ -1,0 +1,164 @@
+"""MACQL: Conservative Q-Learning (Kumar et al., NeurIPS 2020) with value decomposition.
+
+Q_tot(s, a) = sum_i w_i(s) Q_i(o_i, a_i) + b(s) with the shared non-negative mixer, trained by
+
+    min  E_D[(Q_tot(s, a) - y)^2] + cql_alpha * mean_i E_D[logsumexp_a Q_i(o_i, a) - Q_i(o_i, a_i)]
+
+the CQL(H) regulariser of Kumar et al. Eq. (4), applied to each agent's local Q, which pushes down
+Q on actions the data does not support and up on the dataset's actions.
+
+- Continuous actions: the logsumexp over the action box is estimated by importance sampling as in
+  the CQL code: ``n_action_samples`` uniform actions, and as many from pi_i(.|o_i) and from pi_i(.|o'_i),
+  each minus its log-density. The actor is SAC's with the mixed critic: min E[alpha_H log pi_i
+  - w_i(s) Q_i(o_i, a_i ~ pi_i)], its temperature alpha_H tuned towards entropy -|A_i| (SAC). The
+  target is y = r + gamma Qbar_tot(s', a' ~ pi(o')), without the entropy bonus (CQL's default).
+- Discrete actions: the logsumexp is exact over each agent's available actions; there is no actor:
+  the policy is greedy in Q_i over the available actions, and y = r + gamma Qbar_tot(s', a'*) with
+  a'*_i = argmax Q_i(o'_i, .) evaluated by the target network (double Q-learning, as QMIX-style code).
+
+Terminations cut the bootstrap, truncations keep it. The regulariser weight is the fixed cql_alpha
+(CQL's Lagrange variant is not implemented).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from datakit.loader import Batch
+from datakit.spec import EnvSpec
+from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
+from omgmg.nets import AgentMLP, Mixer, TanhGaussianPolicy, adam, masked_max, mix, soft_update
+
+
+@dataclass
+class MACQLConfig(TDConfig):
+    """MACQL hyperparameters (shared ones are documented on OfflineConfig and TDConfig)."""
+
+    cql_alpha: float = 1.0
+    """Weight of the conservative regulariser."""
+    n_action_samples: int = 10
+    """Sampled actions per source (uniform, pi(o), pi(o')) for the continuous logsumexp (the CQL code's 10)."""
+    init_entropy_alpha: float = 1.0
+    """Initial SAC temperature (continuous actions; tuned towards entropy -|A_i|)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cql_alpha < 0 or self.n_action_samples < 1 or self.init_entropy_alpha <= 0:
+            raise ValueError("cql_alpha must be >= 0, n_action_samples >= 1 and init_entropy_alpha > 0")
+
+
+# ----- losses ---------------------------------------------------------------------------------------------------
+
+def conservative_penalty(q_candidates: torch.Tensor, q_data: torch.Tensor) -> torch.Tensor:
+    """CQL(H): E[logsumexp_a Q_i(o_i, a) - Q_i(o_i, a_i)], averaged over batch and agents.
+
+    q_candidates (B, N, M): Q_i at M candidate actions (minus their log-density when sampled; masked
+    to -inf where unavailable); q_data (B, N): Q_i at the dataset's action.
+    """
+    return (torch.logsumexp(q_candidates, dim=-1) - q_data).mean()
+
+
+def td_loss(q_tot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((q_tot - target.detach()) ** 2).mean()
+
+
+# ----- the algorithm ----------------------------------------------------------------------------------------------
+
+class MACQL(OfflineAlgorithm):
+    name = "macql"
+    config_cls = MACQLConfig
+
+    def __init__(self, spec: EnvSpec, cfg: MACQLConfig):
+        super().__init__(spec, cfg)
+        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
+        if spec.discrete:
+            self.q = AgentMLP(N, O, spec.n_actions, H, shared=shared)
+        else:
+            low, high, mask = action_bounds(spec)
+            self.actor = TanhGaussianPolicy(N, O, spec.action_dim, low, high, mask, H, shared)
+            self.q = AgentMLP(N, O + spec.action_dim, 1, H, shared=shared)
+            self.log_entropy_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_entropy_alpha)))
+            self.register_buffer("target_entropy", -torch.as_tensor(mask.sum(-1), dtype=torch.float32))  # (N,)
+        self.mixer = Mixer(spec.state_dim, N, cfg.mixer_hidden)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
+        self.optimizers = {"q": adam(self.critic_parameters(), cfg.lr)}
+        if not spec.discrete:
+            self.optimizers["actor"] = adam(self.actor.parameters(), cfg.lr)
+            self.optimizers["entropy_alpha"] = adam([self.log_entropy_alpha], cfg.lr)
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return [*self.q.parameters(), *self.mixer.parameters()]
+
+    def update(self, b: Batch) -> dict[str, float]:
+        stats = self.update_critic(b)
+        if not self.spec.discrete:
+            stats |= self.update_actor(b)
+        self.update_targets()
+        return stats
+
+    # ----- critic -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _target(self, b: Batch) -> torch.Tensor:
+        if self.spec.discrete:
+            _, greedy = masked_max(self.q(b.next_obs), b.next_avail)  # online argmax (double Q)
+            next_q = self.q_target(b.next_obs).gather(-1, greedy[..., None])[..., 0]
+        else:
+            next_q = self.q_at(self.q_target, b.next_obs, self.actor.sample(b.next_obs)[0])
+        next_w, next_b = self.mixer_target(b.next_state)
+        return b.reward + (1.0 - b.terminated) * self.cfg.gamma * mix(next_w, next_q, next_b)
+
+    def _candidates(self, b: Batch) -> torch.Tensor:
+        """Q_i at the logsumexp's candidate actions, (B, N, M), minus log-densities when sampled."""
+        if self.spec.discrete:
+            return self.q(b.obs).masked_fill(~b.avail, -torch.inf)
+        k, B = self.cfg.n_action_samples, b.obs.shape[0]
+        with torch.no_grad():
+            uniform, log_u = self.actor.box.uniform((k, B))  # (k, B, N, A), (k, B, N)
+            pi_now, log_now = self.actor.sample(b.obs.expand(k, *b.obs.shape).reshape(k * B, *b.obs.shape[1:]))
+            pi_next, log_next = self.actor.sample(b.next_obs.expand(k, *b.obs.shape).reshape(k * B, *b.obs.shape[1:]))
+        actions = torch.cat([uniform.reshape(k * B, *uniform.shape[2:]), pi_now, pi_next])  # (3kB, N, A)
+        log_density = torch.cat([log_u.reshape(k * B, -1), log_now, log_next])  # (3kB, N)
+        q = self.q_at(self.q, b.obs.repeat(3 * k, 1, 1), actions) - log_density  # (3kB, N)
+        return q.reshape(3 * k, B, -1).permute(1, 2, 0)
+
+    def update_critic(self, b: Batch) -> dict:
+        target = self._target(b)
+        w, bias = self.mixer(b.state)
+        q_data = self.q_at(self.q, b.obs, b.actions)
+        q_tot = mix(w, q_data, bias)
+        bellman = td_loss(q_tot, target)
+        penalty = conservative_penalty(self._candidates(b), q_data)
+        self.optimize("q", bellman + self.cfg.cql_alpha * penalty, self.critic_parameters())
+        return {"loss/q": bellman.item(), "loss/cql": penalty.item(), "value/q_tot": q_tot.mean().item()}
+
+    # ----- actor (continuous) -------------------------------------------------------------------------------
+    def update_actor(self, b: Batch) -> dict:
+        """SAC's actor on the mixed critic, then its temperature."""
+        entropy_alpha = self.log_entropy_alpha.exp().detach()
+        self.q.requires_grad_(False)
+        try:
+            actions, log_prob = self.actor.sample(b.obs)
+            with torch.no_grad():
+                w, _ = self.mixer(b.state)
+            loss = (entropy_alpha * log_prob - w * self.q_at(self.q, b.obs, actions)).mean()
+            self.optimize("actor", loss, self.actor)
+        finally:
+            self.q.requires_grad_(True)
+        alpha_loss = -(self.log_entropy_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.optimize("entropy_alpha", alpha_loss, [self.log_entropy_alpha])
+        return {"loss/actor": loss.item(), "value/entropy_alpha": entropy_alpha.item()}
+
+    def update_targets(self) -> None:
+        soft_update(self.q_target, self.q, self.cfg.tau)
+        soft_update(self.mixer_target, self.mixer, self.cfg.tau)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
+        if self.spec.discrete:
+            return masked_max(self.q(obs), avail)[1]
+        return self.actor.deterministic(obs)

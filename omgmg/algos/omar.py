@@ -1,0 +1,189 @@
+"""OMAR: Offline Multi-Agent RL with Actor Rectification (Pan et al., ICML 2022).
+
+Independent TD3 learners on the team reward, each critic made conservative by CQL, and each
+actor "rectified": besides following the gradient of its critic, it imitates the best action a
+zeroth-order search (cross-entropy method) finds on that critic, escaping the bad local optima a
+conservative critic's landscape is full of. Per agent i, per gradient step:
+
+1. Twin critics Q^1_i, Q^2_i (on o_i ++ a_i) with TD3's target
+   y = r + gamma min_k Qbar^k_i(o'_i, clip(mubar_i(o'_i) + clip(eps, +-c))), eps ~ N(0, sigma^2),
+   plus cql_alpha * (logsumexp_a Q^k_i(o_i, a) - Q^k_i(o_i, a_i)) per critic, the logsumexp estimated
+   from uniform actions and noisy policy actions at o and o' (each minus its log-density, as the
+   OMAR code).
+2. The actor mu_i: min (1 - omar_coe) * (-Q^1_i(o_i, mu_i(o_i))) + omar_coe * ||mu_i(o_i) - a_hat_i||^2,
+   a_hat_i the best of the CEM's samples if it beats mu_i(o_i) on Q^1_i, else mu_i(o_i) itself.
+   CEM (the official settings): a Gaussian in the unit action cube, mean 0 and std 2 at first,
+   ``cem_iters`` rounds of ``cem_samples`` samples, refitted to the ``cem_elites`` best.
+3. Soft target updates.
+
+Continuous actions only, as in the paper (its CEM needs a continuous action space; its discrete
+experiments use Gumbel-softmax MPE variants, not SMAC). For discrete tasks the constructor says so.
+Independent critics are faithful to OMAR (no mixer); the team reward is every agent's reward.
+Truncations bootstrap, terminations do not. The actor update runs every step (no TD3 policy delay,
+as the OMAR code).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+
+from datakit.errors import DatasetError
+from datakit.loader import Batch
+from datakit.spec import EnvSpec
+from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
+from omgmg.algos.macql import conservative_penalty
+from omgmg.nets import ActionBox, DeterministicPolicy, TwinQ, adam, soft_update
+
+
+@dataclass
+class OMARConfig(TDConfig):
+    """OMAR hyperparameters (shared ones are documented on OfflineConfig and TDConfig; mixer_hidden is
+    unused: OMAR's critics are independent)."""
+
+    cql_alpha: float = 1.0
+    """Weight of the conservative regulariser of each critic."""
+    omar_coe: float = 0.7
+    """Weight of imitating the CEM's best action against following the critic's gradient."""
+    cem_iters: int = 2
+    """CEM rounds (official: 2)."""
+    cem_samples: int = 20
+    """Samples per CEM round (official: 20)."""
+    cem_elites: int = 5
+    """Elites refitted per round (official: 5)."""
+    cem_init_std: float = 2.0
+    """Initial CEM standard deviation in the unit action cube (official: 2.0, mean 0)."""
+    n_action_samples: int = 10
+    """Sampled actions per source (uniform, mu(o) + noise, mu(o') + noise) for the logsumexp."""
+    cql_noise: float = 0.2
+    """Std of the Gaussian noise on policy actions in the logsumexp's samples (unit cube)."""
+    target_noise: float = 0.2
+    """TD3 target-policy smoothing noise std (unit cube)."""
+    target_noise_clip: float = 0.5
+    """TD3 clip of that noise."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.omar_coe <= 1:
+            raise ValueError(f"omar_coe must lie in [0, 1], got {self.omar_coe}")
+        if not 1 <= self.cem_elites <= self.cem_samples or self.cem_iters < 1:
+            raise ValueError("need cem_iters >= 1 and 1 <= cem_elites <= cem_samples")
+
+
+# ----- losses and the search ------------------------------------------------------------------------------------
+
+def cem_search(score, n_agents_shape: tuple[int, ...], action_dim: int, iters: int, samples: int, elites: int,
+               init_std: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy maximisation of ``score`` (unit-cube actions (M, *shape, A) -> (M, *shape)) per
+    (batch, agent) independently. Returns the best sample (*shape, A) and its score (*shape)."""
+    mean = torch.zeros(*n_agents_shape, action_dim, device=device)
+    std = torch.full_like(mean, init_std)
+    for _ in range(iters):
+        u = (mean + std * torch.randn(samples, *mean.shape, device=device)).clamp(-1.0, 1.0)
+        values = score(u)  # (M, *shape)
+        top = values.topk(elites, dim=0).indices  # (elites, *shape)
+        elite = u.gather(0, top[..., None].expand(elites, *u.shape[1:]))
+        mean, std = elite.mean(0), elite.std(0, unbiased=False)
+    best_value, best = values.max(0)
+    return u.gather(0, best[None, ..., None].expand(1, *u.shape[1:]))[0], best_value
+
+
+def omar_actor_loss(q_pi: torch.Tensor, pi_actions: torch.Tensor, imitation_target: torch.Tensor,
+                    coe: float) -> torch.Tensor:
+    """(1 - coe) * -E[Q_i(o_i, mu_i(o_i))] + coe * E[||mu_i(o_i) - a_hat_i||^2] (sum over action entries)."""
+    imitation = ((pi_actions - imitation_target.detach()) ** 2).sum(-1).mean()
+    return (1 - coe) * -q_pi.mean() + coe * imitation
+
+
+# ----- the algorithm ----------------------------------------------------------------------------------------------
+
+class OMAR(OfflineAlgorithm):
+    name = "omar"
+    config_cls = OMARConfig
+
+    def __init__(self, spec: EnvSpec, cfg: OMARConfig):
+        if spec.discrete:
+            raise DatasetError(f"OMAR is defined for continuous actions only (Pan et al. 2022) and {spec.name} "
+                               "has discrete ones; choose another --algo")
+        super().__init__(spec, cfg)
+        N, O, A, H, shared = spec.n_agents, spec.obs_dim, spec.action_dim, cfg.hidden, cfg.shared_networks
+        box = ActionBox(*action_bounds(spec))
+        self.actor = DeterministicPolicy(N, O, box, H, shared)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.q = TwinQ(N, O + A, 1, H, shared=shared)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.optimizers = {"q": adam(self.q.parameters(), cfg.lr), "actor": adam(self.actor.parameters(), cfg.lr)}
+
+    @property
+    def box(self) -> ActionBox:
+        return self.actor.box
+
+    def update(self, b: Batch) -> dict[str, float]:
+        stats = self.update_critic(b)  # step 1
+        stats |= self.update_actor(b)  # step 2
+        self.update_targets()  # step 3
+        return stats
+
+    def _twin(self, obs: torch.Tensor, actions: torch.Tensor, q: TwinQ | None = None) -> torch.Tensor:
+        """(Q^1_i, Q^2_i) at (o_i, a_i): (..., N, 2)."""
+        return (q or self.q)(torch.cat([obs, actions], -1))[..., 0, :]
+
+    def _noisy(self, actions: torch.Tensor, std: float, clip: float | None = None):
+        """Actions plus Gaussian noise in the unit cube (optionally clipped), clamped to the box, and the
+        noise's log-density (..., N)."""
+        noise = torch.randn_like(actions) * std
+        if clip is not None:
+            noise = noise.clamp(-clip, clip)
+        u = (self.box.to_unit(actions) + noise).clamp(-1.0, 1.0)
+        mask = self.box.mask
+        log_density = ((-0.5 * (noise / std) ** 2 - math.log(std * math.sqrt(2 * math.pi))) * mask).sum(-1)
+        return self.box.from_unit(u), log_density
+
+    # ----- step 1: conservative twin critics -----------------------------------------------------------------
+    def update_critic(self, b: Batch) -> dict:
+        cfg = self.cfg
+        with torch.no_grad():
+            next_a, _ = self._noisy(self.actor_target(b.next_obs), cfg.target_noise, cfg.target_noise_clip)
+            next_q = self._twin(b.next_obs, next_a, self.q_target).min(-1).values  # (B, N)
+            target = b.reward[:, None] + (1.0 - b.terminated[:, None]) * cfg.gamma * next_q
+        q_data = self._twin(b.obs, b.actions)  # (B, N, 2)
+        bellman = ((q_data - target[..., None]) ** 2).mean() * 2  # sum over the twins
+        k, B = cfg.n_action_samples, b.obs.shape[0]
+        with torch.no_grad():
+            uniform, log_u = self.box.uniform((k * B,))
+            pi_now, log_now = self._noisy(self.actor(b.obs).repeat(k, 1, 1), cfg.cql_noise)
+            pi_next, log_next = self._noisy(self.actor(b.next_obs).repeat(k, 1, 1), cfg.cql_noise)
+        actions = torch.cat([uniform, pi_now, pi_next])  # (3kB, N, A)
+        log_density = torch.cat([log_u, log_now, log_next])[..., None]  # (3kB, N, 1)
+        q_candidates = (self._twin(b.obs.repeat(3 * k, 1, 1), actions) - log_density).reshape(3 * k, B, -1, 2)
+        penalty = sum(conservative_penalty(q_candidates[..., j].permute(1, 2, 0), q_data[..., j]) for j in range(2))
+        self.optimize("q", bellman + cfg.cql_alpha * penalty, self.q)
+        return {"loss/q": bellman.item(), "loss/cql": penalty.item(), "value/q": q_data.mean().item()}
+
+    # ----- step 2: the rectified actor -----------------------------------------------------------------------
+    def update_actor(self, b: Batch) -> dict:
+        cfg = self.cfg
+        self.q.requires_grad_(False)
+        try:
+            pi = self.actor(b.obs)  # (B, N, A)
+            q_pi = self.q.q1(torch.cat([b.obs, pi], -1))[..., 0]  # (B, N)
+            with torch.no_grad():
+                def score(u):  # Q^1_i at unit-cube actions (M, B, N, A) -> (M, B, N)
+                    obs = b.obs.expand(u.shape[0], *b.obs.shape)
+                    return self.q.q1(torch.cat([obs, self.box.from_unit(u)], -1))[..., 0]
+
+                best_u, best_q = cem_search(score, tuple(pi.shape[:2]), pi.shape[-1], cfg.cem_iters,
+                                            cfg.cem_samples, cfg.cem_elites, cfg.cem_init_std, pi.device)
+                better = (best_q > q_pi)[..., None]
+                target = torch.where(better, self.box.from_unit(best_u), pi)
+            loss = omar_actor_loss(q_pi, self.box.to_unit(pi), self.box.to_unit(target), cfg.omar_coe)
+            self.optimize("actor", loss, self.actor)
+        finally:
+            self.q.requires_grad_(True)
+        return {"loss/actor": loss.item(), "value/cem_better": better.float().mean().item()}
+
+    def update_targets(self) -> None:
+        soft_update(self.q_target, self.q, self.cfg.tau)
+        soft_update(self.actor_target, self.actor, self.cfg.tau)

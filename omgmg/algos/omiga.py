@@ -1,0 +1,128 @@
+"""OMIGA: Offline Multi-Agent RL with Implicit Global-to-Local Value Regularization
+(Wang et al., NeurIPS 2023), section 4 and the official code.
+
+The method OMGMG builds on. Per gradient step, on a minibatch (o, s, a, r, o', s'):
+
+1. V_i    <- min E[exp(z_i) + w_i(s) V_i(o_i) / alpha],   z_i = w_i(s) (Qbar_i(o_i,a_i) - V_i(o_i)) / alpha
+             (the implicit local value regularisation; OMGMG's Eq. 11 is this loss)
+2. Q_i, w, b <- min E[(r + gamma Vbar_tot(s') - Q_tot(s, a))^2],  Q_tot = sum_i w_i(s) Q_i + b(s)
+3. pi_i   <- max E_D[exp(z_i) log pi_i(a_i | o_i)]   (in-sample, advantage-weighted likelihood)
+4. soft updates of Qbar_i, Vbar_i and the target mixer.
+
+What separates it from OMGMG: the Q target bootstraps from V alone (OMGMG mixes in lam * E_pi Qbar_tot),
+and the actor is pure weighted imitation (OMGMG adds E_pi Q_i and weighs imitation by nu).
+
+As the official code: z is clamped to [-10, 10] and the V loss divided by exp(max z) (see
+``omgmg.algos.omgmg.implicit_value_loss``); the weights in step 1 and 3 come from the target mixer
+and target Q; the Q target uses the target V and target mixer; exp(z) in step 3 is computed before
+step 1 updates V. The clamp of z bounds the actor weights by exp(10): that is the clipping of the
+official code. Discrete actions (its SMAC variant): Q_i(o_i, .) over all actions, a masked softmax actor.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from datakit.loader import Batch
+from datakit.spec import EnvSpec
+from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
+from omgmg.algos.omgmg import advantage_exponent, implicit_value_loss
+from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, adam, mix, soft_update
+
+
+@dataclass
+class OMIGAConfig(TDConfig):
+    """OMIGA hyperparameters (shared ones are documented on OfflineConfig and TDConfig)."""
+
+    alpha: float = 10.0
+    """Regularisation temperature alpha (the official code's default, 10)."""
+    z_clip: float = 10.0
+    """Clamp of z = w (Qbar - V) / alpha, as the official code."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+
+
+# ----- losses ---------------------------------------------------------------------------------------------------
+
+def omiga_q_target(reward: torch.Tensor, terminated: torch.Tensor, next_w: torch.Tensor, next_b: torch.Tensor,
+                   next_v: torch.Tensor, gamma: float) -> torch.Tensor:
+    """OMIGA's Q target r + gamma * Vbar_tot(s'), with Vbar_tot = sum_i wbar_i(s') Vbar_i(o'_i) + bbar(s');
+    cut at terminations only (a truncation still bootstraps)."""
+    return reward + (1.0 - terminated) * gamma * mix(next_w, next_v, next_b)
+
+
+def weighted_likelihood_actor_loss(weight: torch.Tensor, log_prob_data: torch.Tensor) -> torch.Tensor:
+    """OMIGA's policy loss, -E_D[exp(z_i) log pi_i(a_i | o_i)], weight (B, N) = exp(z_i) detached."""
+    return -(weight.detach() * log_prob_data).mean()
+
+
+# ----- the algorithm ----------------------------------------------------------------------------------------------
+
+class OMIGA(OfflineAlgorithm):
+    name = "omiga"
+    config_cls = OMIGAConfig
+
+    def __init__(self, spec: EnvSpec, cfg: OMIGAConfig):
+        super().__init__(spec, cfg)
+        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
+        if spec.discrete:
+            self.actor = CategoricalPolicy(N, O, spec.n_actions, H, shared)
+            self.q = AgentMLP(N, O, spec.n_actions, H, shared=shared)
+        else:
+            low, high, mask = action_bounds(spec)
+            self.actor = TanhGaussianPolicy(N, O, spec.action_dim, low, high, mask, H, shared)
+            self.q = AgentMLP(N, O + spec.action_dim, 1, H, shared=shared)
+        self.v = AgentMLP(N, O, 1, H, shared=shared)
+        self.mixer = Mixer(spec.state_dim, N, cfg.mixer_hidden)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.v_target = copy.deepcopy(self.v).requires_grad_(False)
+        self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
+        self.optimizers = {"v": adam(self.v.parameters(), cfg.lr),
+                           "q": adam([*self.q.parameters(), *self.mixer.parameters()], cfg.lr),
+                           "actor": adam(self.actor.parameters(), cfg.lr)}
+
+    def update(self, b: Batch) -> dict[str, float]:
+        z, stats = self.update_critic(b)  # steps 1-2
+        stats |= self.update_actor(b, z)  # step 3
+        self.update_targets()  # step 4
+        return stats
+
+    def update_critic(self, b: Batch) -> tuple[torch.Tensor, dict]:
+        """Steps 1-2: V_i by the implicit value loss, then Q_i, w, b by the Q target. Returns z."""
+        cfg = self.cfg
+        with torch.no_grad():
+            w_bar, _ = self.mixer_target(b.state)
+            q_bar = self.q_at(self.q_target, b.obs, b.actions)
+            next_w, next_b = self.mixer_target(b.next_state)
+            target = omiga_q_target(b.reward, b.terminated, next_w, next_b, self.v_target(b.next_obs)[..., 0],
+                                    cfg.gamma)
+        v = self.v(b.obs)[..., 0]
+        z = advantage_exponent(w_bar, q_bar, v, cfg.alpha, cfg.z_clip)
+        v_loss = implicit_value_loss(z, w_bar, v, cfg.alpha)
+        self.optimize("v", v_loss, self.v)
+        w, bias = self.mixer(b.state)
+        q_tot = mix(w, self.q_at(self.q, b.obs, b.actions), bias)
+        q_loss = ((q_tot - target) ** 2).mean()
+        self.optimize("q", q_loss, [*self.q.parameters(), *self.mixer.parameters()])
+        return z.detach(), {"loss/v": v_loss.item(), "loss/q": q_loss.item(), "value/q_tot": q_tot.mean().item(),
+                            "value/v": v.mean().item(), "value/exp_z": torch.exp(z).mean().item()}
+
+    def update_actor(self, b: Batch, z: torch.Tensor | None = None) -> dict:
+        """Step 3: advantage-weighted likelihood with weights exp(z) (recomputed when not given)."""
+        if z is None:
+            with torch.no_grad():
+                w_bar, _ = self.mixer_target(b.state)
+                z = advantage_exponent(w_bar, self.q_at(self.q_target, b.obs, b.actions), self.v(b.obs)[..., 0],
+                                       self.cfg.alpha, self.cfg.z_clip)
+        loss = weighted_likelihood_actor_loss(torch.exp(z), self.log_prob_data(b))
+        self.optimize("actor", loss, self.actor)
+        return {"loss/actor": loss.item()}
+
+    def update_targets(self) -> None:
+        for target, source in ((self.q_target, self.q), (self.v_target, self.v), (self.mixer_target, self.mixer)):
+            soft_update(target, source, self.cfg.tau)

@@ -1,0 +1,254 @@
+"""The baselines (MABCQ, MACQL, ICQ, OMAR, OMIGA, ComaDICE, and BC): losses by hand, learning on tiny
+data, gradient isolation between critic and actor steps, checkpoints, and the command."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.train import main as train_cli
+from datakit import DatasetError, TransitionLoader
+from datakit.fixtures import make_fixture
+from omgmg.algos import ALGORITHMS, CONTINUOUS_ONLY, algorithm_class
+from omgmg.algos.comadice import dice_nu_loss, ratio_weighted_actor_loss, soft_chi2_dual, soft_chi2_ratio
+from omgmg.algos.icq import batch_softmax_weights, icq_actor_loss, icq_target
+from omgmg.algos.mabcq import allowed_actions, soft_clipped_double_q, vae_loss
+from omgmg.algos.macql import conservative_penalty
+from omgmg.algos.omar import cem_search, omar_actor_loss
+from omgmg.algos.omiga import omiga_q_target, weighted_likelihood_actor_loss
+from omgmg.trainer import build, load_policy, train
+
+BASELINES = ("mabcq", "macql", "icq", "omar", "omiga", "comadice")
+CASES = [(a, k) for a in BASELINES for k in ("continuous", "discrete") if not (a in CONTINUOUS_ONLY and k == "discrete")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baselines")
+    return {"continuous": make_fixture(root / "c.zarr", "continuous", episodes=30),
+            "discrete": make_fixture(root / "d.zarr", "discrete", episodes=40)}
+
+
+def small(algo: str, **kw):
+    cls = algorithm_class(algo).config_cls
+    base = {"hidden": 32, "batch_size": 64, "torch_threads": 1, "lr": 1e-3}
+    if "mixer_hidden" in cls.__dataclass_fields__:
+        base["mixer_hidden"] = 16
+    return cls(**{**base, **kw})
+
+
+def test_every_algorithm_is_registered():
+    assert set(ALGORITHMS) == {"bc", "mabcq", "macql", "icq", "omar", "omiga", "comadice", "omgmg"}
+    with pytest.raises(ValueError, match="choose one of bc, mabcq"):
+        algorithm_class("sac")
+
+
+# ----- losses on hand values --------------------------------------------------------------------------------------
+
+def test_bcq_pieces_by_hand():
+    q1, q2 = torch.tensor([1.0, 4.0]), torch.tensor([3.0, 2.0])
+    assert torch.allclose(soft_clipped_double_q(q1, q2, 0.75), torch.tensor([0.75 * 1 + 0.25 * 3, 0.75 * 2 + 0.25 * 4]))
+    probs = torch.tensor([[0.5, 0.1, 0.2, 0.2]])
+    avail = torch.tensor([[True, True, True, False]])
+    # relative probabilities 1, 0.2, 0.4, 0.4: above 0.3 and available -> actions 0 and 2
+    assert allowed_actions(probs, avail, 0.3).tolist() == [[True, False, True, False]]
+    a = torch.tensor([[[0.5, -0.5]]])
+    zero = torch.zeros(1, 1, 2)
+    assert vae_loss(a, a, zero, zero).item() == pytest.approx(0.0)  # perfect reconstruction, prior latent
+    mean = torch.ones(1, 1, 2)
+    assert vae_loss(a, a, mean, zero).item() == pytest.approx(0.5 * 0.5 * 2)  # KL = 0.5 * sum(mean^2)
+
+
+def test_cql_penalty_by_hand():
+    q = torch.tensor([[[1.0, 2.0, -torch.inf]]])  # an unavailable action contributes nothing
+    q_data = torch.tensor([[2.0]])
+    assert conservative_penalty(q, q_data).item() == pytest.approx(math.log(math.e + math.e ** 2) - 2.0)
+
+
+def test_icq_weights_and_target_by_hand():
+    x = torch.tensor([0.0, math.log(3.0)])
+    assert torch.allclose(batch_softmax_weights(x, 1.0), torch.tensor([0.5, 1.5]))  # B * softmax: mean 1
+    r, ends, q_next = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, math.log(3.0)])
+    y = icq_target(r, ends, q_next, gamma=0.5, beta=1.0)
+    assert y[0].item() == pytest.approx(1.0 + 0.5 * 0.5 * 0.0) and y[1].item() == pytest.approx(1.0)
+    w = torch.tensor([[2.0], [2.0]])
+    adv = torch.tensor([[0.0], [math.log(3.0)]])
+    logp = torch.tensor([[-1.0], [-2.0]])
+    assert icq_actor_loss(w, adv, logp, alpha=1.0).item() == pytest.approx(-(2 * 0.5 * -1 + 2 * 1.5 * -2) / 2)
+
+
+def test_omar_actor_loss_and_cem_by_hand():
+    q_pi = torch.tensor([[2.0]])
+    pi, target = torch.tensor([[[0.0, 0.0]]]), torch.tensor([[[0.3, 0.4]]])
+    assert omar_actor_loss(q_pi, pi, target, coe=0.7).item() == pytest.approx(0.3 * -2.0 + 0.7 * 0.25)
+    torch.manual_seed(0)
+    peak = torch.tensor([0.5, -0.25])
+    best, value = cem_search(lambda u: -((u - peak) ** 2).sum(-1), (64, 2), 2, iters=2, samples=20, elites=5,
+                             init_std=2.0)
+    assert best.shape == (64, 2, 2) and value.shape == (64, 2)
+    assert (best - peak).norm(dim=-1).median() < 0.25  # two rounds of 20 land near the peak
+    assert torch.allclose(value, -((best - peak) ** 2).sum(-1))
+
+
+def test_omiga_pieces_by_hand():
+    r, term = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])
+    w, b = torch.tensor([[1.0, 2.0]] * 2), torch.tensor([0.5, 0.5])
+    v = torch.tensor([[1.0, 1.0]] * 2)
+    y = omiga_q_target(r, term, w, b, v, gamma=0.9)
+    assert y.tolist() == pytest.approx([1 + 0.9 * 3.5, 1.0])
+    assert weighted_likelihood_actor_loss(torch.tensor([[2.0, 1.0]]), torch.tensor([[-1.0, -3.0]])).item() == \
+        pytest.approx(-(2 * -1 + 1 * -3) / 2)
+
+
+def test_soft_chi2_closed_forms_by_hand():
+    e, alpha = torch.tensor([-2.0, 0.0, 3.0]), 2.0
+    assert soft_chi2_ratio(e, alpha).tolist() == pytest.approx([math.exp(-1.0), 1.0, 2.5])
+    assert soft_chi2_dual(e, alpha).tolist() == pytest.approx([2 * (math.exp(-1.0) - 1), 0.0, 3 + 9 / 4])
+    # g(e) = max_w [w e - alpha f(w)], f the soft-chi^2: check by brute force over w
+    for x in (-2.0, 0.5, 3.0):
+        w = torch.linspace(1e-4, 10, 200_001)
+        f = torch.where(w < 1, w * torch.log(w) - w + 1, (w - 1) ** 2 / 2)
+        assert (w * x - alpha * f).max().item() == pytest.approx(soft_chi2_dual(torch.tensor(x), alpha).item(), abs=1e-4)
+    loss = dice_nu_loss(torch.tensor([10.0]), torch.tensor([0.0, 3.0]), gamma=0.9, alpha=2.0)
+    assert loss.item() == pytest.approx(0.1 * 10 + (0 + 5.25) / 2)
+    assert ratio_weighted_actor_loss(torch.tensor([2.0]), torch.tensor([[-1.0, -2.0]])).item() == pytest.approx(3.0)
+
+
+# ----- learning on tiny data ----------------------------------------------------------------------------------------
+
+CRITIC_LOSS = {"mabcq": "loss/q", "macql": "loss/q", "icq": "loss/q", "omar": "loss/q", "omiga": "loss/q"}
+
+
+@pytest.mark.parametrize("algo,kind", [c for c in CASES if c[0] != "comadice"])
+def test_two_hundred_steps_lower_the_critic_loss(data, algo, kind):
+    torch.manual_seed(0)
+    agent = build(algo, data[kind], small(algo))
+    loader = TransitionLoader(data[kind], 64, seed=0)
+    logs = [agent.step(loader) for _ in range(200)]
+    assert all(np.isfinite(v) for log in logs for v in log.values())
+    losses = [log[CRITIC_LOSS[algo]] for log in logs]
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_comadice_lowers_its_dual_loss_and_normalises_the_ratio(data, kind):
+    """The nu loss is a convex objective: measured on one large fixed sample, it must fall; at its
+    minimum E_D[w*] = 1 (the ratio is a density ratio), so the mean ratio must move towards 1."""
+    torch.manual_seed(0)
+    agent = build("comadice", data[kind], small("comadice", lr=3e-4, gamma=0.9))
+    loader = TransitionLoader(data[kind], 64, seed=0)
+    probe = TransitionLoader(data[kind], 4096, seed=1)
+    b, initial = agent.prepare(probe.sample()), probe.sample_initial()
+    initial.obs, initial.state = agent.normalise_obs(initial.obs), agent.normalise_state(initial.state)
+
+    def measure():
+        with torch.no_grad():
+            e = agent.advantage(b)
+            return (dice_nu_loss(agent.nu_tot(initial.obs, initial.state), e, 0.9, agent.cfg.alpha).item(),
+                    soft_chi2_ratio(e, agent.cfg.alpha).mean().item())
+
+    loss0, ratio0 = measure()
+    logs = [agent.step(loader) for _ in range(300)]
+    loss1, ratio1 = measure()
+    assert all(np.isfinite(v) for log in logs for v in log.values())
+    assert loss1 < loss0 - 0.1, (loss0, loss1)
+    assert abs(ratio1 - 1) < 0.5 * abs(ratio0 - 1), (ratio0, ratio1)
+
+
+# ----- gradient isolation -------------------------------------------------------------------------------------------
+
+def _groups(agent) -> dict[str, dict[str, torch.Tensor]]:
+    """Parameters and buffers by top-level attribute name (q, mixer, actor, ...)."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in agent.state_dict().items():
+        out.setdefault(key.split(".")[0], {})[key] = value.detach().clone()
+    return out
+
+
+def _moved(before, agent) -> set[str]:
+    after = _groups(agent)
+    return {g for g in before if any(not torch.equal(before[g][k], after[g][k]) for k in before[g])}
+
+
+# (method, the attributes it must move); the first entry of each list is the critic step
+STEPS = {
+    "mabcq": [("update_behaviour_model", {"behaviour"}), ("update_critic", {"q", "mixer"}),
+              ("update_actor", {"actor"}), ("update_targets", {"q_target", "mixer_target", "actor_target"})],
+    "macql": [("update_critic", {"q", "mixer"}), ("update_actor", {"actor", "log_entropy_alpha"}),
+              ("update_targets", {"q_target", "mixer_target"})],
+    "icq": [("update_critic", {"q", "mixer"}), ("update_actor", {"actor"}),
+            ("update_targets", {"q_target", "mixer_target"})],
+    "omar": [("update_critic", {"q"}), ("update_actor", {"actor"}), ("update_targets", {"q_target", "actor_target"})],
+    "omiga": [("update_critic", {"v", "q", "mixer"}), ("update_actor", {"actor"}),
+              ("update_targets", {"q_target", "v_target", "mixer_target"})],
+    "comadice": [("update_critic", {"nu", "mixer"}), ("update_actor", {"actor"})],
+}
+CRITICS = {"mabcq": ("q", "mixer"), "macql": ("q", "mixer"), "icq": ("q", "mixer"), "omar": ("q",),
+           "omiga": ("v", "q", "mixer"), "comadice": ("nu", "mixer")}
+
+
+@pytest.mark.parametrize("algo,kind", CASES)
+def test_each_step_moves_only_its_own_networks(data, algo, kind):
+    torch.manual_seed(0)
+    agent = build(algo, data[kind], small(algo))
+    loader = TransitionLoader(data[kind], 64, seed=0)
+    b = agent.prepare(loader.sample())
+    initial = loader.sample_initial()
+    initial.obs, initial.state = agent.normalise_obs(initial.obs), agent.normalise_state(initial.state)
+    for method, expected in STEPS[algo]:
+        if not hasattr(agent, "actor") and method == "update_actor" or \
+                kind == "discrete" and algo == "mabcq" and method == "update_actor":
+            continue  # discrete MACQL and MABCQ are greedy in Q: no actor
+        if kind == "discrete":
+            expected = expected - {"actor_target"}
+        if method == "update_actor":  # clear the critic step's gradients, then look for any from the actor
+            for name in CRITICS[algo]:
+                for p in getattr(agent, name).parameters():
+                    p.grad = None
+        before = _groups(agent)
+        args = (b, initial) if (algo, method) == ("comadice", "update_critic") else () if method == "update_targets" \
+            else (b,)
+        getattr(agent, method)(*args)
+        assert _moved(before, agent) == expected, method
+        if method == "update_actor":
+            leaked = [p for name in CRITICS[algo] for p in getattr(agent, name).parameters()
+                      if p.grad is not None and p.grad.abs().sum() > 0]
+            assert not leaked, "the actor step put gradients on the critic"
+
+
+# ----- checkpoints and the command ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algo,kind", CASES)
+def test_checkpoint_reload_gives_identical_parameters_and_actions(data, tmp_path, algo, kind):
+    cfg = small(algo, steps=20, eval_every=20, eval_episodes=1, log_every=10)
+    res = train(algo, data[kind], cfg, tmp_path / "run")
+    path = res.run_dir / "checkpoints" / "latest.pt"
+    saved = torch.load(path, weights_only=True)["weights"]
+    a, b = load_policy(path), load_policy(path)
+    assert all(torch.equal(saved[k], v) for k, v in a.state_dict().items())
+    spec = data[kind].spec
+    obs = a.normalise_obs(torch.randn(16, spec.n_agents, spec.obs_dim))
+    avail = torch.ones(16, spec.n_agents, spec.n_actions, dtype=torch.bool) if spec.discrete else None
+    assert torch.equal(a.act(obs, avail), b.act(obs, avail))
+    assert res.final["eval/return"] is not None and np.isfinite(res.final["eval/return"])
+
+
+def test_omar_refuses_discrete_actions_with_a_clear_message(data, tmp_path):
+    with pytest.raises(DatasetError, match="continuous actions only"):
+        build("omar", data["discrete"], small("omar"))
+    result = CliRunner().invoke(train_cli, ["train", "--dataset", str(data["discrete"].path), "--algo", "omar",
+                                            "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "continuous actions only" in result.output
+
+
+def test_command_trains_a_baseline_with_its_own_options(data, tmp_path):
+    args = ["train", "--dataset", str(data["continuous"].path), "--algo", "macql", "--out", str(tmp_path / "r"),
+            "--steps", "20", "--eval-every", "20", "--eval-episodes", "1", "--hidden", "16", "--cql-alpha", "2.5"]
+    result = CliRunner().invoke(train_cli, args)
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(data["continuous"].path), "--algo", "icq",
+                                         "--cql-alpha", "1"])
+    assert bad.exit_code == 2 and "--cql-alpha does not apply to icq" in bad.output
