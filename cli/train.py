@@ -75,7 +75,7 @@ def main():
 @main.command(context_settings={"show_default": False})
 @click.option("--dataset", required=True, type=click.Path(path_type=Path), help="A format-v1 dataset (.zarr).")
 @click.option("--algo", default="omgmg", show_default=True,
-              help="Algorithm: bc, mabcq, macql, icq, omar (continuous only), omiga, comadice or omgmg.")
+              help="Algorithm: bc, mabcq, macql, icq, omar, omiga, comadice or omgmg.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/DATASET/ALGO-seedS).")
 @click.option("--eval/--no-eval", "evaluate", default=True, help="Evaluate in the environment every eval_every steps.")
 @config_options

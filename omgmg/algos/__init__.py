@@ -19,7 +19,6 @@ _CLASSES = {  # name -> (module, class)
 }
 
 ALGORITHMS = tuple(_CLASSES)
-CONTINUOUS_ONLY = ("omar",)  # defined by their papers for continuous actions only
 
 
 def algorithm_class(name: str):

@@ -16,8 +16,14 @@ conservative critic's landscape is full of. Per agent i, per gradient step:
    ``cem_iters`` rounds of ``cem_samples`` samples, refitted to the ``cem_elites`` best.
 3. Soft target updates.
 
-Continuous actions only, as in the paper (its CEM needs a continuous action space; its discrete
-experiments use Gumbel-softmax MPE variants, not SMAC). For discrete tasks the constructor says so.
+Discrete actions (the paper reports OMAR on continuous tasks; OMGMG's Table 2 runs it on SMACv2,
+following the discrete variant of the CFCQL code): Q^1_i(o_i, .), Q^2_i(o_i, .) over all actions, CQL's
+exact logsumexp over the available actions, target r + gamma E_{a'~pibar_i} min_k Qbar^k_i(o'_i, a') (the
+exact expectation under the target softmax policy), and a masked softmax actor
+    min (1 - omar_coe) * -E_{a~pi_i}[Q^1_i(o_i, a)] + omar_coe * CE(pi_i(.|o_i), a_hat_i),
+a_hat_i the better by Q^1_i of the policy's most probable action and the best available action. Over
+a handful of discrete actions the zeroth-order search is exact enumeration, which CEM approximates.
+
 Independent critics are faithful to OMAR (no mixer); the team reward is every agent's reward.
 Truncations bootstrap, terminations do not. The actor update runs every step (no TD3 policy delay,
 as the OMAR code).
@@ -30,12 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
-from datakit.errors import DatasetError
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
 from omgmg.algos.macql import conservative_penalty
-from omgmg.nets import ActionBox, DeterministicPolicy, TwinQ, adam, soft_update
+from omgmg.nets import ActionBox, CategoricalPolicy, DeterministicPolicy, TwinQ, adam, masked_max, soft_update
 
 
 @dataclass
@@ -104,15 +109,15 @@ class OMAR(OfflineAlgorithm):
     config_cls = OMARConfig
 
     def __init__(self, spec: EnvSpec, cfg: OMARConfig):
-        if spec.discrete:
-            raise DatasetError(f"OMAR is defined for continuous actions only (Pan et al. 2022) and {spec.name} "
-                               "has discrete ones; choose another --algo")
         super().__init__(spec, cfg)
-        N, O, A, H, shared = spec.n_agents, spec.obs_dim, spec.action_dim, cfg.hidden, cfg.shared_networks
-        box = ActionBox(*action_bounds(spec))
-        self.actor = DeterministicPolicy(N, O, box, H, shared)
+        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
+        if spec.discrete:
+            self.actor = CategoricalPolicy(N, O, spec.n_actions, H, shared)
+            self.q = TwinQ(N, O, spec.n_actions, H, shared=shared)
+        else:
+            self.actor = DeterministicPolicy(N, O, ActionBox(*action_bounds(spec)), H, shared)
+            self.q = TwinQ(N, O + spec.action_dim, 1, H, shared=shared)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.q = TwinQ(N, O + A, 1, H, shared=shared)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizers = {"q": adam(self.q.parameters(), cfg.lr), "actor": adam(self.actor.parameters(), cfg.lr)}
 
@@ -143,6 +148,8 @@ class OMAR(OfflineAlgorithm):
 
     # ----- step 1: conservative twin critics -----------------------------------------------------------------
     def update_critic(self, b: Batch) -> dict:
+        if self.spec.discrete:
+            return self._update_critic_discrete(b)
         cfg = self.cfg
         with torch.no_grad():
             next_a, _ = self._noisy(self.actor_target(b.next_obs), cfg.target_noise, cfg.target_noise_clip)
@@ -162,8 +169,24 @@ class OMAR(OfflineAlgorithm):
         self.optimize("q", bellman + cfg.cql_alpha * penalty, self.q)
         return {"loss/q": bellman.item(), "loss/cql": penalty.item(), "value/q": q_data.mean().item()}
 
+    def _update_critic_discrete(self, b: Batch) -> dict:
+        cfg = self.cfg
+        with torch.no_grad():
+            next_probs = self.actor_target.log_probs(b.next_obs, b.next_avail).exp()[..., None]  # (B, N, K, 1)
+            next_q = (next_probs * self.q_target(b.next_obs)).sum(-2).min(-1).values  # (B, N)
+            target = b.reward[:, None] + (1.0 - b.terminated[:, None]) * cfg.gamma * next_q
+        q_all = self.q(b.obs)  # (B, N, K, 2)
+        q_data = q_all.gather(-2, b.actions[..., None, None].expand(*b.actions.shape, 1, 2))[..., 0, :]  # (B, N, 2)
+        bellman = ((q_data - target[..., None]) ** 2).mean() * 2
+        q_masked = q_all.masked_fill(~b.avail[..., None], -torch.inf)
+        penalty = sum(conservative_penalty(q_masked[..., j], q_data[..., j]) for j in range(2))
+        self.optimize("q", bellman + cfg.cql_alpha * penalty, self.q)
+        return {"loss/q": bellman.item(), "loss/cql": penalty.item(), "value/q": q_data.mean().item()}
+
     # ----- step 2: the rectified actor -----------------------------------------------------------------------
     def update_actor(self, b: Batch) -> dict:
+        if self.spec.discrete:
+            return self._update_actor_discrete(b)
         cfg = self.cfg
         self.q.requires_grad_(False)
         try:
@@ -182,6 +205,21 @@ class OMAR(OfflineAlgorithm):
             self.optimize("actor", loss, self.actor)
         finally:
             self.q.requires_grad_(True)
+        return {"loss/actor": loss.item(), "value/cem_better": better.float().mean().item()}
+
+    def _update_actor_discrete(self, b: Batch) -> dict:
+        with torch.no_grad():
+            q1 = self.q.q1(b.obs)  # (B, N, K)
+        log_probs = self.actor.log_probs(b.obs, b.avail)  # (B, N, K)
+        q_pi = (log_probs.exp() * q1).sum(-1)  # E_{a~pi_i} Q^1_i(o_i, a)
+        with torch.no_grad():
+            policy_action = log_probs.argmax(-1)
+            best_q, best_action = masked_max(q1, b.avail)  # the search, exact over the available actions
+            better = best_q > q1.gather(-1, policy_action[..., None])[..., 0]
+            target = torch.where(better, best_action, policy_action)
+        imitation = -log_probs.gather(-1, target[..., None])[..., 0].mean()  # cross-entropy to a_hat
+        loss = (1 - self.cfg.omar_coe) * -q_pi.mean() + self.cfg.omar_coe * imitation
+        self.optimize("actor", loss, self.actor)
         return {"loss/actor": loss.item(), "value/cem_better": better.float().mean().item()}
 
     def update_targets(self) -> None:
