@@ -166,6 +166,83 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoi
 
 
 @main.command()
+@click.argument("spec")
+@click.option("--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME or sweeps/NAME-smoke).")
+@click.option("--smoke", is_flag=True, help="The spec's small budget: a check that finishes in minutes on 2 cores.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: a process pool on this machine; ray: Ray tasks on an existing cluster (or a local one).")
+@click.option("--address", help="Ray cluster address for --backend ray (default: start a local Ray instance).")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel cells (default: the CPU count).")
+@click.option("--list", "list_only", is_flag=True, help="Only list the cells and whether each is finished.")
+@friendly_errors
+def sweep(spec: str, out: Path | None, smoke: bool, backend: str, address: str | None, workers: int | None,
+          list_only: bool):
+    """Run every cell (datasets x algorithms x seeds x grid) of an experiment SPEC not yet finished.
+
+    SPEC is a TOML file or a shipped name: table1, table2, ablation-lambda, ablation-nu. Re-running
+    resumes: finished cells are skipped, unfinished ones continue from their last checkpoint.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from omgmg.experiments.report import write_report
+    from omgmg.experiments.spec import SpecError, load_spec
+    from omgmg.experiments.sweep import SweepError, cell_dir, pending_cells, run_sweep
+
+    try:
+        experiment = load_spec(spec)
+    except SpecError as e:
+        fail(str(e), EXIT_USAGE)
+    out = out or Path("sweeps") / (experiment.name + ("-smoke" if smoke else ""))
+    if list_only:
+        cells = experiment.cells(smoke)
+        todo = {c.key for c in pending_cells(out, cells)}
+        for c in cells:
+            console.print(f"{'todo' if c.key in todo else 'done'}  {cell_dir(out, c)}", highlight=False)
+        console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished", highlight=False)
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=err_console, disable=not err_console.is_terminal) as p:
+        task = p.add_task(f"sweep {experiment.name}{' (smoke)' if smoke else ''}", total=None, info="preparing datasets")
+
+        def on_start(total, finished):
+            p.update(task, total=total, completed=finished, info=f"{finished} already finished")
+
+        def on_done(cell, result):
+            score = result.get("score")
+            info = "error" if score is None else f"{score:.3g}"
+            p.update(task, advance=1, info=f"last: {cell.dataset.name} {cell.algorithm} seed {cell.seed} -> {info}")
+
+        try:
+            results = run_sweep(experiment, out, smoke=smoke, backend=backend, workers=workers, address=address,
+                                on_note=lambda m: p.console.print(m, highlight=False), on_start=on_start,
+                                on_done=on_done)
+        except SweepError as e:
+            fail(str(e), EXIT_USAGE)
+    errors = [r for r in results if r.get("error")]
+    paths = write_report(out)
+    console.print(f"{len(results)} cells finished ({len(errors)} with errors) in {out}", highlight=False)
+    for r in errors:
+        console.print(f"  [red]error[/] {r['cell']['algorithm']} on {r['cell']['dataset']}: {r['error']}", highlight=False)
+    console.print("report: " + "  ".join(str(p_) for p_ in paths), highlight=False)
+
+
+@main.command()
+@click.argument("sweep_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Where to write the report (default: the sweep directory).")
+@friendly_errors
+def report(sweep_dir: Path, out: Path | None):
+    """Tables (markdown + CSV, best per row in bold) and ablation figures (PNG) from a sweep's results."""
+    from omgmg.experiments.report import write_report
+
+    try:
+        paths = write_report(sweep_dir, out)
+    except FileNotFoundError as e:
+        fail(str(e), EXIT_USAGE)
+    console.print(paths[0].read_text(), highlight=False, markup=False)
+    console.print("written: " + "  ".join(str(p) for p in paths), highlight=False)
+
+
+@main.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)

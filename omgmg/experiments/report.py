@@ -1,0 +1,211 @@
+"""``omgmg report SWEEP_DIR``: the paper's tables and ablation figures from a sweep's cell results.
+
+- Scores are the final evaluation (return for MaMuJoCo, win rate in % for SMACv2), mean ± std over
+  seeds (population std, as numpy's default), best mean per row in bold.
+- MaMuJoCo scores also get a normalised score, 100 * (score - random) / (expert - random), with
+  random and expert the mean episode returns of that task's random and expert datasets (from their
+  metadata; the sweep generates both).
+- Ablations (a spec with a [grid]): final score and final Q_tot against the grid value, one panel per
+  dataset, a red cross where any seed diverged: Q_tot non-finite or above 10 max|r| / (1 - gamma), or
+  a non-finite loss (``omgmg.experiments.sweep.DIVERGENCE_FACTOR``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from omgmg.experiments.spec import DatasetRef
+from omgmg.experiments.sweep import dataset_path, reference_levels
+
+
+def load_results(sweep_dir) -> tuple[dict, list[dict]]:
+    sweep_dir = Path(sweep_dir)
+    meta_path = sweep_dir / "sweep.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `omgmg sweep` first")
+    meta = json.loads(meta_path.read_text())
+    results = [json.loads(p.read_text()) for p in sorted((sweep_dir / "cells").glob("*/result.json"))]
+    return meta, results
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std())
+
+
+def budget_label(meta: dict) -> str:
+    b = meta["budget"]
+    kind = "SMOKE budget (a quick check, not the paper's setting)" if meta["smoke"] else "full budget"
+    return (f"{kind}: {b['steps']} gradient steps, {len(meta['seeds'])} seed(s), {b['eval_episodes']} evaluation "
+            f"episodes; datasets {json.dumps(meta['data'])}")
+
+
+def _score(result: dict) -> float | None:
+    """The final score in the table's unit: return, or win rate in %."""
+    if result.get("score") is None:
+        return None
+    return 100 * result["win_rate"] if result.get("win_rate") is not None else result["score"]
+
+
+def _reference_returns(result: dict) -> tuple[float, float] | None:
+    """(random, expert) mean returns of the result's task, for the normalised score."""
+    from datakit import open_dataset
+
+    cell = result["cell"]
+    refs = reference_levels(DatasetRef(**cell["dataset"]))
+    if not refs:
+        return None
+    means = []
+    for ref in refs:
+        path = dataset_path(ref, cell["data"])
+        if not path.exists():
+            return None
+        means.append(open_dataset(path).meta["stats"]["return"]["mean"])
+    return means[0], means[1]
+
+
+def normalised(score: float, random: float, expert: float) -> float:
+    return 100.0 * (score - random) / (expert - random)
+
+
+def aggregate(results: list[dict]) -> dict:
+    """(task, level, algorithm, grid value) -> {mean, std, n, diverged, normalised, q_tot}."""
+    groups = defaultdict(list)
+    for r in results:
+        c = r["cell"]
+        ds = DatasetRef(**c["dataset"])
+        groups[(*ds.row, c["algorithm"], c["grid"][1] if c["grid"] else None)].append(r)
+    out = {}
+    for key, rs in groups.items():
+        scores = [s for s in map(_score, rs) if s is not None]
+        q = [r["q_tot"] for r in rs if r.get("q_tot") is not None]
+        entry = {"n": len(rs), "diverged": sum(bool(r.get("diverged")) for r in rs),
+                 "errors": [r["error"] for r in rs if r.get("error")]}
+        if scores:
+            entry["mean"], entry["std"] = mean_std(scores)
+            refs = _reference_returns(rs[0])
+            if refs and rs[0].get("win_rate") is None:
+                entry["normalised"] = mean_std([normalised(s, *refs) for s in scores])
+        if q:
+            entry["q_tot"] = mean_std(q)
+        out[key] = entry
+    return out
+
+
+def _fmt(entry: dict) -> str:
+    if "mean" not in entry:
+        return "error"
+    text = f"{entry['mean']:.1f} ± {entry['std']:.1f}"
+    if "normalised" in entry:
+        text += f" ({entry['normalised'][0]:.0f})"
+    if entry["diverged"]:
+        text += f" ×{entry['diverged']}"
+    return text
+
+
+def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
+    """Markdown (best mean per row in bold) and CSV rows in the paper's layout: rows task x level,
+    columns algorithms."""
+    algos = meta["algorithms"]
+    rows = sorted({k[:2] for k in agg}, key=lambda r: (r[0], _LEVEL_ORDER.get(r[1], 9)))
+    md = [f"## {meta['title']}", "", f"_{budget_label(meta)}_", "",
+          "Final evaluation score, mean ± std over seeds (MaMuJoCo: return, with the normalised score in "
+          "parentheses; SMACv2: win rate in %). ×n: n seeds diverged.", "",
+          "| task | dataset | " + " | ".join(algos) + " |", "|" + "---|" * (len(algos) + 2)]
+    csv_rows = [["task", "dataset", *[f"{a}_{s}" for a in algos for s in ("mean", "std", "normalised")]]]
+    for task, level in rows:
+        entries = {a: agg.get((task, level, a, None)) for a in algos}
+        means = {a: e["mean"] for a, e in entries.items() if e and "mean" in e}
+        best = max(means.values()) if means else None
+        cells, flat = [], []
+        for a in algos:
+            e = entries[a]
+            text = "-" if e is None else _fmt(e)
+            if e and "mean" in e and e["mean"] == best:
+                text = f"**{text}**"
+            cells.append(text)
+            flat += [f"{e['mean']:.4g}" if e and "mean" in e else "", f"{e['std']:.4g}" if e and "mean" in e else "",
+                     f"{e['normalised'][0]:.4g}" if e and "normalised" in e else ""]
+        md.append(f"| {task} | {level} | " + " | ".join(cells) + " |")
+        csv_rows.append([task, level, *flat])
+    return "\n".join(md) + "\n", csv_rows
+
+
+_LEVEL_ORDER = {"expert": 0, "medium": 1, "medium-replay": 2, "medium-expert": 3, "random": 4}
+
+
+def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]]:
+    """The ablation figure (score and Q_tot against the grid value, one column per dataset) and its table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    param = meta["grid"]
+    datasets = sorted({k[:2] for k in agg})
+    fig, axes = plt.subplots(2, len(datasets), figsize=(3.6 * len(datasets), 6), dpi=100, squeeze=False)
+    md = [f"## {meta['title']}", "", f"_{budget_label(meta)}_", "",
+          f"| task | dataset | algorithm | {param} | score | Q_tot | diverged |", "|---|---|---|---|---|---|---|"]
+    csv_rows = [["task", "dataset", "algorithm", param, "score_mean", "score_std", "q_tot_mean", "q_tot_std",
+                 "diverged", "n"]]
+    for j, (task, level) in enumerate(datasets):
+        for algo in meta["algorithms"]:
+            keys = sorted(k for k in agg if k[:3] == (task, level, algo))
+            xs = [k[3] for k in keys]
+            for row, (field, label) in enumerate((("mean", "score"), ("q_tot", "Q_tot"))):
+                ax = axes[row, j]
+                pts = [(x, agg[k]) for x, k in zip(xs, keys) if (field in agg[k])]
+                if not pts:
+                    continue
+                x = np.array([p[0] for p in pts], dtype=float)
+                if field == "mean":
+                    y, err = np.array([p[1]["mean"] for p in pts]), np.array([p[1]["std"] for p in pts])
+                else:
+                    y, err = np.array([p[1]["q_tot"][0] for p in pts]), np.array([p[1]["q_tot"][1] for p in pts])
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=algo)
+                bad = np.array([p[1]["diverged"] > 0 for p in pts])
+                if bad.any():
+                    ax.scatter(x[bad], y[bad], marker="x", s=120, c="red", zorder=5, label="diverged")
+                if param == "nu" and (x > 0).all():
+                    ax.set_xscale("log")
+                ax.set_xlabel(param)
+                ax.set_ylabel(label)
+                ax.set_title(f"{task} {level}" if row == 0 else "")
+            for x, k in zip(xs, keys):
+                e = agg[k]
+                score = f"{e['mean']:.1f} ± {e['std']:.1f}" if "mean" in e else "error"
+                q = f"{e['q_tot'][0]:.1f} ± {e['q_tot'][1]:.1f}" if "q_tot" in e else "-"
+                md.append(f"| {task} | {level} | {algo} | {x:g} | {score} | {q} | {e['diverged']}/{e['n']} |")
+                csv_rows.append([task, level, algo, f"{x:g}", e.get("mean", ""), e.get("std", ""),
+                                 e["q_tot"][0] if "q_tot" in e else "", e["q_tot"][1] if "q_tot" in e else "",
+                                 e["diverged"], e["n"]])
+    fig.suptitle(f"{meta['title']}\n{budget_label(meta)}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return "\n".join(md) + f"\n\n![{meta['name']}]({out_png.name})\n", csv_rows
+
+
+def write_report(sweep_dir, out_dir=None) -> list[Path]:
+    """Write ``NAME.md``, ``NAME.csv`` (and ``NAME.png`` for ablations) into ``out_dir`` (default: the sweep)."""
+    sweep_dir = Path(sweep_dir)
+    meta, results = load_results(sweep_dir)
+    if not results:
+        raise FileNotFoundError(f"{sweep_dir} has no finished cells yet; run `omgmg sweep` (it resumes)")
+    out_dir = Path(out_dir or sweep_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(results)
+    paths = [out_dir / f"{meta['name']}.md", out_dir / f"{meta['name']}.csv"]
+    if meta["layout"] == "ablation":
+        paths.append(out_dir / f"{meta['name']}.png")
+        md, rows = ablation(meta, agg, paths[2])
+    else:
+        md, rows = table(meta, agg)
+    paths[0].write_text(md)
+    with open(paths[1], "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return paths

@@ -1,0 +1,275 @@
+"""Experiment specs: a small TOML file naming datasets x algorithms x seeds (x one hyperparameter
+grid), validated, and expanded into cells, each keyed by a hash of its resolved configuration.
+
+The schema (docs/experiments.md has it with examples; ``omgmg/experiments/specs/`` ships the paper's):
+
+    name = "table1"                       # required
+    title = "Table 1: ..."                # shown on reports
+    layout = "table"                      # "table" (algorithms as columns) or "ablation" (needs [grid])
+    algorithms = ["omiga", "omgmg"]       # required, names from ``omgmg train --algo``
+    seeds = [0, 1, 2, 3, 4]               # required
+
+    [budget]                              # required: the offline training loop
+    steps = 1000000
+    eval_every = 50000
+    eval_episodes = 32
+
+    [data]                                # optional: how missing datasets are generated (omgmg-data collect)
+    transitions = 1000000                 # MaMuJoCo tasks; SMACv2 tasks use `episodes`
+    episodes = 1000
+    train_steps = 2000000                 # behaviour-policy training budget (default: the collector's)
+    seed = 0
+
+    [[datasets]]                          # required, one or more
+    suite = "mamujoco"
+    task = "Hopper-3x1"
+    levels = ["expert", "medium"]
+    # or: path = "/data/hopper-medium.zarr" (an existing dataset; label = "hopper-medium" optional)
+
+    [grid]                                # optional: one hyperparameter, a list of values
+    lam = [0.0, 0.5, 1.0]
+
+    [overrides.omgmg]                     # optional: fixed hyperparameters per algorithm
+    nu = 1.0
+
+    [smoke]                               # required: replaces seeds / budget / data under --smoke
+    seeds = [0]
+    steps = 200
+    eval_every = 200
+    eval_episodes = 2
+    transitions = 2000
+    episodes = 20
+    train_steps = 20000
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datakit.errors import DatasetError
+from datakit.format import normalise_level
+
+SPEC_DIR = Path(__file__).parent / "specs"
+LAYOUTS = ("table", "ablation")
+BUDGET_KEYS = ("steps", "eval_every", "eval_episodes")
+DATA_KEYS = ("transitions", "episodes", "train_steps", "seed")
+TOP_KEYS = {"name", "title", "layout", "algorithms", "seeds", "budget", "data", "datasets", "grid", "overrides",
+            "smoke", "description"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be run; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset a cell trains on: an existing path, or suite/task/level to generate with the collectors."""
+
+    suite: str | None = None
+    task: str | None = None
+    level: str | None = None
+    path: str | None = None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.path:
+            return self.label or Path(self.path).stem
+        return f"{self.task}/{self.level}"
+
+    @property
+    def row(self) -> tuple[str, str]:
+        """(task, level) for reports."""
+        return (self.label or Path(self.path).stem, "-") if self.path else (self.task, self.level)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a sweep."""
+
+    algorithm: str
+    dataset: DatasetRef
+    seed: int
+    grid: tuple[str, float] | None  # (hyperparameter, value) for ablations
+    config: dict  # the algorithm's fully resolved config (dataclass fields)
+    data: dict  # generation settings of the dataset (for generated ones)
+
+    @property
+    def key(self) -> str:
+        """Hash of everything that determines the cell's result."""
+        payload = {"algorithm": self.algorithm, "dataset": dataclasses.asdict(self.dataset), "config": self.config,
+                   "data": self.data if self.dataset.path is None else None}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def dirname(self) -> str:
+        grid = f"-{self.grid[0]}{self.grid[1]:g}" if self.grid else ""
+        ds = self.dataset.name.replace("/", "-")
+        return f"{ds}-{self.algorithm}{grid}-seed{self.seed}-{self.key[:10]}"
+
+    def to_json(self) -> dict:
+        return {"algorithm": self.algorithm, "dataset": dataclasses.asdict(self.dataset), "seed": self.seed,
+                "grid": list(self.grid) if self.grid else None, "config": self.config, "data": self.data,
+                "key": self.key}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Cell:
+        return cls(algorithm=d["algorithm"], dataset=DatasetRef(**d["dataset"]), seed=int(d["seed"]),
+                   grid=tuple(d["grid"]) if d["grid"] else None, config=d["config"], data=d["data"])
+
+
+@dataclass
+class ExperimentSpec:
+    name: str
+    algorithms: list[str]
+    seeds: list[int]
+    budget: dict
+    datasets: list[DatasetRef]
+    smoke: dict
+    title: str = ""
+    layout: str = "table"
+    data: dict = field(default_factory=dict)
+    grid: tuple[str, list[float]] | None = None
+    overrides: dict[str, dict] = field(default_factory=dict)
+    source: str = ""
+
+    def resolved(self, smoke: bool) -> tuple[list[int], dict, dict]:
+        """(seeds, budget, data settings) for the full or the smoke budget."""
+        if not smoke:
+            return self.seeds, self.budget, self.data
+        s = self.smoke
+        return (s["seeds"], {k: s[k] for k in BUDGET_KEYS},
+                {k: s[k] for k in DATA_KEYS if k in s} | {"seed": self.data.get("seed", 0)})
+
+    def cells(self, smoke: bool = False) -> list[Cell]:
+        from omgmg.algos import make_config
+
+        seeds, budget, data = self.resolved(smoke)
+        points = [(self.grid[0], v) for v in self.grid[1]] if self.grid else [None]
+        out = []
+        for ds in self.datasets:
+            suite = ds.suite if ds.path is None else _suite_of(ds.path)
+            for algo in self.algorithms:
+                for point in points:
+                    for seed in seeds:
+                        fixed = dict(self.overrides.get(algo, {}))
+                        if point is not None:
+                            fixed[point[0]] = point[1]
+                        cfg = make_config(algo, suite, **fixed, **budget, seed=seed)
+                        out.append(Cell(algo, ds, seed, point, dataclasses.asdict(cfg), dict(data)))
+        return out
+
+
+def _suite_of(path: str) -> str | None:
+    from datakit import open_dataset
+
+    return open_dataset(path).spec.suite
+
+
+def shipped_specs() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
+
+
+def load_spec(name_or_path: str | Path) -> ExperimentSpec:
+    """A spec from a TOML path, or one shipped with omgmg by name (table1, table2, ablation-lambda, ...)."""
+    path = Path(name_or_path)
+    if not path.exists():
+        shipped = SPEC_DIR / f"{name_or_path}.toml"
+        if not shipped.exists():
+            raise SpecError(f"no spec file {name_or_path!r}; give a TOML path or one of: {', '.join(shipped_specs())}")
+        path = shipped
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path} is not valid TOML: {e}") from None
+    return parse_spec(raw, source=str(path))
+
+
+def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
+    """Validate a spec's dict; every error names the key and what is allowed."""
+    from omgmg.algos import ALGORITHMS, algorithm_class
+
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            raise SpecError(f"{source}: {message}")
+
+    unknown = sorted(set(raw) - TOP_KEYS)
+    need(not unknown, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("name", "algorithms", "seeds", "budget", "datasets", "smoke"):
+        need(key in raw, f"missing required key {key!r}")
+    need(isinstance(raw["name"], str) and raw["name"], "name must be a non-empty string")
+    layout = raw.get("layout", "table")
+    need(layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    algos = raw["algorithms"]
+    need(isinstance(algos, list) and algos, "algorithms must be a non-empty list")
+    bad = [a for a in algos if a not in ALGORITHMS]
+    need(not bad, f"unknown algorithm(s) {', '.join(map(str, bad))}; choose from {', '.join(ALGORITHMS)}")
+    seeds = raw["seeds"]
+    need(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds), "seeds must be a list of integers")
+
+    budget = raw["budget"]
+    need(isinstance(budget, dict) and set(budget) == set(BUDGET_KEYS),
+         f"[budget] must set exactly {', '.join(BUDGET_KEYS)}")
+    data = raw.get("data", {})
+    need(isinstance(data, dict) and not set(data) - set(DATA_KEYS), f"[data] may set only {', '.join(DATA_KEYS)}")
+    smoke = raw["smoke"]
+    need(isinstance(smoke, dict) and {"seeds", *BUDGET_KEYS} <= set(smoke)
+         and not set(smoke) - {"seeds", *BUDGET_KEYS, *DATA_KEYS},
+         f"[smoke] must set seeds, {', '.join(BUDGET_KEYS)} and may set {', '.join(DATA_KEYS)}")
+    for where, table in (("budget", budget), ("data", data), ("smoke", smoke)):
+        for k, v in table.items():
+            if k == "seeds":
+                need(isinstance(v, list) and v and all(isinstance(s, int) for s in v), "[smoke] seeds must be a list of integers")
+            else:
+                need(isinstance(v, int) and v >= (0 if k == "seed" else 1), f"[{where}] {k} must be a positive integer")
+
+    datasets = []
+    need(isinstance(raw["datasets"], list) and raw["datasets"], "[[datasets]] needs at least one entry")
+    for i, d in enumerate(raw["datasets"]):
+        where = f"datasets[{i}]"
+        if "path" in d:
+            need(set(d) <= {"path", "label"}, f"{where}: a dataset given by path takes only path and label")
+            datasets.append(DatasetRef(path=str(d["path"]), label=d.get("label")))
+            continue
+        need(set(d) == {"suite", "task", "levels"}, f"{where}: give either path, or suite, task and levels")
+        need(d["suite"] in ("mamujoco", "smacv2"), f"{where}: suite must be mamujoco or smacv2, got {d['suite']!r}")
+        need(isinstance(d["levels"], list) and d["levels"], f"{where}: levels must be a non-empty list")
+        for level in d["levels"]:
+            try:
+                level = normalise_level(level)
+            except DatasetError as e:  # its message lists the levels
+                raise SpecError(f"{source}: {where}: {e}") from None
+            datasets.append(DatasetRef(suite=d["suite"], task=str(d["task"]), level=level))
+
+    grid = None
+    if "grid" in raw:
+        need(isinstance(raw["grid"], dict) and len(raw["grid"]) == 1, "[grid] must name exactly one hyperparameter")
+        (param, values), = raw["grid"].items()
+        need(isinstance(values, list) and values and all(isinstance(v, int | float) for v in values),
+             f"[grid] {param} must be a non-empty list of numbers")
+        grid = (param, list(values))
+    need(layout != "ablation" or grid is not None, "layout 'ablation' needs a [grid]")
+
+    overrides = raw.get("overrides", {})
+    need(isinstance(overrides, dict), "[overrides] must be a table of tables, e.g. [overrides.omgmg]")
+    for algo, values in overrides.items():
+        need(algo in algos, f"[overrides.{algo}]: {algo} is not among the spec's algorithms")
+    for algo in algos:  # every grid / override key must be a field of the algorithm's config, valid in range
+        fields = {f.name for f in dataclasses.fields(algorithm_class(algo).config_cls)}
+        keys = set(overrides.get(algo, {})) | ({grid[0]} if grid else set())
+        foreign = sorted(keys - fields)
+        need(not foreign, f"{', '.join(foreign)} is not a hyperparameter of {algo}; see `omgmg train --help`")
+        for value in (grid[1] if grid else [None]):
+            values = dict(overrides.get(algo, {})) | ({grid[0]: value} if grid else {})
+            try:
+                algorithm_class(algo).config_cls(**values)
+            except (TypeError, ValueError) as e:
+                raise SpecError(f"{source}: {algo}: {e}") from None
+    return ExperimentSpec(name=raw["name"], algorithms=list(algos), seeds=list(seeds), budget=dict(budget),
+                          datasets=datasets, smoke=dict(smoke), title=raw.get("title", raw["name"]), layout=layout,
+                          data=dict(data), grid=grid, overrides={k: dict(v) for k, v in overrides.items()},
+                          source=source)

@@ -1,0 +1,203 @@
+"""Running a sweep: generate the datasets a spec needs, then train every cell not yet finished, in a
+local process pool or as Ray tasks on a cluster.
+
+A sweep directory holds ``sweep.json`` (the spec and budget it runs) and one directory per cell,
+``cells/NAME-KEY/`` with ``cell.json``, the trainer's run directory ``run/`` and, once finished,
+``result.json``. A cell is finished when its ``result.json`` exists; its directory name carries the
+hash of its resolved config, so editing a spec re-runs exactly the cells it changed, and a crashed
+sweep resumes (unfinished cells also resume from their own last checkpoint).
+
+Generated datasets live under ``$OMGMG_HOME/experiments/data-HASH/`` (HASH over the settings the
+suite's datasets depend on), shared by every sweep with the same settings. With the Ray backend, the sweep directory
+and ``OMGMG_HOME`` must be on storage every node sees, and omgmg installed on every node.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+from omgmg.experiments.spec import Cell, DatasetRef, ExperimentSpec
+
+DIVERGENCE_FACTOR = 10.0  # |Q_tot| above this many times max|r| / (1 - gamma) counts as diverged
+
+
+class SweepError(RuntimeError):
+    pass
+
+
+# ----- datasets ------------------------------------------------------------------------------------------------
+
+def generation_settings(suite: str, data: dict) -> dict:
+    """The settings a suite's generated dataset depends on (MaMuJoCo counts transitions, SMACv2 episodes)."""
+    budget = "transitions" if suite == "mamujoco" else "episodes"
+    return {budget: data.get(budget), "train_steps": data.get("train_steps"), "seed": data.get("seed", 0)}
+
+
+def dataset_path(ref: DatasetRef, data: dict) -> Path:
+    """Where a cell's dataset lives: its own path, or under $OMGMG_HOME/experiments/data-HASH/."""
+    from collectors.training import data_home
+
+    if ref.path:
+        return Path(ref.path)
+    settings = generation_settings(ref.suite, data)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return data_home() / "experiments" / f"data-{digest}" / f"{ref.suite}-{ref.task}-{ref.level}.zarr"
+
+
+def reference_levels(ref: DatasetRef) -> list[DatasetRef]:
+    """MaMuJoCo scores are normalised by the random and expert levels' mean returns: those datasets
+    are generated alongside (a random level costs no training; expert reuses the behaviour run)."""
+    if ref.path or ref.suite != "mamujoco":
+        return []
+    return [DatasetRef(suite=ref.suite, task=ref.task, level=lvl) for lvl in ("random", "expert")]
+
+
+def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Callable[[str], None] = print) -> dict:
+    """Generate every dataset the cells need (and the normalisation references); returns ref -> path."""
+    from collectors.collect import CollectRequest, collect
+    from datakit import open_dataset
+
+    needed: dict[DatasetRef, Path] = {}
+    for cell in cells:
+        for ref in [cell.dataset, *reference_levels(cell.dataset)]:
+            needed.setdefault(ref, dataset_path(ref, data))
+    for ref, path in needed.items():
+        if path.exists():
+            open_dataset(path)  # the cheap check: a damaged store stops the sweep with a clear message
+            continue
+        if ref.path:
+            raise SweepError(f"dataset {path} does not exist; fix its path in the spec")
+        on_note(f"generating {ref.suite}/{ref.task} {ref.level} -> {path}")
+        collect(CollectRequest(ref.suite, ref.task, ref.level, out=path, workers=workers,
+                               **generation_settings(ref.suite, data)), on_note=on_note)
+    return needed
+
+
+# ----- one cell --------------------------------------------------------------------------------------------------
+
+def run_cell(cell_json: dict, cell_dir: str, dataset: str, threads: int) -> dict:
+    """Train and evaluate one cell into ``cell_dir`` (resuming it) and write its ``result.json``.
+
+    Top-level and argument-only so that it runs in a spawned process or as a Ray task alike.
+    """
+    import numpy as np
+    import torch
+
+    from datakit import open_dataset
+    from omgmg.algos import algorithm_class
+    from omgmg.trainer import eval_score, read_log, train
+
+    torch.set_num_threads(threads)
+    cell = Cell.from_json(cell_json)
+    out = Path(cell_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cell.json").write_text(json.dumps(cell_json, indent=2))
+    t0 = time.time()
+    ds = open_dataset(dataset)
+    cfg = algorithm_class(cell.algorithm).config_cls(**{**cell.config, "torch_threads": threads})
+    result = {"key": cell.key, "cell": cell_json, "dataset_path": str(ds.path)}
+    try:
+        res = train(cell.algorithm, ds, cfg, out / "run")
+        log = read_log(out / "run")
+    except Exception as e:  # a cell that crashes is recorded, the sweep goes on
+        result.update(error=f"{type(e).__name__}: {e}", diverged=True, score=None)
+    else:
+        max_abs_reward = float(np.abs(ds.read("steps/reward", 0, ds.n_transitions)).max())
+        gamma = cell.config.get("gamma", 0.99)
+        bound = DIVERGENCE_FACTOR * max(max_abs_reward, 1e-8) / max(1 - gamma, 1e-8)
+        q = [r["value/q_tot"] for r in log if "value/q_tot" in r]
+        losses = [v for r in log for k, v in r.items() if k.startswith("loss/")]
+        diverged = any(not math.isfinite(v) or abs(v) > bound for v in q) or any(not math.isfinite(v) for v in losses)
+        final = res.final
+        result.update(score=eval_score(final), eval_return=final.get("eval/return"),
+                      win_rate=final.get("eval/win_rate"), q_tot=q[-1] if q else None, q_bound=bound,
+                      diverged=diverged, steps=final.get("step"), dataset_stats=ds.meta.get("stats"))
+    result["wall_s"] = time.time() - t0
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.rename(out / "result.json")
+    return result
+
+
+# ----- the sweep -------------------------------------------------------------------------------------------------
+
+def cell_dir(sweep_dir: Path, cell: Cell) -> Path:
+    return sweep_dir / "cells" / cell.dirname
+
+
+def pending_cells(sweep_dir: Path, cells: list[Cell]) -> list[Cell]:
+    """Cells without a result (a result written for another config lives under another name)."""
+    return [c for c in cells if not (cell_dir(sweep_dir, c) / "result.json").exists()]
+
+
+def run_sweep(spec: ExperimentSpec, sweep_dir, *, smoke: bool = False, backend: str = "local", workers: int | None = None,
+              address: str | None = None, on_note: Callable[[str], None] = print,
+              on_start: Callable[[int, int], None] | None = None,
+              on_done: Callable[[Cell, dict], None] | None = None) -> list[dict]:
+    """Run every unfinished cell of ``spec``; returns the results of all cells."""
+    if backend not in ("local", "ray"):
+        raise SweepError(f"unknown backend {backend!r}: choose local or ray")
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    seeds, budget, data = spec.resolved(smoke)
+    meta = {"name": spec.name, "title": spec.title, "layout": spec.layout, "smoke": smoke, "seeds": seeds,
+            "budget": budget, "data": data, "algorithms": spec.algorithms, "source": spec.source,
+            "grid": spec.grid[0] if spec.grid else None}
+    (sweep_dir / "sweep.json").write_text(json.dumps(meta, indent=2))
+    workers = workers or max(1, (os.cpu_count() or 1))
+    cells = spec.cells(smoke)
+    paths = prepare_datasets(cells, data, workers, on_note)
+    todo = pending_cells(sweep_dir, cells)
+    if on_start:
+        on_start(len(cells), len(cells) - len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
+    jobs = [(c.to_json(), str(cell_dir(sweep_dir, c)), str(paths[c.dataset]), threads) for c in todo]
+    run = _run_local if backend == "local" else _run_ray
+    run(jobs, workers, address, lambda job, result: on_done and on_done(Cell.from_json(job[0]), result))
+    return [json.loads((cell_dir(sweep_dir, c) / "result.json").read_text()) for c in cells
+            if (cell_dir(sweep_dir, c) / "result.json").exists()]
+
+
+def _run_local(jobs, workers, address, done) -> None:
+    if address:
+        raise SweepError("--address applies to the ray backend only")
+    if workers == 1:
+        for job in jobs:
+            done(job, run_cell(*job))
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_cell, *job): job for job in jobs}
+        while futures:
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for f in finished:
+                done(futures.pop(f), f.result())
+
+
+def _run_ray(jobs, workers, address, done) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise SweepError("the ray backend needs Ray: pip install 'omgmg[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(run_cell)
+        refs = {remote.remote(*job): job for job in jobs}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                done(refs.pop(ref), ray.get(ref))
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,195 @@
+"""Experiment specs, sweeps (local and Ray, resumable) and reports."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.train import main as train_cli
+from datakit.fixtures import make_fixture
+from omgmg.experiments.report import aggregate, load_results, normalised, write_report
+from omgmg.experiments.spec import SpecError, load_spec, parse_spec, shipped_specs
+from omgmg.experiments.sweep import pending_cells, run_sweep
+
+BUDGET = {"steps": 20, "eval_every": 20, "eval_episodes": 1}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_fixture(tmp_path_factory.mktemp("sweep") / "c.zarr", "continuous", episodes=20)
+
+
+def spec_dict(dataset, **changes) -> dict:
+    raw = {"name": "tiny", "algorithms": ["bc", "omgmg"], "seeds": [0, 1], "budget": dict(BUDGET),
+           "datasets": [{"path": str(dataset.path), "label": "fixture"}],
+           "smoke": {"seeds": [0], **BUDGET}, "overrides": {"omgmg": {"hidden": 16}, "bc": {"hidden": 16}}}
+    return raw | changes
+
+
+# ----- specs --------------------------------------------------------------------------------------------------------
+
+def test_the_paper_specs_ship_and_expand_to_the_papers_cells():
+    assert {"table1", "table2", "ablation-lambda", "ablation-nu"} <= set(shipped_specs())
+    t1, t2 = load_spec("table1"), load_spec("table2")
+    assert len(t1.cells()) == 3 * 4 * 6 * 5 and len(t1.cells(smoke=True)) == 3 * 4 * 6
+    assert len(t2.cells()) == 3 * 4 * 6 * 5
+    lam = load_spec("ablation-lambda").cells(smoke=True)
+    assert sorted({c.config["lam"] for c in lam}) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    nu = load_spec("ablation-nu").cells(smoke=True)
+    assert {c.config["lam"] for c in nu} == {0.5} and sorted({c.config["nu"] for c in nu}) == [0.001, 0.01, 0.1, 1.0, 10.0]
+    assert all(c.config["steps"] == load_spec("table1").smoke["steps"] for c in t1.cells(smoke=True))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"algorithms": ["omgmg", "sac"]}, "unknown algorithm(s) sac"),
+    ({"colour": "red"}, "unknown key(s) colour"),
+    ({"grid": {"lam": [0.5, 1.5]}, "algorithms": ["omgmg"], "overrides": {}}, "lam must lie in [0, 1]"),
+    ({"grid": {"lam": [0.5]}}, "lam is not a hyperparameter of bc"),
+    ({"grid": {"cql_alpha": [1.0]}}, "cql_alpha is not a hyperparameter of bc"),
+    ({"layout": "ablation"}, "layout 'ablation' needs a [grid]"),
+    ({"budget": {"steps": 10}}, "[budget] must set exactly steps, eval_every, eval_episodes"),
+    ({"datasets": [{"suite": "mamujoco", "task": "Hopper-3x1", "levels": ["good"]}]}, "unknown level 'good'"),
+    ({"overrides": {"icq": {"beta": 1.0}}}, "[overrides.icq]: icq is not among the spec's algorithms"),
+])
+def test_spec_errors_name_the_key_and_the_fix(dataset, change, message):
+    with pytest.raises(SpecError) as e:
+        parse_spec(spec_dict(dataset, **change), source="s.toml")
+    assert message in str(e.value) and str(e.value).startswith("s.toml:")
+
+
+def test_missing_smoke_and_unknown_spec_names_are_refused(dataset):
+    raw = spec_dict(dataset)
+    del raw["smoke"]
+    with pytest.raises(SpecError, match="missing required key 'smoke'"):
+        parse_spec(raw)
+    with pytest.raises(SpecError, match="one of: ablation-lambda"):
+        load_spec("table9")
+
+
+def test_cell_hashes_are_stable_and_change_with_any_hyperparameter(dataset):
+    a = parse_spec(spec_dict(dataset)).cells()
+    b = parse_spec(spec_dict(dataset)).cells()
+    assert [c.key for c in a] == [c.key for c in b] and len({c.key for c in a}) == 4
+    changed = parse_spec(spec_dict(dataset, overrides={"omgmg": {"hidden": 16, "nu": 0.3}, "bc": {"hidden": 16}})).cells()
+    same = {c.key for c in a} & {c.key for c in changed}
+    assert same == {c.key for c in a if c.algorithm == "bc"}  # only the edited algorithm's cells change
+    longer = parse_spec(spec_dict(dataset, budget={**BUDGET, "steps": 21})).cells()
+    assert not {c.key for c in a} & {c.key for c in longer}
+
+
+# ----- sweeps -------------------------------------------------------------------------------------------------------
+
+def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, tmp_path):
+    spec = parse_spec(spec_dict(dataset))
+    ran = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(cell, result):
+        ran.append(cell.key)
+        if len(ran) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_sweep(spec, tmp_path / "sw", workers=1, on_done=stop_after_two, on_note=lambda m: None)
+    assert len(pending_cells(tmp_path / "sw", spec.cells())) == 2
+    second = []
+    results = run_sweep(spec, tmp_path / "sw", workers=1, on_done=lambda c, r: second.append(c.key),
+                        on_note=lambda m: None)
+    assert len(second) == 2 and not set(second) & set(ran)  # only the two missing cells ran
+    assert len(results) == 4 and all(np.isfinite(r["score"]) and not r.get("error") for r in results)
+    again = []
+    run_sweep(spec, tmp_path / "sw", workers=1, on_done=lambda c, r: again.append(c), on_note=lambda m: None)
+    assert again == []  # everything finished: nothing runs
+
+
+def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'omgmg[ray]')")
+    spec = parse_spec(spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}}))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = run_sweep(spec, tmp_path / "sw", backend="ray", workers=2, on_note=lambda m: None)
+    finally:
+        ray.shutdown()
+    assert len(results) == 2 and all(r.get("error") is None and np.isfinite(r["score"]) for r in results)
+    assert all((tmp_path / "sw" / "cells").glob("*/run/checkpoints/latest.pt"))
+
+
+# ----- reports ------------------------------------------------------------------------------------------------------
+
+def _fake_result(root, name, algorithm, seed, score, q, grid=None, diverged=False, task="Hopper-3x1", win=None):
+    d = root / "cells" / name
+    d.mkdir(parents=True)
+    cell = {"algorithm": algorithm, "seed": seed, "grid": grid, "config": {}, "data": {"transitions": 10},
+            "dataset": {"suite": "mamujoco", "task": task, "level": "medium", "path": None, "label": None}}
+    (d / "result.json").write_text(json.dumps({"cell": cell, "score": score, "q_tot": q, "diverged": diverged,
+                                               "win_rate": win}))
+
+
+def test_report_aggregates_mean_and_std_by_hand_and_bolds_the_best(tmp_path):
+    root = tmp_path / "sw"
+    meta = {"name": "t", "title": "T", "layout": "table", "smoke": True, "seeds": [0, 1, 2],
+            "budget": {"steps": 5, "eval_every": 5, "eval_episodes": 1}, "data": {}, "algorithms": ["bc", "omgmg"],
+            "grid": None}
+    root.mkdir()
+    (root / "sweep.json").write_text(json.dumps(meta))
+    for s, (x, y) in enumerate([(100.0, 300.0), (200.0, 330.0), (300.0, 360.0)]):
+        _fake_result(root, f"bc{s}", "bc", s, x, None)
+        _fake_result(root, f"om{s}", "omgmg", s, y, 50.0, diverged=s == 0)
+    agg = aggregate(load_results(root)[1])
+    bc, om = agg[("Hopper-3x1", "medium", "bc", None)], agg[("Hopper-3x1", "medium", "omgmg", None)]
+    assert bc["mean"] == pytest.approx(200.0) and bc["std"] == pytest.approx(np.sqrt(20000 / 3))
+    assert om["mean"] == pytest.approx(330.0) and om["diverged"] == 1
+    md = write_report(root)[0].read_text()
+    assert "**330.0 ± 24.5 ×1**" in md and "| 200.0 ± 81.6 |" in md and "SMOKE budget" in md
+    assert normalised(150.0, 100.0, 200.0) == 50.0
+
+
+def test_ablation_report_draws_score_and_q_against_the_grid(tmp_path):
+    root = tmp_path / "ab"
+    meta = {"name": "ab", "title": "A", "layout": "ablation", "smoke": False, "seeds": [0],
+            "budget": {"steps": 5, "eval_every": 5, "eval_episodes": 1}, "data": {}, "algorithms": ["omgmg"],
+            "grid": "lam"}
+    root.mkdir()
+    (root / "sweep.json").write_text(json.dumps(meta))
+    for i, lam in enumerate([0.0, 0.5, 1.0]):
+        _fake_result(root, f"c{i}", "omgmg", 0, 10.0 * i, 100.0 * i, grid=["lam", lam], diverged=lam == 1.0)
+    paths = write_report(root)
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+    md = paths[0].read_text()
+    assert "| Hopper-3x1 | medium | omgmg | 1 | 20.0 ± 0.0 | 200.0 ± 0.0 | 1/1 |" in md
+
+
+def test_sweep_and_report_commands(dataset, tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(f'''name = "tiny"
+algorithms = ["bc"]
+seeds = [0, 1]
+datasets = [{{ path = "{dataset.path}", label = "fixture" }}]
+[budget]
+steps = 20
+eval_every = 20
+eval_episodes = 1
+[smoke]
+seeds = [0]
+steps = 10
+eval_every = 10
+eval_episodes = 1
+[overrides.bc]
+hidden = 16
+''')
+    out = tmp_path / "sw"
+    result = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "1 cells finished" in result.output and (out / "tiny.md").exists()
+    listed = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--list"])
+    assert "done" in listed.output and "1 cells, 1 finished" in listed.output
+    report = CliRunner().invoke(train_cli, ["report", str(out)])
+    assert report.exit_code == 0 and "fixture" in report.output
+    bad = CliRunner().invoke(train_cli, ["sweep", "table9"])
+    assert bad.exit_code == 2 and "no spec file 'table9'" in bad.output
+    missing = CliRunner().invoke(train_cli, ["report", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "not a sweep directory" in missing.output
