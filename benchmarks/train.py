@@ -2,6 +2,7 @@
 
     python benchmarks/train.py                      # OMGMG and BC, four task shapes, batch 128
     python benchmarks/train.py --compile            # also try torch.compile on the per-agent networks
+    python benchmarks/train.py --algos all --shapes Hopper-3x1,protoss_5v5   # every algorithm
 
 Shapes follow the tasks (observation, state and action sizes of HalfCheetah-6x1, Hopper-3x1,
 Ant-2x4 from gymnasium-robotics and protoss_5v5 from SMAX), with OMIGA's network sizes (hidden 256,
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datakit import TransitionLoader  # noqa: E402
 from datakit.fixtures import make_fixture  # noqa: E402
-from omgmg.algos.bc import BCConfig  # noqa: E402
+from omgmg.algos import ALGORITHMS, algorithm_class  # noqa: E402
 from omgmg.algos.omgmg import OMGMGConfig  # noqa: E402
 from omgmg.nets import AgentMLP  # noqa: E402
 from omgmg.trainer import build  # noqa: E402
@@ -48,10 +49,10 @@ def measure(algo, loader, steps: int) -> tuple[float, float, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     for _ in range(20):
-        algo.update(algo.prepare(loader.sample()))
+        algo.step(loader)
     t0 = time.perf_counter()
     for _ in range(steps):
-        algo.update(algo.prepare(loader.sample()))
+        algo.step(loader)
     step_s = (time.perf_counter() - t0) / steps
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -59,7 +60,7 @@ def measure(algo, loader, steps: int) -> tuple[float, float, float]:
     load_s = (time.perf_counter() - t0) / steps
     counter = FlopCounterMode(display=False)
     with counter:
-        algo.update(algo.prepare(loader.sample()))
+        algo.step(loader)
     return 1 / step_s, load_s / step_s, counter.get_total_flops() / 1e9
 
 
@@ -68,16 +69,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile'd networks")
+    p.add_argument("--algos", default="omgmg,bc", help="comma-separated algorithm names, or 'all'")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated task shapes")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    algos = list(ALGORITHMS) if args.algos == "all" else args.algos.split(",")
     torch.set_num_threads(args.threads)
     peak = peak_gflops()
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for task, shape in SHAPES.items():
+        for task in args.shapes.split(","):
+            shape = SHAPES[task]
             ds = make_fixture(Path(d) / f"{shape}.zarr", shape, episodes=10, max_episode_len=200)
-            variants = [("omgmg", OMGMGConfig(), False), ("omgmg (separate weights)", OMGMGConfig(shared_networks=False),
-                                                          False), ("bc", BCConfig(), False)]
+            variants = [(a, algorithm_class(a).config_cls(), False) for a in algos]
+            if "omgmg" in algos:
+                variants.insert(algos.index("omgmg") + 1,
+                                ("omgmg (separate weights)", OMGMGConfig(shared_networks=False), False))
             if args.compile:
                 variants.append(("omgmg (torch.compile)", OMGMGConfig(), True))
             for label, cfg, compiled in variants:
