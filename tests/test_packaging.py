@@ -23,6 +23,6 @@ def test_every_source_file_is_in_the_installed_distribution():
         pytest.skip("editable install: the distribution is the source tree itself")
     installed = {str(f).replace("\\", "/") for f in dist.files or []}
     wanted = {str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*")
-              if p.suffix in (".py", ".json", ".md") and "__pycache__" not in p.parts}
+              if p.suffix in (".py", ".json", ".md", ".toml") and "__pycache__" not in p.parts}
     missing = sorted(wanted - installed)
     assert not missing, f"not installed by `pip install .`: {missing}"

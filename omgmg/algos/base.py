@@ -120,7 +120,7 @@ class OfflineAlgorithm(nn.Module):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
-        nn.utils.clip_grad_norm_(params, self.cfg.grad_norm_clip)
+        nn.utils.clip_grad_norm_(params, self.cfg.grad_norm_clip, foreach=True)
         opt.step()
 
     def q_at(self, q_net: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

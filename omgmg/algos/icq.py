@@ -129,9 +129,13 @@ class ICQ(OfflineAlgorithm):
     def update_actor(self, b: Batch) -> dict:
         with torch.no_grad():
             w, _ = self.mixer(b.state)
-        loss = icq_actor_loss(w, self._advantage(b), self.log_prob_data(b), self.cfg.alpha)
+        advantage = self._advantage(b)
+        loss = icq_actor_loss(w, advantage, self.log_prob_data(b), self.cfg.alpha)
         self.optimize("actor", loss, self.actor)
-        return {"loss/actor": loss.item()}
+        # the share of the batch's weight on its heaviest transition (1/B: uniform; 1: one transition)
+        top_share = torch.softmax(advantage / self.cfg.alpha, dim=0).max(0).values.mean()
+        return {"loss/actor": loss.item(), "value/advantage_std": advantage.std().item(),
+                "value/top_weight_share": top_share.item()}
 
     def update_targets(self) -> None:
         soft_update(self.q_target, self.q, self.cfg.tau)
