@@ -4,7 +4,7 @@
   seeds (population std, as numpy's default), best mean per row in bold.
 - MaMuJoCo scores also get a normalised score, 100 * (score - random) / (expert - random), with
   random and expert the mean episode returns of that task's random and expert datasets (from their
-  metadata; the sweep generates both).
+  metadata; the sweep generates both); left out where the expert data does not beat the random data.
 - Ablations (a spec with a [grid]): final score and final Q_tot against the grid value, one panel per
   dataset, a red cross where any seed diverged: Q_tot non-finite or above 10 max|r| / (1 - gamma), or
   a non-finite loss (``omgmg.experiments.sweep.DIVERGENCE_FACTOR``).
@@ -88,7 +88,8 @@ def aggregate(results: list[dict]) -> dict:
         if scores:
             entry["mean"], entry["std"] = mean_std(scores)
             refs = _reference_returns(rs[0])
-            if refs and rs[0].get("win_rate") is None:
+            # undefined unless the expert data beats the random data (an under-trained smoke behaviour may not)
+            if refs and refs[1] > refs[0] and rs[0].get("win_rate") is None:
                 entry["normalised"] = mean_std([normalised(s, *refs) for s in scores])
         if q:
             entry["q_tot"] = mean_std(q)
