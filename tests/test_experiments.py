@@ -104,6 +104,13 @@ def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, t
     again = []
     run_sweep(spec, tmp_path / "sw", workers=1, on_done=lambda c, r: again.append(c), on_note=lambda m: None)
     assert again == []  # everything finished: nothing runs
+    edited = parse_spec(spec_dict(dataset, overrides={"omgmg": {"hidden": 16, "nu": 0.3}, "bc": {"hidden": 16}}))
+    third = []
+    results = run_sweep(edited, tmp_path / "sw", workers=1, on_done=lambda c, r: third.append(c.algorithm),
+                        on_note=lambda m: None)
+    assert third == ["omgmg", "omgmg"]  # only the edited algorithm's cells run again
+    _, reported = load_results(tmp_path / "sw")
+    assert len(reported) == 4 and {r["cell"]["config"]["nu"] for r in reported if r["cell"]["algorithm"] == "omgmg"} == {0.3}
 
 
 def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):

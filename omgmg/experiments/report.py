@@ -29,6 +29,9 @@ def load_results(sweep_dir) -> tuple[dict, list[dict]]:
         raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `omgmg sweep` first")
     meta = json.loads(meta_path.read_text())
     results = [json.loads(p.read_text()) for p in sorted((sweep_dir / "cells").glob("*/result.json"))]
+    if "cells" in meta:  # cells left from an earlier version of the spec are not part of this sweep
+        current = set(meta["cells"])
+        results = [r for r in results if r["key"] in current]
     return meta, results
 
 

@@ -150,9 +150,10 @@ def run_sweep(spec: ExperimentSpec, sweep_dir, *, smoke: bool = False, backend: 
     meta = {"name": spec.name, "title": spec.title, "layout": spec.layout, "smoke": smoke, "seeds": seeds,
             "budget": budget, "data": data, "algorithms": spec.algorithms, "source": spec.source,
             "grid": spec.grid[0] if spec.grid else None}
+    cells = spec.cells(smoke)
+    meta["cells"] = [c.key for c in cells]  # the report aggregates these only, not cells of an earlier edit
     (sweep_dir / "sweep.json").write_text(json.dumps(meta, indent=2))
     workers = workers or max(1, (os.cpu_count() or 1))
-    cells = spec.cells(smoke)
     paths = prepare_datasets(cells, data, workers, on_note)
     todo = pending_cells(sweep_dir, cells)
     if on_start:
