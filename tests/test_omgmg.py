@@ -251,3 +251,33 @@ def test_command_trains_evaluates_and_refuses_bad_options(data, tmp_path):
     assert bad.exit_code == 2 and "lam must lie in [0, 1]" in bad.output
     bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(tmp_path / "none.zarr")])
     assert bad.exit_code == 1 and "no dataset at" in bad.output
+
+
+def test_value_targets_option_bootstraps_from_target_copies_of_v_and_the_mixer(data):
+    algo = build("omgmg", data["continuous"], small(value_targets=True, lam=0.0))
+    b = batch(algo, data["continuous"], size=16)
+    with torch.no_grad():  # make the online V and mixer differ from their targets
+        for p in [*algo.v.parameters(), *algo.mixer.parameters()]:
+            p.add_(0.5)
+    seen = {}
+    import omgmg.algos.omgmg as mod
+
+    real = mod.gmg_target
+
+    def spy(reward, terminated, next_w, next_b, next_q, next_v, gamma, lam):
+        seen.update(next_w=next_w, next_v=next_v)
+        return real(reward, terminated, next_w, next_b, next_q, next_v, gamma, lam)
+
+    mod.gmg_target = spy
+    try:
+        _, next_q = algo._target_q_values(b)
+        algo.update_q(b, next_q)
+    finally:
+        mod.gmg_target = real
+    with torch.no_grad():
+        assert torch.allclose(seen["next_v"], algo.v_target(b.next_obs)[..., 0])
+        assert torch.allclose(seen["next_w"], algo.mixer_target(b.next_state)[0])
+        assert not torch.allclose(seen["next_v"], algo.v(b.next_obs)[..., 0])
+    before = {k: v.clone() for k, v in algo.v_target.state_dict().items()}
+    algo.update_targets()
+    assert any(not torch.equal(before[k], v) for k, v in algo.v_target.state_dict().items())

@@ -32,6 +32,10 @@ Implementation choices, each stated where the paper leaves room or where we devi
   time-limit truncation bootstraps from o' (the stored final observation), a termination does not.
 - **Discrete actions.** Q_i(o_i, .) outputs one value per action; the actor's Q term is the exact
   expectation ``sum_a pi_i(a|o_i) Q_i(o_i, a)`` under the masked softmax.
+- ``value_targets`` (off by default) bootstraps V_tot(o') in Eq. (12) and takes w(s) in Eqs. (10)-(11)
+  from Polyak-averaged target copies of V and the mixer, as OMIGA's code does: a deviation from
+  Algorithm 1's list of target networks, offered because Q_tot overestimates without it on
+  Hopper-3x1 (docs/omgmg.md has the measurement).
 - ``normalize_q_term`` (off by default) divides Eq. (10)'s Q term by the batch mean of |Q| (as TD3+BC
   does); it is a deviation from the paper, offered for stability experiments only.
 """
@@ -64,6 +68,8 @@ class OMGMGConfig(TDConfig):
     """Samples of a' ~ pibar per agent for Eq. (12)'s expectation (continuous actions)."""
     normalize_q_term: bool = False
     """Deviation, off by default: divide Eq. (10)'s Q term by mean |Q| of the batch."""
+    value_targets: bool = False
+    """Deviation, off by default: target copies of V and the mixer for V_tot(o') and w(s), as OMIGA's code."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -146,6 +152,9 @@ class OMGMG(OfflineAlgorithm):
         self.mixer = Mixer(S, N, cfg.mixer_hidden)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)  # Qbar_i
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)  # pibar_i
+        if cfg.value_targets:  # the deviation: OMIGA's target V and target mixer
+            self.v_target = copy.deepcopy(self.v).requires_grad_(False)
+            self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizers = {
             "v": adam(self.v.parameters(), cfg.lr),
             "q": adam(list(self.q.parameters()) + list(self.mixer.parameters()), cfg.lr),
@@ -198,7 +207,7 @@ class OMGMG(OfflineAlgorithm):
         """Algorithm 1, line 4: V_i by Eq. (11). Returns z (for Eq. 10's weight) and metrics."""
         cfg = self.cfg
         with torch.no_grad():
-            w, _ = self.mixer(b.state)  # (B, N): current mixer, no gradient
+            w, _ = self._value_mixer(b.state)  # (B, N): no gradient
         v = self.v(b.obs)[..., 0]  # (B, N)
         z = advantage_exponent(w, q_bar, v, cfg.alpha, cfg.z_clip)
         v_loss = implicit_value_loss(z, w, v, cfg.alpha)
@@ -210,8 +219,8 @@ class OMGMG(OfflineAlgorithm):
         """Algorithm 1, line 5: Q_i, w and b by Eq. (12), bootstrapping from the V just updated."""
         cfg = self.cfg
         with torch.no_grad():
-            next_w, next_b = self.mixer(b.next_state)
-            next_v = self.v(b.next_obs)[..., 0]
+            next_w, next_b = self._value_mixer(b.next_state)
+            next_v = (self.v_target if cfg.value_targets else self.v)(b.next_obs)[..., 0]
             target = gmg_target(b.reward, b.terminated, next_w, next_b, next_q, next_v, cfg.gamma, cfg.lam)
         w, bias = self.mixer(b.state)
         q_tot = mix(w, self.q_at(self.q, b.obs, b.actions), bias)  # (B,)
@@ -237,3 +246,11 @@ class OMGMG(OfflineAlgorithm):
         """Algorithm 1, line 7: Qbar_i <- tau Q_i + (1 - tau) Qbar_i; pibar_i likewise."""
         soft_update(self.q_target, self.q, self.cfg.tau)
         soft_update(self.actor_target, self.actor, self.cfg.tau)
+        if self.cfg.value_targets:
+            soft_update(self.v_target, self.v, self.cfg.tau)
+            soft_update(self.mixer_target, self.mixer, self.cfg.tau)
+
+    def _value_mixer(self, state: torch.Tensor):
+        """w(s), b(s) for Eq. (11)'s weights and Eq. (12)'s V_tot(o'): the current mixer, or its target
+        copy under ``value_targets``."""
+        return (self.mixer_target if self.cfg.value_targets else self.mixer)(state)
