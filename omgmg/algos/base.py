@@ -17,6 +17,7 @@ from torch import nn
 
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
+from omgmg.nets import AgentMLP, CategoricalPolicy, TanhGaussianPolicy, TwinQ
 
 
 @dataclass
@@ -111,6 +112,23 @@ class OfflineAlgorithm(nn.Module):
         """A batch with normalised observations and states (what ``update`` sees)."""
         return dataclasses.replace(b, obs=self.normalise_obs(b.obs), state=self.normalise_state(b.state),
                                    next_obs=self.normalise_obs(b.next_obs), next_state=self.normalise_state(b.next_state))
+
+    # ----- networks most algorithms build --------------------------------------------------------------------
+    def stochastic_actor(self) -> nn.Module:
+        """pi_i: a masked softmax over the available actions (discrete), or a tanh-Gaussian over each agent's
+        box (continuous), batched over agents."""
+        spec, cfg = self.spec, self.cfg
+        if spec.discrete:
+            return CategoricalPolicy(spec.n_agents, spec.obs_dim, spec.n_actions, cfg.hidden, cfg.shared_networks)
+        return TanhGaussianPolicy(spec.n_agents, spec.obs_dim, spec.action_dim, *action_bounds(spec), cfg.hidden,
+                                  cfg.shared_networks)
+
+    def local_q(self, twin: bool = False) -> nn.Module:
+        """Q_i: Q_i(o_i, .) over all actions (discrete) or Q_i(o_i ++ a_i) (continuous), as ``q_at`` reads
+        it; ``twin`` gives two independent critics (``TwinQ``)."""
+        spec, cfg = self.spec, self.cfg
+        in_dim, out_dim = (spec.obs_dim, spec.n_actions) if spec.discrete else (spec.obs_dim + spec.action_dim, 1)
+        return (TwinQ if twin else AgentMLP)(spec.n_agents, in_dim, out_dim, cfg.hidden, shared=cfg.shared_networks)
 
     # ----- pieces every update uses -------------------------------------------------------------------------
     def optimize(self, name: str, loss: torch.Tensor, params) -> None:

@@ -11,8 +11,8 @@ import torch
 
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
-from omgmg.algos.base import OfflineAlgorithm, OfflineConfig, action_bounds
-from omgmg.nets import CategoricalPolicy, TanhGaussianPolicy, adam
+from omgmg.algos.base import OfflineAlgorithm, OfflineConfig
+from omgmg.nets import adam
 
 
 @dataclass
@@ -31,12 +31,7 @@ class BC(OfflineAlgorithm):
 
     def __init__(self, spec: EnvSpec, cfg: BCConfig):
         super().__init__(spec, cfg)
-        N, O, H = spec.n_agents, spec.obs_dim, cfg.hidden
-        if spec.discrete:
-            self.actor = CategoricalPolicy(N, O, spec.n_actions, H, cfg.shared_networks)
-        else:
-            low, high, mask = action_bounds(spec)
-            self.actor = TanhGaussianPolicy(N, O, spec.action_dim, low, high, mask, H, cfg.shared_networks)
+        self.actor = self.stochastic_actor()
         self.optimizers = {"actor": adam(self.actor.parameters(), cfg.lr)}
 
     def update(self, b: Batch) -> dict[str, float]:

@@ -34,8 +34,8 @@ import torch
 
 from datakit.loader import Batch, InitialStates
 from datakit.spec import EnvSpec
-from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
-from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, adam, mix
+from omgmg.algos.base import OfflineAlgorithm, TDConfig
+from omgmg.nets import AgentMLP, Mixer, adam, mix
 
 
 @dataclass
@@ -84,14 +84,9 @@ class ComaDICE(OfflineAlgorithm):
 
     def __init__(self, spec: EnvSpec, cfg: ComaDICEConfig):
         super().__init__(spec, cfg)
-        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
-        if spec.discrete:
-            self.actor = CategoricalPolicy(N, O, spec.n_actions, H, shared)
-        else:
-            low, high, mask = action_bounds(spec)
-            self.actor = TanhGaussianPolicy(N, O, spec.action_dim, low, high, mask, H, shared)
-        self.nu = AgentMLP(N, O, 1, H, shared=shared)
-        self.mixer = Mixer(spec.state_dim, N, cfg.mixer_hidden)
+        self.actor = self.stochastic_actor()
+        self.nu = AgentMLP(spec.n_agents, spec.obs_dim, 1, cfg.hidden, shared=cfg.shared_networks)
+        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
         self.optimizers = {"nu": adam([*self.nu.parameters(), *self.mixer.parameters()], cfg.lr),
                            "actor": adam(self.actor.parameters(), cfg.lr)}
 

@@ -35,8 +35,8 @@ import torch
 
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
-from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
-from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, adam, soft_update
+from omgmg.algos.base import OfflineAlgorithm, TDConfig
+from omgmg.nets import Mixer, adam, soft_update
 
 
 @dataclass
@@ -83,15 +83,9 @@ class ICQ(OfflineAlgorithm):
 
     def __init__(self, spec: EnvSpec, cfg: ICQConfig):
         super().__init__(spec, cfg)
-        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
-        if spec.discrete:
-            self.actor = CategoricalPolicy(N, O, spec.n_actions, H, shared)
-            self.q = AgentMLP(N, O, spec.n_actions, H, shared=shared)
-        else:
-            low, high, mask = action_bounds(spec)
-            self.actor = TanhGaussianPolicy(N, O, spec.action_dim, low, high, mask, H, shared)
-            self.q = AgentMLP(N, O + spec.action_dim, 1, H, shared=shared)
-        self.mixer = Mixer(spec.state_dim, N, cfg.mixer_hidden)
+        self.actor = self.stochastic_actor()
+        self.q = self.local_q()
+        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizers = {"q": adam([*self.q.parameters(), *self.mixer.parameters()], cfg.lr),

@@ -39,7 +39,7 @@ from torch import nn
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
-from omgmg.nets import ActionBox, AgentMLP, AgentVAE, CategoricalPolicy, Mixer, TwinQ, adam, masked_max, soft_update
+from omgmg.nets import ActionBox, AgentMLP, AgentVAE, Mixer, adam, masked_max, soft_update
 
 EVAL_SEED = 12345  # latent draws when acting, so evaluation actions depend on the observation only
 
@@ -93,8 +93,8 @@ class MABCQ(OfflineAlgorithm):
         super().__init__(spec, cfg)
         N, O, S, H, shared = spec.n_agents, spec.obs_dim, spec.state_dim, cfg.hidden, cfg.shared_networks
         if spec.discrete:
-            self.behaviour = CategoricalPolicy(N, O, spec.n_actions, H, shared)  # G_i(a | o_i)
-            self.q = AgentMLP(N, O, spec.n_actions, H, shared=shared)
+            self.behaviour = self.stochastic_actor()  # G_i(a | o_i): a masked softmax classifier
+            self.q = self.local_q()
             self.mixer = Mixer(S, N, cfg.mixer_hidden)
         else:
             A = spec.action_dim
@@ -102,7 +102,7 @@ class MABCQ(OfflineAlgorithm):
             self.behaviour = AgentVAE(N, O, box, latent=2 * A, hidden=H, shared=shared)  # G_i
             self.actor = AgentMLP(N, O + A, A, H, shared=shared)  # the perturbation xi_i(o_i, a_i)
             self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-            self.q = TwinQ(N, O + A, 1, H, shared=shared)
+            self.q = self.local_q(twin=True)
             self.mixer = nn.ModuleList([Mixer(S, N, cfg.mixer_hidden), Mixer(S, N, cfg.mixer_hidden)])
             self.optimizers["actor"] = adam(self.actor.parameters(), cfg.lr)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)

@@ -30,8 +30,8 @@ from torch import nn
 
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
-from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
-from omgmg.nets import AgentMLP, Mixer, TanhGaussianPolicy, adam, masked_max, mix, soft_update
+from omgmg.algos.base import OfflineAlgorithm, TDConfig
+from omgmg.nets import Mixer, adam, masked_max, mix, soft_update
 
 
 @dataclass
@@ -74,16 +74,12 @@ class MACQL(OfflineAlgorithm):
 
     def __init__(self, spec: EnvSpec, cfg: MACQLConfig):
         super().__init__(spec, cfg)
-        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
-        if spec.discrete:
-            self.q = AgentMLP(N, O, spec.n_actions, H, shared=shared)
-        else:
-            low, high, mask = action_bounds(spec)
-            self.actor = TanhGaussianPolicy(N, O, spec.action_dim, low, high, mask, H, shared)
-            self.q = AgentMLP(N, O + spec.action_dim, 1, H, shared=shared)
+        self.q = self.local_q()
+        if not spec.discrete:  # discrete MACQL is greedy in Q: no actor
+            self.actor = self.stochastic_actor()
             self.log_entropy_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_entropy_alpha)))
-            self.register_buffer("target_entropy", -torch.as_tensor(mask.sum(-1), dtype=torch.float32))  # (N,)
-        self.mixer = Mixer(spec.state_dim, N, cfg.mixer_hidden)
+            self.register_buffer("target_entropy", -self.actor.box.mask.sum(-1))  # -|A_i|, (N,)
+        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizers = {"q": adam(self.critic_parameters(), cfg.lr)}

@@ -40,7 +40,7 @@ from datakit.loader import Batch
 from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
 from omgmg.algos.macql import conservative_penalty
-from omgmg.nets import ActionBox, CategoricalPolicy, DeterministicPolicy, TwinQ, adam, masked_max, soft_update
+from omgmg.nets import ActionBox, DeterministicPolicy, TwinQ, adam, masked_max, soft_update
 
 
 @dataclass
@@ -110,13 +110,12 @@ class OMAR(OfflineAlgorithm):
 
     def __init__(self, spec: EnvSpec, cfg: OMARConfig):
         super().__init__(spec, cfg)
-        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
         if spec.discrete:
-            self.actor = CategoricalPolicy(N, O, spec.n_actions, H, shared)
-            self.q = TwinQ(N, O, spec.n_actions, H, shared=shared)
+            self.actor = self.stochastic_actor()
         else:
-            self.actor = DeterministicPolicy(N, O, ActionBox(*action_bounds(spec)), H, shared)
-            self.q = TwinQ(N, O + spec.action_dim, 1, H, shared=shared)
+            box = ActionBox(*action_bounds(spec))
+            self.actor = DeterministicPolicy(spec.n_agents, spec.obs_dim, box, cfg.hidden, cfg.shared_networks)
+        self.q = self.local_q(twin=True)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.optimizers = {"q": adam(self.q.parameters(), cfg.lr), "actor": adam(self.actor.parameters(), cfg.lr)}

@@ -48,8 +48,8 @@ import torch
 
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
-from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
-from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, adam, mix, soft_update
+from omgmg.algos.base import OfflineAlgorithm, TDConfig
+from omgmg.nets import AgentMLP, Mixer, adam, mix, soft_update
 
 
 @dataclass
@@ -142,18 +142,10 @@ class OMGMG(OfflineAlgorithm):
 
     def __init__(self, spec: EnvSpec, cfg: OMGMGConfig):
         super().__init__(spec, cfg)
-        N, O, S, H, shared = spec.n_agents, spec.obs_dim, spec.state_dim, cfg.hidden, cfg.shared_networks
-        if spec.discrete:
-            K = spec.n_actions
-            self.actor = CategoricalPolicy(N, O, K, H, shared)
-            self.q = AgentMLP(N, O, K, H, shared=shared)  # Q_i(o_i, .) over all actions
-        else:
-            A = spec.action_dim
-            low, high, mask = action_bounds(spec)
-            self.actor = TanhGaussianPolicy(N, O, A, low, high, mask, H, shared)
-            self.q = AgentMLP(N, O + A, 1, H, shared=shared)  # Q_i(o_i, a_i)
-        self.v = AgentMLP(N, O, 1, H, shared=shared)
-        self.mixer = Mixer(S, N, cfg.mixer_hidden)
+        self.actor = self.stochastic_actor()  # pi_i: masked softmax or tanh-Gaussian
+        self.q = self.local_q()  # Q_i(o_i, .) over all actions, or Q_i(o_i, a_i)
+        self.v = AgentMLP(spec.n_agents, spec.obs_dim, 1, cfg.hidden, shared=cfg.shared_networks)  # V_i(o_i)
+        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)  # w(s) >= 0, b(s)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)  # Qbar_i
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)  # pibar_i
         if cfg.value_targets:  # the deviation: OMIGA's target V and target mixer

@@ -27,9 +27,9 @@ import torch
 
 from datakit.loader import Batch
 from datakit.spec import EnvSpec
-from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
+from omgmg.algos.base import OfflineAlgorithm, TDConfig
 from omgmg.algos.omgmg import advantage_exponent, implicit_value_loss
-from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, adam, mix, soft_update
+from omgmg.nets import AgentMLP, Mixer, adam, mix, soft_update
 
 
 @dataclass
@@ -69,16 +69,10 @@ class OMIGA(OfflineAlgorithm):
 
     def __init__(self, spec: EnvSpec, cfg: OMIGAConfig):
         super().__init__(spec, cfg)
-        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
-        if spec.discrete:
-            self.actor = CategoricalPolicy(N, O, spec.n_actions, H, shared)
-            self.q = AgentMLP(N, O, spec.n_actions, H, shared=shared)
-        else:
-            low, high, mask = action_bounds(spec)
-            self.actor = TanhGaussianPolicy(N, O, spec.action_dim, low, high, mask, H, shared)
-            self.q = AgentMLP(N, O + spec.action_dim, 1, H, shared=shared)
-        self.v = AgentMLP(N, O, 1, H, shared=shared)
-        self.mixer = Mixer(spec.state_dim, N, cfg.mixer_hidden)
+        self.actor = self.stochastic_actor()
+        self.q = self.local_q()
+        self.v = AgentMLP(spec.n_agents, spec.obs_dim, 1, cfg.hidden, shared=cfg.shared_networks)
+        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.v_target = copy.deepcopy(self.v).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
