@@ -141,8 +141,7 @@ def test_comadice_lowers_its_dual_loss_and_normalises_the_ratio(data, kind):
     agent = build("comadice", data[kind], small("comadice", lr=3e-4, gamma=0.9))
     loader = TransitionLoader(data[kind], 64, seed=0)
     probe = TransitionLoader(data[kind], 4096, seed=1)
-    b, initial = agent.prepare(probe.sample()), probe.sample_initial()
-    initial.obs, initial.state = agent.normalise_obs(initial.obs), agent.normalise_state(initial.state)
+    b, initial = agent.prepare(probe.sample()), agent.prepare_initial(probe.sample_initial())
 
     def measure():
         with torch.no_grad():
@@ -196,8 +195,7 @@ def test_each_step_moves_only_its_own_networks(data, algo, kind):
     agent = build(algo, data[kind], small(algo))
     loader = TransitionLoader(data[kind], 64, seed=0)
     b = agent.prepare(loader.sample())
-    initial = loader.sample_initial()
-    initial.obs, initial.state = agent.normalise_obs(initial.obs), agent.normalise_state(initial.state)
+    initial = agent.prepare_initial(loader.sample_initial())
     for method, expected in STEPS[algo]:
         if not hasattr(agent, "actor") and method == "update_actor" or \
                 kind == "discrete" and algo == "mabcq" and method == "update_actor":

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datakit.loader import Batch
+from datakit.loader import Batch, InitialStates
 from datakit.spec import EnvSpec
 from omgmg.nets import AgentMLP, CategoricalPolicy, TanhGaussianPolicy, TwinQ
 
@@ -112,6 +112,11 @@ class OfflineAlgorithm(nn.Module):
         """A batch with normalised observations and states (what ``update`` sees)."""
         return dataclasses.replace(b, obs=self.normalise_obs(b.obs), state=self.normalise_state(b.state),
                                    next_obs=self.normalise_obs(b.next_obs), next_state=self.normalise_state(b.next_state))
+
+    def prepare_initial(self, initial: InitialStates) -> InitialStates:
+        """Episode-start observations and states, normalised like ``prepare``'s batches."""
+        return dataclasses.replace(initial, obs=self.normalise_obs(initial.obs),
+                                   state=self.normalise_state(initial.state))
 
     # ----- networks most algorithms build --------------------------------------------------------------------
     def stochastic_actor(self) -> nn.Module:

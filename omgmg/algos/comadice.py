@@ -100,9 +100,7 @@ class ComaDICE(OfflineAlgorithm):
             - self.nu_tot(b.obs, b.state)
 
     def step(self, loader) -> dict[str, float]:
-        initial = loader.sample_initial()
-        initial = InitialStates(obs=self.normalise_obs(initial.obs), state=self.normalise_state(initial.state),
-                                avail=initial.avail)
+        initial = self.prepare_initial(loader.sample_initial())
         return self.update(self.prepare(loader.sample()), initial)
 
     def update(self, b: Batch, initial: InitialStates) -> dict[str, float]:
