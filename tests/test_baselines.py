@@ -2,6 +2,7 @@
 data, gradient isolation between critic and actor steps, checkpoints, and the command."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -239,6 +240,9 @@ def test_command_trains_a_baseline_with_its_own_options(data, tmp_path):
             "--steps", "20", "--eval-every", "20", "--eval-episodes", "1", "--hidden", "16", "--cql-alpha", "2.5"]
     result = CliRunner().invoke(train_cli, args)
     assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["algorithm"] == "macql" and saved["config"]["cql_alpha"] == 2.5 and saved["config"]["hidden"] == 16
+    assert "final" in result.output
     bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(data["continuous"].path), "--algo", "icq",
                                          "--cql-alpha", "1"])
     assert bad.exit_code == 2 and "--cql-alpha does not apply to icq" in bad.output
