@@ -6,7 +6,9 @@
     # on leaving the block: stats computed, full validation, rename into place
 
 The writer never holds the dataset in memory: episodes are buffered until about one chunk of steps
-has arrived, then appended to the store. Everything goes into ``.NAME.partial`` beside the target
+has arrived, then appended to the store by a background thread (compression and disk writes overlap
+with the caller's next episodes; the next flush, ``truncate`` and ``close`` wait for it, and an error
+there is raised at that point). Everything goes into ``.NAME.partial`` beside the target
 and is renamed to ``NAME`` only after the finished store validated, so a crash never leaves a
 half dataset under the final name. After a crash, a new writer with ``resume=True`` (the default)
 truncates the partial store to its last committed episode and continues from there;
@@ -16,6 +18,7 @@ saved with :meth:`set_progress` at the last commit (e.g. the seed of the next ep
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +30,19 @@ from datakit.spec import EnvSpec
 from datakit.validate import check_episodes, check_steps, validate
 
 
+FLUSH_CHUNKS = 8
+"""Default commit size in chunks of steps (about 16 MiB of observations): measured on SMAX
+protoss_5v5 rollouts, one chunk per commit spent 2.2 s of a 1000-episode collection in the writer,
+8 chunks 0.5 s."""
+
+
 class DatasetWriter:
     """Append-only writer for one dataset; see the module docstring.
 
     ``chunk_rows`` overrides the chunk length shared by the ``steps/`` arrays (default: about 2 MiB
     of observations per chunk); ``flush_steps`` how many buffered steps trigger a commit (default:
-    one chunk).
+    FLUSH_CHUNKS chunks: each append to a Zarr array costs a few milliseconds whatever its size, so
+    appending a few large blocks is much faster than many small ones).
     """
 
     def __init__(self, path, spec: EnvSpec, *, level: str | None = None, behaviour_policy: dict | None = None,
@@ -57,6 +67,8 @@ class DatasetWriter:
         self._buffered_steps = 0
         self.progress: dict = {}
         self._closed = False
+        self._io: ThreadPoolExecutor | None = None  # one thread: appends happen in order
+        self._pending: Future | None = None
 
         if self.partial.exists() and resume:
             self._group = _open_zarr_group(self.partial, mode="r+")
@@ -74,7 +86,7 @@ class DatasetWriter:
             self.n_episodes, self.n_transitions = 0, 0
             self._commit()
         obs_chunk = self._group["steps/obs"].chunks[0]
-        self.flush_steps = flush_steps or obs_chunk
+        self.flush_steps = flush_steps or FLUSH_CHUNKS * obs_chunk
 
     # ----- resume -------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -92,12 +104,26 @@ class DatasetWriter:
             if arr.shape[0] != rows:
                 arr.resize((rows, *a.tail))
 
+    def _commit_state(self) -> dict:
+        return {"episodes": self.n_episodes, "transitions": self.n_transitions,
+                "identity_sha256": fmt.identity_sha256(self.spec), "env": self.spec.to_json(),
+                "progress": self.progress}
+
     def _commit(self) -> None:
-        self._group.attrs[fmt.WRITER_ATTR] = {
-            "episodes": self.n_episodes, "transitions": self.n_transitions,
-            "identity_sha256": fmt.identity_sha256(self.spec), "env": self.spec.to_json(),
-            "progress": self.progress,
-        }
+        self._group.attrs[fmt.WRITER_ATTR] = self._commit_state()
+
+    def _append(self, blocks: dict[str, np.ndarray], state: dict) -> None:
+        """Append the blocks, then record them as committed (a crash in between leaves extra rows
+        that the next resume drops)."""
+        for key, block in blocks.items():
+            self._group[key].append(block, axis=0)
+        self._group.attrs[fmt.WRITER_ATTR] = state
+
+    def _wait(self) -> None:
+        """Block until the background append (if any) is on disk; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     # ----- appending ----------------------------------------------------------------------------
     def add_episode(self, *, obs, state, actions, reward, final_obs, final_state, terminated: bool,
@@ -172,7 +198,7 @@ class DatasetWriter:
 
     @property
     def episodes_added(self) -> int:
-        """Episodes added so far, committed or still buffered (``n_episodes`` counts committed ones)."""
+        """Episodes added so far, flushed or still buffered (``n_episodes`` counts flushed ones)."""
         return self.n_episodes + len(self._buffer)
 
     @property
@@ -184,22 +210,34 @@ class DatasetWriter:
         self.progress = dict(progress)
 
     def flush(self) -> None:
-        """Append buffered episodes to the store and commit them (they survive a crash from here on)."""
-        if not self._buffer:
-            self._commit()
-            return
-        for a in self._layout:
-            block = np.concatenate([row[a.key] for row in self._buffer], axis=0)
-            self._group[a.key].append(block, axis=0)
+        """Hand the buffered episodes to the store and commit them (they survive a crash once the
+        background append finishes; the next flush waits for it)."""
+        blocks = {a.key: np.concatenate([row[a.key] for row in self._buffer], axis=0) for a in self._layout} \
+            if self._buffer else {}
         self.n_episodes += len(self._buffer)
         self.n_transitions += self._buffered_steps
         self._buffer, self._buffered_steps = [], 0
-        self._commit()
+        state = self._commit_state()
+        self._wait()
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="omgmg-writer")
+        self._pending = self._io.submit(self._append, blocks, state)
+
+    def sync(self) -> None:
+        """Flush and wait until everything added so far is committed on disk."""
+        self.flush()
+        self._wait()
+
+    def _finish_io(self) -> None:
+        self._wait()
+        if self._io is not None:
+            self._io.shutdown()
+            self._io = None
 
     def truncate(self, n_episodes: int) -> None:
         """Drop every episode after the first ``n_episodes`` (e.g. rows written after the checkpoint a
         training run resumes from) and commit."""
-        self.flush()
+        self.sync()
         if not 0 <= n_episodes <= self.n_episodes:
             raise DatasetError(f"cannot truncate to {n_episodes} episodes: the store holds {self.n_episodes}")
         lengths = np.asarray(self._group["episodes/length"][:n_episodes])
@@ -215,6 +253,7 @@ class DatasetWriter:
         if self._closed:
             return open_dataset(self.path)
         self.flush()
+        self._finish_io()
         g = self._group
         lengths = np.asarray(g["episodes/length"][:])
         returns = np.asarray(g["episodes/return"][:])
@@ -235,6 +274,10 @@ class DatasetWriter:
         """Throw the unfinished write away (for writers that cannot resume, e.g. a failed import)."""
         self._closed = True
         self._buffer = []
+        try:
+            self._finish_io()
+        except Exception:  # noqa: BLE001 - the write is being thrown away anyway
+            pass
         shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self) -> "DatasetWriter":
@@ -245,7 +288,7 @@ class DatasetWriter:
             self.close()
         elif not self._closed:
             # Interrupted: keep every whole episode received so far, so the write can resume.
-            self.flush()
+            self.sync()
 
 
 def _replace_atomically(src: Path, dst: Path, overwrite: bool) -> None:

@@ -95,7 +95,8 @@ def test_resume_drops_rows_written_after_the_last_commit(tmp_path):
     target = tmp_path / "t.zarr"
     w = DatasetWriter(target, spec)
     w.add_episode(**eps[0])
-    w.flush()
+    w.flush()  # handed to the background writer ...
+    w.sync()  # ... and on disk
     # Simulate a crash in the middle of a flush: steps appended, commit marker not updated.
     g = zarr.open_group(str(partial_path(target)), mode="r+")
     g["steps/obs"].append(eps[1]["obs"], axis=0)
