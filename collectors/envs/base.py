@@ -84,11 +84,18 @@ class VectorEnv(ABC):
 
     @abstractmethod
     def reset(self, seed: int) -> Reset:
-        """Reset all envs (env e seeded from ``seed`` and e); arrays gain a leading (E,) axis."""
+        """Reset all envs; env e starts from seed ``seed + e`` (as ``reseed`` would restart it).
+        Arrays gain a leading (E,) axis."""
 
     @abstractmethod
-    def step(self, actions: np.ndarray) -> VecStep:
-        """actions (E, N, A) float32 or (E, N) int."""
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None, reseed: np.ndarray | None = None) -> VecStep:
+        """actions (E, N, A) float32 or (E, N) int.
+
+        ``active`` (E,) bool, optional: the envs to step; the others keep their state, report no
+        reward and no end, and their rows repeat their last observation.
+        ``reseed`` (E,) int, optional: an env whose episode ends in this step auto-resets from seed
+        ``reseed[e]`` (the episode a reset with seed ``reseed[e] - e`` gives env e) where that is
+        >= 0, instead of continuing its own RNG."""
 
     def close(self) -> None:
         """Stop workers and release simulators."""
@@ -109,15 +116,15 @@ class EpisodeResults(NamedTuple):
 def run_episodes(vec: VectorEnv, act: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
                  seed: int) -> EpisodeResults:
     """Run exactly one episode in each env of ``vec`` (so short episodes are not over-represented),
-    ``act(obs (E, N, O), avail (E, N, K) or None) -> actions``; envs that finished keep stepping
-    until all have, their steps not counted."""
+    ``act(obs (E, N, O), avail (E, N, K) or None) -> actions``; envs that finished wait (or, on a
+    runner that steps all envs at once, keep stepping uncounted) until all have."""
     r = vec.reset(seed=seed)
     obs, avail = r.obs, r.avail
     E = vec.num_envs
     returns, won, lengths = np.zeros(E), np.zeros(E, bool), np.zeros(E, int)
     running = np.ones(E, bool)
     while running.any():
-        s = vec.step(act(obs, avail))
+        s = vec.step(act(obs, avail), active=running)
         returns[running] += s.reward[running]
         lengths[running] += 1
         won |= running & s.won

@@ -119,23 +119,36 @@ class _SmaxCore:
             o, s, av = arrays(obs, state)
             return strong(state), o, s, av
 
-        def step_one(key, state, actions):  # actions (N,) int32
+        def seeded_keys(seed):  # env e of a vector reset with seed s starts from PRNGKey(s + e) alone
+            k_reset, k_steps = jax.random.split(jax.random.PRNGKey(seed))
+            return k_reset, k_steps
+
+        def step_one(key, state, actions, reseed, active):
+            """actions (N,) int32; reseed: seed of the next episode, or -1; an inactive env stays put."""
+            key_in, state_in = key, state
             key, k_step, k_reset = jax.random.split(key, 3)
             obs, stepped, rewards, dones, _ = env.step_env(k_step, state, {a: actions[i] for i, a in enumerate(agents)})
             o, s, av = arrays(obs, stepped)
             alive = stepped.state.unit_alive
             allies_alive, enemies_alive = alive[:n].any(), alive[n:].any()
-            terminated = ~allies_alive | ~enemies_alive
-            truncated = dones["__all__"] & ~terminated
-            won = ~enemies_alive & allies_alive
+            terminated = (~allies_alive | ~enemies_alive) & active
+            truncated = dones["__all__"] & ~terminated & active
+            won = ~enemies_alive & allies_alive & active
             done = terminated | truncated
-            r_state, r_o, r_s, r_av = reset_one(k_reset)
+            s_reset, s_steps = seeded_keys(jnp.maximum(reseed, 0).astype(jnp.uint32))
+            key = jnp.where(done & (reseed >= 0), s_steps, key)
+            r_state, r_o, r_s, r_av = reset_one(jnp.where(reseed >= 0, s_reset, k_reset))
             pick = lambda new, old: jax.tree.map(lambda x, y: jnp.where(done, x, y), new, old)  # noqa: E731
-            next_state = strong(pick(r_state, stepped))
+            next_state = strong(jax.tree.map(lambda x, y: jnp.where(active, x, y), pick(r_state, stepped), state_in))
+            key = jnp.where(active, key, key_in)
             return (key, next_state, pick(r_o, o), pick(r_s, s), pick(r_av, av), rewards[agents[0]].astype(jnp.float32),
                     terminated, truncated, won, o, s, av)
 
-        self.reset = jax.jit(jax.vmap(reset_one))
+        def reset_seeded(seed):
+            k_reset, k_steps = seeded_keys(seed)
+            return (k_steps, *reset_one(k_reset))
+
+        self.reset = jax.jit(jax.vmap(reset_seeded))
         self.step = jax.jit(jax.vmap(step_one))
         self.jax, self.jnp = jax, jnp
 
@@ -149,24 +162,34 @@ class SmaxVectorEnv(VectorEnv):
         self._keys = self._state = None
 
     def reset(self, seed: int) -> Reset:
-        jax = self.core.jax
-        keys = jax.random.split(jax.random.PRNGKey(seed), self.num_envs + 1)
-        self._keys = keys[1:]
-        self._state, obs, state, avail = self.core.reset(jax.random.split(keys[0], self.num_envs))
+        jnp = self.core.jnp
+        self._keys, self._state, obs, state, avail = self.core.reset(jnp.arange(self.num_envs, dtype=jnp.uint32) + seed)
         if not getattr(self, "_warm", False):  # compile the step now, not in the middle of a run
-            self.core.step(self._keys, self._state, self.core.jnp.zeros((self.num_envs, self.spec.n_agents),
-                                                                         self.core.jnp.int32))
+            jnp = self.core.jnp
+            self.core.step(self._keys, self._state, jnp.zeros((self.num_envs, self.spec.n_agents), jnp.int32),
+                           jnp.full(self.num_envs, -1, jnp.int32), jnp.ones(self.num_envs, bool))
             self._warm = True
-        return Reset(np.array(obs), np.array(state), np.array(avail))  # copies: JAX's buffers are read-only
+        self._last = Reset(np.array(obs), np.array(state), np.array(avail))  # copies: JAX's buffers are read-only
+        return Reset(*(x.copy() for x in self._last))
 
-    def step(self, actions: np.ndarray) -> VecStep:
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None, reseed: np.ndarray | None = None) -> VecStep:
+        """All envs in one vmapped call; an inactive env keeps its state (its rows repeat its last result)."""
         if self._state is None:
             raise DatasetError("reset the environment before stepping it")
-        actions = self.core.jnp.asarray(np.asarray(actions, np.int32).reshape(self.num_envs, self.spec.n_agents))
+        jnp, E = self.core.jnp, self.num_envs
+        actions = jnp.asarray(np.asarray(actions, np.int32).reshape(E, self.spec.n_agents))
+        reseed = jnp.full(E, -1, jnp.int32) if reseed is None else jnp.asarray(reseed, jnp.int32)
+        on = np.ones(E, bool) if active is None else np.asarray(active, bool)
         (self._keys, self._state, obs, state, avail, reward, terminated, truncated, won,
-         final_obs, final_state, final_avail) = self.core.step(self._keys, self._state, actions)
+         final_obs, final_state, final_avail) = self.core.step(self._keys, self._state, actions, reseed,
+                                                               jnp.asarray(on))
         a = np.array  # copies: JAX's buffers are read-only
-        return VecStep(a(obs), a(state), a(avail), a(reward), a(terminated), a(truncated), a(won),
+        obs, state, avail = a(obs), a(state), a(avail)
+        if not on.all():
+            for new, old in zip((obs, state, avail), self._last):
+                new[~on] = old[~on]
+        self._last = Reset(obs.copy(), state.copy(), avail.copy())
+        return VecStep(obs, state, avail, a(reward), a(terminated), a(truncated), a(won),
                        a(final_obs), a(final_state), a(final_avail))
 
 

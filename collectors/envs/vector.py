@@ -4,6 +4,10 @@
 - :class:`SubprocVectorEnv`: E envs split over W worker processes, each stepping its share as one
   :class:`EnvBatch` per message, so one round trip serves E/W env steps.
 
+Both can step a subset of their envs (``step(actions, active)``), so rollouts that wait for some
+envs do not pay for the others, and can restart an env whose episode ends from a given seed
+(``reseed``) instead of its own RNG, without a separate reset round trip.
+
 Both share :class:`EnvBatch` for auto-reset and final observations. Seeding: env e of a vector
 reset with seed s is reset with seed ``s + e``; later auto-resets continue each env's own RNG, so a
 run is a pure function of the seed whatever the number of workers.
@@ -31,11 +35,17 @@ class EnvBatch:
         out = [env.reset(seed=s) for env, s in zip(self.envs, seeds)]
         return _stack_reset(out, self.spec.discrete)
 
-    def step(self, actions: np.ndarray, out: VecStep | None = None) -> VecStep:
-        """Step every env; results go into ``out`` (e.g. shared-memory views) or fresh arrays."""
+    def step(self, actions: np.ndarray, out: VecStep | None = None, active: np.ndarray | None = None,
+             reseed: np.ndarray | None = None) -> VecStep:
+        """Step every env (or those ``active``); results go into ``out`` (e.g. shared-memory views)
+        or fresh arrays. An inactive env is not stepped: no reward, no end, its observation rows left as they were.
+        An env whose episode ends restarts from ``reseed[e]`` where that is >= 0, else continues its RNG."""
         out = out or _empty_vecstep(self.spec, len(self.envs))
         discrete = self.spec.discrete
         for e, env in enumerate(self.envs):
+            if active is not None and not active[e]:  # not stepped: no reward, no end, same observation
+                out.reward[e], out.terminated[e], out.truncated[e], out.won[e] = 0.0, False, False, False
+                continue
             s = env.step(actions[e])
             out.reward[e], out.terminated[e], out.truncated[e] = s.reward, s.terminated, s.truncated
             out.final_obs[e], out.final_state[e] = s.obs, s.state
@@ -43,7 +53,7 @@ class EnvBatch:
                 out.final_avail[e] = s.avail
             out.won[e] = bool(s.info.get("won", False)) if (s.terminated or s.truncated) else False
             if s.terminated or s.truncated:
-                s = env.reset(seed=None)
+                s = env.reset(seed=None if reseed is None or reseed[e] < 0 else int(reseed[e]))
             out.obs[e], out.state[e] = s.obs, s.state
             if discrete:
                 out.avail[e] = s.avail
@@ -70,6 +80,18 @@ def _empty_vecstep(spec, E: int) -> VecStep:
     return VecStep(**{f: arrays.get(f) for f in VecStep.__dataclass_fields__})
 
 
+def _remember(out: VecStep, r: Reset) -> None:
+    """Put a reset's observations into a runner's step buffer: what an env not stepped next reports."""
+    out.obs[...], out.state[...] = r.obs, r.state
+    if r.avail is not None:
+        out.avail[...] = r.avail
+
+
+def _copy(step: VecStep) -> VecStep:
+    """A copy the caller may keep: runners overwrite their buffers in place on the next step."""
+    return VecStep(**{f: None if (v := getattr(step, f)) is None else v.copy() for f in VecStep.__dataclass_fields__})
+
+
 def _stack_reset(out: list[Reset], discrete: bool) -> Reset:
     return Reset(np.stack([r.obs for r in out]), np.stack([r.state for r in out]),
                  np.stack([r.avail for r in out]) if discrete else None)
@@ -81,12 +103,16 @@ class SerialVectorEnv(VectorEnv):
     def __init__(self, make: Callable[[], MultiAgentEnv], num_envs: int):
         self.batch = EnvBatch([make() for _ in range(num_envs)])
         self.spec, self.num_envs = self.batch.spec, num_envs
+        self._out = _empty_vecstep(self.spec, num_envs)  # an inactive env's rows keep its last result
 
     def reset(self, seed: int) -> Reset:
-        return self.batch.reset([seed + e for e in range(self.num_envs)])
+        r = self.batch.reset([seed + e for e in range(self.num_envs)])
+        _remember(self._out, r)
+        return r
 
-    def step(self, actions: np.ndarray) -> VecStep:
-        return self.batch.step(actions)
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None, reseed: np.ndarray | None = None) -> VecStep:
+        self.batch.step(actions, self._out, active, reseed)
+        return _copy(self._out)
 
     def close(self) -> None:
         self.batch.close()
@@ -114,13 +140,13 @@ def _worker(conn, make: Callable[[], MultiAgentEnv], lo: int, hi: int, buffers: 
         batch = EnvBatch([make() for _ in range(hi - lo)])
         views = _shared(buffers, lo, hi)
         out = VecStep(**{f: views.get(f) for f in VecStep.__dataclass_fields__})
-        actions = views["actions"]
+        actions, active, reseed = views["actions"], views["active"], views["reseed"]
         conn.send(("ok", batch.spec))
         while True:
             _poll_briefly(conn)
             msg = conn.recv_bytes()
             if msg == b"s":  # step: actions are in shared memory, results go there too
-                batch.step(actions, out)
+                batch.step(actions, out, active, reseed)
                 conn.send_bytes(b"k")
             elif msg == b"r":
                 conn.send(("ok", batch.reset(conn.recv())))
@@ -155,6 +181,8 @@ class SubprocVectorEnv(VectorEnv):
         layout = _vecstep_layout(spec, num_envs)
         layout["actions"] = ((num_envs, spec.n_agents), np.int64) if spec.discrete else \
             ((num_envs, spec.n_agents, spec.action_dim), np.float32)
+        layout["active"] = ((num_envs,), np.bool_)
+        layout["reseed"] = ((num_envs,), np.int64)
         self._buffers = {k: (ctx.RawArray("b", int(np.prod(shape)) * np.dtype(dtype).itemsize), shape, dtype)
                          for k, (shape, dtype) in layout.items()}
         self._views = _shared(self._buffers, 0, num_envs)
@@ -193,13 +221,18 @@ class SubprocVectorEnv(VectorEnv):
             conn.send([seed + e for e in range(self._offsets[w], self._offsets[w + 1])])
         parts = [self._local.reset([seed + e for e in range(self._offsets[1])])]
         parts += [self._receive(c) for c in self._conns]
-        return Reset(*(None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in range(3)))
+        r = Reset(*(None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in range(3)))
+        _remember(VecStep(**{f: self._views.get(f) for f in VecStep.__dataclass_fields__}), r)
+        return r
 
-    def step(self, actions: np.ndarray) -> VecStep:
-        self._views["actions"][...] = actions
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None, reseed: np.ndarray | None = None) -> VecStep:
+        views, local = self._views, slice(0, self._offsets[1])
+        views["actions"][...] = actions
+        views["active"][...] = True if active is None else active
+        views["reseed"][...] = -1 if reseed is None else reseed
         for conn in self._conns:
             conn.send_bytes(b"s")
-        self._local.step(actions[: self._offsets[1]], self._local_out)
+        self._local.step(actions[local], self._local_out, views["active"][local], views["reseed"][local])
         for conn in self._conns:
             _poll_briefly(conn)
             try:
@@ -208,9 +241,7 @@ class SubprocVectorEnv(VectorEnv):
             except EOFError:
                 self.close()
                 raise RuntimeError("an environment worker process died while stepping") from None
-        # copy out: the shared arrays are overwritten by the next step
-        return VecStep(**{f: None if (v := self._views.get(f)) is None else v.copy()
-                          for f in VecStep.__dataclass_fields__})
+        return _copy(VecStep(**{f: self._views.get(f) for f in VecStep.__dataclass_fields__}))
 
     def close(self) -> None:
         for conn in self._conns:
