@@ -5,7 +5,10 @@ and of behaviour-policy training.
 
 "bare" steps the same vector env with actions drawn before timing; "rollout" runs the real
 collection loop (policy inference on raw observations, action sampling, episode recording into a
-dataset writer). Target (issue 4): policy inference and recording cost <= 25% of the bare rate.
+dataset writer, rounds of episodes as `omgmg-data collect` runs them) for a MaMuJoCo-sized transition
+budget or a SMACv2-sized episode budget. The policy is a freshly initialised agent (short, varied
+episodes on Hopper: the hardest case for per-episode costs), or with ``--runs HOME`` the medium
+checkpoint of the behaviour runs cached under HOME (an ``OMGMG_HOME``). Target (issue 4): policy inference and recording cost <= 25% of the bare rate.
 """
 from __future__ import annotations
 
@@ -21,13 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.collect import AgentPolicy, rollout_waves  # noqa: E402
+from collectors.collect import rollout_rounds  # noqa: E402
 from collectors.envs import make_vector_env, resolve  # noqa: E402
-from collectors.training import algorithm, train_behaviour  # noqa: E402
+from collectors.training import algorithm, load_agent, score, train_behaviour  # noqa: E402
 from datakit.writer import DatasetWriter  # noqa: E402
 
-CASES = [("mamujoco/Hopper-3x1", None, 16, 2), ("mamujoco/HalfCheetah-6x1", None, 16, 2),
-         ("smacv2/protoss_5v5", "smax", 64, 1)]
+CASES = [("mamujoco/Hopper-3x1", None, 64, 2), ("mamujoco/HalfCheetah-6x1", None, 64, 2),
+         ("smacv2/protoss_5v5", "smax", 64, 1)]  # num_envs as `omgmg-data collect` rolls out by default
 
 
 def bare(vec, steps: int) -> float:
@@ -47,20 +50,35 @@ def bare(vec, steps: int) -> float:
     return n * vec.num_envs / (time.perf_counter() - t0)
 
 
-def rollout(vec, agent, episodes: int, workdir: Path) -> float:
+def rollout(vec, agent, until: tuple[str, int], workdir: Path) -> float:
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         writer = DatasetWriter(Path(d) / "b.zarr", vec.spec)
         t0 = time.perf_counter()
-        rollout_waves(writer, AgentPolicy(agent), vec, phase=0, until=("episodes", episodes), seed=0)
+        rollout_rounds(writer, agent.sampler(), vec, phase=0, until=until, seed=0)
         rate = writer.transitions_added / (time.perf_counter() - t0)
         writer.abort()
     return rate
 
 
+def medium_agent(home: Path, ref, algo: str):
+    """The medium checkpoint (score closest to half the best) of the first cached run of a task."""
+    runs = sorted((home / "runs" / ref.suite / ref.task / ref.backend / algo).glob("seed*"))
+    if not runs:
+        raise SystemExit(f"no cached {algo} run of {ref.name} under {home}")
+    paths = sorted(runs[0].glob("checkpoints/step_*.pt"))
+    scores = [score(torch.load(p, map_location="cpu", weights_only=True)["eval"]) for p in paths]
+    medium = min(range(len(paths)), key=lambda i: abs(scores[i] - 0.5 * max(scores)))
+    return load_agent(paths[medium])[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30_000, help="env steps of the bare measurement")
+    p.add_argument("--transitions", type=int, default=300_000, help="transitions of the MaMuJoCo rollout measurement")
+    p.add_argument("--smax-episodes", type=int, default=1000, help="episodes of the SMAX rollout measurement")
     p.add_argument("--train-steps", type=int, default=40_000, help="env steps of the training measurement")
+    p.add_argument("--skip-training", action="store_true", help="measure rollouts only")
+    p.add_argument("--runs", type=Path, help="roll out the medium checkpoints of the runs cached under this home")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -74,14 +92,17 @@ def main() -> None:
             vec = make_vector_env(ref, num_envs, workers=workers)
             algo = "mappo" if vec.spec.discrete else "happo"
             cfg_cls, agent_cls = algorithm(algo)
-            agent = agent_cls(vec.spec, cfg_cls())
+            agent = agent_cls(vec.spec, cfg_cls()) if args.runs is None else medium_agent(args.runs, ref, algo)
             bare_rate = bare(vec, args.steps)
-            roll_rate = rollout(vec, agent, episodes=2 * num_envs, workdir=Path(home))
+            until = ("episodes", args.smax_episodes) if vec.spec.discrete else ("transitions", args.transitions)
+            roll_rate = rollout(vec, agent, until, workdir=Path(home))
             vec.close()
-            cfg = cfg_cls(total_env_steps=args.train_steps, workers=workers, eval_every=args.train_steps)
-            t0 = time.perf_counter()
-            train_behaviour(ref, algo, cfg)
-            train_rate = args.train_steps / (time.perf_counter() - t0)
+            train_rate = float("nan")
+            if not args.skip_training:
+                cfg = cfg_cls(total_env_steps=args.train_steps, workers=workers, eval_every=args.train_steps)
+                t0 = time.perf_counter()
+                train_behaviour(ref, algo, cfg)
+                train_rate = args.train_steps / (time.perf_counter() - t0)
             row = {"task": name, "backend": ref.backend, "num_envs": num_envs, "workers": workers,
                    "bare_env_steps_per_s": bare_rate, "rollout_env_steps_per_s": roll_rate,
                    "policy_and_recording_share": 1 - roll_rate / bare_rate, "training_env_steps_per_s": train_rate}

@@ -5,6 +5,7 @@ Axis convention in training code: time first, then envs, then agents: ``(T, E, N
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import numpy as np
 import torch
@@ -100,6 +101,62 @@ def stacked_forward(nets: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         else:
             x = group[0](x)
     return x
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """A frozen, stochastic policy for collecting datasets.
+
+    ``act(raw obs (E, N, O), avail (E, N, K) or None, noise (E, *noise_shape)) -> executed actions``
+    (E, N, A) float32 or (E, N) int32. The caller draws ``noise`` (``noise_kind``: "normal" or
+    "uniform" on [0, 1)), one row per env, so that each env's randomness can come from its own
+    stream and what an env does never depends on the other envs.
+    """
+
+    act: Callable[[np.ndarray, np.ndarray | None, torch.Tensor], np.ndarray]
+    noise_kind: str
+    noise_shape: tuple[int, ...]
+
+
+def gumbel_argmax(scores: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """A sample of softmax(scores) over the last axis (the Gumbel-max trick), from uniform noise;
+    scores of -inf (unavailable actions) are never picked."""
+    return (scores - torch.log(-torch.log(uniform))).argmax(-1)
+
+
+class FrozenActor:
+    """An inference-only copy of per-agent MLP actors for collecting datasets: raw observations
+    (E, N, O) as numpy -> outputs (E, N, out), one ``baddbmm`` per layer over weights stacked across
+    agents once (not on every call), the observation normaliser applied first.
+
+    ``actors`` holds one :func:`mlp` per agent (a shared actor is repeated N times). With
+    ``agent_id_input`` the first layer's last N inputs are the agent-id one-hot (MAPPO): they become
+    a per-agent first-layer bias instead of N extra input columns.
+    """
+
+    def __init__(self, actors: list[nn.Sequential], obs_norm: RunningMeanStd, agent_id_input: bool = False):
+        with torch.no_grad():
+            linears = [[m for m in actor if isinstance(m, nn.Linear)] for actor in actors]
+            self.weights = [torch.stack([a[k].weight.T for a in linears]).contiguous()  # (N, in, out)
+                            for k in range(len(linears[0]))]
+            self.biases = [torch.stack([a[k].bias for a in linears])[:, None, :].clone()  # (N, 1, out)
+                           for k in range(len(linears[0]))]
+            if agent_id_input:
+                N = len(actors)
+                ids = self.weights[0][:, -N:, :]  # (N, N, H): agent i's row i is W_id @ onehot(i)
+                self.biases[0] += ids[torch.arange(N), torch.arange(N)][:, None, :]
+                self.weights[0] = self.weights[0][:, :-N, :].contiguous()
+            self.mean = obs_norm.mean.float().clone()
+            self.std = torch.sqrt(obs_norm.var.float() + 1e-8)
+
+    @torch.no_grad()
+    def __call__(self, obs: np.ndarray) -> torch.Tensor:
+        x = ((torch.from_numpy(obs) - self.mean) / self.std).clamp_(-10.0, 10.0).transpose(0, 1)  # (N, E, O)
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if k < len(self.weights) - 1:
+                x = x.relu_()
+        return x.transpose(0, 1)
 
 
 # ----- rollout storage --------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from collectors.common import clipped_value_loss, RunningMeanStd, Rollout, minibatches, mlp, stacked_forward
+from collectors.common import (FrozenActor, RolloutPolicy, clipped_value_loss, RunningMeanStd, Rollout, minibatches, mlp,
+                               stacked_forward)
 from collectors.training import LoopConfig
 from datakit.spec import EnvSpec
 
@@ -116,6 +117,19 @@ class HAPPOAgent(nn.Module):
             actions = mean + noise * self.log_std.exp()
         actions = actions * self.action_mask
         return actions, self._log_prob(mean, self.log_std, actions, self.action_mask)
+
+    def sampler(self) -> RolloutPolicy:
+        """The stochastic policy frozen for collecting datasets (see :class:`RolloutPolicy`): the
+        same actions as ``act`` + ``executed`` given the same normal noise, at a fraction of the cost."""
+        actor = FrozenActor(list(self.actors), self.obs_norm)
+        std = self.log_std.detach().exp()
+
+        @torch.no_grad()
+        def act(obs: np.ndarray, avail, noise: torch.Tensor) -> np.ndarray:
+            actions = (actor(obs) + noise * std) * self.action_mask
+            return torch.maximum(torch.minimum(actions, self.high), self.low).numpy()
+
+        return RolloutPolicy(act, "normal", tuple(self.low.shape))
 
     @property
     def log_std(self) -> torch.Tensor:

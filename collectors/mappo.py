@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collectors.common import clipped_value_loss, RunningMeanStd, Rollout, minibatches, mlp
+from collectors.common import (FrozenActor, RolloutPolicy, clipped_value_loss, gumbel_argmax, RunningMeanStd, Rollout,
+                               minibatches, mlp)
 from collectors.training import LoopConfig
 from datakit.spec import EnvSpec
 
@@ -90,6 +92,19 @@ class MAPPOAgent(nn.Module):
             actions = torch.multinomial(logp_all.exp().reshape(-1, logp_all.shape[-1]), 1, generator=gen)
             actions = actions.reshape(logp_all.shape[:-1])
         return actions, logp_all.gather(-1, actions[..., None])[..., 0]
+
+    def sampler(self) -> RolloutPolicy:
+        """The stochastic policy frozen for collecting datasets (see :class:`RolloutPolicy`). The
+        agent-id input becomes a per-agent first-layer bias, and the masked softmax is sampled by the
+        Gumbel-max trick: the same distribution as ``act``."""
+        actor = FrozenActor([self.actor] * self.spec.n_agents, self.obs_norm, agent_id_input=True)
+
+        @torch.no_grad()
+        def act(obs: np.ndarray, avail: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+            logits = actor(obs).masked_fill_(~torch.from_numpy(avail), -float("inf"))
+            return gumbel_argmax(logits, noise).to(torch.int32).numpy()
+
+        return RolloutPolicy(act, "uniform", (self.spec.n_agents, self.spec.n_actions))
 
     @torch.no_grad()
     def value(self, state: torch.Tensor) -> torch.Tensor:

@@ -145,54 +145,68 @@ def score(evaluation: dict) -> float:
 
 class EpisodeRecorder:
     """Turns vector steps into whole episodes for ``DatasetWriter.add_episode`` (raw observations,
-    executed actions, final observations), one list of rows per env."""
+    executed actions, final observations).
+
+    Each step is kept as the arrays the vector env returned (one list append per step, whatever the
+    number of envs); an env's episode is sliced out of them when it ends, and steps no episode
+    needs any more are dropped.
+    """
 
     def __init__(self, spec: EnvSpec, num_envs: int):
         self.spec, self.E = spec, num_envs
-        self.rows: list[list[tuple]] = [[] for _ in range(num_envs)]
 
     def start(self, obs: np.ndarray, state: np.ndarray, avail: np.ndarray | None) -> None:
-        self.rows = [[] for _ in range(self.E)]
+        self.steps: list[tuple] = []  # (obs, state, avail, actions, reward) of every env, one entry per step
+        self.first = 0  # step index of self.steps[0]
+        self.begin = np.zeros(self.E, np.int64)  # step index at which each env's current episode began
         self.cur = (obs, state, avail)
 
-    def add(self, actions: np.ndarray, step: VecStep, envs=None) -> list[tuple[int, dict]]:
-        """Record one step for ``envs`` (default all); returns (env, episode) for episodes that ended."""
+    def add(self, actions: np.ndarray, step: VecStep, envs: np.ndarray | None = None) -> list[tuple[int, dict]]:
+        """Record one step of every env (or of the ``envs`` mask); returns (env, episode) for the
+        recorded episodes that ended, in env order."""
         obs, state, avail = self.cur
-        finished = []
-        for e in range(self.E) if envs is None else envs:
-            self.rows[e].append((obs[e], state[e], None if avail is None else avail[e], actions[e], step.reward[e]))
-            if step.done[e]:
-                finished.append((e, self._episode(e, step.final_obs[e], step.final_state[e],
-                                                  None if step.final_avail is None else step.final_avail[e],
-                                                  bool(step.terminated[e]), bool(step.won[e]))))
+        t = self.first + len(self.steps)
+        self.steps.append((obs, state, avail, actions, step.reward))
+        ended = step.done if envs is None else step.done & envs
+        finished = [(int(e), self._episode(int(e), t + 1, step.final_obs[e], step.final_state[e],
+                                           None if step.final_avail is None else step.final_avail[e],
+                                           bool(step.terminated[e]), bool(step.won[e])))
+                    for e in np.flatnonzero(ended)]
+        if envs is not None:
+            self.begin[~envs] = t + 1  # an env not recorded now starts afresh when it is again
         self.cur = (step.obs, step.state, step.avail)
+        if len(self.steps) >= 256:
+            self._drop_old_steps()
         return finished
 
-    def cut(self, e: int, keep: int | None = None) -> dict | None:
-        """End env e's episode early (truncated): after ``keep`` steps, or after all recorded steps."""
-        rows = self.rows[e]
-        if not rows:
+    def cut(self, e: int) -> dict | None:
+        """End env e's episode now, as truncated (None if it has no steps yet)."""
+        end = self.first + len(self.steps)
+        if end == self.begin[e]:
             return None
-        if keep is not None and keep < len(rows):
-            nxt = rows[keep]
-            final = (nxt[0], nxt[1], nxt[2])
-            self.rows[e] = rows[:keep]
-        else:
-            obs, state, avail = self.cur
-            final = (obs[e], state[e], None if avail is None else avail[e])
-        return self._episode(e, *final, terminated=False, won=False)
+        obs, state, avail = self.cur
+        return self._episode(e, end, obs[e], state[e], None if avail is None else avail[e], terminated=False,
+                             won=False)
 
-    def _episode(self, e, final_obs, final_state, final_avail, terminated: bool, won: bool) -> dict:
-        rows, self.rows[e] = self.rows[e], []
-        ep = {"obs": np.stack([r[0] for r in rows]), "state": np.stack([r[1] for r in rows]),
-              "actions": np.stack([r[3] for r in rows]), "reward": np.asarray([r[4] for r in rows], np.float32),
+    def _episode(self, e: int, end: int, final_obs, final_state, final_avail, terminated: bool, won: bool) -> dict:
+        rows = self.steps[self.begin[e] - self.first: end - self.first]
+        self.begin[e] = end
+        ep = {"obs": np.stack([r[0][e] for r in rows]), "state": np.stack([r[1][e] for r in rows]),
+              "actions": np.stack([r[3][e] for r in rows]),
+              "reward": np.asarray([r[4][e] for r in rows], np.float32),
               "final_obs": final_obs, "final_state": final_state, "terminated": terminated, "truncated": not terminated}
         if self.spec.discrete:
-            ep["avail"], ep["final_avail"] = np.stack([r[2] for r in rows]), final_avail
+            ep["avail"], ep["final_avail"] = np.stack([r[2][e] for r in rows]), final_avail
             ep["actions"] = ep["actions"].astype(np.int32)
         if self.spec.reports_wins:
             ep["won"] = won
         return ep
+
+    def _drop_old_steps(self) -> None:
+        oldest = int(self.begin.min())
+        if oldest > self.first:
+            del self.steps[: oldest - self.first]
+            self.first = oldest
 
 
 # ----- evaluation ---------------------------------------------------------------------------------------------
@@ -289,7 +303,7 @@ def _train(ref: TaskRef, algo: str, cfg: LoopConfig, home: Path | None, progress
             if progress:
                 progress(env_steps, cfg.total_env_steps, score(ev))
     finally:
-        replay.flush()
+        replay.sync()
         vec.close()
     plot_curve(run)
     return run
@@ -333,7 +347,7 @@ def _rollout(agent, vec, recorder: EpisodeRecorder, cfg: LoopConfig, gen) -> tup
 
 def _checkpoint(run: RunDir, agent, gen, replay: DatasetWriter, env_steps: int, segment: int, ev: dict,
                 spec: EnvSpec) -> Path:
-    replay.flush()  # the replay stream and the checkpoint agree on how many episodes exist
+    replay.sync()  # the replay stream on disk and the checkpoint agree on how many episodes exist
     state = {"weights": agent.state_dict(), "optim": agent.optimizer_state(), "rng": gen.get_state(),
              "config": dataclasses.asdict(agent.cfg), "algorithm": run.algo, "env": spec.to_json(),
              "eval": ev, "env_steps": env_steps, "segment": segment, "replay_episodes": replay.n_episodes}

@@ -9,14 +9,17 @@ import torch
 from click.testing import CliRunner
 
 from cli.data import main as data_cli
-from collectors.collect import CollectRequest, RandomPolicy, collect
+from collectors.collect import CollectRequest, collect, random_policy, rollout_rounds
 from collectors.common import Rollout, gae
 from collectors.envs import resolve
+from collectors.envs.base import MultiAgentEnv, Reset, Step
+from collectors.envs.vector import SerialVectorEnv
 from collectors.happo import HAPPOAgent, HAPPOConfig
 from collectors.mappo import MAPPOAgent, MAPPOConfig
 from collectors.training import load_agent, train_behaviour
 from datakit import DatasetError, iter_episodes, open_dataset, validate
 from datakit.fixtures import fixture_spec
+from datakit.writer import DatasetWriter
 
 
 @pytest.fixture(autouse=True)
@@ -130,9 +133,40 @@ def test_masked_actions_are_never_sampled():
     assert avail.gather(-1, actions[..., None]).all() and torch.isfinite(logp).all()
     greedy, _ = agent.act(torch.randn(2000, 3, spec.obs_dim, generator=g), avail, True, g)
     assert avail.gather(-1, greedy[..., None]).all()
-    random_actions = RandomPolicy(spec).act(np.zeros((2000, 3, 5), np.float32), avail.numpy(), g)
-    assert np.take_along_axis(avail.numpy(), random_actions[..., None].astype(int), -1).all()
-    assert len(np.unique(random_actions)) > 1
+    for policy in (random_policy(spec), agent.sampler()):  # the frozen policies datasets are collected with
+        assert policy.noise_kind == "uniform"
+        sampled = policy.act(np.zeros((2000, 3, spec.obs_dim), np.float32), avail.numpy(),
+                             torch.rand(2000, *policy.noise_shape, generator=g))
+        assert np.take_along_axis(avail.numpy(), sampled[..., None].astype(int), -1).all()
+        assert len(np.unique(sampled)) > 1
+
+
+def test_frozen_samplers_match_the_agents_policies():
+    g = torch.Generator().manual_seed(0)
+    spec = fixture_spec("continuous")
+    happo = HAPPOAgent(spec, HAPPOConfig(init_log_std=0.5))
+    happo.obs_norm.update(torch.randn(64, 3, spec.obs_dim, generator=g) * 3 + 1)
+    obs = torch.randn(256, 3, spec.obs_dim, generator=g).numpy()
+    actions, _ = happo.act(happo.obs_norm.normalise(torch.from_numpy(obs)), None, False,
+                           torch.Generator().manual_seed(7))
+    frozen = happo.sampler()
+    noise = torch.randn((256, *frozen.noise_shape), generator=torch.Generator().manual_seed(7))
+    assert np.allclose(frozen.act(obs, None, noise), happo.executed(actions), atol=1e-5)
+
+    spec = fixture_spec("discrete")
+    mappo = MAPPOAgent(spec, MAPPOConfig())
+    with torch.no_grad():
+        mappo.actor[-1].weight.mul_(300)  # a policy far from uniform
+    one = np.random.default_rng(0).normal(size=(1, 3, spec.obs_dim)).astype(np.float32)
+    avail = np.ones((1, 3, spec.n_actions), bool)
+    avail[0, 1, 0] = False
+    probs = torch.softmax(mappo._logits(torch.from_numpy(one), torch.from_numpy(avail)), -1)[0]
+    frozen = mappo.sampler()
+    n = 20000
+    drawn = frozen.act(np.repeat(one, n, 0), np.repeat(avail, n, 0), torch.rand(n, *frozen.noise_shape, generator=g))
+    freq = torch.stack([torch.bincount(torch.from_numpy(drawn[:, i]).long(), minlength=spec.n_actions) / n
+                        for i in range(3)])
+    assert (freq - probs).abs().max() < 0.02 and freq[1, 0] == 0
 
 
 def test_mappo_policy_loss_on_hand_values():
@@ -227,8 +261,54 @@ def test_same_seed_and_budget_give_identical_bytes(tmp_path):
     assert not np.array_equal(a.read("steps/obs"), c.read("steps/obs"))
 
 
+class RaggedEnv(MultiAgentEnv):
+    """Episodes of 1-12 steps, their length drawn at reset: envs finish at different times."""
+
+    spec = fixture_spec("continuous")
+
+    def reset(self, seed=None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.t, self.length = 0, int(self.rng.integers(1, 13))
+        return Reset(*self._out())
+
+    def _out(self):
+        obs = self.rng.normal(size=(3, self.spec.obs_dim)).astype(np.float32)
+        for i, dim in enumerate(self.spec.obs_dims):
+            obs[i, dim:] = 0  # padding
+        return obs, self.rng.normal(size=self.spec.state_dim).astype(np.float32), None
+
+    def step(self, actions):
+        self.t += 1
+        obs, state, _ = self._out()
+        return Step(obs, state, None, float(actions.sum()), self.t == self.length, False, {})
+
+
+def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path):
+    """Each env's episodes come from its own seeds, so a smaller budget keeps a prefix of a larger
+    one although envs run (and run ahead) differently; a worker process changes nothing."""
+    def run(name, until, vec):
+        writer = DatasetWriter(tmp_path / name, RaggedEnv.spec)
+        rollout_rounds(writer, random_policy(RaggedEnv.spec), vec, phase=0, until=until, seed=3, episodes_per_env=1)
+        vec.close()
+        return writer.close()
+
+    small = run("s.zarr", ("episodes", 7), SerialVectorEnv(RaggedEnv, 4))
+    large = run("l.zarr", ("episodes", 60), SerialVectorEnv(RaggedEnv, 4))  # envs two rounds apart meet
+    cut = run("c.zarr", ("transitions", 101), SerialVectorEnv(RaggedEnv, 4))
+    assert small.n_episodes == 7 and large.n_episodes == 60 and cut.n_transitions == 101
+    lengths = large.read("episodes/length")
+    assert np.array_equal(small.read("episodes/length"), lengths[:7]) and len(np.unique(lengths)) > 5
+    for key in ("steps/obs", "steps/actions", "steps/reward"):
+        assert np.array_equal(small.read(key), large.read(key, 0, small.n_transitions)), key
+        assert np.array_equal(cut.read(key), large.read(key, 0, 101)), key
+    fixture = [collect(CollectRequest("fixture", "continuous", "random", episodes=9, num_envs=3, workers=w,
+                                      out=tmp_path / f"w{w}.zarr"), on_note=lambda m: None) for w in (1, 2)]
+    assert np.array_equal(fixture[0].read("steps/obs"), fixture[1].read("steps/obs"))
+
+
 def test_interrupted_collection_resumes_to_the_same_dataset(tmp_path):
-    base = dict(episodes=40, workers=1, train_steps=1000, num_envs=4)  # 10 waves of 4 episodes
+    base = dict(episodes=40, workers=1, train_steps=1000, num_envs=4)  # rounds of 16 episodes
     reference = collect(CollectRequest("fixture", "continuous", "medium-expert", out=tmp_path / "ref.zarr", **base),
                         on_note=lambda m: None)
 
@@ -239,7 +319,7 @@ def test_interrupted_collection_resumes_to_the_same_dataset(tmp_path):
 
     def interrupt(done, total):
         calls["n"] += 1
-        if calls["n"] == 7:  # inside the expert half
+        if calls["n"] == 27:  # inside the expert half, in its second round
             raise Stop
 
     target = tmp_path / "x.zarr"
