@@ -53,15 +53,21 @@ class AgentMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., N, in) -> (..., N, out); leading axes are flattened into one batch axis."""
-        lead = x.shape[:-2]
-        x = x.reshape(-1, *x.shape[-2:])
-        if self.shared:
-            x = torch.cat([x, self.ids.expand(x.shape[0], -1, -1)], dim=-1)  # (B, N, in + N)
+        lead, n = x.shape[:-2], x.shape[-2]
+        x = x.reshape(-1, n, x.shape[-1])
+        last = len(self.layers) - 1
+        if self.shared:  # one (B * N, in + N) matrix through plain addmm's (no 3-D linear, no copies)
+            x = torch.cat([x, self.ids.expand(x.shape[0], -1, -1)], dim=-1).reshape(-1, x.shape[-1] + n)
+            for k, layer in enumerate(self.layers):
+                x = torch.addmm(layer.bias, x, layer.weight.t())
+                if k < last:
+                    x = x.relu_()  # in place: ReLU's backward needs only its output
+            return x.reshape(*lead, n, -1)
         for k, layer in enumerate(self.layers):
             x = layer(x)
-            if k < len(self.layers) - 1:
-                x = F.relu(x)
-        return x.reshape(*lead, *x.shape[-2:])
+            if k < last:
+                x = torch.relu(x)
+        return x.reshape(*lead, n, -1)
 
 
 class Mixer(nn.Module):
