@@ -64,6 +64,25 @@ def measure(algo, loader, steps: int) -> tuple[float, float, float]:
     return 1 / step_s, load_s / step_s, counter.get_total_flops() / 1e9
 
 
+def mlp_ceiling(peak: float, batch: int = 128, n: int = 6, obs: int = 23) -> float:
+    """Fraction of peak that one shared AgentMLP (hidden 256) reaches on its own, forward and backward
+    at a trainer's batch: what a step made only of such passes could reach at best."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = AgentMLP(n, obs, 1, 256)
+    x = torch.randn(batch, n, obs, requires_grad=True)
+    for _ in range(20):
+        net(x).sum().backward()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        net(x).sum().backward()
+    seconds = (time.perf_counter() - t0) / 200
+    counter = FlopCounterMode(display=False)
+    with counter:
+        net(x).sum().backward()
+    return counter.get_total_flops() / seconds / 1e9 / peak
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
@@ -76,6 +95,8 @@ def main() -> None:
     algos = list(ALGORITHMS) if args.algos == "all" else args.algos.split(",")
     torch.set_num_threads(args.threads)
     peak = peak_gflops()
+    ceiling = mlp_ceiling(peak)
+    print(json.dumps({"agent_mlp_forward_backward_fraction_of_peak": round(ceiling, 3)}), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for task in args.shapes.split(","):
@@ -103,7 +124,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"gradient steps/s, batch 128, hidden 256, {args.threads} threads, peak {peak:.0f} GFLOP/s")
+    t = Table(title=f"gradient steps/s, batch 128, hidden 256, {args.threads} threads, peak {peak:.0f} GFLOP/s; "
+                    f"one AgentMLP forward+backward alone: {100 * ceiling:.0f}% of peak")
     for col in ("shape", "algorithm", "steps/s", "OMIGA ref.", "loader share", "GFLOP/step", "% of peak"):
         t.add_column(col, justify="right")
     for r in rows:
