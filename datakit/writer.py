@@ -5,10 +5,10 @@
             w.add_episode(**ep)
     # on leaving the block: stats computed, full validation, rename into place
 
-The writer never holds the dataset in memory: episodes are buffered until about one chunk of steps
-has arrived, then appended to the store by a background thread (compression and disk writes overlap
-with the caller's next episodes; the next flush, ``truncate`` and ``close`` wait for it, and an error
-there is raised at that point). Everything goes into ``.NAME.partial`` beside the target
+The writer never holds the dataset in memory: episodes are buffered until a few chunks of steps
+have arrived, then appended to the store, in order, by a background thread (compression and disk
+writes overlap with the caller's work; ``sync``, ``truncate`` and ``close`` wait for them, and a
+failed append raises at the next of these or of ``flush``). Everything goes into ``.NAME.partial`` beside the target
 and is renamed to ``NAME`` only after the finished store validated, so a crash never leaves a
 half dataset under the final name. After a crash, a new writer with ``resume=True`` (the default)
 truncates the partial store to its last committed episode and continues from there;
@@ -68,7 +68,7 @@ class DatasetWriter:
         self.progress: dict = {}
         self._closed = False
         self._io: ThreadPoolExecutor | None = None  # one thread: appends happen in order
-        self._pending: Future | None = None
+        self._pending: list[Future] = []  # appends handed to the thread, oldest first
 
         if self.partial.exists() and resume:
             self._group = _open_zarr_group(self.partial, mode="r+")
@@ -119,11 +119,11 @@ class DatasetWriter:
             self._group[key].append(block, axis=0)
         self._group.attrs[fmt.WRITER_ATTR] = state
 
-    def _wait(self) -> None:
-        """Block until the background append (if any) is on disk; re-raise its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+    def _wait(self, keep: int = 0) -> None:
+        """Block until at most ``keep`` background appends are left unfinished; re-raise the error
+        of any that failed."""
+        while self._pending and (len(self._pending) > keep or self._pending[0].done()):
+            self._pending.pop(0).result()
 
     # ----- appending ----------------------------------------------------------------------------
     def add_episode(self, *, obs, state, actions, reward, final_obs, final_state, terminated: bool,
@@ -211,17 +211,17 @@ class DatasetWriter:
 
     def flush(self) -> None:
         """Hand the buffered episodes to the store and commit them (they survive a crash once the
-        background append finishes; the next flush waits for it)."""
+        background append finishes; appends run in order, at most two wait behind the running one)."""
         blocks = {a.key: np.concatenate([row[a.key] for row in self._buffer], axis=0) for a in self._layout} \
             if self._buffer else {}
         self.n_episodes += len(self._buffer)
         self.n_transitions += self._buffered_steps
         self._buffer, self._buffered_steps = [], 0
         state = self._commit_state()
-        self._wait()
+        self._wait(keep=2)
         if self._io is None:
             self._io = ThreadPoolExecutor(1, thread_name_prefix="omgmg-writer")
-        self._pending = self._io.submit(self._append, blocks, state)
+        self._pending.append(self._io.submit(self._append, blocks, state))
 
     def sync(self) -> None:
         """Flush and wait until everything added so far is committed on disk."""

@@ -183,3 +183,19 @@ def test_metadata_is_valid_json_schema_document(continuous_data):
     assert meta["env"]["obs_dims"] == [4, 3, 4]
     assert meta["env"]["action_spaces"][1] == {"type": "box", "low": [-0.5], "high": [0.5]}
     assert "_writer" not in meta
+
+
+def test_a_failed_background_append_is_raised_not_lost(tmp_path, monkeypatch):
+    spec = continuous_spec()
+    eps = hand_episodes(spec, [4, 4], ["truncated"] * 2)
+    w = DatasetWriter(tmp_path / "f.zarr", spec)
+    w.add_episode(**eps[0])
+
+    def disk_full(blocks, state):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(w, "_append", disk_full)
+    w.flush()  # handed to the thread: the error surfaces at the next point that waits
+    w.add_episode(**eps[1])
+    with pytest.raises(OSError, match="No space left"):
+        w.sync()
