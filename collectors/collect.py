@@ -16,8 +16,8 @@ import torch
 
 from collectors.common import RolloutPolicy, gumbel_argmax
 from collectors.envs import TaskRef, make_vector_env, resolve
-from collectors.training import (EpisodeRecorder, algorithm, data_home, file_sha256, load_agent, replay_episodes,
-                                 score, train_behaviour)
+from collectors.training import (EndedEpisode, EpisodeRecorder, algorithm, data_home, file_sha256, load_agent,
+                                 replay_episodes, score, train_behaviour)
 from datakit.dataset import Dataset
 from datakit.errors import DatasetError
 from datakit.format import normalise_level
@@ -187,16 +187,40 @@ def rollout_rounds(writer: DatasetWriter, policy: RolloutPolicy, vec, *, phase: 
     env_round = np.full(E, appending)  # the round each env is running
     env_done = np.zeros(E, np.int64)  # episodes it has ended in that round
     ended: dict[tuple[int, int], dict] = {}  # (round, position) -> an ended episode not yet appended
+    to_gather: list[tuple[tuple[int, int], EndedEpisode]] = []  # episodes that ended in the last step
     noise = NoiseStreams(E, policy.noise_kind, policy.noise_shape)
-    everyone = np.ones(E, bool)
     round_seeds = np.vectorize(lambda r: _round_seed(seed, phase, int(r)), otypes=[np.int64])
     first_seed = _round_seed(seed, phase, appending)
     r = vec.reset(first_seed)
-    noise.restart(first_seed + env_index, everyone)
+    noise.restart(first_seed + env_index, np.ones(E, bool))
     recorder = EpisodeRecorder(vec.spec, E)
     recorder.start(*r)
     obs, avail = r.obs, r.avail
     lengths: list[int] = []
+
+    def append_ready() -> bool:
+        """Gather the episodes that ended in the last step, append those whose turn has come; True if
+        any was appended."""
+        nonlocal appending, position
+        for key, m in to_gather:
+            ended[key] = recorder.gather(m)
+        to_gather.clear()
+        appended = False
+        while count() < target and (appending, position) in ended:
+            ep = ended.pop((appending, position))
+            left = target - count()
+            if kind == "transitions" and len(ep["reward"]) > left:
+                ep = _cut(ep, left)
+            writer.add_episode(**ep)
+            appended = True
+            position += 1
+            if position == per_round:
+                appending, position = appending + 1, 0
+                enter_round()
+            if progress:
+                progress(min(count(), target), target)
+        return appended
+
     while count() < target:
         # step the envs whose next episode may be needed (this only decides what runs, not the data)
         next_position = env_round * per_round + env_done * E + env_index
@@ -206,33 +230,25 @@ def rollout_rounds(writer: DatasetWriter, policy: RolloutPolicy, vec, *, phase: 
         else:  # expected episodes still needed, from the lengths seen so far, with a margin
             last_needed = now + E + int(1.2 * (target - count()) / np.mean(lengths)) if lengths else now + per_round
         active = (env_round <= appending + RUN_AHEAD) & (next_position < last_needed)
-        if not active.any():  # cannot happen: the env owing the next position is always active
-            raise RuntimeError(f"rollout stalled at round {appending}, position {position}; please report this")
+        if not active.any():  # every needed episode has ended: append them
+            if not append_ready():  # cannot happen: the env owing the next position is always active
+                raise RuntimeError(f"rollout stalled at round {appending}, position {position}; please report this")
+            continue
         # an env on its share's last episode restarts, when that ends, from its next round's seed
         next_seeds = round_seeds(env_round + 1) + env_index
         reseed = np.where(env_done == k - 1, next_seeds, -1)
         actions = policy.act(obs, avail, noise.draw(active))
-        step = vec.step(actions, active=active, reseed=reseed)
-        for e, ep in recorder.add(actions, step, envs=active):
-            ended[(int(env_round[e]), int(env_done[e] * E + e))] = ep
-            lengths.append(len(ep["reward"]))
-            env_done[e] += 1
+        vec.step_async(actions, active=active, reseed=reseed)
+        append_ready()  # gather and write earlier episodes while the envs step (SMAX computes meanwhile)
+        step = vec.step_wait()
+        for m in recorder.add(actions, step, envs=active, gather=False):
+            to_gather.append(((int(env_round[m.env]), int(env_done[m.env] * E + m.env)), m))
+            lengths.append(m.length)
+            env_done[m.env] += 1
         moving_on = active & (env_done == k)
         noise.restart(next_seeds, moving_on)
         env_round, env_done[moving_on] = env_round + moving_on, 0
-        while count() < target and (appending, position) in ended:
-            ep = ended.pop((appending, position))
-            left = target - count()
-            if kind == "transitions" and len(ep["reward"]) > left:
-                ep = _cut(ep, left)
-            writer.add_episode(**ep)
-            position += 1
-            if position == per_round:
-                appending, position = appending + 1, 0
-                enter_round()
-            if progress:
-                progress(min(count(), target), target)
-        obs, avail = recorder.cur[0], recorder.cur[2]
+        obs, avail = step.obs, step.avail
     writer.set_progress({"phase": phase + 1})
     writer.flush()
 

@@ -143,13 +143,30 @@ def score(evaluation: dict) -> float:
 
 # ----- episodes out of vector steps ---------------------------------------------------------------------------
 
+@dataclass
+class EndedEpisode:
+    """Where an ended episode lies in an :class:`EpisodeRecorder`, before its arrays are gathered."""
+
+    env: int
+    start: int  # step index of its first step
+    end: int  # one past its last step
+    final: tuple  # (final obs, final state, final avail or None)
+    terminated: bool
+    won: bool
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
 class EpisodeRecorder:
     """Turns vector steps into whole episodes for ``DatasetWriter.add_episode`` (raw observations,
     executed actions, final observations).
 
     Each step is kept as the arrays the vector env returned (one list append per step, whatever the
     number of envs); an env's episode is sliced out of them when it ends, and steps no episode
-    needs any more are dropped.
+    needs any more are dropped. ``add(..., gather=False)`` only notes where ended episodes lie
+    (cheap), and :meth:`gather` builds their arrays later, e.g. while the envs compute the next step.
     """
 
     def __init__(self, spec: EnvSpec, num_envs: int):
@@ -159,25 +176,33 @@ class EpisodeRecorder:
         self.steps: list[tuple] = []  # (obs, state, avail, actions, reward) of every env, one entry per step
         self.first = 0  # step index of self.steps[0]
         self.begin = np.zeros(self.E, np.int64)  # step index at which each env's current episode began
+        self.ungathered: dict[int, int] = {}  # id(EndedEpisode) -> its start, while its rows are still needed
         self.cur = (obs, state, avail)
 
-    def add(self, actions: np.ndarray, step: VecStep, envs: np.ndarray | None = None) -> list[tuple[int, dict]]:
-        """Record one step of every env (or of the ``envs`` mask); returns (env, episode) for the
-        recorded episodes that ended, in env order."""
+    def add(self, actions: np.ndarray, step: VecStep, envs: np.ndarray | None = None, gather: bool = True):
+        """Record one step of every env (or of the ``envs`` mask). Returns the recorded episodes that
+        ended, in env order: (env, episode dict), or :class:`EndedEpisode` markers if not ``gather``."""
         obs, state, avail = self.cur
         t = self.first + len(self.steps)
         self.steps.append((obs, state, avail, actions, step.reward))
         ended = step.done if envs is None else step.done & envs
-        finished = [(int(e), self._episode(int(e), t + 1, step.final_obs[e], step.final_state[e],
-                                           None if step.final_avail is None else step.final_avail[e],
-                                           bool(step.terminated[e]), bool(step.won[e])))
-                    for e in np.flatnonzero(ended)]
+        marks = []
+        for e in np.flatnonzero(ended):
+            final = (step.final_obs[e], step.final_state[e], None if step.final_avail is None else step.final_avail[e])
+            mark = EndedEpisode(int(e), int(self.begin[e]), t + 1, final, bool(step.terminated[e]), bool(step.won[e]))
+            self.begin[e] = t + 1
+            marks.append(mark)
         if envs is not None:
             self.begin[~envs] = t + 1  # an env not recorded now starts afresh when it is again
         self.cur = (step.obs, step.state, step.avail)
+        if gather:
+            out = [(m.env, self.gather(m)) for m in marks]
+        else:
+            self.ungathered.update({id(m): m.start for m in marks})
+            out = marks
         if len(self.steps) >= 256:
             self._drop_old_steps()
-        return finished
+        return out
 
     def cut(self, e: int) -> dict | None:
         """End env e's episode now, as truncated (None if it has no steps yet)."""
@@ -185,25 +210,29 @@ class EpisodeRecorder:
         if end == self.begin[e]:
             return None
         obs, state, avail = self.cur
-        return self._episode(e, end, obs[e], state[e], None if avail is None else avail[e], terminated=False,
-                             won=False)
-
-    def _episode(self, e: int, end: int, final_obs, final_state, final_avail, terminated: bool, won: bool) -> dict:
-        rows = self.steps[self.begin[e] - self.first: end - self.first]
+        mark = EndedEpisode(e, int(self.begin[e]), end, (obs[e], state[e], None if avail is None else avail[e]),
+                            terminated=False, won=False)
         self.begin[e] = end
+        return self.gather(mark)
+
+    def gather(self, m: EndedEpisode) -> dict:
+        """The arrays of an ended episode, as ``DatasetWriter.add_episode`` takes them."""
+        self.ungathered.pop(id(m), None)
+        rows, e = self.steps[m.start - self.first: m.end - self.first], m.env
         ep = {"obs": np.stack([r[0][e] for r in rows]), "state": np.stack([r[1][e] for r in rows]),
               "actions": np.stack([r[3][e] for r in rows]),
               "reward": np.asarray([r[4][e] for r in rows], np.float32),
-              "final_obs": final_obs, "final_state": final_state, "terminated": terminated, "truncated": not terminated}
+              "final_obs": m.final[0], "final_state": m.final[1], "terminated": m.terminated,
+              "truncated": not m.terminated}
         if self.spec.discrete:
-            ep["avail"], ep["final_avail"] = np.stack([r[2][e] for r in rows]), final_avail
+            ep["avail"], ep["final_avail"] = np.stack([r[2][e] for r in rows]), m.final[2]
             ep["actions"] = ep["actions"].astype(np.int32)
         if self.spec.reports_wins:
-            ep["won"] = won
+            ep["won"] = m.won
         return ep
 
     def _drop_old_steps(self) -> None:
-        oldest = int(self.begin.min())
+        oldest = min([int(self.begin.min()), *self.ungathered.values()])
         if oldest > self.first:
             del self.steps[: oldest - self.first]
             self.first = oldest

@@ -97,6 +97,17 @@ class VectorEnv(ABC):
         ``reseed[e]`` (the episode a reset with seed ``reseed[e] - e`` gives env e) where that is
         >= 0, instead of continuing its own RNG."""
 
+    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None,
+                   reseed: np.ndarray | None = None) -> None:
+        """Start ``step(actions, active, reseed)``; :meth:`step_wait` returns its result. A runner
+        that computes in the background (SMAX: JAX dispatches asynchronously) lets the caller work
+        in between; the others step in ``step_wait``."""
+        self._started = (actions, active, reseed)
+
+    def step_wait(self) -> VecStep:
+        started, self._started = self._started, None
+        return self.step(*started)
+
     def close(self) -> None:
         """Stop workers and release simulators."""
 
