@@ -5,7 +5,7 @@ and of behaviour-policy training.
 
 "bare" steps the same vector env with actions drawn before timing; "rollout" runs the real
 collection loop (policy inference on raw observations, action sampling, episode recording into a
-dataset writer, rounds of episodes as `omgmg-data collect` runs them) for a MaMuJoCo-sized transition
+dataset writer, as `omgmg-data collect` runs them) for a MaMuJoCo-sized transition
 budget or a SMACv2-sized episode budget. The policy is a freshly initialised agent (short, varied
 episodes on Hopper: the hardest case for per-episode costs), or with ``--runs HOME`` the medium
 checkpoint of the behaviour runs cached under HOME (an ``OMGMG_HOME``). Target (issue 4): policy inference and recording cost <= 25% of the bare rate.
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.collect import rollout_rounds  # noqa: E402
+from collectors.collect import rollout_episodes  # noqa: E402
 from collectors.envs import make_vector_env, resolve  # noqa: E402
 from collectors.training import algorithm, load_agent, score, train_behaviour  # noqa: E402
 from datakit.writer import DatasetWriter  # noqa: E402
@@ -54,7 +54,7 @@ def rollout(vec, agent, until: tuple[str, int], workdir: Path) -> float:
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         writer = DatasetWriter(Path(d) / "b.zarr", vec.spec)
         t0 = time.perf_counter()
-        rollout_rounds(writer, agent.sampler(), vec, phase=0, until=until, seed=0)
+        rollout_episodes(writer, agent.sampler(), vec, phase=0, until=until, seed=0)
         rate = writer.transitions_added / (time.perf_counter() - t0)
         writer.abort()
     return rate
@@ -74,7 +74,8 @@ def medium_agent(home: Path, ref, algo: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30_000, help="env steps of the bare measurement")
-    p.add_argument("--transitions", type=int, default=300_000, help="transitions of the MaMuJoCo rollout measurement")
+    p.add_argument("--transitions", type=int, default=1_000_000,
+                   help="transitions of the MaMuJoCo rollout measurement (default: collect's default budget)")
     p.add_argument("--smax-episodes", type=int, default=1000, help="episodes of the SMAX rollout measurement")
     p.add_argument("--train-steps", type=int, default=40_000, help="env steps of the training measurement")
     p.add_argument("--skip-training", action="store_true", help="measure rollouts only")

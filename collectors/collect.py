@@ -34,9 +34,9 @@ LEVEL_DEFINITIONS = {
 __doc__ += "\n".join(f"\n- ``{k}``: {v}." for k, v in LEVEL_DEFINITIONS.items()) + """
 
 The behaviour policy acts stochastically while collecting (sampled actions), and the stored action
-is the executed one (continuous samples clipped to the bounds). Rollouts run in seeded *rounds*
-(see :func:`rollout_rounds`), so the same seed and budgets give byte-identical arrays, and an
-interrupted collection resumes at the round it was in.
+is the executed one (continuous samples clipped to the bounds). Every episode has its own seed
+(see :func:`rollout_episodes`), so the same seed and budgets give byte-identical arrays, and an
+interrupted collection resumes at the first episode it had not committed.
 """
 
 DEFAULT_BUDGET = {"mamujoco": ("transitions", 1_000_000), "smacv2": ("episodes", 1000), "fixture": ("episodes", 100)}
@@ -135,121 +135,105 @@ class NoiseStreams:
         return out
 
 
-# ----- rounds --------------------------------------------------------------------------------------------------
+# ----- episode slots ---------------------------------------------------------------------------------------------
 
-EPISODES_PER_ENV = 4
-"""Episodes each env runs per round (a round is num_envs x this many episodes, and the unit a
-resumed collection redoes)."""
-RUN_AHEAD = 4
-"""Rounds an env may run ahead of the round being appended (bounds the episodes held in memory)."""
-
-
-def _round_seed(seed: int, phase: int, round_: int) -> int:
-    """The seed env e restarts from in a round is this + e (kept below 2**31 for JAX's int32)."""
-    return (seed * 7_368_787 + phase * 1_000_003 + round_ * 104_729 + 17) % (2 ** 31 - 2 ** 20)
+def _phase_seed(seed: int, phase: int) -> int:
+    """Episode j of a phase starts from seed ``_phase_seed + j`` (kept below 2**31 for JAX's int32,
+    with room for 2**24 episodes)."""
+    return (seed * 7_368_787 + phase * 1_000_003 + 17) % (2 ** 31 - 2 ** 24)
 
 
-def rollout_rounds(writer: DatasetWriter, policy: RolloutPolicy, vec, *, phase: int, until: tuple[str, int], seed: int,
-                   episodes_per_env: int = EPISODES_PER_ENV,
-                   progress: Callable[[int, int], None] | None = None) -> None:
+def rollout_episodes(writer: DatasetWriter, policy: RolloutPolicy, vec, *, phase: int, until: tuple[str, int],
+                     seed: int, progress: Callable[[int, int], None] | None = None) -> None:
     """Append episodes of ``policy`` until the writer holds ``until`` = (kind, count).
 
-    Round r of a phase holds ``num_envs x episodes_per_env`` episodes: env e starts it from a reset
-    seeded by (seed, phase, r, e), draws its policy noise from its own stream seeded the same way,
-    and runs ``episodes_per_env`` episodes back to back, its j-th taking position ``j * num_envs + e``
-    of the round. An env that has run its share starts its share of the next round at once (at most
-    RUN_AHEAD rounds ahead), so envs rarely wait for each other. Episodes are appended in position order as
-    soon as every earlier position has ended, until the budget is met (a transition budget cuts the
-    last episode, stored as truncated).
+    Episode j of a phase (its *slot*) starts from a reset seeded ``_phase_seed(seed, phase) + j`` and
+    draws its policy noise from a stream seeded the same way, whichever env runs it. Each env is
+    given its next slot when it starts one (so its auto-reset can start that slot at once), and no
+    env waits for another: only the last episodes of a budget run alone. Episodes are appended in slot
+    order as soon as every earlier slot has ended, until the budget is met (a transition budget cuts
+    the last episode, stored as truncated).
 
-    Each env's episodes depend on its own seeds alone, so the data is a function of the seed and the
-    budget: not of how long episodes run (no bias towards short ones), nor of which env ran ahead,
-    nor of the number of worker processes; and an interrupted collection redoes the round it was in.
+    An episode depends on its slot's seed alone, so the data is a function of the seed and the
+    budget: not of how long episodes run (slot j is kept whatever its length), nor of which env ran
+    it, nor of the number of envs or worker processes; a smaller budget keeps a prefix of a larger
+    one; an interrupted collection resumes at the first slot it had not committed.
     """
     kind, target = until
     count = lambda: writer.transitions_added if kind == "transitions" else writer.episodes_added  # noqa: E731
-    E, k = vec.num_envs, episodes_per_env
-    per_round = E * k
     prog = writer.progress
-    if prog.get("phase") == phase and "episodes_before" in prog:
-        writer.truncate(prog["episodes_before"])  # redo the round a crash interrupted
-        appending = prog["round"]
-    else:
-        appending = 0
-    position = 0  # the next position of round `appending` to append
-
-    def enter_round() -> None:  # a resume point: the writer's state as the round starts
-        writer.set_progress({"phase": phase, "round": appending, "episodes_before": writer.episodes_added})
+    if prog.get("phase") != phase:  # a new phase: remember where it starts in the dataset
+        writer.set_progress({"phase": phase, "first_episode": writer.episodes_added})
         writer.flush()
-
-    enter_round()
-    env_index = np.arange(E)
-    env_round = np.full(E, appending)  # the round each env is running
-    env_done = np.zeros(E, np.int64)  # episodes it has ended in that round
-    ended: dict[tuple[int, int], dict] = {}  # (round, position) -> an ended episode not yet appended
-    to_gather: list[tuple[tuple[int, int], EndedEpisode]] = []  # episodes that ended in the last step
+    first_episode = writer.progress["first_episode"]
+    base = _phase_seed(seed, phase)
+    E = vec.num_envs
+    append_slot = writer.episodes_added - first_episode  # on resume: the committed episodes are kept
+    slot = append_slot + np.arange(E)  # the slot each env runs
+    planned = slot + E  # the slot each env starts when its episode ends
+    unassigned = append_slot + 2 * E
+    ended: dict[int, dict] = {}  # slot -> an ended episode not yet appended
+    to_gather: list[tuple[int, EndedEpisode]] = []  # episodes that ended in the last step
     noise = NoiseStreams(E, policy.noise_kind, policy.noise_shape)
-    round_seeds = np.vectorize(lambda r: _round_seed(seed, phase, int(r)), otypes=[np.int64])
-    first_seed = _round_seed(seed, phase, appending)
-    r = vec.reset(first_seed)
-    noise.restart(first_seed + env_index, np.ones(E, bool))
+    r = vec.reset(base + append_slot)  # env e starts slot append_slot + e
+    noise.restart(base + slot, np.ones(E, bool))
     recorder = EpisodeRecorder(vec.spec, E)
     recorder.start(*r)
     obs, avail = r.obs, r.avail
-    lengths: list[int] = []
 
     def append_ready() -> bool:
         """Gather the episodes that ended in the last step, append those whose turn has come; True if
         any was appended."""
-        nonlocal appending, position
-        for key, m in to_gather:
-            ended[key] = recorder.gather(m)
+        nonlocal append_slot
+        for j, m in to_gather:
+            ended[j] = recorder.gather(m)
         to_gather.clear()
         appended = False
-        while count() < target and (appending, position) in ended:
-            ep = ended.pop((appending, position))
+        while count() < target and append_slot in ended:
+            ep = ended.pop(append_slot)
             left = target - count()
             if kind == "transitions" and len(ep["reward"]) > left:
                 ep = _cut(ep, left)
             writer.add_episode(**ep)
+            append_slot += 1
             appended = True
-            position += 1
-            if position == per_round:
-                appending, position = appending + 1, 0
-                enter_round()
             if progress:
                 progress(min(count(), target), target)
         return appended
 
+    def needed() -> np.ndarray:
+        """Which envs run a slot the budget may still need (this decides what runs, never the data)."""
+        if kind == "episodes":  # the slots below the number of episodes still to add
+            return slot < append_slot + target - count()
+        # a slot is needed while the slots before it may hold fewer transitions than the budget; a lower
+        # bound of those: the ended ones' lengths, the running ones' steps so far, 1 for each other
+        running = recorder.first + len(recorder.steps) - recorder.begin  # steps so far of each env's episode
+        ended_slots = np.array([*ended.keys(), *(j for j, _ in to_gather)], np.int64)
+        ended_lengths = np.array([*(len(ep["reward"]) for ep in ended.values()), *(m.length for _, m in to_gather)],
+                                 np.int64)
+        before = slot[:, None] > np.concatenate([slot, ended_slots])[None, :]  # (E, E + ended)
+        known = before @ np.concatenate([running, ended_lengths])
+        unknown = slot - append_slot - before.sum(1)  # earlier slots neither running nor ended: >= 1 step each
+        return count() + known + unknown < target
+
     while count() < target:
-        # step the envs whose next episode may be needed (this only decides what runs, not the data)
-        next_position = env_round * per_round + env_done * E + env_index
-        now = appending * per_round + position
-        if kind == "episodes":
-            last_needed = now + target - count()
-        else:  # expected episodes still needed, from the lengths seen so far, with a margin
-            last_needed = now + E + int(1.2 * (target - count()) / np.mean(lengths)) if lengths else now + per_round
-        active = (env_round <= appending + RUN_AHEAD) & (next_position < last_needed)
+        active = needed()
         if not active.any():  # every needed episode has ended: append them
-            if not append_ready():  # cannot happen: the env owing the next position is always active
-                raise RuntimeError(f"rollout stalled at round {appending}, position {position}; please report this")
+            if not append_ready():  # cannot happen: the slot to append next is running or has ended
+                raise RuntimeError(f"rollout stalled at episode slot {append_slot}; please report this")
             continue
-        # an env on its share's last episode restarts, when that ends, from its next round's seed
-        next_seeds = round_seeds(env_round + 1) + env_index
-        reseed = np.where(env_done == k - 1, next_seeds, -1)
         actions = policy.act(obs, avail, noise.draw(active))
-        vec.step_async(actions, active=active, reseed=reseed)
+        vec.step_async(actions, active=active, reseed=base + planned)
         append_ready()  # gather and write earlier episodes while the envs step (SMAX computes meanwhile)
         step = vec.step_wait()
         for m in recorder.add(actions, step, envs=active, gather=False):
-            to_gather.append(((int(env_round[m.env]), int(env_done[m.env] * E + m.env)), m))
-            lengths.append(m.length)
-            env_done[m.env] += 1
-        moving_on = active & (env_done == k)
-        noise.restart(next_seeds, moving_on)
-        env_round, env_done[moving_on] = env_round + moving_on, 0
+            e = m.env
+            to_gather.append((int(slot[e]), m))
+            slot[e], planned[e], unassigned = planned[e], unassigned, unassigned + 1
+        moved = step.done & active
+        noise.restart(base + slot, moved)
         obs, avail = step.obs, step.avail
-    writer.set_progress({"phase": phase + 1})
+    writer.set_progress({"phase": phase + 1, "first_episode": writer.episodes_added})  # where the next phase starts
     writer.flush()
 
 
@@ -347,13 +331,13 @@ def collect(req: CollectRequest, *, on_note: Callable[[str], None] = print,
     try:
         if req.level == "medium-expert":
             if writer.progress.get("phase", 0) == 0:  # not past the medium half yet (fresh or resumed)
-                rollout_rounds(writer, load_agent(picks["medium"]["path"])[0].sampler(), vec, phase=0,
+                rollout_episodes(writer, load_agent(picks["medium"]["path"])[0].sampler(), vec, phase=0,
                               until=(kind, max(1, target // 2)), seed=req.seed, progress=on_rollout)
-            rollout_rounds(writer, load_agent(picks["expert"]["path"])[0].sampler(), vec, phase=1,
+            rollout_episodes(writer, load_agent(picks["expert"]["path"])[0].sampler(), vec, phase=1,
                           until=(kind, target), seed=req.seed, progress=on_rollout)
         else:
             policy = random_policy(spec) if req.level == "random" else load_agent(picks[req.level]["path"])[0].sampler()
-            rollout_rounds(writer, policy, vec, phase=0, until=(kind, target), seed=req.seed, progress=on_rollout)
+            rollout_episodes(writer, policy, vec, phase=0, until=(kind, target), seed=req.seed, progress=on_rollout)
     finally:
         torch.set_num_threads(threads)
         vec.close()

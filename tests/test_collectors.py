@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from cli.data import main as data_cli
-from collectors.collect import CollectRequest, collect, random_policy, rollout_rounds
+from collectors.collect import CollectRequest, collect, random_policy, rollout_episodes
 from collectors.common import Rollout, gae
 from collectors.envs import resolve
 from collectors.envs.base import MultiAgentEnv, Reset, Step
@@ -285,30 +285,34 @@ class RaggedEnv(MultiAgentEnv):
 
 
 def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path):
-    """Each env's episodes come from its own seeds, so a smaller budget keeps a prefix of a larger
-    one although envs run (and run ahead) differently; a worker process changes nothing."""
-    def run(name, until, vec):
+    """Each episode comes from its own seed, so a smaller budget keeps a prefix of a larger one,
+    and neither the number of envs (which run episodes of 1-12 steps out of step with each other)
+    nor a worker process changes anything."""
+    def run(name, until, envs):
         writer = DatasetWriter(tmp_path / name, RaggedEnv.spec)
-        rollout_rounds(writer, random_policy(RaggedEnv.spec), vec, phase=0, until=until, seed=3, episodes_per_env=1)
+        vec = SerialVectorEnv(RaggedEnv, envs)
+        rollout_episodes(writer, random_policy(RaggedEnv.spec), vec, phase=0, until=until, seed=3)
         vec.close()
         return writer.close()
 
-    small = run("s.zarr", ("episodes", 7), SerialVectorEnv(RaggedEnv, 4))
-    large = run("l.zarr", ("episodes", 60), SerialVectorEnv(RaggedEnv, 4))  # envs two rounds apart meet
-    cut = run("c.zarr", ("transitions", 101), SerialVectorEnv(RaggedEnv, 4))
+    small = run("s.zarr", ("episodes", 7), 4)
+    large = run("l.zarr", ("episodes", 60), 4)
+    other = run("o.zarr", ("episodes", 60), 7)
+    cut = run("c.zarr", ("transitions", 101), 4)
     assert small.n_episodes == 7 and large.n_episodes == 60 and cut.n_transitions == 101
     lengths = large.read("episodes/length")
     assert np.array_equal(small.read("episodes/length"), lengths[:7]) and len(np.unique(lengths)) > 5
     for key in ("steps/obs", "steps/actions", "steps/reward"):
         assert np.array_equal(small.read(key), large.read(key, 0, small.n_transitions)), key
         assert np.array_equal(cut.read(key), large.read(key, 0, 101)), key
+        assert np.array_equal(other.read(key), large.read(key)), key
     fixture = [collect(CollectRequest("fixture", "continuous", "random", episodes=9, num_envs=3, workers=w,
                                       out=tmp_path / f"w{w}.zarr"), on_note=lambda m: None) for w in (1, 2)]
     assert np.array_equal(fixture[0].read("steps/obs"), fixture[1].read("steps/obs"))
 
 
 def test_interrupted_collection_resumes_to_the_same_dataset(tmp_path):
-    base = dict(episodes=40, workers=1, train_steps=1000, num_envs=4)  # rounds of 16 episodes
+    base = dict(episodes=40, workers=1, train_steps=1000, num_envs=4)
     reference = collect(CollectRequest("fixture", "continuous", "medium-expert", out=tmp_path / "ref.zarr", **base),
                         on_note=lambda m: None)
 
