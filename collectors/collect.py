@@ -105,8 +105,9 @@ def random_policy(spec: EnvSpec) -> RolloutPolicy:
 
 
 class NoiseStreams:
-    """Each env's policy noise from its own generator, drawn in blocks: env e's t-th draw depends
-    only on its seed and t, never on the other envs or on when env e runs."""
+    """Each env's policy noise from its own generator, restarted with the seed of every episode the
+    env starts and drawn in blocks: an episode's t-th draw depends only on its seed and t, never on
+    the other envs or on when the env runs."""
 
     def __init__(self, num_envs: int, kind: str, shape: tuple[int, ...], block: int = 256):
         self.kind, self.shape, self.block = kind, shape, block
