@@ -5,10 +5,11 @@ and of behaviour-policy training.
 
 "bare" steps the same vector env with actions drawn before timing; "rollout" runs the real
 collection loop (policy inference on raw observations, action sampling, episode recording into a
-dataset writer, as `omgmg-data collect` runs them) for a MaMuJoCo-sized transition
-budget or a SMACv2-sized episode budget. The policy is a freshly initialised agent (short, varied
-episodes on Hopper: the hardest case for per-episode costs), or with ``--runs HOME`` the medium
-checkpoint of the behaviour runs cached under HOME (an ``OMGMG_HOME``). Target (issue 4): policy inference and recording cost <= 25% of the bare rate.
+dataset writer, as `omgmg-data collect` runs them) for collect's default budgets (1M transitions,
+1000 SMACv2 episodes). The policy is a freshly initialised agent (short, varied episodes on Hopper:
+the hardest case for per-episode costs), or with ``--runs HOME`` the medium checkpoint of the
+behaviour runs cached under HOME (an ``OMGMG_HOME``). Target (issue 4): policy inference and
+recording cost <= 25% of the bare rate.
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.collect import rollout_episodes  # noqa: E402
+from collectors.collect import choose_checkpoints, rollout_episodes  # noqa: E402
 from collectors.envs import make_vector_env, resolve  # noqa: E402
-from collectors.training import algorithm, load_agent, score, train_behaviour  # noqa: E402
+from collectors.training import algorithm, checkpoint_evaluations, load_agent, train_behaviour  # noqa: E402
 from datakit.writer import DatasetWriter  # noqa: E402
 
 CASES = [("mamujoco/Hopper-3x1", None, 64, 2), ("mamujoco/HalfCheetah-6x1", None, 64, 2),
@@ -61,14 +62,11 @@ def rollout(vec, agent, until: tuple[str, int], workdir: Path) -> float:
 
 
 def medium_agent(home: Path, ref, algo: str):
-    """The medium checkpoint (score closest to half the best) of the first cached run of a task."""
+    """The medium checkpoint (as `omgmg-data collect` picks it) of the first cached run of a task."""
     runs = sorted((home / "runs" / ref.suite / ref.task / ref.backend / algo).glob("seed*"))
     if not runs:
         raise SystemExit(f"no cached {algo} run of {ref.name} under {home}")
-    paths = sorted(runs[0].glob("checkpoints/step_*.pt"))
-    scores = [score(torch.load(p, map_location="cpu", weights_only=True)["eval"]) for p in paths]
-    medium = min(range(len(paths)), key=lambda i: abs(scores[i] - 0.5 * max(scores)))
-    return load_agent(paths[medium])[0]
+    return load_agent(choose_checkpoints(checkpoint_evaluations(runs[0]), 0.5)["medium"]["path"])[0]
 
 
 def main() -> None:

@@ -256,9 +256,9 @@ def default_out(ref: TaskRef, level: str, seed: int) -> Path:
     return data_home() / "datasets" / f"{ref.suite}-{ref.task}-{ref.backend}-{level}-seed{seed}.zarr"
 
 
-def choose_checkpoints(run, fraction: float) -> dict[str, dict]:
-    """The expert (best score) and medium (score closest to fraction x expert's) checkpoints."""
-    evals = run.evaluations()
+def choose_checkpoints(evals: list[dict], fraction: float) -> dict[str, dict]:
+    """The expert (best score) and medium (score closest to fraction x expert's) checkpoints among a
+    run's evaluations (``RunDir.evaluations``)."""
     expert = max(evals, key=lambda e: (score(e["eval"]), e["env_steps"]))
     target = fraction * score(expert["eval"])
     medium = min(evals, key=lambda e: (abs(score(e["eval"]) - target), e["env_steps"]))
@@ -295,7 +295,7 @@ def collect(req: CollectRequest, *, on_note: Callable[[str], None] = print,
         cfg_cls, _ = algorithm(algo)
         cfg = cfg_cls(total_env_steps=req.train_steps or DEFAULT_TRAIN_STEPS[algo], seed=req.seed, workers=req.workers)
         run = train_behaviour(ref, algo, cfg, progress=on_train)
-        picks = choose_checkpoints(run, req.medium_fraction)
+        picks = choose_checkpoints(run.evaluations(), req.medium_fraction)
         collection["behaviour_run"] = str(run.root)
         collection["checkpoints"] = {name: {"env_steps": p["env_steps"], "sha256": file_sha256(p["path"]),
                                             "eval_score": score(p["eval"])} for name, p in picks.items()}

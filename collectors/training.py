@@ -109,23 +109,33 @@ class RunDir:
         return self.root / "replay.zarr"
 
     def checkpoints(self) -> list[Path]:
-        return sorted(self.root.glob("checkpoints/step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        return checkpoint_paths(self.root)
 
     def load(self, path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def evaluations(self) -> list[dict]:
         """(env steps, eval dict, path) of every checkpoint, in order."""
-        out = []
-        for p in self.checkpoints():
-            ck = self.load(p)
-            out.append({"env_steps": int(ck["env_steps"]), "eval": ck["eval"], "path": p,
-                        "replay_episodes": int(ck["replay_episodes"])})
-        return out
+        return checkpoint_evaluations(self.root)
 
     def log(self, record: dict) -> None:
         with open(self.root / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def checkpoint_paths(root: Path) -> list[Path]:
+    """The checkpoints of the run at ``root``, in env-step order."""
+    return sorted(root.glob("checkpoints/step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+
+def checkpoint_evaluations(root: Path) -> list[dict]:
+    """(env steps, eval dict, path, replay episodes) of every checkpoint of the run at ``root``, in order."""
+    out = []
+    for p in checkpoint_paths(root):
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+        out.append({"env_steps": int(ck["env_steps"]), "eval": ck["eval"], "path": p,
+                    "replay_episodes": int(ck["replay_episodes"])})
+    return out
 
 
 def file_sha256(path: Path) -> str:
