@@ -279,7 +279,7 @@ def test_smax_time_limit_is_200_steps_and_a_truncation(smax_vec):
 
 def test_smax_seeded_reset_is_deterministic_and_teams_are_race_only(smax_vec):
     a = smax_vec.reset(seed=9)
-    types = np.asarray(smax_vec._state.state.unit_types)  # (E, 10)
+    types = np.concatenate([np.asarray(p.state.state.unit_types) for p in smax_vec._parts])  # (E, 10)
     b = smax_vec.reset(seed=9)
     assert np.array_equal(a.obs, b.obs) and np.array_equal(a.state, b.state)
     assert set(np.unique(types)) <= {2, 3}  # SMAX's stalker and zealot
@@ -301,6 +301,35 @@ def test_dataset_compatibility_checks(tmp_path):
     assert (ref.backend, ref.options) == ("gymnasium-robotics", {"obs_mode": "omiga"})
     with pytest.raises(DatasetError, match="obs_mode omiga vs None"):
         check_compatible(omiga_like, make_env("mamujoco/Hopper-3x1").spec)
+
+
+def test_smax_parts_step_exactly_like_one_batch(smax_vec):
+    """Envs split into separately dispatched batches (stepped whole, or part by part through
+    ``groups()`` as the collector does) give the results of one vmapped batch."""
+    import dataclasses
+
+    parted = make_vector_env("smacv2/protoss_5v5", 4, backend="smax", parts=2)
+    a, b = smax_vec.reset(seed=3), parted.reset(seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    groups = parted.groups()
+    assert [(g.envs.start, g.envs.stop) for g in groups] == [(0, 2), (2, 4)]
+    avail, ends = a.avail, 0
+    for t in range(120):
+        actions = _first_available(smax_vec, avail)
+        active = np.array([True, t % 3 > 0, True, t % 5 > 0])
+        reseed = np.array([50 + t, -1, 70 + t, -1])
+        whole = smax_vec.step(actions, active=active, reseed=reseed)
+        if t % 2:
+            step = parted.step(actions, active=active, reseed=reseed)
+        else:  # part by part, the second dispatched before the first is fetched
+            for g in groups:
+                g.step_async(actions[g.envs], active=active[g.envs], reseed=reseed[g.envs])
+            parts = [g.step_wait() for g in groups]
+            step = type(whole)(*(np.concatenate(x) for x in zip(*map(dataclasses.astuple, parts))))
+        for f in dataclasses.fields(whole):
+            assert np.array_equal(getattr(step, f.name), getattr(whole, f.name)), (t, f.name)
+        avail, ends = whole.avail, ends + int(whole.done.sum())
+    assert ends > 0
 
 
 def _first_available(vec, avail):

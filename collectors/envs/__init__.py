@@ -119,11 +119,12 @@ def make_env(name: str | TaskRef, task: str | None = None, *, backend: str | Non
 
 
 def make_vector_env(name: str | TaskRef, num_envs: int, task: str | None = None, *, backend: str | None = None,
-                    workers: int = 1, **options) -> VectorEnv:
+                    workers: int = 1, parts: int = 1, **options) -> VectorEnv:
     """``num_envs`` environments stepped together with auto-reset.
 
-    SMAX steps all envs in one jitted vmap; CPU simulators run in this process (``workers=1``) or
-    split over ``workers`` processes.
+    SMAX steps its envs in one jitted vmap, or in ``parts`` batches dispatched separately (while JAX
+    computes one, the caller works on another: ``VectorEnv.groups()``); CPU simulators run in this
+    process (``workers=1``) or split over ``workers`` processes.
     """
     if num_envs < 1:
         raise DatasetError(f"num_envs must be >= 1, got {num_envs}")
@@ -131,7 +132,7 @@ def make_vector_env(name: str | TaskRef, num_envs: int, task: str | None = None,
     if ref.suite == "smacv2" and ref.backend == "smax":
         from collectors.envs.smax import SmaxVectorEnv
 
-        return SmaxVectorEnv(ref.task, num_envs)
+        return SmaxVectorEnv(ref.task, num_envs, parts)
     from collectors.envs.vector import SerialVectorEnv, SubprocVectorEnv
 
     if workers > 1:

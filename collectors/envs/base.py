@@ -108,6 +108,13 @@ class VectorEnv(ABC):
         started, self._started = self._started, None
         return self.step(*started)
 
+    def groups(self) -> list["EnvGroup"]:
+        """The parts of this vector env that step independently, in env order (rows ``group.envs``):
+        while one part steps, the caller can work on another (see ``collectors.collect``). Parts are
+        stepped through their own ``step_async``/``step_wait``, never mixed with the whole env's within
+        one step. The default is one part: the whole env."""
+        return [EnvGroup(slice(0, self.num_envs), self.step_async, self.step_wait)]
+
     def close(self) -> None:
         """Stop workers and release simulators."""
 
@@ -116,6 +123,20 @@ class VectorEnv(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass
+class EnvGroup:
+    """Rows ``envs`` of a vector env, stepped on their own: ``step_async(actions, active, reseed)``
+    with arrays of those rows only, then ``step_wait() -> VecStep`` of those rows."""
+
+    envs: slice
+    step_async: Callable[..., None]
+    step_wait: Callable[[], VecStep]
+
+    @property
+    def size(self) -> int:
+        return self.envs.stop - self.envs.start
 
 
 class EpisodeResults(NamedTuple):

@@ -20,13 +20,14 @@ What we change from SMAX's ``smacv2_{n}_units`` scenario (see also ``collectors.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import sys
 
 import numpy as np
 
-from collectors.envs.base import MultiAgentEnv, Reset, Step, VecStep, VectorEnv
+from collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
 from collectors.envs.smacv2 import EPISODE_LIMIT, parse_task, smax_missing
 from datakit.errors import DatasetError
 from datakit.spec import Discrete, EnvSpec
@@ -141,67 +142,117 @@ class _SmaxCore:
             pick = lambda new, old: jax.tree.map(lambda x, y: jnp.where(done, x, y), new, old)  # noqa: E731
             next_state = strong(jax.tree.map(lambda x, y: jnp.where(active, x, y), pick(r_state, stepped), state_in))
             key = jnp.where(active, key, key_in)
-            return (key, next_state, pick(r_o, o), pick(r_s, s), pick(r_av, av), rewards[agents[0]].astype(jnp.float32),
-                    terminated, truncated, won, o, s, av)
+            results = (pick(r_o, o), pick(r_s, s), pick(r_av, av), rewards[agents[0]], terminated, truncated, won,
+                       o, s, av)
+            return key, next_state, jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in results])
 
         def reset_seeded(seed):
             k_reset, k_steps = seeded_keys(seed)
             return (k_steps, *reset_one(k_reset))
 
         self.reset = jax.jit(jax.vmap(reset_seeded))
-        self.step = jax.jit(jax.vmap(step_one))
+        self.step = jax.jit(jax.vmap(step_one))  # -> keys, states, every result packed in one (E, D) array
         self.jax, self.jnp = jax, jnp
+        N, O, S, K = n, obs_dim, self.spec.state_dim, n_actions
+        # the packed results, in step_one's order: one transfer per step instead of ten
+        self.packed = [("obs", (N, O), np.float32), ("state", (S,), np.float32), ("avail", (N, K), bool),
+                       ("reward", (), np.float32), ("terminated", (), bool), ("truncated", (), bool), ("won", (), bool),
+                       ("final_obs", (N, O), np.float32), ("final_state", (S,), np.float32),
+                       ("final_avail", (N, K), bool)]
+
+    def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray]:
+        """The (E, D) array of a step as named arrays (E, ...), each its own copy."""
+        out, at = {}, 0
+        for name, shape, dtype in self.packed:
+            size = int(np.prod(shape))
+            out[name] = packed[:, at: at + size].reshape(-1, *shape).astype(dtype)
+            at += size
+        return out
 
 
-class SmaxVectorEnv(VectorEnv):
-    """E SMAX envs in one jitted, vmapped step (2 cores saturate at about 16 envs)."""
+class _SmaxPart:
+    """Envs lo:hi of a :class:`SmaxVectorEnv`: their own keys and state batch, stepped by one call of
+    the shared jitted step."""
 
-    def __init__(self, task: str, num_envs: int):
-        self.core = _SmaxCore(task)
-        self.spec, self.num_envs = self.core.spec, num_envs
-        self._keys = self._state = None
+    def __init__(self, core: _SmaxCore, lo: int, hi: int):
+        self.core, self.envs, self.n = core, slice(lo, hi), hi - lo
+        self.keys = self.state = self.started = None
 
     def reset(self, seed: int) -> Reset:
         jnp = self.core.jnp
-        self._keys, self._state, obs, state, avail = self.core.reset(jnp.arange(self.num_envs, dtype=jnp.uint32) + seed)
-        if not getattr(self, "_warm", False):  # compile the step now, not in the middle of a run
-            E = self.num_envs  # the same argument types as step_async's, so this is its only compilation
-            self.core.step(self._keys, self._state, np.zeros((E, self.spec.n_agents), np.int32),
-                           np.full(E, -1, np.int32), np.ones(E, bool))
-            self._warm = True
-        self._last = Reset(np.array(obs), np.array(state), np.array(avail))  # copies: JAX's buffers are read-only
-        return Reset(*(x.copy() for x in self._last))
+        self.keys, self.state, obs, state, avail = self.core.reset(
+            jnp.arange(self.envs.start, self.envs.stop, dtype=jnp.uint32) + seed)
+        self.last = Reset(np.array(obs), np.array(state), np.array(avail))  # copies: JAX's buffers are read-only
+        return Reset(*(x.copy() for x in self.last))
+
+    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None,
+                   reseed: np.ndarray | None = None) -> None:
+        """Dispatch the jitted step and return at once (JAX computes it on its own threads)."""
+        if self.state is None:
+            raise DatasetError("reset the environment before stepping it")
+        n = self.n
+        # numpy straight into the jitted step: converting with jnp.asarray first cost 10% of a step
+        actions = np.asarray(actions, np.int32).reshape(n, self.core.spec.n_agents)
+        reseed = np.full(n, -1, np.int32) if reseed is None else np.asarray(reseed, np.int32)
+        on = np.ones(n, bool) if active is None else np.asarray(active, bool)
+        out = self.core.step(self.keys, self.state, actions, reseed, on)
+        self.keys, self.state = out[0], out[1]
+        self.started = (on, out[2])
+
+    def step_wait(self) -> VecStep:
+        if self.started is None:
+            raise RuntimeError("step_wait() without step_async()")
+        on, packed = self.started
+        self.started = None
+        r = self.core.unpack(np.asarray(packed))
+        if not on.all():
+            for name, old in zip(("obs", "state", "avail"), self.last):
+                r[name][~on] = old[~on]
+        self.last = Reset(r["obs"].copy(), r["state"].copy(), r["avail"].copy())
+        return VecStep(**r)
+
+
+class SmaxVectorEnv(VectorEnv):
+    """E SMAX envs in one jitted, vmapped step, or in ``parts`` batches stepped by separate calls of
+    it (one compilation): while JAX computes one part, the caller can work on another (``groups``)."""
+
+    def __init__(self, task: str, num_envs: int, parts: int = 1):
+        self.core = _SmaxCore(task)
+        self.spec, self.num_envs = self.core.spec, num_envs
+        parts = max(1, min(parts, num_envs))
+        bounds = np.linspace(0, num_envs, parts + 1).round().astype(int)
+        self._parts = [_SmaxPart(self.core, int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self._warm: set[int] = set()
+
+    def reset(self, seed: int) -> Reset:
+        for p in self._parts:
+            if p.n not in self._warm:  # compile the step now, not in the middle of a run
+                keys, state, *_ = self.core.reset(self.core.jnp.arange(p.n, dtype=self.core.jnp.uint32))
+                self.core.step(keys, state, np.zeros((p.n, self.spec.n_agents), np.int32),  # step_async's argument
+                               np.full(p.n, -1, np.int32), np.ones(p.n, bool))  # types: its only compilation
+                self._warm.add(p.n)
+        parts = [p.reset(seed) for p in self._parts]
+        return Reset(*(np.concatenate(x) for x in zip(*parts)))
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None, reseed: np.ndarray | None = None) -> VecStep:
-        """All envs in one vmapped call; an inactive env keeps its state (its rows repeat its last result)."""
+        """All envs, one vmapped call per part; an inactive env keeps its state (its rows repeat its
+        last result)."""
         self.step_async(actions, active, reseed)
         return self.step_wait()
 
     def step_async(self, actions: np.ndarray, active: np.ndarray | None = None,
                    reseed: np.ndarray | None = None) -> None:
-        """Dispatch the jitted step and return at once (JAX computes it on its own threads)."""
-        if self._state is None:
-            raise DatasetError("reset the environment before stepping it")
-        E = self.num_envs
-        # numpy straight into the jitted step: converting with jnp.asarray first cost 10% of a step
-        actions = np.asarray(actions, np.int32).reshape(E, self.spec.n_agents)
-        reseed = np.full(E, -1, np.int32) if reseed is None else np.asarray(reseed, np.int32)
-        on = np.ones(E, bool) if active is None else np.asarray(active, bool)
-        out = self.core.step(self._keys, self._state, actions, reseed, on)
-        self._keys, self._state = out[0], out[1]
-        self._started = (on, out[2:])
+        for p in self._parts:
+            p.step_async(*(None if x is None else x[p.envs] for x in (actions, active, reseed)))
 
     def step_wait(self) -> VecStep:
-        on, (obs, state, avail, reward, terminated, truncated, won, final_obs, final_state, final_avail) = self._started
-        self._started = None
-        a = np.array  # copies: JAX's buffers are read-only
-        obs, state, avail = a(obs), a(state), a(avail)
-        if not on.all():
-            for new, old in zip((obs, state, avail), self._last):
-                new[~on] = old[~on]
-        self._last = Reset(obs.copy(), state.copy(), avail.copy())
-        return VecStep(obs, state, avail, a(reward), a(terminated), a(truncated), a(won),
-                       a(final_obs), a(final_state), a(final_avail))
+        parts = [p.step_wait() for p in self._parts]
+        if len(parts) == 1:
+            return parts[0]
+        return VecStep(*(np.concatenate(x) for x in zip(*(dataclasses.astuple(s) for s in parts))))
+
+    def groups(self) -> list[EnvGroup]:
+        return [EnvGroup(p.envs, p.step_async, p.step_wait) for p in self._parts]
 
 
 class SmaxEnv(MultiAgentEnv):
@@ -214,7 +265,8 @@ class SmaxEnv(MultiAgentEnv):
 
     def reset(self, seed: int | None = None) -> Reset:
         if seed is None:  # continue the env's own RNG: derive from the running key
-            seed = int(np.asarray(self.vec._keys[0][-1])) if self.vec._keys is not None else self._next_seed
+            keys = self.vec._parts[0].keys
+            seed = int(np.asarray(keys[0][-1])) if keys is not None else self._next_seed
         r = self.vec.reset(seed)
         return Reset(r.obs[0], r.state[0], r.avail[0])
 
