@@ -3,9 +3,10 @@ and of behaviour-policy training.
 
     python benchmarks/collect.py              # Hopper-3x1, HalfCheetah-6x1 (HAPPO), SMAX protoss_5v5 (MAPPO)
 
-"bare" steps the same vector env with actions drawn before timing; "rollout" runs the real
-collection loop (policy inference on raw observations, action sampling, episode recording into a
-dataset writer, as `omgmg-data collect` runs them) for collect's default budgets (1M transitions,
+"bare" steps the same vector env with actions drawn before timing (SMAX: all envs in one vmapped
+batch, its fastest form); "rollout" runs the real collection loop (policy inference on raw
+observations, action sampling, episode recording into a dataset writer, as `omgmg-data collect`
+runs them, SMAX in ``ROLLOUT_PARTS`` batches) for collect's default budgets (1M transitions,
 1000 SMACv2 episodes). The policy is a freshly initialised agent (short, varied episodes on Hopper:
 the hardest case for per-episode costs), or with ``--runs HOME`` the medium checkpoint of the
 behaviour runs cached under HOME (an ``OMGMG_HOME``). Target (issue 4): policy inference and
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.collect import choose_checkpoints, rollout_episodes  # noqa: E402
+from collectors.collect import ROLLOUT_PARTS, choose_checkpoints, rollout_episodes  # noqa: E402
 from collectors.envs import make_vector_env, resolve  # noqa: E402
 from collectors.training import algorithm, checkpoint_evaluations, load_agent, train_behaviour  # noqa: E402
 from datakit.writer import DatasetWriter  # noqa: E402
@@ -88,11 +89,15 @@ def main() -> None:
         os.environ["OMGMG_HOME"] = home
         for name, backend, num_envs, workers in CASES:
             ref = resolve(name, backend=backend)
-            vec = make_vector_env(ref, num_envs, workers=workers)
+            vec = make_vector_env(ref, num_envs, workers=workers)  # SMAX: all envs in one vmapped batch
             algo = "mappo" if vec.spec.discrete else "happo"
             cfg_cls, agent_cls = algorithm(algo)
             agent = agent_cls(vec.spec, cfg_cls()) if args.runs is None else medium_agent(args.runs, ref, algo)
             bare_rate = bare(vec, args.steps)
+            if ROLLOUT_PARTS > 1 and ref.backend == "smax":  # as collect rolls out; compiled before timing
+                vec.close()
+                vec = make_vector_env(ref, num_envs, workers=workers, parts=ROLLOUT_PARTS)
+                vec.reset(seed=0)
             until = ("episodes", args.smax_episodes) if vec.spec.discrete else ("transitions", args.transitions)
             roll_rate = rollout(vec, agent, until, workdir=Path(home))
             vec.close()

@@ -12,7 +12,7 @@ from cli.data import main as data_cli
 from collectors.collect import CollectRequest, collect, random_policy, rollout_episodes
 from collectors.common import Rollout, gae
 from collectors.envs import resolve
-from collectors.envs.base import MultiAgentEnv, Reset, Step
+from collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VectorEnv
 from collectors.envs.vector import SerialVectorEnv
 from collectors.happo import HAPPOAgent, HAPPOConfig
 from collectors.mappo import MAPPOAgent, MAPPOConfig
@@ -309,6 +309,42 @@ def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path):
     fixture = [collect(CollectRequest("fixture", "continuous", "random", episodes=9, num_envs=3, workers=w,
                                       out=tmp_path / f"w{w}.zarr"), on_note=lambda m: None) for w in (1, 2)]
     assert np.array_equal(fixture[0].read("steps/obs"), fixture[1].read("steps/obs"))
+
+
+class PartedVectorEnv(VectorEnv):
+    """RaggedEnvs in separately stepped parts (as SMAX's batches): ``groups()`` gives one per part."""
+
+    def __init__(self, sizes):
+        self.parts = [SerialVectorEnv(RaggedEnv, n) for n in sizes]
+        self.spec, self.num_envs = RaggedEnv.spec, sum(sizes)
+        bounds = np.cumsum([0, *sizes])
+        self.rows = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def reset(self, seed):
+        parts = [p.reset(seed + rows.start) for p, rows in zip(self.parts, self.rows)]
+        return Reset(np.concatenate([r.obs for r in parts]), np.concatenate([r.state for r in parts]), None)
+
+    def step(self, actions, active=None, reseed=None):
+        raise AssertionError("a rollout steps the parts, not the whole env")
+
+    def groups(self):
+        return [EnvGroup(rows, p.step_async, p.step_wait) for p, rows in zip(self.parts, self.rows)]
+
+
+def test_rollout_pipelines_parts_without_changing_the_data(tmp_path):
+    """Stepping the envs in parts (one steps while the next is recorded and acted for; a part with no
+    needed env is not stepped) gives the dataset one batch of the same envs gives."""
+    def run(name, vec, until):
+        writer = DatasetWriter(tmp_path / name, RaggedEnv.spec)
+        rollout_episodes(writer, random_policy(RaggedEnv.spec), vec, phase=0, until=until, seed=3)
+        return writer.close()
+
+    for until in (("episodes", 45), ("transitions", 230)):
+        whole = run(f"w{until[0]}.zarr", SerialVectorEnv(RaggedEnv, 7), until)
+        parted = run(f"p{until[0]}.zarr", PartedVectorEnv([3, 1, 3]), until)
+        assert parted.n_episodes == whole.n_episodes and parted.n_transitions == whole.n_transitions
+        for key in ("steps/obs", "steps/actions", "steps/reward", "steps/truncated", "episodes/length"):
+            assert np.array_equal(parted.read(key), whole.read(key)), (until, key)
 
 
 def test_interrupted_collection_resumes_to_the_same_dataset(tmp_path):
