@@ -131,12 +131,15 @@ class NoiseStreams:
             torch.rand(shape, generator=self.gens[e])
         self.used[e] = 0
 
-    def draw(self, envs: np.ndarray) -> torch.Tensor:
-        """The next draw of every env; only the ``envs`` streams advance (the others' rows are unused)."""
-        for e in np.flatnonzero(self.used == self.block):
-            self._refill(int(e))
-        out = self.buf[np.arange(len(self.gens)), np.minimum(self.used, self.block - 1)]
-        self.used += envs
+    def draw(self, envs: np.ndarray, rows: slice = slice(None)) -> torch.Tensor:
+        """The next draw of the envs in ``rows`` (default all); only the streams where ``envs`` (a mask
+        over those rows) advance, the others' rows are unused."""
+        used = self.used[rows]  # a view: advancing it advances the streams
+        lo = rows.start or 0
+        for e in np.flatnonzero(used == self.block):
+            self._refill(lo + int(e))
+        out = self.buf[rows][np.arange(len(used)), np.minimum(used, self.block - 1)]
+        used += envs
         return out
 
 
@@ -252,9 +255,7 @@ def rollout_episodes(writer: DatasetWriter, policy: RolloutPolicy, vec, *, phase
                 record(k)
             active = needed()[g.envs]
             if active.any() and count() < target:
-                mask = np.zeros(E, bool)
-                mask[g.envs] = active
-                actions = policy.act(obs[g.envs], None if avail is None else avail[g.envs], noise.draw(mask)[g.envs])
+                actions = policy.act(obs[g.envs], None if avail is None else avail[g.envs], noise.draw(active, g.envs))
                 g.step_async(actions, active=active, reseed=base + planned[g.envs])
                 stepping[k] = (actions, active)
             append_ready()  # gather and write earlier episodes while the envs step
