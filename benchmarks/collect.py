@@ -3,10 +3,11 @@ and of behaviour-policy training.
 
     python benchmarks/collect.py              # Hopper-3x1, HalfCheetah-6x1 (HAPPO), SMAX protoss_5v5 (MAPPO)
 
-"bare" steps the same vector env with actions drawn before timing (SMAX: all envs in one vmapped
-batch, its fastest form); "rollout" runs the real collection loop (policy inference on raw
-observations, action sampling, episode recording into a dataset writer, as `omgmg-data collect`
-runs them, SMAX in ``ROLLOUT_PARTS`` batches) for collect's default budgets (1M transitions,
+"bare" steps the same vector env with actions drawn before timing, before and after the rollout
+(the mean of both: the machine's speed drifts; SMAX: all envs in one vmapped batch, its fastest
+form); "rollout" runs the real collection loop (policy inference on raw observations, action
+sampling, episode recording into a dataset writer up to its last append on disk, as `omgmg-data
+collect` runs them, SMAX in ``ROLLOUT_PARTS`` batches) for collect's default budgets (1M transitions,
 1000 SMACv2 episodes). The policy is a freshly initialised agent (short, varied episodes on Hopper:
 the hardest case for per-episode costs), or with ``--runs HOME`` the medium checkpoint of the
 behaviour runs cached under HOME (an ``OMGMG_HOME``). Target (issue 4): policy inference and
@@ -57,6 +58,7 @@ def rollout(vec, agent, until: tuple[str, int], workdir: Path) -> float:
         writer = DatasetWriter(Path(d) / "b.zarr", vec.spec)
         t0 = time.perf_counter()
         rollout_episodes(writer, agent.sampler(), vec, phase=0, until=until, seed=0)
+        writer.sync()  # the last appends run in the background: count them
         rate = writer.transitions_added / (time.perf_counter() - t0)
         writer.abort()
     return rate
@@ -93,14 +95,16 @@ def main() -> None:
             algo = "mappo" if vec.spec.discrete else "happo"
             cfg_cls, agent_cls = algorithm(algo)
             agent = agent_cls(vec.spec, cfg_cls()) if args.runs is None else medium_agent(args.runs, ref, algo)
-            bare_rate = bare(vec, args.steps)
+            roll_vec = vec
             if ROLLOUT_PARTS > 1 and ref.backend == "smax":  # as collect rolls out; compiled before timing
-                vec.close()
-                vec = make_vector_env(ref, num_envs, workers=workers, parts=ROLLOUT_PARTS)
-                vec.reset(seed=0)
+                roll_vec = make_vector_env(ref, num_envs, workers=workers, parts=ROLLOUT_PARTS)
+                roll_vec.reset(seed=0)
+            before = bare(vec, args.steps)
             until = ("episodes", args.smax_episodes) if vec.spec.discrete else ("transitions", args.transitions)
-            roll_rate = rollout(vec, agent, until, workdir=Path(home))
-            vec.close()
+            roll_rate = rollout(roll_vec, agent, until, workdir=Path(home))
+            bare_rate = (before + bare(vec, args.steps)) / 2  # before and after: the machine's speed drifts
+            for v in {vec, roll_vec}:
+                v.close()
             train_rate = float("nan")
             if not args.skip_training:
                 cfg = cfg_cls(total_env_steps=args.train_steps, workers=workers, eval_every=args.train_steps)
