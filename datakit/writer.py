@@ -116,7 +116,9 @@ class DatasetWriter:
         """Append the blocks, then record them as committed (a crash in between leaves extra rows
         that the next resume drops)."""
         for key, block in blocks.items():
-            self._group[key].append(block, axis=0)
+            # write_empty_chunks: store every chunk without first comparing it with the fill value
+            # (episode data is rarely all zeros; the comparison cost 11-14% of the writer's CPU time)
+            self._group[key].with_config({"write_empty_chunks": True}).append(block, axis=0)
         self._group.attrs[fmt.WRITER_ATTR] = state
 
     def _wait(self, keep: int = 0) -> None:
