@@ -117,6 +117,7 @@ class NoiseStreams:
         self.kind, self.shape, self.block = kind, shape, block
         self.gens = [torch.Generator() for _ in range(num_envs)]
         self.buf = torch.empty((num_envs, block, *shape))
+        self._buf_np = self.buf.numpy()  # the same memory: numpy's fancy indexing costs a third of torch's
         self.used = np.zeros(num_envs, np.int64)
 
     def restart(self, seeds: np.ndarray, envs: np.ndarray) -> None:
@@ -138,7 +139,7 @@ class NoiseStreams:
         lo = rows.start or 0
         for e in np.flatnonzero(used == self.block):
             self._refill(lo + int(e))
-        out = self.buf[rows][np.arange(len(used)), np.minimum(used, self.block - 1)]
+        out = torch.from_numpy(self._buf_np[rows][np.arange(len(used)), np.minimum(used, self.block - 1)])
         used += envs
         return out
 
@@ -223,7 +224,7 @@ def rollout_episodes(writer: DatasetWriter, policy: RolloutPolicy, vec, *, phase
             return slot < append_slot + target - count()
         # a slot is needed while the slots before it may hold fewer transitions than the budget; a lower
         # bound of those: the ended ones' lengths, the running ones' steps so far, 1 for each other
-        running = np.concatenate([rec.first + len(rec.steps) - rec.begin for rec in recorders])  # steps so far
+        running = np.concatenate([rec.now - rec.begin for rec in recorders])  # steps so far
         ended_slots = np.array([*ended.keys(), *(j for j, _, _ in to_gather)], np.int64)
         ended_lengths = np.array([*(len(ep["reward"]) for ep in ended.values()), *(m.length for _, _, m in to_gather)],
                                  np.int64)

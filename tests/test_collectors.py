@@ -12,11 +12,11 @@ from cli.data import main as data_cli
 from collectors.collect import CollectRequest, collect, random_policy, rollout_episodes
 from collectors.common import Rollout, gae
 from collectors.envs import resolve
-from collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VectorEnv
+from collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
 from collectors.envs.vector import SerialVectorEnv
 from collectors.happo import HAPPOAgent, HAPPOConfig
 from collectors.mappo import MAPPOAgent, MAPPOConfig
-from collectors.training import load_agent, train_behaviour
+from collectors.training import EpisodeRecorder, load_agent, train_behaviour
 from datakit import DatasetError, iter_episodes, open_dataset, validate
 from datakit.fixtures import fixture_spec
 from datakit.writer import DatasetWriter
@@ -29,6 +29,57 @@ def home(tmp_path, monkeypatch):
 
 
 SMALL = dict(num_envs=4, rollout_len=25, eval_every=1000)
+
+
+# ----- recording episodes out of vector steps -------------------------------------------------------------------
+
+def test_episode_recorder_keeps_every_episode_whole_while_its_rows_move():
+    """Ragged episodes, some recorded late (gather=False) and some envs paused, through a recorder whose
+    arrays start at 4 rows (so they are compacted and grown many times): every episode comes out
+    exactly as a plain per-env list of its steps."""
+    spec = fixture_spec("discrete")
+    N, O, S, K = spec.n_agents, spec.obs_dim, spec.state_dim, spec.n_actions
+    E, rng = 5, np.random.default_rng(0)
+    rec = EpisodeRecorder(spec, E, rows=4)
+    obs, state, avail = rng.normal(size=(E, N, O)), rng.normal(size=(E, S)), rng.random((E, N, K)) < 0.7
+    rec.start(obs, state, avail)
+    expected = [[] for _ in range(E)]  # the current episode's steps per env: (obs, state, avail, action, reward)
+    pending, got, want = [], [], []
+    for t in range(400):
+        actions = rng.integers(0, K, (E, N))
+        envs = (rng.random(E) < 0.9) | (np.arange(E) == 0)
+        # env 0 runs one 60-step episode first: the arrays must grow to keep it
+        done = (rng.random(E) < 0.2) & ((np.arange(E) > 0) | (t >= 59))
+        reward = rng.normal(size=E).astype(np.float32)
+        nobs, nstate, navail = rng.normal(size=(E, N, O)), rng.normal(size=(E, S)), rng.random((E, N, K)) < 0.7
+        final_obs, final_state, final_avail = rng.normal(size=(E, N, O)), rng.normal(size=(E, S)), rng.random((E, N, K)) < 0.7
+        step = VecStep(nobs, nstate, navail, reward, done & (rng.random(E) < 0.5), np.zeros(E, bool), np.zeros(E, bool),
+                       final_obs, final_state, final_avail)
+        step.truncated[:] = done & ~step.terminated
+        for e in range(E):
+            if envs[e]:
+                expected[e].append((obs[e], state[e], avail[e], actions[e], reward[e]))
+                if done[e]:
+                    want.append((expected[e], final_obs[e]))
+                    expected[e] = []
+            else:
+                expected[e] = []
+        pending += rec.add(actions, step, envs=envs, gather=False)
+        if t % 7 == 0:  # gather late, after more steps have moved the arrays
+            got += [rec.gather(m) for m in pending]
+            pending = []
+        obs, state, avail = nobs, nstate, navail
+    got += [rec.gather(m) for m in pending]
+    key = lambda ep: float(ep["final_obs"].sum())  # noqa: E731 - order episodes the same way
+    got, want = sorted(got, key=key), sorted(want, key=lambda w: float(w[1].sum()))
+    assert len(got) == len(want) > 100 and max(len(w[0]) for w in want) >= 60
+    for ep, (steps, final_obs) in zip(got, want):
+        np.testing.assert_array_equal(ep["obs"], np.stack([s[0] for s in steps]))
+        np.testing.assert_array_equal(ep["state"], np.stack([s[1] for s in steps]))
+        np.testing.assert_array_equal(ep["avail"], np.stack([s[2] for s in steps]))
+        np.testing.assert_array_equal(ep["actions"], np.stack([s[3] for s in steps]))
+        np.testing.assert_array_equal(ep["reward"], np.array([s[4] for s in steps], np.float32))
+        np.testing.assert_array_equal(ep["final_obs"], final_obs)
 
 
 # ----- GAE ------------------------------------------------------------------------------------------------------
