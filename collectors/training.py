@@ -199,7 +199,7 @@ class EpisodeRecorder:
         fields = {"obs": obs, "state": state, "actions": actions, "reward": step.reward}
         if avail is not None:
             fields["avail"] = avail
-        if t - self.first == len(next(iter(self.buf.values()), ())):
+        if t - self.first == (len(self.buf["obs"]) if self.buf else 0):  # the arrays are full (or not made yet)
             self._make_room(fields)
         for name, value in fields.items():
             self.buf[name][t - self.first] = value
