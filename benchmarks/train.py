@@ -9,10 +9,18 @@ Ant-2x4 from gymnasium-robotics and protoss_5v5 from SMAX), with OMIGA's network
 mixer 64). The peak is measured in the same run by a 4096^3 float32 matmul; FLOPs per step are
 counted by torch's FlopCounterMode. For reference, the official OMIGA code measured on this
 machine: 95 steps/s HalfCheetah-6x1, 175 Hopper-3x1, 185 Ant-2x4.
+
+Each step's time is split three ways: the **fixed** cost (the same algorithm's step at toy sizes,
+hidden 8 and batch 8, where every kernel is tiny: what PyTorch's dispatch, autograd and Python cost
+for this sequence of operators), the **matmuls at peak** (the step's FLOPs at the measured peak),
+and the **rest** (what is left: mostly the memory-bound elementwise, reduction and optimiser
+kernels at the real sizes, plus matmuls running below peak). ``fixed + matmuls at peak`` bounds
+what this operator sequence can reach in eager PyTorch.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -62,6 +70,15 @@ def measure(algo, loader, steps: int) -> tuple[float, float, float]:
     with counter:
         algo.step(loader)
     return 1 / step_s, load_s / step_s, counter.get_total_flops() / 1e9
+
+
+def fixed_cost_s(label: str, ds, cfg, steps: int) -> float:
+    """Seconds per step of the same algorithm at toy sizes (hidden 8, batch 8): its dispatch floor."""
+    toy = {"hidden": 8, "batch_size": 8} | ({"mixer_hidden": 8} if hasattr(cfg, "mixer_hidden") else {})
+    cfg = dataclasses.replace(cfg, **toy)
+    torch.manual_seed(0)
+    sps, _, _ = measure(build(label.split()[0], ds, cfg), TransitionLoader(ds, cfg.batch_size, seed=0), steps)
+    return 1 / sps
 
 
 def mlp_ceiling(peak: float, batch: int = 128, n: int = 6, obs: int = 23) -> float:
@@ -116,9 +133,13 @@ def main() -> None:
                         if isinstance(m, AgentMLP):
                             m.forward = torch.compile(m.forward, dynamic=False)
                 sps, load_share, gflop = measure(algo, TransitionLoader(ds, cfg.batch_size, seed=0), args.steps)
+                fixed = fixed_cost_s(label, ds, cfg, args.steps) if not compiled else float("nan")
+                at_peak = gflop / peak
                 row = {"task_shape": task, "algorithm": label, "steps_per_s": sps, "loader_share": load_share,
                        "gflop_per_step": gflop, "gflops": gflop * sps, "fraction_of_peak": gflop * sps / peak,
-                       "omiga_reference_steps_per_s": OMIGA_STEPS_PER_S.get(task), "peak_gflops": peak}
+                       "omiga_reference_steps_per_s": OMIGA_STEPS_PER_S.get(task), "peak_gflops": peak,
+                       "fixed_ms": 1e3 * fixed, "matmuls_at_peak_ms": 1e3 * at_peak,
+                       "rest_ms": 1e3 * (1 / sps - fixed - at_peak), "eager_bound_steps_per_s": 1 / (fixed + at_peak)}
                 rows.append(row)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     from rich.console import Console
@@ -126,13 +147,18 @@ def main() -> None:
 
     t = Table(title=f"gradient steps/s, batch 128, hidden 256, {args.threads} threads, peak {peak:.0f} GFLOP/s; "
                     f"one AgentMLP forward+backward alone: {100 * ceiling:.0f}% of peak")
-    for col in ("shape", "algorithm", "steps/s", "OMIGA ref.", "loader share", "GFLOP/step", "% of peak"):
+    for col in ("shape", "algorithm", "steps/s", "OMIGA ref.", "loader share", "GFLOP/step", "% of peak",
+                "ms/step", "fixed", "matmuls at peak", "rest", "bound steps/s"):
         t.add_column(col, justify="right")
     for r in rows:
         ref = r["omiga_reference_steps_per_s"]
         t.add_row(r["task_shape"], r["algorithm"], f"{r['steps_per_s']:.1f}", "-" if ref is None else str(ref),
-                  f"{100 * r['loader_share']:.1f}%", f"{r['gflop_per_step']:.2f}", f"{100 * r['fraction_of_peak']:.0f}%")
-    Console(width=130).print(t)
+                  f"{100 * r['loader_share']:.1f}%", f"{r['gflop_per_step']:.2f}", f"{100 * r['fraction_of_peak']:.0f}%",
+                  f"{1e3 / r['steps_per_s']:.2f}", f"{r['fixed_ms']:.2f}", f"{r['matmuls_at_peak_ms']:.2f}",
+                  f"{r['rest_ms']:.2f}", f"{r['eager_bound_steps_per_s']:.0f}")
+    Console(width=180).print(t)
+    print("ms per step = fixed (same step at hidden 8, batch 8) + matmuls at peak + rest; "
+          "bound = 1000 / (fixed + matmuls at peak)")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 
