@@ -56,12 +56,7 @@ def measure(algo, loader, steps: int) -> tuple[float, float, float]:
     """(steps/s, loader share of a step, GFLOP per step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    for _ in range(20):
-        algo.step(loader)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        algo.step(loader)
-    step_s = (time.perf_counter() - t0) / steps
+    step_s = seconds_per_step(algo, loader, steps)
     t0 = time.perf_counter()
     for _ in range(steps):
         algo.prepare(loader.sample())
@@ -72,13 +67,21 @@ def measure(algo, loader, steps: int) -> tuple[float, float, float]:
     return 1 / step_s, load_s / step_s, counter.get_total_flops() / 1e9
 
 
-def fixed_cost_s(label: str, ds, cfg, steps: int) -> float:
+def seconds_per_step(algo, loader, steps: int) -> float:
+    for _ in range(20):
+        algo.step(loader)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        algo.step(loader)
+    return (time.perf_counter() - t0) / steps
+
+
+def fixed_cost_s(algo_name: str, ds, cfg, steps: int) -> float:
     """Seconds per step of the same algorithm at toy sizes (hidden 8, batch 8): its dispatch floor."""
     toy = {"hidden": 8, "batch_size": 8} | ({"mixer_hidden": 8} if hasattr(cfg, "mixer_hidden") else {})
     cfg = dataclasses.replace(cfg, **toy)
     torch.manual_seed(0)
-    sps, _, _ = measure(build(label.split()[0], ds, cfg), TransitionLoader(ds, cfg.batch_size, seed=0), steps)
-    return 1 / sps
+    return seconds_per_step(build(algo_name, ds, cfg), TransitionLoader(ds, cfg.batch_size, seed=0), steps)
 
 
 def mlp_ceiling(peak: float, batch: int = 128, n: int = 6, obs: int = 23) -> float:
@@ -127,13 +130,14 @@ def main() -> None:
                 variants.append(("omgmg (torch.compile)", OMGMGConfig(), True))
             for label, cfg, compiled in variants:
                 torch.manual_seed(0)
-                algo = build(label.split()[0], ds, cfg)
+                name = label.split()[0]
+                algo = build(name, ds, cfg)
                 if compiled:
                     for m in algo.modules():
                         if isinstance(m, AgentMLP):
                             m.forward = torch.compile(m.forward, dynamic=False)
                 sps, load_share, gflop = measure(algo, TransitionLoader(ds, cfg.batch_size, seed=0), args.steps)
-                fixed = fixed_cost_s(label, ds, cfg, args.steps) if not compiled else float("nan")
+                fixed = fixed_cost_s(name, ds, cfg, args.steps) if not compiled else float("nan")
                 at_peak = gflop / peak
                 row = {"task_shape": task, "algorithm": label, "steps_per_s": sps, "loader_share": load_share,
                        "gflop_per_step": gflop, "gflops": gflop * sps, "fraction_of_peak": gflop * sps / peak,
