@@ -22,6 +22,10 @@ from omgmg.trainer import read_log  # noqa: E402
 
 
 def main(evidence: Path, out: Path) -> None:
+    run_dirs = sorted(evidence.glob("runs/*-seed*/log.jsonl"))
+    if not any(p.parent.name.split("-")[0] in ("omgmg", "bc") for p in run_dirs):
+        sys.exit(f"{evidence}: no runs/omgmg-seedK or runs/bc-seedK with a log.jsonl; train them with "
+                 f"`omgmg train ... --out {evidence}/runs/omgmg-seed0` first")
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {evidence.name}", ""]
     lines += ["| level | episodes | transitions | return mean ± std | min | max | win rate |", "|---|---|---|---|---|---|---|"]
@@ -106,4 +110,6 @@ def main(evidence: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python benchmarks/evidence_report.py EVIDENCE_DIR OUT_DIR")
     main(Path(sys.argv[1]), Path(sys.argv[2]))

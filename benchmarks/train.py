@@ -113,6 +113,9 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     algos = list(ALGORITHMS) if args.algos == "all" else args.algos.split(",")
+    for name, known in [*((a, ALGORITHMS) for a in algos), *((s, SHAPES) for s in args.shapes.split(","))]:
+        if name not in known:
+            p.error(f"unknown name {name!r}: choose from {', '.join(known)}")
     torch.set_num_threads(args.threads)
     peak = peak_gflops()
     ceiling = mlp_ceiling(peak)
