@@ -1,4 +1,9 @@
-"""Errors raised by datakit. Each message names the problem and, where there is one, the fix."""
+"""Errors raised by datakit. Each message names the problem and, where there is one, the fix.
+
+The command-line tools map them to exit codes: :class:`RequestError` is a usage error (exit 2: the
+command asked for something that cannot be done as asked), every other :class:`DatasetError` exits 1
+(the data, a file or the machine is in the way).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +11,20 @@ from dataclasses import dataclass
 
 class DatasetError(Exception):
     """A dataset (or a request about one) is wrong in a way the user can fix."""
+
+
+class RequestError(DatasetError):
+    """The request itself cannot be carried out as asked: an output that exists without ``--force``,
+    an unfinished write or run made for another request, a value out of range. Exit code 2."""
+
+
+class OutputError(DatasetError):
+    """An output cannot be written: another process holds it, the disk is full, a folder is missing
+    or read-only, or ``--force`` points at something omgmg did not write."""
+
+
+class CheckpointError(DatasetError):
+    """A checkpoint is missing, damaged or of another run, and no earlier good one can stand in."""
 
 
 @dataclass(frozen=True)
