@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from cli.common import EXIT_INVALID, EXIT_USAGE, console, err_console, fail, friendly_errors, progress_bar, version_option
+from cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, progress_bar, version_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @version_option()
 def main():
-    """Offline MARL datasets: format v1 (Zarr v3). See schemas/dataset-v1.md for the format."""
+    """Offline MARL datasets: format v2 (Zarr v3; v1 is read). See schemas/dataset-v2.md for the format."""
 
 
 @main.command()
@@ -32,6 +32,11 @@ def validate(path: Path):
             err_console.print(f"  {p}", highlight=False, soft_wrap=True)
         raise SystemExit(EXIT_INVALID)
     console.print(f"[bold green]valid:[/] {path}", highlight=False)
+    from datakit import open_dataset
+
+    if open_dataset(path).format_version < 2:
+        console.print("note: format 1 stores carry no chunk checksums, so bytes altered inside a chunk cannot be "
+                      f"found; `omgmg-data upgrade {path} --out NEW` rewrites it as format 2", highlight=False)
 
 
 @main.command()
@@ -79,22 +84,12 @@ def collect(suite, task, level, transitions, episodes, seed, backend, train_step
 
     Example: omgmg-data collect smacv2 protoss_5v5 --level medium
     """
-    from collectors.collect import CollectRequest, collect as run_collect, default_out
-    from collectors.envs import resolve
-    from datakit.errors import DatasetError
+    from collectors.collect import CollectRequest, collect as run_collect
 
-    try:  # bad requests are usage errors: one line, exit 2, nothing touched
-        req = CollectRequest(suite, task, level, transitions=transitions, episodes=episodes, seed=seed,
-                             backend=backend, train_steps=train_steps, out=out, workers=workers,
-                             medium_fraction=medium_fraction, force=force)
-        ref = resolve(suite, task, backend=backend)
-        target = Path(out) if out else default_out(ref, req.level, seed)
-        if target.exists() and not force:
-            raise DatasetError(f"{target} already exists; pass --force to replace it or --out for another path")
-        if workers < 1:
-            raise DatasetError(f"--workers must be >= 1, got {workers}")
-    except DatasetError as e:
-        fail(str(e), EXIT_USAGE)
+    # a bad request is a usage error (exit 2) raised before anything is touched
+    req = CollectRequest(suite, task, level, transitions=transitions, episodes=episodes, seed=seed,
+                         backend=backend, train_steps=train_steps, out=out, workers=workers,
+                         medium_fraction=medium_fraction, force=force)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -165,7 +160,7 @@ def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit:
     from datakit.format import normalise_level
     from datakit.omiga import import_omiga
 
-    level = normalise_level(level)
+    level = normalise_level(level)  # an unknown level is a usage error (exit 2), as in collect
     with progress_bar("importing rows", None) as update:
         ds = import_omiga(src, out, task=task, level=level, episode_limit=episode_limit,
                           action_bound=action_bound, overwrite=force, progress=update)
@@ -191,6 +186,25 @@ def export(path: Path, format_: str, out: Path, force: bool):
     console.print(f"[bold green]exported[/] {path} -> {out}", highlight=False)
     console.print("note: OMIGA's layout treats every episode end as terminal, time-limit truncations included",
                   highlight=False)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the upgraded dataset.")
+@click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
+@friendly_errors
+def upgrade(path: Path, out: Path, force: bool):
+    """Rewrite a dataset of an older format (v1) as the current one (v2: every chunk checksummed).
+
+    The source is validated first and never modified; the new store is written aside, validated and
+    renamed into place.
+    """
+    from datakit.upgrade import upgrade as run_upgrade
+
+    with progress_bar("copying rows", None) as update:
+        ds = run_upgrade(path, out, overwrite=force, progress=update)
+    console.print(f"[bold green]upgraded[/] {path} -> {out} (format {ds.format_version}): {ds.n_episodes} episodes, "
+                  f"{ds.n_transitions} transitions", highlight=False)
 
 
 if __name__ == "__main__":

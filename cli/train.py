@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import EXIT_USAGE, console, err_console, fail, friendly_errors, version_option
+from cli.common import EXIT_USAGE, console, err_console, fail, friendly_errors, version_option, warn
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -116,7 +116,7 @@ def train(dataset: Path, algo: str, out: Path | None, evaluate: bool, **options)
                 info = {"info": f"eval return {ev['eval/return']:.4g}" + (f", win {100 * wr:.0f}%" if wr is not None else "")}
             p.update(task, completed=step, **info)
 
-        result = run_train(algo, dataset, cfg, out, evaluate=evaluate, progress=progress)
+        result = run_train(algo, dataset, cfg, out, evaluate=evaluate, progress=progress, warn=warn)
     _print_result(result.run_dir, result.final, result.best)
 
 
@@ -146,14 +146,25 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
 def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoint: str):
     """Evaluate a trained run's policy in the environment of its dataset."""
     from datakit import open_dataset
+    from datakit.errors import RequestError
     from omgmg.trainer import Evaluator, load_policy
 
     path = run if run.is_file() else run / "checkpoints" / f"{checkpoint}.pt"
     if not path.exists():
         fail(f"no checkpoint at {path}; train first with `omgmg train --out {run}`", EXIT_USAGE)
-    config = json.loads((path.parent.parent / "config.json").read_text()) if dataset is None else None
-    ds = open_dataset(dataset or config["dataset"])
+    if dataset is None:
+        config_path = path.parent.parent / "config.json"
+        try:
+            dataset = Path(json.loads(config_path.read_text())["dataset"])
+        except (OSError, ValueError, KeyError, TypeError):
+            fail(f"{config_path} does not name the run's dataset (missing or damaged); pass --dataset", EXIT_USAGE)
+        if not dataset.is_absolute():  # written by omgmg 0.1.0, relative to where training ran
+            fail(f"{config_path} names the dataset by the relative path {dataset}; pass --dataset", EXIT_USAGE)
+    ds = open_dataset(dataset)
     algo = load_policy(path)
+    if algo.spec.identity() != ds.spec.identity():
+        raise RequestError(f"the policy in {path} was trained on {algo.spec.name}, but {dataset} is "
+                           f"{ds.spec.name} ({ds.spec.backend}); pass the dataset the run was trained on")
     evaluator = Evaluator(ds, episodes, seed)
     try:
         result = evaluator(algo)
@@ -162,7 +173,9 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoi
     wr = result["eval/win_rate"]
     console.print(f"[bold]{path}[/]: return {result['eval/return']:.4g} ± {result['eval/return_std']:.3g} over "
                   f"{episodes} episodes" + ("" if wr is None else f", win rate {100 * wr:.1f}%"), highlight=False)
-    (path.parent.parent / f"eval-{checkpoint}.json").write_text(json.dumps(result, indent=2))
+    from datakit.outputs import atomic_write_json
+
+    atomic_write_json(path.parent.parent / f"eval-{checkpoint}.json", result)
 
 
 @main.command()
@@ -209,7 +222,8 @@ def sweep(spec: str, out: Path | None, smoke: bool, backend: str, address: str |
 
         def on_done(cell, result):
             score = result.get("score")
-            info = "error" if score is None else f"{score:.3g}"
+            info = "skipped: in use by another process" if result.get("skipped") else \
+                "error" if score is None else f"{score:.3g}"
             p.update(task, advance=1, info=f"last: {cell.dataset.name} {cell.algorithm} seed {cell.seed} -> {info}")
 
         try:

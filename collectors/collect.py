@@ -18,9 +18,10 @@ from collectors.common import RolloutPolicy, gumbel_argmax
 from collectors.envs import TaskRef, make_vector_env, resolve
 from collectors.training import (EndedEpisode, EpisodeRecorder, algorithm, data_home, file_sha256, load_agent,
                                  replay_episodes, score, train_behaviour)
-from datakit.dataset import Dataset
-from datakit.errors import DatasetError
+from datakit.dataset import Dataset, open_dataset
+from datakit.errors import RequestError
 from datakit.format import normalise_level
+from datakit.outputs import check_replaceable, is_omgmg_dataset, make_parent
 from datakit.spec import EnvSpec
 from datakit.writer import DatasetWriter
 
@@ -74,18 +75,19 @@ class CollectRequest:
     medium_fraction: float = 0.5
     """The medium checkpoint is the one scoring closest to this fraction of the expert's score."""
     force: bool = False
-    """Replace an existing dataset at ``out``."""
+    """Replace an existing dataset at ``out`` (only an omgmg dataset) and start over instead of
+    resuming an unfinished write."""
 
     def __post_init__(self):
         self.level = normalise_level(self.level)
-        for name in ("transitions", "episodes", "train_steps", "num_envs"):
+        for name in ("transitions", "episodes", "train_steps", "num_envs", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise DatasetError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+                raise RequestError(f"{name} must be a positive number, got {value}")
         if self.transitions is not None and self.episodes is not None:
-            raise DatasetError("give either --transitions or --episodes, not both")
-        if not 0 < self.medium_fraction < 1:
-            raise DatasetError(f"medium fraction must lie in (0, 1), got {self.medium_fraction}")
+            raise RequestError("give either a transition budget or an episode budget, not both")
+        if not 0 < self.medium_fraction < 1:  # also refuses NaN
+            raise RequestError(f"medium_fraction must lie in (0, 1), got {self.medium_fraction}")
 
 
 # ----- policies -------------------------------------------------------------------------------------------------
@@ -311,9 +313,11 @@ def collect(req: CollectRequest, *, on_note: Callable[[str], None] = print,
     elif req.episodes is not None:
         kind, target = "episodes", req.episodes
     out = Path(req.out) if req.out else default_out(ref, req.level, req.seed)
-    if out.exists() and not req.force:
-        raise DatasetError(f"{out} already exists; pass --force to replace it or --out for another path")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() or out.is_symlink():
+        if not req.force:
+            raise RequestError(f"{out} already exists; pass --force to replace it or --out for another path")
+        check_replaceable(out, owned=is_omgmg_dataset, what="an omgmg dataset")  # before hours of training
+    make_parent(out)
 
     probe = make_vector_env(ref, 1)
     spec = probe.spec
@@ -327,8 +331,8 @@ def collect(req: CollectRequest, *, on_note: Callable[[str], None] = print,
     if req.level != "random":
         cfg_cls, _ = algorithm(algo)
         cfg = cfg_cls(total_env_steps=req.train_steps or DEFAULT_TRAIN_STEPS[algo], seed=req.seed, workers=req.workers)
-        run = train_behaviour(ref, algo, cfg, progress=on_train)
-        picks = choose_checkpoints(run.evaluations(), req.medium_fraction)
+        run = train_behaviour(ref, algo, cfg, progress=on_train, warn=on_note)
+        picks = choose_checkpoints(run.evaluations(up_to=cfg.total_env_steps), req.medium_fraction)
         collection["behaviour_run"] = str(run.root)
         collection["checkpoints"] = {name: {"env_steps": p["env_steps"], "sha256": file_sha256(p["path"]),
                                             "eval_score": score(p["eval"])} for name, p in picks.items()}
@@ -345,20 +349,37 @@ def collect(req: CollectRequest, *, on_note: Callable[[str], None] = print,
     bp = behaviour(single[req.level]) if req.level in single else {
         "algorithm": algo, "checkpoint_sha256": None, "seed": req.seed, "noise": None, "stochastic": True,
         "eval_score": None}
+    # everything that shapes the data: an unfinished write is resumed only for the same request
+    request = {"task": ref.name, "backend": ref.backend, "options": ref.options, "level": req.level,
+               "budget": {kind: target}, "seed": req.seed,
+               "behaviour": None if run is None else {
+                   "run": run.root.name, "train_steps": cfg.total_env_steps, "medium_fraction": req.medium_fraction,
+                   "checkpoints": {name: c["sha256"] for name, c in collection["checkpoints"].items()}}}
     writer = DatasetWriter(out, spec, level=req.level, behaviour_policy=bp, collection=collection,
-                           overwrite=req.force, resume=True)
-    if req.level == "medium-replay":
-        if req.transitions is not None or req.episodes is not None:
-            on_note("medium-replay takes every training episode up to the medium checkpoint; the budget is not used")
-        count = picks["medium"]["replay_episodes"]
-        if writer.n_episodes:
-            writer.truncate(0)
-        for k, ep in enumerate(replay_episodes(run, count)):
-            writer.add_episode(**ep)
-            if on_rollout:
-                on_rollout(k + 1, count)
-        return writer.close()
+                           overwrite=req.force, resume=not req.force, request=request)
+    if writer.finished:  # an earlier run had written everything; only its final rename was missing
+        on_note(f"{out}: the earlier collection had finished; moved it into place")
+        return open_dataset(out)
+    with writer:  # an error keeps every whole episode written so far, for the next run to resume
+        if req.level == "medium-replay":
+            if req.transitions is not None or req.episodes is not None:
+                on_note("medium-replay takes every training episode up to the medium checkpoint; the budget is "
+                        "not used")
+            count = picks["medium"]["replay_episodes"]
+            if writer.n_episodes:
+                writer.truncate(0)
+            for k, ep in enumerate(replay_episodes(run, count)):
+                writer.add_episode(**ep)
+                if on_rollout:
+                    on_rollout(k + 1, count)
+        else:
+            _roll_out_level(writer, req, spec, ref, picks, (kind, target), on_rollout)
+    return writer.close()  # already closed by the block: the finished dataset
 
+
+def _roll_out_level(writer: DatasetWriter, req: CollectRequest, spec: EnvSpec, ref: TaskRef, picks: dict,
+                    until: tuple[str, int], on_rollout) -> None:
+    kind, target = until
     vec = make_vector_env(ref, req.num_envs, workers=req.workers, parts=ROLLOUT_PARTS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the policy's small matmuls run fastest on one thread, next to the env workers
@@ -366,13 +387,12 @@ def collect(req: CollectRequest, *, on_note: Callable[[str], None] = print,
         if req.level == "medium-expert":
             if writer.progress.get("phase", 0) == 0:  # not past the medium half yet (fresh or resumed)
                 rollout_episodes(writer, load_agent(picks["medium"]["path"])[0].sampler(), vec, phase=0,
-                              until=(kind, max(1, target // 2)), seed=req.seed, progress=on_rollout)
+                                 until=(kind, max(1, target // 2)), seed=req.seed, progress=on_rollout)
             rollout_episodes(writer, load_agent(picks["expert"]["path"])[0].sampler(), vec, phase=1,
-                          until=(kind, target), seed=req.seed, progress=on_rollout)
+                             until=(kind, target), seed=req.seed, progress=on_rollout)
         else:
             policy = random_policy(spec) if req.level == "random" else load_agent(picks[req.level]["path"])[0].sampler()
             rollout_episodes(writer, policy, vec, phase=0, until=(kind, target), seed=req.seed, progress=on_rollout)
     finally:
         torch.set_num_threads(threads)
         vec.close()
-    return writer.close()

@@ -3,8 +3,11 @@
     run = train_behaviour(ref, "happo", seed=0, total_env_steps=1_000_000)
 
 A run lives in ``$OMGMG_HOME/runs/SUITE/TASK/BACKEND/ALGO/seed{S}-{hash}`` (``OMGMG_HOME`` defaults
-to ``~/.omgmg``; ``hash`` covers every hyperparameter except the step budget and the worker count,
-which do not change what is learned up to a given step). It holds:
+to ``~/.omgmg``; ``hash`` covers every hyperparameter except the worker count and the thread count,
+and the step budget too when it is a whole number of evaluation segments: such runs share a
+directory, a longer one extends a shorter one, and a shorter request is served by the longer
+run's checkpoints up to its budget, all identical to a fresh run's. A budget that ends inside a
+segment cuts that segment short, so it gets a directory of its own). It holds:
 
 - ``config.json``: the resolved config;
 - ``checkpoints/step_{env_steps}.pt``: self-contained checkpoints (weights, normaliser statistics,
@@ -15,9 +18,10 @@ which do not change what is learned up to a given step). It holds:
 
 The loop runs in segments of ``eval_every`` env steps. A segment starts by resetting all envs
 with a seed derived from the segment index and ends by cutting unfinished episodes (stored as
-truncated), evaluating, and checkpointing. A run interrupted anywhere resumes from its last
-checkpoint and continues exactly as an uninterrupted run would (same seed, same results), and
-a later request for more steps extends a finished run.
+truncated), evaluating, and checkpointing. A run interrupted anywhere resumes from its last good
+checkpoint (a damaged last one is set aside as ``.damaged`` with a warning) and continues exactly as
+an uninterrupted run would (same seed, same results, the log cut back to the checkpoint's step).
+One process trains a run at a time: it holds an exclusive lock on the run directory.
 """
 from __future__ import annotations
 
@@ -36,7 +40,9 @@ import torch
 from collectors.common import Rollout, gae
 from collectors.envs import TaskRef, make_vector_env
 from collectors.envs.base import VecStep, run_episodes
-from datakit.errors import DatasetError
+from datakit.checkpoints import load_checkpoint, save_checkpoint
+from datakit.errors import CheckpointError, DatasetError
+from datakit.outputs import OutputLock, append_jsonl, atomic_write_json, os_errors, read_jsonl, truncate_jsonl
 from datakit.spec import EnvSpec
 from datakit.writer import DatasetWriter
 
@@ -67,7 +73,16 @@ class LoopConfig:
                 raise DatasetError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-NOT_IN_RUN_KEY = ("total_env_steps", "workers", "torch_threads")
+NOT_IN_RUN_KEY = ("workers", "torch_threads")  # they do not change results
+
+
+def run_key(cfg: LoopConfig) -> dict:
+    """What names a run's directory: the config without the fields that do not change results, and
+    without the budget when it is a whole number of segments (see the module docstring)."""
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_RUN_KEY}
+    if cfg.total_env_steps % cfg.eval_every == 0:
+        del key["total_env_steps"]
+    return key
 
 
 def data_home() -> Path:
@@ -90,19 +105,24 @@ def algorithm(name: str):
 # ----- run directory ------------------------------------------------------------------------------------------
 
 class RunDir:
-    """One training run on disk (see the module docstring)."""
+    """One training run on disk (see the module docstring). ``lock()`` holds it exclusively."""
 
     def __init__(self, ref: TaskRef, algo: str, cfg: LoopConfig, home: Path | None = None):
-        key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_RUN_KEY}
+        key = run_key(cfg)
         key["options"] = ref.options
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
         self.root = (home or data_home()) / "runs" / ref.suite / ref.task / ref.backend / algo / f"seed{cfg.seed}-{digest}"
         self.ref, self.algo, self.cfg = ref, algo, cfg
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "checkpoints").mkdir(exist_ok=True)
-        (self.root / "config.json").write_text(json.dumps(
-            {"algorithm": algo, "task": ref.name, "backend": ref.backend, "options": ref.options,
-             "config": dataclasses.asdict(cfg)}, indent=2))
+
+    def lock(self) -> OutputLock:
+        """Create the directory and take its lock (a context manager); writes ``config.json``."""
+        with os_errors(self.root, "creating the behaviour run directory"):
+            (self.root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(self.root, "behaviour run").acquire()
+        atomic_write_json(self.root / "config.json",
+                          {"algorithm": self.algo, "task": self.ref.name, "backend": self.ref.backend,
+                           "options": self.ref.options, "config": dataclasses.asdict(self.cfg)})
+        return lock
 
     @property
     def replay_path(self) -> Path:
@@ -112,15 +132,31 @@ class RunDir:
         return checkpoint_paths(self.root)
 
     def load(self, path: Path) -> dict:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_checkpoint(path, fallback=False)
 
-    def evaluations(self) -> list[dict]:
-        """(env steps, eval dict, path) of every checkpoint, in order."""
-        return checkpoint_evaluations(self.root)
+    def latest_good_checkpoint(self, warn=None) -> dict | None:
+        """The newest checkpoint that loads and matches its checksum; damaged newer ones are renamed
+        ``.damaged`` (with a warning), so the run continues from the last good one."""
+        for path in reversed(self.checkpoints()):
+            try:
+                return self.load(path)
+            except CheckpointError as e:
+                if warn:
+                    warn(f"{e}; it is set aside as {path.name}.damaged and the run continues from the one before")
+                with os_errors(path, "setting aside a damaged checkpoint"):
+                    path.rename(path.with_name(path.name + ".damaged"))
+        return None
+
+    def evaluations(self, up_to: int | None = None) -> list[dict]:
+        """(env steps, eval dict, path) of every checkpoint (at most ``up_to`` env steps), in order."""
+        return [e for e in checkpoint_evaluations(self.root) if up_to is None or e["env_steps"] <= up_to]
 
     def log(self, record: dict) -> None:
-        with open(self.root / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.root / "log.jsonl", record)
+
+    def truncate_log(self, env_steps: int, warn=None) -> None:
+        """Drop log lines written after the checkpoint at ``env_steps`` (-1: before any checkpoint)."""
+        truncate_jsonl(self.root / "log.jsonl", lambda r: r.get("env_steps", 0) <= env_steps, warn=warn)
 
 
 def checkpoint_paths(root: Path) -> list[Path]:
@@ -132,7 +168,7 @@ def checkpoint_evaluations(root: Path) -> list[dict]:
     """(env steps, eval dict, path, replay episodes) of every checkpoint of the run at ``root``, in order."""
     out = []
     for p in checkpoint_paths(root):
-        ck = torch.load(p, map_location="cpu", weights_only=True)
+        ck = load_checkpoint(p, fallback=False)
         out.append({"env_steps": int(ck["env_steps"]), "eval": ck["eval"], "path": p,
                     "replay_episodes": int(ck["replay_episodes"])})
     return out
@@ -287,19 +323,22 @@ def _segment_seed(seed: int, segment: int) -> int:
 
 
 def train_behaviour(ref: TaskRef, algo: str, cfg: LoopConfig, *, home: Path | None = None,
-                    progress: Callable[[int, int, float | None], None] | None = None) -> RunDir:
+                    progress: Callable[[int, int, float | None], None] | None = None,
+                    warn: Callable[[str], None] | None = None) -> RunDir:
     """Train (or resume, or extend) a behaviour policy; returns its run directory."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)
+    run = RunDir(ref, algo, cfg, home)
     try:
-        return _train(ref, algo, cfg, home, progress)
+        with run.lock():
+            return _train(run, progress, warn)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(ref: TaskRef, algo: str, cfg: LoopConfig, home: Path | None, progress) -> RunDir:
+def _train(run: RunDir, progress, warn) -> RunDir:
+    ref, algo, cfg = run.ref, run.algo, run.cfg
     _, agent_cls = algorithm(algo)
-    run = RunDir(ref, algo, cfg, home)
     torch.manual_seed(cfg.seed)
     vec = make_vector_env(ref, cfg.num_envs, workers=cfg.workers)
     spec = vec.spec
@@ -311,15 +350,18 @@ def _train(ref: TaskRef, algo: str, cfg: LoopConfig, home: Path | None, progress
     replay = DatasetWriter(run.replay_path, spec, level=None, behaviour_policy={"algorithm": algo, "seed": cfg.seed},
                            collection={"source": "training rollouts", "run": str(run.root)}, resume=True,
                            overwrite=True)
-    ckpts = run.checkpoints()
-    if ckpts:
-        state = run.load(ckpts[-1])
+    state = run.latest_good_checkpoint(warn)
+    if state is not None:
         agent.load_state_dict(state["weights"])
         agent.load_optimizer_state(state["optim"])
         gen.set_state(state["rng"])
         env_steps, segment = int(state["env_steps"]), int(state["segment"])
         replay.truncate(int(state["replay_episodes"]))
+        run.truncate_log(env_steps, warn)
     else:
+        run.truncate_log(-1, warn)
+        if replay.n_episodes:
+            replay.truncate(0)
         _checkpoint(run, agent, gen, replay, env_steps, segment, evaluate(agent, vec, seed=10 ** 9), spec)
     if progress:
         progress(env_steps, cfg.total_env_steps, score(run.evaluations()[-1]["eval"]))
@@ -357,8 +399,11 @@ def _train(ref: TaskRef, algo: str, cfg: LoopConfig, home: Path | None, progress
             if progress:
                 progress(env_steps, cfg.total_env_steps, score(ev))
     finally:
-        replay.sync()
-        vec.close()
+        try:
+            replay.sync()
+        finally:
+            replay.release()
+            vec.close()
     plot_curve(run)
     return run
 
@@ -405,12 +450,9 @@ def _checkpoint(run: RunDir, agent, gen, replay: DatasetWriter, env_steps: int, 
     state = {"weights": agent.state_dict(), "optim": agent.optimizer_state(), "rng": gen.get_state(),
              "config": dataclasses.asdict(agent.cfg), "algorithm": run.algo, "env": spec.to_json(),
              "eval": ev, "env_steps": env_steps, "segment": segment, "replay_episodes": replay.n_episodes}
-    path = run.root / "checkpoints" / f"step_{env_steps:010d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.rename(path)  # atomic: a crash never leaves a half checkpoint
+    # the log line first: a crash before the checkpoint lands cuts the log back to the previous one
     run.log({"env_steps": env_steps, **{f"eval/{k}": v for k, v in ev.items()}})
-    return path
+    return save_checkpoint(state, run.root / "checkpoints" / f"step_{env_steps:010d}.pt")
 
 
 def replay_episodes(run: RunDir, count: int):
@@ -449,7 +491,7 @@ def replay_episodes(run: RunDir, count: int):
 
 def load_agent(path: Path):
     """Rebuild a behaviour agent from a checkpoint (weights_only: no code is unpickled)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, fallback=False)
     cfg_cls, agent_cls = algorithm(state["algorithm"])
     cfg = cfg_cls(**state["config"])
     agent = agent_cls(EnvSpec.from_json(state["env"]), cfg)
@@ -471,7 +513,7 @@ def plot_curve(run: RunDir) -> Path:
     wins = evals and evals[0]["eval"].get("win_rate") is not None
     ax.plot(steps, [score(e["eval"]) for e in evals], "o-", label="eval " + ("win rate" if wins else "return"))
     if not wins:
-        train = [json.loads(line) for line in open(run.root / "log.jsonl") if "charts/episode_return" in line]
+        train = [r for r in read_jsonl(run.root / "log.jsonl") if "charts/episode_return" in r]
         if train:
             ax.plot([t["env_steps"] for t in train], [t["charts/episode_return"] for t in train], alpha=0.4,
                     label="training episodes")

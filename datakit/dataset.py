@@ -1,8 +1,11 @@
 """Opening a dataset: ``open_dataset(path)`` returns a read-only :class:`Dataset` after a cheap check.
 
 The cheap check (metadata schema, format version, identity hash, array presence, dtypes, shapes,
-lengths) reads no array data, so opening a 1M-transition dataset takes milliseconds. The full
-scan over every value is :func:`datakit.validate.validate`.
+lengths, and every chunk file present and as long as its header says) reads no array data, so
+opening a 1M-transition dataset takes milliseconds. The full scan over every value and every chunk
+checksum is :func:`datakit.validate.validate`. Reads through :meth:`Dataset.read` verify each
+chunk's checksum (format 2) and report a damaged chunk as a :class:`DatasetError`, never as zeros
+or a crash.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from datakit import format as fmt
-from datakit.errors import DatasetError, InvalidDatasetError
+from datakit import integrity
+from datakit.errors import DatasetError, InvalidDatasetError, RequestError
 from datakit.spec import EnvSpec
 
 
@@ -77,9 +81,28 @@ class Dataset:
         lengths = self.episode_lengths()
         return np.cumsum(lengths) - lengths  # (E,)
 
+    @property
+    def format_version(self) -> int:
+        return int(self.meta["format_version"])
+
     def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of an array; a chunk whose checksum fails raises a DatasetError."""
         arr = self.group[key]
-        return np.asarray(arr[start: arr.shape[0] if stop is None else stop])
+        stop = arr.shape[0] if stop is None else stop
+        try:
+            return np.asarray(arr[start:stop])
+        except ValueError as e:
+            if "checksum" not in str(e):
+                raise
+            raise DatasetError(f"{self.path}: a chunk of {key} within rows {start}-{stop - 1} is damaged (its checksum "
+                               f"does not match); run `omgmg-data validate {self.path}` for the list, and restore "
+                               "or regenerate the dataset") from None
+
+    def content_sha256(self) -> str:
+        """Fingerprint of the data (see :func:`datakit.integrity.content_sha256`): equal for copies of
+        one dataset, different for any other data of the same task."""
+        keys = [a.key for a in fmt.array_layout(self.spec)]
+        return integrity.content_sha256(self.group, keys, self.format_version)
 
     def chunk_rows(self) -> int:
         """Chunk length of ``steps/obs`` along time (the natural unit for streaming reads)."""
@@ -99,6 +122,9 @@ def open_dataset(path, *, check: bool = True) -> Dataset:
     spec = EnvSpec.from_json(meta["env"])
     if check:
         problems = fmt.check_structure(group, spec, meta)
+        if not problems:
+            keys = [a.key for a in fmt.array_layout(spec)]
+            problems = integrity.check_chunks(group, keys, meta["format_version"], checksums=False)
         if problems:
             raise InvalidDatasetError(path, problems)
     return Dataset(path=path, group=group, meta=meta, spec=spec)
@@ -117,7 +143,7 @@ def update_metadata(path, **changes) -> dict:
     path = Path(path)
     frozen = [k for k in changes if k not in MUTABLE_KEYS]
     if frozen:
-        raise DatasetError(f"cannot change {', '.join(frozen)} of {path}: only {', '.join(MUTABLE_KEYS)} may be "
+        raise RequestError(f"cannot change {', '.join(frozen)} of {path}: only {', '.join(MUTABLE_KEYS)} may be "
                            "edited; identity keys and stats are fixed once written")
     ds = open_dataset(path)
     meta = dict(ds.meta)

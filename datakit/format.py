@@ -1,7 +1,7 @@
-"""Dataset format v1 as code: array layout, codecs, metadata and the cheap structural check.
+"""The dataset format as code: array layout, codecs, metadata and the cheap structural check.
 
-The specification is ``schemas/dataset-v1.md``; this module is its single implementation, used by
-the writer, the reader, the validator and the importers.
+The specification is ``schemas/dataset-v2.md`` (format 2, written now; format 1 is read); this
+module is its single implementation, used by the writer, the reader, the validator and the importers.
 """
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ import schemas
 from datakit.errors import Problem
 from datakit.spec import EnvSpec
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
-SCHEMA_FILE = "dataset-v1.schema.json"
+FORMAT_VERSION = 2
+"""Written by this omgmg. 2: every chunk stored and ending in a crc32c checksum (see the spec's
+version history); 1: the same arrays and metadata without checksums."""
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
+SCHEMA_FILE = "dataset-v2.schema.json"  # the metadata of formats 1 and 2 (it did not change)
 WRITER_ATTR = "_writer"  # present only on partial (unfinished) stores
 CHUNK_TARGET_BYTES = 2 * 1024 * 1024
 
@@ -80,20 +82,23 @@ def step_chunk_length(spec: EnvSpec) -> int:
     return chunk_length((spec.n_agents, spec.obs_dim), np.dtype("float32"))
 
 
-def compressor(dtype: np.dtype):
-    """Blosc/zstd level 1; bit shuffle for booleans (1 bit of information per byte), byte shuffle
-    otherwise. Level 1 rather than 3: measured on SMAX protoss_5v5 rollouts (66,826 steps, 213 MB raw),
-    the writer spends 1.7 instead of 2.3 CPU seconds for a store of 30 instead of 28 MB, and during
-    collection every CPU second the writer spends is taken from the simulator (see docs/collecting.md)."""
+def compressors(dtype: np.dtype) -> list:
+    """Blosc/zstd level 1, then a crc32c checksum of the compressed chunk (format 2).
+
+    Bit shuffle for booleans (1 bit of information per byte), byte shuffle otherwise. Level 1 rather
+    than 3: measured on SMAX protoss_5v5 rollouts (66,826 steps, 213 MB raw), the writer spends 1.7
+    instead of 2.3 CPU seconds for a store of 30 instead of 28 MB, and during collection every CPU
+    second the writer spends is taken from the simulator (see docs/collecting.md). The checksum is
+    verified before Blosc decodes a chunk, so a damaged chunk is reported, never decoded."""
     import zarr.codecs as zc
 
     shuffle = zc.BloscShuffle.bitshuffle if dtype == np.bool_ else zc.BloscShuffle.shuffle
-    return zc.BloscCodec(cname="zstd", clevel=1, shuffle=shuffle)
+    return [zc.BloscCodec(cname="zstd", clevel=1, shuffle=shuffle), zc.Crc32cCodec()]
 
 
-def identity_sha256(spec: EnvSpec) -> str:
+def identity_sha256(spec: EnvSpec, format_version: int = FORMAT_VERSION) -> str:
     """sha256 of the canonical JSON of the identity keys (invariant 8 of the spec)."""
-    payload = {"format_version": FORMAT_VERSION, "env": spec.identity()}
+    payload = {"format_version": format_version, "env": spec.identity()}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -118,22 +123,26 @@ def compute_stats(lengths: np.ndarray, returns: np.ndarray, won: np.ndarray | No
 
 
 def package_version() -> str:
-    from omgmg import __version__
+    """The installed omgmg's version, from the package metadata (datakit imports nothing above it)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("omgmg")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
 
 
 def build_metadata(spec: EnvSpec, *, level: str | None, behaviour_policy: dict | None,
-                   collection: dict | None, stats: dict) -> dict:
+                   collection: dict | None, stats: dict, format_version: int = FORMAT_VERSION) -> dict:
     """A complete metadata dict for a finished dataset."""
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "env": spec.to_json(),
         "level": level,
         "behaviour_policy": behaviour_policy,
         "collection": dict(collection or {}),
         "stats": stats,
-        "identity_sha256": identity_sha256(spec),
+        "identity_sha256": identity_sha256(spec, format_version),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "omgmg_version": package_version(),
     }
@@ -150,13 +159,13 @@ LEVEL_ALIASES = {
 
 def normalise_level(level: str | None) -> str | None:
     """Canonical level name (accepts ``m-expert``, ``medium_replay``, ...); raises on unknown names."""
-    from datakit.errors import DatasetError
+    from datakit.errors import RequestError
 
     if level is None:
         return None
     key = level.strip().lower()
     if key not in LEVEL_ALIASES:
-        raise DatasetError(f"unknown level {level!r}: choose one of expert, medium, medium-expert, "
+        raise RequestError(f"unknown level {level!r}: choose one of expert, medium, medium-expert, "
                            "medium-replay, random")
     return LEVEL_ALIASES[key]
 
@@ -172,19 +181,19 @@ def check_metadata(meta: Any) -> list[Problem]:
     if version not in SUPPORTED_FORMAT_VERSIONS:
         return [Problem("metadata.format_version", f"format_version {version!r} is not supported",
                         f"this omgmg reads format_version {list(SUPPORTED_FORMAT_VERSIONS)}; "
-                        "upgrade omgmg or convert the dataset")]
+                        "upgrade omgmg (pip install -U omgmg) to read newer datasets")]
     problems = []
     validator = jsonschema.Draft202012Validator(schemas.load_json(SCHEMA_FILE))
     for err in sorted(validator.iter_errors(meta), key=lambda e: list(e.absolute_path)):
         where = "metadata" + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in err.absolute_path)
-        problems.append(Problem(where, err.message, "see schemas/dataset-v1.schema.json"))
+        problems.append(Problem(where, err.message, f"see schemas/{SCHEMA_FILE}"))
     if problems:
         return problems
     try:
         spec = EnvSpec.from_json(meta["env"])
     except Exception as e:  # DatasetError from spec checks
         return [Problem("metadata.env", str(e), "rewrite the dataset with a consistent env spec")]
-    if identity_sha256(spec) != meta["identity_sha256"]:
+    if identity_sha256(spec, version) != meta["identity_sha256"]:
         problems.append(Problem("metadata.identity_sha256",
                                 "identity keys (suite, task, backend, options, agents, spaces) were changed "
                                 "after writing",

@@ -10,7 +10,10 @@ next state, and ``batch.terminated`` is 1 only for true terminal states:
     target = r + gamma * (1 - batch.terminated) * V(batch.next_obs)
 
 **In-memory mode** (default) holds the steps once plus one final row per episode, ``(T + E, ...)``,
-and an index ``next_index (T,)``, so no next-observation array is duplicated.
+and an index ``next_index (T,)``, so no next-observation array is duplicated. The values it loads
+are checked against the format's invariants on the way in (finite values, padding, bounds, end
+flags: the checks of ``omgmg-data validate`` that need no second read), so a trainer never starts on
+data that validation rejects; every chunk's checksum is verified as it is decoded.
 
 **Streaming mode** (``streaming=True``) keeps a bounded set of resident blocks (whole chunks of
 consecutive steps, next observations resolved) and samples uniformly among resident transitions;
@@ -32,7 +35,8 @@ import numpy as np
 import torch
 
 from datakit.dataset import Dataset, open_dataset
-from datakit.errors import DatasetError
+from datakit.errors import DatasetError, InvalidDatasetError
+from datakit.validate import check_episodes, check_steps
 
 
 @dataclass
@@ -114,9 +118,10 @@ def _final_keys(ds: Dataset) -> list[str]:
     return ["final_obs", "final_state"] + (["final_avail"] if ds.spec.discrete else [])
 
 
-def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device) -> _Table:
+def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device, check: bool = False) -> _Table:
     """A sampling table for steps ``start:stop``. Rows whose next observation lies past ``stop`` get
-    it from one extra row read at ``stop``; episodes that end inside the block get their final rows."""
+    it from one extra row read at ``stop``; episodes that end inside the block get their final rows.
+    With ``check``, the values read are checked against the format's invariants first."""
     T = ds.n_transitions
     first_ep = int(np.searchsorted(ends, start))  # episode containing row `start`
     last_ep = int(np.searchsorted(ends, stop - 1))  # episode containing row `stop - 1`
@@ -125,6 +130,8 @@ def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device) ->
     n_end = len(ends_in)
     steps = {k: ds.read(f"steps/{k}", start, stop) for k in _step_keys(ds)}
     finals = {k: ds.read(f"episodes/{k}", first_ep, first_ep + n_end) for k in _final_keys(ds)}
+    if check:
+        _check_values(ds, start, steps, finals, ends_in - start, first_ep)
     finals["final_actions"] = np.zeros((n_end, *steps["actions"].shape[1:]), steps["actions"].dtype)
     n = stop - start
     next_index = np.arange(1, n + 1, dtype=np.int64)
@@ -141,6 +148,17 @@ def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device) ->
                              local_ends + 1]).astype(np.int64)
     starts = starts[starts < n]
     return _Table(steps, finals, next_index, starts, device)
+
+
+def _check_values(ds: Dataset, start: int, steps: dict, finals: dict, local_ends: np.ndarray, first_ep: int) -> None:
+    """The value checks of full validation on data already in memory; raises InvalidDatasetError."""
+    is_last = np.zeros(len(steps["reward"]), bool)
+    is_last[local_ends] = True
+    problems = check_steps(ds.spec, steps, start, is_last)
+    lengths = np.diff(np.concatenate([[-1], local_ends])).astype(np.int64)
+    problems += check_episodes(ds.spec, {"length": lengths, **finals}, first_ep)
+    if problems:
+        raise InvalidDatasetError(ds.path, problems)
 
 
 class _Slots:
@@ -203,7 +221,7 @@ class TransitionLoader:
         lengths = self.ds.episode_lengths()
         self._ends = np.cumsum(lengths) - 1  # (E,)
         if not streaming:
-            self._table = _read_block(self.ds, 0, self.ds.n_transitions, self._ends, self.device)
+            self._table = _read_block(self.ds, 0, self.ds.n_transitions, self._ends, self.device, check=True)
             return
         # ----- streaming: bounded resident set of blocks, refreshed in the background ---------------
         T = self.ds.n_transitions
@@ -238,7 +256,14 @@ class TransitionLoader:
 
     def _prefetch(self) -> None:
         b = self._next_block()
-        threading.Thread(target=lambda: self._queue.put(self._load(b)), daemon=True).start()
+
+        def read() -> None:
+            try:
+                self._queue.put(self._load(b))
+            except BaseException as e:  # noqa: BLE001 - handed to the sampling thread, raised there
+                self._queue.put(e)
+
+        threading.Thread(target=read, daemon=True).start()
 
     def _maybe_swap(self) -> None:
         self._since_swap += 1
@@ -246,12 +271,24 @@ class TransitionLoader:
             return
         # The next block was read in the background while the last swap_every batches were drawn; waiting
         # for it (rarely needed) keeps the sequence of batches a pure function of the seed.
-        self._slots.put(self._oldest, self._queue.get())
+        block = self._queue.get()
+        if isinstance(block, BaseException):  # e.g. a damaged chunk met by the background read
+            raise block
+        self._slots.put(self._oldest, block)
         self._oldest = (self._oldest + 1) % self.resident_blocks
         self._since_swap = 0
         self._prefetch()
 
     # ----- public -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The sampling stream's position, for checkpoints: a loader given it back with
+        :meth:`load_state_dict` draws the same batches as the one it was taken from (in memory; a
+        streaming loader resumes its random stream but refills its resident blocks afresh)."""
+        return {"generator": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._gen.set_state(state["generator"])
+
     @property
     def resident_transitions(self) -> int:
         """Transitions the loader can currently draw from (all of them in memory mode)."""

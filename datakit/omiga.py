@@ -20,6 +20,7 @@ data. It necessarily loses the termination/truncation distinction (OMIGA masks b
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -28,8 +29,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from datakit.dataset import Dataset, open_dataset
-from datakit.errors import DatasetError
+from datakit.errors import DatasetError, OutputError, RequestError
 from datakit.loader import iter_episodes
+from datakit.outputs import (OutputLock, check_replaceable, fsync_dir, human_bytes, is_omgmg_export, make_parent,
+                             os_errors)
 from datakit.spec import Box, EnvSpec
 from datakit.writer import DatasetWriter
 
@@ -80,9 +83,9 @@ def import_omiga(src, out, *, task: str, level: str, episode_limit: int = MAMUJO
 
     src = Path(src)
     if not re.fullmatch(r"[A-Za-z0-9]+-[0-9A-Za-z|_]+", task):
-        raise DatasetError(f"--task {task!r} is not a MaMuJoCo task name like HalfCheetah-6x1")
+        raise RequestError(f"task {task!r} is not a MaMuJoCo task name like HalfCheetah-6x1")
     if not src.is_file():
-        raise DatasetError(f"no file at {src}")
+        raise RequestError(f"no file at {src}")
     try:
         f = h5py.File(src, "r")
     except OSError as e:
@@ -92,6 +95,10 @@ def import_omiga(src, out, *, task: str, level: str, episode_limit: int = MAMUJO
         if missing:
             raise DatasetError(f"{src} lacks the OMIGA keys {missing} (found {sorted(f.keys())}); "
                                "expected s, o, a, r, d as in the OMIGA MaMuJoCo datasets")
+        not_arrays = [k for k in OMIGA_KEYS if not isinstance(f[k], h5py.Dataset)]
+        if not_arrays:
+            raise DatasetError(f"{src}: {', '.join(repr(k) for k in not_arrays)} must be arrays (HDF5 datasets), "
+                               "not groups; this is not an OMIGA file")
         o, s, a = f["o"], f["s"], f["a"]
         if o.ndim != 3 or a.ndim != 3:
             raise DatasetError(f"'o' and 'a' must be (T, N, dim); got {o.shape} and {a.shape}")
@@ -131,7 +138,7 @@ def import_omiga(src, out, *, task: str, level: str, episode_limit: int = MAMUJO
         if flatten:
             collection["state_layout"] = STATE_FLATTENED
         writer = DatasetWriter(out, spec, level=level, behaviour_policy=None, collection=collection,
-                               overwrite=overwrite, resume=False)
+                               overwrite=overwrite, resume=False, sources=(src,))
         try:
             for group in _group_bounds(bounds, block_rows):
                 lo, hi = group[0][0], group[-1][2] + 1
@@ -170,23 +177,48 @@ def _group_bounds(bounds: list[tuple[int, int, int]], block_rows: int) -> Iterat
 
 def export_omiga(dataset, out, *, overwrite: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write a continuous-action dataset in the OMIGA HDF5 layout (atomically: aside, then rename)."""
-    import h5py
+    """Write a continuous-action dataset in the OMIGA HDF5 layout (atomically: aside, then rename).
+
+    ``overwrite`` replaces only a file omgmg exported (never the source, never anything else). The
+    space the file needs is checked before writing; the partial file is removed on any failure.
+    """
 
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     out = Path(out)
     if ds.spec.discrete:
-        raise DatasetError("the OMIGA HDF5 layout is for MaMuJoCo (continuous actions); "
+        raise RequestError("the OMIGA HDF5 layout is for MaMuJoCo (continuous actions); "
                            f"{ds.spec.name} has discrete actions")
-    if out.exists() and not overwrite:
-        raise DatasetError(f"{out} already exists; choose another path or pass --force")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise RequestError(f"{out} already exists; choose another path or pass --force")
+        check_replaceable(out, owned=is_omgmg_export, what="a file omgmg exported", sources=(ds.path,))
     N, O, A = ds.spec.n_agents, ds.spec.obs_dim, ds.spec.action_dim
     flattened = ds.meta["collection"].get("state_layout") == STATE_FLATTENED
     S = ds.spec.state_dim // N if flattened else ds.spec.state_dim
     rows = ds.n_transitions + ds.n_episodes
+    make_parent(out)
+    need = rows * 4 * (N * (O + S + A) + 2) + (1 << 20)  # uncompressed float32 rows + headroom
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise OutputError(f"exporting to {out} needs about {human_bytes(need)}; its device has {human_bytes(free)} "
+                          "free: free some space or write somewhere else")
     tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        tmp.unlink()
+    with OutputLock(out, "export"), os_errors(out, "exporting to"):
+        try:
+            _write_omiga(ds, tmp, N, O, S, A, rows, flattened, progress)
+            if out.exists():
+                os.remove(out)
+            tmp.rename(out)
+            fsync_dir(out.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: int, flattened: bool,
+                 progress) -> None:
+    import h5py
+
     with h5py.File(tmp, "w") as f:
         dsets = {
             "o": f.create_dataset("o", (rows, N, O), "float32", chunks=(min(rows, 4096), N, O)),
@@ -210,7 +242,5 @@ def export_omiga(dataset, out, *, overwrite: bool = False,
             row += L + 1
             if progress:
                 progress(row, rows)
-    if out.exists():
-        out.unlink() if out.is_file() else shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+        f.flush()
+        os.fsync(f.id.get_vfd_handle())

@@ -1,4 +1,4 @@
-"""Full validation of a dataset: every invariant of ``schemas/dataset-v1.md`` checked over every value.
+"""Full validation of a dataset: every invariant of ``schemas/dataset-v2.md`` checked over every value.
 
 The scan reads the store in blocks of whole chunks, so memory stays bounded whatever the dataset's
 size. The same value checks (:func:`check_steps`, :func:`check_episodes`) are applied by the writer
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from datakit import format as fmt
+from datakit import integrity
 from datakit.dataset import _open_zarr_group
 from datakit.errors import Problem
 from datakit.spec import Box, EnvSpec
@@ -150,6 +151,11 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
         return problems
     spec = EnvSpec.from_json(meta["env"])
     problems = fmt.check_structure(group, spec, meta)
+    if problems:
+        return problems
+    # every chunk present, whole and (format 2) matching its checksum, before anything is decoded
+    problems = integrity.check_chunks(group, [a.key for a in fmt.array_layout(spec)], meta["format_version"],
+                                      checksums=True)
     if problems:
         return problems
 

@@ -14,6 +14,17 @@ half dataset under the final name. After a crash, a new writer with ``resume=Tru
 truncates the partial store to its last committed episode and continues from there;
 ``n_episodes`` tells the caller where to pick up, and ``progress`` returns whatever JSON the caller
 saved with :meth:`set_progress` at the last commit (e.g. the seed of the next episode).
+
+A write serves one *request*: a JSON dict of everything that shapes the data (level, seed, budget,
+behaviour checkpoint, ...), recorded in the partial store and in the finished dataset's
+``collection.request``. A writer resumes only a partial store of the same request and refuses any
+other with one line naming what differs (``resume=False`` starts over). A crash after the finished
+metadata was written but before the rename leaves a complete store at ``.NAME.partial``: the next
+writer for the same request validates it, renames it into place and reports ``finished``.
+
+One writer per output: the writer holds an exclusive lock (:class:`datakit.outputs.OutputLock`)
+from construction until ``close``/``abort``; a second one is refused at once. ``overwrite=True``
+replaces only an omgmg dataset (:func:`datakit.outputs.check_replaceable`), never anything else.
 """
 from __future__ import annotations
 
@@ -25,7 +36,8 @@ import numpy as np
 
 from datakit import format as fmt
 from datakit.dataset import Dataset, _open_zarr_group, open_dataset, partial_path
-from datakit.errors import DatasetError, InvalidDatasetError
+from datakit.errors import DatasetError, InvalidDatasetError, OutputError, RequestError
+from datakit.outputs import OutputLock, check_replaceable, fsync_dir, is_omgmg_dataset, os_errors, remove_output
 from datakit.spec import EnvSpec
 from datakit.validate import check_episodes, check_steps, validate
 
@@ -47,55 +59,87 @@ class DatasetWriter:
 
     def __init__(self, path, spec: EnvSpec, *, level: str | None = None, behaviour_policy: dict | None = None,
                  collection: dict | None = None, overwrite: bool = False, resume: bool = True,
-                 flush_steps: int | None = None, chunk_rows: int | None = None):
-        import zarr
-
+                 request: dict | None = None, flush_steps: int | None = None, chunk_rows: int | None = None,
+                 sources: tuple = ()):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.spec = spec
         self.level = fmt.normalise_level(level)
         self.behaviour_policy = behaviour_policy
+        self.request = _as_json(request)
+        self.format_version = fmt.FORMAT_VERSION  # a resumed write keeps the format it was started in
         self.collection = dict(collection or {})
-        self.overwrite = overwrite
-        if self.path.exists() and not overwrite:
-            raise DatasetError(f"{self.path} already exists; choose another path or overwrite it explicitly "
-                               "(--force on the command line)")
-        if not self.path.parent.exists():
-            raise DatasetError(f"the folder {self.path.parent} does not exist; create it first")
+        if self.request is not None:
+            self.collection["request"] = self.request
+        self.overwrite, self.sources = overwrite, tuple(sources)
+        self._check_target()
         self._layout = fmt.array_layout(spec)
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered_steps = 0
         self.progress: dict = {}
         self._closed = False
+        self.finished = False  # True when a finished write was found and moved into place: nothing to add
         self._io: ThreadPoolExecutor | None = None  # one thread: appends happen in order
         self._pending: list[Future] = []  # appends handed to the thread, oldest first
+        self._lock = OutputLock(self.path, "dataset").acquire()
+        try:
+            with os_errors(self.partial, "preparing the unfinished write"):
+                self._open(resume, chunk_rows)
+        except BaseException:
+            self._lock.release()
+            raise
+        if not self.finished:
+            obs_chunk = self._group["steps/obs"].chunks[0]
+            self.flush_steps = flush_steps or FLUSH_CHUNKS * obs_chunk
 
-        if self.partial.exists() and resume:
-            self._group = _open_zarr_group(self.partial, mode="r+")
-            self._resume()
-        else:
-            if self.partial.exists():
-                shutil.rmtree(self.partial)
-            self._group = zarr.open_group(store=str(self.partial), mode="w", zarr_format=3)
-            step_chunk = chunk_rows or fmt.step_chunk_length(spec)
-            for a in self._layout:
-                rows = step_chunk if a.group == "steps" else fmt.chunk_length(a.tail, a.dtype)
-                self._group.require_group(a.group).create_array(
-                    a.name, shape=(0, *a.tail), chunks=(rows, *a.tail),
-                    dtype=a.dtype, compressors=fmt.compressor(a.dtype), fill_value=0)
-            self.n_episodes, self.n_transitions = 0, 0
-            self._commit()
-        obs_chunk = self._group["steps/obs"].chunks[0]
-        self.flush_steps = flush_steps or FLUSH_CHUNKS * obs_chunk
+    def _check_target(self) -> None:
+        if self.path.exists() or self.path.is_symlink():
+            if not self.overwrite:
+                raise RequestError(f"{self.path} already exists; choose another path or replace it explicitly "
+                                   "(overwrite=True; --force on the command line)")
+            check_replaceable(self.path, owned=is_omgmg_dataset, what="an omgmg dataset", sources=self.sources)
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"cannot write {self.path}: {parent} is a file, not a folder")
+        if not parent.is_dir():
+            raise OutputError(f"the folder {parent} does not exist; create it first")
+
+    def _open(self, resume: bool, chunk_rows: int | None) -> None:
+        import zarr
+
+        if self.partial.exists() or self.partial.is_symlink():
+            check_replaceable(self.partial, owned=is_omgmg_dataset, what="an unfinished omgmg write")
+            if resume:
+                self._group = _open_zarr_group(self.partial, mode="r+")
+                self._resume()
+                return
+            remove_output(self.partial)
+        self._group = zarr.open_group(store=str(self.partial), mode="w", zarr_format=3)
+        step_chunk = chunk_rows or fmt.step_chunk_length(self.spec)
+        for a in self._layout:
+            rows = step_chunk if a.group == "steps" else fmt.chunk_length(a.tail, a.dtype)
+            self._group.require_group(a.group).create_array(
+                a.name, shape=(0, *a.tail), chunks=(rows, *a.tail),
+                dtype=a.dtype, compressors=fmt.compressors(a.dtype), fill_value=0)
+        self.n_episodes, self.n_transitions = 0, 0
+        self._commit()
 
     # ----- resume -------------------------------------------------------------------------------
     def _resume(self) -> None:
-        state = dict(self._group.attrs).get(fmt.WRITER_ATTR)
+        attrs = dict(self._group.attrs)
+        state = attrs.get(fmt.WRITER_ATTR)
         if not state:
-            raise DatasetError(f"{self.partial} is not an omgmg partial write; delete it and start again")
-        if state["identity_sha256"] != fmt.identity_sha256(self.spec):
-            raise DatasetError(f"the unfinished write at {self.partial} is for another task or spec; "
-                               "delete it (or pass resume=False) to start a new one")
+            self._finish_interrupted_rename(attrs)
+            return
+        self.format_version = int(state.get("format_version", 1))
+        if state["identity_sha256"] != fmt.identity_sha256(self.spec, self.format_version):
+            raise RequestError(f"the unfinished write at {self.partial} is for another task or spec; "
+                               "start over (resume=False; --force on the command line)")
+        differs = describe_difference(state.get("request"), self.request)
+        if differs:
+            raise RequestError(f"the unfinished write at {self.partial} was made for another request ({differs}); "
+                               "run that request again to finish it, or start over (resume=False; --force on "
+                               "the command line)")
         self.n_episodes, self.n_transitions = int(state["episodes"]), int(state["transitions"])
         self.progress = dict(state.get("progress", {}))
         for a in self._layout:  # drop rows a crash left behind after the last commit
@@ -104,10 +148,28 @@ class DatasetWriter:
             if arr.shape[0] != rows:
                 arr.resize((rows, *a.tail))
 
+    def _finish_interrupted_rename(self, meta: dict) -> None:
+        """The partial store holds finished metadata: a crash came between the last metadata write and
+        the rename. Same request and valid: move it into place; otherwise refuse."""
+        if fmt.check_metadata(meta):
+            raise DatasetError(f"{self.partial} is neither an unfinished nor a finished omgmg write; "
+                               "start over (resume=False; --force on the command line)")
+        differs = describe_difference(meta.get("collection", {}).get("request"), self.request)
+        if differs or meta["identity_sha256"] != fmt.identity_sha256(self.spec, meta["format_version"]):
+            raise RequestError(f"{self.partial} holds a finished write for another request "
+                               f"({differs or 'another task or spec'}); start over (resume=False; --force on the "
+                               "command line)")
+        problems = validate(self.partial)
+        if problems:
+            raise InvalidDatasetError(self.partial, problems)
+        self._closed = self.finished = True
+        _replace_atomically(self.partial, self.path, self.overwrite, self.sources)
+        self._lock.release()
+
     def _commit_state(self) -> dict:
         return {"episodes": self.n_episodes, "transitions": self.n_transitions,
-                "identity_sha256": fmt.identity_sha256(self.spec), "env": self.spec.to_json(),
-                "progress": self.progress}
+                "identity_sha256": fmt.identity_sha256(self.spec, self.format_version), "env": self.spec.to_json(),
+                "progress": self.progress, "request": self.request, "format_version": self.format_version}
 
     def _commit(self) -> None:
         self._group.attrs[fmt.WRITER_ATTR] = self._commit_state()
@@ -123,9 +185,10 @@ class DatasetWriter:
 
     def _wait(self, keep: int = 0) -> None:
         """Block until at most ``keep`` background appends are left unfinished; re-raise the error
-        of any that failed."""
+        of any that failed (an OSError as one line: the unfinished write stays resumable)."""
         while self._pending and (len(self._pending) > keep or self._pending[0].done()):
-            self._pending.pop(0).result()
+            with os_errors(self.partial, "appending episodes"):
+                self._pending.pop(0).result()
 
     # ----- appending ----------------------------------------------------------------------------
     def add_episode(self, *, obs, state, actions, reward, final_obs, final_state, terminated: bool,
@@ -138,7 +201,8 @@ class DatasetWriter:
         ``truncated``: it was cut (time limit) and bootstrapping through its end is correct.
         """
         if self._closed:
-            raise DatasetError("this writer is closed")
+            raise DatasetError("this writer is closed" + (" (it found the write already finished)" if self.finished
+                                                          else ""))
         spec = self.spec
         if not (terminated or truncated):
             raise DatasetError("an episode must end terminated or truncated; pass truncated=True for a time limit "
@@ -254,22 +318,27 @@ class DatasetWriter:
         """Flush, write stats and metadata, validate fully, and rename into place. Returns the dataset."""
         if self._closed:
             return open_dataset(self.path)
-        self.flush()
-        self._finish_io()
-        g = self._group
-        lengths = np.asarray(g["episodes/length"][:])
-        returns = np.asarray(g["episodes/return"][:])
-        won = np.asarray(g["episodes/won"][:]) if self.spec.reports_wins else None
-        meta = fmt.build_metadata(self.spec, level=self.level, behaviour_policy=self.behaviour_policy,
-                                  collection=self.collection, stats=fmt.compute_stats(lengths, returns, won))
-        g.attrs.put(meta)  # replaces all attributes: the _writer marker goes away
-        problems = validate(self.partial)
-        if problems:
-            g.attrs[fmt.WRITER_ATTR] = {"episodes": self.n_episodes, "transitions": self.n_transitions,
-                                        "identity_sha256": fmt.identity_sha256(self.spec), "progress": self.progress}
-            raise InvalidDatasetError(self.partial, problems)
-        self._closed = True
-        _replace_atomically(self.partial, self.path, self.overwrite)
+        try:
+            self.flush()
+            self._finish_io()
+            with os_errors(self.partial, "finishing the dataset"):
+                g = self._group
+                lengths = np.asarray(g["episodes/length"][:])
+                returns = np.asarray(g["episodes/return"][:])
+                won = np.asarray(g["episodes/won"][:]) if self.spec.reports_wins else None
+                meta = fmt.build_metadata(self.spec, level=self.level, behaviour_policy=self.behaviour_policy,
+                                          collection=self.collection, stats=fmt.compute_stats(lengths, returns, won),
+                                          format_version=self.format_version)
+                g.attrs.put(meta)  # replaces all attributes: the _writer marker goes away
+                problems = validate(self.partial)
+                if problems:
+                    g.attrs[fmt.WRITER_ATTR] = self._commit_state()
+                    raise InvalidDatasetError(self.partial, problems)
+                self._closed = True
+                _replace_atomically(self.partial, self.path, self.overwrite, self.sources)
+        finally:
+            if self._closed:
+                self._lock.release()
         return open_dataset(self.path)
 
     def abort(self) -> None:
@@ -281,6 +350,15 @@ class DatasetWriter:
         except Exception:  # noqa: BLE001 - the write is being thrown away anyway
             pass
         shutil.rmtree(self.partial, ignore_errors=True)
+        self._lock.release()
+
+    def release(self) -> None:
+        """Keep the unfinished write for a later resume, and let other writers at it (after an error)."""
+        if not self._closed:
+            try:
+                self._finish_io()
+            finally:
+                self._lock.release()
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -290,19 +368,44 @@ class DatasetWriter:
             self.close()
         elif not self._closed:
             # Interrupted: keep every whole episode received so far, so the write can resume.
-            self.sync()
+            try:
+                self.sync()
+            finally:
+                self._lock.release()
 
 
-def _replace_atomically(src: Path, dst: Path, overwrite: bool) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` (only with overwrite) is moved aside first."""
-    if dst.exists():
-        if not overwrite:
-            raise DatasetError(f"{dst} appeared while writing; the new data is kept at {src}")
-        trash = dst.with_name(f".{dst.name}.replaced")
-        if trash.exists():
+def _as_json(value):
+    """A JSON round trip, so a request compares equal to the one read back from the store."""
+    import json
+
+    return None if value is None else json.loads(json.dumps(value, sort_keys=True))
+
+
+def describe_difference(stored: dict | None, wanted: dict | None) -> str:
+    """'' when two requests agree, else 'level: medium (unfinished) vs random (now); ...'."""
+    if stored == wanted:
+        return ""
+    if stored is None or wanted is None:
+        return "one of them records no request"
+    keys = sorted(set(stored) | set(wanted))
+    return "; ".join(f"{k}: {stored.get(k)!r} (unfinished) vs {wanted.get(k)!r} (now)" for k in keys
+                     if stored.get(k) != wanted.get(k))
+
+
+def _replace_atomically(src: Path, dst: Path, overwrite: bool, sources: tuple = ()) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` (only with overwrite, and only an omgmg dataset)
+    is moved aside first and deleted after the rename."""
+    with os_errors(dst, "moving the finished dataset into place at"):
+        if dst.exists() or dst.is_symlink():
+            if not overwrite:
+                raise RequestError(f"{dst} appeared while writing; the new data is kept at {src}")
+            check_replaceable(dst, owned=is_omgmg_dataset, what="an omgmg dataset", sources=sources)
+            trash = dst.with_name(f".{dst.name}.replaced")
+            if trash.exists():
+                shutil.rmtree(trash)
+            dst.rename(trash)
+            src.rename(dst)
             shutil.rmtree(trash)
-        dst.rename(trash)
-        src.rename(dst)
-        shutil.rmtree(trash)
-    else:
-        src.rename(dst)
+        else:
+            src.rename(dst)
+        fsync_dir(dst.parent)

@@ -8,7 +8,12 @@ A run directory holds ``config.json`` (the resolved config, the dataset and its 
 ``best.pt`` (weights, normalisation, optimiser and RNG state, config; loadable with
 ``weights_only=True``), ``curves.png`` (evaluation score and Q_tot against steps) and
 ``results.json``. Running the same command again resumes from ``latest.pt`` and continues the same
-metrics stream (log lines written after that checkpoint are dropped first).
+metrics stream (log lines written after that checkpoint are dropped first, and the running means of
+the next log line continue from the checkpoint, so a resumed run logs what an uninterrupted one
+does). A run resumes only on the same data (the dataset's content fingerprint, not just its task)
+with the same algorithm and hyperparameters; one process trains a run directory at a time (an
+exclusive lock); checkpoints are atomic and checksummed, and a damaged ``latest.pt`` falls back to
+``latest.previous.pt`` with a warning.
 
 Evaluation runs the deterministic policy for ``eval_episodes`` episodes (one per environment, so
 short episodes are not over-represented) in the environment the dataset came from
@@ -17,7 +22,6 @@ short episodes are not over-represented) in the environment the dataset came fro
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +31,12 @@ import numpy as np
 import torch
 
 from datakit import TransitionLoader, open_dataset
+from datakit.checkpoints import load_checkpoint, save_checkpoint
 from datakit.dataset import Dataset
-from datakit.errors import DatasetError
+from datakit.errors import OutputError, RequestError
 from datakit.format import identity_sha256
+from datakit.outputs import OutputLock, append_jsonl, atomic_write_json, is_omgmg_run, os_errors, read_jsonl, \
+    truncate_jsonl
 from omgmg.algos import algorithm_class
 from omgmg.algos.base import OfflineAlgorithm, OfflineConfig
 
@@ -107,44 +114,80 @@ def build(algo_name: str, ds: Dataset, cfg: OfflineConfig) -> OfflineAlgorithm:
 
 
 def train(algo_name: str, dataset, cfg: OfflineConfig, out, *, evaluate: bool = True,
-          progress: Callable[[int, int, dict | None], None] | None = None) -> TrainResult:
+          progress: Callable[[int, int, dict | None], None] | None = None,
+          warn: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``algo_name`` on a dataset into run directory ``out`` (resuming it if it holds a run)."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file; a run directory is a folder: choose another output path")
+    if out.is_dir() and any(out.iterdir()) and not is_omgmg_run(out):
+        raise RequestError(f"{out} is a folder with files that is not an omgmg run directory; choose another "
+                           "output path (omgmg writes only into empty folders or its own run directories)")
+    with os_errors(out, "creating the run directory"):
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)
     try:
-        return _train(algo_name, dataset, cfg, Path(out), evaluate, progress)
+        with OutputLock(out, "run directory"):
+            return _train(algo_name, dataset, cfg, out, evaluate, progress, warn)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress) -> TrainResult:
+def run_identity(algo_name: str, ds: Dataset, cfg: OfflineConfig) -> dict:
+    """What a run directory is for: the algorithm, the data (task and content) and the hyperparameters
+    (all but the step budget, which a resumed run may extend)."""
+    return {"algorithm": algo_name, "dataset_identity": identity_sha256(ds.spec, ds.format_version),
+            "dataset_content": ds.content_sha256(), "config": dataclasses.asdict(cfg) | {"steps": None}}
+
+
+def _check_resume(out: Path, state: dict, wanted: dict, ds: Dataset) -> None:
+    """Refuse, in one line, to continue a run made for another algorithm, dataset or configuration."""
+    held = {"algorithm": state["algorithm"], "dataset_identity": state["dataset_identity"],
+            "dataset_content": state.get("dataset_content"), "config": state["config"] | {"steps": None}}
+    if held == wanted:
+        return
+    if held["algorithm"] != wanted["algorithm"]:
+        what = f"a {held['algorithm']} run, not {wanted['algorithm']}"
+    elif held["dataset_identity"] != wanted["dataset_identity"]:
+        what = "a run on a dataset of another task"
+    elif held["dataset_content"] != wanted["dataset_content"]:
+        what = f"a run on other data than {ds.path} (same task, different content)"
+    else:
+        changed = sorted(k for k in wanted["config"] if held["config"].get(k) != wanted["config"][k])
+        what = "a run with other hyperparameters (" + ", ".join(
+            f"{k}: {held['config'].get(k)!r} there vs {wanted['config'][k]!r} now" for k in changed) + ")"
+    raise RequestError(f"{out} holds {what}; choose another output path, or delete that run directory to start over")
+
+
+def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn) -> TrainResult:
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     torch.manual_seed(cfg.seed)
     algo = build(algo_name, ds, cfg)
     loader = TransitionLoader(ds, cfg.batch_size, seed=cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    config = {"algorithm": algo_name, "dataset": str(ds.path), "dataset_identity": identity_sha256(ds.spec),
+    identity = run_identity(algo_name, ds, cfg)
+    config = {"algorithm": algo_name, "dataset": str(Path(ds.path).absolute()),
+              "dataset_identity": identity["dataset_identity"], "dataset_content": identity["dataset_content"],
               "dataset_level": ds.level, "config": dataclasses.asdict(cfg)}
     latest = out / "checkpoints" / "latest.pt"
+    log_path = out / "log.jsonl"
     start, best = 0, None
-    if latest.exists():
-        state = torch.load(latest, map_location="cpu", weights_only=True)
-        if state["algorithm"] != algo_name or state["dataset_identity"] != config["dataset_identity"]:
-            raise DatasetError(f"{out} holds a {state['algorithm']} run on another dataset; choose another --out")
-        if state["config"] != dataclasses.asdict(cfg) | {"steps": state["config"]["steps"]}:
-            raise DatasetError(f"{out} holds a run with other hyperparameters; choose another --out")
+    sums: dict[str, float] = {}  # running means of the next log line
+    n = 0
+    if latest.exists() or (out / "checkpoints" / "latest.previous.pt").exists():
+        state = load_checkpoint(latest, warn=warn)
+        _check_resume(out, state, identity, ds)
         algo.load_state_dict(state["weights"])
         algo.load_optimizer_state(state["optim"])
-        loader._gen.set_state(state["loader_rng"])
+        loader.load_state_dict(state.get("loader") or {"generator": state["loader_rng"]})  # or a 0.1.0 checkpoint
         torch.set_rng_state(state["torch_rng"])
         start, best = int(state["step"]), state.get("best")
-        _truncate_log(out / "log.jsonl", start)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+        sums, n = dict(state.get("log_sums", {})), int(state.get("log_n", 0))
+    truncate_jsonl(log_path, lambda r: r.get("step", 0) <= start, warn=warn)  # lines after the checkpoint
+    atomic_write_json(out / "config.json", config)
     evaluator = Evaluator(ds, cfg.eval_episodes, cfg.seed) if evaluate else None
     final = {}
-    sums: dict[str, float] = {}
-    n, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
     try:
         for step in range(start + 1, cfg.steps + 1):
             metrics = algo.step(loader)
@@ -154,7 +197,7 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress) -> Trai
             if step % cfg.log_every == 0 or step == cfg.steps:
                 record = {"step": step, **{k: v / n for k, v in sums.items()},
                           "time/steps_per_s": n / (time.perf_counter() - t0)}
-                _log(out, record)
+                append_jsonl(log_path, record)
                 final.update(record)
                 sums, n, t0 = {}, 0, time.perf_counter()
                 if progress:
@@ -165,10 +208,10 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress) -> Trai
                     ev.update(evaluator(algo, round_=step))
                     if best is None or eval_score(ev) > eval_score(best):
                         best = ev
-                        _save(out / "checkpoints" / "best.pt", algo, algo_name, config, loader, step, best)
-                _log(out, ev)
+                        _save(out / "checkpoints" / "best.pt", algo, algo_name, config, loader, step, best, sums, n)
+                append_jsonl(log_path, ev)  # before the checkpoint: a crash in between cuts the log back
                 final.update(ev)
-                _save(latest, algo, algo_name, config, loader, step, best)
+                _save(latest, algo, algo_name, config, loader, step, best, sums, n)
                 if progress:
                     progress(step, cfg.steps, ev)
                 t0 = time.perf_counter()
@@ -176,37 +219,25 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress) -> Trai
         if evaluator is not None:
             evaluator.close()
     plot_run(out)
-    result = {"final": final, "best": best, "algorithm": algo_name, "dataset": str(ds.path)}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    result = {"final": final, "best": best, "algorithm": algo_name, "dataset": config["dataset"]}
+    atomic_write_json(out / "results.json", result)
     return TrainResult(out, final, best)
 
 
-def _log(out: Path, record: dict) -> None:
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
-
-
-def _save(path: Path, algo, algo_name, config, loader, step, best) -> None:
+def _save(path: Path, algo, algo_name, config, loader, step, best, log_sums, log_n) -> None:
     state = {"weights": algo.state_dict(), "optim": algo.optimizer_state(), "algorithm": algo_name,
              "config": dataclasses.asdict(algo.cfg), "env": algo.spec.to_json(),
-             "dataset_identity": config["dataset_identity"], "step": step, "best": best,
-             "loader_rng": loader._gen.get_state(), "torch_rng": torch.get_rng_state()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.rename(path)
+             "dataset_identity": config["dataset_identity"], "dataset_content": config["dataset_content"],
+             "step": step, "best": best, "loader": loader.state_dict(), "torch_rng": torch.get_rng_state(),
+             "log_sums": dict(log_sums), "log_n": log_n}
+    save_checkpoint(state, path, keep_previous=path.name == "latest.pt")
 
 
 def load_policy(path) -> OfflineAlgorithm:
     """Rebuild a trained algorithm from a checkpoint (``weights_only=True``: nothing is unpickled)."""
     from datakit.spec import EnvSpec
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, fallback=False)
     cls = algorithm_class(state["algorithm"])
     algo = cls(EnvSpec.from_json(state["env"]), cls.config_cls(**state["config"]))
     algo.load_state_dict(state["weights"])
@@ -215,8 +246,8 @@ def load_policy(path) -> OfflineAlgorithm:
 
 
 def read_log(run_dir) -> list[dict]:
-    path = Path(run_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    """The run's log records (a torn last line, from a crash or a full disk, is left out)."""
+    return read_jsonl(Path(run_dir) / "log.jsonl")
 
 
 def plot_run(run_dir) -> Path:

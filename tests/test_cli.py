@@ -76,7 +76,7 @@ def test_existing_output_is_kept_without_force(tmp_path):
     out = tmp_path / "c.zarr"
     run(data_cli, "fixture", out, "--episodes", 5)
     before = zarr.open_group(str(out), mode="r")["steps/obs"][:]
-    result = run(data_cli, "fixture", out, "--episodes", 7, code=1)
+    result = run(data_cli, "fixture", out, "--episodes", 7, code=2)  # a usage error, as in every command
     assert "already exists" in result.output and "--force" in result.output
     assert np.array_equal(zarr.open_group(str(out), mode="r")["steps/obs"][:], before)
     run(data_cli, "fixture", out, "--episodes", 7, "--force")
@@ -97,9 +97,9 @@ def test_import_and_export_omiga(tmp_path):
     assert card["level"] == "medium-replay" and card["suite"] == "mamujoco" and card["task"] == "HalfCheetah-6x1"
     assert card["terminated_episodes"] == 1
     run(data_cli, "export", tmp_path / "a.zarr", "--format", "omiga", "--out", tmp_path / "b.hdf5")
-    run(data_cli, "export", tmp_path / "a.zarr", "--format", "omiga", "--out", tmp_path / "b.hdf5", code=1)
+    run(data_cli, "export", tmp_path / "a.zarr", "--format", "omiga", "--out", tmp_path / "b.hdf5", code=2)
     result = run(data_cli, "import", "omiga", tmp_path / "src.hdf5", "--task", "HalfCheetah-6x1", "--level",
-                 "superb", "--out", tmp_path / "c.zarr", code=1)
+                 "superb", "--out", tmp_path / "c.zarr", code=2)  # a usage error, as in collect
     assert "unknown level 'superb'" in result.output
 
 

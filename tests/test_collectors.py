@@ -429,7 +429,7 @@ def test_interrupted_collection_resumes_to_the_same_dataset(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["fixture", "nope", "--level", "random"], "unknown fixture task 'nope'"),
     (["fixture", "continuous", "--level", "superb"], "unknown level 'superb'"),
-    (["fixture", "continuous", "--level", "random", "--episodes", "0"], "--episodes must be a positive number"),
+    (["fixture", "continuous", "--level", "random", "--episodes", "0"], "episodes must be a positive number"),
     (["smacv2", "protoss_5v5", "--level", "random", "--backend", "pysc2"], "unknown SMACv2 backend 'pysc2'"),
     (["fixture", "continuous", "--level", "random", "--episodes", "3", "--transitions", "9"], "not both"),
 ])

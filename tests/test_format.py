@@ -1,16 +1,18 @@
-"""Format v1: write -> validate -> read back bit-exact; atomic, resumable writes; immutable identity."""
+"""The dataset format: write -> validate -> read back bit-exact; atomic, resumable writes; immutable identity."""
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
 import pytest
 import zarr
 
-from conftest import ENDS, LENGTHS, continuous_spec, discrete_spec, hand_episodes, write
+from conftest import ENDS, LENGTHS, continuous_spec, crash, discrete_spec, hand_episodes, write
 from datakit import (DatasetError, DatasetWriter, InvalidDatasetError, iter_episodes, open_dataset, update_metadata,
                      validate)
 from datakit.dataset import partial_path
+from datakit.errors import OutputError
 from datakit.format import identity_sha256
 
 
@@ -100,6 +102,7 @@ def test_resume_drops_rows_written_after_the_last_commit(tmp_path):
     # Simulate a crash in the middle of a flush: steps appended, commit marker not updated.
     g = zarr.open_group(str(partial_path(target)), mode="r+")
     g["steps/obs"].append(eps[1]["obs"], axis=0)
+    crash(w)
     w2 = DatasetWriter(target, spec)
     assert (w2.n_episodes, w2.n_transitions) == (1, 4)
     for ep in eps[1:]:
@@ -123,7 +126,8 @@ def test_existing_dataset_is_never_overwritten_without_asking(continuous_data):
 def test_resuming_with_another_task_is_refused(tmp_path):
     target = tmp_path / "x.zarr"
     w = DatasetWriter(target, continuous_spec())
-    w.flush()
+    w.sync()
+    crash(w)
     with pytest.raises(DatasetError, match="another task"):
         DatasetWriter(target, continuous_spec(task="other"))
 
@@ -179,7 +183,7 @@ def test_identity_hash_is_stable_and_covers_spaces():
 def test_metadata_is_valid_json_schema_document(continuous_data):
     ds, _ = continuous_data
     meta = json.loads((ds.path / "zarr.json").read_text())["attributes"]
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["env"]["obs_dims"] == [4, 3, 4]
     assert meta["env"]["action_spaces"][1] == {"type": "box", "low": [-0.5], "high": [0.5]}
     assert "_writer" not in meta
@@ -192,10 +196,10 @@ def test_a_failed_background_append_is_raised_not_lost(tmp_path, monkeypatch):
     w.add_episode(**eps[0])
 
     def disk_full(blocks, state):
-        raise OSError("No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(w, "_append", disk_full)
     w.flush()  # handed to the thread: the error surfaces at the next point that waits
     w.add_episode(**eps[1])
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match="no space left on the device of .*f.zarr.partial"):
         w.sync()

@@ -217,11 +217,17 @@ def test_resume_continues_the_same_metrics_stream(data, tmp_path):
 def test_a_run_directory_refuses_another_dataset_or_config(data, tmp_path):
     from datakit import DatasetError
 
-    train("bc", data["discrete"], BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=16), tmp_path / "r")
-    with pytest.raises(DatasetError, match="another dataset"):
-        train("bc", data["continuous"], BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=16), tmp_path / "r")
-    with pytest.raises(DatasetError, match="other hyperparameters"):
+    cfg = BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=16)
+    train("bc", data["discrete"], cfg, tmp_path / "r")
+    with pytest.raises(DatasetError, match="a run on a dataset of another task"):
+        train("bc", data["continuous"], cfg, tmp_path / "r")
+    same_task = make_fixture(tmp_path / "other.zarr", "discrete", episodes=40, seed=1)  # same task, other data
+    with pytest.raises(DatasetError, match="a run on other data than .*other.zarr"):
+        train("bc", same_task, cfg, tmp_path / "r")
+    with pytest.raises(DatasetError, match=r"other hyperparameters \(hidden: 16 there vs 8 now\)"):
         train("bc", data["discrete"], BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=8), tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["dataset"] == str(data["discrete"].path.absolute())  # untouched by the refused runs
 
 
 def test_per_suite_defaults_apply_where_the_user_sets_nothing():

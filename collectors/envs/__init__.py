@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.envs.base import MultiAgentEnv, Reset, Step, VecStep, VectorEnv
-from datakit.errors import DatasetError
+from datakit.errors import DatasetError, RequestError
 from datakit.spec import EnvSpec
 
 SUITES = ("mamujoco", "smacv2", "fixture")
@@ -53,13 +53,13 @@ class TaskRef:
 def _split(name: str, task: str | None) -> tuple[str, str]:
     if task is None:
         if "/" not in name:
-            raise DatasetError(f"name a task as SUITE/TASK, e.g. mamujoco/Hopper-3x1 (got {name!r}); suites: "
+            raise RequestError(f"name a task as SUITE/TASK, e.g. mamujoco/Hopper-3x1 (got {name!r}); suites: "
                                + ", ".join(SUITES))
         name, task = name.split("/", 1)
     suite = name.strip().lower()
     if suite not in SUITES:
         listing = "; ".join(f"{s}: {', '.join(EXAMPLES[s])}" for s in SUITES)
-        raise DatasetError(f"unknown suite {name!r}; valid suites and example tasks: {listing}")
+        raise RequestError(f"unknown suite {name!r}; valid suites and example tasks: {listing}")
     return suite, task.strip()
 
 
@@ -70,26 +70,26 @@ def resolve(name: str, task: str | None = None, *, backend: str | None = None, *
         from collectors.envs import mamujoco
 
         if backend not in (None, "gymnasium-robotics"):
-            raise DatasetError(f"MaMuJoCo has one backend, gymnasium-robotics (got {backend!r})")
+            raise RequestError(f"MaMuJoCo has one backend, gymnasium-robotics (got {backend!r})")
         scenario, conf = mamujoco.parse_task(task)
         unknown = set(options) - {"obs_mode"}
         if unknown:
-            raise DatasetError(f"unknown MaMuJoCo option(s) {sorted(unknown)}; known: obs_mode")
+            raise RequestError(f"unknown MaMuJoCo option(s) {sorted(unknown)}; known: obs_mode")
         return TaskRef(suite, f"{scenario}-{conf}", "gymnasium-robotics", dict(options))
     if suite == "smacv2":
         from collectors.envs import smacv2
 
         canonical = smacv2.canonical_task(task)
         if options:
-            raise DatasetError(f"SMACv2 tasks take no options (got {sorted(options)})")
+            raise RequestError(f"SMACv2 tasks take no options (got {sorted(options)})")
         chosen, note = smacv2.choose_backend(backend)
         return TaskRef(suite, canonical, chosen, {}, note)
     from datakit.fixtures import SHAPES
 
     if task.lower() not in SHAPES:
-        raise DatasetError(f"unknown fixture task {task!r}: choose one of {', '.join(SHAPES)}")
+        raise RequestError(f"unknown fixture task {task!r}: choose one of {', '.join(SHAPES)}")
     if backend not in (None, "numpy"):
-        raise DatasetError(f"fixture tasks have one backend, numpy (got {backend!r})")
+        raise RequestError(f"fixture tasks have one backend, numpy (got {backend!r})")
     return TaskRef(suite, task.lower(), "numpy", {})
 
 
@@ -127,7 +127,7 @@ def make_vector_env(name: str | TaskRef, num_envs: int, task: str | None = None,
     process (``workers=1``) or split over ``workers`` processes.
     """
     if num_envs < 1:
-        raise DatasetError(f"num_envs must be >= 1, got {num_envs}")
+        raise RequestError(f"num_envs must be >= 1, got {num_envs}")
     ref = name if isinstance(name, TaskRef) else resolve(name, task, backend=backend, **options)
     if ref.suite == "smacv2" and ref.backend == "smax":
         from collectors.envs.smax import SmaxVectorEnv

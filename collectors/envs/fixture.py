@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from collectors.envs.base import MultiAgentEnv, Reset, Step
-from datakit.errors import DatasetError
+from datakit.errors import RequestError
 from datakit.fixtures import SHAPES, LinearSystem, fixture_spec
 
 
 class FixtureEnv(MultiAgentEnv):
     def __init__(self, task: str):
         if task.lower() not in SHAPES:
-            raise DatasetError(f"unknown fixture task {task!r}: choose one of {', '.join(SHAPES)}")
+            raise RequestError(f"unknown fixture task {task!r}: choose one of {', '.join(SHAPES)}")
         self.spec = fixture_spec(task.lower())
         self.system = LinearSystem(self.spec, seed=0)
         self.x = np.zeros(self.spec.state_dim, np.float32)

@@ -28,7 +28,7 @@ import re
 import numpy as np
 
 from collectors.envs.base import MultiAgentEnv, Reset, Step
-from datakit.errors import DatasetError
+from datakit.errors import DatasetError, RequestError
 from datakit.spec import Box, EnvSpec
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def parse_task(task: str) -> tuple[str, str]:
     m = re.fullmatch(r"([A-Za-z0-9]+)-(\S+)", task.strip())
     by_lower = {s.lower(): s for s in SCENARIOS}
     if not m or m.group(1).lower() not in by_lower:
-        raise DatasetError(f"unknown MaMuJoCo task {task!r}: name it Scenario-agent_conf, e.g. "
+        raise RequestError(f"unknown MaMuJoCo task {task!r}: name it Scenario-agent_conf, e.g. "
                            f"{', '.join(PAPER_TASKS)}; scenarios: {', '.join(SCENARIOS)}")
     scenario, conf = by_lower[m.group(1).lower()], m.group(2).lower()
     _, get_parts_and_edges = _import_mamujoco()
@@ -94,7 +94,7 @@ def parse_task(task: str) -> tuple[str, str]:
         get_parts_and_edges(scenario, conf)
     except Exception:
         confs = valid_agent_confs(scenario)
-        raise DatasetError(f"gymnasium-robotics has no agent_conf {conf!r} for {scenario}; valid: "
+        raise RequestError(f"gymnasium-robotics has no agent_conf {conf!r} for {scenario}; valid: "
                            + ", ".join(f"{scenario}-{c}" for c in confs)) from None
     return scenario, conf
 
@@ -105,9 +105,9 @@ class MaMuJoCoEnv(MultiAgentEnv):
     def __init__(self, task: str, obs_mode: str = "local"):
         scenario, conf = parse_task(task)
         if obs_mode not in OBS_MODES:
-            raise DatasetError(f"unknown obs_mode {obs_mode!r} for MaMuJoCo: choose {', '.join(OBS_MODES)}")
+            raise RequestError(f"unknown obs_mode {obs_mode!r} for MaMuJoCo: choose {', '.join(OBS_MODES)}")
         if obs_mode == "omiga" and scenario not in OMIGA_COMPATIBLE:
-            raise DatasetError(
+            raise RequestError(
                 f"obs_mode 'omiga' is not available for {scenario}: gymnasium's v5 {scenario} observation differs "
                 "from the v2 one the OMIGA datasets were recorded with (Ant: v2 has 84 contact-force entries, v5 78), "
                 "so a policy trained on OMIGA data would see inputs it never saw; offered for "

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from collectors.envs.base import MultiAgentEnv, Reset, Step
-from datakit.errors import DatasetError
+from datakit.errors import DatasetError, RequestError
 from datakit.spec import Discrete, EnvSpec
 
 RACE_UNITS = {  # SMACv2's unit types per race; the third is the rare "exception" type
@@ -45,7 +45,7 @@ def parse_task(task: str) -> tuple[str, int]:
     m = re.fullmatch(r"(protoss|terran|zerg)_(\d+)_?v(?:s_)?(\d+)", task.strip().lower())
     if not m or m.group(2) != m.group(3) or int(m.group(2)) not in TEAM_SIZES:
         valid = [f"{r}_{n}v{n}" for n in TEAM_SIZES for r in RACE_UNITS]
-        raise DatasetError(f"unknown SMACv2 task {task!r}; valid: {', '.join(valid)}")
+        raise RequestError(f"unknown SMACv2 task {task!r}; valid: {', '.join(valid)}")
     return m.group(1), int(m.group(2))
 
 
@@ -80,7 +80,7 @@ def smax_missing() -> str | None:
 def choose_backend(backend: str | None) -> tuple[str, str]:
     """(backend, one line saying why) for a requested backend, or the default when None."""
     if backend is not None and backend not in BACKENDS:
-        raise DatasetError(f"unknown SMACv2 backend {backend!r}: choose {' or '.join(BACKENDS)}")
+        raise RequestError(f"unknown SMACv2 backend {backend!r}: choose {' or '.join(BACKENDS)}")
     if backend == "sc2":
         why = sc2_missing()
         if why:

@@ -152,10 +152,13 @@ def _worker(conn, make: Callable[[], MultiAgentEnv], lo: int, hi: int, buffers: 
                 conn.send(("ok", batch.reset(conn.recv())))
             elif msg == b"c":
                 break
-    except (EOFError, KeyboardInterrupt):
-        pass
+    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+        pass  # the parent is gone or stopping: nothing to report, nobody to report to
     except Exception as e:  # report to the parent instead of dying silently
-        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        except OSError:
+            pass
     finally:
         if batch is not None:
             batch.close()

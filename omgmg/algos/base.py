@@ -9,6 +9,7 @@ defaults to the deterministic action of ``self.actor``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,11 +51,18 @@ class OfflineConfig:
     """Gradient-norm clip of every update."""
 
     def __post_init__(self):
+        # every number of every algorithm's config must be finite (a NaN passes any comparison below)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         for name in ("steps", "batch_size", "eval_every", "eval_episodes", "log_every", "torch_threads", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.grad_norm_clip <= 0:
+            raise ValueError(f"grad_norm_clip must be > 0, got {self.grad_norm_clip}")
 
 
 @dataclass

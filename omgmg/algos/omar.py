@@ -73,8 +73,8 @@ class OMARConfig(TDConfig):
         super().__post_init__()
         if not 0 <= self.omar_coe <= 1:
             raise ValueError(f"omar_coe must lie in [0, 1], got {self.omar_coe}")
-        if not 1 <= self.cem_elites <= self.cem_samples or self.cem_iters < 1:
-            raise ValueError("need cem_iters >= 1 and 1 <= cem_elites <= cem_samples")
+        if not 1 <= self.cem_elites <= self.cem_samples or self.cem_iters < 1 or self.n_action_samples < 1:
+            raise ValueError("need cem_iters >= 1, 1 <= cem_elites <= cem_samples and n_action_samples >= 1")
 
 
 # ----- losses and the search ------------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ class OMGMGConfig(TDConfig):
             raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
         if self.nu < 0 or self.alpha <= 0:
             raise ValueError(f"nu must be >= 0 and alpha > 0, got nu={self.nu}, alpha={self.alpha}")
+        if self.z_clip <= 0 or self.n_action_samples < 1:
+            raise ValueError(f"z_clip must be > 0 and n_action_samples >= 1, got z_clip={self.z_clip}, "
+                             f"n_action_samples={self.n_action_samples}")
 
 
 # Per-suite defaults, applied where the user sets nothing (``omgmg.algos.make_config``). Chosen by

@@ -43,8 +43,8 @@ class OMIGAConfig(TDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.alpha <= 0 or self.z_clip <= 0:
+            raise ValueError(f"alpha and z_clip must be > 0, got alpha={self.alpha}, z_clip={self.z_clip}")
 
 
 # ----- losses ---------------------------------------------------------------------------------------------------

@@ -182,8 +182,14 @@ def load_spec(name_or_path: str | Path) -> ExperimentSpec:
         if not shipped.exists():
             raise SpecError(f"no spec file {name_or_path!r}; give a TOML path or one of: {', '.join(shipped_specs())}")
         path = shipped
+    if path.is_dir():
+        raise SpecError(f"{path} is a folder; give a TOML spec file or one of: {', '.join(shipped_specs())}")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(f"{path} is not a UTF-8 text file; a spec is TOML text") from None
+    except OSError as e:
+        raise SpecError(f"{path} cannot be read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path} is not valid TOML: {e}") from None
     return parse_spec(raw, source=str(path))

@@ -3,9 +3,12 @@ local process pool or as Ray tasks on a cluster.
 
 A sweep directory holds ``sweep.json`` (the spec and budget it runs) and one directory per cell,
 ``cells/NAME-KEY/`` with ``cell.json``, the trainer's run directory ``run/`` and, once finished,
-``result.json``. A cell is finished when its ``result.json`` exists; its directory name carries the
-hash of its resolved config, so editing a spec re-runs exactly the cells it changed, and a crashed
-sweep resumes (unfinished cells also resume from their own last checkpoint).
+``result.json``. A cell is finished when its ``result.json`` exists and records no error (a cell that
+failed, e.g. on a damaged checkpoint, is run again by the next sweep); its directory name carries
+the hash of its resolved config, so editing a spec re-runs exactly the cells it changed, and a
+crashed sweep resumes (unfinished cells also resume from their own last checkpoint). One sweep runs
+in a sweep directory at a time and one process trains a cell at a time (exclusive locks); local
+worker processes end when the sweep's process does, however it ends.
 
 Generated datasets live under ``$OMGMG_HOME/experiments/data-HASH/`` (HASH over the settings the
 suite's datasets depend on), shared by every sweep with the same settings. With the Ray backend, the sweep directory
@@ -23,6 +26,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
+from datakit.errors import OutputError
+from datakit.outputs import OutputLock, atomic_write_json, os_errors
 from omgmg.experiments.spec import Cell, DatasetRef, ExperimentSpec
 
 DIVERGENCE_FACTOR = 10.0  # |Q_tot| above this many times max|r| / (1 - gamma) counts as diverged
@@ -87,26 +92,39 @@ def run_cell(cell_json: dict, cell_dir: str, dataset: str, threads: int) -> dict
 
     Top-level and argument-only so that it runs in a spawned process or as a Ray task alike.
     """
-    import numpy as np
     import torch
+
+    torch.set_num_threads(threads)
+    cell = Cell.from_json(cell_json)
+    out = Path(cell_dir)
+    with os_errors(out, "creating the cell directory"):
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = OutputLock(out, "sweep cell").acquire()
+    except OutputError as e:  # another process trains this cell: leave it to that one, record nothing
+        return {"key": cell.key, "cell": cell_json, "skipped": str(e)}
+    try:
+        return _train_cell(cell, cell_json, out, dataset, threads)
+    finally:
+        lock.release()
+
+
+def _train_cell(cell: Cell, cell_json: dict, out: Path, dataset: str, threads: int) -> dict:
+    import numpy as np
 
     from datakit import open_dataset
     from omgmg.algos import algorithm_class
     from omgmg.trainer import eval_score, read_log, train
 
-    torch.set_num_threads(threads)
-    cell = Cell.from_json(cell_json)
-    out = Path(cell_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cell.json").write_text(json.dumps(cell_json, indent=2))
+    atomic_write_json(out / "cell.json", cell_json)
     t0 = time.time()
-    ds = open_dataset(dataset)
-    cfg = algorithm_class(cell.algorithm).config_cls(**{**cell.config, "torch_threads": threads})
-    result = {"key": cell.key, "cell": cell_json, "dataset_path": str(ds.path)}
+    result = {"key": cell.key, "cell": cell_json, "dataset_path": str(dataset)}
     try:
+        ds = open_dataset(dataset)
+        cfg = algorithm_class(cell.algorithm).config_cls(**{**cell.config, "torch_threads": threads})
         res = train(cell.algorithm, ds, cfg, out / "run")
         log = read_log(out / "run")
-    except Exception as e:  # a cell that crashes is recorded, the sweep goes on
+    except Exception as e:  # a cell that crashes is recorded (and retried by the next sweep), the sweep goes on
         result.update(error=f"{type(e).__name__}: {e}", diverged=True, score=None)
     else:
         max_abs_reward = float(np.abs(ds.read("steps/reward", 0, ds.n_transitions)).max())
@@ -120,9 +138,7 @@ def run_cell(cell_json: dict, cell_dir: str, dataset: str, threads: int) -> dict
                       win_rate=final.get("eval/win_rate"), q_tot=q[-1] if q else None, q_bound=bound,
                       diverged=diverged, steps=final.get("step"), dataset_stats=ds.meta.get("stats"))
     result["wall_s"] = time.time() - t0
-    tmp = out / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.rename(out / "result.json")
+    atomic_write_json(out / "result.json", result)
     return result
 
 
@@ -132,9 +148,18 @@ def cell_dir(sweep_dir: Path, cell: Cell) -> Path:
     return sweep_dir / "cells" / cell.dirname
 
 
+def finished(sweep_dir: Path, cell: Cell) -> bool:
+    """A cell is finished when it has a result that records no error."""
+    path = cell_dir(sweep_dir, cell) / "result.json"
+    try:
+        return "error" not in json.loads(path.read_text())
+    except (OSError, ValueError):  # no result yet, or a damaged one: run the cell (again)
+        return False
+
+
 def pending_cells(sweep_dir: Path, cells: list[Cell]) -> list[Cell]:
-    """Cells without a result (a result written for another config lives under another name)."""
-    return [c for c in cells if not (cell_dir(sweep_dir, c) / "result.json").exists()]
+    """Cells without a good result (a result written for another config lives under another name)."""
+    return [c for c in cells if not finished(sweep_dir, c)]
 
 
 def run_sweep(spec: ExperimentSpec, sweep_dir, *, smoke: bool = False, backend: str = "local", workers: int | None = None,
@@ -145,14 +170,20 @@ def run_sweep(spec: ExperimentSpec, sweep_dir, *, smoke: bool = False, backend: 
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
     sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with os_errors(sweep_dir, "creating the sweep directory"):
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(sweep_dir, "sweep"):
+        return _run_sweep(spec, sweep_dir, smoke, backend, workers, address, on_note, on_start, on_done)
+
+
+def _run_sweep(spec, sweep_dir: Path, smoke, backend, workers, address, on_note, on_start, on_done) -> list[dict]:
     seeds, budget, data = spec.resolved(smoke)
     meta = {"name": spec.name, "title": spec.title, "layout": spec.layout, "smoke": smoke, "seeds": seeds,
             "budget": budget, "data": data, "algorithms": spec.algorithms, "source": spec.source,
             "grid": spec.grid[0] if spec.grid else None}
     cells = spec.cells(smoke)
     meta["cells"] = [c.key for c in cells]  # the report aggregates these only, not cells of an earlier edit
-    (sweep_dir / "sweep.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_json(sweep_dir / "sweep.json", meta)
     workers = workers or max(1, (os.cpu_count() or 1))
     paths = prepare_datasets(cells, data, workers, on_note)
     todo = pending_cells(sweep_dir, cells)
@@ -173,12 +204,26 @@ def _run_local(jobs, workers, address, done) -> None:
         for job in jobs:
             done(job, run_cell(*job))
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_cell, *job): job for job in jobs}
         while futures:
             finished, _ = wait(futures, return_when=FIRST_COMPLETED)
             for f in finished:
                 done(futures.pop(f), f.result())
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a pool worker: exit as soon as the sweep's process is gone (killed, however), so no orphan
+    keeps training a cell beside the rerun. Whatever the worker was writing is crash-safe."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="omgmg-parent-watch", daemon=True).start()
 
 
 def _run_ray(jobs, workers, address, done) -> None:

@@ -1,0 +1,109 @@
+"""Chunk integrity: every chunk file present, whole, and (format 2) equal to its checksum.
+
+Zarr reads a missing chunk as fill values, and a damaged Blosc frame can crash the decoder, so
+neither may reach a reader. Three checks, from cheap to thorough:
+
+- **present**: every chunk an array's shape implies exists as a file. Format 2 stores every chunk,
+  fill values included, so a missing one is damage. Format 1 writers could omit a chunk that held
+  only zeros (Zarr's default), so there a missing chunk is damage only in the arrays of observations,
+  states and continuous actions, where a whole chunk of zeros does not occur in recorded data; a
+  missing reward, flag or index chunk reads as zeros, which the value checks then judge;
+- **whole**: the Blosc header's compressed size equals the file's size (less the 4 checksum bytes in
+  format 2), so a truncated or extended chunk is found by reading 16 bytes, before any decoding;
+- **checksum** (format 2 only): the crc32c the writer appended to every chunk matches its bytes.
+
+Opening a dataset runs the first two (milliseconds: one ``stat`` and 16 bytes per chunk);
+validation runs all three. Format 1 has no checksums, so flipped bytes inside a chunk of the right
+size cannot be found there: ``omgmg-data upgrade`` rewrites a store as format 2.
+
+The same per-chunk checksums give a dataset's content fingerprint (:func:`content_sha256`), which
+run directories record so that a run is never resumed on other data.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+from datakit.errors import Problem
+
+BLOSC_HEADER_BYTES = 16
+CHECKSUM_BYTES = 4
+REGENERATE = "the store is damaged: restore it from a copy or regenerate it"
+
+
+def store_root(group) -> Path | None:
+    """The folder of a local store (None for stores that are not plain folders)."""
+    root = getattr(group.store, "root", None)
+    return Path(root) if root is not None else None
+
+
+def chunk_files(group, key: str) -> list[tuple[int, Path]]:
+    """(chunk index along the leading axis, file) for every chunk the array's shape implies."""
+    arr = group[key]
+    root = store_root(group)
+    n = int(arr.cdata_shape[0]) if arr.shape[0] else 0
+    encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+    zeros = (0,) * (arr.ndim - 1)
+    return [(i, root / arr.path / encode((i, *zeros))) for i in range(n)]
+
+
+def _rows(group, key: str, i: int) -> str:
+    rows = group[key].chunks[0]
+    return f"rows {i * rows}-{min(group[key].shape[0], (i + 1) * rows) - 1}"
+
+
+def check_chunks(group, keys: list[str], version: int, *, checksums: bool) -> list[Problem]:
+    """Problems with the chunk files of the arrays ``keys`` (see the module docstring)."""
+    if store_root(group) is None:
+        return []
+    tail = CHECKSUM_BYTES if version >= 2 else 0
+    problems = []
+    for key in keys:
+        may_be_absent = version < 2 and (key == "steps/reward" or group[key].dtype.kind != "f")
+        for i, path in chunk_files(group, key):
+            where = f"{key} chunk {i} ({_rows(group, key, i)})"
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                if not may_be_absent:
+                    problems.append(Problem(where, "chunk file is missing (it would read as zeros)", REGENERATE))
+                continue
+            with open(path, "rb") as f:
+                data = f.read() if checksums and tail else f.read(BLOSC_HEADER_BYTES)
+            if size < BLOSC_HEADER_BYTES + tail:
+                problems.append(Problem(where, f"chunk file is truncated ({size} bytes)", REGENERATE))
+                continue
+            frame = int.from_bytes(data[12:16], "little")
+            if frame != size - tail:
+                problems.append(Problem(where, f"chunk file is {size} bytes but its header says "
+                                        f"{frame + tail}: truncated or overwritten", REGENERATE))
+                continue
+            if checksums and tail and _crc(data[:-tail]) != data[-tail:]:
+                problems.append(Problem(where, "chunk checksum does not match its bytes (the data was altered "
+                                        "after writing)", REGENERATE))
+    return problems
+
+
+def _crc(data: bytes) -> bytes:
+    return np.uint32(google_crc32c.value(data)).tobytes()
+
+
+def content_sha256(group, keys: list[str], version: int) -> str:
+    """sha256 over every chunk's checksum (format 2: 4 bytes read per chunk) or bytes (format 1),
+    with each array's shape: two stores with the same fingerprint hold the same data."""
+    h = hashlib.sha256()
+    for key in keys:
+        h.update(f"{key}:{tuple(group[key].shape)}".encode())
+        for i, path in chunk_files(group, key):
+            if not path.exists():  # format 1: an all-zero chunk that was never written
+                h.update(f"absent {i}".encode())
+                continue
+            with open(path, "rb") as f:
+                if version >= 2:
+                    f.seek(-CHECKSUM_BYTES, os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()
