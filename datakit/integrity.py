@@ -43,17 +43,15 @@ def store_root(group) -> Path | None:
 
 def chunk_files(group, key: str) -> list[tuple[int, Path]]:
     """(chunk index along the leading axis, file) for every chunk the array's shape implies."""
-    arr = group[key]
+    return _chunk_files(group, group[key])
+
+
+def _chunk_files(group, arr) -> list[tuple[int, Path]]:
     root = store_root(group)
     n = int(arr.cdata_shape[0]) if arr.shape[0] else 0
     encode = arr.metadata.chunk_key_encoding.encode_chunk_key
     zeros = (0,) * (arr.ndim - 1)
     return [(i, root / arr.path / encode((i, *zeros))) for i in range(n)]
-
-
-def _rows(group, key: str, i: int) -> str:
-    rows = group[key].chunks[0]
-    return f"rows {i * rows}-{min(group[key].shape[0], (i + 1) * rows) - 1}"
 
 
 def check_chunks(group, keys: list[str], version: int, *, checksums: bool) -> list[Problem]:
@@ -63,28 +61,34 @@ def check_chunks(group, keys: list[str], version: int, *, checksums: bool) -> li
     tail = CHECKSUM_BYTES if version >= 2 else 0
     problems = []
     for key in keys:
-        may_be_absent = version < 2 and (key == "steps/reward" or group[key].dtype.kind != "f")
-        for i, path in chunk_files(group, key):
-            where = f"{key} chunk {i} ({_rows(group, key, i)})"
+        arr = group[key]  # one metadata read per array, not per chunk
+        rows, length = arr.chunks[0], arr.shape[0]
+        may_be_absent = version < 2 and (key == "steps/reward" or arr.dtype.kind != "f")
+
+        def problem(i: int, message: str) -> Problem:
+            span = f"rows {i * rows}-{min(length, (i + 1) * rows) - 1}"
+            return Problem(f"{key} chunk {i} ({span})", message, REGENERATE)
+
+        for i, path in _chunk_files(group, arr):
             try:
                 size = os.stat(path).st_size
             except FileNotFoundError:
                 if not may_be_absent:
-                    problems.append(Problem(where, "chunk file is missing (it would read as zeros)", REGENERATE))
+                    problems.append(problem(i, "chunk file is missing (it would read as zeros)"))
                 continue
             with open(path, "rb") as f:
                 data = f.read() if checksums and tail else f.read(BLOSC_HEADER_BYTES)
             if size < BLOSC_HEADER_BYTES + tail:
-                problems.append(Problem(where, f"chunk file is truncated ({size} bytes)", REGENERATE))
+                problems.append(problem(i, f"chunk file is truncated ({size} bytes)"))
                 continue
             frame = int.from_bytes(data[12:16], "little")
             if frame != size - tail:
-                problems.append(Problem(where, f"chunk file is {size} bytes but its header says "
-                                        f"{frame + tail}: truncated or overwritten", REGENERATE))
+                problems.append(problem(i, f"chunk file is {size} bytes but its header says {frame + tail}: "
+                                           "truncated or overwritten"))
                 continue
             if checksums and tail and _crc(data[:-tail]) != data[-tail:]:
-                problems.append(Problem(where, "chunk checksum does not match its bytes (the data was altered "
-                                        "after writing)", REGENERATE))
+                problems.append(problem(i, "chunk checksum does not match its bytes (the data was altered after "
+                                           "writing)"))
     return problems
 
 
@@ -97,8 +101,9 @@ def content_sha256(group, keys: list[str], version: int) -> str:
     with each array's shape: two stores with the same fingerprint hold the same data."""
     h = hashlib.sha256()
     for key in keys:
-        h.update(f"{key}:{tuple(group[key].shape)}".encode())
-        for i, path in chunk_files(group, key):
+        arr = group[key]
+        h.update(f"{key}:{tuple(arr.shape)}".encode())
+        for i, path in _chunk_files(group, arr):
             if not path.exists():  # format 1: an all-zero chunk that was never written
                 h.update(f"absent {i}".encode())
                 continue

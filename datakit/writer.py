@@ -203,6 +203,8 @@ class DatasetWriter:
         if self._closed:
             raise DatasetError("this writer is closed" + (" (it found the write already finished)" if self.finished
                                                           else ""))
+        if not self._lock.held:
+            raise DatasetError(f"this writer let go of {self.path} after an error; open a new DatasetWriter to resume")
         spec = self.spec
         if not (terminated or truncated):
             raise DatasetError("an episode must end terminated or truncated; pass truncated=True for a time limit "
@@ -336,9 +338,8 @@ class DatasetWriter:
                     raise InvalidDatasetError(self.partial, problems)
                 self._closed = True
                 _replace_atomically(self.partial, self.path, self.overwrite, self.sources)
-        finally:
-            if self._closed:
-                self._lock.release()
+        finally:  # finished or failed (the partial write is kept for a resume): let other writers at it
+            self._lock.release()
         return open_dataset(self.path)
 
     def abort(self) -> None:
