@@ -52,37 +52,41 @@ FLIP = textwrap.dedent("""
     open(p, "wb").write(bytes(b))
 """)
 
-COUNT = "python -c \"import zarr,sys; g=zarr.open_group(sys.argv[1],mode='r'); import numpy as np; " \
-        "print(f\\\"{g.attrs['level']}: {len(g['episodes/length'])} episodes, mean return " \
-        "{np.mean(g['episodes/return'][:]):.1f}\\\")\""
+SAME = textwrap.dedent("""
+    import sys, zarr, numpy as np
+    a, b = (zarr.open_group(p, mode="r") for p in sys.argv[1:3])
+    same = all(np.array_equal(a[k][:], b[k][:]) for k in ("steps/obs", "steps/actions", "steps/reward"))
+    print(f"{a.attrs['level']}, {a['episodes/length'].shape[0]} episodes; identical to a fresh run of the request: "
+          f"{same}")
+""")
 
-TRAIN = "omgmg train --algo bc --no-eval --steps 90 --eval-every 30 --log-every 20 --hidden 16"
+TRAIN = "omgmg train --algo bc --no-eval --steps 90 --eval-every 30 --log-every 20 --hidden 16 --eval-episodes 1"
+COLLECT = "omgmg-data collect fixture continuous --episodes 60 --train-steps 2000 --workers 1"
 
 # (name, setup commands, the command met, a command describing what is on disk afterwards)
 CASES = [
     ("resume: a partial medium collection, then --level random",
-     ["python kill_collect.py d.zarr medium 0 20"],
-     "omgmg-data collect fixture continuous --level random --episodes 60 --train-steps 2000 --workers 1 --out d.zarr",
-     f"{COUNT} d.zarr 2>/dev/null || echo no dataset"),
+     ["python kill_collect.py d.zarr medium 0 20"], f"{COLLECT} --level random --out d.zarr",
+     f"{COLLECT} --level random --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
     ("resume: a partial seed-0 collection, then --seed 1",
-     ["python kill_collect.py d.zarr medium 0 20"],
-     "omgmg-data collect fixture continuous --level medium --seed 1 --episodes 60 --train-steps 2000 --workers 1 --out d.zarr",
-     "echo"),
+     ["python kill_collect.py d.zarr medium 0 20"], f"{COLLECT} --level medium --seed 1 --out d.zarr",
+     f"{COLLECT} --level medium --seed 1 --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
     ("resume: a partial collection, then --force",
-     ["python kill_collect.py d.zarr medium 0 20"],
-     "omgmg-data collect fixture continuous --level random --episodes 60 --train-steps 2000 --workers 1 --out d.zarr --force",
-     f"{COUNT} d.zarr"),
+     ["python kill_collect.py d.zarr medium 0 20"], f"{COLLECT} --level random --out d.zarr --force",
+     f"{COLLECT} --level random --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
     ("lock: two collections on one --out",
-     ["(omgmg-data collect fixture continuous --level medium --episodes 400 --train-steps 4000 --workers 1 --out d.zarr "
-      "> first.log 2>&1 &) ; sleep 4"],
-     "omgmg-data collect fixture continuous --level medium --episodes 400 --train-steps 4000 --workers 1 --out d.zarr",
-     "sleep 40; python -c \"import zarr; g=zarr.open_group('d.zarr',mode='r'); print(len(g['episodes/length']), "
-     "'episodes for a budget of 400')\""),
+     [f"nohup {COLLECT.replace('60', '400')} --level medium --out d.zarr > first.log 2>&1 & echo $! > first.pid; sleep 4"],
+     f"{COLLECT.replace('60', '400')} --level medium --out d.zarr",
+     "while kill -0 $(cat first.pid) 2>/dev/null; do sleep 1; done; python -c \"import zarr; "
+     "g=zarr.open_group('d.zarr',mode='r'); print(g['episodes/length'].shape[0], 'episodes for a budget of 400')\" 2>&1 "
+     "| tail -1"),
     ("lock: two trainings into one run directory",
-     ["omgmg-data fixture f.zarr --episodes 200", f"({TRAIN} --steps 3000 --dataset f.zarr --out run > first.log 2>&1 &); sleep 3"],
+     ["omgmg-data fixture f.zarr --episodes 200",
+      f"nohup {TRAIN} --steps 3000 --dataset f.zarr --out run > first.log 2>&1 & echo $! > first.pid; sleep 3"],
      f"{TRAIN} --steps 3000 --dataset f.zarr --out run --seed 1",
-     "sleep 25; python -c \"import json; s={json.loads(l).get('step') for l in open('run/log.jsonl')}; "
-     "print(len(s), 'distinct steps in log.jsonl')\""),
+     "while kill -0 $(cat first.pid) 2>/dev/null; do sleep 1; done; python -c \"import json; "
+     "r=[json.loads(l) for l in open('run/log.jsonl')]; print(len(r), 'log lines,', len({(x['step'], tuple(x)) "
+     "for x in r}), 'distinct')\""),
     ("chunk: a deleted steps/obs chunk, validate",
      ["omgmg-data fixture f.zarr --episodes 30", "rm f.zarr/steps/obs/c/0/0/0"], "omgmg-data validate f.zarr", "echo"),
     ("chunk: 64 flipped bytes in a steps/state chunk, validate",
@@ -130,7 +134,7 @@ CASES = [
      ["omgmg-data fixture f.zarr --episodes 10", "python stop_train.py f.zarr run 60 || true",
       "printf '{\"step\": 70, \"loss/ac' >> run/log.jsonl"], f"{TRAIN} --dataset f.zarr --out run", "echo"),
     ("disk full: export to a 2 MiB tmpfs",
-     ["omgmg-data fixture f.zarr --shape hopper-3x1 --episodes 3", "mkdir -p small && mount -t tmpfs -o size=2m tmpfs small"],
+     ["omgmg-data fixture f.zarr --shape hopper-3x1 --episodes 20", "mkdir -p small && mount -t tmpfs -o size=2m tmpfs small"],
      "omgmg-data export f.zarr --format omiga --out small/x.hdf5", "ls -A small | tr '\\n' ' '; umount small"),
     ("disk full: collect to a 2 MiB tmpfs",
      ["mkdir -p small && mount -t tmpfs -o size=2m tmpfs small"],
@@ -182,6 +186,7 @@ def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[st
     (work / "kill_collect.py").write_text(KILL_COLLECT)
     (work / "stop_train.py").write_text(STOP_TRAIN)
     (work / "flip.py").write_text(FLIP)
+    (work / "same.py").write_text(SAME)
     env = {**os.environ, "PYTHONPATH": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}",
            "OMGMG_HOME": str(work / "home"), "COLUMNS": "250"}
     sh = lambda cmd: subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True)  # noqa: E731
@@ -192,9 +197,9 @@ def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[st
                 return "-", "skipped: mounting a tmpfs is not permitted here", ""
         met = sh(command)
         lines = [x.strip() for x in (met.stderr + met.stdout).splitlines() if x.strip()]
-        kept = [x for x in lines if not x.startswith(("Traceback", "warning"))]
+        kept = [x for x in lines if not x.startswith("Traceback")]
         first = kept[0] if kept else ""
-        if first.endswith("problem(s))") and len(kept) > 1:  # a validation summary: show its first problem
+        if first.endswith(("problem(s))", "not a valid omgmg dataset")) and len(kept) > 1:  # show the first problem
             first += " " + kept[1]
         if any(x.startswith("Traceback") for x in lines):
             first = "Traceback ... " + lines[-1]

@@ -383,14 +383,27 @@ def _as_json(value):
 
 
 def describe_difference(stored: dict | None, wanted: dict | None) -> str:
-    """'' when two requests agree, else 'level: medium (unfinished) vs random (now); ...'."""
+    """'' when two requests agree, else "level: 'medium' (unfinished) vs 'random' (now); ..." over their
+    flattened keys (``behaviour.train_steps``), top-level keys first, long hashes shortened."""
     if stored == wanted:
         return ""
     if stored is None or wanted is None:
         return "one of them records no request"
-    keys = sorted(set(stored) | set(wanted))
-    return "; ".join(f"{k}: {stored.get(k)!r} (unfinished) vs {wanted.get(k)!r} (now)" for k in keys
-                     if stored.get(k) != wanted.get(k))
+    a, b = _flatten(stored), _flatten(wanted)
+    keys = sorted(set(a) | set(b), key=lambda k: (k.count("."), k))
+    short = lambda v: repr(v[:12] + "...") if isinstance(v, str) and len(v) > 16 else repr(v)  # noqa: E731
+    return "; ".join(f"{k}: {short(a.get(k))} (unfinished) vs {short(b.get(k))} (now)" for k in keys
+                     if a.get(k) != b.get(k))
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _replace_atomically(src: Path, dst: Path, overwrite: bool, sources: tuple = ()) -> None:

@@ -151,6 +151,8 @@ def _check_resume(out: Path, state: dict, wanted: dict, ds: Dataset) -> None:
         what = f"a {held['algorithm']} run, not {wanted['algorithm']}"
     elif held["dataset_identity"] != wanted["dataset_identity"]:
         what = "a run on a dataset of another task"
+    elif held["dataset_content"] is None:
+        what = "a run whose checkpoint does not record its data's content (written before omgmg checked it)"
     elif held["dataset_content"] != wanted["dataset_content"]:
         what = f"a run on other data than {ds.path} (same task, different content)"
     else:
