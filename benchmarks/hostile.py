@@ -29,7 +29,7 @@ KILL_COLLECT = textwrap.dedent("""
     def hook(done, total):
         if done >= stop:
             raise SystemExit(137)  # the test's kill, at a chosen point
-    collect(CollectRequest("fixture", "continuous", level, episodes=60, train_steps=2000, seed=seed, workers=1,
+    collect(CollectRequest("fixture", "continuous", level, episodes=600, train_steps=2000, seed=seed, workers=1,
                            out=out), on_note=lambda m: None, on_rollout=hook)
 """)
 
@@ -61,22 +61,22 @@ SAME = textwrap.dedent("""
 """)
 
 TRAIN = "omgmg train --algo bc --no-eval --steps 90 --eval-every 30 --log-every 20 --hidden 16 --eval-episodes 1"
-COLLECT = "omgmg-data collect fixture continuous --episodes 60 --train-steps 2000 --workers 1"
+COLLECT = "omgmg-data collect fixture continuous --episodes 600 --train-steps 2000 --workers 1"
 
 # (name, setup commands, the command met, a command describing what is on disk afterwards)
 CASES = [
     ("resume: a partial medium collection, then --level random",
-     ["python kill_collect.py d.zarr medium 0 20"], f"{COLLECT} --level random --out d.zarr",
+     ["python kill_collect.py d.zarr medium 0 400"], f"{COLLECT} --level random --out d.zarr",
      f"{COLLECT} --level random --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
     ("resume: a partial seed-0 collection, then --seed 1",
-     ["python kill_collect.py d.zarr medium 0 20"], f"{COLLECT} --level medium --seed 1 --out d.zarr",
+     ["python kill_collect.py d.zarr medium 0 400"], f"{COLLECT} --level medium --seed 1 --out d.zarr",
      f"{COLLECT} --level medium --seed 1 --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
     ("resume: a partial collection, then --force",
-     ["python kill_collect.py d.zarr medium 0 20"], f"{COLLECT} --level random --out d.zarr --force",
+     ["python kill_collect.py d.zarr medium 0 400"], f"{COLLECT} --level random --out d.zarr --force",
      f"{COLLECT} --level random --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
     ("lock: two collections on one --out",
-     [f"nohup {COLLECT.replace('60', '400')} --level medium --out d.zarr > first.log 2>&1 & echo $! > first.pid; sleep 4"],
-     f"{COLLECT.replace('60', '400')} --level medium --out d.zarr",
+     [f"nohup {COLLECT.replace('600', '400')} --level medium --out d.zarr > first.log 2>&1 & echo $! > first.pid; sleep 4"],
+     f"{COLLECT.replace('600', '400')} --level medium --out d.zarr",
      "while kill -0 $(cat first.pid) 2>/dev/null; do sleep 1; done; python -c \"import zarr; "
      "g=zarr.open_group('d.zarr',mode='r'); print(g['episodes/length'].shape[0], 'episodes for a budget of 400')\" 2>&1 "
      "| tail -1"),
