@@ -206,9 +206,7 @@ def export_omiga(dataset, out, *, overwrite: bool = False,
     with OutputLock(out, "export"), os_errors(out, "exporting to"):
         try:
             _write_omiga(ds, tmp, N, O, S, A, rows, flattened, progress)
-            if out.exists():
-                os.remove(out)
-            tmp.rename(out)
+            os.replace(tmp, out)  # atomic: a reader sees the old export or the new one
             fsync_dir(out.parent)
         finally:
             tmp.unlink(missing_ok=True)

@@ -14,9 +14,9 @@ from typing import Callable
 from datakit import format as fmt
 from datakit.dataset import Dataset, open_dataset, partial_path
 from datakit.errors import InvalidDatasetError, RequestError
-from datakit.outputs import OutputLock, check_replaceable, fsync_dir, is_omgmg_dataset, make_parent, os_errors, \
-    remove_output
+from datakit.outputs import OutputLock, check_replaceable, is_omgmg_dataset, make_parent, os_errors, remove_output
 from datakit.validate import validate
+from datakit.writer import _replace_atomically
 
 
 def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> Dataset:
@@ -68,8 +68,5 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
         problems = validate(partial)
         if problems:
             raise InvalidDatasetError(partial, problems)
-        if out.exists():
-            remove_output(out)
-        partial.rename(out)
-        fsync_dir(out.parent)
+        _replace_atomically(partial, out, overwrite, sources=(src,))  # the writer's own move into place
     return open_dataset(out)
