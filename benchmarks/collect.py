@@ -15,6 +15,7 @@ dataset, once with a writer that checks, buffers and concatenates every episode 
 but throws the blocks away, which splits the cost into policy inference + recording and writing
 (compression and disk). Target (issue 4): policy inference costs <= 25% of the bare rate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.collect import ROLLOUT_PARTS, choose_checkpoints, rollout_episodes  # noqa: E402
-from collectors.envs import make_vector_env, resolve  # noqa: E402
-from collectors.training import algorithm, checkpoint_evaluations, load_agent, train_behaviour  # noqa: E402
-from datakit.writer import DatasetWriter  # noqa: E402
+from omgmg.collectors.behaviour import algorithm, load_agent  # noqa: E402
+from omgmg.collectors.collect import ROLLOUT_PARTS, choose_checkpoints  # noqa: E402
+from omgmg.collectors.envs import make_vector_env, resolve  # noqa: E402
+from omgmg.collectors.rollout import rollout_episodes  # noqa: E402
+from omgmg.collectors.runs import checkpoint_evaluations  # noqa: E402
+from omgmg.collectors.training import train_behaviour  # noqa: E402
+from omgmg.datakit.writer import DatasetWriter  # noqa: E402
 
-CASES = [("mamujoco/Hopper-3x1", None, 64, 2), ("mamujoco/HalfCheetah-6x1", None, 64, 2),
-         ("smacv2/protoss_5v5", "smax", 64, 1)]  # num_envs as `omgmg-data collect` rolls out by default
+CASES = [
+    ("mamujoco/Hopper-3x1", None, 64, 2),
+    ("mamujoco/HalfCheetah-6x1", None, 64, 2),
+    ("smacv2/protoss_5v5", "smax", 64, 1),
+]  # num_envs as `omgmg-data collect` rolls out by default
 
 
 def bare(vec, steps: int) -> float:
@@ -45,8 +52,9 @@ def bare(vec, steps: int) -> float:
     if spec.discrete:
         actions = [np.full((vec.num_envs, spec.n_agents), 4, np.int32)]
     else:
-        actions = [rng.uniform(-1, 1, (vec.num_envs, spec.n_agents, spec.action_dim)).astype(np.float32)
-                   for _ in range(16)]
+        actions = [
+            rng.uniform(-1, 1, (vec.num_envs, spec.n_agents, spec.action_dim)).astype(np.float32) for _ in range(16)
+        ]
     n = max(1, steps // vec.num_envs)
     t0 = time.perf_counter()
     for t in range(n):
@@ -85,8 +93,12 @@ def medium_agent(home: Path, ref, algo: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30_000, help="env steps of the bare measurement")
-    p.add_argument("--transitions", type=int, default=1_000_000,
-                   help="transitions of the MaMuJoCo rollout measurement (default: collect's default budget)")
+    p.add_argument(
+        "--transitions",
+        type=int,
+        default=1_000_000,
+        help="transitions of the MaMuJoCo rollout measurement (default: collect's default budget)",
+    )
     p.add_argument("--smax-episodes", type=int, default=1000, help="episodes of the SMAX rollout measurement")
     p.add_argument("--train-steps", type=int, default=40_000, help="env steps of the training measurement")
     p.add_argument("--skip-training", action="store_true", help="measure rollouts only")
@@ -122,26 +134,47 @@ def main() -> None:
                 t0 = time.perf_counter()
                 train_behaviour(ref, algo, cfg)
                 train_rate = args.train_steps / (time.perf_counter() - t0)
-            row = {"task": name, "backend": ref.backend, "num_envs": num_envs, "workers": workers,
-                   "bare_env_steps_per_s": bare_rate, "rollout_env_steps_per_s": roll_rate,
-                   "rollout_not_stored_env_steps_per_s": unstored_rate,
-                   "policy_and_recording_share": 1 - unstored_rate / bare_rate,
-                   "writing_share": unstored_rate / bare_rate - roll_rate / bare_rate,
-                   "total_share": 1 - roll_rate / bare_rate, "training_env_steps_per_s": train_rate}
+            row = {
+                "task": name,
+                "backend": ref.backend,
+                "num_envs": num_envs,
+                "workers": workers,
+                "bare_env_steps_per_s": bare_rate,
+                "rollout_env_steps_per_s": roll_rate,
+                "rollout_not_stored_env_steps_per_s": unstored_rate,
+                "policy_and_recording_share": 1 - unstored_rate / bare_rate,
+                "writing_share": unstored_rate / bare_rate - roll_rate / bare_rate,
+                "total_share": 1 - roll_rate / bare_rate,
+                "training_env_steps_per_s": train_rate,
+            }
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title="collection speed (env-steps/s)")
-    for col in ("task", "envs", "bare vector env", "rollout, not stored", "rollout, stored",
-                "policy + recording", "+ writing", "= total", "training"):
+    for col in (
+        "task",
+        "envs",
+        "bare vector env",
+        "rollout, not stored",
+        "rollout, stored",
+        "policy + recording",
+        "+ writing",
+        "= total",
+        "training",
+    ):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(f"{r['task']} ({r['backend']})", str(r["num_envs"]), f"{r['bare_env_steps_per_s']:,.0f}",
-                  f"{r['rollout_not_stored_env_steps_per_s']:,.0f}", f"{r['rollout_env_steps_per_s']:,.0f}",
-                  *(f"{100 * r[k]:.0f}%" for k in ("policy_and_recording_share", "writing_share", "total_share")),
-                  f"{r['training_env_steps_per_s']:,.0f}")
+        t.add_row(
+            f"{r['task']} ({r['backend']})",
+            str(r["num_envs"]),
+            f"{r['bare_env_steps_per_s']:,.0f}",
+            f"{r['rollout_not_stored_env_steps_per_s']:,.0f}",
+            f"{r['rollout_env_steps_per_s']:,.0f}",
+            *(f"{100 * r[k]:.0f}%" for k in ("policy_and_recording_share", "writing_share", "total_share")),
+            f"{r['training_env_steps_per_s']:,.0f}",
+        )
     Console(width=150).print(t)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))

@@ -8,6 +8,7 @@ driven through its PettingZoo dict interface, as a user would; "single" is our `
 "vector" is ``make_vector_env`` with worker processes (each worker steps its envs in turn per
 message). Targets (issue 3): single within 10% of raw, vector >= 1.6x single on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from collectors.envs import make_env, make_vector_env  # noqa: E402
-from collectors.envs.mamujoco import parse_task  # noqa: E402
+from omgmg.collectors.envs import make_env, make_vector_env  # noqa: E402
+from omgmg.collectors.envs.mamujoco import parse_task  # noqa: E402
 
 TASKS = ("HalfCheetah-6x1", "Hopper-3x1", "Ant-2x4")
 
@@ -35,8 +36,7 @@ def raw_steps_per_s(task: str, steps: int) -> float:
     env.reset(seed=0)
     agents = env.possible_agents
     rng = np.random.default_rng(0)
-    acts = [{a: rng.uniform(-1, 1, env.action_space(a).shape).astype(np.float32) for a in agents}
-            for _ in range(1000)]
+    acts = [{a: rng.uniform(-1, 1, env.action_space(a).shape).astype(np.float32) for a in agents} for _ in range(1000)]
     t0 = time.perf_counter()
     for t in range(steps):
         _, _, term, trunc, _ = env.step(acts[t % 1000])
@@ -94,8 +94,16 @@ def main() -> None:
         raw = raw_steps_per_s(task, args.steps)
         single = single_steps_per_s(task, args.steps)
         vec = vector_steps_per_s(f"mamujoco/{task}", args.num_envs, args.steps, workers=args.workers)
-        row = {"task": task, "raw": raw, "single": single, "vector": vec, "single_vs_raw": single / raw,
-               "vector_vs_single": vec / single, "num_envs": args.num_envs, "workers": args.workers}
+        row = {
+            "task": task,
+            "raw": raw,
+            "single": single,
+            "vector": vec,
+            "single_vs_raw": single / raw,
+            "vector_vs_single": vec / single,
+            "num_envs": args.num_envs,
+            "workers": args.workers,
+        }
         results["mamujoco"].append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if not args.skip_smax:
@@ -111,8 +119,14 @@ def main() -> None:
     for col in ("task", "raw", "ours, single", "single/raw", "ours, vector", "vector/single"):
         t.add_column(col, justify="right")
     for r in results["mamujoco"]:
-        t.add_row(r["task"], f"{r['raw']:,.0f}", f"{r['single']:,.0f}", f"{r['single_vs_raw']:.2f}x",
-                  f"{r['vector']:,.0f}", f"{r['vector_vs_single']:.2f}x")
+        t.add_row(
+            r["task"],
+            f"{r['raw']:,.0f}",
+            f"{r['single']:,.0f}",
+            f"{r['single_vs_raw']:.2f}x",
+            f"{r['vector']:,.0f}",
+            f"{r['vector_vs_single']:.2f}x",
+        )
     console = Console(width=120)
     console.print(t)
     if results["smax"]:

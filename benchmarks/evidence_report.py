@@ -7,6 +7,7 @@ EVIDENCE_DIR holds ``LEVEL.zarr`` datasets and ``runs/NAME`` run directories nam
 Writes ``OUT_DIR/summary.md``, ``OUT_DIR/eval_curves.png`` (evaluation score against gradient steps,
 mean ± std over seeds) and, when lambda runs exist, ``OUT_DIR/q_tot_lambda.png``.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,18 +18,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datakit import open_dataset  # noqa: E402
+from omgmg.datakit import open_dataset  # noqa: E402
 from omgmg.trainer import read_log  # noqa: E402
 
 
 def main(evidence: Path, out: Path) -> None:
     run_dirs = sorted(evidence.glob("runs/*-seed*/log.jsonl"))
     if not any(p.parent.name.split("-")[0] in ("omgmg", "bc") for p in run_dirs):
-        sys.exit(f"{evidence}: no runs/omgmg-seedK or runs/bc-seedK with a log.jsonl; train them with "
-                 f"`omgmg train ... --out {evidence}/runs/omgmg-seed0` first")
+        sys.exit(
+            f"{evidence}: no runs/omgmg-seedK or runs/bc-seedK with a log.jsonl; train them with "
+            f"`omgmg train ... --out {evidence}/runs/omgmg-seed0` first"
+        )
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# {evidence.name}", ""]
-    lines += ["| level | episodes | transitions | return mean ± std | min | max | win rate |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| level | episodes | transitions | return mean ± std | min | max | win rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for level in ("random", "medium-replay", "medium", "medium-expert", "expert"):
         path = evidence / f"{level}.zarr"
         if not path.exists():
@@ -36,8 +42,10 @@ def main(evidence: Path, out: Path) -> None:
         s = open_dataset(path).meta["stats"]
         wr = "-" if s["win_rate"] is None else f"{100 * s['win_rate']:.1f}%"
         r = s["return"]
-        lines.append(f"| {level} | {s['episodes']} | {s['transitions']} | {r['mean']:.3g} ± {r['std']:.3g} | "
-                     f"{r['min']:.3g} | {r['max']:.3g} | {wr} |")
+        lines.append(
+            f"| {level} | {s['episodes']} | {s['transitions']} | {r['mean']:.3g} ± {r['std']:.3g} | "
+            f"{r['min']:.3g} | {r['max']:.3g} | {wr} |"
+        )
     runs = {p.name: read_log(p) for p in sorted((evidence / "runs").glob("*")) if (p / "log.jsonl").exists()}
     finals = {}
     for name, log in runs.items():
@@ -49,14 +57,18 @@ def main(evidence: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines += ["", "Final evaluation (medium dataset), mean ± std over seeds; the last column first averages each seed's "
-              "evaluations over the last 20% of its steps (less noisy than one evaluation):", "",
-              "| algorithm | seeds | steps | return | win rate | Q_tot (last log) | return, last 20% of steps |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Final evaluation (medium dataset), mean ± std over seeds; the last column first averages each seed's "
+        "evaluations over the last 20% of its steps (less noisy than one evaluation):",
+        "",
+        "| algorithm | seeds | steps | return | win rate | Q_tot (last log) | return, last 20% of steps |",
+        "|---|---|---|---|---|---|---|",
+    ]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ylabel = "evaluation return"
     for algo in ("omgmg", "bc"):
-        names = [n for n in finals if re.fullmatch(fr"{algo}-seed\d+", n)]
+        names = [n for n in finals if re.fullmatch(rf"{algo}-seed\d+", n)]
         if not names:
             continue
         rets = np.array([finals[n]["eval/return"] for n in names])
@@ -66,9 +78,13 @@ def main(evidence: Path, out: Path) -> None:
         q = "-" if qs[0] is None else f"{np.mean(qs):.3g}"
         curves = [[r for r in runs[n] if r.get("eval/return") is not None] for n in names]
         late = np.array([np.mean([r["eval/return"] for r in c if r["step"] >= 0.8 * c[-1]["step"]]) for c in curves])
-        lines.append(f"| {algo} | {len(names)} | {finals[names[0]]['step']} | {rets.mean():.4g} ± {rets.std():.3g} | {wr} | "
-                     f"{q} | {late.mean():.4g} ± {late.std():.3g} |")
-        key, ylabel = ("eval/return", "evaluation return") if wrs[0] is None else ("eval/win_rate", "evaluation win rate")
+        lines.append(
+            f"| {algo} | {len(names)} | {finals[names[0]]['step']} | {rets.mean():.4g} ± {rets.std():.3g} | {wr} | "
+            f"{q} | {late.mean():.4g} ± {late.std():.3g} |"
+        )
+        key, ylabel = (
+            ("eval/return", "evaluation return") if wrs[0] is None else ("eval/win_rate", "evaluation win rate")
+        )
         n_evals = min(len(c) for c in curves)
         steps = [r["step"] for r in curves[0][:n_evals]]
         values = np.array([[r[key] for r in c[:n_evals]] for c in curves])
@@ -88,7 +104,13 @@ def main(evidence: Path, out: Path) -> None:
         print("\n".join(lines))
         return
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    lines += ["", "Q_tot trace by lambda (seed 0):", "", "| lambda | final Q_tot | final eval return | win rate |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Q_tot trace by lambda (seed 0):",
+        "",
+        "| lambda | final Q_tot | final eval return | win rate |",
+        "|---|---|---|---|",
+    ]
     for lam, name in lam_runs.items():
         if name not in runs:
             continue
@@ -96,8 +118,10 @@ def main(evidence: Path, out: Path) -> None:
         ax.plot([r["step"] for r in q], [r["value/q_tot"] for r in q], label=f"lambda = {lam}")
         f = finals.get(name, {})
         wr = f.get("eval/win_rate")
-        lines.append(f"| {lam} | {q[-1]['value/q_tot']:.4g} | {f.get('eval/return', float('nan')):.4g} | "
-                     f"{'-' if wr is None else f'{100 * wr:.1f}%'} |")
+        lines.append(
+            f"| {lam} | {q[-1]['value/q_tot']:.4g} | {f.get('eval/return', float('nan')):.4g} | "
+            f"{'-' if wr is None else f'{100 * wr:.1f}%'} |"
+        )
     ax.set_xlabel("gradient steps")
     ax.set_ylabel("Q_tot on dataset batches")
     ax.set_title(f"OMGMG on {evidence.name} medium", fontsize=10)

@@ -9,6 +9,7 @@ is on disk afterwards. Run it against this tree, or against another checkout to 
 Disk-full cases mount a 2 MiB tmpfs and are skipped where mounting is not permitted (needs root).
 Prints a markdown table (case, exit code, first line, afterwards).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 KILL_COLLECT = textwrap.dedent("""
     import sys
-    from collectors.collect import CollectRequest, collect
+    from omgmg.collectors.collect import CollectRequest, collect
     out, level, seed, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     def hook(done, total):
         if done >= stop:
@@ -65,98 +66,217 @@ COLLECT = "omgmg-data collect fixture continuous --episodes 600 --train-steps 20
 
 # (name, setup commands, the command met, a command describing what is on disk afterwards)
 CASES = [
-    ("resume: a partial medium collection, then --level random",
-     ["python kill_collect.py d.zarr medium 0 400"], f"{COLLECT} --level random --out d.zarr",
-     f"{COLLECT} --level random --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
-    ("resume: a partial seed-0 collection, then --seed 1",
-     ["python kill_collect.py d.zarr medium 0 400"], f"{COLLECT} --level medium --seed 1 --out d.zarr",
-     f"{COLLECT} --level medium --seed 1 --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
-    ("resume: a partial collection, then --force",
-     ["python kill_collect.py d.zarr medium 0 400"], f"{COLLECT} --level random --out d.zarr --force",
-     f"{COLLECT} --level random --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1"),
-    ("lock: two collections on one --out",
-     [f"nohup {COLLECT.replace('600', '400')} --level medium --out d.zarr > first.log 2>&1 & echo $! > first.pid; sleep 4"],
-     f"{COLLECT.replace('600', '400')} --level medium --out d.zarr",
-     "while kill -0 $(cat first.pid) 2>/dev/null; do sleep 1; done; python -c \"import zarr; "
-     "g=zarr.open_group('d.zarr',mode='r'); print(g['episodes/length'].shape[0], 'episodes for a budget of 400')\" 2>&1 "
-     "| tail -1"),
-    ("lock: two trainings into one run directory",
-     ["omgmg-data fixture f.zarr --episodes 200",
-      f"nohup {TRAIN} --steps 3000 --dataset f.zarr --out run > first.log 2>&1 & echo $! > first.pid; sleep 3"],
-     f"{TRAIN} --steps 3000 --dataset f.zarr --out run --seed 1",
-     "while kill -0 $(cat first.pid) 2>/dev/null; do sleep 1; done; python -c \"import json; "
-     "r=[json.loads(l) for l in open('run/log.jsonl')]; print(len(r), 'log lines,', len({(x['step'], tuple(x)) "
-     "for x in r}), 'distinct')\""),
-    ("chunk: a deleted steps/obs chunk, validate",
-     ["omgmg-data fixture f.zarr --episodes 30", "rm f.zarr/steps/obs/c/0/0/0"], "omgmg-data validate f.zarr", "echo"),
-    ("chunk: 64 flipped bytes in a steps/state chunk, validate",
-     ["omgmg-data fixture f.zarr --episodes 30", "python flip.py f.zarr/steps/state/c/0/0 40 64"],
-     "omgmg-data validate f.zarr", "echo"),
-    ("chunk: a truncated chunk, export",
-     ["omgmg-data fixture f.zarr --episodes 30", "truncate -s 100 f.zarr/steps/obs/c/0/0/0"],
-     "omgmg-data export f.zarr --format omiga --out x.hdf5", "ls x.hdf5 2>/dev/null || echo no export"),
-    ("chunk: a truncated chunk, train",
-     ["omgmg-data fixture f.zarr --episodes 30", "truncate -s 100 f.zarr/steps/obs/c/0/0/0"],
-     f"{TRAIN} --dataset f.zarr --out run", "echo"),
-    ("value: a NaN reward, train",
-     ["omgmg-data fixture f.zarr --episodes 30",
-      "python -c \"import zarr,numpy as np; g=zarr.open_group('f.zarr',mode='r+'); r=g['steps/reward'][:]; "
-      "r[7]=np.nan; g['steps/reward'][:]=r\""],
-     f"{TRAIN} --dataset f.zarr --out run", "ls run/checkpoints 2>/dev/null | head -1 || echo"),
-    ("force: export --out .. --force from a subfolder",
-     ["omgmg-data fixture f.zarr --episodes 10", "mkdir -p w/sub && echo mine > w/notes.txt"],
-     "cd w/sub && omgmg-data export ../../f.zarr --format omiga --out .. --force",
-     "ls w/notes.txt f.zarr/zarr.json 2>&1 | tr '\\n' ' '"),
-    ("force: export --out DIR --force",
-     ["omgmg-data fixture f.zarr --episodes 10", "mkdir -p dir/deep"],
-     "omgmg-data export f.zarr --format omiga --out dir --force", "ls -d dir/deep 2>&1"),
-    ("force: fixture notadataset --force",
-     ["echo precious > notadataset"], "omgmg-data fixture notadataset --force", "cat notadataset 2>&1 | head -c 60"),
-    ("checkpoint: latest.pt half written, resume",
-     ["omgmg-data fixture f.zarr --episodes 10", "python stop_train.py f.zarr run 60 || true",
-      "truncate -s 300 run/checkpoints/latest.pt"], f"{TRAIN} --dataset f.zarr --out run", "echo"),
-    ("checkpoint: latest.pt empty, resume",
-     ["omgmg-data fixture f.zarr --episodes 10", "python stop_train.py f.zarr run 60 || true",
-      "truncate -s 0 run/checkpoints/latest.pt"], f"{TRAIN} --dataset f.zarr --out run", "echo"),
-    ("checkpoint: 1 KB overwritten inside latest.pt, resume",
-     ["omgmg-data fixture f.zarr --episodes 10", "python stop_train.py f.zarr run 60 || true",
-      "python flip.py run/checkpoints/latest.pt 4000 1024"], f"{TRAIN} --dataset f.zarr --out run", "echo"),
-    ("resume: train on another dataset of the same task into a run",
-     ["omgmg-data fixture f.zarr --episodes 10", "omgmg-data fixture g.zarr --episodes 10 --seed 1",
-      "python stop_train.py f.zarr run 60 || true"], f"{TRAIN} --dataset g.zarr --out run",
-     "python -c \"import json; print('config names', json.load(open('run/config.json'))['dataset'])\""),
-    ("rename: a finished collection killed before its rename",
-     ["omgmg-data collect fixture continuous --level medium --episodes 30 --train-steps 2000 --workers 1 --out d.zarr",
-      "mv d.zarr .d.zarr.partial"],
-     "omgmg-data collect fixture continuous --level medium --episodes 30 --train-steps 2000 --workers 1 --out d.zarr",
-     "ls -d d.zarr .d.zarr.partial 2>&1 | tr '\\n' ' '"),
-    ("log: a torn last line in log.jsonl, resume",
-     ["omgmg-data fixture f.zarr --episodes 10", "python stop_train.py f.zarr run 60 || true",
-      "printf '{\"step\": 70, \"loss/ac' >> run/log.jsonl"], f"{TRAIN} --dataset f.zarr --out run", "echo"),
-    ("disk full: export to a 2 MiB tmpfs",
-     ["omgmg-data fixture f.zarr --shape hopper-3x1 --episodes 20", "mkdir -p small && mount -t tmpfs -o size=2m tmpfs small"],
-     "omgmg-data export f.zarr --format omiga --out small/x.hdf5", "ls -A small | tr '\\n' ' '; umount small"),
-    ("disk full: collect to a 2 MiB tmpfs",
-     ["mkdir -p small && mount -t tmpfs -o size=2m tmpfs small"],
-     "omgmg-data collect fixture hopper-3x1 --level random --episodes 200 --workers 1 --out small/x.zarr",
-     "ls -A small | tr '\\n' ' '; umount small"),
-    ("bad input: --nu nan", ["omgmg-data fixture f.zarr --episodes 10"],
-     "omgmg train --dataset f.zarr --no-eval --steps 20 --hidden 16 --nu nan --out run", "echo"),
-    ("bad input: --grad-norm-clip -1", ["omgmg-data fixture f.zarr --episodes 10"],
-     "omgmg train --dataset f.zarr --algo bc --no-eval --steps 20 --hidden 16 --grad-norm-clip -1 --out run", "echo"),
-    ("bad input: unknown level in import",
-     ["python -c \"import h5py,numpy as np; f=h5py.File('o.hdf5','w'); [f.create_dataset(k, data=np.zeros((4,2,3))) "
-      "for k in 'soa']; f['r']=np.zeros((4,1)); f['d']=np.array([[0],[0],[0],[1.]])\""],
-     "omgmg-data import omiga o.hdf5 --task Hopper-3x1 --level bogus --out i.zarr", "echo"),
-    ("bad input: an HDF5 whose o is a group",
-     ["python -c \"import h5py,numpy as np; f=h5py.File('o.hdf5','w'); f.create_group('o'); "
-      "[f.create_dataset(k, data=np.zeros((4,1))) for k in 'sard']\""],
-     "omgmg-data import omiga o.hdf5 --task Hopper-3x1 --level medium --out i.zarr", "echo"),
+    (
+        "resume: a partial medium collection, then --level random",
+        ["python kill_collect.py d.zarr medium 0 400"],
+        f"{COLLECT} --level random --out d.zarr",
+        f"{COLLECT} --level random --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1",
+    ),
+    (
+        "resume: a partial seed-0 collection, then --seed 1",
+        ["python kill_collect.py d.zarr medium 0 400"],
+        f"{COLLECT} --level medium --seed 1 --out d.zarr",
+        f"{COLLECT} --level medium --seed 1 --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1",
+    ),
+    (
+        "resume: a partial collection, then --force",
+        ["python kill_collect.py d.zarr medium 0 400"],
+        f"{COLLECT} --level random --out d.zarr --force",
+        f"{COLLECT} --level random --out e.zarr >/dev/null 2>&1; python same.py d.zarr e.zarr 2>&1 | tail -1",
+    ),
+    (
+        "lock: two collections on one --out",
+        [
+            f"nohup {COLLECT.replace('600', '400')} --level medium --out d.zarr > first.log 2>&1 & "
+            "echo $! > first.pid; sleep 4"
+        ],
+        f"{COLLECT.replace('600', '400')} --level medium --out d.zarr",
+        'while kill -0 $(cat first.pid) 2>/dev/null; do sleep 1; done; python -c "import zarr; '
+        "g=zarr.open_group('d.zarr',mode='r'); "
+        "print(g['episodes/length'].shape[0], 'episodes for a budget of 400')\" 2>&1 "
+        "| tail -1",
+    ),
+    (
+        "lock: two trainings into one run directory",
+        [
+            "omgmg-data fixture f.zarr --episodes 200",
+            f"nohup {TRAIN} --steps 3000 --dataset f.zarr --out run > first.log 2>&1 & echo $! > first.pid; sleep 3",
+        ],
+        f"{TRAIN} --steps 3000 --dataset f.zarr --out run --seed 1",
+        'while kill -0 $(cat first.pid) 2>/dev/null; do sleep 1; done; python -c "import json; '
+        "r=[json.loads(l) for l in open('run/log.jsonl')]; print(len(r), 'log lines,', len({(x['step'], tuple(x)) "
+        "for x in r}), 'distinct')\"",
+    ),
+    (
+        "chunk: a deleted steps/obs chunk, validate",
+        ["omgmg-data fixture f.zarr --episodes 30", "rm f.zarr/steps/obs/c/0/0/0"],
+        "omgmg-data validate f.zarr",
+        "echo",
+    ),
+    (
+        "chunk: 64 flipped bytes in a steps/state chunk, validate",
+        ["omgmg-data fixture f.zarr --episodes 30", "python flip.py f.zarr/steps/state/c/0/0 40 64"],
+        "omgmg-data validate f.zarr",
+        "echo",
+    ),
+    (
+        "chunk: a truncated chunk, export",
+        ["omgmg-data fixture f.zarr --episodes 30", "truncate -s 100 f.zarr/steps/obs/c/0/0/0"],
+        "omgmg-data export f.zarr --format omiga --out x.hdf5",
+        "ls x.hdf5 2>/dev/null || echo no export",
+    ),
+    (
+        "chunk: a truncated chunk, train",
+        ["omgmg-data fixture f.zarr --episodes 30", "truncate -s 100 f.zarr/steps/obs/c/0/0/0"],
+        f"{TRAIN} --dataset f.zarr --out run",
+        "echo",
+    ),
+    (
+        "value: a NaN reward, train",
+        [
+            "omgmg-data fixture f.zarr --episodes 30",
+            "python -c \"import zarr,numpy as np; g=zarr.open_group('f.zarr',mode='r+'); r=g['steps/reward'][:]; "
+            "r[7]=np.nan; g['steps/reward'][:]=r\"",
+        ],
+        f"{TRAIN} --dataset f.zarr --out run",
+        "ls run/checkpoints 2>/dev/null | head -1 || echo",
+    ),
+    (
+        "force: export --out .. --force from a subfolder",
+        ["omgmg-data fixture f.zarr --episodes 10", "mkdir -p w/sub && echo mine > w/notes.txt"],
+        "cd w/sub && omgmg-data export ../../f.zarr --format omiga --out .. --force",
+        "ls w/notes.txt f.zarr/zarr.json 2>&1 | tr '\\n' ' '",
+    ),
+    (
+        "force: export --out DIR --force",
+        ["omgmg-data fixture f.zarr --episodes 10", "mkdir -p dir/deep"],
+        "omgmg-data export f.zarr --format omiga --out dir --force",
+        "ls -d dir/deep 2>&1",
+    ),
+    (
+        "force: fixture notadataset --force",
+        ["echo precious > notadataset"],
+        "omgmg-data fixture notadataset --force",
+        "cat notadataset 2>&1 | head -c 60",
+    ),
+    (
+        "checkpoint: latest.pt half written, resume",
+        [
+            "omgmg-data fixture f.zarr --episodes 10",
+            "python stop_train.py f.zarr run 60 || true",
+            "truncate -s 300 run/checkpoints/latest.pt",
+        ],
+        f"{TRAIN} --dataset f.zarr --out run",
+        "echo",
+    ),
+    (
+        "checkpoint: latest.pt empty, resume",
+        [
+            "omgmg-data fixture f.zarr --episodes 10",
+            "python stop_train.py f.zarr run 60 || true",
+            "truncate -s 0 run/checkpoints/latest.pt",
+        ],
+        f"{TRAIN} --dataset f.zarr --out run",
+        "echo",
+    ),
+    (
+        "checkpoint: 1 KB overwritten inside latest.pt, resume",
+        [
+            "omgmg-data fixture f.zarr --episodes 10",
+            "python stop_train.py f.zarr run 60 || true",
+            "python flip.py run/checkpoints/latest.pt 4000 1024",
+        ],
+        f"{TRAIN} --dataset f.zarr --out run",
+        "echo",
+    ),
+    (
+        "resume: train on another dataset of the same task into a run",
+        [
+            "omgmg-data fixture f.zarr --episodes 10",
+            "omgmg-data fixture g.zarr --episodes 10 --seed 1",
+            "python stop_train.py f.zarr run 60 || true",
+        ],
+        f"{TRAIN} --dataset g.zarr --out run",
+        "python -c \"import json; print('config names', json.load(open('run/config.json'))['dataset'])\"",
+    ),
+    (
+        "rename: a finished collection killed before its rename",
+        [
+            "omgmg-data collect fixture continuous --level medium --episodes 30 --train-steps 2000 --workers 1 "
+            "--out d.zarr",
+            "mv d.zarr .d.zarr.partial",
+        ],
+        "omgmg-data collect fixture continuous --level medium --episodes 30 --train-steps 2000 --workers 1 "
+        "--out d.zarr",
+        "ls -d d.zarr .d.zarr.partial 2>&1 | tr '\\n' ' '",
+    ),
+    (
+        "log: a torn last line in log.jsonl, resume",
+        [
+            "omgmg-data fixture f.zarr --episodes 10",
+            "python stop_train.py f.zarr run 60 || true",
+            'printf \'{"step": 70, "loss/ac\' >> run/log.jsonl',
+        ],
+        f"{TRAIN} --dataset f.zarr --out run",
+        "echo",
+    ),
+    (
+        "disk full: export to a 2 MiB tmpfs",
+        [
+            "omgmg-data fixture f.zarr --shape hopper-3x1 --episodes 20",
+            "mkdir -p small && mount -t tmpfs -o size=2m tmpfs small",
+        ],
+        "omgmg-data export f.zarr --format omiga --out small/x.hdf5",
+        "ls -A small | tr '\\n' ' '; umount small",
+    ),
+    (
+        "disk full: collect to a 2 MiB tmpfs",
+        ["mkdir -p small && mount -t tmpfs -o size=2m tmpfs small"],
+        "omgmg-data collect fixture hopper-3x1 --level random --episodes 200 --workers 1 --out small/x.zarr",
+        "ls -A small | tr '\\n' ' '; umount small",
+    ),
+    (
+        "bad input: --nu nan",
+        ["omgmg-data fixture f.zarr --episodes 10"],
+        "omgmg train --dataset f.zarr --no-eval --steps 20 --hidden 16 --nu nan --out run",
+        "echo",
+    ),
+    (
+        "bad input: --grad-norm-clip -1",
+        ["omgmg-data fixture f.zarr --episodes 10"],
+        "omgmg train --dataset f.zarr --algo bc --no-eval --steps 20 --hidden 16 --grad-norm-clip -1 --out run",
+        "echo",
+    ),
+    (
+        "bad input: unknown level in import",
+        [
+            "python -c \"import h5py,numpy as np; f=h5py.File('o.hdf5','w'); "
+            "[f.create_dataset(k, data=np.zeros((4,2,3))) "
+            "for k in 'soa']; f['r']=np.zeros((4,1)); f['d']=np.array([[0],[0],[0],[1.]])\""
+        ],
+        "omgmg-data import omiga o.hdf5 --task Hopper-3x1 --level bogus --out i.zarr",
+        "echo",
+    ),
+    (
+        "bad input: an HDF5 whose o is a group",
+        [
+            "python -c \"import h5py,numpy as np; f=h5py.File('o.hdf5','w'); f.create_group('o'); "
+            "[f.create_dataset(k, data=np.zeros((4,1))) for k in 'sard']\""
+        ],
+        "omgmg-data import omiga o.hdf5 --task Hopper-3x1 --level medium --out i.zarr",
+        "echo",
+    ),
     ("bad input: --out under a regular file (fixture)", ["echo x > afile"], "omgmg-data fixture afile/x.zarr", "echo"),
-    ("bad input: eval with a dataset of another task",
-     ["omgmg-data fixture f.zarr --episodes 10", "omgmg-data fixture h.zarr --shape hopper-3x1 --episodes 2 --max-episode-len 20",
-      "omgmg train --dataset f.zarr --algo bc --steps 4 --eval-every 4 --eval-episodes 1 --hidden 8 --out run"],
-     "omgmg eval run --dataset h.zarr --episodes 1", "echo"),
+    (
+        "bad input: eval with a dataset of another task",
+        [
+            "omgmg-data fixture f.zarr --episodes 10",
+            "omgmg-data fixture h.zarr --shape hopper-3x1 --episodes 2 --max-episode-len 20",
+            "omgmg train --dataset f.zarr --algo bc --steps 4 --eval-every 4 --eval-episodes 1 --hidden 8 --out run",
+        ],
+        "omgmg eval run --dataset h.zarr --episodes 1",
+        "echo",
+    ),
     ("bad input: a sweep spec that is a folder", ["mkdir spec.toml"], "omgmg sweep spec.toml --out s", "echo"),
 ]
 
@@ -179,7 +299,7 @@ def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[st
     work = Path(tempfile.mkdtemp(prefix="omgmg-hostile-"))
     bin_dir = work / ".bin"
     bin_dir.mkdir()
-    for name, module in (("omgmg-data", "cli.data"), ("omgmg", "cli.train")):
+    for name, module in (("omgmg-data", "omgmg.cli.data"), ("omgmg", "omgmg.cli.train")):
         exe = bin_dir / name
         exe.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from {module} import main; main()' \"$@\"\n")
         exe.chmod(0o755)
@@ -187,8 +307,13 @@ def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[st
     (work / "stop_train.py").write_text(STOP_TRAIN)
     (work / "flip.py").write_text(FLIP)
     (work / "same.py").write_text(SAME)
-    env = {**os.environ, "PYTHONPATH": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}",
-           "OMGMG_HOME": str(work / "home"), "COLUMNS": "250"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "OMGMG_HOME": str(work / "home"),
+        "COLUMNS": "250",
+    }
     sh = lambda cmd: subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True)  # noqa: E731
     try:
         for cmd in setup:

@@ -9,6 +9,7 @@ action 1) and Ant-2x4 (2 agents, obs 63, state 105, action 4) are written once i
 time, and how many batches the loader supplies in the time of one training step of the official
 OMIGA code on the same shape (95 steps/s HalfCheetah-6x1, 185 Ant-2x4, measured on 2 cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datakit import DatasetWriter, TransitionLoader, open_dataset  # noqa: E402
-from datakit.fixtures import fixture_spec  # noqa: E402
+from omgmg.collectors.fixtures import fixture_spec  # noqa: E402
+from omgmg.datakit import DatasetWriter, TransitionLoader, open_dataset  # noqa: E402
 
 SHAPES = {"HalfCheetah-6x1": "halfcheetah-6x1", "Ant-2x4": "ant-2x4"}
 OMIGA_STEPS_PER_S = {"HalfCheetah-6x1": 95, "Ant-2x4": 185}  # official OMIGA code on this machine (issue 5)
@@ -41,11 +42,16 @@ def make_dataset(path: Path, shape: str, transitions: int, seed: int = 0) -> flo
         left = transitions
         while left > 0:
             L = min(1000, left)
-            w.add_episode(obs=rng.standard_normal((L, N, O), np.float32) * pad, state=rng.standard_normal((L, S), np.float32),
-                          actions=rng.uniform(-1, 1, (L, N, A)).astype(np.float32),
-                          reward=rng.standard_normal(L, np.float32),
-                          final_obs=rng.standard_normal((N, O), np.float32) * pad,
-                          final_state=rng.standard_normal(S, np.float32), terminated=False, truncated=True)
+            w.add_episode(
+                obs=rng.standard_normal((L, N, O), np.float32) * pad,
+                state=rng.standard_normal((L, S), np.float32),
+                actions=rng.uniform(-1, 1, (L, N, A)).astype(np.float32),
+                reward=rng.standard_normal(L, np.float32),
+                final_obs=rng.standard_normal((N, O), np.float32) * pad,
+                final_state=rng.standard_normal(S, np.float32),
+                terminated=False,
+                truncated=True,
+            )
             left -= L
     return time.perf_counter() - t0
 
@@ -88,12 +94,18 @@ def main() -> None:
         stream_tps = throughput(stream, args.batches)
         resident = stream.resident_transitions
         row = {
-            "task_shape": task, "transitions": ds.n_transitions, "batch_size": args.batch_size,
+            "task_shape": task,
+            "transitions": ds.n_transitions,
+            "batch_size": args.batch_size,
             "write_transitions_per_s": None if write_s is None else ds.n_transitions / write_s,
-            "stored_mib": sum(ds.array(k).nbytes_stored() for k in
-                              ("steps/obs", "steps/state", "steps/actions", "steps/reward")) / 2 ** 20,
-            "open_ms": open_s * 1e3, "in_memory_load_s": load_s,
-            "in_memory_transitions_per_s": mem_tps, "streaming_transitions_per_s": stream_tps,
+            "stored_mib": sum(
+                ds.array(k).nbytes_stored() for k in ("steps/obs", "steps/state", "steps/actions", "steps/reward")
+            )
+            / 2**20,
+            "open_ms": open_s * 1e3,
+            "in_memory_load_s": load_s,
+            "in_memory_transitions_per_s": mem_tps,
+            "streaming_transitions_per_s": stream_tps,
             "streaming_resident_steps": resident,
             "batch_ms_in_memory": 1e3 * args.batch_size / mem_tps,
             "batches_per_omiga_step_in_memory": mem_tps / args.batch_size / OMIGA_STEPS_PER_S[task],
@@ -108,10 +120,15 @@ def main() -> None:
     for col in ("shape", "in-memory tr/s", "streaming tr/s", "batch ms", "batches/OMIGA step", "load s", "MiB"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in results:
-        table.add_row(r["task_shape"], f"{r['in_memory_transitions_per_s']:,.0f}",
-                      f"{r['streaming_transitions_per_s']:,.0f}", f"{r['batch_ms_in_memory']:.3f}",
-                      f"{r['batches_per_omiga_step_in_memory']:.0f} / {r['batches_per_omiga_step_streaming']:.0f}",
-                      f"{r['in_memory_load_s']:.2f}", f"{r['stored_mib']:.0f}")
+        table.add_row(
+            r["task_shape"],
+            f"{r['in_memory_transitions_per_s']:,.0f}",
+            f"{r['streaming_transitions_per_s']:,.0f}",
+            f"{r['batch_ms_in_memory']:.3f}",
+            f"{r['batches_per_omiga_step_in_memory']:.0f} / {r['batches_per_omiga_step_streaming']:.0f}",
+            f"{r['in_memory_load_s']:.2f}",
+            f"{r['stored_mib']:.0f}",
+        )
     Console(width=120).print(table)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

@@ -17,6 +17,7 @@ and the **rest** (what is left: mostly the memory-bound elementwise, reduction a
 kernels at the real sizes, plus matmuls running below peak). ``fixed + matmuls at peak`` bounds
 what this operator sequence can reach in eager PyTorch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,15 +32,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datakit import TransitionLoader  # noqa: E402
-from datakit.fixtures import make_fixture  # noqa: E402
 from omgmg.algos import ALGORITHMS, algorithm_class  # noqa: E402
 from omgmg.algos.omgmg import OMGMGConfig  # noqa: E402
+from omgmg.collectors.fixtures import make_fixture  # noqa: E402
+from omgmg.datakit import TransitionLoader  # noqa: E402
 from omgmg.nets import AgentMLP  # noqa: E402
 from omgmg.trainer import build  # noqa: E402
 
-SHAPES = {"HalfCheetah-6x1": "halfcheetah-6x1", "Hopper-3x1": "hopper-3x1", "Ant-2x4": "ant-2x4",
-          "protoss_5v5": "protoss-5v5"}
+SHAPES = {
+    "HalfCheetah-6x1": "halfcheetah-6x1",
+    "Hopper-3x1": "hopper-3x1",
+    "Ant-2x4": "ant-2x4",
+    "protoss_5v5": "protoss-5v5",
+}
 OMIGA_STEPS_PER_S = {"HalfCheetah-6x1": 95, "Hopper-3x1": 175, "Ant-2x4": 185}
 
 
@@ -49,7 +54,7 @@ def peak_gflops() -> float:
     t0 = time.perf_counter()
     for _ in range(5):
         a @ b
-    return 2 * 4096 ** 3 * 5 / (time.perf_counter() - t0) / 1e9
+    return 2 * 4096**3 * 5 / (time.perf_counter() - t0) / 1e9
 
 
 def measure(algo, loader, steps: int) -> tuple[float, float, float]:
@@ -127,8 +132,9 @@ def main() -> None:
             ds = make_fixture(Path(d) / f"{shape}.zarr", shape, episodes=10, max_episode_len=200)
             variants = [(a, algorithm_class(a).config_cls(), False) for a in algos]
             if "omgmg" in algos:
-                variants.insert(algos.index("omgmg") + 1,
-                                ("omgmg (separate weights)", OMGMGConfig(shared_networks=False), False))
+                variants.insert(
+                    algos.index("omgmg") + 1, ("omgmg (separate weights)", OMGMGConfig(shared_networks=False), False)
+                )
             if args.compile:
                 variants.append(("omgmg (torch.compile)", OMGMGConfig(), True))
             for label, cfg, compiled in variants:
@@ -142,30 +148,66 @@ def main() -> None:
                 sps, load_share, gflop = measure(algo, TransitionLoader(ds, cfg.batch_size, seed=0), args.steps)
                 fixed = fixed_cost_s(name, ds, cfg, args.steps) if not compiled else float("nan")
                 at_peak = gflop / peak
-                row = {"task_shape": task, "algorithm": label, "steps_per_s": sps, "loader_share": load_share,
-                       "gflop_per_step": gflop, "gflops": gflop * sps, "fraction_of_peak": gflop * sps / peak,
-                       "omiga_reference_steps_per_s": OMIGA_STEPS_PER_S.get(task), "peak_gflops": peak,
-                       "fixed_ms": 1e3 * fixed, "matmuls_at_peak_ms": 1e3 * at_peak,
-                       "rest_ms": 1e3 * (1 / sps - fixed - at_peak), "eager_bound_steps_per_s": 1 / (fixed + at_peak)}
+                row = {
+                    "task_shape": task,
+                    "algorithm": label,
+                    "steps_per_s": sps,
+                    "loader_share": load_share,
+                    "gflop_per_step": gflop,
+                    "gflops": gflop * sps,
+                    "fraction_of_peak": gflop * sps / peak,
+                    "omiga_reference_steps_per_s": OMIGA_STEPS_PER_S.get(task),
+                    "peak_gflops": peak,
+                    "fixed_ms": 1e3 * fixed,
+                    "matmuls_at_peak_ms": 1e3 * at_peak,
+                    "rest_ms": 1e3 * (1 / sps - fixed - at_peak),
+                    "eager_bound_steps_per_s": 1 / (fixed + at_peak),
+                }
                 rows.append(row)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"gradient steps/s, batch 128, hidden 256, {args.threads} threads, peak {peak:.0f} GFLOP/s; "
-                    f"one AgentMLP forward+backward alone: {100 * ceiling:.0f}% of peak")
-    for col in ("shape", "algorithm", "steps/s", "OMIGA ref.", "loader share", "GFLOP/step", "% of peak",
-                "ms/step", "fixed", "matmuls at peak", "rest", "bound steps/s"):
+    t = Table(
+        title=f"gradient steps/s, batch 128, hidden 256, {args.threads} threads, peak {peak:.0f} GFLOP/s; "
+        f"one AgentMLP forward+backward alone: {100 * ceiling:.0f}% of peak"
+    )
+    for col in (
+        "shape",
+        "algorithm",
+        "steps/s",
+        "OMIGA ref.",
+        "loader share",
+        "GFLOP/step",
+        "% of peak",
+        "ms/step",
+        "fixed",
+        "matmuls at peak",
+        "rest",
+        "bound steps/s",
+    ):
         t.add_column(col, justify="right")
     for r in rows:
         ref = r["omiga_reference_steps_per_s"]
-        t.add_row(r["task_shape"], r["algorithm"], f"{r['steps_per_s']:.1f}", "-" if ref is None else str(ref),
-                  f"{100 * r['loader_share']:.1f}%", f"{r['gflop_per_step']:.2f}", f"{100 * r['fraction_of_peak']:.0f}%",
-                  f"{1e3 / r['steps_per_s']:.2f}", f"{r['fixed_ms']:.2f}", f"{r['matmuls_at_peak_ms']:.2f}",
-                  f"{r['rest_ms']:.2f}", f"{r['eager_bound_steps_per_s']:.0f}")
+        t.add_row(
+            r["task_shape"],
+            r["algorithm"],
+            f"{r['steps_per_s']:.1f}",
+            "-" if ref is None else str(ref),
+            f"{100 * r['loader_share']:.1f}%",
+            f"{r['gflop_per_step']:.2f}",
+            f"{100 * r['fraction_of_peak']:.0f}%",
+            f"{1e3 / r['steps_per_s']:.2f}",
+            f"{r['fixed_ms']:.2f}",
+            f"{r['matmuls_at_peak_ms']:.2f}",
+            f"{r['rest_ms']:.2f}",
+            f"{r['eager_bound_steps_per_s']:.0f}",
+        )
     Console(width=180).print(t)
-    print("ms per step = fixed (same step at hidden 8, batch 8) + matmuls at peak + rest; "
-          "bound = 1000 / (fixed + matmuls at peak)")
+    print(
+        "ms per step = fixed (same step at hidden 8, batch 8) + matmuls at peak + rest; "
+        "bound = 1000 / (fixed + matmuls at peak)"
+    )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 

@@ -1,15 +1,17 @@
 """What both command-line tools share: consoles, one-line errors, progress bars."""
+
 from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from datakit.errors import DatasetError, InvalidDatasetError, RequestError
+from omgmg.datakit.errors import DatasetError, InvalidDatasetError, RequestError, render_options
 
 console = Console(soft_wrap=True)  # long paths and messages stay on one line
 err_console = Console(stderr=True, soft_wrap=True)
@@ -19,11 +21,24 @@ EXIT_USAGE = 2  # the request is bad (click uses 2 for usage errors too)
 EXIT_INTERRUPTED = 130
 
 
+def as_flag(name: str, value: str) -> str:
+    """A setting named in a library message (``<<name=value>>``, see :func:`render_options`) as the
+    command-line flag that sets it: ``--force`` starts over or replaces, ``--backend smax``, ``--out``."""
+    if (name, value) in (("force", "True"), ("overwrite", "True"), ("resume", "False")):
+        return "--force"
+    option = name.replace("_", "-")
+    if value == "False":
+        return f"--no-{option}"
+    return f"--{option}" if value in ("True", "...") else f"--{option} {value}"
+
+
 def warn(message: str) -> None:
+    message = render_options(message, as_flag)
     err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
+    message = render_options(message, as_flag)
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
@@ -44,16 +59,18 @@ def friendly_errors(fn):
                 err_console.print(f"  {p}", highlight=False, soft_wrap=True)
             sys.exit(EXIT_INVALID)
         except RequestError as e:
-            fail(str(e), EXIT_USAGE)
+            fail(e.render(as_flag), EXIT_USAGE)
         except DatasetError as e:
-            fail(str(e), EXIT_INVALID)
+            fail(e.render(as_flag), EXIT_INVALID)
         except OSError as e:  # anything the library did not name itself: still one line
-            from datakit.outputs import output_error
+            from omgmg.datakit.outputs import output_error
 
             fail(str(output_error(e, e.filename or "a file", "working on")), EXIT_INVALID)
         except KeyboardInterrupt:
-            fail("interrupted; whatever was finished is kept and the command can be run again to resume",
-                 EXIT_INTERRUPTED)
+            fail(
+                "interrupted; whatever was finished is kept and the command can be run again to resume",
+                EXIT_INTERRUPTED,
+            )
         finally:
             if previous is not None:
                 import signal
@@ -76,15 +93,48 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, interrupt)
 
 
+class ProgressBars:
+    """Bars on one rich display (see :func:`progress_bars`)."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+
+    def add(self, description: str, total: int | None = None) -> Callable:
+        """A new bar; returns ``update(completed=None, total=None, *, advance=None, info=None)``."""
+        task = self._progress.add_task(description, total=total, info="")
+
+        def update(completed=None, total=None, *, advance=None, info=None):
+            changes = {"completed": completed, "total": total, "advance": advance, "info": info}
+            self._progress.update(task, **{k: v for k, v in changes.items() if v is not None})
+
+        return update
+
+    def note(self, message: str) -> None:
+        """A line above the bars."""
+        self._progress.console.print(render_options(message, as_flag), highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def progress_bars():
+    """The one progress display of both tools (on stderr, off when it is not a terminal): description,
+    bar, done/total, a free ``info`` text, time elapsed and left. Yields :class:`ProgressBars`."""
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err_console, transient=False, disable=not err_console.is_terminal) as p:
+        yield ProgressBars(p)
+
+
 @contextmanager
 def progress_bar(description: str, total: int | None):
-    """A rich progress bar; yields ``update(completed)``."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err_console, transient=False, disable=not err_console.is_terminal) as p:
-        task = p.add_task(description, total=total)
-        yield lambda completed, total_=None: p.update(task, completed=completed,
-                                                      **({"total": total_} if total_ else {}))
+    """One bar (see :func:`progress_bars`); yields its ``update``."""
+    with progress_bars() as bars:
+        yield bars.add(description, total)
 
 
 def version_option():

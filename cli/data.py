@@ -1,4 +1,5 @@
 """``omgmg-data``: make, check, look at, import and export offline MARL datasets."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,21 @@ from pathlib import Path
 
 import click
 
-from cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, progress_bar, version_option
+from omgmg.cli.common import (
+    EXIT_INVALID,
+    console,
+    err_console,
+    fail,
+    friendly_errors,
+    progress_bar,
+    progress_bars,
+    version_option,
+)
+from omgmg.cli.options import config_options, given, request_options
+from omgmg.collectors.behaviour import ALGORITHMS as BEHAVIOUR_ALGORITHMS
+from omgmg.collectors.collect import BEHAVIOUR_FIXED, CollectRequest
+
+BEHAVIOUR_CONFIGS = {name: cfg for name, (cfg, _) in BEHAVIOUR_ALGORITHMS.items()}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,7 +38,7 @@ def validate(path: Path):
 
     Exit 0 when valid; exit 1 with one line per problem (array, index, fix) when not.
     """
-    from datakit import validate as run_validate
+    from omgmg.datakit import validate as run_validate
 
     problems = run_validate(path)
     if problems:
@@ -32,11 +47,14 @@ def validate(path: Path):
             err_console.print(f"  {p}", highlight=False, soft_wrap=True)
         raise SystemExit(EXIT_INVALID)
     console.print(f"[bold green]valid:[/] {path}", highlight=False)
-    from datakit import open_dataset
+    from omgmg.datakit import open_dataset
 
     if open_dataset(path).format_version < 2:
-        console.print("note: format 1 stores carry no chunk checksums, so bytes altered inside a chunk cannot be "
-                      f"found; `omgmg-data upgrade {path} --out NEW` rewrites it as format 2", highlight=False)
+        console.print(
+            "note: format 1 stores carry no chunk checksums, so bytes altered inside a chunk cannot be "
+            f"found; `omgmg-data upgrade {path} --out NEW` rewrites it as format 2",
+            highlight=False,
+        )
 
 
 @main.command()
@@ -46,8 +64,8 @@ def validate(path: Path):
 @friendly_errors
 def inspect(path: Path, as_json: bool, plot: Path | None):
     """Show the dataset card: where the data came from, its arrays and return statistics."""
-    from datakit import open_dataset
-    from datakit.card import card, plot_returns, render
+    from omgmg.datakit import open_dataset
+    from omgmg.datakit.card import card, plot_returns, render
 
     ds = open_dataset(path)
     c = card(ds)
@@ -63,55 +81,43 @@ def inspect(path: Path, as_json: bool, plot: Path | None):
             console.print(f"return histogram written to {plot}", highlight=False)
 
 
-@main.command()
+@main.command(context_settings={"max_content_width": 110})
 @click.argument("suite")
 @click.argument("task")
-@click.option("--level", required=True, help="expert, medium, medium-expert (m-expert), medium-replay (m-replay), random.")
-@click.option("--transitions", type=int, help="Transition budget (MaMuJoCo default 1M).")
-@click.option("--episodes", type=int, help="Episode budget (SMACv2 default 1000).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of behaviour training and rollouts.")
-@click.option("--backend", help="SMACv2: sc2 or smax (default: sc2 where installed, else smax).")
-@click.option("--train-steps", type=int, help="Behaviour-policy training budget in env steps (happo 2M, mappo 5M).")
-@click.option("--out", type=click.Path(path_type=Path), help="Output .zarr path (default under $OMGMG_HOME/datasets).")
-@click.option("--workers", default=2, show_default=True, type=int, help="Processes for CPU simulators.")
-@click.option("--medium-fraction", default=0.5, show_default=True, type=float,
-              help="Medium = the checkpoint scoring closest to this fraction of the expert's score.")
-@click.option("--force", is_flag=True, help="Replace the output if it exists.")
+@request_options(CollectRequest, skip=("suite", "task", "behaviour"), required=("level",))
+@config_options(BEHAVIOUR_CONFIGS, prefix="behaviour.", skip=BEHAVIOUR_FIXED)
 @friendly_errors
-def collect(suite, task, level, transitions, episodes, seed, backend, train_steps, out, workers, medium_fraction,
-            force):
+def collect(suite: str, task: str, **options):
     """Generate a dataset: train (or reuse) a behaviour policy and roll it out at a level.
+
+    Every option is a field of CollectRequest; --behaviour.NAME sets a field of the behaviour
+    algorithm's config (MAPPOConfig for discrete actions, HAPPOConfig for continuous).
 
     Example: omgmg-data collect smacv2 protoss_5v5 --level medium
     """
-    from collectors.collect import CollectRequest, collect as run_collect
+    from omgmg.collectors.collect import collect as run_collect
 
+    behaviour = given(options, "behaviour.")
+    request = {k: v for k, v in options.items() if not k.startswith("behaviour__")}
     # a bad request is a usage error (exit 2) raised before anything is touched
-    req = CollectRequest(suite, task, level, transitions=transitions, episodes=episodes, seed=seed,
-                         backend=backend, train_steps=train_steps, out=out, workers=workers,
-                         medium_fraction=medium_fraction, force=force)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=err_console, disable=not err_console.is_terminal) as p:
-        bars: dict[str, int] = {}
+    req = CollectRequest(suite, task, behaviour=behaviour, **request)
+    with progress_bars() as bars:
+        update: dict[str, object] = {}
 
         def on_train(steps, total, score):
-            if "train" not in bars:
-                bars["train"] = p.add_task("training behaviour policy", total=total, info="")
-            info = {} if score is None else {"info": f"eval score {score:.3g}"}
-            p.update(bars["train"], completed=steps, total=total, **info)
+            update.setdefault("train", bars.add("training behaviour policy", total))
+            update["train"](steps, total, info=None if score is None else f"eval score {score:.3g}")
 
         def on_rollout(done, total):
-            if "roll" not in bars:
-                bars["roll"] = p.add_task(f"collecting {req.level}", total=total, info="")
-            p.update(bars["roll"], completed=done, total=total)
+            update.setdefault("roll", bars.add(f"collecting {req.level}", total))
+            update["roll"](done, total)
 
-        ds = run_collect(req, on_note=lambda m: err_console.print(m, highlight=False), on_train=on_train,
-                         on_rollout=on_rollout)
+        ds = run_collect(req, on_note=bars.note, on_train=on_train, on_rollout=on_rollout)
     c = ds.meta["stats"]
-    line = (f"[bold green]wrote[/] {ds.path}: {c['episodes']} episodes, {c['transitions']} transitions, "
-            f"return {c['return']['mean']:.4g} ± {c['return']['std']:.3g}")
+    line = (
+        f"[bold green]wrote[/] {ds.path}: {c['episodes']} episodes, {c['transitions']} transitions, "
+        f"return {c['return']['mean']:.4g} ± {c['return']['std']:.3g}"
+    )
     if c["win_rate"] is not None:
         line += f", win rate {100 * c['win_rate']:.1f}%"
     console.print(line, highlight=False)
@@ -119,9 +125,13 @@ def collect(suite, task, level, transitions, episodes, seed, backend, train_step
 
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--shape", default="continuous", show_default=True,
-              type=click.Choice(["continuous", "discrete", "halfcheetah-6x1", "hopper-3x1", "ant-2x4", "protoss-5v5"]),
-              help="Which fixture: small continuous/discrete, or shaped like a real task.")
+@click.option(
+    "--shape",
+    default="continuous",
+    show_default=True,
+    type=click.Choice(["continuous", "discrete", "halfcheetah-6x1", "hopper-3x1", "ant-2x4", "protoss-5v5"]),
+    help="Which fixture: small continuous/discrete, or shaped like a real task.",
+)
 @click.option("--episodes", default=20, show_default=True, type=click.IntRange(min=1), help="Episodes to write.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-episode-len", type=click.IntRange(min=1), help="Cut episodes shorter than the task limit.")
@@ -129,13 +139,15 @@ def collect(suite, task, level, transitions, episodes, seed, backend, train_step
 @friendly_errors
 def fixture(out: Path, shape: str, episodes: int, seed: int, max_episode_len: int | None, force: bool):
     """Write a small synthetic dataset (no simulator needed) for tests, demos and benchmarks."""
-    from datakit.fixtures import make_fixture
+    from omgmg.collectors.fixtures import make_fixture
 
     with progress_bar("writing episodes", episodes) as update:
-        ds = make_fixture(out, shape, episodes=episodes, seed=seed, max_episode_len=max_episode_len,
-                          overwrite=force, progress=update)
-    console.print(f"[bold green]wrote[/] {out}: {ds.n_episodes} episodes, {ds.n_transitions} transitions",
-                  highlight=False)
+        ds = make_fixture(
+            out, shape, episodes=episodes, seed=seed, max_episode_len=max_episode_len, overwrite=force, progress=update
+        )
+    console.print(
+        f"[bold green]wrote[/] {out}: {ds.n_episodes} episodes, {ds.n_transitions} transitions", highlight=False
+    )
 
 
 @main.group(name="import")
@@ -148,24 +160,43 @@ def import_group():
 @click.option("--task", required=True, help="MaMuJoCo task of the file, e.g. HalfCheetah-6x1.")
 @click.option("--level", required=True, help="expert, medium, medium-expert, medium-replay or random.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the .zarr dataset.")
-@click.option("--episode-limit", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Episodes this long are taken as time-limit truncations, shorter ones as terminations.")
-@click.option("--action-bound", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Actions lie in [-bound, bound].")
+@click.option(
+    "--episode-limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Episodes this long are taken as time-limit truncations, shorter ones as terminations.",
+)
+@click.option(
+    "--action-bound",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Actions lie in [-bound, bound].",
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @friendly_errors
-def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit: int, action_bound: float,
-                     force: bool):
+def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit: int, action_bound: float, force: bool):
     """Import an OMIGA MaMuJoCo HDF5 file (keys s, o, a, r, d)."""
-    from datakit.format import normalise_level
-    from datakit.omiga import import_omiga
+    from omgmg.datakit.format import normalise_level
+    from omgmg.datakit.omiga import import_omiga
 
     level = normalise_level(level)  # an unknown level is a usage error (exit 2), as in collect
     with progress_bar("importing rows", None) as update:
-        ds = import_omiga(src, out, task=task, level=level, episode_limit=episode_limit,
-                          action_bound=action_bound, overwrite=force, progress=update)
-    console.print(f"[bold green]imported[/] {src} -> {out}: {ds.n_episodes} episodes, {ds.n_transitions} "
-                  "transitions", highlight=False)
+        ds = import_omiga(
+            src,
+            out,
+            task=task,
+            level=level,
+            episode_limit=episode_limit,
+            action_bound=action_bound,
+            overwrite=force,
+            progress=update,
+        )
+    console.print(
+        f"[bold green]imported[/] {src} -> {out}: {ds.n_episodes} episodes, {ds.n_transitions} transitions",
+        highlight=False,
+    )
     console.print(f"assumed: {ds.meta['collection']['termination_rule']}", highlight=False)
 
 
@@ -177,15 +208,16 @@ def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit:
 @friendly_errors
 def export(path: Path, format_: str, out: Path, force: bool):
     """Export a dataset to another layout (OMIGA's HDF5, for the official OMIGA code)."""
-    from datakit import open_dataset
-    from datakit.omiga import export_omiga
+    from omgmg.datakit import open_dataset
+    from omgmg.datakit.omiga import export_omiga
 
     ds = open_dataset(path)
     with progress_bar("exporting rows", ds.n_transitions + ds.n_episodes) as update:
         export_omiga(ds, out, overwrite=force, progress=update)
     console.print(f"[bold green]exported[/] {path} -> {out}", highlight=False)
-    console.print("note: OMIGA's layout treats every episode end as terminal, time-limit truncations included",
-                  highlight=False)
+    console.print(
+        "note: OMIGA's layout treats every episode end as terminal, time-limit truncations included", highlight=False
+    )
 
 
 @main.command()
@@ -199,12 +231,15 @@ def upgrade(path: Path, out: Path, force: bool):
     The source is validated first and never modified; the new store is written aside, validated and
     renamed into place.
     """
-    from datakit.upgrade import upgrade as run_upgrade
+    from omgmg.datakit.upgrade import upgrade as run_upgrade
 
     with progress_bar("copying rows", None) as update:
         ds = run_upgrade(path, out, overwrite=force, progress=update)
-    console.print(f"[bold green]upgraded[/] {path} -> {out} (format {ds.format_version}): {ds.n_episodes} episodes, "
-                  f"{ds.n_transitions} transitions", highlight=False)
+    console.print(
+        f"[bold green]upgraded[/] {path} -> {out} (format {ds.format_version}): {ds.n_episodes} episodes, "
+        f"{ds.n_transitions} transitions",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

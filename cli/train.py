@@ -3,67 +3,25 @@
 Training options are generated from the algorithms' config dataclasses (``omgmg.algos``): every
 field is an option with its docstring as help, so the dataclass stays the single source of truth.
 """
+
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
 import json
-import textwrap
 from pathlib import Path
 
 import click
 
-from cli.common import EXIT_USAGE, console, err_console, fail, friendly_errors, version_option, warn
+from omgmg.cli.common import EXIT_USAGE, console, fail, friendly_errors, progress_bars, version_option, warn
+from omgmg.cli.options import config_options, given
 
 
-def _field_docs(cls) -> dict[str, str]:
-    """Attribute docstrings (the string literal after each field) of a dataclass and its bases."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__[:-1]):
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError):
-            continue
-        body = tree.body[0].body
-        for a, b in zip(body, body[1:]):
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-                docs[a.target.id] = " ".join(str(b.value.value).split())
-    return docs
+def _algorithm_options(fn):
+    """One option per config field of any algorithm; --help shows each default that applies (the
+    dataclass's and each suite's)."""
+    from omgmg.algos import ALGORITHMS, algorithm_class, suite_defaults
 
-
-def _config_classes() -> dict[str, type]:
-    from omgmg.algos import ALGORITHMS, algorithm_class
-
-    return {name: algorithm_class(name).config_cls for name in ALGORITHMS}
-
-
-def config_options(fn):
-    """One click option per config field of any algorithm (default None: the algorithm's default).
-
-    A field several algorithms share gets one option; where their meanings or defaults differ, the
-    help lists each algorithm's."""
-    seen: dict[str, list[tuple[str, dataclasses.Field, str]]] = {}
-    for algo, cls in _config_classes().items():
-        docs = _field_docs(cls)
-        for f in dataclasses.fields(cls):
-            seen.setdefault(f.name, []).append((algo, f, docs.get(f.name, "")))
-    n_algos = len(_config_classes())
-    for name, entries in sorted(seen.items(), reverse=True):
-        f = entries[0][1]
-        flag = "--" + name.replace("_", "-")
-        variants = {(doc, repr(g.default)) for _, g, doc in entries}
-        if len(variants) == 1:
-            scope = "" if len(entries) == n_algos else f" [{', '.join(a for a, _, _ in entries)}]"
-            help_ = f"{entries[0][2]} (default {f.default}){scope}"
-        else:
-            help_ = " | ".join(f"{a}: {doc} (default {g.default})" for a, g, doc in entries)
-        if isinstance(f.default, bool):
-            decl, kw = [f"{flag}/--no-{name.replace('_', '-')}"], {"default": None}
-        else:
-            decl, kw = [flag], {"type": type(f.default), "default": None}
-        fn = click.option(*decl, name, help=help_, **kw)(fn)
-    return fn
+    classes = {name: algorithm_class(name).config_cls for name in ALGORITHMS}
+    return config_options(classes, suite_defaults={name: suite_defaults(name) for name in ALGORITHMS})(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -74,49 +32,45 @@ def main():
 
 @main.command(context_settings={"show_default": False})
 @click.option("--dataset", required=True, type=click.Path(path_type=Path), help="A format-v1 dataset (.zarr).")
-@click.option("--algo", default="omgmg", show_default=True,
-              help="Algorithm: bc, mabcq, macql, icq, omar, omiga, comadice or omgmg.")
+@click.option(
+    "--algo",
+    default="omgmg",
+    show_default=True,
+    help="Algorithm: bc, mabcq, macql, icq, omar, omiga, comadice or omgmg.",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/DATASET/ALGO-seedS).")
 @click.option("--eval/--no-eval", "evaluate", default=True, help="Evaluate in the environment every eval_every steps.")
-@config_options
+@click.option(
+    "--tensorboard/--no-tensorboard",
+    default=None,
+    help="Also write TensorBoard event files to OUT/tensorboard (default: when tensorboard is installed).",
+)
+@_algorithm_options
 @friendly_errors
-def train(dataset: Path, algo: str, out: Path | None, evaluate: bool, **options):
+def train(dataset: Path, algo: str, out: Path | None, evaluate: bool, tensorboard: bool | None, **options):
     """Train an algorithm on a dataset; running it again resumes the run."""
-    from omgmg.algos import ALGORITHMS, algorithm_class
+    from omgmg.algos import algorithm_class, make_config
+    from omgmg.datakit import open_dataset
     from omgmg.trainer import train as run_train
 
-    if algo not in ALGORITHMS:
-        fail(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}", EXIT_USAGE)
-    names = {f.name for f in dataclasses.fields(algorithm_class(algo).config_cls)}
-    given = {k: v for k, v in options.items() if v is not None}
-    foreign = sorted(k for k in given if k not in names)
-    if foreign:
-        names_ = ", ".join("--" + k.replace("_", "-") for k in foreign)
-        fail(f"{names_} {'does' if len(foreign) == 1 else 'do'} not apply to {algo}", EXIT_USAGE)
-    from datakit import open_dataset
-    from omgmg.algos import make_config
-
+    algorithm_class(algo)  # an unknown name is refused before the dataset is opened
     suite = open_dataset(dataset).spec.suite
-    try:
-        cfg = make_config(algo, suite, **given)  # dataclass defaults < per-suite defaults < options given
-    except (ValueError, TypeError) as e:
-        fail(str(e), EXIT_USAGE)
+    # dataclass defaults < per-suite defaults < options given; a wrong name or value is a ConfigError
+    cfg = make_config(algo, suite, **given(options))
     out = out or Path("runs") / Path(dataset).stem / f"{algo}-seed{cfg.seed}"
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=err_console, disable=not err_console.is_terminal) as p:
-        task = p.add_task(f"{algo} on {Path(dataset).name}", total=cfg.steps, info="")
+    with progress_bars() as bars:
+        update = bars.add(f"{algo} on {Path(dataset).name}", cfg.steps)
 
         def progress(step, total, ev):
-            info = {}
+            info = None
             if ev and ev.get("eval/return") is not None:
                 wr = ev.get("eval/win_rate")
-                info = {"info": f"eval return {ev['eval/return']:.4g}" + (f", win {100 * wr:.0f}%" if wr is not None else "")}
-            p.update(task, completed=step, **info)
+                info = f"eval return {ev['eval/return']:.4g}" + (f", win {100 * wr:.0f}%" if wr is not None else "")
+            update(step, info=info)
 
-        result = run_train(algo, dataset, cfg, out, evaluate=evaluate, progress=progress, warn=warn)
+        result = run_train(
+            algo, dataset, cfg, out, evaluate=evaluate, progress=progress, warn=warn, tensorboard=tensorboard
+        )
     _print_result(result.run_dir, result.final, result.best)
 
 
@@ -130,23 +84,30 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
     for label, rec in (("final", final), ("best", best)):
         if rec:
             wr = rec.get("eval/win_rate")
-            t.add_row(label, str(rec.get("step", "-")), fmt(rec.get("eval/return")),
-                      "-" if wr is None else f"{100 * wr:.1f}%", fmt(rec.get("value/q_tot")))
+            t.add_row(
+                label,
+                str(rec.get("step", "-")),
+                fmt(rec.get("eval/return")),
+                "-" if wr is None else f"{100 * wr:.1f}%",
+                fmt(rec.get("value/q_tot")),
+            )
     console.print(t)
     console.print(f"curves: {run_dir / 'curves.png'}   log: {run_dir / 'log.jsonl'}", highlight=False)
 
 
 @main.command(name="eval")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--dataset", type=click.Path(path_type=Path), help="Dataset the policy was trained on (default: from the run).")
+@click.option(
+    "--dataset", type=click.Path(path_type=Path), help="Dataset the policy was trained on (default: from the run)."
+)
 @click.option("--episodes", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=1234, show_default=True, type=int)
 @click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "latest"]))
 @friendly_errors
 def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoint: str):
     """Evaluate a trained run's policy in the environment of its dataset."""
-    from datakit import open_dataset
-    from datakit.errors import RequestError
+    from omgmg.datakit import open_dataset
+    from omgmg.datakit.errors import RequestError
     from omgmg.trainer import Evaluator, load_policy
 
     path = run if run.is_file() else run / "checkpoints" / f"{checkpoint}.pt"
@@ -163,48 +124,56 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoi
     ds = open_dataset(dataset)
     algo = load_policy(path)
     if algo.spec.identity() != ds.spec.identity():
-        raise RequestError(f"the policy in {path} was trained on {algo.spec.name}, but {dataset} is "
-                           f"{ds.spec.name} ({ds.spec.backend}); pass the dataset the run was trained on")
+        raise RequestError(
+            f"the policy in {path} was trained on {algo.spec.name}, but {dataset} is "
+            f"{ds.spec.name} ({ds.spec.backend}); pass the dataset the run was trained on"
+        )
     evaluator = Evaluator(ds, episodes, seed)
     try:
         result = evaluator(algo)
     finally:
         evaluator.close()
     wr = result["eval/win_rate"]
-    console.print(f"[bold]{path}[/]: return {result['eval/return']:.4g} ± {result['eval/return_std']:.3g} over "
-                  f"{episodes} episodes" + ("" if wr is None else f", win rate {100 * wr:.1f}%"), highlight=False)
-    from datakit.outputs import atomic_write_json
+    console.print(
+        f"[bold]{path}[/]: return {result['eval/return']:.4g} ± {result['eval/return_std']:.3g} over "
+        f"{episodes} episodes" + ("" if wr is None else f", win rate {100 * wr:.1f}%"),
+        highlight=False,
+    )
+    from omgmg.datakit.outputs import atomic_write_json
 
     atomic_write_json(path.parent.parent / f"eval-{checkpoint}.json", result)
 
 
 @main.command()
 @click.argument("spec")
-@click.option("--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME or sweeps/NAME-smoke).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME or sweeps/NAME-smoke)."
+)
 @click.option("--smoke", is_flag=True, help="The spec's small budget: a check that finishes in minutes on 2 cores.")
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: a process pool on this machine; ray: Ray tasks on an existing cluster (or a local one).")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: a process pool on this machine; ray: Ray tasks on an existing cluster (or a local one).",
+)
 @click.option("--address", help="Ray cluster address for --backend ray (default: start a local Ray instance).")
-@click.option("--workers", type=click.IntRange(min=1), help="Parallel cells (default: the CPU count).")
+@click.option("--workers", type=int, help="Parallel cells (default: the CPU count).")
 @click.option("--list", "list_only", is_flag=True, help="Only list the cells and whether each is finished.")
 @friendly_errors
-def sweep(spec: str, out: Path | None, smoke: bool, backend: str, address: str | None, workers: int | None,
-          list_only: bool):
+def sweep(
+    spec: str, out: Path | None, smoke: bool, backend: str, address: str | None, workers: int | None, list_only: bool
+):
     """Run every cell (datasets x algorithms x seeds x grid) of an experiment SPEC not yet finished.
 
     SPEC is a TOML file or a shipped name: table1, table2, ablation-lambda, ablation-nu. Re-running
     resumes: finished cells are skipped, unfinished ones continue from their last checkpoint.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from omgmg.experiments.report import write_report
-    from omgmg.experiments.spec import SpecError, load_spec
-    from omgmg.experiments.sweep import SweepError, cell_dir, pending_cells, run_sweep
+    from omgmg.experiments.spec import load_spec
+    from omgmg.experiments.sweep import cell_dir, pending_cells, run_sweep
 
-    try:
-        experiment = load_spec(spec)
-    except SpecError as e:
-        fail(str(e), EXIT_USAGE)
+    experiment = load_spec(spec)  # a SpecError is a usage error (exit 2), as a SweepError below
     out = out or Path("sweeps") / (experiment.name + ("-smoke" if smoke else ""))
     if list_only:
         cells = experiment.cells(smoke)
@@ -213,43 +182,63 @@ def sweep(spec: str, out: Path | None, smoke: bool, backend: str, address: str |
             console.print(f"{'todo' if c.key in todo else 'done'}  {cell_dir(out, c)}", highlight=False)
         console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished", highlight=False)
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=err_console, disable=not err_console.is_terminal) as p:
-        task = p.add_task(f"sweep {experiment.name}{' (smoke)' if smoke else ''}", total=None, info="preparing datasets")
+    with progress_bars() as bars:
+        update = bars.add(f"sweep {experiment.name}{' (smoke)' if smoke else ''}")
+        update(info="preparing datasets")
 
         def on_start(total, finished):
-            p.update(task, total=total, completed=finished, info=f"{finished} already finished")
+            update(finished, total, info=f"{finished} already finished")
 
         def on_done(cell, result):
             score = result.get("score")
-            info = "skipped: in use by another process" if result.get("skipped") else \
-                "error" if score is None else f"{score:.3g}"
-            p.update(task, advance=1, info=f"last: {cell.dataset.name} {cell.algorithm} seed {cell.seed} -> {info}")
+            info = (
+                "skipped: in use by another process"
+                if result.get("skipped")
+                else "error"
+                if score is None
+                else f"{score:.3g}"
+            )
+            update(advance=1, info=f"last: {cell.dataset.name} {cell.algorithm} seed {cell.seed} -> {info}")
 
-        try:
-            results = run_sweep(experiment, out, smoke=smoke, backend=backend, workers=workers, address=address,
-                                on_note=lambda m: p.console.print(m, highlight=False), on_start=on_start,
-                                on_done=on_done)
-        except SweepError as e:
-            fail(str(e), EXIT_USAGE)
+        results = run_sweep(
+            experiment,
+            out,
+            smoke=smoke,
+            backend=backend,
+            workers=workers,
+            address=address,
+            on_note=bars.note,
+            on_start=on_start,
+            on_done=on_done,
+        )
     errors = [r for r in results if r.get("error")]
     paths = write_report(out)
     console.print(f"{len(results)} cells finished ({len(errors)} with errors) in {out}", highlight=False)
     for r in errors:
-        console.print(f"  [red]error[/] {r['cell']['algorithm']} on {r['cell']['dataset']}: {r['error']}", highlight=False)
+        console.print(
+            f"  [red]error[/] {r['cell']['algorithm']} on {r['cell']['dataset']}: {r['error']}", highlight=False
+        )
     console.print("report: " + "  ".join(str(p_) for p_ in paths), highlight=False)
 
 
 @main.command()
 @click.argument("sweep_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Where to write the report (default: the sweep directory).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Where to write the report (default: the sweep directory)."
+)
+@click.option(
+    "--marl-eval",
+    "marl_eval_json",
+    is_flag=True,
+    help="Also write NAME.marl-eval.json: every evaluation in marl-eval's layout (BenchMARL, OG-MARL, Mava).",
+)
 @friendly_errors
-def report(sweep_dir: Path, out: Path | None):
+def report(sweep_dir: Path, out: Path | None, marl_eval_json: bool):
     """Tables (markdown + CSV, best per row in bold) and ablation figures (PNG) from a sweep's results."""
     from omgmg.experiments.report import write_report
 
     try:
-        paths = write_report(sweep_dir, out)
+        paths = write_report(sweep_dir, out, marl_eval_json=marl_eval_json)
     except FileNotFoundError as e:
         fail(str(e), EXIT_USAGE)
     console.print(paths[0].read_text(), highlight=False, markup=False)
@@ -268,7 +257,7 @@ def batch(dataset: Path, batch_size: int, seed: int, streaming: bool):
 
     from rich.table import Table
 
-    from datakit import TransitionLoader
+    from omgmg.datakit import TransitionLoader
 
     loader = TransitionLoader(dataset, batch_size=batch_size, seed=seed, streaming=streaming)
     b = loader.sample()
@@ -280,8 +269,12 @@ def batch(dataset: Path, batch_size: int, seed: int, streaming: bool):
         if v is None:
             continue
         first = v[0].flatten()[:6].tolist()
-        table.add_row(f.name, str(tuple(v.shape)), str(v.dtype).removeprefix("torch."),
-                      ", ".join(f"{x:.3g}" if isinstance(x, float) else str(x) for x in first))
+        table.add_row(
+            f.name,
+            str(tuple(v.shape)),
+            str(v.dtype).removeprefix("torch."),
+            ", ".join(f"{x:.3g}" if isinstance(x, float) else str(x) for x in first),
+        )
     console.print(table)
 
 

@@ -2,20 +2,28 @@
 
 Axis convention in training code: time first, then envs, then agents: ``(T, E, N, ...)``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-
 # ----- returns and advantages --------------------------------------------------------------------------
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
-        done: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    done: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over (T, E) tensors.
 
     ``next_values[t]`` is V of the observation after step t: V(o_{t+1}) inside an episode, V of the
@@ -34,8 +42,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     return adv, adv + values
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor,
-                       clip: float) -> torch.Tensor:
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, clip: float
+) -> torch.Tensor:
     """PPO's clipped value loss (as in MAPPO and HAPPO): the larger of the squared errors of the new
     value and of the old value moved at most ``clip`` towards it, on normalised returns."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
@@ -43,6 +52,7 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, targets: 
 
 
 # ----- normalisers ---------------------------------------------------------------------------------------
+
 
 class RunningMeanStd(nn.Module):
     """Running mean and variance over a stream of batches (Chan et al.'s parallel update), kept as
@@ -61,7 +71,7 @@ class RunningMeanStd(nn.Module):
         delta = b_mean - self.mean
         total = self.count + b_count
         self.mean += delta * b_count / total
-        self.var.copy_((self.var * self.count + b_var * b_count + delta ** 2 * self.count * b_count / total) / total)
+        self.var.copy_((self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total) / total)
         self.count.copy_(total)
 
     def normalise(self, x: torch.Tensor, clip: float = 10.0) -> torch.Tensor:
@@ -73,6 +83,7 @@ class RunningMeanStd(nn.Module):
 
 
 # ----- networks --------------------------------------------------------------------------------------------
+
 
 def mlp(sizes: list[int], activation=nn.ReLU, out_gain: float = 1.0) -> nn.Sequential:
     """Linear layers with orthogonal init (gain sqrt(2) hidden, ``out_gain`` last), activation between."""
@@ -137,10 +148,14 @@ class FrozenActor:
     def __init__(self, actors: list[nn.Sequential], obs_norm: RunningMeanStd, agent_id_input: bool = False):
         with torch.no_grad():
             linears = [[m for m in actor if isinstance(m, nn.Linear)] for actor in actors]
-            self.weights = [torch.stack([a[k].weight.T for a in linears]).contiguous()  # (N, in, out)
-                            for k in range(len(linears[0]))]
-            self.biases = [torch.stack([a[k].bias for a in linears])[:, None, :].clone()  # (N, 1, out)
-                           for k in range(len(linears[0]))]
+            self.weights = [
+                torch.stack([a[k].weight.T for a in linears]).contiguous()  # (N, in, out)
+                for k in range(len(linears[0]))
+            ]
+            self.biases = [
+                torch.stack([a[k].bias for a in linears])[:, None, :].clone()  # (N, 1, out)
+                for k in range(len(linears[0]))
+            ]
             if agent_id_input:
                 N = len(actors)
                 ids = self.weights[0][:, -N:, :]  # (N, N, H): agent i's row i is W_id @ onehot(i)
@@ -161,6 +176,7 @@ class FrozenActor:
 
 # ----- rollout storage --------------------------------------------------------------------------------------
 
+
 @dataclass
 class Rollout:
     """T steps of E envs as tensors, time first. Filled by the training loop, read by ``update``."""
@@ -176,10 +192,14 @@ class Rollout:
     done: torch.Tensor  # (T, E) float: terminated or truncated
     avail: torch.Tensor | None = None  # (T, E, N, K) bool
 
-    def flat(self) -> "Rollout":
+    def flat(self) -> Rollout:
         """Merge time and env axes: every tensor becomes (T * E, ...)."""
-        return Rollout(**{f.name: None if (v := getattr(self, f.name)) is None else v.reshape(-1, *v.shape[2:])
-                          for f in fields(self)})
+        return Rollout(
+            **{
+                f.name: None if (v := getattr(self, f.name)) is None else v.reshape(-1, *v.shape[2:])
+                for f in fields(self)
+            }
+        )
 
 
 def minibatches(n: int, num_minibatches: int, generator: torch.Generator):
@@ -187,4 +207,4 @@ def minibatches(n: int, num_minibatches: int, generator: torch.Generator):
     perm = torch.randperm(n, generator=generator)
     size = max(1, n // num_minibatches)
     for k in range(num_minibatches):
-        yield perm[k * size:(k + 1) * size] if k < num_minibatches - 1 else perm[k * size:]
+        yield perm[k * size : (k + 1) * size] if k < num_minibatches - 1 else perm[k * size :]

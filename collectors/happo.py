@@ -20,6 +20,7 @@ Defaults after HARL's HAPPO for MaMuJoCo (lr 5e-4, 5 epochs, gamma 0.99, GAE 0.9
 128x3, ReLU), with clip 0.2 and observation/state normalisation by running statistics (HARL uses a
 feature LayerNorm) and a clipped-MSE value loss on normalised returns (HARL: Huber, delta 10).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from collectors.common import (FrozenActor, RolloutPolicy, clipped_value_loss, RunningMeanStd, Rollout, minibatches, mlp,
-                               stacked_forward)
-from collectors.training import LoopConfig
-from datakit.spec import EnvSpec
+from omgmg.collectors.common import (
+    FrozenActor,
+    Rollout,
+    RolloutPolicy,
+    RunningMeanStd,
+    clipped_value_loss,
+    minibatches,
+    mlp,
+    stacked_forward,
+)
+from omgmg.collectors.config import LoopConfig
+from omgmg.datakit.spec import EnvSpec
 
 
 @dataclass
@@ -79,17 +88,14 @@ class HAPPOAgent(nn.Module):
         self.obs_norm = RunningMeanStd((N, O))
         self.state_norm = RunningMeanStd((S,))
         self.value_norm = RunningMeanStd(())
-        low = np.zeros((N, A), np.float32)
-        high = np.zeros((N, A), np.float32)
-        mask = np.zeros((N, A), np.float32)  # 1 on each agent's own action entries (others are padding)
-        for i, space in enumerate(spec.action_spaces):
-            low[i, : space.dim], high[i, : space.dim], mask[i, : space.dim] = space.low, space.high, 1
+        low, high, mask = spec.action_bounds()  # (N, A); mask 1 on each agent's own entries, 0 on padding
         self.register_buffer("low", torch.from_numpy(low))
         self.register_buffer("high", torch.from_numpy(high))
         self.register_buffer("action_mask", torch.from_numpy(mask))
         # one optimiser per agent over its own actor and log-std: updating agent i touches nothing else
-        self.actor_optims = [torch.optim.Adam(list(a.parameters()) + [s], lr=cfg.actor_lr)
-                             for a, s in zip(self.actors, self.log_stds)]
+        self.actor_optims = [
+            torch.optim.Adam(list(a.parameters()) + [s], lr=cfg.actor_lr) for a, s in zip(self.actors, self.log_stds)
+        ]
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
 
     def optimizer_state(self) -> dict:
@@ -103,7 +109,7 @@ class HAPPOAgent(nn.Module):
     def _log_prob(self, mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor):
         """Diagonal-Gaussian log-density summed over the agent's own action entries."""
         z = (actions - mean) / log_std.exp()
-        per_dim = -0.5 * z ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        per_dim = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
         return (per_dim * mask).sum(-1)
 
     @torch.no_grad()
@@ -179,7 +185,7 @@ class HAPPOAgent(nn.Module):
             with torch.no_grad():  # compound the factor with agent i's *updated* policy
                 new_logp = self._log_prob(actor(obs_i), self.log_stds[i], act_i, mask)
                 factor = factor * torch.exp(new_logp - old_i)
-            stats[f"losses/actor_{i}"] = loss.item()
+            stats[f"loss/actor_{i}"] = loss.item()
         targets = self.value_norm.normalise(returns.reshape(-1), clip=1e6)
         old_values = self.value_norm.normalise(flat.values, clip=1e6)
         for _ in range(cfg.epochs):
@@ -190,8 +196,8 @@ class HAPPOAgent(nn.Module):
                 v_loss.backward()
                 nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                 self.critic_optim.step()
-        stats["losses/critic"] = v_loss.item()
-        stats["losses/actor"] = float(np.mean([stats[f"losses/actor_{i}"] for i in range(N)]))
+        stats["loss/critic"] = v_loss.item()
+        stats["loss/actor"] = float(np.mean([stats[f"loss/actor_{i}"] for i in range(N)]))
         stats["policy/std"] = self.log_std.exp().mean().item()
         stats["policy/factor_mean"] = factor.mean().item()
         return stats

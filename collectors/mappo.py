@@ -10,6 +10,7 @@ GAE 0.95, 5 PPO epochs, grad-norm clip 10). Deviations: observations and states 
 running statistics (the reference uses a feature LayerNorm); the value loss is a clipped MSE on
 normalised returns (the reference uses a Huber loss of delta 10 on the same quantity).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,10 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collectors.common import (FrozenActor, RolloutPolicy, clipped_value_loss, gumbel_argmax, RunningMeanStd, Rollout,
-                               minibatches, mlp)
-from collectors.training import LoopConfig
-from datakit.spec import EnvSpec
+from omgmg.collectors.common import (
+    FrozenActor,
+    Rollout,
+    RolloutPolicy,
+    RunningMeanStd,
+    clipped_value_loss,
+    gumbel_argmax,
+    minibatches,
+    mlp,
+)
+from omgmg.collectors.config import LoopConfig
+from omgmg.datakit.spec import EnvSpec
 
 
 @dataclass
@@ -55,6 +64,7 @@ class MAPPOConfig(LoopConfig):
 
 
 # ----- networks ---------------------------------------------------------------------------------------------
+
 
 class MAPPOAgent(nn.Module):
     algorithm = "mappo"
@@ -145,6 +155,9 @@ class MAPPOAgent(nn.Module):
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm)
                 self.optim.step()
-                stats = {"losses/actor": pi_loss.item(), "losses/critic": v_loss.item(),
-                         "losses/entropy": entropy.item()}
+                stats = {
+                    "loss/actor": pi_loss.item(),
+                    "loss/critic": v_loss.item(),
+                    "policy/entropy": entropy.item(),
+                }
         return stats

@@ -8,16 +8,29 @@ The format is specified in ``schemas/dataset-v2.md``. Public API:
 - :class:`TransitionLoader`: seeded minibatches of transitions as torch tensors, in memory or streaming.
 - :func:`iter_episodes`: whole episodes, for sequence models and statistics.
 """
-from datakit.dataset import Dataset, open_dataset, update_metadata
-from datakit.errors import DatasetError, InvalidDatasetError, Problem
-from datakit.format import FORMAT_VERSION
-from datakit.loader import Batch, TransitionLoader, iter_episodes
-from datakit.spec import Box, Discrete, EnvSpec
-from datakit.validate import validate
-from datakit.writer import DatasetWriter
+
+from omgmg.datakit.dataset import Dataset, open_dataset, update_metadata
+from omgmg.datakit.errors import DatasetError, InvalidDatasetError, Problem
+from omgmg.datakit.format import FORMAT_VERSION
+from omgmg.datakit.loader import Batch, TransitionLoader, iter_episodes
+from omgmg.datakit.spec import Box, Discrete, EnvSpec
+from omgmg.datakit.validate import validate
+from omgmg.datakit.writer import DatasetWriter
 
 __all__ = [
-    "Batch", "Box", "Dataset", "DatasetError", "DatasetWriter", "Discrete", "EnvSpec", "FORMAT_VERSION",
-    "InvalidDatasetError", "Problem", "TransitionLoader", "iter_episodes", "open_dataset", "update_metadata",
+    "Batch",
+    "Box",
+    "Dataset",
+    "DatasetError",
+    "DatasetWriter",
+    "Discrete",
+    "EnvSpec",
+    "FORMAT_VERSION",
+    "InvalidDatasetError",
+    "Problem",
+    "TransitionLoader",
+    "iter_episodes",
+    "open_dataset",
+    "update_metadata",
     "validate",
 ]

@@ -1,12 +1,13 @@
 """The dataset card: what ``omgmg-data inspect`` shows, as a dict, a rich renderable and a histogram."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from datakit import format as fmt
-from datakit.dataset import Dataset
+from omgmg.datakit import format as fmt
+from omgmg.datakit.dataset import Dataset
 
 
 def card(ds: Dataset) -> dict:
@@ -17,9 +18,16 @@ def card(ds: Dataset) -> dict:
     arrays = []
     for a in fmt.array_layout(spec):
         arr = ds.array(a.key)
-        arrays.append({"name": a.key, "shape": list(arr.shape), "dtype": str(arr.dtype),
-                       "chunks": list(arr.chunks), "stored_bytes": int(arr.nbytes_stored()),
-                       "bytes": int(arr.nbytes)})
+        arrays.append(
+            {
+                "name": a.key,
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "chunks": list(arr.chunks),
+                "stored_bytes": int(arr.nbytes_stored()),
+                "bytes": int(arr.nbytes),
+            }
+        )
     return {
         "path": str(ds.path),
         "format_version": m["format_version"],
@@ -77,15 +85,27 @@ def render(c: dict):
     rows = [
         ("task", f"{c['suite']}/{c['task']}  (backend {c['backend']})"),
         ("level", c["level"] or "-"),
-        ("agents", f"{c['n_agents']}  obs {c['obs_dim']}  state {c['state_dim']}  "
-                   f"{c['action_type']} actions {c['action_dim']}"),
-        ("episodes", f"{c['n_episodes']}  ({c['terminated_episodes']} terminated, "
-                     f"{c['n_episodes'] - c['terminated_episodes']} truncated)"),
+        (
+            "agents",
+            f"{c['n_agents']}  obs {c['obs_dim']}  state {c['state_dim']}  "
+            f"{c['action_type']} actions {c['action_dim']}",
+        ),
+        (
+            "episodes",
+            f"{c['n_episodes']}  ({c['terminated_episodes']} terminated, "
+            f"{c['n_episodes'] - c['terminated_episodes']} truncated)",
+        ),
         ("transitions", str(c["n_transitions"])),
-        ("return", f"mean {_num(c['return_mean'])}  std {_num(c['return_std'])}  "
-                   f"min {_num(c['return_min'])}  max {_num(c['return_max'])}"),
-        ("episode length", f"mean {_num(c['episode_length_mean'])}  min {_num(c['episode_length_min'])}  "
-                           f"max {_num(c['episode_length_max'])}"),
+        (
+            "return",
+            f"mean {_num(c['return_mean'])}  std {_num(c['return_std'])}  "
+            f"min {_num(c['return_min'])}  max {_num(c['return_max'])}",
+        ),
+        (
+            "episode length",
+            f"mean {_num(c['episode_length_mean'])}  min {_num(c['episode_length_min'])}  "
+            f"max {_num(c['episode_length_max'])}",
+        ),
     ]
     if c["win_rate"] is not None:
         rows.append(("win rate", f"{100 * c['win_rate']:.1f}%"))
@@ -95,8 +115,10 @@ def render(c: dict):
         rows.append(("behaviour policy", f"{bp['algorithm']}" + (f"  ({detail})" if detail else "")))
     for k, v in c["collection"].items():
         rows.append((f"  {k}", str(v)))
-    rows += [("format", f"v{c['format_version']}, written by omgmg {c['omgmg_version']} at {c['created']}"),
-             ("stored", _size(c["stored_bytes"]))]
+    rows += [
+        ("format", f"v{c['format_version']}, written by omgmg {c['omgmg_version']} at {c['created']}"),
+        ("stored", _size(c["stored_bytes"])),
+    ]
     for k, v in rows:
         head.add_row(k, v)
 
@@ -105,8 +127,14 @@ def render(c: dict):
         arrays.add_column(col, justify="right" if col in ("stored", "ratio") else "left")
     for a in c["arrays"]:
         ratio = a["bytes"] / a["stored_bytes"] if a["stored_bytes"] else float("nan")
-        arrays.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])),
-                       _size(a["stored_bytes"]), f"{ratio:.1f}x")
+        arrays.add_row(
+            a["name"],
+            str(tuple(a["shape"])),
+            a["dtype"],
+            str(tuple(a["chunks"])),
+            _size(a["stored_bytes"]),
+            f"{ratio:.1f}x",
+        )
     return Panel(Group(head, "", arrays), title=f"[bold]{Path(c['path']).name}", expand=False)
 
 

@@ -14,16 +14,17 @@
 A checkpoint stays loadable with a plain ``torch.load(path, weights_only=True)``: the digest is one
 more string in the dict.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from datakit.errors import CheckpointError
-from datakit.outputs import atomic_write_bytes, fsync_dir, os_errors
+from omgmg.datakit.errors import CheckpointError
+from omgmg.datakit.outputs import atomic_write_bytes, fsync_dir, os_errors
 
 DIGEST_KEY = "_sha256"
 
@@ -72,8 +73,10 @@ def _read(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a zip, pickle or EOF error: the file is damaged either way
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}): the file is damaged, "
-                              "truncated or not an omgmg checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}): the file is damaged, "
+            "truncated or not an omgmg checkpoint"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold an omgmg checkpoint")
     if DIGEST_KEY in state and state[DIGEST_KEY] != state_digest(state):
@@ -119,3 +122,12 @@ def load_checkpoint(path, *, fallback: bool = True, warn: Callable[[str], None] 
         if warn:
             warn(f"{first}; continuing from the previous checkpoint {prev.name}")
         return state
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes (a dataset records the one of each checkpoint that produced it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

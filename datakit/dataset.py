@@ -3,10 +3,11 @@
 The cheap check (metadata schema, format version, identity hash, array presence, dtypes, shapes,
 lengths, and every chunk file present and as long as its header says) reads no array data, so
 opening a 1M-transition dataset takes milliseconds. The full scan over every value and every chunk
-checksum is :func:`datakit.validate.validate`. Reads through :meth:`Dataset.read` verify each
+checksum is :func:`omgmg.datakit.validate.validate`. Reads through :meth:`Dataset.read` verify each
 chunk's checksum (format 2) and report a damaged chunk as a :class:`DatasetError`, never as zeros
 or a crash.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit import format as fmt
-from datakit import integrity
-from datakit.errors import DatasetError, InvalidDatasetError, RequestError
-from datakit.spec import EnvSpec
+from omgmg.datakit import format as fmt
+from omgmg.datakit import integrity
+from omgmg.datakit.errors import DatasetError, InvalidDatasetError, RequestError
+from omgmg.datakit.spec import EnvSpec
 
 
 def _open_zarr_group(path: Path, mode: str = "r"):
@@ -25,17 +26,22 @@ def _open_zarr_group(path: Path, mode: str = "r"):
 
     if not path.exists():
         partial = partial_path(path)
-        hint = (f"; an unfinished write exists at {partial}: resume the command that wrote it"
-                if partial.exists() else "")
+        hint = (
+            f"; an unfinished write exists at {partial}: resume the command that wrote it" if partial.exists() else ""
+        )
         raise DatasetError(f"no dataset at {path}{hint}")
     if not (path / "zarr.json").is_file():
-        raise DatasetError(f"{path} is not a Zarr v3 store (no zarr.json); omgmg datasets are Zarr v3 groups, "
-                           "convert HDF5 files with `omgmg-data import`")
+        raise DatasetError(
+            f"{path} is not a Zarr v3 store (no zarr.json); omgmg datasets are Zarr v3 groups, "
+            "convert HDF5 files with `omgmg-data import`"
+        )
     try:
         return zarr.open_group(store=str(path), mode=mode, zarr_format=3)
     except Exception as e:  # zarr raises several types for damaged metadata
-        raise DatasetError(f"{path} could not be opened as a Zarr v3 group ({type(e).__name__}: {e}); "
-                           "the store is damaged: regenerate it") from None
+        raise DatasetError(
+            f"{path} could not be opened as a Zarr v3 group ({type(e).__name__}: {e}); "
+            "the store is damaged: regenerate it"
+        ) from None
 
 
 def partial_path(path: Path) -> Path:
@@ -75,7 +81,7 @@ class Dataset:
         return key in {a.key for a in fmt.array_layout(self.spec)}
 
     def episode_lengths(self) -> np.ndarray:
-        return np.asarray(self.group["episodes/length"][:], dtype=np.int64)  # (E,)
+        return np.asarray(self.group["episodes/length"][: self.n_episodes], dtype=np.int64)  # (E,)
 
     def episode_starts(self) -> np.ndarray:
         lengths = self.episode_lengths()
@@ -94,12 +100,14 @@ class Dataset:
         except ValueError as e:
             if "checksum" not in str(e):
                 raise
-            raise DatasetError(f"{self.path}: a chunk of {key} within rows {start}-{stop - 1} is damaged (its checksum "
-                               f"does not match); run `omgmg-data validate {self.path}` for the list, and restore "
-                               "or regenerate the dataset") from None
+            raise DatasetError(
+                f"{self.path}: a chunk of {key} within rows {start}-{stop - 1} is damaged (its checksum "
+                f"does not match); run `omgmg-data validate {self.path}` for the list, and restore "
+                "or regenerate the dataset"
+            ) from None
 
     def content_sha256(self) -> str:
-        """Fingerprint of the data (see :func:`datakit.integrity.content_sha256`): equal for copies of
+        """Fingerprint of the data (see :func:`omgmg.datakit.integrity.content_sha256`): equal for copies of
         one dataset, different for any other data of the same task."""
         keys = [a.key for a in fmt.array_layout(self.spec)]
         return integrity.content_sha256(self.group, keys, self.format_version)
@@ -143,8 +151,10 @@ def update_metadata(path, **changes) -> dict:
     path = Path(path)
     frozen = [k for k in changes if k not in MUTABLE_KEYS]
     if frozen:
-        raise RequestError(f"cannot change {', '.join(frozen)} of {path}: only {', '.join(MUTABLE_KEYS)} may be "
-                           "edited; identity keys and stats are fixed once written")
+        raise RequestError(
+            f"cannot change {', '.join(frozen)} of {path}: only {', '.join(MUTABLE_KEYS)} may be "
+            "edited; identity keys and stats are fixed once written"
+        )
     ds = open_dataset(path)
     meta = dict(ds.meta)
     if "level" in changes:
@@ -156,4 +166,3 @@ def update_metadata(path, **changes) -> dict:
     group = _open_zarr_group(path, mode="r+")
     group.attrs.update({k: meta[k] for k in changes})
     return meta
-

@@ -3,6 +3,7 @@
 The specification is ``schemas/dataset-v2.md`` (format 2, written now; format 1 is read); this
 module is its single implementation, used by the writer, the reader, the validator and the importers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,9 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-import schemas
-from datakit.errors import Problem
-from datakit.spec import EnvSpec
+from omgmg import schemas
+from omgmg.datakit.errors import Problem
+from omgmg.datakit.spec import EnvSpec
 
 FORMAT_VERSION = 2
 """Written by this omgmg. 2: every chunk stored and ending in a crc32c checksum (see the spec's
@@ -46,8 +47,11 @@ def array_layout(spec: EnvSpec) -> list[ArraySpec]:
     """Every array a dataset of this task holds, in a fixed order."""
     n, o, s = spec.n_agents, spec.obs_dim, spec.state_dim
     f32, b = np.dtype("float32"), np.dtype("bool")
-    actions = ArraySpec("steps", "actions", (n,), np.dtype("int32")) if spec.discrete else \
-        ArraySpec("steps", "actions", (n, spec.action_dim), f32)
+    actions = (
+        ArraySpec("steps", "actions", (n,), np.dtype("int32"))
+        if spec.discrete
+        else ArraySpec("steps", "actions", (n, spec.action_dim), f32)
+    )
     layout = [
         ArraySpec("steps", "obs", (n, o), f32),
         ArraySpec("steps", "state", (s,), f32),
@@ -132,8 +136,15 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def build_metadata(spec: EnvSpec, *, level: str | None, behaviour_policy: dict | None,
-                   collection: dict | None, stats: dict, format_version: int = FORMAT_VERSION) -> dict:
+def build_metadata(
+    spec: EnvSpec,
+    *,
+    level: str | None,
+    behaviour_policy: dict | None,
+    collection: dict | None,
+    stats: dict,
+    format_version: int = FORMAT_VERSION,
+) -> dict:
     """A complete metadata dict for a finished dataset."""
     return {
         "format_version": format_version,
@@ -149,39 +160,57 @@ def build_metadata(spec: EnvSpec, *, level: str | None, behaviour_policy: dict |
 
 
 LEVEL_ALIASES = {
-    "expert": "expert", "medium": "medium", "random": "random",
-    "medium-expert": "medium-expert", "medium_expert": "medium-expert", "m-expert": "medium-expert",
+    "expert": "expert",
+    "medium": "medium",
+    "random": "random",
+    "medium-expert": "medium-expert",
+    "medium_expert": "medium-expert",
+    "m-expert": "medium-expert",
     "mediumexpert": "medium-expert",
-    "medium-replay": "medium-replay", "medium_replay": "medium-replay", "m-replay": "medium-replay",
+    "medium-replay": "medium-replay",
+    "medium_replay": "medium-replay",
+    "m-replay": "medium-replay",
     "mediumreplay": "medium-replay",
 }
 
 
 def normalise_level(level: str | None) -> str | None:
     """Canonical level name (accepts ``m-expert``, ``medium_replay``, ...); raises on unknown names."""
-    from datakit.errors import RequestError
+    from omgmg.datakit.errors import RequestError
 
     if level is None:
         return None
     key = level.strip().lower()
     if key not in LEVEL_ALIASES:
-        raise RequestError(f"unknown level {level!r}: choose one of expert, medium, medium-expert, "
-                           "medium-replay, random")
+        raise RequestError(
+            f"unknown level {level!r}: choose one of expert, medium, medium-expert, medium-replay, random"
+        )
     return LEVEL_ALIASES[key]
 
 
 # ----- checks shared by open (cheap) and validate (full) ---------------------------------------------
 
+
 def check_metadata(meta: Any) -> list[Problem]:
     """Schema, format version and identity hash. Returns problems; never raises."""
     if not isinstance(meta, dict) or not meta:
-        return [Problem("metadata", "the root group has no omgmg metadata",
-                        "this is not an omgmg dataset; create it with the omgmg writer or `omgmg-data import`")]
+        return [
+            Problem(
+                "metadata",
+                "the root group has no omgmg metadata",
+                "this is not an omgmg dataset; create it with the omgmg writer or `omgmg-data import`",
+            )
+        ]
     version = meta.get("format_version")
     if version not in SUPPORTED_FORMAT_VERSIONS:
-        return [Problem("metadata.format_version", f"format_version {version!r} is not supported",
-                        f"this omgmg reads format_version {list(SUPPORTED_FORMAT_VERSIONS)}; "
-                        "upgrade omgmg (pip install -U omgmg) to read newer datasets")]
+        return [
+            Problem(
+                "metadata.format_version",
+                f"format_version {version!r} is not supported",
+                f"this omgmg reads format_version {list(SUPPORTED_FORMAT_VERSIONS)}; "
+                "upgrade omgmg (pip install -U omgmg) to read newer datasets",
+            )
+        ]
     problems = []
     validator = jsonschema.Draft202012Validator(schemas.load_json(SCHEMA_FILE))
     for err in sorted(validator.iter_errors(meta), key=lambda e: list(e.absolute_path)):
@@ -194,10 +223,13 @@ def check_metadata(meta: Any) -> list[Problem]:
     except Exception as e:  # DatasetError from spec checks
         return [Problem("metadata.env", str(e), "rewrite the dataset with a consistent env spec")]
     if identity_sha256(spec, version) != meta["identity_sha256"]:
-        problems.append(Problem("metadata.identity_sha256",
-                                "identity keys (suite, task, backend, options, agents, spaces) were changed "
-                                "after writing",
-                                "identity keys are immutable: restore them or regenerate the dataset"))
+        problems.append(
+            Problem(
+                "metadata.identity_sha256",
+                "identity keys (suite, task, backend, options, agents, spaces) were changed after writing",
+                "identity keys are immutable: restore them or regenerate the dataset",
+            )
+        )
     return problems
 
 
@@ -214,16 +246,25 @@ def check_structure(group, spec: EnvSpec, meta: dict | None) -> list[Problem]:
             problems.append(Problem(a.key, "array is missing", "regenerate or re-import the dataset"))
             continue
         if np.dtype(arr.dtype) != a.dtype:
-            problems.append(Problem(a.key, f"dtype is {arr.dtype}, expected {a.dtype}",
-                                    f"store {a.key} as {a.dtype}"))
+            problems.append(Problem(a.key, f"dtype is {arr.dtype}, expected {a.dtype}", f"store {a.key} as {a.dtype}"))
         if tuple(arr.shape[1:]) != a.tail:
-            problems.append(Problem(a.key, f"shape {tuple(arr.shape)} does not match the env spec: "
-                                    f"expected (*, {', '.join(map(str, a.tail))})",
-                                    "the arrays and metadata.env disagree; regenerate the dataset"))
+            problems.append(
+                Problem(
+                    a.key,
+                    f"shape {tuple(arr.shape)} does not match the env spec: "
+                    f"expected (*, {', '.join(map(str, a.tail))})",
+                    "the arrays and metadata.env disagree; regenerate the dataset",
+                )
+            )
         lengths.setdefault(a.group, arr.shape[0])
         if arr.shape[0] != lengths[a.group]:
-            problems.append(Problem(a.key, f"has {arr.shape[0]} rows but {a.group}/ arrays have "
-                                    f"{lengths[a.group]}", "all arrays of a group must have the same length"))
+            problems.append(
+                Problem(
+                    a.key,
+                    f"has {arr.shape[0]} rows but {a.group}/ arrays have {lengths[a.group]}",
+                    "all arrays of a group must have the same length",
+                )
+            )
     for sub in ("steps", "episodes"):
         try:
             extra = set(f"{sub}/{k}" for k in group[sub].array_keys()) - expected_keys
@@ -234,9 +275,19 @@ def check_structure(group, spec: EnvSpec, meta: dict | None) -> list[Problem]:
     if meta is not None and not problems:
         stats = meta["stats"]
         if lengths.get("steps") != stats["transitions"]:
-            problems.append(Problem("steps", f"{lengths.get('steps')} rows but metadata.stats.transitions is "
-                                    f"{stats['transitions']}", "run `omgmg-data validate` for details"))
+            problems.append(
+                Problem(
+                    "steps",
+                    f"{lengths.get('steps')} rows but metadata.stats.transitions is {stats['transitions']}",
+                    "run `omgmg-data validate` for details",
+                )
+            )
         if lengths.get("episodes") != stats["episodes"]:
-            problems.append(Problem("episodes", f"{lengths.get('episodes')} rows but metadata.stats.episodes is "
-                                    f"{stats['episodes']}", "run `omgmg-data validate` for details"))
+            problems.append(
+                Problem(
+                    "episodes",
+                    f"{lengths.get('episodes')} rows but metadata.stats.episodes is {stats['episodes']}",
+                    "run `omgmg-data validate` for details",
+                )
+            )
     return problems

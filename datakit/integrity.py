@@ -19,6 +19,7 @@ size cannot be found there: ``omgmg-data upgrade`` rewrites a store as format 2.
 The same per-chunk checksums give a dataset's content fingerprint (:func:`content_sha256`), which
 run directories record so that a run is never resumed on other data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from datakit.errors import Problem
+from omgmg.datakit.errors import Problem
 
 BLOSC_HEADER_BYTES = 16
 CHECKSUM_BYTES = 4
@@ -65,7 +66,7 @@ def check_chunks(group, keys: list[str], version: int, *, checksums: bool) -> li
         rows, length = arr.chunks[0], arr.shape[0]
         may_be_absent = version < 2 and (key == "steps/reward" or arr.dtype.kind != "f")
 
-        def problem(i: int, message: str) -> Problem:
+        def problem(i: int, message: str, key=key, rows=rows, length=length) -> Problem:
             span = f"rows {i * rows}-{min(length, (i + 1) * rows) - 1}"
             return Problem(f"{key} chunk {i} ({span})", message, REGENERATE)
 
@@ -83,12 +84,16 @@ def check_chunks(group, keys: list[str], version: int, *, checksums: bool) -> li
                 continue
             frame = int.from_bytes(data[12:16], "little")
             if frame != size - tail:
-                problems.append(problem(i, f"chunk file is {size} bytes but its header says {frame + tail}: "
-                                           "truncated or overwritten"))
+                problems.append(
+                    problem(
+                        i, f"chunk file is {size} bytes but its header says {frame + tail}: truncated or overwritten"
+                    )
+                )
                 continue
             if checksums and tail and _crc(data[:-tail]) != data[-tail:]:
-                problems.append(problem(i, "chunk checksum does not match its bytes (the data was altered after "
-                                           "writing)"))
+                problems.append(
+                    problem(i, "chunk checksum does not match its bytes (the data was altered after writing)")
+                )
     return problems
 
 

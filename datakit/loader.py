@@ -23,20 +23,21 @@ blocks every transition is equally likely to be drawn, and the batches are a pur
 seed, as in memory. Memory: ``resident_blocks + 1`` blocks, with observations and states held twice
 (current and next).
 """
+
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from datakit.dataset import Dataset, open_dataset
-from datakit.errors import DatasetError, InvalidDatasetError
-from datakit.validate import check_episodes, check_steps
+from omgmg.datakit.dataset import Dataset, open_dataset
+from omgmg.datakit.errors import DatasetError, InvalidDatasetError
+from omgmg.datakit.validate import check_episodes, check_steps
 
 
 @dataclass
@@ -56,9 +57,13 @@ class Batch:
     avail: torch.Tensor | None = None  # (B, N, K) bool, discrete tasks
     next_avail: torch.Tensor | None = None  # (B, N, K) bool, discrete tasks
 
-    def to(self, device) -> "Batch":
-        return Batch(**{f.name: (None if (v := getattr(self, f.name)) is None else v.to(device, non_blocking=True))
-                        for f in fields(self)})
+    def to(self, device) -> Batch:
+        return Batch(
+            **{
+                f.name: (None if (v := getattr(self, f.name)) is None else v.to(device, non_blocking=True))
+                for f in fields(self)
+            }
+        )
 
 
 @dataclass
@@ -77,8 +82,14 @@ class _Table:
     is the row holding step t's next observation/state/mask.
     """
 
-    def __init__(self, steps: dict[str, np.ndarray], finals: dict[str, np.ndarray], next_index: np.ndarray,
-                 starts: np.ndarray, device):
+    def __init__(
+        self,
+        steps: dict[str, np.ndarray],
+        finals: dict[str, np.ndarray],
+        next_index: np.ndarray,
+        starts: np.ndarray,
+        device,
+    ):
         self.n_steps = len(next_index)
         cat = lambda a, b: torch.from_numpy(np.ascontiguousarray(np.concatenate([a, b]))).to(device)  # noqa: E731
         self.obs = cat(steps["obs"], finals["final_obs"])  # (T + E, N, O)
@@ -99,10 +110,15 @@ class _Table:
         nxt = self.next_index[idx]
         sel = lambda t, i: torch.index_select(t, 0, i)  # noqa: E731
         return Batch(
-            obs=sel(self.obs, idx), state=sel(self.state, idx), actions=sel(self.actions, idx),
-            reward=sel(self.reward, idx), next_obs=sel(self.obs, nxt), next_state=sel(self.state, nxt),
+            obs=sel(self.obs, idx),
+            state=sel(self.state, idx),
+            actions=sel(self.actions, idx),
+            reward=sel(self.reward, idx),
+            next_obs=sel(self.obs, nxt),
+            next_state=sel(self.state, nxt),
             next_actions=sel(self.actions, nxt),
-            terminated=sel(self.terminated, idx), truncated=sel(self.truncated, idx),
+            terminated=sel(self.terminated, idx),
+            truncated=sel(self.truncated, idx),
             episode_start=sel(self.episode_start, idx),
             avail=None if self.avail is None else sel(self.avail, idx),
             next_avail=None if self.avail is None else sel(self.avail, nxt),
@@ -125,7 +141,7 @@ def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device, ch
     T = ds.n_transitions
     first_ep = int(np.searchsorted(ends, start))  # episode containing row `start`
     last_ep = int(np.searchsorted(ends, stop - 1))  # episode containing row `stop - 1`
-    ends_in = ends[first_ep:last_ep + 1]
+    ends_in = ends[first_ep : last_ep + 1]
     ends_in = ends_in[ends_in < stop]  # episodes ending inside the block
     n_end = len(ends_in)
     steps = {k: ds.read(f"steps/{k}", start, stop) for k in _step_keys(ds)}
@@ -144,8 +160,9 @@ def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device, ch
         finals = {k: np.concatenate([finals[k], extra[k.removeprefix("final_")]]) for k in finals}
         next_index[n - 1] = n + n_end
     next_index[local_ends] = n + np.arange(n_end)
-    starts = np.concatenate([[0] if (first_ep == 0 and start == 0) or (start - 1) in ends else [],
-                             local_ends + 1]).astype(np.int64)
+    starts = np.concatenate(
+        [[0] if (first_ep == 0 and start == 0) or (start - 1) in ends else [], local_ends + 1]
+    ).astype(np.int64)
     starts = starts[starts < n]
     return _Table(steps, finals, next_index, starts, device)
 
@@ -171,16 +188,20 @@ class _Slots:
     def __init__(self, example: Batch, resident: int, block_rows: int, device):
         self.block_rows = block_rows
         self.names = [f.name for f in fields(Batch) if getattr(example, f.name) is not None]
-        self.data = {n: torch.zeros((resident * block_rows, *getattr(example, n).shape[1:]),
-                                    dtype=getattr(example, n).dtype, device=device) for n in self.names}
+        self.data = {
+            n: torch.zeros(
+                (resident * block_rows, *getattr(example, n).shape[1:]), dtype=getattr(example, n).dtype, device=device
+            )
+            for n in self.names
+        }
         self.lengths = torch.zeros(resident, dtype=torch.long)
 
     def put(self, slot: int, block: Batch) -> None:
         n = block.reward.shape[0]
         lo = slot * self.block_rows
         for name in self.names:
-            self.data[name][lo:lo + n].copy_(getattr(block, name))
-        self.data["episode_start"][lo + n:lo + self.block_rows] = 0  # stale rows are never sampled
+            self.data[name][lo : lo + n].copy_(getattr(block, name))
+        self.data["episode_start"][lo + n : lo + self.block_rows] = 0  # stale rows are never sampled
         self.lengths[slot] = n
 
     def sample(self, batch_size: int, gen: torch.Generator) -> Batch:
@@ -205,9 +226,19 @@ class TransitionLoader:
     number of batches between swaps).
     """
 
-    def __init__(self, dataset, batch_size: int = 256, *, seed: int = 0, device="cpu", streaming: bool = False,
-                 block_rows: int | None = None, resident_blocks: int = 4, reuse: float = 8.0,
-                 swap_every: int | None = None):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int = 256,
+        *,
+        seed: int = 0,
+        device="cpu",
+        streaming: bool = False,
+        block_rows: int | None = None,
+        resident_blocks: int = 4,
+        reuse: float = 8.0,
+        swap_every: int | None = None,
+    ):
         self.ds = dataset if isinstance(dataset, Dataset) else open_dataset(Path(dataset))
         if self.ds.n_transitions == 0:
             raise DatasetError(f"{self.ds.path} holds no transitions; nothing to sample")
@@ -322,15 +353,17 @@ class TransitionLoader:
             yield self.sample()
 
 
-def iter_episodes(dataset, *, block_rows: int = 65536) -> Iterator[dict[str, np.ndarray]]:
-    """Whole episodes in order, as dicts of numpy arrays (time first), read in blocks of whole episodes.
+def iter_episodes(dataset, *, stop: int | None = None, block_rows: int = 65536) -> Iterator[dict[str, np.ndarray]]:
+    """Whole episodes in order (the first ``stop`` only, if given), as dicts of numpy arrays (time
+    first), read in blocks of whole episodes. ``dataset``: a path or a :class:`Dataset` (also the
+    committed part of an unfinished write, :func:`omgmg.datakit.writer.open_unfinished`).
 
     Each dict has the ``steps/`` arrays (``obs`` (L, N, O), ``state``, ``actions``, ``reward``,
     ``terminated``, ``truncated``, ``avail`` where discrete), the episode's ``final_obs``,
     ``final_state`` (and ``final_avail``, ``won`` where present), ``return`` and ``index``.
     """
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(Path(dataset))
-    lengths = ds.episode_lengths()
+    lengths = ds.episode_lengths()[:stop]
     starts = np.cumsum(lengths) - lengths
     ep_keys = _final_keys(ds) + ["return"] + (["won"] if ds.spec.reports_wins else [])
     e = 0

@@ -18,23 +18,31 @@ recorded in the dataset's ``collection`` metadata.
 **Export** writes the layout back (float32, ``r`` and ``d`` as (T, 1)) so OMIGA's code trains on our
 data. It necessarily loses the termination/truncation distinction (OMIGA masks both).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from datakit.dataset import Dataset, open_dataset
-from datakit.errors import DatasetError, OutputError, RequestError
-from datakit.loader import iter_episodes
-from datakit.outputs import (OutputLock, check_replaceable, fsync_dir, human_bytes, is_omgmg_export, make_parent,
-                             os_errors)
-from datakit.spec import Box, EnvSpec
-from datakit.writer import DatasetWriter
+from omgmg.datakit.dataset import Dataset, open_dataset
+from omgmg.datakit.errors import DatasetError, OutputError, RequestError
+from omgmg.datakit.loader import iter_episodes
+from omgmg.datakit.outputs import (
+    OutputLock,
+    check_replaceable,
+    fsync_dir,
+    human_bytes,
+    is_omgmg_export,
+    make_parent,
+    os_errors,
+)
+from omgmg.datakit.spec import Box, EnvSpec
+from omgmg.datakit.writer import DatasetWriter
 
 OMIGA_KEYS = ("s", "o", "a", "r", "d")
 MAMUJOCO_EPISODE_LIMIT = 1000
@@ -49,13 +57,17 @@ def _per_step(name: str, arr, T: int, N: int):
     if shape == (T, 1):
         return lambda lo, hi: np.asarray(arr[lo:hi])[:, 0]
     if shape == (T, N):
+
         def read(lo, hi):
             block = np.asarray(arr[lo:hi])
             if not np.all(block == block[:, :1]):
                 row = lo + int(np.flatnonzero((block != block[:, :1]).any(axis=1))[0])
-                raise DatasetError(f"'{name}' differs between agents at row {row}; omgmg stores one team value "
-                                   "per step, so per-agent values cannot be imported")
+                raise DatasetError(
+                    f"'{name}' differs between agents at row {row}; omgmg stores one team value "
+                    "per step, so per-agent values cannot be imported"
+                )
             return block[:, 0]
+
         return read
     raise DatasetError(f"'{name}' has shape {shape}; expected ({T},), ({T}, 1) or ({T}, {N})")
 
@@ -75,9 +87,18 @@ def _episode_bounds(done: np.ndarray) -> list[tuple[int, int, int]]:
     return bounds
 
 
-def import_omiga(src, out, *, task: str, level: str, episode_limit: int = MAMUJOCO_EPISODE_LIMIT,
-                 action_bound: float = 1.0, overwrite: bool = False, block_rows: int = 200_000,
-                 progress: Callable[[int, int], None] | None = None) -> Dataset:
+def import_omiga(
+    src,
+    out,
+    *,
+    task: str,
+    level: str,
+    episode_limit: int = MAMUJOCO_EPISODE_LIMIT,
+    action_bound: float = 1.0,
+    overwrite: bool = False,
+    block_rows: int = 200_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> Dataset:
     """Convert one OMIGA HDF5 file to a format-v1 dataset at ``out``; see the module docstring."""
     import h5py
 
@@ -93,12 +114,16 @@ def import_omiga(src, out, *, task: str, level: str, episode_limit: int = MAMUJO
     with f:
         missing = [k for k in OMIGA_KEYS if k not in f]
         if missing:
-            raise DatasetError(f"{src} lacks the OMIGA keys {missing} (found {sorted(f.keys())}); "
-                               "expected s, o, a, r, d as in the OMIGA MaMuJoCo datasets")
+            raise DatasetError(
+                f"{src} lacks the OMIGA keys {missing} (found {sorted(f.keys())}); "
+                "expected s, o, a, r, d as in the OMIGA MaMuJoCo datasets"
+            )
         not_arrays = [k for k in OMIGA_KEYS if not isinstance(f[k], h5py.Dataset)]
         if not_arrays:
-            raise DatasetError(f"{src}: {', '.join(repr(k) for k in not_arrays)} must be arrays (HDF5 datasets), "
-                               "not groups; this is not an OMIGA file")
+            raise DatasetError(
+                f"{src}: {', '.join(repr(k) for k in not_arrays)} must be arrays (HDF5 datasets), "
+                "not groups; this is not an OMIGA file"
+            )
         o, s, a = f["o"], f["s"], f["a"]
         if o.ndim != 3 or a.ndim != 3:
             raise DatasetError(f"'o' and 'a' must be (T, N, dim); got {o.shape} and {a.shape}")
@@ -110,8 +135,11 @@ def import_omiga(src, out, *, task: str, level: str, episode_limit: int = MAMUJO
             s_first = np.asarray(s[: min(T, 1000)])
             flatten = not np.all(s_first == s_first[:, :1])
             S = s.shape[2] * (N if flatten else 1)
-            read_state = (lambda lo, hi: np.asarray(s[lo:hi]).reshape(hi - lo, -1)) if flatten else \
-                (lambda lo, hi: np.asarray(s[lo:hi, 0]))
+            read_state = (
+                (lambda lo, hi: np.asarray(s[lo:hi]).reshape(hi - lo, -1))
+                if flatten
+                else (lambda lo, hi: np.asarray(s[lo:hi, 0]))
+            )
         elif s.ndim == 2:
             flatten, S = False, s.shape[1]
             read_state = lambda lo, hi: np.asarray(s[lo:hi])  # noqa: E731
@@ -122,39 +150,71 @@ def import_omiga(src, out, *, task: str, level: str, episode_limit: int = MAMUJO
         bounds = _episode_bounds(done)
         if not bounds:
             raise DatasetError(f"{src} holds no complete episode")
-        spec = EnvSpec(suite="mamujoco", task=task, backend="omiga-hdf5",
-                       agent_ids=tuple(f"agent_{i}" for i in range(N)), obs_dims=(O,) * N, state_dim=S,
-                       action_spaces=tuple(Box((-action_bound,) * A, (action_bound,) * A) for _ in range(N)),
-                       episode_limit=episode_limit, options={"obs_mode": "omiga"},
-                       backend_versions={"h5py": h5py.__version__})
+        spec = EnvSpec(
+            suite="mamujoco",
+            task=task,
+            backend="omiga-hdf5",
+            agent_ids=tuple(f"agent_{i}" for i in range(N)),
+            obs_dims=(O,) * N,
+            state_dim=S,
+            action_spaces=tuple(Box((-action_bound,) * A, (action_bound,) * A) for _ in range(N)),
+            episode_limit=episode_limit,
+            options={"obs_mode": "omiga"},
+            backend_versions={"h5py": h5py.__version__},
+        )
         collection = {
-            "source": "omiga-hdf5", "source_file": src.name, "source_rows": int(T),
-            "termination_rule": (f"file has no truncation flag: episodes of exactly {episode_limit} steps are "
-                                 "taken as time-limit truncations, shorter ones as terminations"),
+            "source": "omiga-hdf5",
+            "source_file": src.name,
+            "source_rows": int(T),
+            "termination_rule": (
+                f"file has no truncation flag: episodes of exactly {episode_limit} steps are "
+                "taken as time-limit truncations, shorter ones as terminations"
+            ),
             "trailing_rows_rule": "rows after the last d=1 row form a truncated episode whose last row is its "
-                                  "final observation",
+            "final observation",
             "stored_action": "as in the source file",
         }
         if flatten:
             collection["state_layout"] = STATE_FLATTENED
-        writer = DatasetWriter(out, spec, level=level, behaviour_policy=None, collection=collection,
-                               overwrite=overwrite, resume=False, sources=(src,))
+        writer = DatasetWriter(
+            out,
+            spec,
+            level=level,
+            behaviour_policy=None,
+            collection=collection,
+            overwrite=overwrite,
+            resume=False,
+            sources=(src,),
+        )
         try:
             for group in _group_bounds(bounds, block_rows):
                 lo, hi = group[0][0], group[-1][2] + 1
-                block = {"o": np.asarray(o[lo:hi], np.float32), "s": read_state(lo, hi).astype(np.float32),
-                         "a": np.asarray(a[lo:hi], np.float32), "r": read_r(lo, hi).astype(np.float32)}
+                block = {
+                    "o": np.asarray(o[lo:hi], np.float32),
+                    "s": read_state(lo, hi).astype(np.float32),
+                    "a": np.asarray(a[lo:hi], np.float32),
+                    "r": read_r(lo, hi).astype(np.float32),
+                }
                 worst = float(np.abs(block["a"]).max(initial=0.0))
                 if worst > action_bound:
-                    raise DatasetError(f"{src}: actions reach {worst:.4g}, outside [-{action_bound}, {action_bound}]; "
-                                       "pass --action-bound with the task's real bound")
+                    raise DatasetError(
+                        f"{src}: actions reach {worst:.4g}, outside [-{action_bound}, {action_bound}]; "
+                        "pass the task's real bound as <<action_bound=...>>"
+                    )
                 for start, stop, final in group:
                     i, j, k = start - lo, stop - lo, final - lo
                     L = stop - start
                     truncated = L >= episode_limit or not done[final]
-                    writer.add_episode(obs=block["o"][i:j], state=block["s"][i:j], actions=block["a"][i:j],
-                                       reward=block["r"][i:j], final_obs=block["o"][k], final_state=block["s"][k],
-                                       terminated=not truncated, truncated=truncated)
+                    writer.add_episode(
+                        obs=block["o"][i:j],
+                        state=block["s"][i:j],
+                        actions=block["a"][i:j],
+                        reward=block["r"][i:j],
+                        final_obs=block["o"][k],
+                        final_state=block["s"][k],
+                        terminated=not truncated,
+                        truncated=truncated,
+                    )
                 if progress:
                     progress(hi, T)
         except BaseException:
@@ -175,8 +235,7 @@ def _group_bounds(bounds: list[tuple[int, int, int]], block_rows: int) -> Iterat
         yield group
 
 
-def export_omiga(dataset, out, *, overwrite: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> Path:
+def export_omiga(dataset, out, *, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write a continuous-action dataset in the OMIGA HDF5 layout (atomically: aside, then rename).
 
     ``overwrite`` replaces only a file omgmg exported (never the source, never anything else). The
@@ -186,11 +245,12 @@ def export_omiga(dataset, out, *, overwrite: bool = False,
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     out = Path(out)
     if ds.spec.discrete:
-        raise RequestError("the OMIGA HDF5 layout is for MaMuJoCo (continuous actions); "
-                           f"{ds.spec.name} has discrete actions")
+        raise RequestError(
+            f"the OMIGA HDF5 layout is for MaMuJoCo (continuous actions); {ds.spec.name} has discrete actions"
+        )
     if out.exists() or out.is_symlink():
         if not overwrite:
-            raise RequestError(f"{out} already exists; choose another path or pass --force")
+            raise RequestError(f"{out} already exists; choose another path or pass <<overwrite=True>>")
         check_replaceable(out, owned=is_omgmg_export, what="a file omgmg exported", sources=(ds.path,))
     N, O, A = ds.spec.n_agents, ds.spec.obs_dim, ds.spec.action_dim
     flattened = ds.meta["collection"].get("state_layout") == STATE_FLATTENED
@@ -200,8 +260,10 @@ def export_omiga(dataset, out, *, overwrite: bool = False,
     need = rows * 4 * (N * (O + S + A) + 2) + (1 << 20)  # uncompressed float32 rows + headroom
     free = shutil.disk_usage(out.parent).free
     if free < need:
-        raise OutputError(f"exporting to {out} needs about {human_bytes(need)}; its device has {human_bytes(free)} "
-                          "free: free some space or write somewhere else")
+        raise OutputError(
+            f"exporting to {out} needs about {human_bytes(need)}; its device has {human_bytes(free)} "
+            "free: free some space or write somewhere else"
+        )
     tmp = out.with_name(f".{out.name}.partial")
     with OutputLock(out, "export"), os_errors(out, "exporting to"):
         try:
@@ -213,8 +275,7 @@ def export_omiga(dataset, out, *, overwrite: bool = False,
     return out
 
 
-def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: int, flattened: bool,
-                 progress) -> None:
+def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: int, flattened: bool, progress) -> None:
     import h5py
 
     with h5py.File(tmp, "w") as f:
@@ -232,10 +293,10 @@ def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: i
             L = len(ep["reward"])
             state = np.concatenate([ep["state"], ep["final_state"][None]])  # (L + 1, S or N*S)
             state = state.reshape(L + 1, N, S) if flattened else np.broadcast_to(state[:, None], (L + 1, N, S))
-            dsets["o"][row:row + L + 1] = np.concatenate([ep["obs"], ep["final_obs"][None]])
-            dsets["s"][row:row + L + 1] = state
-            dsets["a"][row:row + L] = ep["actions"]  # the final row's action stays 0 (unused by OMIGA)
-            dsets["r"][row:row + L, 0] = ep["reward"]
+            dsets["o"][row : row + L + 1] = np.concatenate([ep["obs"], ep["final_obs"][None]])
+            dsets["s"][row : row + L + 1] = state
+            dsets["a"][row : row + L] = ep["actions"]  # the final row's action stays 0 (unused by OMIGA)
+            dsets["r"][row : row + L, 0] = ep["reward"]
             dsets["d"][row + L, 0] = 1.0
             row += L + 1
             if progress:

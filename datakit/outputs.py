@@ -17,6 +17,7 @@ these pieces:
   system, a file where a folder should be) into an :class:`OutputError` naming the path and what
   was being done.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,14 +27,19 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from datakit.errors import OutputError, RequestError
+from omgmg.datakit.errors import OutputError, RequestError
 
 # ----- the operating system's refusals ----------------------------------------------------------------
+
+
+def data_home() -> Path:
+    """Where omgmg keeps behaviour runs and generated datasets: ``$OMGMG_HOME``, default ``~/.omgmg``."""
+    return Path(os.environ.get("OMGMG_HOME", Path.home() / ".omgmg")).expanduser()
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -60,8 +66,10 @@ def output_error(e: OSError, path, doing: str) -> OutputError:
             free = human_bytes(shutil.disk_usage(_existing_ancestor(path)).free)
         except OSError:
             free = "unknown"
-        return OutputError(f"no space left on the device of {path} while {doing} ({free} free); "
-                           "free some space or write somewhere else")
+        return OutputError(
+            f"no space left on the device of {path} while {doing} ({free} free); "
+            "free some space or write somewhere else"
+        )
     if code in (errno.EACCES, errno.EPERM):
         return OutputError(f"permission denied while {doing} {path}; choose a folder you can write to")
     if code == errno.EROFS:
@@ -94,6 +102,7 @@ def make_parent(path) -> None:
 
 
 # ----- whole files or nothing --------------------------------------------------------------------------
+
 
 def fsync_dir(folder) -> None:
     """Make a rename or a new file in ``folder`` durable (a no-op where folders cannot be opened)."""
@@ -136,6 +145,7 @@ def atomic_write_json(path, obj) -> None:
 
 # ----- one writer per output ---------------------------------------------------------------------------
 
+
 def lock_path(target) -> Path:
     target = Path(target)
     return target.with_name(f".{target.name}.lock")
@@ -155,7 +165,7 @@ class OutputLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         if self._fd is not None:
             return self
         while True:
@@ -166,16 +176,22 @@ class OutputLock:
             except BlockingIOError:
                 holder = _describe_holder(fd)
                 os.close(fd)
-                raise OutputError(f"the {self.what} {self.target} is in use by another omgmg process ({holder}); "
-                                  "wait for it to finish, or stop it and run this again") from None
+                raise OutputError(
+                    f"the {self.what} {self.target} is in use by another omgmg process ({holder}); "
+                    "wait for it to finish, or stop it and run this again"
+                ) from None
             try:  # a holder that released meanwhile unlinked the file we locked: lock the current one
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     break
             except FileNotFoundError:
                 pass
             os.close(fd)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv)[:300],
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         try:
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(info).encode())
@@ -194,7 +210,7 @@ class OutputLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -216,6 +232,7 @@ def _describe_holder(fd: int) -> str:
 
 
 # ----- what --force may replace --------------------------------------------------------------------------
+
 
 def _zarr_attributes(path: Path) -> dict | None:
     try:
@@ -270,8 +287,9 @@ def check_replaceable(path, *, owned: Callable[[Path], bool], what: str, sources
     """
     path = Path(path)
     if path.is_symlink():
-        raise RequestError(f"{path} is a symbolic link; omgmg does not replace links: remove it yourself or "
-                           "choose another output path")
+        raise RequestError(
+            f"{path} is a symbolic link; omgmg does not replace links: remove it yourself or choose another output path"
+        )
     if not path.exists():
         return
     real = path.resolve()
@@ -284,8 +302,9 @@ def check_replaceable(path, *, owned: Callable[[Path], bool], what: str, sources
             raise RequestError(f"refusing to replace {path}: it is (or holds, or lies inside) the source {src}")
     if not owned(path):
         kind = "folder" if path.is_dir() else "file"
-        raise RequestError(f"refusing to replace {path}: this {kind} is not {what}; "
-                           "remove it yourself or choose another output path")
+        raise RequestError(
+            f"refusing to replace {path}: this {kind} is not {what}; remove it yourself or choose another output path"
+        )
 
 
 def remove_output(path) -> None:
@@ -299,6 +318,7 @@ def remove_output(path) -> None:
 
 
 # ----- step-indexed JSONL logs ---------------------------------------------------------------------------
+
 
 def append_jsonl(path, record: dict) -> None:
     """Append one record as one line (a crash or a full disk can tear only the last line)."""
@@ -327,8 +347,9 @@ def read_jsonl(path, *, warn: Callable[[str], None] | None = None) -> list[dict]
                 if warn:
                     warn(f"{path}: dropped a torn last line (a write cut short by a crash or a full disk)")
                 continue
-            raise OutputError(f"{path} line {n} is not JSON: the log was edited or damaged; repair or remove "
-                              "that line") from None
+            raise OutputError(
+                f"{path} line {n} is not JSON: the log was edited or damaged; repair or remove that line"
+            ) from None
     return records
 
 

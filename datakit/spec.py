@@ -1,6 +1,6 @@
 """What a multi-agent task looks like from the outside: agents, observation sizes, action spaces.
 
-An :class:`EnvSpec` is produced by an environment adapter (``collectors.envs``), written into every
+An :class:`EnvSpec` is produced by an environment adapter (``omgmg.collectors.envs``), written into every
 dataset's metadata, and checked by a trainer before it evaluates a policy on an environment. It is
 plain data with a JSON form (``to_json`` / ``from_json``), so it can be compared and hashed.
 
@@ -10,13 +10,16 @@ max over agents, and agent i's entries past ``obs_dims[i]`` are zero. Continuous
 the same way to ``action_dim``; discrete agents with fewer actions than ``n_actions`` have the extra
 actions marked unavailable in the mask.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
-from datakit.errors import DatasetError
+import numpy as np
+
+from omgmg.datakit.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,9 @@ class Box:
 
     def __post_init__(self):
         if len(self.low) != len(self.high) or not self.low:
-            raise DatasetError(f"Box space needs low and high of the same non-zero length, got {self.low} / {self.high}")
+            raise DatasetError(
+                f"Box space needs low and high of the same non-zero length, got {self.low} / {self.high}"
+            )
         if any(lo > hi for lo, hi in zip(self.low, self.high)):
             raise DatasetError(f"Box space has low > high: {self.low} / {self.high}")
 
@@ -54,7 +59,7 @@ class Discrete:
         return {"type": "discrete", "n": self.n}
 
 
-Space = Union[Box, Discrete]
+Space = Box | Discrete
 
 
 def space_from_json(d: dict) -> Space:
@@ -98,7 +103,8 @@ class EnvSpec:
             raise DatasetError("EnvSpec needs at least one agent")
         if len(self.obs_dims) != n or len(self.action_spaces) != n:
             raise DatasetError(
-                f"EnvSpec has {n} agents but {len(self.obs_dims)} obs dims and {len(self.action_spaces)} action spaces")
+                f"EnvSpec has {n} agents but {len(self.obs_dims)} obs dims and {len(self.action_spaces)} action spaces"
+            )
         kinds = {type(s) for s in self.action_spaces}
         if len(kinds) != 1:
             raise DatasetError("EnvSpec mixes continuous and discrete action spaces; all agents must share one kind")
@@ -133,6 +139,17 @@ class EnvSpec:
     def name(self) -> str:
         return f"{self.suite}/{self.task}"
 
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Continuous: (low, high, mask), each (N, A) float32; entries past an agent's own action size
+        are padding, with low = high = 0 and mask 0 (mask is 1 on each agent's own entries)."""
+        if self.discrete:
+            raise DatasetError(f"{self.name} has discrete actions; action bounds are only defined for continuous tasks")
+        low = np.zeros((self.n_agents, self.action_dim), np.float32)
+        high, mask = np.zeros_like(low), np.zeros_like(low)
+        for i, s in enumerate(self.action_spaces):
+            low[i, : s.dim], high[i, : s.dim], mask[i, : s.dim] = s.low, s.high, 1
+        return low, high, mask
+
     # ----- JSON ---------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {
@@ -150,7 +167,7 @@ class EnvSpec:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "EnvSpec":
+    def from_json(cls, d: dict) -> EnvSpec:
         try:
             return cls(
                 suite=d["suite"],
@@ -175,10 +192,10 @@ class EnvSpec:
         d.pop("episode_limit")
         return d
 
-    def mismatches(self, other: "EnvSpec") -> list[str]:
+    def mismatches(self, other: EnvSpec) -> list[str]:
         """Human-readable differences in identity between two specs (empty when compatible)."""
         a, b = self.identity(), other.identity()
         return [f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
 
-    def replace(self, **changes) -> "EnvSpec":
+    def replace(self, **changes) -> EnvSpec:
         return dataclasses.replace(self, **changes)

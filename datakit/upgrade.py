@@ -6,17 +6,18 @@ records the source's format version and content fingerprint. The source is valid
 (a damaged store is refused, never carried into a checksummed one), the new store is written aside
 and renamed into place after it validated, and the source is never modified.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from datakit import format as fmt
-from datakit.dataset import Dataset, open_dataset, partial_path
-from datakit.errors import InvalidDatasetError, RequestError
-from datakit.outputs import OutputLock, check_replaceable, is_omgmg_dataset, make_parent, os_errors, remove_output
-from datakit.validate import validate
-from datakit.writer import _replace_atomically
+from omgmg.datakit import format as fmt
+from omgmg.datakit.dataset import Dataset, open_dataset, partial_path
+from omgmg.datakit.errors import InvalidDatasetError, RequestError
+from omgmg.datakit.outputs import OutputLock, check_replaceable, is_omgmg_dataset, make_parent, os_errors, remove_output
+from omgmg.datakit.validate import validate
+from omgmg.datakit.writer import _replace_atomically
 
 
 def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> Dataset:
@@ -29,7 +30,7 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
         raise RequestError(f"{src} is already format {fmt.FORMAT_VERSION}; nothing to upgrade")
     if out.exists() or out.is_symlink():
         if not overwrite:
-            raise RequestError(f"{out} already exists; choose another path or pass --force")
+            raise RequestError(f"{out} already exists; choose another path or pass <<overwrite=True>>")
         check_replaceable(out, owned=is_omgmg_dataset, what="an omgmg dataset", sources=(src,))
     problems = validate(src)
     if problems:
@@ -47,9 +48,18 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
         done = 0
         for a in layout:
             arr = old.group[a.key]
-            dst = new.require_group(a.group).create_array(
-                a.name, shape=arr.shape, chunks=arr.chunks, dtype=a.dtype, compressors=fmt.compressors(a.dtype),
-                fill_value=0).with_config({"write_empty_chunks": True})  # every chunk stored (format 2)
+            dst = (
+                new.require_group(a.group)
+                .create_array(
+                    a.name,
+                    shape=arr.shape,
+                    chunks=arr.chunks,
+                    dtype=a.dtype,
+                    compressors=fmt.compressors(a.dtype),
+                    fill_value=0,
+                )
+                .with_config({"write_empty_chunks": True})
+            )  # every chunk stored (format 2)
             rows = arr.chunks[0] * 8
             for lo in range(0, arr.shape[0], rows):
                 hi = min(arr.shape[0], lo + rows)
@@ -60,9 +70,14 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
         meta = dict(old.meta)
         meta["format_version"] = fmt.FORMAT_VERSION
         meta["identity_sha256"] = fmt.identity_sha256(old.spec, fmt.FORMAT_VERSION)
-        meta["collection"] = {**meta["collection"], "upgraded_from": {
-            "format_version": old.format_version, "content_sha256": old.content_sha256(),
-            "omgmg_version": meta.get("omgmg_version")}}
+        meta["collection"] = {
+            **meta["collection"],
+            "upgraded_from": {
+                "format_version": old.format_version,
+                "content_sha256": old.content_sha256(),
+                "omgmg_version": meta.get("omgmg_version"),
+            },
+        }
         meta["omgmg_version"] = fmt.package_version()
         new.attrs.put(meta)
         problems = validate(partial)

@@ -4,17 +4,18 @@ The scan reads the store in blocks of whole chunks, so memory stays bounded what
 size. The same value checks (:func:`check_steps`, :func:`check_episodes`) are applied by the writer
 to each episode as it arrives, so bad data is refused where it enters, not at the end.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from datakit import format as fmt
-from datakit import integrity
-from datakit.dataset import _open_zarr_group
-from datakit.errors import Problem
-from datakit.spec import Box, EnvSpec
+from omgmg.datakit import format as fmt
+from omgmg.datakit import integrity
+from omgmg.datakit.dataset import _open_zarr_group
+from omgmg.datakit.errors import Problem
+from omgmg.datakit.spec import EnvSpec
 
 RETURN_RTOL = 1e-5
 RETURN_ATOL = 1e-3
@@ -43,96 +44,143 @@ def _pad_masks(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray | None]:
     return obs_pad, np.arange(spec.action_dim)[None, :] >= dims[:, None]  # (N, A)
 
 
-def _action_bounds(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(N, A) low and high bounds, padded entries 0."""
-    low = np.zeros((spec.n_agents, spec.action_dim), np.float32)
-    high = np.zeros_like(low)
-    for i, s in enumerate(spec.action_spaces):
-        assert isinstance(s, Box)
-        low[i, : s.dim], high[i, : s.dim] = s.low, s.high
-    return low, high
-
-
 def check_observations(spec: EnvSpec, key: str, obs: np.ndarray, offset: int) -> list[Problem]:
     """obs (L, N, O): finite, and zero past each agent's own observation size."""
-    problems = _rows_problem(key, _any_rows(~np.isfinite(obs)), offset, "non-finite value",
-                             "drop or repair the episode that produced it")
+    problems = _rows_problem(
+        key, _any_rows(~np.isfinite(obs)), offset, "non-finite value", "drop or repair the episode that produced it"
+    )
     obs_pad, _ = _pad_masks(spec)
     if obs_pad.any():
-        problems += _rows_problem(key, _any_rows((obs != 0) & obs_pad[None]), offset,
-                                  "non-zero value in the padding past an agent's obs_dims",
-                                  "pad observations with zeros (see EnvSpec.obs_dims)")
+        problems += _rows_problem(
+            key,
+            _any_rows((obs != 0) & obs_pad[None]),
+            offset,
+            "non-zero value in the padding past an agent's obs_dims",
+            "pad observations with zeros (see EnvSpec.obs_dims)",
+        )
     return problems
 
 
 def check_avail(spec: EnvSpec, key: str, avail: np.ndarray, offset: int) -> list[Problem]:
     """avail (L, N, K): at least one available action per agent; none past an agent's own n."""
-    problems = _rows_problem(key, ~avail.any(axis=2).all(axis=1), offset, "an agent has no available action",
-                             "every agent needs at least one available action (a no-op for dead agents)")
+    problems = _rows_problem(
+        key,
+        ~avail.any(axis=2).all(axis=1),
+        offset,
+        "an agent has no available action",
+        "every agent needs at least one available action (a no-op for dead agents)",
+    )
     n = np.asarray([s.n for s in spec.action_spaces])
     pad = np.arange(spec.n_actions)[None, :] >= n[:, None]  # (N, K)
     if pad.any():
-        problems += _rows_problem(key, _any_rows(avail & pad[None]), offset,
-                                  "an action past the agent's action space is marked available",
-                                  "mask actions >= the agent's n as unavailable")
+        problems += _rows_problem(
+            key,
+            _any_rows(avail & pad[None]),
+            offset,
+            "an action past the agent's action space is marked available",
+            "mask actions >= the agent's n as unavailable",
+        )
     return problems
 
 
-def check_steps(spec: EnvSpec, block: dict[str, np.ndarray], offset: int = 0,
-                is_last: np.ndarray | None = None) -> list[Problem]:
+def check_steps(
+    spec: EnvSpec, block: dict[str, np.ndarray], offset: int = 0, is_last: np.ndarray | None = None
+) -> list[Problem]:
     """Value checks for rows ``offset ..`` of the ``steps/`` arrays given in ``block`` (keyed by name).
 
     ``is_last`` (L,) marks rows that end an episode; when given, episode-boundary flags are checked.
     """
     problems = check_observations(spec, "steps/obs", block["obs"], offset)
-    problems += _rows_problem("steps/state", _any_rows(~np.isfinite(block["state"])), offset,
-                              "non-finite value", "drop or repair the episode that produced it")
-    problems += _rows_problem("steps/reward", ~np.isfinite(block["reward"]), offset,
-                              "non-finite reward", "drop or repair the episode that produced it")
+    problems += _rows_problem(
+        "steps/state",
+        _any_rows(~np.isfinite(block["state"])),
+        offset,
+        "non-finite value",
+        "drop or repair the episode that produced it",
+    )
+    problems += _rows_problem(
+        "steps/reward",
+        ~np.isfinite(block["reward"]),
+        offset,
+        "non-finite reward",
+        "drop or repair the episode that produced it",
+    )
     actions = block["actions"]
     if spec.discrete:
         avail = block["avail"]
         problems += check_avail(spec, "steps/avail", avail, offset)
         in_range = (actions >= 0) & (actions < spec.n_actions)  # (L, N)
-        problems += _rows_problem("steps/actions", ~in_range.all(axis=1), offset,
-                                  f"action outside 0..{spec.n_actions - 1}", "store the executed action index")
+        problems += _rows_problem(
+            "steps/actions",
+            ~in_range.all(axis=1),
+            offset,
+            f"action outside 0..{spec.n_actions - 1}",
+            "store the executed action index",
+        )
         safe = np.where(in_range, actions, 0)
         allowed = np.take_along_axis(avail, safe[..., None].astype(np.int64), axis=2)[..., 0]  # (L, N)
-        problems += _rows_problem("steps/actions", (in_range & ~allowed).any(axis=1), offset,
-                                  "action is not available under steps/avail",
-                                  "store the executed action and the mask the agent acted under")
+        problems += _rows_problem(
+            "steps/actions",
+            (in_range & ~allowed).any(axis=1),
+            offset,
+            "action is not available under steps/avail",
+            "store the executed action and the mask the agent acted under",
+        )
     else:
         finite = np.isfinite(actions)
-        problems += _rows_problem("steps/actions", _any_rows(~finite), offset, "non-finite action",
-                                  "store the executed (clipped) action")
-        low, high = _action_bounds(spec)
+        problems += _rows_problem(
+            "steps/actions", _any_rows(~finite), offset, "non-finite action", "store the executed (clipped) action"
+        )
+        low, high, _ = spec.action_bounds()
         outside = finite & ((actions < low[None]) | (actions > high[None]))
-        problems += _rows_problem("steps/actions", _any_rows(outside), offset,
-                                  "action outside the action space bounds",
-                                  "store the executed action, clipped to the bounds in metadata.env.action_spaces")
+        problems += _rows_problem(
+            "steps/actions",
+            _any_rows(outside),
+            offset,
+            "action outside the action space bounds",
+            "store the executed action, clipped to the bounds in metadata.env.action_spaces",
+        )
         _, act_pad = _pad_masks(spec)
         if act_pad is not None and act_pad.any():
-            problems += _rows_problem("steps/actions", _any_rows((actions != 0) & act_pad[None]), offset,
-                                      "non-zero value in the padding past an agent's action dim",
-                                      "pad actions with zeros")
+            problems += _rows_problem(
+                "steps/actions",
+                _any_rows((actions != 0) & act_pad[None]),
+                offset,
+                "non-zero value in the padding past an agent's action dim",
+                "pad actions with zeros",
+            )
     if is_last is not None:
         ended = block["terminated"] | block["truncated"]
-        problems += _rows_problem("steps/terminated", ended & ~is_last, offset,
-                                  "terminated or truncated set on a row that does not end its episode",
-                                  "episodes/length and the end flags disagree; regenerate the dataset")
-        problems += _rows_problem("steps/truncated", is_last & ~ended, offset,
-                                  "episode ends with neither terminated nor truncated set",
-                                  "mark the last step terminated (true end) or truncated (time limit / cut)")
+        problems += _rows_problem(
+            "steps/terminated",
+            ended & ~is_last,
+            offset,
+            "terminated or truncated set on a row that does not end its episode",
+            "episodes/length and the end flags disagree; regenerate the dataset",
+        )
+        problems += _rows_problem(
+            "steps/truncated",
+            is_last & ~ended,
+            offset,
+            "episode ends with neither terminated nor truncated set",
+            "mark the last step terminated (true end) or truncated (time limit / cut)",
+        )
     return problems
 
 
 def check_episodes(spec: EnvSpec, block: dict[str, np.ndarray], offset: int = 0) -> list[Problem]:
     """Value checks for rows ``offset ..`` of the ``episodes/`` arrays given in ``block``."""
-    problems = _rows_problem("episodes/length", block["length"] < 1, offset, "episode of length < 1",
-                             "episodes need at least one step")
+    problems = _rows_problem(
+        "episodes/length", block["length"] < 1, offset, "episode of length < 1", "episodes need at least one step"
+    )
     problems += check_observations(spec, "episodes/final_obs", block["final_obs"], offset)
-    problems += _rows_problem("episodes/final_state", _any_rows(~np.isfinite(block["final_state"])), offset,
-                              "non-finite value", "drop or repair the episode that produced it")
+    problems += _rows_problem(
+        "episodes/final_state",
+        _any_rows(~np.isfinite(block["final_state"])),
+        offset,
+        "non-finite value",
+        "drop or repair the episode that produced it",
+    )
     if spec.discrete:
         problems += check_avail(spec, "episodes/final_avail", block["final_avail"], offset)
     return problems
@@ -144,8 +192,9 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     group = _open_zarr_group(path)
     meta = dict(group.attrs)
     if fmt.WRITER_ATTR in meta and "stats" not in meta:
-        return [Problem("metadata", "this is an unfinished write",
-                        "resume the command that wrote it, or delete the folder")]
+        return [
+            Problem("metadata", "this is an unfinished write", "resume the command that wrote it, or delete the folder")
+        ]
     problems = fmt.check_metadata(meta)
     if problems:
         return problems
@@ -154,8 +203,9 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     if problems:
         return problems
     # every chunk present, whole and (format 2) matching its checksum, before anything is decoded
-    problems = integrity.check_chunks(group, [a.key for a in fmt.array_layout(spec)], meta["format_version"],
-                                      checksums=True)
+    problems = integrity.check_chunks(
+        group, [a.key for a in fmt.array_layout(spec)], meta["format_version"], checksums=True
+    )
     if problems:
         return problems
 
@@ -163,9 +213,14 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     E, T = len(lengths), int(group["steps/obs"].shape[0])
     ep = {name: np.asarray(group[f"episodes/{name}"][:]) for name in ("length", "return")}
     if int(lengths.sum()) != T or (lengths < 1).any():
-        problems.append(Problem("episodes/length", f"episode lengths sum to {int(lengths.sum())} "
-                                f"(min {int(lengths.min()) if E else 0}) but steps/ has {T} rows",
-                                "episode lengths must be >= 1 and sum to the number of steps"))
+        problems.append(
+            Problem(
+                "episodes/length",
+                f"episode lengths sum to {int(lengths.sum())} "
+                f"(min {int(lengths.min()) if E else 0}) but steps/ has {T} rows",
+                "episode lengths must be >= 1 and sum to the number of steps",
+            )
+        )
         return problems
     ends = np.cumsum(lengths) - 1  # (E,) row index of each episode's last step
     episode_of_row_returns = np.zeros(E, np.float64)
@@ -187,13 +242,17 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     ep_arrays = [a for a in fmt.array_layout(spec) if a.group == "episodes"]
     eblock = 65536
     for start in range(0, E, eblock):
-        data = {a.name: np.asarray(group[a.key][start:start + eblock]) for a in ep_arrays}
+        data = {a.name: np.asarray(group[a.key][start : start + eblock]) for a in ep_arrays}
         problems += check_episodes(spec, data, start)
 
     mismatch = ~np.isclose(ep["return"], episode_of_row_returns, rtol=RETURN_RTOL, atol=RETURN_ATOL)
-    problems += _rows_problem("episodes/return", mismatch, 0,
-                              "does not equal the sum of the episode's steps/reward",
-                              "recompute episodes/return from the rewards")
+    problems += _rows_problem(
+        "episodes/return",
+        mismatch,
+        0,
+        "does not equal the sum of the episode's steps/reward",
+        "recompute episodes/return from the rewards",
+    )
     won = np.asarray(group["episodes/won"][:]) if spec.reports_wins else None
     problems += _check_stats(meta["stats"], fmt.compute_stats(lengths, ep["return"], won))
     return problems
@@ -203,16 +262,27 @@ def _check_stats(stored: dict, actual: dict) -> list[Problem]:
     problems = []
     for key in ("episodes", "transitions"):
         if stored[key] != actual[key]:
-            problems.append(Problem(f"metadata.stats.{key}", f"is {stored[key]} but the arrays hold {actual[key]}",
-                                    "rewrite the stats from the data"))
+            problems.append(
+                Problem(
+                    f"metadata.stats.{key}",
+                    f"is {stored[key]} but the arrays hold {actual[key]}",
+                    "rewrite the stats from the data",
+                )
+            )
     for key in ("return", "episode_length"):
         s, a = stored[key], actual[key]
-        if (s is None) != (a is None) or (a is not None and not all(
-                np.isclose(s[k], a[k], rtol=RETURN_RTOL, atol=RETURN_ATOL) for k in ("mean", "std", "min", "max"))):
-            problems.append(Problem(f"metadata.stats.{key}", f"is {s} but the data gives {a}",
-                                    "rewrite the stats from the data"))
+        if (s is None) != (a is None) or (
+            a is not None
+            and not all(
+                np.isclose(s[k], a[k], rtol=RETURN_RTOL, atol=RETURN_ATOL) for k in ("mean", "std", "min", "max")
+            )
+        ):
+            problems.append(
+                Problem(f"metadata.stats.{key}", f"is {s} but the data gives {a}", "rewrite the stats from the data")
+            )
     s, a = stored["win_rate"], actual["win_rate"]
     if (s is None) != (a is None) or (a is not None and not np.isclose(s, a)):
-        problems.append(Problem("metadata.stats.win_rate", f"is {s} but episodes/won gives {a}",
-                                "rewrite the stats from the data"))
+        problems.append(
+            Problem("metadata.stats.win_rate", f"is {s} but episodes/won gives {a}", "rewrite the stats from the data")
+        )
     return problems

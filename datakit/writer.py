@@ -22,10 +22,11 @@ other with one line naming what differs (``resume=False`` starts over). A crash 
 metadata was written but before the rename leaves a complete store at ``.NAME.partial``: the next
 writer for the same request validates it, renames it into place and reports ``finished``.
 
-One writer per output: the writer holds an exclusive lock (:class:`datakit.outputs.OutputLock`)
+One writer per output: the writer holds an exclusive lock (:class:`omgmg.datakit.outputs.OutputLock`)
 from construction until ``close``/``abort``; a second one is refused at once. ``overwrite=True``
-replaces only an omgmg dataset (:func:`datakit.outputs.check_replaceable`), never anything else.
+replaces only an omgmg dataset (:func:`omgmg.datakit.outputs.check_replaceable`), never anything else.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -34,13 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit import format as fmt
-from datakit.dataset import Dataset, _open_zarr_group, open_dataset, partial_path
-from datakit.errors import DatasetError, InvalidDatasetError, OutputError, RequestError
-from datakit.outputs import OutputLock, check_replaceable, fsync_dir, is_omgmg_dataset, os_errors, remove_output
-from datakit.spec import EnvSpec
-from datakit.validate import check_episodes, check_steps, validate
-
+from omgmg.datakit import format as fmt
+from omgmg.datakit.dataset import Dataset, _open_zarr_group, open_dataset, partial_path
+from omgmg.datakit.errors import DatasetError, InvalidDatasetError, OutputError, RequestError
+from omgmg.datakit.outputs import OutputLock, check_replaceable, fsync_dir, is_omgmg_dataset, os_errors, remove_output
+from omgmg.datakit.spec import EnvSpec
+from omgmg.datakit.validate import check_episodes, check_steps, validate
 
 FLUSH_CHUNKS = 8
 """Default commit size in chunks of steps (about 16 MiB of observations): measured on SMAX
@@ -57,10 +57,21 @@ class DatasetWriter:
     appending a few large blocks is much faster than many small ones).
     """
 
-    def __init__(self, path, spec: EnvSpec, *, level: str | None = None, behaviour_policy: dict | None = None,
-                 collection: dict | None = None, overwrite: bool = False, resume: bool = True,
-                 request: dict | None = None, flush_steps: int | None = None, chunk_rows: int | None = None,
-                 sources: tuple = ()):
+    def __init__(
+        self,
+        path,
+        spec: EnvSpec,
+        *,
+        level: str | None = None,
+        behaviour_policy: dict | None = None,
+        collection: dict | None = None,
+        overwrite: bool = False,
+        resume: bool = True,
+        request: dict | None = None,
+        flush_steps: int | None = None,
+        chunk_rows: int | None = None,
+        sources: tuple = (),
+    ):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.spec = spec
@@ -95,8 +106,9 @@ class DatasetWriter:
     def _check_target(self) -> None:
         if self.path.exists() or self.path.is_symlink():
             if not self.overwrite:
-                raise RequestError(f"{self.path} already exists; choose another path or replace it explicitly "
-                                   "(overwrite=True; --force on the command line)")
+                raise RequestError(
+                    f"{self.path} already exists; choose another path or replace it explicitly (<<overwrite=True>>)"
+                )
             check_replaceable(self.path, owned=is_omgmg_dataset, what="an omgmg dataset", sources=self.sources)
         parent = self.path.parent
         if parent.exists() and not parent.is_dir():
@@ -119,8 +131,13 @@ class DatasetWriter:
         for a in self._layout:
             rows = step_chunk if a.group == "steps" else fmt.chunk_length(a.tail, a.dtype)
             self._group.require_group(a.group).create_array(
-                a.name, shape=(0, *a.tail), chunks=(rows, *a.tail),
-                dtype=a.dtype, compressors=fmt.compressors(a.dtype), fill_value=0)
+                a.name,
+                shape=(0, *a.tail),
+                chunks=(rows, *a.tail),
+                dtype=a.dtype,
+                compressors=fmt.compressors(a.dtype),
+                fill_value=0,
+            )
         self.n_episodes, self.n_transitions = 0, 0
         self._commit()
 
@@ -133,13 +150,15 @@ class DatasetWriter:
             return
         self.format_version = int(state.get("format_version", 1))
         if state["identity_sha256"] != fmt.identity_sha256(self.spec, self.format_version):
-            raise RequestError(f"the unfinished write at {self.partial} is for another task or spec; "
-                               "start over (resume=False; --force on the command line)")
+            raise RequestError(
+                f"the unfinished write at {self.partial} is for another task or spec; start over (<<resume=False>>)"
+            )
         differs = describe_difference(state.get("request"), self.request)
         if differs:
-            raise RequestError(f"the unfinished write at {self.partial} was made for another request ({differs}); "
-                               "run that request again to finish it, or start over (resume=False; --force on "
-                               "the command line)")
+            raise RequestError(
+                f"the unfinished write at {self.partial} was made for another request ({differs}); "
+                "run that request again to finish it, or start over (<<resume=False>>)"
+            )
         self.n_episodes, self.n_transitions = int(state["episodes"]), int(state["transitions"])
         self.progress = dict(state.get("progress", {}))
         for a in self._layout:  # drop rows a crash left behind after the last commit
@@ -152,13 +171,15 @@ class DatasetWriter:
         """The partial store holds finished metadata: a crash came between the last metadata write and
         the rename. Same request and valid: move it into place; otherwise refuse."""
         if fmt.check_metadata(meta):
-            raise DatasetError(f"{self.partial} is neither an unfinished nor a finished omgmg write; "
-                               "start over (resume=False; --force on the command line)")
+            raise DatasetError(
+                f"{self.partial} is neither an unfinished nor a finished omgmg write; start over (<<resume=False>>)"
+            )
         differs = describe_difference(meta.get("collection", {}).get("request"), self.request)
         if differs or meta["identity_sha256"] != fmt.identity_sha256(self.spec, meta["format_version"]):
-            raise RequestError(f"{self.partial} holds a finished write for another request "
-                               f"({differs or 'another task or spec'}); start over (resume=False; --force on the "
-                               "command line)")
+            raise RequestError(
+                f"{self.partial} holds a finished write for another request "
+                f"({differs or 'another task or spec'}); start over (<<resume=False>>)"
+            )
         problems = validate(self.partial)
         if problems:
             raise InvalidDatasetError(self.partial, problems)
@@ -167,9 +188,15 @@ class DatasetWriter:
         self._lock.release()
 
     def _commit_state(self) -> dict:
-        return {"episodes": self.n_episodes, "transitions": self.n_transitions,
-                "identity_sha256": fmt.identity_sha256(self.spec, self.format_version), "env": self.spec.to_json(),
-                "progress": self.progress, "request": self.request, "format_version": self.format_version}
+        return {
+            "episodes": self.n_episodes,
+            "transitions": self.n_transitions,
+            "identity_sha256": fmt.identity_sha256(self.spec, self.format_version),
+            "env": self.spec.to_json(),
+            "progress": self.progress,
+            "request": self.request,
+            "format_version": self.format_version,
+        }
 
     def _commit(self) -> None:
         self._group.attrs[fmt.WRITER_ATTR] = self._commit_state()
@@ -191,8 +218,21 @@ class DatasetWriter:
                 self._pending.pop(0).result()
 
     # ----- appending ----------------------------------------------------------------------------
-    def add_episode(self, *, obs, state, actions, reward, final_obs, final_state, terminated: bool,
-                    truncated: bool, avail=None, final_avail=None, won: bool | None = None) -> None:
+    def add_episode(
+        self,
+        *,
+        obs,
+        state,
+        actions,
+        reward,
+        final_obs,
+        final_state,
+        terminated: bool,
+        truncated: bool,
+        avail=None,
+        final_avail=None,
+        won: bool | None = None,
+    ) -> None:
         """Append one whole episode of L steps.
 
         obs (L, N, O), state (L, S), actions (L, N, A) or (L, N), reward (L,), avail (L, N, K) for
@@ -201,14 +241,17 @@ class DatasetWriter:
         ``truncated``: it was cut (time limit) and bootstrapping through its end is correct.
         """
         if self._closed:
-            raise DatasetError("this writer is closed" + (" (it found the write already finished)" if self.finished
-                                                          else ""))
+            raise DatasetError(
+                "this writer is closed" + (" (it found the write already finished)" if self.finished else "")
+            )
         if not self._lock.held:
             raise DatasetError(f"this writer let go of {self.path} after an error; open a new DatasetWriter to resume")
         spec = self.spec
         if not (terminated or truncated):
-            raise DatasetError("an episode must end terminated or truncated; pass truncated=True for a time limit "
-                               "or an episode cut short by the collection budget")
+            raise DatasetError(
+                "an episode must end terminated or truncated; pass truncated=True for a time limit "
+                "or an episode cut short by the collection budget"
+            )
         if spec.discrete and (avail is None or final_avail is None):
             raise DatasetError(f"{spec.name} has discrete actions: pass avail and final_avail")
         if not spec.discrete and (avail is not None or final_avail is not None):
@@ -238,12 +281,14 @@ class DatasetWriter:
         row["episodes/return"] = np.array([row["steps/reward"].astype(np.float64).sum()])
         if spec.reports_wins:
             row["episodes/won"] = np.array([bool(won)])
-        problems = check_steps(spec, {k.split("/")[1]: v for k, v in row.items() if k.startswith("steps/")},
-                               is_last=np.arange(L) == L - 1)
+        problems = check_steps(
+            spec, {k.split("/")[1]: v for k, v in row.items() if k.startswith("steps/")}, is_last=np.arange(L) == L - 1
+        )
         problems += check_episodes(spec, {k.split("/")[1]: v for k, v in row.items() if k.startswith("episodes/")})
         if problems:
-            raise DatasetError(f"episode {self.n_episodes + len(self._buffer)} refused: "
-                               + "; ".join(str(p) for p in problems))
+            raise DatasetError(
+                f"episode {self.n_episodes + len(self._buffer)} refused: " + "; ".join(str(p) for p in problems)
+            )
         self._buffer.append(row)
         self._buffered_steps += L
         if self._buffered_steps >= self.flush_steps:
@@ -280,8 +325,11 @@ class DatasetWriter:
     def flush(self) -> None:
         """Hand the buffered episodes to the store and commit them (they survive a crash once the
         background append finishes; appends run in order, at most two wait behind the running one)."""
-        blocks = {a.key: np.concatenate([row[a.key] for row in self._buffer], axis=0) for a in self._layout} \
-            if self._buffer else {}
+        blocks = (
+            {a.key: np.concatenate([row[a.key] for row in self._buffer], axis=0) for a in self._layout}
+            if self._buffer
+            else {}
+        )
         self.n_episodes += len(self._buffer)
         self.n_transitions += self._buffered_steps
         self._buffer, self._buffered_steps = [], 0
@@ -328,9 +376,14 @@ class DatasetWriter:
                 lengths = np.asarray(g["episodes/length"][:])
                 returns = np.asarray(g["episodes/return"][:])
                 won = np.asarray(g["episodes/won"][:]) if self.spec.reports_wins else None
-                meta = fmt.build_metadata(self.spec, level=self.level, behaviour_policy=self.behaviour_policy,
-                                          collection=self.collection, stats=fmt.compute_stats(lengths, returns, won),
-                                          format_version=self.format_version)
+                meta = fmt.build_metadata(
+                    self.spec,
+                    level=self.level,
+                    behaviour_policy=self.behaviour_policy,
+                    collection=self.collection,
+                    stats=fmt.compute_stats(lengths, returns, won),
+                    format_version=self.format_version,
+                )
                 g.attrs.put(meta)  # replaces all attributes: the _writer marker goes away
                 problems = validate(self.partial)
                 if problems:
@@ -361,7 +414,7 @@ class DatasetWriter:
             finally:
                 self._lock.release()
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -373,6 +426,35 @@ class DatasetWriter:
                 self.sync()
             finally:
                 self._lock.release()
+
+
+def open_unfinished(path) -> Dataset:
+    """The episodes an unfinished write at ``path`` has committed so far, read-only, as a :class:`Dataset`
+    (for :func:`omgmg.datakit.loader.iter_episodes`). A behaviour run's replay store stays unfinished
+    so that the run can be extended, and collection reads it this way."""
+    partial = partial_path(Path(path))
+    group = _open_zarr_group(partial)
+    state = dict(group.attrs).get(fmt.WRITER_ATTR)
+    if not state or "episodes" not in state:
+        raise DatasetError(f"{partial} is not an unfinished omgmg write")
+    meta = {
+        "format_version": int(state.get("format_version", 1)),
+        "level": None,
+        "stats": {"episodes": int(state["episodes"]), "transitions": int(state["transitions"])},
+    }
+    return Dataset(partial, group, meta, EnvSpec.from_json(state["env"]))
+
+
+def episode_arguments(episode: dict) -> dict:
+    """The :meth:`DatasetWriter.add_episode` keywords of an episode from
+    :func:`omgmg.datakit.loader.iter_episodes`: copies an episode from one store into another."""
+    out = {k: episode[k] for k in ("obs", "state", "actions", "reward", "final_obs", "final_state")}
+    out["terminated"], out["truncated"] = bool(episode["terminated"][-1]), bool(episode["truncated"][-1])
+    if "avail" in episode:
+        out["avail"], out["final_avail"] = episode["avail"], episode["final_avail"]
+    if "won" in episode:
+        out["won"] = bool(episode["won"])
+    return out
 
 
 def _as_json(value):
@@ -392,8 +474,9 @@ def describe_difference(stored: dict | None, wanted: dict | None) -> str:
     a, b = _flatten(stored), _flatten(wanted)
     keys = sorted(set(a) | set(b), key=lambda k: (k.count("."), k))
     short = lambda v: repr(v[:12] + "...") if isinstance(v, str) and len(v) > 16 else repr(v)  # noqa: E731
-    return "; ".join(f"{k}: {short(a.get(k))} (unfinished) vs {short(b.get(k))} (now)" for k in keys
-                     if a.get(k) != b.get(k))
+    return "; ".join(
+        f"{k}: {short(a.get(k))} (unfinished) vs {short(b.get(k))} (now)" for k in keys if a.get(k) != b.get(k)
+    )
 
 
 def _flatten(d, prefix: str = "") -> dict:

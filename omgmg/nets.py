@@ -10,6 +10,7 @@ Two ways to give each agent its own function (``AgentMLP(shared=...)``):
 - ``shared=False``: separate weights per agent, stored stacked ``(N, in, out)`` and applied with one
   ``torch.baddbmm`` per layer: still one op per layer, no Python loop over agents.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,9 @@ class StackedLinear(nn.Module):
 class AgentMLP(nn.Module):
     """Per-agent MLP with ReLU hidden layers, batched over agents (see the module docstring)."""
 
-    def __init__(self, n_agents: int, in_dim: int, out_dim: int, hidden: int = 256, layers: int = 2,
-                 shared: bool = True):
+    def __init__(
+        self, n_agents: int, in_dim: int, out_dim: int, hidden: int = 256, layers: int = 2, shared: bool = True
+    ):
         super().__init__()
         self.n, self.shared = n_agents, shared
         sizes = [in_dim + (n_agents if shared else 0)] + [hidden] * layers + [out_dim]
@@ -97,6 +99,7 @@ def mix(w: torch.Tensor, values: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # ----- policies -----------------------------------------------------------------------------------------------
 
+
 class ActionBox(nn.Module):
     """Each agent's action box as buffers, and the map between it and the unit cube (-1, 1)^A.
 
@@ -132,8 +135,17 @@ class TanhGaussianPolicy(nn.Module):
     dimensions than the widest) are masked out of log-densities and set to 0.
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, action_dim: int, low: np.ndarray, high: np.ndarray,
-                 mask: np.ndarray, hidden: int = 256, shared: bool = True):
+    def __init__(
+        self,
+        n_agents: int,
+        obs_dim: int,
+        action_dim: int,
+        low: np.ndarray,
+        high: np.ndarray,
+        mask: np.ndarray,
+        hidden: int = 256,
+        shared: bool = True,
+    ):
         super().__init__()
         self.net = AgentMLP(n_agents, obs_dim, 2 * action_dim, hidden, shared=shared)
         self.box = ActionBox(low, high, mask)
@@ -149,15 +161,18 @@ class TanhGaussianPolicy(nn.Module):
     def _log_prob(self, mean, log_std, pre_tanh):
         """log N(x; mean, std) minus the tanh Jacobian, summed over each agent's own entries -> (B, N)."""
         z = (pre_tanh - mean) / log_std.exp()
-        gauss = -0.5 * z ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        gauss = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
         jac = 2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))  # log(1 - tanh(x)^2), stable
         return ((gauss - jac) * self.box.mask).sum(-1)
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None):
         """Reparameterised sample: (actions in the box (B, N, A), log-probs (B, N))."""
         mean, log_std = self._dist(obs)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device) if generator is not None else \
-            torch.randn_like(mean)
+        noise = (
+            torch.randn(mean.shape, generator=generator, device=mean.device)
+            if generator is not None
+            else torch.randn_like(mean)
+        )
         pre = mean + noise * log_std.exp()
         return self.box.from_unit(torch.tanh(pre)), self._log_prob(mean, log_std, pre)
 
@@ -212,8 +227,9 @@ class AgentVAE(nn.Module):
     the unit cube via tanh, mapped into the agent's box.
     """
 
-    def __init__(self, n_agents: int, obs_dim: int, box: ActionBox, latent: int, hidden: int = 256,
-                 shared: bool = True):
+    def __init__(
+        self, n_agents: int, obs_dim: int, box: ActionBox, latent: int, hidden: int = 256, shared: bool = True
+    ):
         super().__init__()
         A = box.low.shape[-1]
         self.latent, self.box = latent, box
@@ -227,8 +243,9 @@ class AgentVAE(nn.Module):
         z = mean + log_std.exp() * torch.randn_like(mean)
         return self.decode(obs, z), mean, log_std
 
-    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def decode(
+        self, obs: torch.Tensor, z: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Actions for latents z; without z, latents drawn from N(0, 1) clipped to [-0.5, 0.5] (BCQ)."""
         if z is None:
             shape = (*obs.shape[:-1], self.latent)

@@ -17,28 +17,35 @@ exclusive lock); checkpoints are atomic and checksummed, and a damaged ``latest.
 
 Evaluation runs the deterministic policy for ``eval_episodes`` episodes (one per environment, so
 short episodes are not over-represented) in the environment the dataset came from
-(``collectors.envs.task_for_dataset``), after checking that its spec fits the dataset's.
+(``omgmg.collectors.envs.task_for_dataset``), after checking that its spec fits the dataset's.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from datakit import TransitionLoader, open_dataset
-from datakit.checkpoints import load_checkpoint, save_checkpoint
-from datakit.dataset import Dataset
-from datakit.errors import OutputError, RequestError
-from datakit.format import identity_sha256
-from datakit.outputs import OutputLock, append_jsonl, atomic_write_json, is_omgmg_run, os_errors, read_jsonl, \
-    truncate_jsonl
 from omgmg.algos import algorithm_class
 from omgmg.algos.base import OfflineAlgorithm, OfflineConfig
+from omgmg.datakit import TransitionLoader, open_dataset
+from omgmg.datakit.checkpoints import load_checkpoint, save_checkpoint
+from omgmg.datakit.dataset import Dataset
+from omgmg.datakit.errors import OutputError, RequestError
+from omgmg.datakit.format import identity_sha256
+from omgmg.datakit.metrics import MetricLog
+from omgmg.datakit.outputs import (
+    OutputLock,
+    atomic_write_json,
+    is_omgmg_run,
+    os_errors,
+    read_jsonl,
+)
 
 STD_FLOOR = 1e-3
 
@@ -52,22 +59,23 @@ def dataset_statistics(ds: Dataset, block: int = 65536) -> tuple[np.ndarray, ...
         for k in ("obs", "state"):
             x = ds.read(f"steps/{k}", lo, min(T, lo + block)).astype(np.float64)
             sums[k] = sums[k] + x.sum(0)
-            sq[k] = sq[k] + (x ** 2).sum(0)
+            sq[k] = sq[k] + (x**2).sum(0)
     out = []
     for k in ("obs", "state"):
         mean = sums[k] / T
-        std = np.sqrt(np.maximum(sq[k] / T - mean ** 2, 0.0))
+        std = np.sqrt(np.maximum(sq[k] / T - mean**2, 0.0))
         out += [mean.astype(np.float32), np.maximum(std, STD_FLOOR).astype(np.float32)]
     return tuple(out)
 
 
 # ----- evaluation --------------------------------------------------------------------------------------------
 
+
 class Evaluator:
     """Runs a policy in the dataset's environment; the env is built once and reused."""
 
     def __init__(self, ds: Dataset, episodes: int, seed: int):
-        from collectors.envs import check_compatible, make_vector_env, task_for_dataset
+        from omgmg.collectors.envs import check_compatible, make_vector_env, task_for_dataset
 
         self.ref = task_for_dataset(ds.spec)
         self.vec = make_vector_env(self.ref, episodes)
@@ -76,15 +84,21 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, algo: OfflineAlgorithm, round_: int = 0) -> dict:
-        from collectors.envs.base import run_episodes
+        from omgmg.collectors.envs.base import run_episodes
 
         def act(obs, avail):
             o = algo.normalise_obs(torch.from_numpy(obs))
             return algo.act(o, None if avail is None else torch.from_numpy(avail)).cpu().numpy()
 
         res = run_episodes(self.vec, act, seed=self.seed * 1_000_003 + round_)
-        return {"eval/return": float(res.returns.mean()), "eval/return_std": float(res.returns.std()),
-                "eval/win_rate": float(res.won.mean()) if self.vec.spec.reports_wins else None}
+        wins = self.vec.spec.reports_wins
+        return {
+            "eval/return": float(res.returns.mean()),
+            "eval/return_std": float(res.returns.std()),
+            "eval/win_rate": float(res.won.mean()) if wins else None,
+            "eval/episode_returns": [float(r) for r in res.returns],
+            **({"eval/episode_wins": [int(w) for w in res.won]} if wins else {}),
+        }
 
     def close(self) -> None:
         self.vec.close()
@@ -95,6 +109,7 @@ def eval_score(record: dict) -> float:
 
 
 # ----- the loop ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainResult:
@@ -113,23 +128,36 @@ def build(algo_name: str, ds: Dataset, cfg: OfflineConfig) -> OfflineAlgorithm:
     return algo
 
 
-def train(algo_name: str, dataset, cfg: OfflineConfig, out, *, evaluate: bool = True,
-          progress: Callable[[int, int, dict | None], None] | None = None,
-          warn: Callable[[str], None] | None = None) -> TrainResult:
-    """Train ``algo_name`` on a dataset into run directory ``out`` (resuming it if it holds a run)."""
+def train(
+    algo_name: str,
+    dataset,
+    cfg: OfflineConfig,
+    out,
+    *,
+    evaluate: bool = True,
+    progress: Callable[[int, int, dict | None], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    tensorboard: bool | None = None,
+) -> TrainResult:
+    """Train ``algo_name`` on a dataset into run directory ``out`` (resuming it if it holds a run).
+
+    ``tensorboard``: also write TensorBoard event files to ``out/tensorboard`` (None: when installed;
+    see :class:`omgmg.datakit.metrics.MetricLog`)."""
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; a run directory is a folder: choose another output path")
     if out.is_dir() and any(out.iterdir()) and not is_omgmg_run(out):
-        raise RequestError(f"{out} is a folder with files that is not an omgmg run directory; choose another "
-                           "output path (omgmg writes only into empty folders or its own run directories)")
+        raise RequestError(
+            f"{out} is a folder with files that is not an omgmg run directory; choose another "
+            "output path (omgmg writes only into empty folders or its own run directories)"
+        )
     with os_errors(out, "creating the run directory"):
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)
     try:
         with OutputLock(out, "run directory"):
-            return _train(algo_name, dataset, cfg, out, evaluate, progress, warn)
+            return _train(algo_name, dataset, cfg, out, evaluate, progress, warn, tensorboard)
     finally:
         torch.set_num_threads(threads)
 
@@ -137,14 +165,22 @@ def train(algo_name: str, dataset, cfg: OfflineConfig, out, *, evaluate: bool = 
 def run_identity(algo_name: str, ds: Dataset, cfg: OfflineConfig) -> dict:
     """What a run directory is for: the algorithm, the data (task and content) and the hyperparameters
     (all but the step budget, which a resumed run may extend)."""
-    return {"algorithm": algo_name, "dataset_identity": identity_sha256(ds.spec, ds.format_version),
-            "dataset_content": ds.content_sha256(), "config": dataclasses.asdict(cfg) | {"steps": None}}
+    return {
+        "algorithm": algo_name,
+        "dataset_identity": identity_sha256(ds.spec, ds.format_version),
+        "dataset_content": ds.content_sha256(),
+        "config": dataclasses.asdict(cfg) | {"steps": None},
+    }
 
 
 def _check_resume(out: Path, state: dict, wanted: dict, ds: Dataset) -> None:
     """Refuse, in one line, to continue a run made for another algorithm, dataset or configuration."""
-    held = {"algorithm": state["algorithm"], "dataset_identity": state["dataset_identity"],
-            "dataset_content": state.get("dataset_content"), "config": state["config"] | {"steps": None}}
+    held = {
+        "algorithm": state["algorithm"],
+        "dataset_identity": state["dataset_identity"],
+        "dataset_content": state.get("dataset_content"),
+        "config": state["config"] | {"steps": None},
+    }
     if held == wanted:
         return
     if held["algorithm"] != wanted["algorithm"]:
@@ -157,22 +193,29 @@ def _check_resume(out: Path, state: dict, wanted: dict, ds: Dataset) -> None:
         what = f"a run on other data than {ds.path} (same task, different content)"
     else:
         changed = sorted(k for k in wanted["config"] if held["config"].get(k) != wanted["config"][k])
-        what = "a run with other hyperparameters (" + ", ".join(
-            f"{k}: {held['config'].get(k)!r} there vs {wanted['config'][k]!r} now" for k in changed) + ")"
+        what = (
+            "a run with other hyperparameters ("
+            + ", ".join(f"{k}: {held['config'].get(k)!r} there vs {wanted['config'][k]!r} now" for k in changed)
+            + ")"
+        )
     raise RequestError(f"{out} holds {what}; choose another output path, or delete that run directory to start over")
 
 
-def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn) -> TrainResult:
+def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn, tensorboard) -> TrainResult:
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     torch.manual_seed(cfg.seed)
     algo = build(algo_name, ds, cfg)
     loader = TransitionLoader(ds, cfg.batch_size, seed=cfg.seed)
     identity = run_identity(algo_name, ds, cfg)
-    config = {"algorithm": algo_name, "dataset": str(Path(ds.path).absolute()),
-              "dataset_identity": identity["dataset_identity"], "dataset_content": identity["dataset_content"],
-              "dataset_level": ds.level, "config": dataclasses.asdict(cfg)}
+    config = {
+        "algorithm": algo_name,
+        "dataset": str(Path(ds.path).absolute()),
+        "dataset_identity": identity["dataset_identity"],
+        "dataset_content": identity["dataset_content"],
+        "dataset_level": ds.level,
+        "config": dataclasses.asdict(cfg),
+    }
     latest = out / "checkpoints" / "latest.pt"
-    log_path = out / "log.jsonl"
     start, best = 0, None
     sums: dict[str, float] = {}  # running means of the next log line
     n = 0
@@ -185,8 +228,9 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn) -
         torch.set_rng_state(state["torch_rng"])
         start, best = int(state["step"]), state.get("best")
         sums, n = dict(state.get("log_sums", {})), int(state.get("log_n", 0))
-    truncate_jsonl(log_path, lambda r: r.get("step", 0) <= start, warn=warn)  # lines after the checkpoint
     atomic_write_json(out / "config.json", config)
+    # lines after the checkpoint are dropped (and TensorBoard events after it purged)
+    log = MetricLog(out, index="step", resume_at=start, tensorboard=tensorboard, warn=warn)
     evaluator = Evaluator(ds, cfg.eval_episodes, cfg.seed) if evaluate else None
     final = {}
     t0 = time.perf_counter()
@@ -197,9 +241,12 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn) -
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
-                record = {"step": step, **{k: v / n for k, v in sums.items()},
-                          "time/steps_per_s": n / (time.perf_counter() - t0)}
-                append_jsonl(log_path, record)
+                record = {
+                    "step": step,
+                    **{k: v / n for k, v in sums.items()},
+                    "time/steps_per_s": n / (time.perf_counter() - t0),
+                }
+                log.write(record)
                 final.update(record)
                 sums, n, t0 = {}, 0, time.perf_counter()
                 if progress:
@@ -211,13 +258,14 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn) -
                     if best is None or eval_score(ev) > eval_score(best):
                         best = ev
                         _save(out / "checkpoints" / "best.pt", algo, algo_name, config, loader, step, best, sums, n)
-                append_jsonl(log_path, ev)  # before the checkpoint: a crash in between cuts the log back
+                log.write(ev)  # before the checkpoint: a crash in between cuts the log back
                 final.update(ev)
                 _save(latest, algo, algo_name, config, loader, step, best, sums, n)
                 if progress:
                     progress(step, cfg.steps, ev)
                 t0 = time.perf_counter()
     finally:
+        log.close()
         if evaluator is not None:
             evaluator.close()
     plot_run(out)
@@ -227,17 +275,27 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn) -
 
 
 def _save(path: Path, algo, algo_name, config, loader, step, best, log_sums, log_n) -> None:
-    state = {"weights": algo.state_dict(), "optim": algo.optimizer_state(), "algorithm": algo_name,
-             "config": dataclasses.asdict(algo.cfg), "env": algo.spec.to_json(),
-             "dataset_identity": config["dataset_identity"], "dataset_content": config["dataset_content"],
-             "step": step, "best": best, "loader": loader.state_dict(), "torch_rng": torch.get_rng_state(),
-             "log_sums": dict(log_sums), "log_n": log_n}
+    state = {
+        "weights": algo.state_dict(),
+        "optim": algo.optimizer_state(),
+        "algorithm": algo_name,
+        "config": dataclasses.asdict(algo.cfg),
+        "env": algo.spec.to_json(),
+        "dataset_identity": config["dataset_identity"],
+        "dataset_content": config["dataset_content"],
+        "step": step,
+        "best": best,
+        "loader": loader.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "log_sums": dict(log_sums),
+        "log_n": log_n,
+    }
     save_checkpoint(state, path, keep_previous=path.name == "latest.pt")
 
 
 def load_policy(path) -> OfflineAlgorithm:
     """Rebuild a trained algorithm from a checkpoint (``weights_only=True``: nothing is unpickled)."""
-    from datakit.spec import EnvSpec
+    from omgmg.datakit.spec import EnvSpec
 
     state = load_checkpoint(path, fallback=False)
     cls = algorithm_class(state["algorithm"])

@@ -3,14 +3,15 @@
 ``dataset-v2.schema.json`` is the JSON Schema for a dataset's metadata (the root group's
 attributes); ``dataset-v2.md`` is the human-readable spec of arrays, axes and invariants.
 """
+
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_json(name: str) -> dict:
     """Load a schema file shipped in this package, e.g. ``load_json("dataset-v2.schema.json")``."""
     return json.loads(resources.files(__name__).joinpath(name).read_text(encoding="utf-8"))

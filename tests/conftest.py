@@ -3,28 +3,83 @@
 In hand-built episodes ``obs[t, i, 0] = 1000 * i + g`` where g is the global step row, and
 ``final_obs[i, 0] = -(1000 * i + e + 1)`` for episode e, so any next observation can be traced back.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from datakit import Box, DatasetWriter, Discrete, EnvSpec
+from omgmg.datakit import Box, DatasetWriter, Discrete, EnvSpec
+
+# ----- test tiers ----------------------------------------------------------------------------------------------
+# Every test is in one of four tiers (`pytest -m unit`, ...): unit (pieces against hand-computed values,
+# layering, errors), roundtrip (write -> read -> validate, commands, crash and resume), learning (a few
+# hundred steps on tiny data), checkpoint (reload gives identical parameters, actions, runs). A module
+# names its tier in TIERS; a test of another tier says so with its own marker. `slow` marks tests over
+# about ten seconds on 2 cores: `pytest -m "not slow"` is the quick inner loop, CI runs everything.
+TIERS = ("unit", "roundtrip", "learning", "checkpoint")
+MODULE_TIERS = {
+    "test_baselines": "unit",
+    "test_cli": "roundtrip",
+    "test_collectors": "unit",
+    "test_config": "unit",
+    "test_envs": "unit",
+    "test_experiments": "roundtrip",
+    "test_format": "roundtrip",
+    "test_layers": "unit",
+    "test_loader": "roundtrip",
+    "test_metrics": "unit",
+    "test_omgmg": "unit",
+    "test_omiga": "roundtrip",
+    "test_packaging": "unit",
+    "test_readme": "roundtrip",
+    "test_reliability": "roundtrip",
+    "test_validate": "roundtrip",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        own = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(own) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked with several tiers: {own}")
+        if not own:
+            module = item.module.__name__.rpartition(".")[2]
+            if module not in MODULE_TIERS:
+                raise pytest.UsageError(f"{module} has no tier: add it to MODULE_TIERS in tests/conftest.py")
+            item.add_marker(MODULE_TIERS[module])
 
 
 def continuous_spec(**kw) -> EnvSpec:
     """3 agents with different observation sizes (4, 3, 4) and action sizes (2, 1, 2)."""
-    base = dict(suite="fixture", task="hand-continuous", backend="numpy", agent_ids=("a", "b", "c"),
-                obs_dims=(4, 3, 4), state_dim=5,
-                action_spaces=(Box((-1.0, -2.0), (1.0, 2.0)), Box((-0.5,), (0.5,)), Box((-1.0, -1.0), (1.0, 1.0))),
-                episode_limit=10)
+    base = dict(
+        suite="fixture",
+        task="hand-continuous",
+        backend="numpy",
+        agent_ids=("a", "b", "c"),
+        obs_dims=(4, 3, 4),
+        state_dim=5,
+        action_spaces=(Box((-1.0, -2.0), (1.0, 2.0)), Box((-0.5,), (0.5,)), Box((-1.0, -1.0), (1.0, 1.0))),
+        episode_limit=10,
+    )
     base.update(kw)
     return EnvSpec(**base)
 
 
 def discrete_spec(**kw) -> EnvSpec:
     """2 agents with 4 and 3 actions (the second agent's 4th action is padding), wins reported."""
-    base = dict(suite="fixture", task="hand-discrete", backend="numpy", agent_ids=("a", "b"), obs_dims=(3, 3),
-                state_dim=4, action_spaces=(Discrete(4), Discrete(3)), episode_limit=10, reports_wins=True)
+    base = dict(
+        suite="fixture",
+        task="hand-discrete",
+        backend="numpy",
+        agent_ids=("a", "b"),
+        obs_dims=(3, 3),
+        state_dim=4,
+        action_spaces=(Discrete(4), Discrete(3)),
+        episode_limit=10,
+        reports_wins=True,
+    )
     base.update(kw)
     return EnvSpec(**base)
 
@@ -47,13 +102,19 @@ def hand_episodes(spec: EnvSpec, lengths, ends, seed: int = 0) -> list[dict]:
             final_obs[i, 0] = -(1000 * i + e + 1)
         final_state = rng.normal(size=S).astype(np.float32)
         final_state[0] = -(e + 1)
-        ep = dict(obs=obs, state=state, reward=rng.normal(size=L).astype(np.float32), final_obs=final_obs,
-                  final_state=final_state, terminated=end in ("terminated", "both"),
-                  truncated=end in ("truncated", "both"))
+        ep = dict(
+            obs=obs,
+            state=state,
+            reward=rng.normal(size=L).astype(np.float32),
+            final_obs=final_obs,
+            final_state=final_state,
+            terminated=end in ("terminated", "both"),
+            truncated=end in ("truncated", "both"),
+        )
         if spec.discrete:
             avail = rng.random((L + 1, N, spec.n_actions)) < 0.6
             for i, s in enumerate(spec.action_spaces):
-                avail[:, i, s.n:] = False
+                avail[:, i, s.n :] = False
                 avail[:, i, 0] = True
             actions = np.zeros((L, N), np.int32)
             for t in range(L):
@@ -101,3 +162,34 @@ def discrete_data(tmp_path):
     spec = discrete_spec()
     eps = hand_episodes(spec, LENGTHS, ENDS)
     return write(tmp_path / "d.zarr", spec, eps), eps
+
+
+def small_config(algo: str, **kw):
+    """An offline algorithm's config shrunk for tests (narrow networks, small batches, one thread)."""
+    from omgmg.algos import algorithm_class
+
+    cls = algorithm_class(algo).config_cls
+    base = {"hidden": 32, "batch_size": 64, "torch_threads": 1, "lr": 1e-3}
+    if "mixer_hidden" in cls.__dataclass_fields__:
+        base["mixer_hidden"] = 16
+    return cls(**{**base, **kw})
+
+
+PACKAGE_FOLDERS = {
+    "schemas": "omgmg.schemas",
+    "datakit": "omgmg.datakit",
+    "collectors": "omgmg.collectors",
+    "cli": "omgmg.cli",
+    "omgmg": "omgmg",
+}
+"""Repository folder -> the package it installs as (pyproject's package-dir)."""
+
+
+def fixture_datasets(root, continuous: int = 30, discrete: int = 40) -> dict:
+    """A continuous and a discrete fixture dataset of that many episodes, under ``root``."""
+    from omgmg.collectors.fixtures import make_fixture
+
+    return {
+        "continuous": make_fixture(root / "c.zarr", "continuous", episodes=continuous),
+        "discrete": make_fixture(root / "d.zarr", "discrete", episodes=discrete),
+    }

@@ -1,5 +1,6 @@
 """The baselines (MABCQ, MACQL, ICQ, OMAR, OMIGA, ComaDICE, and BC): losses by hand, learning on tiny
 data, gradient isolation between critic and actor steps, checkpoints, and the command."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import fixture_datasets, small_config
 
-from cli.train import main as train_cli
-from datakit import TransitionLoader
-from datakit.fixtures import make_fixture
 from omgmg.algos import ALGORITHMS, algorithm_class
 from omgmg.algos.comadice import dice_nu_loss, ratio_weighted_actor_loss, soft_chi2_dual, soft_chi2_ratio
 from omgmg.algos.icq import batch_softmax_weights, icq_actor_loss, icq_target
@@ -20,6 +19,8 @@ from omgmg.algos.mabcq import allowed_actions, soft_clipped_double_q, vae_loss
 from omgmg.algos.macql import conservative_penalty
 from omgmg.algos.omar import cem_search, omar_actor_loss
 from omgmg.algos.omiga import omiga_q_target, weighted_likelihood_actor_loss
+from omgmg.cli.train import main as train_cli
+from omgmg.datakit import TransitionLoader
 from omgmg.trainer import build, load_policy, train
 
 BASELINES = ("mabcq", "macql", "icq", "omar", "omiga", "comadice")
@@ -28,17 +29,10 @@ CASES = [(a, k) for a in BASELINES for k in ("continuous", "discrete")]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("baselines")
-    return {"continuous": make_fixture(root / "c.zarr", "continuous", episodes=30),
-            "discrete": make_fixture(root / "d.zarr", "discrete", episodes=40)}
+    return fixture_datasets(tmp_path_factory.mktemp("baselines"))
 
 
-def small(algo: str, **kw):
-    cls = algorithm_class(algo).config_cls
-    base = {"hidden": 32, "batch_size": 64, "torch_threads": 1, "lr": 1e-3}
-    if "mixer_hidden" in cls.__dataclass_fields__:
-        base["mixer_hidden"] = 16
-    return cls(**{**base, **kw})
+small = small_config
 
 
 def test_every_algorithm_is_registered():
@@ -48,6 +42,7 @@ def test_every_algorithm_is_registered():
 
 
 # ----- losses on hand values --------------------------------------------------------------------------------------
+
 
 def test_bcq_pieces_by_hand():
     q1, q2 = torch.tensor([1.0, 4.0]), torch.tensor([3.0, 2.0])
@@ -66,7 +61,7 @@ def test_bcq_pieces_by_hand():
 def test_cql_penalty_by_hand():
     q = torch.tensor([[[1.0, 2.0, -torch.inf]]])  # an unavailable action contributes nothing
     q_data = torch.tensor([[2.0]])
-    assert conservative_penalty(q, q_data).item() == pytest.approx(math.log(math.e + math.e ** 2) - 2.0)
+    assert conservative_penalty(q, q_data).item() == pytest.approx(math.log(math.e + math.e**2) - 2.0)
 
 
 def test_icq_weights_and_target_by_hand():
@@ -87,8 +82,9 @@ def test_omar_actor_loss_and_cem_by_hand():
     assert omar_actor_loss(q_pi, pi, target, coe=0.7).item() == pytest.approx(0.3 * -2.0 + 0.7 * 0.25)
     torch.manual_seed(0)
     peak = torch.tensor([0.5, -0.25])
-    best, value = cem_search(lambda u: -((u - peak) ** 2).sum(-1), (64, 2), 2, iters=2, samples=20, elites=5,
-                             init_std=2.0)
+    best, value = cem_search(
+        lambda u: -((u - peak) ** 2).sum(-1), (64, 2), 2, iters=2, samples=20, elites=5, init_std=2.0
+    )
     assert best.shape == (64, 2, 2) and value.shape == (64, 2)
     assert (best - peak).norm(dim=-1).median() < 0.25  # two rounds of 20 land near the peak
     assert torch.allclose(value, -((best - peak) ** 2).sum(-1))
@@ -100,8 +96,20 @@ def test_omiga_pieces_by_hand():
     v = torch.tensor([[1.0, 1.0]] * 2)
     y = omiga_q_target(r, term, w, b, v, gamma=0.9)
     assert y.tolist() == pytest.approx([1 + 0.9 * 3.5, 1.0])
-    assert weighted_likelihood_actor_loss(torch.tensor([[2.0, 1.0]]), torch.tensor([[-1.0, -3.0]])).item() == \
-        pytest.approx(-(2 * -1 + 1 * -3) / 2)
+    assert weighted_likelihood_actor_loss(
+        torch.tensor([[2.0, 1.0]]), torch.tensor([[-1.0, -3.0]])
+    ).item() == pytest.approx(-(2 * -1 + 1 * -3) / 2)
+
+
+def test_omiga_keeps_its_own_value_loss_which_omgmgs_eq11_equals_today():
+    from omgmg.algos import omgmg, omiga
+
+    g = torch.Generator().manual_seed(0)
+    w, q, v = torch.rand(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    z_omiga, z_omgmg = omiga.advantage_exponent(w, q, v, 2.0, 10.0), omgmg.advantage_exponent(w, q, v, 2.0, 10.0)
+    assert torch.equal(z_omiga, z_omgmg)
+    assert torch.equal(omiga.implicit_value_loss(z_omiga, w, v, 2.0), omgmg.implicit_value_loss(z_omgmg, w, v, 2.0))
+    assert omiga.implicit_value_loss is not omgmg.implicit_value_loss  # a change to one leaves the other alone
 
 
 def test_soft_chi2_closed_forms_by_hand():
@@ -112,7 +120,9 @@ def test_soft_chi2_closed_forms_by_hand():
     for x in (-2.0, 0.5, 3.0):
         w = torch.linspace(1e-4, 10, 200_001)
         f = torch.where(w < 1, w * torch.log(w) - w + 1, (w - 1) ** 2 / 2)
-        assert (w * x - alpha * f).max().item() == pytest.approx(soft_chi2_dual(torch.tensor(x), alpha).item(), abs=1e-4)
+        assert (w * x - alpha * f).max().item() == pytest.approx(
+            soft_chi2_dual(torch.tensor(x), alpha).item(), abs=1e-4
+        )
     loss = dice_nu_loss(torch.tensor([10.0]), torch.tensor([0.0, 3.0]), gamma=0.9, alpha=2.0)
     assert loss.item() == pytest.approx(0.1 * 10 + (0 + 5.25) / 2)
     assert ratio_weighted_actor_loss(torch.tensor([2.0]), torch.tensor([[-1.0, -2.0]])).item() == pytest.approx(3.0)
@@ -123,6 +133,8 @@ def test_soft_chi2_closed_forms_by_hand():
 CRITIC_LOSS = {"mabcq": "loss/q", "macql": "loss/q", "icq": "loss/q", "omar": "loss/q", "omiga": "loss/q"}
 
 
+@pytest.mark.slow
+@pytest.mark.learning
 @pytest.mark.parametrize("algo,kind", [c for c in CASES if c[0] != "comadice"])
 def test_two_hundred_steps_lower_the_critic_loss(data, algo, kind):
     torch.manual_seed(0)
@@ -134,6 +146,8 @@ def test_two_hundred_steps_lower_the_critic_loss(data, algo, kind):
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
 
 
+@pytest.mark.slow
+@pytest.mark.learning
 @pytest.mark.parametrize("kind", ["continuous", "discrete"])
 def test_comadice_lowers_its_dual_loss_and_normalises_the_ratio(data, kind):
     """The nu loss is a convex objective: measured on one large fixed sample, it must fall; at its
@@ -147,8 +161,10 @@ def test_comadice_lowers_its_dual_loss_and_normalises_the_ratio(data, kind):
     def measure():
         with torch.no_grad():
             e = agent.advantage(b)
-            return (dice_nu_loss(agent.nu_tot(initial.obs, initial.state), e, 0.9, agent.cfg.alpha).item(),
-                    soft_chi2_ratio(e, agent.cfg.alpha).mean().item())
+            return (
+                dice_nu_loss(agent.nu_tot(initial.obs, initial.state), e, 0.9, agent.cfg.alpha).item(),
+                soft_chi2_ratio(e, agent.cfg.alpha).mean().item(),
+            )
 
     loss0, ratio0 = measure()
     logs = [agent.step(loader) for _ in range(300)]
@@ -159,6 +175,7 @@ def test_comadice_lowers_its_dual_loss_and_normalises_the_ratio(data, kind):
 
 
 # ----- gradient isolation -------------------------------------------------------------------------------------------
+
 
 def _groups(agent) -> dict[str, dict[str, torch.Tensor]]:
     """Parameters and buffers by top-level attribute name (q, mixer, actor, ...)."""
@@ -175,19 +192,38 @@ def _moved(before, agent) -> set[str]:
 
 # (method, the attributes it must move); the first entry of each list is the critic step
 STEPS = {
-    "mabcq": [("update_behaviour_model", {"behaviour"}), ("update_critic", {"q", "mixer"}),
-              ("update_actor", {"actor"}), ("update_targets", {"q_target", "mixer_target", "actor_target"})],
-    "macql": [("update_critic", {"q", "mixer"}), ("update_actor", {"actor", "log_entropy_alpha"}),
-              ("update_targets", {"q_target", "mixer_target"})],
-    "icq": [("update_critic", {"q", "mixer"}), ("update_actor", {"actor"}),
-            ("update_targets", {"q_target", "mixer_target"})],
+    "mabcq": [
+        ("update_behaviour_model", {"behaviour"}),
+        ("update_critic", {"q", "mixer"}),
+        ("update_actor", {"actor"}),
+        ("update_targets", {"q_target", "mixer_target", "actor_target"}),
+    ],
+    "macql": [
+        ("update_critic", {"q", "mixer"}),
+        ("update_actor", {"actor", "log_entropy_alpha"}),
+        ("update_targets", {"q_target", "mixer_target"}),
+    ],
+    "icq": [
+        ("update_critic", {"q", "mixer"}),
+        ("update_actor", {"actor"}),
+        ("update_targets", {"q_target", "mixer_target"}),
+    ],
     "omar": [("update_critic", {"q"}), ("update_actor", {"actor"}), ("update_targets", {"q_target", "actor_target"})],
-    "omiga": [("update_critic", {"v", "q", "mixer"}), ("update_actor", {"actor"}),
-              ("update_targets", {"q_target", "v_target", "mixer_target"})],
+    "omiga": [
+        ("update_critic", {"v", "q", "mixer"}),
+        ("update_actor", {"actor"}),
+        ("update_targets", {"q_target", "v_target", "mixer_target"}),
+    ],
     "comadice": [("update_critic", {"nu", "mixer"}), ("update_actor", {"actor"})],
 }
-CRITICS = {"mabcq": ("q", "mixer"), "macql": ("q", "mixer"), "icq": ("q", "mixer"), "omar": ("q",),
-           "omiga": ("v", "q", "mixer"), "comadice": ("nu", "mixer")}
+CRITICS = {
+    "mabcq": ("q", "mixer"),
+    "macql": ("q", "mixer"),
+    "icq": ("q", "mixer"),
+    "omar": ("q",),
+    "omiga": ("v", "q", "mixer"),
+    "comadice": ("nu", "mixer"),
+}
 
 
 @pytest.mark.parametrize("algo,kind", CASES)
@@ -198,8 +234,13 @@ def test_each_step_moves_only_its_own_networks(data, algo, kind):
     b = agent.prepare(loader.sample())
     initial = agent.prepare_initial(loader.sample_initial())
     for method, expected in STEPS[algo]:
-        if not hasattr(agent, "actor") and method == "update_actor" or \
-                kind == "discrete" and algo == "mabcq" and method == "update_actor":
+        if (
+            not hasattr(agent, "actor")
+            and method == "update_actor"
+            or kind == "discrete"
+            and algo == "mabcq"
+            and method == "update_actor"
+        ):
             continue  # discrete MACQL and MABCQ are greedy in Q: no actor
         if kind == "discrete" and algo == "mabcq":
             expected = expected - {"actor_target"}  # discrete BCQ has no perturbation model
@@ -208,18 +249,29 @@ def test_each_step_moves_only_its_own_networks(data, algo, kind):
                 for p in getattr(agent, name).parameters():
                     p.grad = None
         before = _groups(agent)
-        args = (b, initial) if (algo, method) == ("comadice", "update_critic") else () if method == "update_targets" \
+        args = (
+            (b, initial)
+            if (algo, method) == ("comadice", "update_critic")
+            else ()
+            if method == "update_targets"
             else (b,)
+        )
         getattr(agent, method)(*args)
         assert _moved(before, agent) == expected, method
         if method == "update_actor":
-            leaked = [p for name in CRITICS[algo] for p in getattr(agent, name).parameters()
-                      if p.grad is not None and p.grad.abs().sum() > 0]
+            leaked = [
+                p
+                for name in CRITICS[algo]
+                for p in getattr(agent, name).parameters()
+                if p.grad is not None and p.grad.abs().sum() > 0
+            ]
             assert not leaked, "the actor step put gradients on the critic"
 
 
 # ----- checkpoints and the command ----------------------------------------------------------------------------------
 
+
+@pytest.mark.checkpoint
 @pytest.mark.parametrize("algo,kind", CASES)
 def test_checkpoint_reload_gives_identical_parameters_and_actions(data, tmp_path, algo, kind):
     cfg = small(algo, steps=20, eval_every=20, eval_episodes=1, log_every=10)
@@ -235,14 +287,33 @@ def test_checkpoint_reload_gives_identical_parameters_and_actions(data, tmp_path
     assert res.final["eval/return"] is not None and np.isfinite(res.final["eval/return"])
 
 
+@pytest.mark.roundtrip
 def test_command_trains_a_baseline_with_its_own_options(data, tmp_path):
-    args = ["train", "--dataset", str(data["continuous"].path), "--algo", "macql", "--out", str(tmp_path / "r"),
-            "--steps", "20", "--eval-every", "20", "--eval-episodes", "1", "--hidden", "16", "--cql-alpha", "2.5"]
+    args = [
+        "train",
+        "--dataset",
+        str(data["continuous"].path),
+        "--algo",
+        "macql",
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "20",
+        "--eval-every",
+        "20",
+        "--eval-episodes",
+        "1",
+        "--hidden",
+        "16",
+        "--cql-alpha",
+        "2.5",
+    ]
     result = CliRunner().invoke(train_cli, args)
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["algorithm"] == "macql" and saved["config"]["cql_alpha"] == 2.5 and saved["config"]["hidden"] == 16
     assert "final" in result.output
-    bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(data["continuous"].path), "--algo", "icq",
-                                         "--cql-alpha", "1"])
+    bad = CliRunner().invoke(
+        train_cli, ["train", "--dataset", str(data["continuous"].path), "--algo", "icq", "--cql-alpha", "1"]
+    )
     assert bad.exit_code == 2 and "--cql-alpha does not apply to icq" in bad.output

@@ -1,4 +1,5 @@
 """The command-line tools through click's CliRunner: outputs, exit codes, and no tracebacks."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,24 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-
-from cli.data import main as data_cli
-from cli.train import main as train_cli
 from test_omiga import omiga_file
 
-CARD_KEYS = {"format_version", "suite", "task", "level", "n_agents", "n_episodes", "n_transitions", "return_mean",
-             "return_std", "return_min", "return_max"}
+from omgmg.cli.data import main as data_cli
+from omgmg.cli.train import main as train_cli
+
+CARD_KEYS = {
+    "format_version",
+    "suite",
+    "task",
+    "level",
+    "n_agents",
+    "n_episodes",
+    "n_transitions",
+    "return_mean",
+    "return_std",
+    "return_min",
+    "return_max",
+}
 
 
 def run(cli, *args, code=0):
@@ -90,16 +102,39 @@ def test_bad_options_exit_2(tmp_path):
 
 def test_import_and_export_omiga(tmp_path):
     omiga_file(tmp_path / "src.hdf5", [10, 3, 10], limit=10)
-    result = run(data_cli, "import", "omiga", tmp_path / "src.hdf5", "--task", "HalfCheetah-6x1", "--level",
-                 "m-replay", "--out", tmp_path / "a.zarr", "--episode-limit", 10)
+    result = run(
+        data_cli,
+        "import",
+        "omiga",
+        tmp_path / "src.hdf5",
+        "--task",
+        "HalfCheetah-6x1",
+        "--level",
+        "m-replay",
+        "--out",
+        tmp_path / "a.zarr",
+        "--episode-limit",
+        10,
+    )
     assert "3 episodes, 23 transitions" in result.output and "assumed:" in result.output
     card = json.loads(run(data_cli, "inspect", tmp_path / "a.zarr", "--json").output)
     assert card["level"] == "medium-replay" and card["suite"] == "mamujoco" and card["task"] == "HalfCheetah-6x1"
     assert card["terminated_episodes"] == 1
     run(data_cli, "export", tmp_path / "a.zarr", "--format", "omiga", "--out", tmp_path / "b.hdf5")
     run(data_cli, "export", tmp_path / "a.zarr", "--format", "omiga", "--out", tmp_path / "b.hdf5", code=2)
-    result = run(data_cli, "import", "omiga", tmp_path / "src.hdf5", "--task", "HalfCheetah-6x1", "--level",
-                 "superb", "--out", tmp_path / "c.zarr", code=2)  # a usage error, as in collect
+    result = run(
+        data_cli,
+        "import",
+        "omiga",
+        tmp_path / "src.hdf5",
+        "--task",
+        "HalfCheetah-6x1",
+        "--level",
+        "superb",
+        "--out",
+        tmp_path / "c.zarr",
+        code=2,
+    )  # a usage error, as in collect
     assert "unknown level 'superb'" in result.output
 
 

@@ -1,4 +1,5 @@
 """Behaviour policies and dataset collection, on the fixture suite (fast, deterministic)."""
+
 from __future__ import annotations
 
 import math
@@ -8,18 +9,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.data import main as data_cli
-from collectors.collect import CollectRequest, collect, random_policy, rollout_episodes
-from collectors.common import Rollout, gae
-from collectors.envs import resolve
-from collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
-from collectors.envs.vector import SerialVectorEnv
-from collectors.happo import HAPPOAgent, HAPPOConfig
-from collectors.mappo import MAPPOAgent, MAPPOConfig
-from collectors.training import EpisodeRecorder, load_agent, train_behaviour
-from datakit import DatasetError, iter_episodes, open_dataset, validate
-from datakit.fixtures import fixture_spec
-from datakit.writer import DatasetWriter
+from omgmg.cli.data import main as data_cli
+from omgmg.collectors.behaviour import load_agent
+from omgmg.collectors.collect import CollectRequest, collect, random_policy
+from omgmg.collectors.common import Rollout, gae
+from omgmg.collectors.envs import resolve
+from omgmg.collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
+from omgmg.collectors.envs.vector import SerialVectorEnv
+from omgmg.collectors.fixtures import fixture_spec
+from omgmg.collectors.happo import HAPPOAgent, HAPPOConfig
+from omgmg.collectors.mappo import MAPPOAgent, MAPPOConfig
+from omgmg.collectors.recorder import EpisodeRecorder
+from omgmg.collectors.rollout import SlotSchedule, rollout_episodes
+from omgmg.collectors.training import train_behaviour
+from omgmg.datakit import DatasetError, iter_episodes, open_dataset, validate
+from omgmg.datakit.writer import DatasetWriter
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +36,7 @@ SMALL = dict(num_envs=4, rollout_len=25, eval_every=1000)
 
 
 # ----- recording episodes out of vector steps -------------------------------------------------------------------
+
 
 def test_episode_recorder_keeps_every_episode_whole_while_its_rows_move():
     """Ragged episodes, some recorded late (gather=False) and some envs paused, through a recorder whose
@@ -52,9 +57,23 @@ def test_episode_recorder_keeps_every_episode_whole_while_its_rows_move():
         done = (rng.random(E) < 0.2) & ((np.arange(E) > 0) | (t >= 59))
         reward = rng.normal(size=E).astype(np.float32)
         nobs, nstate, navail = rng.normal(size=(E, N, O)), rng.normal(size=(E, S)), rng.random((E, N, K)) < 0.7
-        final_obs, final_state, final_avail = rng.normal(size=(E, N, O)), rng.normal(size=(E, S)), rng.random((E, N, K)) < 0.7
-        step = VecStep(nobs, nstate, navail, reward, done & (rng.random(E) < 0.5), np.zeros(E, bool), np.zeros(E, bool),
-                       final_obs, final_state, final_avail)
+        final_obs, final_state, final_avail = (
+            rng.normal(size=(E, N, O)),
+            rng.normal(size=(E, S)),
+            rng.random((E, N, K)) < 0.7,
+        )
+        step = VecStep(
+            nobs,
+            nstate,
+            navail,
+            reward,
+            done & (rng.random(E) < 0.5),
+            np.zeros(E, bool),
+            np.zeros(E, bool),
+            final_obs,
+            final_state,
+            final_avail,
+        )
         step.truncated[:] = done & ~step.terminated
         for e in range(E):
             if envs[e]:
@@ -83,6 +102,7 @@ def test_episode_recorder_keeps_every_episode_whole_while_its_rows_move():
 
 
 # ----- GAE ------------------------------------------------------------------------------------------------------
+
 
 def gae_reference(r, v, nv, term, done, gamma, lam):
     """Plain per-env loop, written from the definition."""
@@ -120,6 +140,7 @@ def test_gae_bootstraps_through_truncation_but_not_termination():
 
 # ----- HAPPO ----------------------------------------------------------------------------------------------------
 
+
 def test_happo_sequential_loss_on_hand_values():
     logp = torch.log(torch.tensor([1.5, 0.5, 1.0]))
     old = torch.zeros(3)
@@ -134,10 +155,17 @@ def _fake_rollout(spec, agent, T=6, E=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(T, E, spec.n_agents, spec.obs_dim, generator=g)
     actions, logp = agent.act(obs.reshape(T * E, spec.n_agents, -1), None, False, g)
-    return Rollout(obs=obs, state=torch.randn(T, E, spec.state_dim, generator=g),
-                   actions=actions.reshape(T, E, spec.n_agents, -1), log_probs=logp.reshape(T, E, -1),
-                   values=torch.randn(T, E, generator=g), next_values=torch.randn(T, E, generator=g),
-                   rewards=torch.randn(T, E, generator=g), terminated=torch.zeros(T, E), done=torch.zeros(T, E))
+    return Rollout(
+        obs=obs,
+        state=torch.randn(T, E, spec.state_dim, generator=g),
+        actions=actions.reshape(T, E, spec.n_agents, -1),
+        log_probs=logp.reshape(T, E, -1),
+        values=torch.randn(T, E, generator=g),
+        next_values=torch.randn(T, E, generator=g),
+        rewards=torch.randn(T, E, generator=g),
+        terminated=torch.zeros(T, E),
+        done=torch.zeros(T, E),
+    )
 
 
 def test_happo_factor_compounds_every_agents_updated_ratio():
@@ -150,8 +178,9 @@ def test_happo_factor_compounds_every_agents_updated_ratio():
     with torch.no_grad():  # after the update every agent has been updated, so M = prod_i r_i(new)
         product = torch.ones(flat.obs.shape[0])
         for i in range(spec.n_agents):
-            new = agent._log_prob(agent.actors[i](flat.obs[:, i]), agent.log_stds[i], flat.actions[:, i],
-                                  agent.action_mask[i])
+            new = agent._log_prob(
+                agent.actors[i](flat.obs[:, i]), agent.log_stds[i], flat.actions[:, i], agent.action_mask[i]
+            )
             product *= torch.exp(new - flat.log_probs[:, i])
     assert stats["policy/factor_mean"] == pytest.approx(product.mean().item(), rel=1e-5)
     assert abs(stats["policy/factor_mean"] - 1) > 1e-4  # the policies did move
@@ -174,6 +203,7 @@ def test_happo_executed_actions_are_clipped_and_padding_is_zero():
 
 # ----- MAPPO / masks --------------------------------------------------------------------------------------------
 
+
 def test_masked_actions_are_never_sampled():
     spec = fixture_spec("discrete")
     agent = MAPPOAgent(spec, MAPPOConfig())
@@ -186,8 +216,11 @@ def test_masked_actions_are_never_sampled():
     assert avail.gather(-1, greedy[..., None]).all()
     for policy in (random_policy(spec), agent.sampler()):  # the frozen policies datasets are collected with
         assert policy.noise_kind == "uniform"
-        sampled = policy.act(np.zeros((2000, 3, spec.obs_dim), np.float32), avail.numpy(),
-                             torch.rand(2000, *policy.noise_shape, generator=g))
+        sampled = policy.act(
+            np.zeros((2000, 3, spec.obs_dim), np.float32),
+            avail.numpy(),
+            torch.rand(2000, *policy.noise_shape, generator=g),
+        )
         assert np.take_along_axis(avail.numpy(), sampled[..., None].astype(int), -1).all()
         assert len(np.unique(sampled)) > 1
 
@@ -198,8 +231,9 @@ def test_frozen_samplers_match_the_agents_policies():
     happo = HAPPOAgent(spec, HAPPOConfig(init_log_std=0.5))
     happo.obs_norm.update(torch.randn(64, 3, spec.obs_dim, generator=g) * 3 + 1)
     obs = torch.randn(256, 3, spec.obs_dim, generator=g).numpy()
-    actions, _ = happo.act(happo.obs_norm.normalise(torch.from_numpy(obs)), None, False,
-                           torch.Generator().manual_seed(7))
+    actions, _ = happo.act(
+        happo.obs_norm.normalise(torch.from_numpy(obs)), None, False, torch.Generator().manual_seed(7)
+    )
     frozen = happo.sampler()
     noise = torch.randn((256, *frozen.noise_shape), generator=torch.Generator().manual_seed(7))
     assert np.allclose(frozen.act(obs, None, noise), happo.executed(actions), atol=1e-5)
@@ -215,8 +249,9 @@ def test_frozen_samplers_match_the_agents_policies():
     frozen = mappo.sampler()
     n = 20000
     drawn = frozen.act(np.repeat(one, n, 0), np.repeat(avail, n, 0), torch.rand(n, *frozen.noise_shape, generator=g))
-    freq = torch.stack([torch.bincount(torch.from_numpy(drawn[:, i]).long(), minlength=spec.n_actions) / n
-                        for i in range(3)])
+    freq = torch.stack(
+        [torch.bincount(torch.from_numpy(drawn[:, i]).long(), minlength=spec.n_actions) / n for i in range(3)]
+    )
     assert (freq - probs).abs().max() < 0.02 and freq[1, 0] == 0
 
 
@@ -226,10 +261,33 @@ def test_mappo_policy_loss_on_hand_values():
     assert loss.item() == pytest.approx(-(1.2 + 0.5) / 2)
 
 
+# ----- the episode-slot schedule of a rollout ---------------------------------------------------------------
+
+
+def test_slot_schedule_gives_each_ended_env_the_lowest_free_slot_and_needs_only_what_the_budget_can_use():
+    slots = SlotSchedule(num_envs=3, first=10)  # resumed after 10 written episodes
+    assert slots.running.tolist() == [10, 11, 12] and slots.planned.tolist() == [13, 14, 15]
+    assert slots.episode_ended(1) == 11  # env 1 ran slot 11; it starts its planned slot 14 and plans 16
+    assert slots.running.tolist() == [10, 14, 12] and slots.planned.tolist() == [13, 16, 15]
+    assert slots.episode_ended(1) == 14 and slots.planned.tolist() == [13, 17, 15]
+    assert slots.needed_for_episodes(still_needed=3).tolist() == [True, False, True]  # slots 10-12 are needed
+    # transitions: slot 10 has run 4 steps, slot 12 2 steps, slots 11 and 14 ended with 5 and 3 steps
+    ended = {11: 5, 14: 3}
+    steps = np.array([4, 0, 2])
+    # before slot 10: nothing; before 12: 4 + 5 = 9; before 16 (env 1 now): 4 + 5 + 2 + 3 + slots 13, 15 (>= 1 each)
+    assert slots.needed_for_transitions(10, steps, ended).tolist() == [True, False, True]
+    assert slots.needed_for_transitions(9, steps, ended).tolist() == [True, False, False]
+    assert slots.needed_for_transitions(18, steps, ended).tolist() == [True, True, True]
+
+
 # ----- learning, checkpoints, resume ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("task, algo, cfg_cls", [("fixture/continuous", "happo", HAPPOConfig),
-                                                  ("fixture/discrete", "mappo", MAPPOConfig)])
+
+@pytest.mark.slow
+@pytest.mark.learning
+@pytest.mark.parametrize(
+    "task, algo, cfg_cls", [("fixture/continuous", "happo", HAPPOConfig), ("fixture/discrete", "mappo", MAPPOConfig)]
+)
 def test_short_training_improves_over_the_first_evaluation(task, algo, cfg_cls):
     cfg = cfg_cls(total_env_steps=12_000, num_envs=8, rollout_len=50, eval_every=6_000)
     evals = train_behaviour(resolve(task), algo, cfg).evaluations()
@@ -237,6 +295,8 @@ def test_short_training_improves_over_the_first_evaluation(task, algo, cfg_cls):
     assert last > first + 2.0, (first, last)
 
 
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_checkpoint_reload_gives_identical_actions():
     run = train_behaviour(resolve("fixture/continuous"), "happo", HAPPOConfig(total_env_steps=1000, **SMALL))
     path = run.checkpoints()[-1]
@@ -247,6 +307,8 @@ def test_checkpoint_reload_gives_identical_actions():
     assert torch.equal(a.act(obs, None, True, None)[0], b.act(obs, None, True, None)[0])
 
 
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_interrupted_training_resumes_to_the_same_weights(home):
     ref = resolve("fixture/discrete")
     cfg = MAPPOConfig(total_env_steps=3000, **SMALL)
@@ -273,10 +335,14 @@ def test_interrupted_training_resumes_to_the_same_weights(home):
 
 # ----- levels end to end ----------------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
+@pytest.mark.roundtrip
 @pytest.mark.parametrize("level", ["random", "expert", "medium", "medium-replay", "medium-expert"])
 def test_each_level_end_to_end(level, tmp_path):
-    req = CollectRequest("fixture", "continuous", level, episodes=9, train_steps=2000, workers=1,
-                         out=tmp_path / f"{level}.zarr")
+    req = CollectRequest(
+        "fixture", "continuous", level, episodes=9, train_steps=2000, workers=1, out=tmp_path / f"{level}.zarr"
+    )
     ds = collect(req, on_note=lambda m: None)
     assert validate(ds.path) == []
     meta = ds.meta
@@ -292,23 +358,40 @@ def test_each_level_end_to_end(level, tmp_path):
         assert set(meta["collection"]["checkpoints"]) == {"medium", "expert"}
 
 
+@pytest.mark.roundtrip
 def test_transition_budget_is_exact_and_cuts_the_last_episode(tmp_path):
-    ds = collect(CollectRequest("fixture", "continuous", "random", transitions=333, workers=1, out=tmp_path / "r.zarr"),
-                 on_note=lambda m: None)
+    ds = collect(
+        CollectRequest("fixture", "continuous", "random", transitions=333, workers=1, out=tmp_path / "r.zarr"),
+        on_note=lambda m: None,
+    )
     assert ds.n_transitions == 333
     last = list(iter_episodes(ds))[-1]
     assert last["truncated"][-1] and not last["terminated"][-1]
 
 
+@pytest.mark.slow
+@pytest.mark.roundtrip
 def test_same_seed_and_budget_give_identical_bytes(tmp_path):
-    a = collect(CollectRequest("fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1,
-                               out=tmp_path / "a.zarr"), on_note=lambda m: None)
-    b = collect(CollectRequest("fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1,
-                               out=tmp_path / "b.zarr"), on_note=lambda m: None)
+    a = collect(
+        CollectRequest(
+            "fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1, out=tmp_path / "a.zarr"
+        ),
+        on_note=lambda m: None,
+    )
+    b = collect(
+        CollectRequest(
+            "fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1, out=tmp_path / "b.zarr"
+        ),
+        on_note=lambda m: None,
+    )
     for key in ("steps/obs", "steps/actions", "steps/avail", "steps/reward", "episodes/won"):
         assert np.array_equal(a.read(key), b.read(key)), key
-    c = collect(CollectRequest("fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1, seed=1,
-                               out=tmp_path / "c.zarr"), on_note=lambda m: None)
+    c = collect(
+        CollectRequest(
+            "fixture", "discrete", "expert", episodes=12, train_steps=1000, workers=1, seed=1, out=tmp_path / "c.zarr"
+        ),
+        on_note=lambda m: None,
+    )
     assert not np.array_equal(a.read("steps/obs"), c.read("steps/obs"))
 
 
@@ -335,10 +418,13 @@ class RaggedEnv(MultiAgentEnv):
         return Step(obs, state, None, float(actions.sum()), self.t == self.length, False, {})
 
 
+@pytest.mark.slow
+@pytest.mark.roundtrip
 def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path):
     """Each episode comes from its own seed, so a smaller budget keeps a prefix of a larger one,
     and neither the number of envs (which run episodes of 1-12 steps out of step with each other)
     nor a worker process changes anything."""
+
     def run(name, until, envs):
         writer = DatasetWriter(tmp_path / name, RaggedEnv.spec)
         vec = SerialVectorEnv(RaggedEnv, envs)
@@ -357,8 +443,15 @@ def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path):
         assert np.array_equal(small.read(key), large.read(key, 0, small.n_transitions)), key
         assert np.array_equal(cut.read(key), large.read(key, 0, 101)), key
         assert np.array_equal(other.read(key), large.read(key)), key
-    fixture = [collect(CollectRequest("fixture", "continuous", "random", episodes=9, num_envs=3, workers=w,
-                                      out=tmp_path / f"w{w}.zarr"), on_note=lambda m: None) for w in (1, 2)]
+    fixture = [
+        collect(
+            CollectRequest(
+                "fixture", "continuous", "random", episodes=9, num_envs=3, workers=w, out=tmp_path / f"w{w}.zarr"
+            ),
+            on_note=lambda m: None,
+        )
+        for w in (1, 2)
+    ]
     assert np.array_equal(fixture[0].read("steps/obs"), fixture[1].read("steps/obs"))
 
 
@@ -382,9 +475,12 @@ class PartedVectorEnv(VectorEnv):
         return [EnvGroup(rows, p.step_async, p.step_wait) for p, rows in zip(self.parts, self.rows)]
 
 
+@pytest.mark.slow
+@pytest.mark.roundtrip
 def test_rollout_pipelines_parts_without_changing_the_data(tmp_path):
     """Stepping the envs in parts (one steps while the next is recorded and acted for; a part with no
     needed env is not stepped) gives the dataset one batch of the same envs gives."""
+
     def run(name, vec, until):
         writer = DatasetWriter(tmp_path / name, RaggedEnv.spec)
         rollout_episodes(writer, random_policy(RaggedEnv.spec), vec, phase=0, until=until, seed=3)
@@ -398,10 +494,14 @@ def test_rollout_pipelines_parts_without_changing_the_data(tmp_path):
             assert np.array_equal(parted.read(key), whole.read(key)), (until, key)
 
 
+@pytest.mark.slow
+@pytest.mark.roundtrip
 def test_interrupted_collection_resumes_to_the_same_dataset(tmp_path):
     base = dict(episodes=40, workers=1, train_steps=1000, num_envs=4)
-    reference = collect(CollectRequest("fixture", "continuous", "medium-expert", out=tmp_path / "ref.zarr", **base),
-                        on_note=lambda m: None)
+    reference = collect(
+        CollectRequest("fixture", "continuous", "medium-expert", out=tmp_path / "ref.zarr", **base),
+        on_note=lambda m: None,
+    )
 
     class Stop(Exception):
         pass
@@ -415,33 +515,56 @@ def test_interrupted_collection_resumes_to_the_same_dataset(tmp_path):
 
     target = tmp_path / "x.zarr"
     with pytest.raises(Stop):
-        collect(CollectRequest("fixture", "continuous", "medium-expert", out=target, **base),
-                on_note=lambda m: None, on_rollout=interrupt)
+        collect(
+            CollectRequest("fixture", "continuous", "medium-expert", out=target, **base),
+            on_note=lambda m: None,
+            on_rollout=interrupt,
+        )
     assert not target.exists()
-    resumed = collect(CollectRequest("fixture", "continuous", "medium-expert", out=target, **base),
-                      on_note=lambda m: None)
+    resumed = collect(
+        CollectRequest("fixture", "continuous", "medium-expert", out=target, **base), on_note=lambda m: None
+    )
     for key in ("steps/obs", "steps/actions", "steps/reward", "steps/truncated", "episodes/length"):
         assert np.array_equal(resumed.read(key), reference.read(key)), key
 
 
 # ----- the command ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["fixture", "nope", "--level", "random"], "unknown fixture task 'nope'"),
-    (["fixture", "continuous", "--level", "superb"], "unknown level 'superb'"),
-    (["fixture", "continuous", "--level", "random", "--episodes", "0"], "episodes must be a positive number"),
-    (["smacv2", "protoss_5v5", "--level", "random", "--backend", "pysc2"], "unknown SMACv2 backend 'pysc2'"),
-    (["fixture", "continuous", "--level", "random", "--episodes", "3", "--transitions", "9"], "not both"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fixture", "nope", "--level", "random"], "unknown fixture task 'nope'"),
+        (["fixture", "continuous", "--level", "superb"], "unknown level 'superb'"),
+        (["fixture", "continuous", "--level", "random", "--episodes", "0"], "episodes must be a positive number"),
+        (["smacv2", "protoss_5v5", "--level", "random", "--backend", "pysc2"], "unknown SMACv2 backend 'pysc2'"),
+        (["fixture", "continuous", "--level", "random", "--episodes", "3", "--transitions", "9"], "not both"),
+    ],
+)
 def test_collect_bad_input_is_one_line_and_exit_2(args, message):
     result = CliRunner().invoke(data_cli, ["collect", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
+@pytest.mark.roundtrip
 def test_collect_command_writes_a_valid_dataset_and_never_overwrites(tmp_path):
     out = tmp_path / "c.zarr"
-    args = ["collect", "fixture", "discrete", "--level", "m-expert", "--episodes", "6", "--train-steps", "800",
-            "--workers", "1", "--out", str(out)]
+    args = [
+        "collect",
+        "fixture",
+        "discrete",
+        "--level",
+        "m-expert",
+        "--episodes",
+        "6",
+        "--train-steps",
+        "800",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(data_cli, args)
     assert result.exit_code == 0, result.output
     assert "6 episodes" in result.output and "win rate" in result.output

@@ -1,12 +1,13 @@
 """Environment adapters: specs, names, determinism, auto-reset with final observations, backends."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from collectors.envs import check_compatible, make_env, make_vector_env, resolve, task_for_dataset
-from collectors.envs.smacv2 import choose_backend, sc2_capability_config
-from datakit import DatasetError
+from omgmg.collectors.envs import check_compatible, make_env, make_vector_env, resolve, task_for_dataset
+from omgmg.collectors.envs.smacv2 import choose_backend, sc2_capability_config
+from omgmg.datakit import DatasetError
 
 MAMUJOCO_SHAPES = {  # gymnasium-robotics 1.4 with agent_obsk=1
     "HalfCheetah-6x1": ((9, 9, 8, 9, 9, 8), 17, 1),
@@ -27,6 +28,7 @@ def random_actions(spec, rng, avail=None, E=None):
 
 # ----- names ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("task", list(MAMUJOCO_SHAPES))
 def test_mamujoco_specs(task):
     env = make_env(f"MaMuJoCo/{task.lower()}")  # case-insensitive
@@ -42,13 +44,16 @@ def test_mamujoco_specs(task):
         assert np.all(obs[i, d:] == 0)  # padding
 
 
-@pytest.mark.parametrize("name, message", [
-    ("mamujoco/HalfCheetah-7x1", "valid: HalfCheetah-2x3, HalfCheetah-6x1"),
-    ("mamujoco/Cheetah-6x1", "scenarios: Ant, CoupledHalfCheetah"),
-    ("smacv2/protoss_6v6", "valid: protoss_5v5, terran_5v5, zerg_5v5"),
-    ("atari/pong", "valid suites and example tasks: mamujoco: HalfCheetah-6x1"),
-    ("Hopper-3x1", "name a task as SUITE/TASK"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("mamujoco/HalfCheetah-7x1", "valid: HalfCheetah-2x3, HalfCheetah-6x1"),
+        ("mamujoco/Cheetah-6x1", "scenarios: Ant, CoupledHalfCheetah"),
+        ("smacv2/protoss_6v6", "valid: protoss_5v5, terran_5v5, zerg_5v5"),
+        ("atari/pong", "valid suites and example tasks: mamujoco: HalfCheetah-6x1"),
+        ("Hopper-3x1", "name a task as SUITE/TASK"),
+    ],
+)
 def test_unknown_names_list_the_valid_ones(name, message):
     with pytest.raises(DatasetError, match=message):
         resolve(name)
@@ -61,6 +66,7 @@ def test_names_are_canonicalised():
 
 
 # ----- MaMuJoCo behaviour ----------------------------------------------------------------------------
+
 
 def test_seeded_resets_and_steps_are_deterministic():
     a, b = make_env("mamujoco/Hopper-3x1"), make_env("mamujoco/Hopper-3x1")
@@ -78,7 +84,7 @@ def test_hopper_falls_are_terminations_and_halfcheetah_time_limit_is_a_truncatio
     env = make_env("mamujoco/Hopper-3x1")
     env.reset(seed=0)
     rng = np.random.default_rng(0)
-    for t in range(1000):
+    for t in range(1000):  # noqa: B007 - t is read after the loop
         s = env.step(rng.uniform(-1, 1, (3, 1)).astype(np.float32))
         if s.terminated or s.truncated:
             break
@@ -86,7 +92,7 @@ def test_hopper_falls_are_terminations_and_halfcheetah_time_limit_is_a_truncatio
     cheetah = make_env("mamujoco/HalfCheetah-6x1")
     cheetah.reset(seed=0)
     zero = np.zeros((6, 1), np.float32)
-    for t in range(1000):
+    for _ in range(1000):
         s = cheetah.step(zero)
     assert s.truncated and not s.terminated
 
@@ -116,6 +122,7 @@ def test_mujoco_keeps_quiet_and_writes_no_log_file(tmp_path, monkeypatch, capfd)
 
 # ----- vectorised runners -----------------------------------------------------------------------------
 
+
 def _reference_run(name, seed, num_envs, actions_per_step):
     """Step single envs by hand: per env, the list of (final obs, next obs) at each episode end."""
     envs = [make_env(name) for _ in range(num_envs)]
@@ -137,8 +144,11 @@ def _reference_run(name, seed, num_envs, actions_per_step):
     return ends, obs_trace
 
 
-@pytest.mark.parametrize("name, workers", [("fixture/continuous", 1), ("fixture/continuous", 2),
-                                           ("mamujoco/Hopper-3x1", 2), ("fixture/discrete", 1)])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, workers",
+    [("fixture/continuous", 1), ("fixture/continuous", 2), ("mamujoco/Hopper-3x1", 2), ("fixture/discrete", 1)],
+)
 def test_auto_reset_returns_final_observations(name, workers):
     E, T = 3, 60
     vec = make_vector_env(name, E, workers=workers)
@@ -169,6 +179,7 @@ def test_auto_reset_returns_final_observations(name, workers):
     assert all(np.array_equal(a, b) for a, b in zip(trace, ref_trace))
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_run_as_one_process():
     runs = []
     for workers in (1, 2):
@@ -188,13 +199,14 @@ def _fails_in_workers():
 
     if multiprocessing.current_process().name != "MainProcess":
         raise ValueError("simulator crashed in a worker")
-    from collectors.envs.fixture import FixtureEnv
+    from omgmg.collectors.envs.fixture import FixtureEnv
 
     return FixtureEnv("continuous")
 
 
+@pytest.mark.slow
 def test_worker_errors_surface_in_the_parent():
-    from collectors.envs.vector import SubprocVectorEnv
+    from omgmg.collectors.envs.vector import SubprocVectorEnv
 
     with pytest.raises(DatasetError, match="no agent_conf '7x1'"):  # a bad task fails before any worker starts
         make_vector_env("mamujoco/HalfCheetah-7x1", 2, workers=2)
@@ -204,9 +216,10 @@ def test_worker_errors_surface_in_the_parent():
 
 # ----- SMACv2 backends --------------------------------------------------------------------------------
 
+
 def test_sc2_backend_says_what_is_missing_and_how_to_choose_smax(monkeypatch, tmp_path):
     monkeypatch.setenv("SC2PATH", str(tmp_path / "no-sc2"))
-    with pytest.raises(DatasetError, match="smacv2 package is not installed.*--backend smax"):
+    with pytest.raises(DatasetError, match="smacv2 package is not installed.*backend='smax'"):
         choose_backend("sc2")
     with pytest.raises(DatasetError, match="sc2 backend cannot run"):
         make_env("smacv2/protoss_5v5", backend="sc2")
@@ -231,9 +244,10 @@ def smax_vec():
     return vec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("race", ["protoss", "terran", "zerg"])
 def test_smax_specs(race):
-    from collectors.envs.smax import SmaxVectorEnv
+    from omgmg.collectors.envs.smax import SmaxVectorEnv
 
     spec = SmaxVectorEnv(f"{race}_5v5", 2).spec  # building compiles nothing
     assert spec.n_agents == 5 and spec.obs_dims == (127,) * 5 and spec.state_dim == 120
@@ -241,6 +255,7 @@ def test_smax_specs(race):
     assert spec.backend == "smax" and spec.options["unit_weights"] == [0.5, 0.5]
 
 
+@pytest.mark.slow
 def test_smax_steps_end_episodes_and_compiles_once(smax_vec):
     vec, spec = smax_vec, smax_vec.spec
     r = vec.reset(seed=5)
@@ -260,6 +275,7 @@ def test_smax_steps_end_episodes_and_compiles_once(smax_vec):
     assert vec.core.step._cache_size() == 1 and vec.core.reset._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_smax_time_limit_is_200_steps_and_a_truncation(smax_vec):
     vec = smax_vec
     vec.reset(seed=0)
@@ -277,6 +293,7 @@ def test_smax_time_limit_is_200_steps_and_a_truncation(smax_vec):
     assert truncated.any() and (lengths[truncated] == 200).all() and (lengths[~truncated] < 200).all()
 
 
+@pytest.mark.slow
 def test_smax_seeded_reset_is_deterministic_and_teams_are_race_only(smax_vec):
     a = smax_vec.reset(seed=9)
     types = np.concatenate([np.asarray(p.state.state.unit_types) for p in smax_vec._parts])  # (E, 10)
@@ -289,8 +306,9 @@ def test_smax_seeded_reset_is_deterministic_and_teams_are_race_only(smax_vec):
 
 # ----- datasets meet environments ---------------------------------------------------------------------
 
+
 def test_dataset_compatibility_checks(tmp_path):
-    from datakit.fixtures import fixture_spec
+    from omgmg.collectors.fixtures import fixture_spec
 
     env = make_env("fixture/continuous")
     check_compatible(fixture_spec("continuous"), env.spec)
@@ -303,6 +321,7 @@ def test_dataset_compatibility_checks(tmp_path):
         check_compatible(omiga_like, make_env("mamujoco/Hopper-3x1").spec)
 
 
+@pytest.mark.slow
 def test_smax_parts_step_exactly_like_one_batch(smax_vec):
     """Envs split into separately dispatched batches (stepped whole, or part by part through
     ``groups()`` as the collector does) give the results of one vmapped batch."""
@@ -338,9 +357,14 @@ def _first_available(vec, avail):
     return avail.argmax(-1)  # each env's action depends on its own observation only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runner", ["serial", "subproc", "smax"])
 def test_paused_envs_keep_their_state_and_reseeded_envs_restart_from_the_seed(runner, smax_vec):
-    vec = smax_vec if runner == "smax" else make_vector_env("fixture/discrete", 4, workers=2 if runner == "subproc" else 1)
+    vec = (
+        smax_vec
+        if runner == "smax"
+        else make_vector_env("fixture/discrete", 4, workers=2 if runner == "subproc" else 1)
+    )
     try:
         r = vec.reset(seed=5)
         avail, straight = r.avail, []

@@ -1,4 +1,5 @@
 """Experiment specs, sweeps (local and Ray, resumable) and reports."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.train import main as train_cli
-from datakit.fixtures import make_fixture
+from omgmg.cli.train import main as train_cli
+from omgmg.collectors.fixtures import make_fixture
 from omgmg.experiments.report import aggregate, load_results, normalised, write_report
 from omgmg.experiments.spec import SpecError, load_spec, parse_spec, shipped_specs
 from omgmg.experiments.sweep import pending_cells, run_sweep
@@ -22,13 +23,20 @@ def dataset(tmp_path_factory):
 
 
 def spec_dict(dataset, **changes) -> dict:
-    raw = {"name": "tiny", "algorithms": ["bc", "omgmg"], "seeds": [0, 1], "budget": dict(BUDGET),
-           "datasets": [{"path": str(dataset.path), "label": "fixture"}],
-           "smoke": {"seeds": [0], **BUDGET}, "overrides": {"omgmg": {"hidden": 16}, "bc": {"hidden": 16}}}
+    raw = {
+        "name": "tiny",
+        "algorithms": ["bc", "omgmg"],
+        "seeds": [0, 1],
+        "budget": dict(BUDGET),
+        "datasets": [{"path": str(dataset.path), "label": "fixture"}],
+        "smoke": {"seeds": [0], **BUDGET},
+        "overrides": {"omgmg": {"hidden": 16}, "bc": {"hidden": 16}},
+    }
     return raw | changes
 
 
 # ----- specs --------------------------------------------------------------------------------------------------------
+
 
 def test_the_paper_specs_ship_and_expand_to_the_papers_cells():
     assert {"table1", "table2", "ablation-lambda", "ablation-nu"} <= set(shipped_specs())
@@ -38,21 +46,30 @@ def test_the_paper_specs_ship_and_expand_to_the_papers_cells():
     lam = load_spec("ablation-lambda").cells(smoke=True)
     assert sorted({c.config["lam"] for c in lam}) == [0.0, 0.25, 0.5, 0.75, 1.0]
     nu = load_spec("ablation-nu").cells(smoke=True)
-    assert {c.config["lam"] for c in nu} == {0.5} and sorted({c.config["nu"] for c in nu}) == [0.001, 0.01, 0.1, 1.0, 10.0]
+    assert {c.config["lam"] for c in nu} == {0.5} and sorted({c.config["nu"] for c in nu}) == [
+        0.001,
+        0.01,
+        0.1,
+        1.0,
+        10.0,
+    ]
     assert all(c.config["steps"] == load_spec("table1").smoke["steps"] for c in t1.cells(smoke=True))
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"algorithms": ["omgmg", "sac"]}, "unknown algorithm(s) sac"),
-    ({"colour": "red"}, "unknown key(s) colour"),
-    ({"grid": {"lam": [0.5, 1.5]}, "algorithms": ["omgmg"], "overrides": {}}, "lam must lie in [0, 1]"),
-    ({"grid": {"lam": [0.5]}}, "lam is not a hyperparameter of bc"),
-    ({"grid": {"cql_alpha": [1.0]}}, "cql_alpha is not a hyperparameter of bc"),
-    ({"layout": "ablation"}, "layout 'ablation' needs a [grid]"),
-    ({"budget": {"steps": 10}}, "[budget] must set exactly steps, eval_every, eval_episodes"),
-    ({"datasets": [{"suite": "mamujoco", "task": "Hopper-3x1", "levels": ["good"]}]}, "unknown level 'good'"),
-    ({"overrides": {"icq": {"beta": 1.0}}}, "[overrides.icq]: icq is not among the spec's algorithms"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"algorithms": ["omgmg", "sac"]}, "unknown algorithm(s) sac"),
+        ({"colour": "red"}, "unknown key(s) colour"),
+        ({"grid": {"lam": [0.5, 1.5]}, "algorithms": ["omgmg"], "overrides": {}}, "lam must lie in [0, 1]"),
+        ({"grid": {"lam": [0.5]}}, "lam is not a hyperparameter of bc"),
+        ({"grid": {"cql_alpha": [1.0]}}, "cql_alpha is not a hyperparameter of bc"),
+        ({"layout": "ablation"}, "layout 'ablation' needs a [grid]"),
+        ({"budget": {"steps": 10}}, "[budget] must set exactly steps, eval_every, eval_episodes"),
+        ({"datasets": [{"suite": "mamujoco", "task": "Hopper-3x1", "levels": ["good"]}]}, "unknown level 'good'"),
+        ({"overrides": {"icq": {"beta": 1.0}}}, "[overrides.icq]: icq is not among the spec's algorithms"),
+    ],
+)
 def test_spec_errors_name_the_key_and_the_fix(dataset, change, message):
     with pytest.raises(SpecError) as e:
         parse_spec(spec_dict(dataset, **change), source="s.toml")
@@ -72,7 +89,9 @@ def test_cell_hashes_are_stable_and_change_with_any_hyperparameter(dataset):
     a = parse_spec(spec_dict(dataset)).cells()
     b = parse_spec(spec_dict(dataset)).cells()
     assert [c.key for c in a] == [c.key for c in b] and len({c.key for c in a}) == 4
-    changed = parse_spec(spec_dict(dataset, overrides={"omgmg": {"hidden": 16, "nu": 0.3}, "bc": {"hidden": 16}})).cells()
+    changed = parse_spec(
+        spec_dict(dataset, overrides={"omgmg": {"hidden": 16, "nu": 0.3}, "bc": {"hidden": 16}})
+    ).cells()
     same = {c.key for c in a} & {c.key for c in changed}
     assert same == {c.key for c in a if c.algorithm == "bc"}  # only the edited algorithm's cells change
     longer = parse_spec(spec_dict(dataset, budget={**BUDGET, "steps": 21})).cells()
@@ -81,6 +100,8 @@ def test_cell_hashes_are_stable_and_change_with_any_hyperparameter(dataset):
 
 # ----- sweeps -------------------------------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, tmp_path):
     spec = parse_spec(spec_dict(dataset))
     ran = []
@@ -97,8 +118,9 @@ def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, t
         run_sweep(spec, tmp_path / "sw", workers=1, on_done=stop_after_two, on_note=lambda m: None)
     assert len(pending_cells(tmp_path / "sw", spec.cells())) == 2
     second = []
-    results = run_sweep(spec, tmp_path / "sw", workers=1, on_done=lambda c, r: second.append(c.key),
-                        on_note=lambda m: None)
+    results = run_sweep(
+        spec, tmp_path / "sw", workers=1, on_done=lambda c, r: second.append(c.key), on_note=lambda m: None
+    )
     assert len(second) == 2 and not set(second) & set(ran)  # only the two missing cells ran
     assert len(results) == 4 and all(np.isfinite(r["score"]) and not r.get("error") for r in results)
     again = []
@@ -106,13 +128,17 @@ def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, t
     assert again == []  # everything finished: nothing runs
     edited = parse_spec(spec_dict(dataset, overrides={"omgmg": {"hidden": 16, "nu": 0.3}, "bc": {"hidden": 16}}))
     third = []
-    results = run_sweep(edited, tmp_path / "sw", workers=1, on_done=lambda c, r: third.append(c.algorithm),
-                        on_note=lambda m: None)
+    results = run_sweep(
+        edited, tmp_path / "sw", workers=1, on_done=lambda c, r: third.append(c.algorithm), on_note=lambda m: None
+    )
     assert third == ["omgmg", "omgmg"]  # only the edited algorithm's cells run again
     _, reported = load_results(tmp_path / "sw")
-    assert len(reported) == 4 and {r["cell"]["config"]["nu"] for r in reported if r["cell"]["algorithm"] == "omgmg"} == {0.3}
+    assert len(reported) == 4 and {
+        r["cell"]["config"]["nu"] for r in reported if r["cell"]["algorithm"] == "omgmg"
+    } == {0.3}
 
 
+@pytest.mark.slow
 def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'omgmg[ray]')")
     spec = parse_spec(spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}}))
@@ -127,20 +153,36 @@ def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
 
 # ----- reports ------------------------------------------------------------------------------------------------------
 
+
 def _fake_result(root, name, algorithm, seed, score, q, grid=None, diverged=False, task="Hopper-3x1", win=None):
     d = root / "cells" / name
     d.mkdir(parents=True)
-    cell = {"algorithm": algorithm, "seed": seed, "grid": grid, "config": {}, "data": {"transitions": 10},
-            "dataset": {"suite": "mamujoco", "task": task, "level": "medium", "path": None, "label": None}}
-    (d / "result.json").write_text(json.dumps({"cell": cell, "score": score, "q_tot": q, "diverged": diverged,
-                                               "win_rate": win}))
+    cell = {
+        "algorithm": algorithm,
+        "seed": seed,
+        "grid": grid,
+        "config": {},
+        "data": {"transitions": 10},
+        "dataset": {"suite": "mamujoco", "task": task, "level": "medium", "path": None, "label": None},
+    }
+    (d / "result.json").write_text(
+        json.dumps({"cell": cell, "score": score, "q_tot": q, "diverged": diverged, "win_rate": win})
+    )
 
 
 def test_report_aggregates_mean_and_std_by_hand_and_bolds_the_best(tmp_path):
     root = tmp_path / "sw"
-    meta = {"name": "t", "title": "T", "layout": "table", "smoke": True, "seeds": [0, 1, 2],
-            "budget": {"steps": 5, "eval_every": 5, "eval_episodes": 1}, "data": {}, "algorithms": ["bc", "omgmg"],
-            "grid": None}
+    meta = {
+        "name": "t",
+        "title": "T",
+        "layout": "table",
+        "smoke": True,
+        "seeds": [0, 1, 2],
+        "budget": {"steps": 5, "eval_every": 5, "eval_episodes": 1},
+        "data": {},
+        "algorithms": ["bc", "omgmg"],
+        "grid": None,
+    }
     root.mkdir()
     (root / "sweep.json").write_text(json.dumps(meta))
     for s, (x, y) in enumerate([(100.0, 300.0), (200.0, 330.0), (300.0, 360.0)]):
@@ -157,9 +199,17 @@ def test_report_aggregates_mean_and_std_by_hand_and_bolds_the_best(tmp_path):
 
 def test_ablation_report_draws_score_and_q_against_the_grid(tmp_path):
     root = tmp_path / "ab"
-    meta = {"name": "ab", "title": "A", "layout": "ablation", "smoke": False, "seeds": [0],
-            "budget": {"steps": 5, "eval_every": 5, "eval_episodes": 1}, "data": {}, "algorithms": ["omgmg"],
-            "grid": "lam"}
+    meta = {
+        "name": "ab",
+        "title": "A",
+        "layout": "ablation",
+        "smoke": False,
+        "seeds": [0],
+        "budget": {"steps": 5, "eval_every": 5, "eval_episodes": 1},
+        "data": {},
+        "algorithms": ["omgmg"],
+        "grid": "lam",
+    }
     root.mkdir()
     (root / "sweep.json").write_text(json.dumps(meta))
     for i, lam in enumerate([0.0, 0.5, 1.0]):
@@ -194,8 +244,13 @@ hidden = 16
     assert "1 cells finished" in result.output and (out / "tiny.md").exists()
     listed = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--list"])
     assert "done" in listed.output and "1 cells, 1 finished" in listed.output
-    report = CliRunner().invoke(train_cli, ["report", str(out)])
+    report = CliRunner().invoke(train_cli, ["report", str(out), "--marl-eval"])
     assert report.exit_code == 0 and "fixture" in report.output
+    raw = json.loads((out / "tiny.marl-eval.json").read_text())  # marl-eval's layout: env, task, algo, run, step
+    run = raw["dataset"]["fixture"]["bc"]["run_0"]
+    assert list(run) == ["step_0", "absolute_metrics"]
+    assert run["step_0"]["step_count"] == 10 and len(run["step_0"]["return"]) == 1
+    assert run["absolute_metrics"] == {"return": run["step_0"]["return"]}
     bad = CliRunner().invoke(train_cli, ["sweep", "table9"])
     assert bad.exit_code == 2 and "no spec file 'table9'" in bad.output
     missing = CliRunner().invoke(train_cli, ["report", str(tmp_path / "nothing")])

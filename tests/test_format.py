@@ -1,4 +1,5 @@
 """The dataset format: write -> validate -> read back bit-exact; atomic, resumable writes; immutable identity."""
+
 from __future__ import annotations
 
 import errno
@@ -7,13 +8,21 @@ import json
 import numpy as np
 import pytest
 import zarr
-
 from conftest import ENDS, LENGTHS, continuous_spec, crash, discrete_spec, hand_episodes, write
-from datakit import (DatasetError, DatasetWriter, InvalidDatasetError, iter_episodes, open_dataset, update_metadata,
-                     validate)
-from datakit.dataset import partial_path
-from datakit.errors import OutputError
-from datakit.format import identity_sha256
+
+from omgmg.datakit import (
+    DatasetError,
+    DatasetWriter,
+    InvalidDatasetError,
+    iter_episodes,
+    open_dataset,
+    update_metadata,
+    validate,
+)
+from omgmg.datakit.dataset import partial_path
+from omgmg.datakit.errors import OutputError
+from omgmg.datakit.format import identity_sha256
+from omgmg.datakit.writer import episode_arguments, open_unfinished
 
 
 @pytest.mark.parametrize("make_spec", [continuous_spec, discrete_spec])
@@ -28,7 +37,8 @@ def test_round_trip_is_bit_exact(tmp_path, make_spec):
     assert [b["index"] for b in back] == list(range(len(eps)))
     for ep, b in zip(eps, back):
         for key in ("obs", "state", "actions", "reward", "final_obs", "final_state") + (
-                ("avail", "final_avail") if spec.discrete else ()):
+            ("avail", "final_avail") if spec.discrete else ()
+        ):
             assert b[key].dtype == np.asarray(ep[key]).dtype or key == "actions"
             assert np.array_equal(b[key], ep[key]), key
         L = len(ep["reward"])
@@ -81,12 +91,19 @@ def test_crash_leaves_no_dataset_under_the_final_name_and_resume_gives_the_same_
 
     w = DatasetWriter(target, spec, level="expert", flush_steps=8)  # resume=True is the default
     assert w.n_episodes == 11 and w.progress == {"next_episode": 11}
-    for ep in eps[w.n_episodes:]:
+    for ep in eps[w.n_episodes :]:
         w.add_episode(**ep)
     resumed = w.close()
     reference = write(tmp_path / "ref.zarr", spec, eps, level="expert")
-    for key in ("steps/obs", "steps/actions", "steps/reward", "steps/terminated", "steps/truncated",
-                "episodes/length", "episodes/final_obs"):
+    for key in (
+        "steps/obs",
+        "steps/actions",
+        "steps/reward",
+        "steps/terminated",
+        "steps/truncated",
+        "episodes/length",
+        "episodes/final_obs",
+    ):
         assert np.array_equal(resumed.read(key), reference.read(key)), key
     assert not partial_path(target).exists()
 
@@ -132,15 +149,18 @@ def test_resuming_with_another_task_is_refused(tmp_path):
         DatasetWriter(target, continuous_spec(task="other"))
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda ep: ep.update(terminated=False, truncated=False), "must end terminated or truncated"),
-    (lambda ep: ep["actions"].__setitem__((0, 1, 0), 0.75), r"steps/actions\[0\]: action outside the action space"),
-    (lambda ep: ep["actions"].__setitem__((1, 1, 1), 0.1), "padding past an agent's action dim"),
-    (lambda ep: ep["obs"].__setitem__((2, 1, 3), 5.0), "padding past an agent's obs_dims"),
-    (lambda ep: ep["state"].__setitem__((1, 0), np.nan), r"steps/state\[1\]: non-finite"),
-    (lambda ep: ep.update(obs=ep["obs"][:, :2]), "steps/obs has shape"),
-    (lambda ep: ep.update(avail=np.ones((5, 3, 4), bool)), "continuous actions: avail"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda ep: ep.update(terminated=False, truncated=False), "must end terminated or truncated"),
+        (lambda ep: ep["actions"].__setitem__((0, 1, 0), 0.75), r"steps/actions\[0\]: action outside the action space"),
+        (lambda ep: ep["actions"].__setitem__((1, 1, 1), 0.1), "padding past an agent's action dim"),
+        (lambda ep: ep["obs"].__setitem__((2, 1, 3), 5.0), "padding past an agent's obs_dims"),
+        (lambda ep: ep["state"].__setitem__((1, 0), np.nan), r"steps/state\[1\]: non-finite"),
+        (lambda ep: ep.update(obs=ep["obs"][:, :2]), "steps/obs has shape"),
+        (lambda ep: ep.update(avail=np.ones((5, 3, 4), bool)), "continuous actions: avail"),
+    ],
+)
 def test_writer_refuses_bad_episodes_with_a_named_problem(tmp_path, mutate, match):
     spec = continuous_spec()
     ep = hand_episodes(spec, [5], ["truncated"])[0]
@@ -203,3 +223,32 @@ def test_a_failed_background_append_is_raised_not_lost(tmp_path, monkeypatch):
     w.add_episode(**eps[1])
     with pytest.raises(OutputError, match="no space left on the device of .*f.zarr.partial"):
         w.sync()
+
+
+@pytest.mark.unit
+def test_action_bounds_are_built_once_on_the_spec_with_zero_padding():
+    low, high, mask = continuous_spec().action_bounds()  # action sizes 2, 1, 2
+    assert low.dtype == np.float32 and low.shape == (3, 2)
+    assert low.tolist() == [[-1, -2], [-0.5, 0], [-1, -1]] and high.tolist() == [[1, 2], [0.5, 0], [1, 1]]
+    assert mask.tolist() == [[1, 1], [1, 0], [1, 1]]
+    with pytest.raises(DatasetError, match="discrete actions"):
+        discrete_spec().action_bounds()
+
+
+def test_the_committed_episodes_of_an_unfinished_write_read_back_as_written(tmp_path):
+    spec = discrete_spec()
+    episodes = hand_episodes(spec, LENGTHS, ENDS)
+    w = DatasetWriter(tmp_path / "d.zarr", spec, level="medium")
+    for ep in episodes[:3]:
+        w.add_episode(**ep)
+    w.sync()
+    w.add_episode(**episodes[3])  # buffered, not committed
+    partial = open_unfinished(tmp_path / "d.zarr")
+    assert partial.n_episodes == 3
+    read = [episode_arguments(ep) for ep in iter_episodes(partial, stop=2)]
+    assert len(read) == 2
+    for got, want in zip(read, episodes[:2]):
+        assert set(got) == set(want)
+        for k in want:
+            assert np.array_equal(np.asarray(got[k]), np.asarray(want[k])), k
+    crash(w)

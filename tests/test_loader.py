@@ -1,13 +1,14 @@
 """The shared loader: next observations, terminal flags and masks checked against hand-built episodes."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import ENDS, LENGTHS, continuous_spec, discrete_spec, hand_episodes, write
-from datakit import DatasetError, TransitionLoader, iter_episodes
-from datakit.fixtures import make_fixture
+
+from omgmg.collectors.fixtures import make_fixture
+from omgmg.datakit import DatasetError, TransitionLoader, iter_episodes
 
 
 def expected_rows(eps):
@@ -22,7 +23,11 @@ def expected_rows(eps):
                 next_state0=float(-(e + 1)) if last else float(g + t + 1),
                 terminated=float(last and ep["terminated"]),
                 truncated=float(last and ep["truncated"] and not ep["terminated"]),
-                start=float(t == 0), reward=float(ep["reward"][t]), e=e, t=t)
+                start=float(t == 0),
+                reward=float(ep["reward"][t]),
+                e=e,
+                t=t,
+            )
         g += L
     return ref
 
@@ -33,8 +38,9 @@ def check_batch(batch, eps):
     for b, g in enumerate(rows):
         r = ref[g]
         assert batch.next_obs[b, 0, 0].item() == r["next_obs0"], (g, r)
-        assert batch.next_obs[b, 1, 0].item() == (r["next_obs0"] + 1000 if r["next_obs0"] >= 0
-                                                   else r["next_obs0"] - 1000)  # agent axis order kept
+        assert batch.next_obs[b, 1, 0].item() == (
+            r["next_obs0"] + 1000 if r["next_obs0"] >= 0 else r["next_obs0"] - 1000
+        )  # agent axis order kept
         assert batch.state[b, 0].item() == g
         assert batch.next_state[b, 0].item() == r["next_state0"]
         assert batch.terminated[b].item() == r["terminated"]
@@ -102,15 +108,15 @@ def test_sampling_is_uniform(tmp_path):
     assert chi2 < 300, chi2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["continuous", "discrete"])
 def test_streaming_matches_in_memory_semantics_across_block_boundaries(tmp_path, shape):
     spec = continuous_spec() if shape == "continuous" else discrete_spec()
     lengths = [7, 10, 3, 10, 1, 9, 10, 4] * 12
-    ends = (["terminated", "truncated"] * 48)
+    ends = ["terminated", "truncated"] * 48
     eps = hand_episodes(spec, lengths, ends)
     ds = write(tmp_path / "s.zarr", spec, eps, chunk_rows=16)
-    loader = TransitionLoader(ds, batch_size=32, seed=1, streaming=True, block_rows=32, resident_blocks=3,
-                              swap_every=2)
+    loader = TransitionLoader(ds, batch_size=32, seed=1, streaming=True, block_rows=32, resident_blocks=3, swap_every=2)
     assert loader.block_rows == 32
     seen = set()
     for _ in range(600):
@@ -120,12 +126,14 @@ def test_streaming_matches_in_memory_semantics_across_block_boundaries(tmp_path,
     assert seen == set(range(sum(lengths)))  # every transition, incl. those at block edges, gets drawn
 
 
+@pytest.mark.slow
 def test_streaming_is_deterministic_for_a_seed(tmp_path):
     ds = make_fixture(tmp_path / "f.zarr", "continuous", episodes=30, chunk_rows=64)
     draws = []
     for seed in (5, 5, 6):
-        loader = TransitionLoader(ds, batch_size=16, seed=seed, streaming=True, block_rows=128, resident_blocks=2,
-                                  swap_every=1)
+        loader = TransitionLoader(
+            ds, batch_size=16, seed=seed, streaming=True, block_rows=128, resident_blocks=2, swap_every=1
+        )
         draws.append(torch.cat([loader.sample().state for _ in range(60)]))
     assert torch.equal(draws[0], draws[1])
     assert not torch.equal(draws[0], draws[2])

@@ -1,4 +1,5 @@
 """OMGMG (Eqs. 9-12, Algorithm 1), BC, the trainer, checkpoints and the `omgmg` command."""
+
 from __future__ import annotations
 
 import json
@@ -8,23 +9,27 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import fixture_datasets
 
-from cli.train import main as train_cli
-from datakit import TransitionLoader
-from datakit.fixtures import make_fixture
-from datakit.loader import Batch
 from omgmg.algos.bc import BCConfig
-from omgmg.algos.omgmg import (OMGMGConfig, advantage_exponent, gmg_target, implicit_value_loss,
-                               moderate_generalization_actor_loss)
+from omgmg.algos.omgmg import (
+    OMGMGConfig,
+    advantage_exponent,
+    gmg_target,
+    implicit_value_loss,
+    moderate_generalization_actor_loss,
+)
+from omgmg.cli.train import main as train_cli
+from omgmg.collectors.fixtures import make_fixture
+from omgmg.datakit import TransitionLoader
+from omgmg.datakit.loader import Batch
 from omgmg.nets import mix
 from omgmg.trainer import build, load_policy, read_log, train
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("omgmg")
-    return {"continuous": make_fixture(root / "c.zarr", "continuous", episodes=30),
-            "discrete": make_fixture(root / "d.zarr", "discrete", episodes=40)}
+    return fixture_datasets(tmp_path_factory.mktemp("omgmg"))
 
 
 def small(**kw) -> OMGMGConfig:
@@ -37,6 +42,7 @@ def batch(algo, ds, seed=0, size=32) -> Batch:
 
 # ----- the losses, by hand -------------------------------------------------------------------------------------
 
+
 def test_eq11_value_loss_on_hand_values():
     w = torch.tensor([[1.0, 2.0]])
     q_bar = torch.tensor([[3.0, 1.0]])
@@ -45,7 +51,9 @@ def test_eq11_value_loss_on_hand_values():
     assert torch.allclose(z, torch.tensor([[1.0, -1.0]]))  # w (Qbar - V) / alpha
     loss = implicit_value_loss(z, w, v, alpha=2.0)
     max_z = 1.0  # the stabiliser: divide by exp(max z)
-    by_hand = (math.exp(1 - max_z) + math.exp(-max_z) * 1 * 1 / 2 + math.exp(-1 - max_z) + math.exp(-max_z) * 2 * 2 / 2) / 2
+    by_hand = (
+        math.exp(1 - max_z) + math.exp(-max_z) * 1 * 1 / 2 + math.exp(-1 - max_z) + math.exp(-max_z) * 2 * 2 / 2
+    ) / 2
     assert loss.item() == pytest.approx(by_hand)
     # without the stabiliser the loss is exp(max z) times larger: same minimiser
     raw = (torch.exp(z) + w * v / 2).mean()
@@ -94,6 +102,7 @@ def test_discrete_expectations_are_exact_over_available_actions(data):
 
 # ----- Algorithm 1's update ----------------------------------------------------------------------------------------
 
+
 def _snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -109,8 +118,14 @@ def test_each_update_moves_only_its_own_networks(data, kind):
     b = batch(algo, data[kind])
     with torch.no_grad():
         q_bar, next_q = algo._target_q_values(b)
-    groups = {"v": algo.v, "q": algo.q, "mixer": algo.mixer, "actor": algo.actor, "q_target": algo.q_target,
-              "actor_target": algo.actor_target}
+    groups = {
+        "v": algo.v,
+        "q": algo.q,
+        "mixer": algo.mixer,
+        "actor": algo.actor,
+        "q_target": algo.q_target,
+        "actor_target": algo.actor_target,
+    }
     snaps = {k: _snapshot(m) for k, m in groups.items()}
     z, _ = algo.update_v(b, q_bar)
     moved = {k for k, m in groups.items() if _changed(snaps[k], m)}
@@ -156,6 +171,8 @@ def test_truncation_bootstraps_and_termination_does_not_in_the_update(data):
     assert not torch.isclose(t[1], b.reward[1])  # the truncated step still bootstraps
 
 
+@pytest.mark.slow
+@pytest.mark.learning
 @pytest.mark.parametrize("kind", ["continuous", "discrete"])
 def test_two_hundred_steps_lower_the_q_loss(data, kind):
     torch.manual_seed(0)
@@ -166,6 +183,7 @@ def test_two_hundred_steps_lower_the_q_loss(data, kind):
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
 
 
+@pytest.mark.learning
 def test_separate_and_shared_networks_both_train(data):
     for shared in (True, False):
         algo = build("omgmg", data["discrete"], small(shared_networks=shared))
@@ -173,6 +191,7 @@ def test_separate_and_shared_networks_both_train(data):
         assert all(np.isfinite(v) for v in stats.values())
 
 
+@pytest.mark.learning
 def test_bc_learns_the_dataset_actions(data):
     # the continuous fixture's behaviour is a linear controller plus noise: its likelihood can rise a lot
     algo = build("bc", data["continuous"], BCConfig(hidden=32, torch_threads=1, lr=1e-3))
@@ -183,10 +202,17 @@ def test_bc_learns_the_dataset_actions(data):
 
 # ----- trainer, checkpoints, resume, command -------------------------------------------------------------------
 
+
+@pytest.mark.checkpoint
 def test_checkpoint_reload_gives_identical_actions(data, tmp_path):
-    res = train("omgmg", data["continuous"], small(steps=60, eval_every=30, eval_episodes=2, log_every=20), tmp_path / "r")
+    res = train(
+        "omgmg", data["continuous"], small(steps=60, eval_every=30, eval_episodes=2, log_every=20), tmp_path / "r"
+    )
     torch.load(res.run_dir / "checkpoints" / "latest.pt", weights_only=True)
-    a, b = load_policy(res.run_dir / "checkpoints" / "latest.pt"), load_policy(res.run_dir / "checkpoints" / "latest.pt")
+    a, b = (
+        load_policy(res.run_dir / "checkpoints" / "latest.pt"),
+        load_policy(res.run_dir / "checkpoints" / "latest.pt"),
+    )
     obs = torch.randn(20, 3, 4)
     assert torch.equal(a.act(a.normalise_obs(obs), None), b.act(b.normalise_obs(obs), None))
     assert torch.equal(a.obs_mean, b.obs_mean) and a.obs_std.abs().sum() > 0
@@ -194,6 +220,8 @@ def test_checkpoint_reload_gives_identical_actions(data, tmp_path):
     assert res.final["eval/return"] is not None
 
 
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_resume_continues_the_same_metrics_stream(data, tmp_path):
     cfg = small(steps=120, eval_every=40, eval_episodes=2, log_every=20)
     straight = train("omgmg", data["discrete"], cfg, tmp_path / "a")
@@ -214,8 +242,9 @@ def test_resume_continues_the_same_metrics_stream(data, tmp_path):
     assert drop(read_log(resumed.run_dir)) == drop(read_log(straight.run_dir))
 
 
+@pytest.mark.roundtrip
 def test_a_run_directory_refuses_another_dataset_or_config(data, tmp_path):
-    from datakit import DatasetError
+    from omgmg.datakit import DatasetError
 
     cfg = BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=16)
     train("bc", data["discrete"], cfg, tmp_path / "r")
@@ -240,10 +269,28 @@ def test_per_suite_defaults_apply_where_the_user_sets_nothing():
     assert make_config("bc", "mamujoco") == BCConfig()
 
 
+@pytest.mark.roundtrip
 def test_command_trains_evaluates_and_refuses_bad_options(data, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--dataset", str(data["discrete"].path), "--out", str(run), "--steps", "40", "--eval-every",
-            "20", "--eval-episodes", "2", "--hidden", "16", "--lam", "0.9", "--nu", "0.1"]
+    args = [
+        "train",
+        "--dataset",
+        str(data["discrete"].path),
+        "--out",
+        str(run),
+        "--steps",
+        "40",
+        "--eval-every",
+        "20",
+        "--eval-episodes",
+        "2",
+        "--hidden",
+        "16",
+        "--lam",
+        "0.9",
+        "--nu",
+        "0.1",
+    ]
     result = CliRunner().invoke(train_cli, args)
     assert result.exit_code == 0, result.output
     assert "final" in result.output and "win rate" in result.output
@@ -251,7 +298,9 @@ def test_command_trains_evaluates_and_refuses_bad_options(data, tmp_path):
     assert cfg["lam"] == 0.9 and cfg["nu"] == 0.1
     result = CliRunner().invoke(train_cli, ["eval", str(run), "--episodes", "2"])
     assert result.exit_code == 0 and "win rate" in result.output
-    bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(data["discrete"].path), "--algo", "bc", "--lam", "0.3"])
+    bad = CliRunner().invoke(
+        train_cli, ["train", "--dataset", str(data["discrete"].path), "--algo", "bc", "--lam", "0.3"]
+    )
     assert bad.exit_code == 2 and "--lam does not apply to bc" in bad.output
     bad = CliRunner().invoke(train_cli, ["train", "--dataset", str(data["discrete"].path), "--lam", "1.5"])
     assert bad.exit_code == 2 and "lam must lie in [0, 1]" in bad.output

@@ -1,12 +1,13 @@
 """OMIGA HDF5 interop: import the public layout, export it back, round trip bit-exact."""
+
 from __future__ import annotations
 
 import h5py
 import numpy as np
 import pytest
 
-from datakit import DatasetError, iter_episodes, validate
-from datakit.omiga import export_omiga, import_omiga
+from omgmg.datakit import DatasetError, iter_episodes, validate
+from omgmg.datakit.omiga import export_omiga, import_omiga
 
 N, O, A = 3, 7, 2
 
@@ -45,10 +46,10 @@ def test_import_reads_every_shape_variant(tmp_path, r_shape, d_shape):
     assert ds.n_episodes == 4 and ds.n_transitions == sum(lengths)
     row = 0
     for L, ep in zip(lengths, iter_episodes(ds)):
-        assert np.array_equal(ep["obs"], raw["o"][row:row + L].astype(np.float32))
-        assert np.array_equal(ep["state"], raw["s"][row:row + L, 0].astype(np.float32))
-        assert np.array_equal(ep["actions"], raw["a"][row:row + L].astype(np.float32))
-        assert np.array_equal(ep["reward"], raw["r"][row:row + L].astype(np.float32))
+        assert np.array_equal(ep["obs"], raw["o"][row : row + L].astype(np.float32))
+        assert np.array_equal(ep["state"], raw["s"][row : row + L, 0].astype(np.float32))
+        assert np.array_equal(ep["actions"], raw["a"][row : row + L].astype(np.float32))
+        assert np.array_equal(ep["reward"], raw["r"][row : row + L].astype(np.float32))
         assert np.array_equal(ep["final_obs"], raw["o"][row + L].astype(np.float32))
         # the assumption: a full-length episode was truncated by the time limit, a shorter one terminated
         assert bool(ep["terminated"][-1]) == (L < 10) and bool(ep["truncated"][-1]) == (L == 10)
@@ -69,8 +70,18 @@ def test_round_trip_import_export_import_is_identical(tmp_path):
     first = import_omiga(tmp_path / "x.hdf5", tmp_path / "a.zarr", task="Ant-2x4", level="expert", episode_limit=10)
     export_omiga(first, tmp_path / "y.hdf5")
     second = import_omiga(tmp_path / "y.hdf5", tmp_path / "b.zarr", task="Ant-2x4", level="expert", episode_limit=10)
-    for key in ("steps/obs", "steps/state", "steps/actions", "steps/reward", "steps/terminated", "steps/truncated",
-                "episodes/length", "episodes/return", "episodes/final_obs", "episodes/final_state"):
+    for key in (
+        "steps/obs",
+        "steps/state",
+        "steps/actions",
+        "steps/reward",
+        "steps/terminated",
+        "steps/truncated",
+        "episodes/length",
+        "episodes/return",
+        "episodes/final_obs",
+        "episodes/final_state",
+    ):
         a, b = first.read(key), second.read(key)
         assert a.dtype == b.dtype and np.array_equal(a, b), key
 
@@ -89,10 +100,10 @@ def test_export_is_what_the_official_omiga_loader_expects(continuous_data, tmp_p
     g = 0
     for ep in eps:
         L = len(ep["reward"])
-        assert np.array_equal(o[nonterminal[g:g + L]], ep["obs"])
-        assert np.array_equal(a[nonterminal[g:g + L]], ep["actions"])
+        assert np.array_equal(o[nonterminal[g : g + L]], ep["obs"])
+        assert np.array_equal(a[nonterminal[g : g + L]], ep["actions"])
         assert np.array_equal(o_next[g + L - 1], ep["final_obs"])
-        assert mask[g:g + L].tolist() == [1] * (L - 1) + [0]  # OMIGA masks every episode end
+        assert mask[g : g + L].tolist() == [1] * (L - 1) + [0]  # OMIGA masks every episode end
         g += L
 
 
@@ -133,7 +144,7 @@ def test_bad_files_get_clear_errors(tmp_path):
     omiga_file(tmp_path / "big.hdf5", [4])
     with h5py.File(tmp_path / "big.hdf5", "r+") as f:
         f["a"][1, 0, 0] = 3.0
-    with pytest.raises(DatasetError, match="--action-bound"):
+    with pytest.raises(DatasetError, match=r"the task.s real bound as action_bound=\.\.\."):
         import_omiga(tmp_path / "big.hdf5", tmp_path / "b.zarr", task="Hopper-3x1", level="medium")
     assert not (tmp_path / "b.zarr").exists() and not (tmp_path / ".b.zarr.partial").exists()
 

@@ -1,13 +1,15 @@
 """The README's set-up commands are real: two of them, CI runs the same test command, the main job works."""
+
 from __future__ import annotations
 
 import re
 import shlex
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from cli.data import main as data_cli
+from omgmg.cli.data import main as data_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +20,7 @@ def setup_commands() -> list[str]:
     return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
 
 
+@pytest.mark.unit
 def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     commands = setup_commands()
     assert len(commands) == 2 and all("\n" not in c for c in commands)
@@ -27,8 +30,10 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert tests in ci, "the README's test command and .ci/run disagree"
 
 
+@pytest.mark.slow
+@pytest.mark.learning
 def test_readme_main_job_runs(tmp_path, monkeypatch):
-    from cli.train import main as train_cli
+    from omgmg.cli.train import main as train_cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))

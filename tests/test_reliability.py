@@ -1,6 +1,7 @@
 """Nothing lost, nothing mixed, nothing silently corrupt: each case made the way a user would meet it
 (a kill at a chosen point through a hook, two processes on one output, a damaged byte in a real
 store, a full disk through a patched write), and each answered with one line and intact files."""
+
 from __future__ import annotations
 
 import errno
@@ -18,23 +19,24 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
-
-from cli.data import main as data_cli
-from cli.train import main as train_cli
-from collectors.collect import CollectRequest, collect
-from collectors.envs import resolve
-from collectors.happo import HAPPOConfig
-from collectors.training import RunDir, train_behaviour
 from conftest import continuous_spec, crash, hand_episodes, write
-from datakit import DatasetWriter, iter_episodes, open_dataset, validate
-from datakit.checkpoints import load_checkpoint, previous_path, save_checkpoint
-from datakit.dataset import partial_path
-from datakit.errors import CheckpointError, DatasetError, InvalidDatasetError, OutputError, RequestError
-from datakit.fixtures import make_fixture
-from datakit.format import array_layout, identity_sha256
-from datakit.integrity import chunk_files
-from datakit.outputs import OutputLock
+
 from omgmg.algos.bc import BCConfig
+from omgmg.cli.data import main as data_cli
+from omgmg.cli.train import main as train_cli
+from omgmg.collectors.collect import CollectRequest, collect
+from omgmg.collectors.envs import resolve
+from omgmg.collectors.fixtures import make_fixture
+from omgmg.collectors.happo import HAPPOConfig
+from omgmg.collectors.runs import RunDir
+from omgmg.collectors.training import train_behaviour
+from omgmg.datakit import DatasetWriter, iter_episodes, open_dataset, validate
+from omgmg.datakit.checkpoints import load_checkpoint, previous_path, save_checkpoint
+from omgmg.datakit.dataset import partial_path
+from omgmg.datakit.errors import CheckpointError, DatasetError, InvalidDatasetError, OutputError, RequestError
+from omgmg.datakit.format import array_layout, identity_sha256
+from omgmg.datakit.integrity import chunk_files
+from omgmg.datakit.outputs import OutputLock
 from omgmg.experiments.spec import parse_spec
 from omgmg.experiments.sweep import pending_cells, run_sweep
 from omgmg.trainer import read_log, train
@@ -68,8 +70,16 @@ def stop_after(n: int):
 
 
 def fixture_request(tmp_path, **kw) -> CollectRequest:
-    base = dict(suite="fixture", task="continuous", level="medium", episodes=40, train_steps=1000, workers=1,
-                num_envs=4, out=tmp_path / "d.zarr")
+    base = dict(
+        suite="fixture",
+        task="continuous",
+        level="medium",
+        episodes=40,
+        train_steps=1000,
+        workers=1,
+        num_envs=4,
+        out=tmp_path / "d.zarr",
+    )
     base.update(kw)
     return CollectRequest(**base)
 
@@ -91,12 +101,17 @@ def home(tmp_path_factory):
 
 # ----- 1. resume only the same request -------------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_a_partial_collection_is_resumed_only_by_the_same_request(tmp_path, quiet):
     with pytest.raises(Stop):
         collect(fixture_request(tmp_path), on_note=quiet, on_rollout=stop_after(20))
     assert partial_path(tmp_path / "d.zarr").exists() and not (tmp_path / "d.zarr").exists()
-    for other, differs in [(dict(level="random"), "level"), (dict(seed=1), "seed"),
-                           (dict(episodes=None, transitions=500), "budget")]:
+    for other, differs in [
+        (dict(level="random"), "level"),
+        (dict(seed=1), "seed"),
+        (dict(episodes=None, transitions=500), "budget"),
+    ]:
         with pytest.raises(RequestError, match=f"another request .*{differs}"):
             collect(fixture_request(tmp_path, **other), on_note=quiet)
     resumed = collect(fixture_request(tmp_path), on_note=quiet)
@@ -105,6 +120,7 @@ def test_a_partial_collection_is_resumed_only_by_the_same_request(tmp_path, quie
     assert resumed.meta["collection"]["request"]["level"] == "medium"
 
 
+@pytest.mark.slow
 def test_force_starts_a_collection_over_instead_of_resuming(tmp_path, quiet):
     with pytest.raises(Stop):
         collect(fixture_request(tmp_path), on_note=quiet, on_rollout=stop_after(20))
@@ -114,8 +130,9 @@ def test_force_starts_a_collection_over_instead_of_resuming(tmp_path, quiet):
     assert same_arrays(random, fresh)  # no medium episode came along
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_final_metadata_and_the_rename_completes_on_the_next_run(tmp_path, quiet, monkeypatch):
-    import datakit.writer as writer_module
+    import omgmg.datakit.writer as writer_module
 
     real = writer_module._replace_atomically
 
@@ -139,6 +156,7 @@ def test_a_kill_between_the_final_metadata_and_the_rename_completes_on_the_next_
         collect(fixture_request(tmp_path, out=tmp_path / "e.zarr", seed=3), on_note=quiet)
 
 
+@pytest.mark.slow
 def test_a_shorter_behaviour_budget_never_uses_a_longer_runs_checkpoints(tmp_path):
     ref = resolve("fixture/continuous")
     small = dict(num_envs=4, rollout_len=25, eval_every=1000)
@@ -157,17 +175,21 @@ HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
     from conftest import continuous_spec
-    from datakit import DatasetWriter
+    from omgmg.datakit import DatasetWriter
     w = DatasetWriter({target!r}, continuous_spec())
     print("ready", flush=True)
     time.sleep(60)
 """)
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_one_releases_the_output(tmp_path):
     target = tmp_path / "x.zarr"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(tests=str(ROOT / "tests"), target=str(target))],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(tests=str(ROOT / "tests"), target=str(target))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         with pytest.raises(OutputError, match=rf"in use by another omgmg process \(pid {proc.pid} "):
@@ -208,6 +230,7 @@ PARENT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sweep_workers_end_when_the_sweep_process_is_killed(tmp_path):
     pidfile = tmp_path / "child.pid"
     script = tmp_path / "parent.py"
@@ -237,6 +260,7 @@ def _alive(pid: int) -> bool:
 
 
 # ----- 3. corruption is found, never decoded ---------------------------------------------------------------------
+
 
 def _chunk(ds, key, i=0) -> Path:
     return dict(chunk_files(ds.group, key))[i]
@@ -290,8 +314,20 @@ def test_training_refuses_a_dataset_that_validation_rejects(stored, tmp_path):
     assert any("non-finite reward" in str(p) for p in validate(stored.path))
     with pytest.raises(InvalidDatasetError, match=r"steps/reward\[7\]: non-finite reward"):
         train("bc", stored.path, BCConfig(steps=5, hidden=8), tmp_path / "run", evaluate=False)
-    result = run(train_cli, "train", "--dataset", stored.path, "--algo", "bc", "--steps", 5, "--no-eval",
-                 "--out", tmp_path / "run2", code=1)
+    result = run(
+        train_cli,
+        "train",
+        "--dataset",
+        stored.path,
+        "--algo",
+        "bc",
+        "--steps",
+        5,
+        "--no-eval",
+        "--out",
+        tmp_path / "run2",
+        code=1,
+    )
     assert "non-finite reward" in result.output
 
 
@@ -304,8 +340,13 @@ def write_format_1(ds, out: Path) -> None:
         src = ds.group[a.key]
         shuffle = zc.BloscShuffle.bitshuffle if a.dtype == np.bool_ else zc.BloscShuffle.shuffle
         g.require_group(a.group).create_array(
-            a.name, shape=src.shape, chunks=src.chunks, dtype=a.dtype, fill_value=0,
-            compressors=zc.BloscCodec(cname="zstd", clevel=1, shuffle=shuffle))[:] = src[:]
+            a.name,
+            shape=src.shape,
+            chunks=src.chunks,
+            dtype=a.dtype,
+            fill_value=0,
+            compressors=zc.BloscCodec(cname="zstd", clevel=1, shuffle=shuffle),
+        )[:] = src[:]
     g.attrs.put({**ds.meta, "format_version": 1, "identity_sha256": identity_sha256(ds.spec, 1)})
 
 
@@ -327,6 +368,7 @@ def test_format_1_is_read_checked_for_truncation_and_upgraded_to_checksums(store
 
 
 # ----- 4. --force replaces only what omgmg wrote ------------------------------------------------------------------
+
 
 def test_force_never_deletes_what_omgmg_did_not_write(stored, tmp_path, monkeypatch):
     sub = tmp_path / "work" / "sub"
@@ -368,13 +410,15 @@ def test_collect_force_refuses_a_foreign_folder_before_training(tmp_path, quiet)
 
 # ----- 5. checkpoints -----------------------------------------------------------------------------------------------
 
+
+@pytest.mark.checkpoint
 def test_a_checkpoint_detects_damage_and_falls_back_to_the_previous_one(tmp_path):
     path = tmp_path / "latest.pt"
     save_checkpoint({"step": 1, "w": torch.arange(10000.0)}, path, keep_previous=True)
     save_checkpoint({"step": 2, "w": torch.arange(10000.0) * 2}, path, keep_previous=True)
     assert torch.load(path, weights_only=True)["step"] == 2  # a plain weights-only load still works
     data = bytearray(path.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 1024] = bytes(1024)  # 1 KB overwritten in the middle
+    data[len(data) // 2 : len(data) // 2 + 1024] = bytes(1024)  # 1 KB overwritten in the middle
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match its checksum|cannot be read") as e:
         load_checkpoint(path, fallback=False)
@@ -393,6 +437,8 @@ def small_bc(**kw) -> BCConfig:
     return BCConfig(**{"hidden": 16, "batch_size": 16, "torch_threads": 1, "eval_episodes": 1, **kw})
 
 
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_to_the_same_run(tmp_path):
     ds = make_fixture(tmp_path / "d.zarr", "continuous", episodes=10)
     cfg = small_bc(steps=90, eval_every=30, log_every=20)
@@ -419,6 +465,8 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_to_the_same_r
     assert "cannot be read" in result.output and "weights_only" not in result.output
 
 
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_a_damaged_behaviour_checkpoint_is_set_aside_and_the_run_continues_identically(tmp_path):
     ref = resolve("fixture/continuous")
     cfg = HAPPOConfig(total_env_steps=2000, num_envs=4, rollout_len=25, eval_every=1000)
@@ -438,7 +486,7 @@ def test_a_damaged_behaviour_checkpoint_is_set_aside_and_the_run_continues_ident
     a = torch.load(resumed.checkpoints()[-1], weights_only=True)["weights"]
     b = torch.load(straight.checkpoints()[-1], weights_only=True)["weights"]
     assert all(torch.equal(a[k], b[k]) for k in b)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time/sps"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time/steps_per_s"} for r in rows]  # noqa: E731
     log = lambda r: [json.loads(x) for x in (r.root / "log.jsonl").read_text().splitlines()]  # noqa: E731
     assert strip(log(resumed)) == strip(log(straight))  # no duplicated lines
 
@@ -448,9 +496,17 @@ def test_a_failed_sweep_cell_is_run_again(tmp_path, monkeypatch, quiet):
 
     ds = make_fixture(tmp_path / "d.zarr", "continuous", episodes=8)
     budget = {"steps": 4, "eval_every": 4, "eval_episodes": 1}
-    spec = parse_spec({"name": "t", "algorithms": ["bc"], "seeds": [0], "budget": budget,
-                       "datasets": [{"path": str(ds.path), "label": "d"}], "smoke": {"seeds": [0], **budget},
-                       "overrides": {"bc": {"hidden": 8}}})
+    spec = parse_spec(
+        {
+            "name": "t",
+            "algorithms": ["bc"],
+            "seeds": [0],
+            "budget": budget,
+            "datasets": [{"path": str(ds.path), "label": "d"}],
+            "smoke": {"seeds": [0], **budget},
+            "overrides": {"bc": {"hidden": 8}},
+        }
+    )
     real = trainer.train
 
     def damaged(*args, **kw):
@@ -468,6 +524,9 @@ def test_a_failed_sweep_cell_is_run_again(tmp_path, monkeypatch, quiet):
 
 # ----- 6. logs ---------------------------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
+@pytest.mark.checkpoint
 @pytest.mark.parametrize("stop_at, damage", [(60, "torn"), (20, "before-first-checkpoint")])
 def test_resumed_logs_equal_uninterrupted_ones_for_any_log_and_eval_period(tmp_path, stop_at, damage):
     ds = make_fixture(tmp_path / "d.zarr", "continuous", episodes=10)
@@ -492,8 +551,10 @@ def test_resumed_logs_equal_uninterrupted_ones_for_any_log_and_eval_period(tmp_p
 
 # ----- 7. a full disk, an unwritable place ---------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_a_full_disk_during_collection_is_one_line_and_the_write_resumes(tmp_path, quiet, monkeypatch):
-    import datakit.writer as writer_module
+    import omgmg.datakit.writer as writer_module
 
     real = writer_module.DatasetWriter._append
     calls = {"n": 0}
@@ -525,7 +586,7 @@ def test_export_checks_the_space_it_needs_first_and_leaves_nothing(stored, tmp_p
 
 
 def test_a_full_disk_while_checkpointing_is_one_line(tmp_path, monkeypatch):
-    import datakit.outputs as outputs
+    import omgmg.datakit.outputs as outputs
 
     ds = make_fixture(tmp_path / "d.zarr", "continuous", episodes=6)
     real_replace = os.replace
@@ -536,19 +597,44 @@ def test_a_full_disk_while_checkpointing_is_one_line(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(outputs.os, "replace", full)
-    result = run(train_cli, "train", "--dataset", ds.path, "--algo", "bc", "--steps", 10, "--eval-every", 10,
-                 "--no-eval", "--hidden", 8, "--out", tmp_path / "run", code=1)
+    result = run(
+        train_cli,
+        "train",
+        "--dataset",
+        ds.path,
+        "--algo",
+        "bc",
+        "--steps",
+        10,
+        "--eval-every",
+        10,
+        "--no-eval",
+        "--hidden",
+        8,
+        "--out",
+        tmp_path / "run",
+        code=1,
+    )
     assert "no space left on the device of" in result.output
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
 
 
-@pytest.mark.parametrize("cli, args", [
-    (data_cli, ["fixture", "{blocker}/x.zarr"]),
-    (data_cli, ["collect", "fixture", "continuous", "--level", "random", "--episodes", "2", "--out", "{blocker}/x.zarr"]),
-    (data_cli, ["export", "{data}", "--format", "omiga", "--out", "{blocker}/x.hdf5"]),
-    (data_cli, ["inspect", "{data}", "--plot", "{blocker}/x.png"]),
-    (train_cli, ["train", "--dataset", "{data}", "--algo", "bc", "--steps", "2", "--no-eval", "--out", "{blocker}/run"]),
-])
+@pytest.mark.parametrize(
+    "cli, args",
+    [
+        (data_cli, ["fixture", "{blocker}/x.zarr"]),
+        (
+            data_cli,
+            ["collect", "fixture", "continuous", "--level", "random", "--episodes", "2", "--out", "{blocker}/x.zarr"],
+        ),
+        (data_cli, ["export", "{data}", "--format", "omiga", "--out", "{blocker}/x.hdf5"]),
+        (data_cli, ["inspect", "{data}", "--plot", "{blocker}/x.png"]),
+        (
+            train_cli,
+            ["train", "--dataset", "{data}", "--algo", "bc", "--steps", "2", "--no-eval", "--out", "{blocker}/run"],
+        ),
+    ],
+)
 def test_an_output_under_a_regular_file_is_one_line(stored, tmp_path, cli, args):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
@@ -560,11 +646,33 @@ def test_an_output_under_a_regular_file_is_one_line(stored, tmp_path, cli, args)
 
 # ----- 8. bad input --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("option, value", [("--lr", "nan"), ("--nu", "nan"), ("--grad-norm-clip", "-1"),
-                                           ("--z-clip", "-1"), ("--n-action-samples", "0"), ("--lr", "inf")])
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--lr", "nan"),
+        ("--nu", "nan"),
+        ("--grad-norm-clip", "-1"),
+        ("--z-clip", "-1"),
+        ("--n-action-samples", "0"),
+        ("--lr", "inf"),
+    ],
+)
 def test_non_finite_or_out_of_range_hyperparameters_are_usage_errors(stored, tmp_path, option, value):
-    result = run(train_cli, "train", "--dataset", stored.path, "--steps", 2, "--no-eval", option, value,
-                 "--out", tmp_path / "run", code=2)
+    result = run(
+        train_cli,
+        "train",
+        "--dataset",
+        stored.path,
+        "--steps",
+        2,
+        "--no-eval",
+        option,
+        value,
+        "--out",
+        tmp_path / "run",
+        code=2,
+    )
     assert option.lstrip("-").replace("-", "_") in result.output
     assert not (tmp_path / "run").exists()
 
@@ -575,11 +683,24 @@ def test_the_same_mistake_gets_the_same_exit_code_in_every_command(stored, tmp_p
     h5 = tmp_path / "o.hdf5"
     omiga_file(h5, [5, 5])
     run(data_cli, "collect", "fixture", "continuous", "--level", "bogus", code=2)
-    run(data_cli, "import", "omiga", h5, "--task", "Hopper-3x1", "--level", "bogus", "--out", tmp_path / "i.zarr",
-        code=2)
-    for argv, says in ((["collect", "fixture", "continuous", "--level", "random", "--out", stored.path], "exists"),
-                       (["fixture", stored.path], "exists"),
-                       (["upgrade", stored.path, "--out", tmp_path / "u.zarr"], "already format 2")):
+    run(
+        data_cli,
+        "import",
+        "omiga",
+        h5,
+        "--task",
+        "Hopper-3x1",
+        "--level",
+        "bogus",
+        "--out",
+        tmp_path / "i.zarr",
+        code=2,
+    )
+    for argv, says in (
+        (["collect", "fixture", "continuous", "--level", "random", "--out", stored.path], "exists"),
+        (["fixture", stored.path], "exists"),
+        (["upgrade", stored.path, "--out", tmp_path / "u.zarr"], "already format 2"),
+    ):
         assert says in run(data_cli, *argv, code=2).output
     (tmp_path / "e.hdf5").write_text("")
     run(data_cli, "export", stored.path, "--format", "omiga", "--out", tmp_path / "e.hdf5", code=2)
@@ -592,17 +713,45 @@ def test_an_hdf5_whose_o_is_a_group_is_refused_with_a_line(tmp_path):
         f.create_group("o")
         for k in ("s", "a", "r", "d"):
             f.create_dataset(k, data=np.zeros((4, 1)))
-    result = run(data_cli, "import", "omiga", tmp_path / "bad.hdf5", "--task", "Hopper-3x1", "--level", "medium",
-                 "--out", tmp_path / "x.zarr", code=1)
+    result = run(
+        data_cli,
+        "import",
+        "omiga",
+        tmp_path / "bad.hdf5",
+        "--task",
+        "Hopper-3x1",
+        "--level",
+        "medium",
+        "--out",
+        tmp_path / "x.zarr",
+        code=1,
+    )
     assert "'o' must be arrays" in result.output and not (tmp_path / "x.zarr").exists()
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_dataset_of_another_task_and_finds_its_dataset_from_anywhere(tmp_path, monkeypatch):
     a = make_fixture(tmp_path / "a.zarr", "continuous", episodes=6)
     b = make_fixture(tmp_path / "b.zarr", "hopper-3x1", episodes=2, max_episode_len=20)
     monkeypatch.chdir(tmp_path)
-    run(train_cli, "train", "--dataset", "a.zarr", "--algo", "bc", "--steps", 4, "--eval-every", 4,
-        "--eval-episodes", 1, "--hidden", 8, "--out", "run")
+    run(
+        train_cli,
+        "train",
+        "--dataset",
+        "a.zarr",
+        "--algo",
+        "bc",
+        "--steps",
+        4,
+        "--eval-every",
+        4,
+        "--eval-episodes",
+        1,
+        "--hidden",
+        8,
+        "--out",
+        "run",
+    )
     result = run(train_cli, "eval", "run", "--dataset", b.path, "--episodes", 1, code=2)
     assert "trained on fixture/continuous" in result.output
     elsewhere = tmp_path / "elsewhere"

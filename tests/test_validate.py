@@ -1,4 +1,5 @@
 """Every validation check: corrupt a real store on disk, expect the named problem (and nothing else)."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from datakit import DatasetError, InvalidDatasetError, open_dataset, validate
+from omgmg.datakit import DatasetError, InvalidDatasetError, open_dataset, validate
 
 
 def _group(ds):

@@ -1,4 +1,4 @@
-"""Environments behind one interface (``collectors.envs.base``): the rest of omgmg never sees which
+"""Environments behind one interface (``omgmg.collectors.envs.base``): the rest of omgmg never sees which
 simulator is underneath.
 
     env = make_env("mamujoco/Hopper-3x1")                     # one env
@@ -7,21 +7,23 @@ simulator is underneath.
 
 Task names are ``SUITE/TASK`` (or suite and task apart), case-insensitive. Suites:
 
-- ``mamujoco``: any ``Scenario-agent_conf`` gymnasium-robotics supports (``collectors.envs.mamujoco``);
+- ``mamujoco``: any ``Scenario-agent_conf`` gymnasium-robotics supports (``omgmg.collectors.envs.mamujoco``);
   option ``obs_mode="omiga"`` for OMIGA-style observations.
 - ``smacv2``: ``{protoss,terran,zerg}_{5,10,20}v{n}`` on ``backend="sc2"`` (StarCraft II) or
-  ``"smax"`` (JaxMARL); the default is sc2 where installed, else smax (``collectors.envs.smacv2``).
-- ``fixture``: datakit's synthetic fixture systems, for tests (``collectors.envs.fixture``).
+  ``"smax"`` (JaxMARL); the default is sc2 where installed, else smax (``omgmg.collectors.envs.smacv2``).
+- ``fixture``: the synthetic fixture systems (``omgmg.collectors.fixtures``), for tests
+  (``omgmg.collectors.envs.fixture``).
 """
+
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from collectors.envs.base import MultiAgentEnv, Reset, Step, VecStep, VectorEnv
-from datakit.errors import DatasetError, RequestError
-from datakit.spec import EnvSpec
+from omgmg.collectors.envs.base import MultiAgentEnv, Reset, Step, VecStep, VectorEnv
+from omgmg.datakit.errors import DatasetError, RequestError
+from omgmg.datakit.spec import EnvSpec
 
 SUITES = ("mamujoco", "smacv2", "fixture")
 EXAMPLES = {
@@ -30,8 +32,21 @@ EXAMPLES = {
     "fixture": ("continuous", "discrete", "halfcheetah-6x1", "protoss-5v5"),
 }
 
-__all__ = ["EXAMPLES", "MultiAgentEnv", "Reset", "SUITES", "Step", "TaskRef", "VecStep", "VectorEnv",
-           "check_compatible", "make_env", "make_vector_env", "resolve", "task_for_dataset"]
+__all__ = [
+    "EXAMPLES",
+    "MultiAgentEnv",
+    "Reset",
+    "SUITES",
+    "Step",
+    "TaskRef",
+    "VecStep",
+    "VectorEnv",
+    "check_compatible",
+    "make_env",
+    "make_vector_env",
+    "resolve",
+    "task_for_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -53,8 +68,9 @@ class TaskRef:
 def _split(name: str, task: str | None) -> tuple[str, str]:
     if task is None:
         if "/" not in name:
-            raise RequestError(f"name a task as SUITE/TASK, e.g. mamujoco/Hopper-3x1 (got {name!r}); suites: "
-                               + ", ".join(SUITES))
+            raise RequestError(
+                f"name a task as SUITE/TASK, e.g. mamujoco/Hopper-3x1 (got {name!r}); suites: " + ", ".join(SUITES)
+            )
         name, task = name.split("/", 1)
     suite = name.strip().lower()
     if suite not in SUITES:
@@ -67,7 +83,7 @@ def resolve(name: str, task: str | None = None, *, backend: str | None = None, *
     """Check a task name and pick its backend; raises DatasetError naming the valid choices."""
     suite, task = _split(name, task)
     if suite == "mamujoco":
-        from collectors.envs import mamujoco
+        from omgmg.collectors.envs import mamujoco
 
         if backend not in (None, "gymnasium-robotics"):
             raise RequestError(f"MaMuJoCo has one backend, gymnasium-robotics (got {backend!r})")
@@ -77,14 +93,14 @@ def resolve(name: str, task: str | None = None, *, backend: str | None = None, *
             raise RequestError(f"unknown MaMuJoCo option(s) {sorted(unknown)}; known: obs_mode")
         return TaskRef(suite, f"{scenario}-{conf}", "gymnasium-robotics", dict(options))
     if suite == "smacv2":
-        from collectors.envs import smacv2
+        from omgmg.collectors.envs import smacv2
 
         canonical = smacv2.canonical_task(task)
         if options:
             raise RequestError(f"SMACv2 tasks take no options (got {sorted(options)})")
         chosen, note = smacv2.choose_backend(backend)
         return TaskRef(suite, canonical, chosen, {}, note)
-    from datakit.fixtures import SHAPES
+    from omgmg.collectors.fixtures import SHAPES
 
     if task.lower() not in SHAPES:
         raise RequestError(f"unknown fixture task {task!r}: choose one of {', '.join(SHAPES)}")
@@ -96,18 +112,18 @@ def resolve(name: str, task: str | None = None, *, backend: str | None = None, *
 def _factory(ref: TaskRef, seed: int = 0):
     """A picklable zero-argument constructor of one env (for worker processes)."""
     if ref.suite == "mamujoco":
-        from collectors.envs.mamujoco import MaMuJoCoEnv
+        from omgmg.collectors.envs.mamujoco import MaMuJoCoEnv
 
         return functools.partial(MaMuJoCoEnv, ref.task, **ref.options)
     if ref.suite == "smacv2":
         if ref.backend == "sc2":
-            from collectors.envs.smacv2 import SC2Env
+            from omgmg.collectors.envs.smacv2 import SC2Env
 
             return functools.partial(SC2Env, ref.task, seed)
-        from collectors.envs.smax import SmaxEnv
+        from omgmg.collectors.envs.smax import SmaxEnv
 
         return functools.partial(SmaxEnv, ref.task)
-    from collectors.envs.fixture import FixtureEnv
+    from omgmg.collectors.envs.fixture import FixtureEnv
 
     return functools.partial(FixtureEnv, ref.task)
 
@@ -118,8 +134,16 @@ def make_env(name: str | TaskRef, task: str | None = None, *, backend: str | Non
     return _factory(ref)()
 
 
-def make_vector_env(name: str | TaskRef, num_envs: int, task: str | None = None, *, backend: str | None = None,
-                    workers: int = 1, parts: int = 1, **options) -> VectorEnv:
+def make_vector_env(
+    name: str | TaskRef,
+    num_envs: int,
+    task: str | None = None,
+    *,
+    backend: str | None = None,
+    workers: int = 1,
+    parts: int = 1,
+    **options,
+) -> VectorEnv:
     """``num_envs`` environments stepped together with auto-reset.
 
     SMAX steps its envs in one jitted vmap, or in ``parts`` batches dispatched separately (while JAX
@@ -130,10 +154,10 @@ def make_vector_env(name: str | TaskRef, num_envs: int, task: str | None = None,
         raise RequestError(f"num_envs must be >= 1, got {num_envs}")
     ref = name if isinstance(name, TaskRef) else resolve(name, task, backend=backend, **options)
     if ref.suite == "smacv2" and ref.backend == "smax":
-        from collectors.envs.smax import SmaxVectorEnv
+        from omgmg.collectors.envs.smax import SmaxVectorEnv
 
         return SmaxVectorEnv(ref.task, num_envs, parts)
-    from collectors.envs.vector import SerialVectorEnv, SubprocVectorEnv
+    from omgmg.collectors.envs.vector import SerialVectorEnv, SubprocVectorEnv
 
     if workers > 1:
         return SubprocVectorEnv(_factory(ref), num_envs, workers)
@@ -147,8 +171,11 @@ def task_for_dataset(spec: EnvSpec) -> TaskRef:
     with ``obs_mode="omiga"``; everything else on the backend that produced it.
     """
     backend = None if spec.backend in ("omiga-hdf5", "gymnasium-robotics", "numpy") else spec.backend
-    return resolve(spec.suite, spec.task, backend=backend, **spec.options) if spec.suite == "mamujoco" else \
-        resolve(spec.suite, spec.task, backend=backend)
+    return (
+        resolve(spec.suite, spec.task, backend=backend, **spec.options)
+        if spec.suite == "mamujoco"
+        else resolve(spec.suite, spec.task, backend=backend)
+    )
 
 
 def check_compatible(dataset: EnvSpec, env: EnvSpec) -> None:
@@ -163,5 +190,7 @@ def check_compatible(dataset: EnvSpec, env: EnvSpec) -> None:
     if dataset.options.get("obs_mode") != env.options.get("obs_mode"):
         problems.append(f"obs_mode {dataset.options.get('obs_mode')} vs {env.options.get('obs_mode')}")
     if problems:
-        raise DatasetError(f"the dataset ({dataset.name}, backend {dataset.backend}) does not fit the environment "
-                           f"({env.name}, backend {env.backend}): " + "; ".join(problems))
+        raise DatasetError(
+            f"the dataset ({dataset.name}, backend {dataset.backend}) does not fit the environment "
+            f"({env.name}, backend {env.backend}): " + "; ".join(problems)
+        )

@@ -1,7 +1,7 @@
 """The one interface every environment adapter implements, single and vectorised.
 
 Numpy float32 at the boundary, agents in ``spec.agent_ids`` order, observations padded to
-``spec.obs_dim`` (see ``datakit.spec``):
+``spec.obs_dim`` (see ``omgmg.datakit.spec``):
 
     env = make_env("mamujoco/Hopper-3x1")
     obs, state, avail = env.reset(seed=0)        # (N, O), (S,), (N, K) or None
@@ -11,15 +11,17 @@ Numpy float32 at the boundary, agents in ``spec.agent_ids`` order, observations 
 ``terminated`` is a true terminal state (a fall, a battle decided); ``truncated`` is the time limit.
 Tasks that report wins put ``info["won"]`` (bool) in the info of an episode's last step.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from datakit.spec import EnvSpec
+from omgmg.datakit.spec import EnvSpec
 
 
 class Reset(NamedTuple):
@@ -51,7 +53,7 @@ class MultiAgentEnv(ABC):
     def step(self, actions: np.ndarray) -> Step:
         """Advance one step with every agent's action."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: an env that holds nothing has nothing to release
         """Release simulator resources."""
 
 
@@ -97,8 +99,9 @@ class VectorEnv(ABC):
         ``reseed[e]`` (the episode a reset with seed ``reseed[e] - e`` gives env e) where that is
         >= 0, instead of continuing its own RNG."""
 
-    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None,
-                   reseed: np.ndarray | None = None) -> None:
+    def step_async(
+        self, actions: np.ndarray, active: np.ndarray | None = None, reseed: np.ndarray | None = None
+    ) -> None:
         """Start ``step(actions, active, reseed)``; :meth:`step_wait` returns its result. A runner
         that computes in the background (SMAX: JAX dispatches asynchronously) lets the caller work
         in between; the others step in ``step_wait``."""
@@ -108,14 +111,14 @@ class VectorEnv(ABC):
         started, self._started = self._started, None
         return self.step(*started)
 
-    def groups(self) -> list["EnvGroup"]:
+    def groups(self) -> list[EnvGroup]:
         """The parts of this vector env that step independently, in env order (rows ``group.envs``):
-        while one part steps, the caller can work on another (see ``collectors.collect``). Parts are
+        while one part steps, the caller can work on another (see ``omgmg.collectors.collect``). Parts are
         stepped through their own ``step_async``/``step_wait``, never mixed with the whole env's within
         one step. The default is one part: the whole env."""
         return [EnvGroup(slice(0, self.num_envs), self.step_async, self.step_wait)]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: an env that holds nothing has nothing to release
         """Stop workers and release simulators."""
 
     def __enter__(self):
@@ -145,8 +148,9 @@ class EpisodeResults(NamedTuple):
     lengths: np.ndarray  # (E,)
 
 
-def run_episodes(vec: VectorEnv, act: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
-                 seed: int) -> EpisodeResults:
+def run_episodes(
+    vec: VectorEnv, act: Callable[[np.ndarray, np.ndarray | None], np.ndarray], seed: int
+) -> EpisodeResults:
     """Run exactly one episode in each env of ``vec`` (so short episodes are not over-represented),
     ``act(obs (E, N, O), avail (E, N, K) or None) -> actions``; envs that finished wait (or, on a
     runner that steps all envs at once, keep stepping uncounted) until all have."""

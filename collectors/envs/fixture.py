@@ -1,16 +1,18 @@
-"""The ``fixture`` suite: datakit's linear-Gaussian fixture system as a steppable environment.
+"""The ``fixture`` suite: the linear-Gaussian system of ``omgmg.collectors.fixtures`` as a steppable
+environment.
 
 Its tasks are the fixture shapes (``fixture/continuous``, ``fixture/discrete``,
 ``fixture/halfcheetah-6x1``, ...). A dataset made by ``omgmg-data fixture`` has exactly this env's
 spec, so trainers can be tested end to end, evaluation included, in milliseconds.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from collectors.envs.base import MultiAgentEnv, Reset, Step
-from datakit.errors import RequestError
-from datakit.fixtures import SHAPES, LinearSystem, fixture_spec
+from omgmg.collectors.envs.base import MultiAgentEnv, Reset, Step
+from omgmg.collectors.fixtures import SHAPES, LinearSystem, fixture_spec
+from omgmg.datakit.errors import RequestError
 
 
 class FixtureEnv(MultiAgentEnv):

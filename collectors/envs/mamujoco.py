@@ -17,6 +17,7 @@ Speed: steps go straight to the single-agent env with a precomputed action permu
 local observations are written into one preallocated array, so the wrapper does less work per step
 than the PettingZoo dict interface it replaces (benchmarks/envs.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,35 +28,49 @@ import re
 
 import numpy as np
 
-from collectors.envs.base import MultiAgentEnv, Reset, Step
-from datakit.errors import DatasetError, RequestError
-from datakit.spec import Box, EnvSpec
+from omgmg.collectors.envs.base import MultiAgentEnv, Reset, Step
+from omgmg.datakit.errors import BackendUnavailable, RequestError
+from omgmg.datakit.spec import Box, EnvSpec
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("Ant", "CoupledHalfCheetah", "HalfCheetah", "Hopper", "Humanoid", "HumanoidStandup",
-             "ManySegmentAnt", "ManySegmentSwimmer", "Pusher", "Reacher", "Swimmer", "Walker2d")
+SCENARIOS = (
+    "Ant",
+    "CoupledHalfCheetah",
+    "HalfCheetah",
+    "Hopper",
+    "Humanoid",
+    "HumanoidStandup",
+    "ManySegmentAnt",
+    "ManySegmentSwimmer",
+    "Pusher",
+    "Reacher",
+    "Swimmer",
+    "Walker2d",
+)
 PAPER_TASKS = ("HalfCheetah-6x1", "Hopper-3x1", "Ant-2x4")
 OMIGA_COMPATIBLE = ("HalfCheetah", "Hopper", "Walker2d", "Swimmer")
 OBS_MODES = ("local", "omiga")
 
 
-class MissingBackend(DatasetError):
+class MissingBackend(BackendUnavailable):
     """A simulator package is not installed."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_mamujoco():
     """Import gymnasium-robotics quietly: its import prints a notice about unrelated Adroit envs, and
     MuJoCo's C warnings would go to stderr and to MUJOCO_LOG.TXT in the working directory."""
     try:
         import mujoco
+
         with contextlib.redirect_stderr(io.StringIO()):
             from gymnasium_robotics import mamujoco_v1
             from gymnasium_robotics.envs.multiagent_mujoco.obsk import get_parts_and_edges
     except ImportError as e:
-        raise MissingBackend(f"MaMuJoCo needs gymnasium-robotics and mujoco ({e.name} is missing): "
-                             "pip install gymnasium-robotics mujoco") from None
+        raise MissingBackend(
+            f"MaMuJoCo needs gymnasium-robotics and mujoco ({e.name} is missing): pip install gymnasium-robotics mujoco"
+        ) from None
     mujoco.set_mju_user_warning(lambda msg: log.debug("mujoco: %s", msg))
     return mamujoco_v1, get_parts_and_edges
 
@@ -86,16 +101,20 @@ def parse_task(task: str) -> tuple[str, str]:
     m = re.fullmatch(r"([A-Za-z0-9]+)-(\S+)", task.strip())
     by_lower = {s.lower(): s for s in SCENARIOS}
     if not m or m.group(1).lower() not in by_lower:
-        raise RequestError(f"unknown MaMuJoCo task {task!r}: name it Scenario-agent_conf, e.g. "
-                           f"{', '.join(PAPER_TASKS)}; scenarios: {', '.join(SCENARIOS)}")
+        raise RequestError(
+            f"unknown MaMuJoCo task {task!r}: name it Scenario-agent_conf, e.g. "
+            f"{', '.join(PAPER_TASKS)}; scenarios: {', '.join(SCENARIOS)}"
+        )
     scenario, conf = by_lower[m.group(1).lower()], m.group(2).lower()
     _, get_parts_and_edges = _import_mamujoco()
     try:
         get_parts_and_edges(scenario, conf)
     except Exception:
         confs = valid_agent_confs(scenario)
-        raise RequestError(f"gymnasium-robotics has no agent_conf {conf!r} for {scenario}; valid: "
-                           + ", ".join(f"{scenario}-{c}" for c in confs)) from None
+        raise RequestError(
+            f"gymnasium-robotics has no agent_conf {conf!r} for {scenario}; valid: "
+            + ", ".join(f"{scenario}-{c}" for c in confs)
+        ) from None
     return scenario, conf
 
 
@@ -111,7 +130,8 @@ class MaMuJoCoEnv(MultiAgentEnv):
                 f"obs_mode 'omiga' is not available for {scenario}: gymnasium's v5 {scenario} observation differs "
                 "from the v2 one the OMIGA datasets were recorded with (Ant: v2 has 84 contact-force entries, v5 78), "
                 "so a policy trained on OMIGA data would see inputs it never saw; offered for "
-                + ", ".join(OMIGA_COMPATIBLE))
+                + ", ".join(OMIGA_COMPATIBLE)
+            )
         mamujoco_v1, _ = _import_mamujoco()
         self.obs_mode = obs_mode
         self.env = mamujoco_v1.parallel_env(scenario, conf, agent_obsk=1)
@@ -124,12 +144,20 @@ class MaMuJoCoEnv(MultiAgentEnv):
         N = len(agents)
         obs_dims = [S + N] * N if obs_mode == "omiga" else local_dims
         self.spec = EnvSpec(
-            suite="mamujoco", task=f"{scenario}-{conf}", backend="gymnasium-robotics", agent_ids=tuple(agents),
-            obs_dims=tuple(obs_dims), state_dim=S,
-            action_spaces=tuple(Box(tuple(map(float, self.env.action_space(a).low)),
-                                    tuple(map(float, self.env.action_space(a).high))) for a in agents),
+            suite="mamujoco",
+            task=f"{scenario}-{conf}",
+            backend="gymnasium-robotics",
+            agent_ids=tuple(agents),
+            obs_dims=tuple(obs_dims),
+            state_dim=S,
+            action_spaces=tuple(
+                Box(tuple(map(float, self.env.action_space(a).low)), tuple(map(float, self.env.action_space(a).high)))
+                for a in agents
+            ),
             episode_limit=int(self.single.spec.max_episode_steps or 1000),
-            options={"obs_mode": obs_mode} if obs_mode != "local" else {}, backend_versions=_versions())
+            options={"obs_mode": obs_mode} if obs_mode != "local" else {},
+            backend_versions=_versions(),
+        )
         self._local_dims = local_dims
         self._perm = self._action_permutation(act_dims)
         self._onehot = np.eye(N, dtype=np.float64)
@@ -137,8 +165,10 @@ class MaMuJoCoEnv(MultiAgentEnv):
     def _action_permutation(self, act_dims: list[int]) -> np.ndarray:
         """Indices p such that global_action = padded_actions.flatten()[p], found by mapping markers."""
         A = max(act_dims)
-        markers = {a: np.arange(d, dtype=np.float64) + i * A for i, (a, d) in
-                   enumerate(zip(self.env.possible_agents, act_dims))}
+        markers = {
+            a: np.arange(d, dtype=np.float64) + i * A
+            for i, (a, d) in enumerate(zip(self.env.possible_agents, act_dims))
+        }
         return self.env.map_local_actions_to_global_action(markers).astype(np.int64)
 
     def _observe(self) -> tuple[np.ndarray, np.ndarray]:

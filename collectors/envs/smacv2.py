@@ -4,7 +4,7 @@
   settings: unit types drawn per team with weights 0.45 / 0.45 / 0.10 (the third type, colossus,
   medivac or baneling, never makes up a whole team), enemies mirroring allies, surrounded-and-reflect
   start positions, episode limit 200, win flag ``battle_won``.
-- ``smax``: JaxMARL's ``HeuristicEnemySMAX`` on SMACv2-style scenarios (``collectors.envs.smax``),
+- ``smax``: JaxMARL's ``HeuristicEnemySMAX`` on SMACv2-style scenarios (``omgmg.collectors.envs.smax``),
   which installs from PyPI and runs on the CPU.
 
 **SMAX is not SC2.** SMAX has no colossus, medivac or baneling, so its race teams are drawn from
@@ -15,6 +15,7 @@ dataset's identity (``env.backend``), so SMAX numbers cannot be mistaken for SC2
 The default backend is ``sc2`` where the package and the game are both present, else ``smax``
 (:func:`choose_backend` says which and why).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from collectors.envs.base import MultiAgentEnv, Reset, Step
-from datakit.errors import DatasetError, RequestError
-from datakit.spec import Discrete, EnvSpec
+from omgmg.collectors.envs.base import MultiAgentEnv, Reset, Step
+from omgmg.datakit.errors import BackendUnavailable, RequestError
+from omgmg.datakit.spec import Discrete, EnvSpec
 
 RACE_UNITS = {  # SMACv2's unit types per race; the third is the rare "exception" type
     "protoss": ("stalker", "zealot", "colossus"),
@@ -56,6 +57,7 @@ def canonical_task(task: str) -> str:
 
 # ----- which backend ----------------------------------------------------------------------------------
 
+
 def sc2_path() -> Path:
     return Path(os.environ.get("SC2PATH", Path.home() / "StarCraftII"))
 
@@ -63,11 +65,15 @@ def sc2_path() -> Path:
 def sc2_missing() -> str | None:
     """Why the sc2 backend cannot run here (None when it can)."""
     if importlib.util.find_spec("smacv2") is None:
-        return ("the smacv2 package is not installed (it is not on PyPI: install it from its source "
-                "repository, oxwhirl/smacv2)")
+        return (
+            "the smacv2 package is not installed (it is not on PyPI: install it from its source "
+            "repository, oxwhirl/smacv2)"
+        )
     if not sc2_path().is_dir():
-        return (f"StarCraft II was not found at {sc2_path()} (install StarCraft II 4.10 and the SMACv2 maps, "
-                "and point SC2PATH at it)")
+        return (
+            f"StarCraft II was not found at {sc2_path()} (install StarCraft II 4.10 and the SMACv2 maps, "
+            "and point SC2PATH at it)"
+        )
     return None
 
 
@@ -84,23 +90,25 @@ def choose_backend(backend: str | None) -> tuple[str, str]:
     if backend == "sc2":
         why = sc2_missing()
         if why:
-            raise DatasetError(f"the sc2 backend cannot run: {why}; or choose --backend smax "
-                               "(JaxMARL's SMAX, no game needed)")
+            raise BackendUnavailable(
+                f"the sc2 backend cannot run: {why}; or choose <<backend=smax>> (JaxMARL's SMAX, no game needed)"
+            )
         return "sc2", "using StarCraft II (sc2 backend)"
     if backend == "smax":
         why = smax_missing()
         if why:
-            raise DatasetError(f"the smax backend cannot run: {why}")
+            raise BackendUnavailable(f"the smax backend cannot run: {why}")
         return "smax", "using JaxMARL's SMAX (smax backend)"
     why = sc2_missing()
     if why is None:
-        return "sc2", "using StarCraft II (sc2 backend; --backend smax for JaxMARL's SMAX)"
+        return "sc2", "using StarCraft II (sc2 backend; <<backend=smax>> for JaxMARL's SMAX)"
     if smax_missing():
-        raise DatasetError(f"no SMACv2 backend can run: {why}; and {smax_missing()}")
+        raise BackendUnavailable(f"no SMACv2 backend can run: {why}; and {smax_missing()}")
     return "smax", f"using JaxMARL's SMAX, not StarCraft II: {why}"
 
 
 # ----- the real game -----------------------------------------------------------------------------------
+
 
 def sc2_capability_config(race: str, n: int) -> dict:
     """SMACv2's distribution config for a race and team size (its published 5v5 / 10v10 settings)."""
@@ -134,7 +142,7 @@ class SC2Env(MultiAgentEnv):
     def __init__(self, task: str, seed: int = 0):
         why = sc2_missing()
         if why:
-            raise DatasetError(f"the sc2 backend cannot run: {why}; or choose --backend smax")
+            raise BackendUnavailable(f"the sc2 backend cannot run: {why}; or choose <<backend=smax>>")
         self.race, self.n = parse_task(task)
         self._seed = seed
         self.env = self._build(seed)
@@ -142,20 +150,32 @@ class SC2Env(MultiAgentEnv):
         from importlib.metadata import version
 
         self.spec = EnvSpec(
-            suite="smacv2", task=f"{self.race}_{self.n}v{self.n}", backend="sc2",
+            suite="smacv2",
+            task=f"{self.race}_{self.n}v{self.n}",
+            backend="sc2",
             agent_ids=tuple(f"ally_{i}" for i in range(info["n_agents"])),
-            obs_dims=(int(info["obs_shape"]),) * info["n_agents"], state_dim=int(info["state_shape"]),
+            obs_dims=(int(info["obs_shape"]),) * info["n_agents"],
+            state_dim=int(info["state_shape"]),
             action_spaces=(Discrete(int(info["n_actions"])),) * info["n_agents"],
-            episode_limit=int(info["episode_limit"]), reports_wins=True,
+            episode_limit=int(info["episode_limit"]),
+            reports_wins=True,
             options={"unit_weights": list(SMACV2_UNIT_WEIGHTS), "start_positions": "surrounded_and_reflect"},
-            backend_versions={"smacv2": version("smacv2")})
+            backend_versions={"smacv2": version("smacv2")},
+        )
 
     def _build(self, seed: int):
         from smacv2.env.starcraft2.wrapper import StarCraftCapabilityEnvWrapper
 
         return StarCraftCapabilityEnvWrapper(
-            capability_config=sc2_capability_config(self.race, self.n), map_name=f"10gen_{self.race}",
-            debug=False, conic_fov=False, obs_own_pos=True, use_unit_ranges=True, min_attack_range=2, seed=seed)
+            capability_config=sc2_capability_config(self.race, self.n),
+            map_name=f"10gen_{self.race}",
+            debug=False,
+            conic_fov=False,
+            obs_own_pos=True,
+            use_unit_ranges=True,
+            min_attack_range=2,
+            seed=seed,
+        )
 
     def _observe(self) -> Reset:
         obs = np.asarray(self.env.get_obs(), np.float32)  # (N, O)
@@ -176,8 +196,15 @@ class SC2Env(MultiAgentEnv):
         time_limit = bool(info.get("episode_limit", False))
         o = self._observe()
         terminated = bool(done) and not time_limit
-        return Step(o.obs, o.state, o.avail, float(reward), terminated, bool(done) and time_limit,
-                    {"won": bool(info.get("battle_won", False))})
+        return Step(
+            o.obs,
+            o.state,
+            o.avail,
+            float(reward),
+            terminated,
+            bool(done) and time_limit,
+            {"won": bool(info.get("battle_won", False))},
+        )
 
     def close(self) -> None:
         self.env.close()

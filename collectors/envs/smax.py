@@ -3,7 +3,7 @@
 JAX lives only in this module: it is imported when an SMAX env is built, every array leaves as
 numpy, and everything else in omgmg is PyTorch.
 
-What we change from SMAX's ``smacv2_{n}_units`` scenario (see also ``collectors.envs.smacv2``):
+What we change from SMAX's ``smacv2_{n}_units`` scenario (see also ``omgmg.collectors.envs.smacv2``):
 
 - **Race-only teams.** SMAX draws unit types uniformly from all six of its types. We draw each
   ally from its race's two SMAX types (protoss: stalker/zealot, terran: marine/marauder, zerg:
@@ -17,6 +17,7 @@ What we change from SMAX's ``smacv2_{n}_units`` scenario (see also ``collectors.
   jitted step compile again once it sees a stepped state; all leaves are made strongly typed on
   every reset and step, and :meth:`SmaxVectorEnv.reset` warms the jitted functions up.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,13 +28,17 @@ import sys
 
 import numpy as np
 
-from collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
-from collectors.envs.smacv2 import EPISODE_LIMIT, parse_task, smax_missing
-from datakit.errors import DatasetError
-from datakit.spec import Discrete, EnvSpec
+from omgmg.collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
+from omgmg.collectors.envs.smacv2 import EPISODE_LIMIT, parse_task, smax_missing
+from omgmg.datakit.errors import BackendUnavailable, DatasetError
+from omgmg.datakit.spec import Discrete, EnvSpec
 
 SMAX_UNIT_TYPES = ("marine", "marauder", "stalker", "zealot", "zergling", "hydralisk")  # SMAX's index order
-RACE_SMAX_UNITS = {"protoss": ("stalker", "zealot"), "terran": ("marine", "marauder"), "zerg": ("zergling", "hydralisk")}
+RACE_SMAX_UNITS = {
+    "protoss": ("stalker", "zealot"),
+    "terran": ("marine", "marauder"),
+    "zerg": ("zergling", "hydralisk"),
+}
 RACE_SMAX_WEIGHTS = (0.5, 0.5)
 
 
@@ -52,11 +57,11 @@ def _stdout_silenced():
         os.close(saved)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jax():
     why = smax_missing()
     if why:
-        raise DatasetError(f"the smax backend cannot run: {why}")
+        raise BackendUnavailable(f"the smax backend cannot run: {why}")
     with _stdout_silenced():  # jaxmarl prints a notice about optional submodules on import
         import jax
         import jax.numpy as jnp
@@ -92,19 +97,34 @@ class _SmaxCore:
         jax, jnp, HeuristicEnemySMAX, map_name_to_scenario = _jax()
         race, n = parse_task(task)
         # SMAX tests its limit before counting the step, so max_steps=L allows L + 1 steps: pass L - 1.
-        self.env = env = HeuristicEnemySMAX(scenario=map_name_to_scenario(f"smacv2_{n}_units"), max_steps=EPISODE_LIMIT - 1,
-                                            see_enemy_actions=True, walls_cause_death=True, attack_mode="closest")
+        self.env = env = HeuristicEnemySMAX(
+            scenario=map_name_to_scenario(f"smacv2_{n}_units"),
+            max_steps=EPISODE_LIMIT - 1,
+            see_enemy_actions=True,
+            walls_cause_death=True,
+            attack_mode="closest",
+        )
         env._env.unit_type_generator = RaceUnitTypes(race, n)
         agents = list(env.agents)
         n_actions = env.action_spaces[agents[0]].n
         obs_dim = env.observation_spaces[agents[0]].shape[0]
         self.spec = EnvSpec(
-            suite="smacv2", task=f"{race}_{n}v{n}", backend="smax", agent_ids=tuple(agents),
-            obs_dims=(obs_dim,) * n, state_dim=int(env.state_size), action_spaces=(Discrete(n_actions),) * n,
-            episode_limit=EPISODE_LIMIT, reports_wins=True,
-            options={"unit_types": {race: list(RACE_SMAX_UNITS[race])}, "unit_weights": list(RACE_SMAX_WEIGHTS),
-                     "start_positions": "surrounded_and_reflect"},
-            backend_versions=_versions())
+            suite="smacv2",
+            task=f"{race}_{n}v{n}",
+            backend="smax",
+            agent_ids=tuple(agents),
+            obs_dims=(obs_dim,) * n,
+            state_dim=int(env.state_size),
+            action_spaces=(Discrete(n_actions),) * n,
+            episode_limit=EPISODE_LIMIT,
+            reports_wins=True,
+            options={
+                "unit_types": {race: list(RACE_SMAX_UNITS[race])},
+                "unit_weights": list(RACE_SMAX_WEIGHTS),
+                "start_positions": "surrounded_and_reflect",
+            },
+            backend_versions=_versions(),
+        )
 
         def strong(tree):  # drop weak types so jitted functions compile once
             return jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), tree)
@@ -142,8 +162,18 @@ class _SmaxCore:
             pick = lambda new, old: jax.tree.map(lambda x, y: jnp.where(done, x, y), new, old)  # noqa: E731
             next_state = strong(jax.tree.map(lambda x, y: jnp.where(active, x, y), pick(r_state, stepped), state_in))
             key = jnp.where(active, key, key_in)
-            results = (pick(r_o, o), pick(r_s, s), pick(r_av, av), rewards[agents[0]], terminated, truncated, won,
-                       o, s, av)
+            results = (
+                pick(r_o, o),
+                pick(r_s, s),
+                pick(r_av, av),
+                rewards[agents[0]],
+                terminated,
+                truncated,
+                won,
+                o,
+                s,
+                av,
+            )
             return key, next_state, jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in results])
 
         def reset_seeded(seed):
@@ -155,17 +185,25 @@ class _SmaxCore:
         self.jax, self.jnp = jax, jnp
         N, O, S, K = n, obs_dim, self.spec.state_dim, n_actions
         # the packed results, in step_one's order: one transfer per step instead of ten
-        self.packed = [("obs", (N, O), np.float32), ("state", (S,), np.float32), ("avail", (N, K), bool),
-                       ("reward", (), np.float32), ("terminated", (), bool), ("truncated", (), bool), ("won", (), bool),
-                       ("final_obs", (N, O), np.float32), ("final_state", (S,), np.float32),
-                       ("final_avail", (N, K), bool)]
+        self.packed = [
+            ("obs", (N, O), np.float32),
+            ("state", (S,), np.float32),
+            ("avail", (N, K), bool),
+            ("reward", (), np.float32),
+            ("terminated", (), bool),
+            ("truncated", (), bool),
+            ("won", (), bool),
+            ("final_obs", (N, O), np.float32),
+            ("final_state", (S,), np.float32),
+            ("final_avail", (N, K), bool),
+        ]
 
     def unpack(self, packed: np.ndarray) -> dict[str, np.ndarray]:
         """The (E, D) array of a step as named arrays (E, ...), each its own copy."""
         out, at = {}, 0
         for name, shape, dtype in self.packed:
             size = int(np.prod(shape))
-            out[name] = packed[:, at: at + size].reshape(-1, *shape).astype(dtype)
+            out[name] = packed[:, at : at + size].reshape(-1, *shape).astype(dtype)
             at += size
         return out
 
@@ -181,12 +219,14 @@ class _SmaxPart:
     def reset(self, seed: int) -> Reset:
         jnp = self.core.jnp
         self.keys, self.state, obs, state, avail = self.core.reset(
-            jnp.arange(self.envs.start, self.envs.stop, dtype=jnp.uint32) + seed)
+            jnp.arange(self.envs.start, self.envs.stop, dtype=jnp.uint32) + seed
+        )
         self.last = Reset(np.array(obs), np.array(state), np.array(avail))  # copies: JAX's buffers are read-only
         return Reset(*(x.copy() for x in self.last))
 
-    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None,
-                   reseed: np.ndarray | None = None) -> None:
+    def step_async(
+        self, actions: np.ndarray, active: np.ndarray | None = None, reseed: np.ndarray | None = None
+    ) -> None:
         """Dispatch the jitted step and return at once (JAX computes it on its own threads)."""
         if self.state is None:
             raise DatasetError("reset the environment before stepping it")
@@ -228,8 +268,13 @@ class SmaxVectorEnv(VectorEnv):
         for p in self._parts:
             if p.n not in self._warm:  # compile the step now, not in the middle of a run
                 keys, state, *_ = self.core.reset(self.core.jnp.arange(p.n, dtype=self.core.jnp.uint32))
-                self.core.step(keys, state, np.zeros((p.n, self.spec.n_agents), np.int32),  # step_async's argument
-                               np.full(p.n, -1, np.int32), np.ones(p.n, bool))  # types: its only compilation
+                self.core.step(
+                    keys,
+                    state,
+                    np.zeros((p.n, self.spec.n_agents), np.int32),  # step_async's argument
+                    np.full(p.n, -1, np.int32),
+                    np.ones(p.n, bool),
+                )  # types: its only compilation
                 self._warm.add(p.n)
         parts = [p.reset(seed) for p in self._parts]
         return Reset(*(np.concatenate(x) for x in zip(*parts)))
@@ -240,8 +285,9 @@ class SmaxVectorEnv(VectorEnv):
         self.step_async(actions, active, reseed)
         return self.step_wait()
 
-    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None,
-                   reseed: np.ndarray | None = None) -> None:
+    def step_async(
+        self, actions: np.ndarray, active: np.ndarray | None = None, reseed: np.ndarray | None = None
+    ) -> None:
         for p in self._parts:
             p.step_async(*(None if x is None else x[p.envs] for x in (actions, active, reseed)))
 
@@ -274,7 +320,9 @@ class SmaxEnv(MultiAgentEnv):
         s = self.vec.step(np.asarray(actions)[None])
         done = bool(s.terminated[0] or s.truncated[0])
         # After an end the vector env has auto-reset; a single env reports the final observation.
-        obs, state, avail = (s.final_obs[0], s.final_state[0], s.final_avail[0]) if done else \
-            (s.obs[0], s.state[0], s.avail[0])
-        return Step(obs, state, avail, float(s.reward[0]), bool(s.terminated[0]), bool(s.truncated[0]),
-                    {"won": bool(s.won[0])})
+        obs, state, avail = (
+            (s.final_obs[0], s.final_state[0], s.final_avail[0]) if done else (s.obs[0], s.state[0], s.avail[0])
+        )
+        return Step(
+            obs, state, avail, float(s.reward[0]), bool(s.terminated[0]), bool(s.truncated[0]), {"won": bool(s.won[0])}
+        )

@@ -12,16 +12,17 @@ Both share :class:`EnvBatch` for auto-reset and final observations. Seeding: env
 reset with seed s is reset with seed ``s + e``; later auto-resets continue each env's own RNG, so a
 run is a pure function of the seed whatever the number of workers.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from collectors.envs.base import MultiAgentEnv, Reset, VecStep, VectorEnv
+from omgmg.collectors.envs.base import MultiAgentEnv, Reset, VecStep, VectorEnv
 
 
 class EnvBatch:
@@ -35,8 +36,13 @@ class EnvBatch:
         out = [env.reset(seed=s) for env, s in zip(self.envs, seeds)]
         return _stack_reset(out, self.spec.discrete)
 
-    def step(self, actions: np.ndarray, out: VecStep | None = None, active: np.ndarray | None = None,
-             reseed: np.ndarray | None = None) -> VecStep:
+    def step(
+        self,
+        actions: np.ndarray,
+        out: VecStep | None = None,
+        active: np.ndarray | None = None,
+        reseed: np.ndarray | None = None,
+    ) -> VecStep:
         """Step every env (or those ``active``); results go into ``out`` (e.g. shared-memory views)
         or fresh arrays. An inactive env is not stepped: no reward, no end, its observation rows left as they were.
         An env whose episode ends restarts from ``reseed[e]`` where that is >= 0, else continues its RNG."""
@@ -67,9 +73,16 @@ class EnvBatch:
 def _vecstep_layout(spec, E: int) -> dict[str, tuple[tuple[int, ...], type]]:
     """Shape and dtype of every VecStep field for E envs (None-valued fields left out)."""
     N, O, S = spec.n_agents, spec.obs_dim, spec.state_dim
-    layout = {"obs": ((E, N, O), np.float32), "state": ((E, S), np.float32), "reward": ((E,), np.float32),
-              "terminated": ((E,), np.bool_), "truncated": ((E,), np.bool_), "won": ((E,), np.bool_),
-              "final_obs": ((E, N, O), np.float32), "final_state": ((E, S), np.float32)}
+    layout = {
+        "obs": ((E, N, O), np.float32),
+        "state": ((E, S), np.float32),
+        "reward": ((E,), np.float32),
+        "terminated": ((E,), np.bool_),
+        "truncated": ((E,), np.bool_),
+        "won": ((E,), np.bool_),
+        "final_obs": ((E, N, O), np.float32),
+        "final_state": ((E, S), np.float32),
+    }
     if spec.discrete:
         layout["avail"] = layout["final_avail"] = ((E, N, spec.n_actions), np.bool_)
     return layout
@@ -93,8 +106,11 @@ def _copy(step: VecStep) -> VecStep:
 
 
 def _stack_reset(out: list[Reset], discrete: bool) -> Reset:
-    return Reset(np.stack([r.obs for r in out]), np.stack([r.state for r in out]),
-                 np.stack([r.avail for r in out]) if discrete else None)
+    return Reset(
+        np.stack([r.obs for r in out]),
+        np.stack([r.state for r in out]),
+        np.stack([r.avail for r in out]) if discrete else None,
+    )
 
 
 class SerialVectorEnv(VectorEnv):
@@ -182,12 +198,17 @@ class SubprocVectorEnv(VectorEnv):
         probe.close()
         ctx = mp.get_context("spawn")
         layout = _vecstep_layout(spec, num_envs)
-        layout["actions"] = ((num_envs, spec.n_agents), np.int64) if spec.discrete else \
-            ((num_envs, spec.n_agents, spec.action_dim), np.float32)
+        layout["actions"] = (
+            ((num_envs, spec.n_agents), np.int64)
+            if spec.discrete
+            else ((num_envs, spec.n_agents, spec.action_dim), np.float32)
+        )
         layout["active"] = ((num_envs,), np.bool_)
         layout["reseed"] = ((num_envs,), np.int64)
-        self._buffers = {k: (ctx.RawArray("b", int(np.prod(shape)) * np.dtype(dtype).itemsize), shape, dtype)
-                         for k, (shape, dtype) in layout.items()}
+        self._buffers = {
+            k: (ctx.RawArray("b", int(np.prod(shape)) * np.dtype(dtype).itemsize), shape, dtype)
+            for k, (shape, dtype) in layout.items()
+        }
         self._views = _shared(self._buffers, 0, num_envs)
         counts = [num_envs // workers + (1 if w < num_envs % workers else 0) for w in range(workers)]
         self._offsets = np.cumsum([0] + counts)
@@ -198,8 +219,11 @@ class SubprocVectorEnv(VectorEnv):
         self._local_out = VecStep(**{f: local_out.get(f) for f in VecStep.__dataclass_fields__})
         for w in range(1, workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, daemon=True,
-                               args=(child, make, int(self._offsets[w]), int(self._offsets[w + 1]), self._buffers))
+            proc = ctx.Process(
+                target=_worker,
+                daemon=True,
+                args=(child, make, int(self._offsets[w]), int(self._offsets[w + 1]), self._buffers),
+            )
             proc.start()
             child.close()
             self._conns.append(parent)

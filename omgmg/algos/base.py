@@ -6,6 +6,7 @@ networks and ``self.optimizers`` (a dict) in ``__init__``, and implements ``upda
 gradient step, returning metrics); ``act(obs, avail)`` (deterministic actions on normalised obs)
 defaults to the deterministic action of ``self.actor``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from datakit.loader import Batch, InitialStates
-from datakit.spec import EnvSpec
+from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.loader import Batch, InitialStates
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import AgentMLP, CategoricalPolicy, TanhGaussianPolicy, TwinQ
 
 
@@ -55,14 +57,14 @@ class OfflineConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number, got {value}")
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         for name in ("steps", "batch_size", "eval_every", "eval_episodes", "log_every", "torch_threads", "hidden"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.grad_norm_clip <= 0:
-            raise ValueError(f"grad_norm_clip must be > 0, got {self.grad_norm_clip}")
+            raise ConfigError(f"grad_norm_clip must be > 0, got {self.grad_norm_clip}")
 
 
 @dataclass
@@ -79,16 +81,14 @@ class TDConfig(OfflineConfig):
     def __post_init__(self):
         super().__post_init__()
         if not (0 <= self.gamma <= 1 and 0 < self.tau <= 1):
-            raise ValueError(f"gamma must lie in [0, 1] and tau in (0, 1], got gamma={self.gamma}, tau={self.tau}")
+            raise ConfigError(f"gamma must lie in [0, 1] and tau in (0, 1], got gamma={self.gamma}, tau={self.tau}")
 
 
 def action_bounds(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(low, high, mask) as (N, A) arrays; mask is 1 on each agent's own action entries."""
-    N, A = spec.n_agents, spec.action_dim
-    low, high, mask = np.zeros((N, A), np.float32), np.ones((N, A), np.float32), np.zeros((N, A), np.float32)
-    for i, s in enumerate(spec.action_spaces):
-        low[i, : s.dim], high[i, : s.dim], mask[i, : s.dim] = s.low, s.high, 1
-    return low, high, mask
+    """The spec's (low, high, mask) (:meth:`EnvSpec.action_bounds`), with a unit range [0, 1] on padded
+    entries: the tanh squash and the CEM sampling divide by high - low (padded entries are masked out)."""
+    low, high, mask = spec.action_bounds()
+    return low, np.where(mask > 0, high, 1.0).astype(np.float32), mask
 
 
 class OfflineAlgorithm(nn.Module):
@@ -106,8 +106,12 @@ class OfflineAlgorithm(nn.Module):
 
     # ----- normalisation ------------------------------------------------------------------------------------
     def set_normalisation(self, obs_mean, obs_std, state_mean, state_std) -> None:
-        for name, value in (("obs_mean", obs_mean), ("obs_std", obs_std), ("state_mean", state_mean),
-                            ("state_std", state_std)):
+        for name, value in (
+            ("obs_mean", obs_mean),
+            ("obs_std", obs_std),
+            ("state_mean", state_mean),
+            ("state_std", state_std),
+        ):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
 
     def normalise_obs(self, obs: torch.Tensor) -> torch.Tensor:
@@ -118,13 +122,19 @@ class OfflineAlgorithm(nn.Module):
 
     def prepare(self, b: Batch) -> Batch:
         """A batch with normalised observations and states (what ``update`` sees)."""
-        return dataclasses.replace(b, obs=self.normalise_obs(b.obs), state=self.normalise_state(b.state),
-                                   next_obs=self.normalise_obs(b.next_obs), next_state=self.normalise_state(b.next_state))
+        return dataclasses.replace(
+            b,
+            obs=self.normalise_obs(b.obs),
+            state=self.normalise_state(b.state),
+            next_obs=self.normalise_obs(b.next_obs),
+            next_state=self.normalise_state(b.next_state),
+        )
 
     def prepare_initial(self, initial: InitialStates) -> InitialStates:
         """Episode-start observations and states, normalised like ``prepare``'s batches."""
-        return dataclasses.replace(initial, obs=self.normalise_obs(initial.obs),
-                                   state=self.normalise_state(initial.state))
+        return dataclasses.replace(
+            initial, obs=self.normalise_obs(initial.obs), state=self.normalise_state(initial.state)
+        )
 
     # ----- networks most algorithms build --------------------------------------------------------------------
     def stochastic_actor(self) -> nn.Module:
@@ -133,8 +143,9 @@ class OfflineAlgorithm(nn.Module):
         spec, cfg = self.spec, self.cfg
         if spec.discrete:
             return CategoricalPolicy(spec.n_agents, spec.obs_dim, spec.n_actions, cfg.hidden, cfg.shared_networks)
-        return TanhGaussianPolicy(spec.n_agents, spec.obs_dim, spec.action_dim, *action_bounds(spec), cfg.hidden,
-                                  cfg.shared_networks)
+        return TanhGaussianPolicy(
+            spec.n_agents, spec.obs_dim, spec.action_dim, *action_bounds(spec), cfg.hidden, cfg.shared_networks
+        )
 
     def local_q(self, twin: bool = False) -> nn.Module:
         """Q_i: Q_i(o_i, .) over all actions (discrete) or Q_i(o_i ++ a_i) (continuous), as ``q_at`` reads

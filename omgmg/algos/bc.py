@@ -3,15 +3,16 @@
 The baseline every offline method should beat: it learns the average behaviour policy of the
 dataset, with the same actor networks (tanh-Gaussian or masked softmax) as the other algorithms.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from datakit.loader import Batch
-from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, OfflineConfig
+from omgmg.datakit.loader import Batch
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import adam
 
 

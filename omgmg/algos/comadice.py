@@ -26,15 +26,17 @@ is a plain convex minimisation); terminations cut the gamma nu_tot(s') term, tru
 the ratio in the actor loss is computed after the nu step, detached, and clipped at ``max_ratio`` so
 that a few transitions cannot dominate a batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from datakit.loader import Batch, InitialStates
-from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig
+from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.loader import Batch, InitialStates
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import AgentMLP, Mixer, adam, mix
 
 
@@ -51,10 +53,11 @@ class ComaDICEConfig(TDConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.alpha <= 0 or self.max_ratio <= 0:
-            raise ValueError(f"alpha and max_ratio must be > 0, got {self.alpha}, {self.max_ratio}")
+            raise ConfigError(f"alpha and max_ratio must be > 0, got {self.alpha}, {self.max_ratio}")
 
 
 # ----- losses ---------------------------------------------------------------------------------------------------
+
 
 def soft_chi2_ratio(e: torch.Tensor, alpha: float) -> torch.Tensor:
     """The optimal ratio w*(e) = (f')^{-1}(e / alpha), clipped at 0: exp(e/alpha) below 0, e/alpha + 1 above."""
@@ -63,7 +66,7 @@ def soft_chi2_ratio(e: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def soft_chi2_dual(e: torch.Tensor, alpha: float) -> torch.Tensor:
     """g(e) = -alpha f(w*(e)) + w*(e) e: alpha (exp(e/alpha) - 1) below 0, e + e^2 / (2 alpha) above."""
-    return torch.where(e < 0, alpha * (torch.exp(torch.clamp(e, max=0.0) / alpha) - 1.0), e + e ** 2 / (2 * alpha))
+    return torch.where(e < 0, alpha * (torch.exp(torch.clamp(e, max=0.0) / alpha) - 1.0), e + e**2 / (2 * alpha))
 
 
 def dice_nu_loss(nu_tot_initial: torch.Tensor, e: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
@@ -78,6 +81,7 @@ def ratio_weighted_actor_loss(ratio: torch.Tensor, log_prob_data: torch.Tensor) 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
 
+
 class ComaDICE(OfflineAlgorithm):
     name = "comadice"
     config_cls = ComaDICEConfig
@@ -87,8 +91,10 @@ class ComaDICE(OfflineAlgorithm):
         self.actor = self.stochastic_actor()
         self.nu = AgentMLP(spec.n_agents, spec.obs_dim, 1, cfg.hidden, shared=cfg.shared_networks)
         self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
-        self.optimizers = {"nu": adam([*self.nu.parameters(), *self.mixer.parameters()], cfg.lr),
-                           "actor": adam(self.actor.parameters(), cfg.lr)}
+        self.optimizers = {
+            "nu": adam([*self.nu.parameters(), *self.mixer.parameters()], cfg.lr),
+            "actor": adam(self.actor.parameters(), cfg.lr),
+        }
 
     def nu_tot(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         w, bias = self.mixer(state)
@@ -96,8 +102,11 @@ class ComaDICE(OfflineAlgorithm):
 
     def advantage(self, b: Batch) -> torch.Tensor:
         """e(s, a, s') = r + gamma nu_tot(s') - nu_tot(s), (B,)."""
-        return b.reward + (1.0 - b.terminated) * self.cfg.gamma * self.nu_tot(b.next_obs, b.next_state) \
+        return (
+            b.reward
+            + (1.0 - b.terminated) * self.cfg.gamma * self.nu_tot(b.next_obs, b.next_state)
             - self.nu_tot(b.obs, b.state)
+        )
 
     def step(self, loader) -> dict[str, float]:
         initial = self.prepare_initial(loader.sample_initial())

@@ -26,6 +26,7 @@ Deviations, stated:
 - **Continuous actions** (not in the ICQ-MA paper, whose MA experiments are SMAC): Q_i(o_i, a_i) with
   the tanh-Gaussian actor, the baseline E_{a~pi_i} Q_i estimated with ``n_action_samples`` samples.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,9 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
-from datakit.loader import Batch
-from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig
+from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.loader import Batch
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import Mixer, adam, soft_update
 
 
@@ -53,18 +55,20 @@ class ICQConfig(TDConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.beta <= 0 or self.alpha <= 0 or self.n_action_samples < 1:
-            raise ValueError("beta and alpha must be > 0 and n_action_samples >= 1")
+            raise ConfigError("beta and alpha must be > 0 and n_action_samples >= 1")
 
 
 # ----- losses ---------------------------------------------------------------------------------------------------
+
 
 def batch_softmax_weights(x: torch.Tensor, temperature: float) -> torch.Tensor:
     """B * softmax over the batch axis (dim 0) of x / temperature: implicit importance weights, mean 1."""
     return x.shape[0] * torch.softmax(x / temperature, dim=0)
 
 
-def icq_target(reward: torch.Tensor, ends: torch.Tensor, next_q_tot: torch.Tensor, gamma: float,
-               beta: float) -> torch.Tensor:
+def icq_target(
+    reward: torch.Tensor, ends: torch.Tensor, next_q_tot: torch.Tensor, gamma: float, beta: float
+) -> torch.Tensor:
     """y = r + gamma (1 - end) * B softmax_batch(Qbar_tot(s', a') / beta) * Qbar_tot(s', a')."""
     return reward + (1.0 - ends) * gamma * batch_softmax_weights(next_q_tot, beta) * next_q_tot
 
@@ -77,6 +81,7 @@ def icq_actor_loss(w: torch.Tensor, advantage: torch.Tensor, log_prob_data: torc
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
 
+
 class ICQ(OfflineAlgorithm):
     name = "icq"
     config_cls = ICQConfig
@@ -88,8 +93,10 @@ class ICQ(OfflineAlgorithm):
         self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
-        self.optimizers = {"q": adam([*self.q.parameters(), *self.mixer.parameters()], cfg.lr),
-                           "actor": adam(self.actor.parameters(), cfg.lr)}
+        self.optimizers = {
+            "q": adam([*self.q.parameters(), *self.mixer.parameters()], cfg.lr),
+            "actor": adam(self.actor.parameters(), cfg.lr),
+        }
 
     def update(self, b: Batch) -> dict[str, float]:
         stats = self.update_critic(b)
@@ -128,8 +135,11 @@ class ICQ(OfflineAlgorithm):
         self.optimize("actor", loss, self.actor)
         # the share of the batch's weight on its heaviest transition (1/B: uniform; 1: one transition)
         top_share = torch.softmax(advantage / self.cfg.alpha, dim=0).max(0).values.mean()
-        return {"loss/actor": loss.item(), "value/advantage_std": advantage.std().item(),
-                "value/top_weight_share": top_share.item()}
+        return {
+            "loss/actor": loss.item(),
+            "value/advantage_std": advantage.std().item(),
+            "value/top_weight_share": top_share.item(),
+        }
 
     def update_targets(self) -> None:
         soft_update(self.q_target, self.q, self.cfg.tau)

@@ -27,6 +27,7 @@ Discrete actions (discrete BCQ, Fujimoto et al. 2019b):
 
 Terminations cut the bootstrap, truncations keep it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datakit.loader import Batch
-from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
+from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.loader import Batch
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import ActionBox, AgentMLP, AgentVAE, Mixer, adam, masked_max, soft_update
 
 EVAL_SEED = 12345  # latent draws when acting, so evaluation actions depend on the observation only
@@ -59,15 +61,18 @@ class MABCQConfig(TDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not (0 <= self.twin_min_weight <= 1 and 0 <= self.threshold < 1 and self.phi >= 0 and self.n_candidates >= 1):
-            raise ValueError("twin_min_weight must lie in [0, 1], threshold in [0, 1), phi >= 0 and n_candidates >= 1")
+        if not (
+            0 <= self.twin_min_weight <= 1 and 0 <= self.threshold < 1 and self.phi >= 0 and self.n_candidates >= 1
+        ):
+            raise ConfigError("twin_min_weight must lie in [0, 1], threshold in [0, 1), phi >= 0 and n_candidates >= 1")
 
 
 # ----- losses ---------------------------------------------------------------------------------------------------
 
+
 def vae_loss(recon: torch.Tensor, actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """BCQ's generative-model loss: squared reconstruction error + 0.5 KL(N(mean, std) || N(0, 1))."""
-    kl = -0.5 * (1 + 2 * log_std - mean ** 2 - (2 * log_std).exp()).sum(-1)
+    kl = -0.5 * (1 + 2 * log_std - mean**2 - (2 * log_std).exp()).sum(-1)
     return ((recon - actions) ** 2).sum(-1).mean() + 0.5 * kl.mean()
 
 
@@ -84,6 +89,7 @@ def allowed_actions(behaviour_probs: torch.Tensor, avail: torch.Tensor, threshol
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
+
 
 class MABCQ(OfflineAlgorithm):
     name = "mabcq"
@@ -107,8 +113,10 @@ class MABCQ(OfflineAlgorithm):
             self.optimizers["actor"] = adam(self.actor.parameters(), cfg.lr)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
-        self.optimizers |= {"behaviour": adam(self.behaviour.parameters(), cfg.lr),
-                            "q": adam(self.critic_parameters(), cfg.lr)}
+        self.optimizers |= {
+            "behaviour": adam(self.behaviour.parameters(), cfg.lr),
+            "q": adam(self.critic_parameters(), cfg.lr),
+        }
 
     def critic_parameters(self) -> list[nn.Parameter]:
         return [*self.q.parameters(), *self.mixer.parameters()]
@@ -138,8 +146,9 @@ class MABCQ(OfflineAlgorithm):
         scale = self.cfg.phi * (box.high - box.low) / 2
         return box.clamp(actions + scale * torch.tanh(xi(torch.cat([obs, actions], -1))))
 
-    def _best_candidates(self, obs: torch.Tensor, xi: nn.Module, q1: nn.Module,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+    def _best_candidates(
+        self, obs: torch.Tensor, xi: nn.Module, q1: nn.Module, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Per agent, the best by Q^1_i of n perturbed behaviour samples: (B, N, A)."""
         k, B = self.cfg.n_candidates, obs.shape[0]
         obs_k = obs.repeat(k, 1, 1)  # (kB, N, O)
@@ -154,8 +163,9 @@ class MABCQ(OfflineAlgorithm):
     def _target(self, b: Batch) -> torch.Tensor:
         cfg = self.cfg
         if self.spec.discrete:
-            allowed = allowed_actions(self.behaviour.log_probs(b.next_obs, b.next_avail).exp(), b.next_avail,
-                                      cfg.threshold)
+            allowed = allowed_actions(
+                self.behaviour.log_probs(b.next_obs, b.next_avail).exp(), b.next_avail, cfg.threshold
+            )
             _, greedy = masked_max(self.q(b.next_obs), allowed)
             next_q = self.q_target(b.next_obs).gather(-1, greedy[..., None])[..., 0]
             next_value = self.mixer_target.total(b.next_state, next_q)

@@ -19,6 +19,7 @@ Q on actions the data does not support and up on the dataset's actions.
 Terminations cut the bootstrap, truncations keep it. The regulariser weight is the fixed cql_alpha
 (CQL's Lagrange variant is not implemented).
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from datakit.loader import Batch
-from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig
+from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.loader import Batch
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import Mixer, adam, masked_max, mix, soft_update
 
 
@@ -48,10 +50,11 @@ class MACQLConfig(TDConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.cql_alpha < 0 or self.n_action_samples < 1 or self.init_entropy_alpha <= 0:
-            raise ValueError("cql_alpha must be >= 0, n_action_samples >= 1 and init_entropy_alpha > 0")
+            raise ConfigError("cql_alpha must be >= 0, n_action_samples >= 1 and init_entropy_alpha > 0")
 
 
 # ----- losses ---------------------------------------------------------------------------------------------------
+
 
 def conservative_penalty(q_candidates: torch.Tensor, q_data: torch.Tensor) -> torch.Tensor:
     """CQL(H): E[logsumexp_a Q_i(o_i, a) - Q_i(o_i, a_i)], averaged over batch and agents.
@@ -67,6 +70,7 @@ def td_loss(q_tot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
+
 
 class MACQL(OfflineAlgorithm):
     name = "macql"

@@ -28,6 +28,7 @@ Independent critics are faithful to OMAR (no mixer); the team reward is every ag
 Truncations bootstrap, terminations do not. The actor update runs every step (no TD3 policy delay,
 as the OMAR code).
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,10 +37,11 @@ from dataclasses import dataclass
 
 import torch
 
-from datakit.loader import Batch
-from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
 from omgmg.algos.macql import conservative_penalty
+from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.loader import Batch
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import ActionBox, DeterministicPolicy, TwinQ, adam, masked_max, soft_update
 
 
@@ -72,15 +74,24 @@ class OMARConfig(TDConfig):
     def __post_init__(self):
         super().__post_init__()
         if not 0 <= self.omar_coe <= 1:
-            raise ValueError(f"omar_coe must lie in [0, 1], got {self.omar_coe}")
+            raise ConfigError(f"omar_coe must lie in [0, 1], got {self.omar_coe}")
         if not 1 <= self.cem_elites <= self.cem_samples or self.cem_iters < 1 or self.n_action_samples < 1:
-            raise ValueError("need cem_iters >= 1, 1 <= cem_elites <= cem_samples and n_action_samples >= 1")
+            raise ConfigError("need cem_iters >= 1, 1 <= cem_elites <= cem_samples and n_action_samples >= 1")
 
 
 # ----- losses and the search ------------------------------------------------------------------------------------
 
-def cem_search(score, n_agents_shape: tuple[int, ...], action_dim: int, iters: int, samples: int, elites: int,
-               init_std: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+
+def cem_search(
+    score,
+    n_agents_shape: tuple[int, ...],
+    action_dim: int,
+    iters: int,
+    samples: int,
+    elites: int,
+    init_std: float,
+    device=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy maximisation of ``score`` (unit-cube actions (M, *shape, A) -> (M, *shape)) per
     (batch, agent) independently. Returns the best sample (*shape, A) and its score (*shape)."""
     mean = torch.zeros(*n_agents_shape, action_dim, device=device)
@@ -95,14 +106,16 @@ def cem_search(score, n_agents_shape: tuple[int, ...], action_dim: int, iters: i
     return u.gather(0, best[None, ..., None].expand(1, *u.shape[1:]))[0], best_value
 
 
-def omar_actor_loss(q_pi: torch.Tensor, pi_actions: torch.Tensor, imitation_target: torch.Tensor,
-                    coe: float) -> torch.Tensor:
+def omar_actor_loss(
+    q_pi: torch.Tensor, pi_actions: torch.Tensor, imitation_target: torch.Tensor, coe: float
+) -> torch.Tensor:
     """(1 - coe) * -E[Q_i(o_i, mu_i(o_i))] + coe * E[||mu_i(o_i) - a_hat_i||^2] (sum over action entries)."""
     imitation = ((pi_actions - imitation_target.detach()) ** 2).sum(-1).mean()
     return (1 - coe) * -q_pi.mean() + coe * imitation
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
+
 
 class OMAR(OfflineAlgorithm):
     name = "omar"
@@ -192,12 +205,21 @@ class OMAR(OfflineAlgorithm):
             pi = self.actor(b.obs)  # (B, N, A)
             q_pi = self.q.q1(torch.cat([b.obs, pi], -1))[..., 0]  # (B, N)
             with torch.no_grad():
+
                 def score(u):  # Q^1_i at unit-cube actions (M, B, N, A) -> (M, B, N)
                     obs = b.obs.expand(u.shape[0], *b.obs.shape)
                     return self.q.q1(torch.cat([obs, self.box.from_unit(u)], -1))[..., 0]
 
-                best_u, best_q = cem_search(score, tuple(pi.shape[:2]), pi.shape[-1], cfg.cem_iters,
-                                            cfg.cem_samples, cfg.cem_elites, cfg.cem_init_std, pi.device)
+                best_u, best_q = cem_search(
+                    score,
+                    tuple(pi.shape[:2]),
+                    pi.shape[-1],
+                    cfg.cem_iters,
+                    cfg.cem_samples,
+                    cfg.cem_elites,
+                    cfg.cem_init_std,
+                    pi.device,
+                )
                 better = (best_q > q_pi)[..., None]
                 target = torch.where(better, self.box.from_unit(best_u), pi)
             loss = omar_actor_loss(q_pi, self.box.to_unit(pi), self.box.to_unit(target), cfg.omar_coe)

@@ -32,13 +32,14 @@ Implementation choices, each stated where the paper leaves room or where we devi
   time-limit truncation bootstraps from o' (the stored final observation), a termination does not.
 - **Discrete actions.** Q_i(o_i, .) outputs one value per action; the actor's Q term is the exact
   expectation ``sum_a pi_i(a|o_i) Q_i(o_i, a)`` under the masked softmax.
-- ``value_targets`` (off in the dataclass, on in MaMuJoCo's suite defaults) bootstraps V_tot(o') in Eq. (12) and takes w(s) in Eqs. (10)-(11)
-  from Polyak-averaged target copies of V and the mixer, as OMIGA's code does: a deviation from
-  Algorithm 1's list of target networks, offered because Q_tot overestimates without it on
-  Hopper-3x1 (docs/omgmg.md has the measurement).
+- ``value_targets`` (off in the dataclass, on in MaMuJoCo's suite defaults) bootstraps V_tot(o') in
+  Eq. (12) and takes w(s) in Eqs. (10)-(11) from Polyak-averaged target copies of V and the mixer, as
+  OMIGA's code does: a deviation from Algorithm 1's list of target networks, offered because Q_tot
+  overestimates without it on Hopper-3x1 (docs/omgmg.md has the measurement).
 - ``normalize_q_term`` (off by default) divides Eq. (10)'s Q term by the batch mean of |Q| (as TD3+BC
   does); it is a deviation from the paper, offered for stability experiments only.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,9 +47,10 @@ from dataclasses import dataclass
 
 import torch
 
-from datakit.loader import Batch
-from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig
+from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.loader import Batch
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import AgentMLP, Mixer, adam, mix, soft_update
 
 
@@ -69,17 +71,20 @@ class OMGMGConfig(TDConfig):
     normalize_q_term: bool = False
     """Deviation, off by default: divide Eq. (10)'s Q term by mean |Q| of the batch."""
     value_targets: bool = False
-    """Deviation (on in MaMuJoCo's suite defaults): target copies of V and the mixer for V_tot(o') and w(s), as OMIGA's code."""
+    """Deviation (on in MaMuJoCo's suite defaults): target copies of V and the mixer for V_tot(o') and w(s),
+    as OMIGA's code."""
 
     def __post_init__(self):
         super().__post_init__()
         if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam must lie in [0, 1], got {self.lam}")
+            raise ConfigError(f"lam must lie in [0, 1], got {self.lam}")
         if self.nu < 0 or self.alpha <= 0:
-            raise ValueError(f"nu must be >= 0 and alpha > 0, got nu={self.nu}, alpha={self.alpha}")
+            raise ConfigError(f"nu must be >= 0 and alpha > 0, got nu={self.nu}, alpha={self.alpha}")
         if self.z_clip <= 0 or self.n_action_samples < 1:
-            raise ValueError(f"z_clip must be > 0 and n_action_samples >= 1, got z_clip={self.z_clip}, "
-                             f"n_action_samples={self.n_action_samples}")
+            raise ConfigError(
+                f"z_clip must be > 0 and n_action_samples >= 1, got z_clip={self.z_clip}, "
+                f"n_action_samples={self.n_action_samples}"
+            )
 
 
 # Per-suite defaults, applied where the user sets nothing (``omgmg.algos.make_config``). Chosen by
@@ -98,8 +103,10 @@ SUITE_DEFAULTS = {
 
 # ----- losses ---------------------------------------------------------------------------------------------------
 
-def advantage_exponent(w: torch.Tensor, q_target: torch.Tensor, v: torch.Tensor, alpha: float,
-                       clip: float) -> torch.Tensor:
+
+def advantage_exponent(
+    w: torch.Tensor, q_target: torch.Tensor, v: torch.Tensor, alpha: float, clip: float
+) -> torch.Tensor:
     """z_i = w_i(s) / alpha * (Qbar_i(o_i, a_i) - V_i(o_i)), clamped as in OMIGA's code. (B, N)"""
     return (w * (q_target - v) / alpha).clamp(-clip, clip)
 
@@ -110,8 +117,16 @@ def implicit_value_loss(z: torch.Tensor, w: torch.Tensor, v: torch.Tensor, alpha
     return (torch.exp(z - max_z) + torch.exp(-max_z) * w * v / alpha).mean()
 
 
-def gmg_target(reward: torch.Tensor, terminated: torch.Tensor, next_w: torch.Tensor, next_b: torch.Tensor,
-               next_q_expected: torch.Tensor, next_v: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+def gmg_target(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    next_w: torch.Tensor,
+    next_b: torch.Tensor,
+    next_q_expected: torch.Tensor,
+    next_v: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
     """Eq. (12)'s target: r + lam*gamma*E_{a'~pibar_tot}[Qbar_tot(o',a')] + (1-lam)*gamma*V_tot(o').
 
     next_q_expected (B, N) = E_{a'_i~pibar_i} Qbar_i(o'_i, a'_i); next_v (B, N) = V_i(o'_i); the mixer is
@@ -127,8 +142,9 @@ def gmg_q_loss(q_tot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((q_tot - target.detach()) ** 2).mean()
 
 
-def moderate_generalization_actor_loss(q_pi: torch.Tensor, log_prob_data: torch.Tensor, weight: torch.Tensor,
-                                       nu: float) -> torch.Tensor:
+def moderate_generalization_actor_loss(
+    q_pi: torch.Tensor, log_prob_data: torch.Tensor, weight: torch.Tensor, nu: float
+) -> torch.Tensor:
     """Eq. (10), negated: -(E_{a_i~pi_i}[Q_i(o_i, a_i)] + nu * E_D[exp(z_i) * log pi_i(a_i | o_i)]).
 
     q_pi (B, N): Q_i at the policy's action (or its expectation); log_prob_data (B, N): log pi_i of the
@@ -138,6 +154,7 @@ def moderate_generalization_actor_loss(q_pi: torch.Tensor, log_prob_data: torch.
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
+
 
 class OMGMG(OfflineAlgorithm):
     name = "omgmg"
@@ -173,8 +190,11 @@ class OMGMG(OfflineAlgorithm):
         """
         if self.spec.discrete:
             q_bar = self.q_at(self.q_target, b.obs, b.actions)
-            next_q = self._expected_next_q_discrete(b.next_obs, b.next_avail) if self.cfg.lam > 0 else \
-                torch.zeros_like(q_bar)
+            next_q = (
+                self._expected_next_q_discrete(b.next_obs, b.next_avail)
+                if self.cfg.lam > 0
+                else torch.zeros_like(q_bar)
+            )
             return q_bar, next_q
         B, k = b.obs.shape[0], self.cfg.n_action_samples if self.cfg.lam > 0 else 0
         obs = torch.cat([b.obs] + [b.next_obs] * k)
@@ -211,8 +231,12 @@ class OMGMG(OfflineAlgorithm):
         z = advantage_exponent(w, q_bar, v, cfg.alpha, cfg.z_clip)
         v_loss = implicit_value_loss(z, w, v, cfg.alpha)
         self.optimize("v", v_loss, self.v)
-        return z.detach(), {"loss/v": v_loss.item(), "value/v": v.mean().item(), "value/w": w.mean().item(),
-                            "value/exp_z": torch.exp(z).mean().item()}
+        return z.detach(), {
+            "loss/v": v_loss.item(),
+            "value/v": v.mean().item(),
+            "value/w": w.mean().item(),
+            "value/exp_z": torch.exp(z).mean().item(),
+        }
 
     def update_q(self, b: Batch, next_q: torch.Tensor) -> dict:
         """Algorithm 1, line 5: Q_i, w and b by Eq. (12), bootstrapping from the V just updated."""

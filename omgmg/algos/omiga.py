@@ -12,12 +12,13 @@ The method OMGMG builds on. Per gradient step, on a minibatch (o, s, a, r, o', s
 What separates it from OMGMG: the Q target bootstraps from V alone (OMGMG mixes in lam * E_pi Qbar_tot),
 and the actor is pure weighted imitation (OMGMG adds E_pi Q_i and weighs imitation by nu).
 
-As the official code: z is clamped to [-10, 10] and the V loss divided by exp(max z) (see
-``omgmg.algos.omgmg.implicit_value_loss``); the weights in step 1 and 3 come from the target mixer
-and target Q; the Q target uses the target V and target mixer; exp(z) in step 3 is computed before
-step 1 updates V. The clamp of z bounds the actor weights by exp(10): that is the clipping of the
-official code. Discrete actions (its SMAC variant): Q_i(o_i, .) over all actions, a masked softmax actor.
+As the official code: z is clamped to [-10, 10] and the V loss divided by exp(max z); the weights in
+step 1 and 3 come from the target mixer and target Q; the Q target uses the target V and target
+mixer; exp(z) in step 3 is computed before step 1 updates V. The clamp of z bounds the actor weights
+by exp(10): that is the clipping of the official code. Discrete actions (its SMAC variant):
+Q_i(o_i, .) over all actions, a masked softmax actor.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,10 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
-from datakit.loader import Batch
-from datakit.spec import EnvSpec
 from omgmg.algos.base import OfflineAlgorithm, TDConfig
-from omgmg.algos.omgmg import advantage_exponent, implicit_value_loss
+from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.loader import Batch
+from omgmg.datakit.spec import EnvSpec
 from omgmg.nets import AgentMLP, Mixer, adam, mix, soft_update
 
 
@@ -44,13 +45,35 @@ class OMIGAConfig(TDConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.alpha <= 0 or self.z_clip <= 0:
-            raise ValueError(f"alpha and z_clip must be > 0, got alpha={self.alpha}, z_clip={self.z_clip}")
+            raise ConfigError(f"alpha and z_clip must be > 0, got alpha={self.alpha}, z_clip={self.z_clip}")
 
 
 # ----- losses ---------------------------------------------------------------------------------------------------
 
-def omiga_q_target(reward: torch.Tensor, terminated: torch.Tensor, next_w: torch.Tensor, next_b: torch.Tensor,
-                   next_v: torch.Tensor, gamma: float) -> torch.Tensor:
+
+def advantage_exponent(
+    w: torch.Tensor, q_target: torch.Tensor, v: torch.Tensor, alpha: float, clip: float
+) -> torch.Tensor:
+    """z_i = w_i(s) / alpha * (Qbar_i(o_i, a_i) - V_i(o_i)), clamped to [-clip, clip] as the official code. (B, N)"""
+    return (w * (q_target - v) / alpha).clamp(-clip, clip)
+
+
+def implicit_value_loss(z: torch.Tensor, w: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
+    """OMIGA's implicit local value loss E[exp(z) + w V / alpha], divided by exp(max z) as the official
+    code does for stability. (OMGMG's Eq. (11) is this loss; omgmg.py states it on its own, so that a
+    change to either method leaves the other as its paper defines it.)"""
+    max_z = z.max().detach().clamp(min=-1.0)
+    return (torch.exp(z - max_z) + torch.exp(-max_z) * w * v / alpha).mean()
+
+
+def omiga_q_target(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    next_w: torch.Tensor,
+    next_b: torch.Tensor,
+    next_v: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
     """OMIGA's Q target r + gamma * Vbar_tot(s'), with Vbar_tot = sum_i wbar_i(s') Vbar_i(o'_i) + bbar(s');
     cut at terminations only (a truncation still bootstraps)."""
     return reward + (1.0 - terminated) * gamma * mix(next_w, next_v, next_b)
@@ -62,6 +85,7 @@ def weighted_likelihood_actor_loss(weight: torch.Tensor, log_prob_data: torch.Te
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
+
 
 class OMIGA(OfflineAlgorithm):
     name = "omiga"
@@ -76,9 +100,11 @@ class OMIGA(OfflineAlgorithm):
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.v_target = copy.deepcopy(self.v).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
-        self.optimizers = {"v": adam(self.v.parameters(), cfg.lr),
-                           "q": adam([*self.q.parameters(), *self.mixer.parameters()], cfg.lr),
-                           "actor": adam(self.actor.parameters(), cfg.lr)}
+        self.optimizers = {
+            "v": adam(self.v.parameters(), cfg.lr),
+            "q": adam([*self.q.parameters(), *self.mixer.parameters()], cfg.lr),
+            "actor": adam(self.actor.parameters(), cfg.lr),
+        }
 
     def update(self, b: Batch) -> dict[str, float]:
         z, stats = self.update_critic(b)  # steps 1-2
@@ -93,8 +119,9 @@ class OMIGA(OfflineAlgorithm):
             w_bar, _ = self.mixer_target(b.state)
             q_bar = self.q_at(self.q_target, b.obs, b.actions)
             next_w, next_b = self.mixer_target(b.next_state)
-            target = omiga_q_target(b.reward, b.terminated, next_w, next_b, self.v_target(b.next_obs)[..., 0],
-                                    cfg.gamma)
+            target = omiga_q_target(
+                b.reward, b.terminated, next_w, next_b, self.v_target(b.next_obs)[..., 0], cfg.gamma
+            )
         v = self.v(b.obs)[..., 0]
         z = advantage_exponent(w_bar, q_bar, v, cfg.alpha, cfg.z_clip)
         v_loss = implicit_value_loss(z, w_bar, v, cfg.alpha)
@@ -103,16 +130,26 @@ class OMIGA(OfflineAlgorithm):
         q_tot = mix(w, self.q_at(self.q, b.obs, b.actions), bias)
         q_loss = ((q_tot - target) ** 2).mean()
         self.optimize("q", q_loss, [*self.q.parameters(), *self.mixer.parameters()])
-        return z.detach(), {"loss/v": v_loss.item(), "loss/q": q_loss.item(), "value/q_tot": q_tot.mean().item(),
-                            "value/v": v.mean().item(), "value/exp_z": torch.exp(z).mean().item()}
+        return z.detach(), {
+            "loss/v": v_loss.item(),
+            "loss/q": q_loss.item(),
+            "value/q_tot": q_tot.mean().item(),
+            "value/v": v.mean().item(),
+            "value/exp_z": torch.exp(z).mean().item(),
+        }
 
     def update_actor(self, b: Batch, z: torch.Tensor | None = None) -> dict:
         """Step 3: advantage-weighted likelihood with weights exp(z) (recomputed when not given)."""
         if z is None:
             with torch.no_grad():
                 w_bar, _ = self.mixer_target(b.state)
-                z = advantage_exponent(w_bar, self.q_at(self.q_target, b.obs, b.actions), self.v(b.obs)[..., 0],
-                                       self.cfg.alpha, self.cfg.z_clip)
+                z = advantage_exponent(
+                    w_bar,
+                    self.q_at(self.q_target, b.obs, b.actions),
+                    self.v(b.obs)[..., 0],
+                    self.cfg.alpha,
+                    self.cfg.z_clip,
+                )
         loss = weighted_likelihood_actor_loss(torch.exp(z), self.log_prob_data(b))
         self.optimize("actor", loss, self.actor)
         return {"loss/actor": loss.item()}

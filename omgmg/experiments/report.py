@@ -9,6 +9,7 @@
   dataset, a red cross where any seed diverged: Q_tot non-finite or above 10 max|r| / (1 - gamma), or
   a non-finite loss (``omgmg.experiments.sweep.DIVERGENCE_FACTOR``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omgmg.datakit.outputs import atomic_write_json
 from omgmg.experiments.spec import DatasetRef
 from omgmg.experiments.sweep import dataset_path, reference_levels
 
@@ -43,8 +45,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def budget_label(meta: dict) -> str:
     b = meta["budget"]
     kind = "SMOKE budget (a quick check, not the paper's setting)" if meta["smoke"] else "full budget"
-    return (f"{kind}: {b['steps']} gradient steps, {len(meta['seeds'])} seed(s), {b['eval_episodes']} evaluation "
-            f"episodes; datasets {json.dumps(meta['data'])}")
+    return (
+        f"{kind}: {b['steps']} gradient steps, {len(meta['seeds'])} seed(s), {b['eval_episodes']} evaluation "
+        f"episodes; datasets {json.dumps(meta['data'])}"
+    )
 
 
 def _score(result: dict) -> float | None:
@@ -56,7 +60,7 @@ def _score(result: dict) -> float | None:
 
 def _reference_returns(result: dict) -> tuple[float, float] | None:
     """(random, expert) mean returns of the result's task, for the normalised score."""
-    from datakit import open_dataset
+    from omgmg.datakit import open_dataset
 
     cell = result["cell"]
     refs = reference_levels(DatasetRef(**cell["dataset"]))
@@ -86,8 +90,11 @@ def aggregate(results: list[dict]) -> dict:
     for key, rs in groups.items():
         scores = [s for s in map(_score, rs) if s is not None]
         q = [r["q_tot"] for r in rs if r.get("q_tot") is not None]
-        entry = {"n": len(rs), "diverged": sum(bool(r.get("diverged")) for r in rs),
-                 "errors": [r["error"] for r in rs if r.get("error")]}
+        entry = {
+            "n": len(rs),
+            "diverged": sum(bool(r.get("diverged")) for r in rs),
+            "errors": [r["error"] for r in rs if r.get("error")],
+        }
         if scores:
             entry["mean"], entry["std"] = mean_std(scores)
             refs = _reference_returns(rs[0])
@@ -116,10 +123,17 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
     columns algorithms."""
     algos = meta["algorithms"]
     rows = sorted({k[:2] for k in agg}, key=lambda r: (r[0], _LEVEL_ORDER.get(r[1], 9)))
-    md = [f"## {meta['title']}", "", f"_{budget_label(meta)}_", "",
-          "Final evaluation score, mean ± std over seeds (MaMuJoCo: return, with the normalised score in "
-          "parentheses; SMACv2: win rate in %). ×n: n seeds diverged.", "",
-          "| task | dataset | " + " | ".join(algos) + " |", "|" + "---|" * (len(algos) + 2)]
+    md = [
+        f"## {meta['title']}",
+        "",
+        f"_{budget_label(meta)}_",
+        "",
+        "Final evaluation score, mean ± std over seeds (MaMuJoCo: return, with the normalised score in "
+        "parentheses; SMACv2: win rate in %). ×n: n seeds diverged.",
+        "",
+        "| task | dataset | " + " | ".join(algos) + " |",
+        "|" + "---|" * (len(algos) + 2),
+    ]
     csv_rows = [["task", "dataset", *[f"{a}_{s}" for a in algos for s in ("mean", "std", "normalised")]]]
     for task, level in rows:
         entries = {a: agg.get((task, level, a, None)) for a in algos}
@@ -132,8 +146,11 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
             if e and "mean" in e and e["mean"] == best:
                 text = f"**{text}**"
             cells.append(text)
-            flat += [f"{e['mean']:.4g}" if e and "mean" in e else "", f"{e['std']:.4g}" if e and "mean" in e else "",
-                     f"{e['normalised'][0]:.4g}" if e and "normalised" in e else ""]
+            flat += [
+                f"{e['mean']:.4g}" if e and "mean" in e else "",
+                f"{e['std']:.4g}" if e and "mean" in e else "",
+                f"{e['normalised'][0]:.4g}" if e and "normalised" in e else "",
+            ]
         md.append(f"| {task} | {level} | " + " | ".join(cells) + " |")
         csv_rows.append([task, level, *flat])
     return "\n".join(md) + "\n", csv_rows
@@ -152,10 +169,17 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
     param = meta["grid"]
     datasets = sorted({k[:2] for k in agg})
     fig, axes = plt.subplots(2, len(datasets), figsize=(3.6 * len(datasets), 6), dpi=100, squeeze=False)
-    md = [f"## {meta['title']}", "", f"_{budget_label(meta)}_", "",
-          f"| task | dataset | algorithm | {param} | score | Q_tot | diverged |", "|---|---|---|---|---|---|---|"]
-    csv_rows = [["task", "dataset", "algorithm", param, "score_mean", "score_std", "q_tot_mean", "q_tot_std",
-                 "diverged", "n"]]
+    md = [
+        f"## {meta['title']}",
+        "",
+        f"_{budget_label(meta)}_",
+        "",
+        f"| task | dataset | algorithm | {param} | score | Q_tot | diverged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    csv_rows = [
+        ["task", "dataset", "algorithm", param, "score_mean", "score_std", "q_tot_mean", "q_tot_std", "diverged", "n"]
+    ]
     for j, (task, level) in enumerate(datasets):
         for algo in meta["algorithms"]:
             keys = sorted(k for k in agg if k[:3] == (task, level, algo))
@@ -184,9 +208,20 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
                 score = f"{e['mean']:.1f} ± {e['std']:.1f}" if "mean" in e else "error"
                 q = f"{e['q_tot'][0]:.1f} ± {e['q_tot'][1]:.1f}" if "q_tot" in e else "-"
                 md.append(f"| {task} | {level} | {algo} | {x:g} | {score} | {q} | {e['diverged']}/{e['n']} |")
-                csv_rows.append([task, level, algo, f"{x:g}", e.get("mean", ""), e.get("std", ""),
-                                 e["q_tot"][0] if "q_tot" in e else "", e["q_tot"][1] if "q_tot" in e else "",
-                                 e["diverged"], e["n"]])
+                csv_rows.append(
+                    [
+                        task,
+                        level,
+                        algo,
+                        f"{x:g}",
+                        e.get("mean", ""),
+                        e.get("std", ""),
+                        e["q_tot"][0] if "q_tot" in e else "",
+                        e["q_tot"][1] if "q_tot" in e else "",
+                        e["diverged"],
+                        e["n"],
+                    ]
+                )
     fig.suptitle(f"{meta['title']}\n{budget_label(meta)}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)
@@ -194,8 +229,48 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
     return "\n".join(md) + f"\n\n![{meta['name']}]({out_png.name})\n", csv_rows
 
 
-def write_report(sweep_dir, out_dir=None) -> list[Path]:
-    """Write ``NAME.md``, ``NAME.csv`` (and ``NAME.png`` for ablations) into ``out_dir`` (default: the sweep)."""
+def marl_eval(sweep_dir) -> dict:
+    """The sweep's evaluations in marl-eval's raw-data layout, which BenchMARL, OG-MARL and Mava
+    results load with: ``{suite: {task-level: {algorithm: {"run_SEED": {"step_I": {...}, ...,
+    "absolute_metrics": {...}}}}}}``.
+
+    ``step_I`` is the I-th evaluation in the cell's log (from 0) with ``step_count`` (gradient steps)
+    and one value per evaluation episode: ``return``, and ``win_rate`` (0/1 per episode) where the task
+    reports wins. ``absolute_metrics`` is the final evaluation (marl-eval's convention is a final
+    evaluation over ten times the episodes; omgmg's is over the run's ``eval_episodes``). An ablation's
+    algorithm name carries its grid value, e.g. ``omgmg[lam=0.5]``. Logs written before omgmg kept
+    every episode's return give the evaluation's mean as a single value.
+    """
+    from omgmg.experiments.spec import Cell
+    from omgmg.experiments.sweep import cell_dir
+    from omgmg.trainer import read_log
+
+    sweep_dir = Path(sweep_dir)
+    _, results = load_results(sweep_dir)
+    out: dict = {}
+    for r in results:
+        if r.get("error") or r.get("skipped"):
+            continue
+        cell = Cell.from_json(r["cell"])
+        ref = cell.dataset
+        algo = cell.algorithm + (f"[{cell.grid[0]}={cell.grid[1]:g}]" if cell.grid else "")
+        task = f"{ref.task}-{ref.level}" if not ref.path else ref.name
+        evals = [e for e in read_log(cell_dir(sweep_dir, cell) / "run") if "eval/return" in e]
+        run = {}
+        for i, e in enumerate(evals):
+            metrics = {"return": e.get("eval/episode_returns", [e["eval/return"]])}
+            if e.get("eval/win_rate") is not None:
+                metrics["win_rate"] = e.get("eval/episode_wins", [e["eval/win_rate"]])
+            run[f"step_{i}"] = {"step_count": int(e["step"]), **metrics}
+            run["absolute_metrics"] = metrics
+        suite_tasks = out.setdefault(ref.suite or "dataset", {}).setdefault(task, {})
+        suite_tasks.setdefault(algo, {})[f"run_{cell.seed}"] = run
+    return out
+
+
+def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> list[Path]:
+    """Write ``NAME.md``, ``NAME.csv`` (and ``NAME.png`` for ablations) into ``out_dir`` (default: the
+    sweep); with ``marl_eval_json`` also ``NAME.marl-eval.json`` (:func:`marl_eval`)."""
     sweep_dir = Path(sweep_dir)
     meta, results = load_results(sweep_dir)
     if not results:
@@ -212,4 +287,7 @@ def write_report(sweep_dir, out_dir=None) -> list[Path]:
     paths[0].write_text(md)
     with open(paths[1], "w", newline="") as f:
         csv.writer(f).writerows(rows)
+    if marl_eval_json:
+        paths.append(out_dir / f"{meta['name']}.marl-eval.json")
+        atomic_write_json(paths[-1], marl_eval(sweep_dir))
     return paths

@@ -41,27 +41,41 @@ The schema (docs/experiments.md has it with examples; ``omgmg/experiments/specs/
     episodes = 20
     train_steps = 20000
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datakit.errors import DatasetError
-from datakit.format import normalise_level
+import tomllib
+
+from omgmg.datakit.errors import ConfigError, DatasetError
+from omgmg.datakit.format import normalise_level
 
 SPEC_DIR = Path(__file__).parent / "specs"
 LAYOUTS = ("table", "ablation")
 BUDGET_KEYS = ("steps", "eval_every", "eval_episodes")
 DATA_KEYS = ("transitions", "episodes", "train_steps", "seed")
-TOP_KEYS = {"name", "title", "layout", "algorithms", "seeds", "budget", "data", "datasets", "grid", "overrides",
-            "smoke", "description"}
+TOP_KEYS = {
+    "name",
+    "title",
+    "layout",
+    "algorithms",
+    "seeds",
+    "budget",
+    "data",
+    "datasets",
+    "grid",
+    "overrides",
+    "smoke",
+    "description",
+}
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """A spec that cannot be run; the message names the key and the fix."""
 
 
@@ -101,8 +115,12 @@ class Cell:
     @property
     def key(self) -> str:
         """Hash of everything that determines the cell's result."""
-        payload = {"algorithm": self.algorithm, "dataset": dataclasses.asdict(self.dataset), "config": self.config,
-                   "data": self.data if self.dataset.path is None else None}
+        payload = {
+            "algorithm": self.algorithm,
+            "dataset": dataclasses.asdict(self.dataset),
+            "config": self.config,
+            "data": self.data if self.dataset.path is None else None,
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -112,14 +130,26 @@ class Cell:
         return f"{ds}-{self.algorithm}{grid}-seed{self.seed}-{self.key[:10]}"
 
     def to_json(self) -> dict:
-        return {"algorithm": self.algorithm, "dataset": dataclasses.asdict(self.dataset), "seed": self.seed,
-                "grid": list(self.grid) if self.grid else None, "config": self.config, "data": self.data,
-                "key": self.key}
+        return {
+            "algorithm": self.algorithm,
+            "dataset": dataclasses.asdict(self.dataset),
+            "seed": self.seed,
+            "grid": list(self.grid) if self.grid else None,
+            "config": self.config,
+            "data": self.data,
+            "key": self.key,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> Cell:
-        return cls(algorithm=d["algorithm"], dataset=DatasetRef(**d["dataset"]), seed=int(d["seed"]),
-                   grid=tuple(d["grid"]) if d["grid"] else None, config=d["config"], data=d["data"])
+        return cls(
+            algorithm=d["algorithm"],
+            dataset=DatasetRef(**d["dataset"]),
+            seed=int(d["seed"]),
+            grid=tuple(d["grid"]) if d["grid"] else None,
+            config=d["config"],
+            data=d["data"],
+        )
 
 
 @dataclass
@@ -142,8 +172,11 @@ class ExperimentSpec:
         if not smoke:
             return self.seeds, self.budget, self.data
         s = self.smoke
-        return (s["seeds"], {k: s[k] for k in BUDGET_KEYS},
-                {k: s[k] for k in DATA_KEYS if k in s} | {"seed": self.data.get("seed", 0)})
+        return (
+            s["seeds"],
+            {k: s[k] for k in BUDGET_KEYS},
+            {k: s[k] for k in DATA_KEYS if k in s} | {"seed": self.data.get("seed", 0)},
+        )
 
     def cells(self, smoke: bool = False) -> list[Cell]:
         from omgmg.algos import make_config
@@ -165,7 +198,7 @@ class ExperimentSpec:
 
 
 def _suite_of(path: str) -> str | None:
-    from datakit import open_dataset
+    from omgmg.datakit import open_dataset
 
     return open_dataset(path).spec.suite
 
@@ -215,21 +248,31 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
     bad = [a for a in algos if a not in ALGORITHMS]
     need(not bad, f"unknown algorithm(s) {', '.join(map(str, bad))}; choose from {', '.join(ALGORITHMS)}")
     seeds = raw["seeds"]
-    need(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds), "seeds must be a list of integers")
+    need(
+        isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds), "seeds must be a list of integers"
+    )
 
     budget = raw["budget"]
-    need(isinstance(budget, dict) and set(budget) == set(BUDGET_KEYS),
-         f"[budget] must set exactly {', '.join(BUDGET_KEYS)}")
+    need(
+        isinstance(budget, dict) and set(budget) == set(BUDGET_KEYS),
+        f"[budget] must set exactly {', '.join(BUDGET_KEYS)}",
+    )
     data = raw.get("data", {})
     need(isinstance(data, dict) and not set(data) - set(DATA_KEYS), f"[data] may set only {', '.join(DATA_KEYS)}")
     smoke = raw["smoke"]
-    need(isinstance(smoke, dict) and {"seeds", *BUDGET_KEYS} <= set(smoke)
-         and not set(smoke) - {"seeds", *BUDGET_KEYS, *DATA_KEYS},
-         f"[smoke] must set seeds, {', '.join(BUDGET_KEYS)} and may set {', '.join(DATA_KEYS)}")
+    need(
+        isinstance(smoke, dict)
+        and {"seeds", *BUDGET_KEYS} <= set(smoke)
+        and not set(smoke) - {"seeds", *BUDGET_KEYS, *DATA_KEYS},
+        f"[smoke] must set seeds, {', '.join(BUDGET_KEYS)} and may set {', '.join(DATA_KEYS)}",
+    )
     for where, table in (("budget", budget), ("data", data), ("smoke", smoke)):
         for k, v in table.items():
             if k == "seeds":
-                need(isinstance(v, list) and v and all(isinstance(s, int) for s in v), "[smoke] seeds must be a list of integers")
+                need(
+                    isinstance(v, list) and v and all(isinstance(s, int) for s in v),
+                    "[smoke] seeds must be a list of integers",
+                )
             else:
                 need(isinstance(v, int) and v >= (0 if k == "seed" else 1), f"[{where}] {k} must be a positive integer")
 
@@ -254,28 +297,40 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
     grid = None
     if "grid" in raw:
         need(isinstance(raw["grid"], dict) and len(raw["grid"]) == 1, "[grid] must name exactly one hyperparameter")
-        (param, values), = raw["grid"].items()
-        need(isinstance(values, list) and values and all(isinstance(v, int | float) for v in values),
-             f"[grid] {param} must be a non-empty list of numbers")
+        ((param, values),) = raw["grid"].items()
+        need(
+            isinstance(values, list) and values and all(isinstance(v, int | float) for v in values),
+            f"[grid] {param} must be a non-empty list of numbers",
+        )
         grid = (param, list(values))
     need(layout != "ablation" or grid is not None, "layout 'ablation' needs a [grid]")
 
     overrides = raw.get("overrides", {})
     need(isinstance(overrides, dict), "[overrides] must be a table of tables, e.g. [overrides.omgmg]")
-    for algo, values in overrides.items():
+    for algo in overrides:
         need(algo in algos, f"[overrides.{algo}]: {algo} is not among the spec's algorithms")
     for algo in algos:  # every grid / override key must be a field of the algorithm's config, valid in range
         fields = {f.name for f in dataclasses.fields(algorithm_class(algo).config_cls)}
         keys = set(overrides.get(algo, {})) | ({grid[0]} if grid else set())
         foreign = sorted(keys - fields)
         need(not foreign, f"{', '.join(foreign)} is not a hyperparameter of {algo}; see `omgmg train --help`")
-        for value in (grid[1] if grid else [None]):
+        for value in grid[1] if grid else [None]:
             values = dict(overrides.get(algo, {})) | ({grid[0]: value} if grid else {})
             try:
                 algorithm_class(algo).config_cls(**values)
             except (TypeError, ValueError) as e:
                 raise SpecError(f"{source}: {algo}: {e}") from None
-    return ExperimentSpec(name=raw["name"], algorithms=list(algos), seeds=list(seeds), budget=dict(budget),
-                          datasets=datasets, smoke=dict(smoke), title=raw.get("title", raw["name"]), layout=layout,
-                          data=dict(data), grid=grid, overrides={k: dict(v) for k, v in overrides.items()},
-                          source=source)
+    return ExperimentSpec(
+        name=raw["name"],
+        algorithms=list(algos),
+        seeds=list(seeds),
+        budget=dict(budget),
+        datasets=datasets,
+        smoke=dict(smoke),
+        title=raw.get("title", raw["name"]),
+        layout=layout,
+        data=dict(data),
+        grid=grid,
+        overrides={k: dict(v) for k, v in overrides.items()},
+        source=source,
+    )

@@ -14,6 +14,7 @@ Generated datasets live under ``$OMGMG_HOME/experiments/data-HASH/`` (HASH over 
 suite's datasets depend on), shared by every sweep with the same settings. With the Ray backend, the sweep directory
 and ``OMGMG_HOME`` must be on storage every node sees, and omgmg installed on every node.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,18 +27,19 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
-from datakit.errors import OutputError
-from datakit.outputs import OutputLock, atomic_write_json, os_errors
+from omgmg.datakit.errors import OutputError, RequestError
+from omgmg.datakit.outputs import OutputLock, atomic_write_json, data_home, os_errors
 from omgmg.experiments.spec import Cell, DatasetRef, ExperimentSpec
 
 DIVERGENCE_FACTOR = 10.0  # |Q_tot| above this many times max|r| / (1 - gamma) counts as diverged
 
 
-class SweepError(RuntimeError):
-    pass
+class SweepError(RequestError):
+    """A sweep that cannot run as asked (a backend option that does not apply, Ray missing)."""
 
 
 # ----- datasets ------------------------------------------------------------------------------------------------
+
 
 def generation_settings(suite: str, data: dict) -> dict:
     """The settings a suite's generated dataset depends on (MaMuJoCo counts transitions, SMACv2 episodes)."""
@@ -47,8 +49,6 @@ def generation_settings(suite: str, data: dict) -> dict:
 
 def dataset_path(ref: DatasetRef, data: dict) -> Path:
     """Where a cell's dataset lives: its own path, or under $OMGMG_HOME/experiments/data-HASH/."""
-    from collectors.training import data_home
-
     if ref.path:
         return Path(ref.path)
     settings = generation_settings(ref.suite, data)
@@ -66,8 +66,8 @@ def reference_levels(ref: DatasetRef) -> list[DatasetRef]:
 
 def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Callable[[str], None] = print) -> dict:
     """Generate every dataset the cells need (and the normalisation references); returns ref -> path."""
-    from collectors.collect import CollectRequest, collect
-    from datakit import open_dataset
+    from omgmg.collectors.collect import CollectRequest, collect
+    from omgmg.datakit import open_dataset
 
     needed: dict[DatasetRef, Path] = {}
     for cell in cells:
@@ -80,12 +80,17 @@ def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Calla
         if ref.path:
             raise SweepError(f"dataset {path} does not exist; fix its path in the spec")
         on_note(f"generating {ref.suite}/{ref.task} {ref.level} -> {path}")
-        collect(CollectRequest(ref.suite, ref.task, ref.level, out=path, workers=workers,
-                               **generation_settings(ref.suite, data)), on_note=on_note)
+        collect(
+            CollectRequest(
+                ref.suite, ref.task, ref.level, out=path, workers=workers, **generation_settings(ref.suite, data)
+            ),
+            on_note=on_note,
+        )
     return needed
 
 
 # ----- one cell --------------------------------------------------------------------------------------------------
+
 
 def run_cell(cell_json: dict, cell_dir: str, dataset: str, threads: int) -> dict:
     """Train and evaluate one cell into ``cell_dir`` (resuming it) and write its ``result.json``.
@@ -112,8 +117,8 @@ def run_cell(cell_json: dict, cell_dir: str, dataset: str, threads: int) -> dict
 def _train_cell(cell: Cell, cell_json: dict, out: Path, dataset: str, threads: int) -> dict:
     import numpy as np
 
-    from datakit import open_dataset
     from omgmg.algos import algorithm_class
+    from omgmg.datakit import open_dataset
     from omgmg.trainer import eval_score, read_log, train
 
     atomic_write_json(out / "cell.json", cell_json)
@@ -134,15 +139,23 @@ def _train_cell(cell: Cell, cell_json: dict, out: Path, dataset: str, threads: i
         losses = [v for r in log for k, v in r.items() if k.startswith("loss/")]
         diverged = any(not math.isfinite(v) or abs(v) > bound for v in q) or any(not math.isfinite(v) for v in losses)
         final = res.final
-        result.update(score=eval_score(final), eval_return=final.get("eval/return"),
-                      win_rate=final.get("eval/win_rate"), q_tot=q[-1] if q else None, q_bound=bound,
-                      diverged=diverged, steps=final.get("step"), dataset_stats=ds.meta.get("stats"))
+        result.update(
+            score=eval_score(final),
+            eval_return=final.get("eval/return"),
+            win_rate=final.get("eval/win_rate"),
+            q_tot=q[-1] if q else None,
+            q_bound=bound,
+            diverged=diverged,
+            steps=final.get("step"),
+            dataset_stats=ds.meta.get("stats"),
+        )
     result["wall_s"] = time.time() - t0
     atomic_write_json(out / "result.json", result)
     return result
 
 
 # ----- the sweep -------------------------------------------------------------------------------------------------
+
 
 def cell_dir(sweep_dir: Path, cell: Cell) -> Path:
     return sweep_dir / "cells" / cell.dirname
@@ -162,13 +175,23 @@ def pending_cells(sweep_dir: Path, cells: list[Cell]) -> list[Cell]:
     return [c for c in cells if not finished(sweep_dir, c)]
 
 
-def run_sweep(spec: ExperimentSpec, sweep_dir, *, smoke: bool = False, backend: str = "local", workers: int | None = None,
-              address: str | None = None, on_note: Callable[[str], None] = print,
-              on_start: Callable[[int, int], None] | None = None,
-              on_done: Callable[[Cell, dict], None] | None = None) -> list[dict]:
+def run_sweep(
+    spec: ExperimentSpec,
+    sweep_dir,
+    *,
+    smoke: bool = False,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    on_note: Callable[[str], None] = print,
+    on_start: Callable[[int, int], None] | None = None,
+    on_done: Callable[[Cell, dict], None] | None = None,
+) -> list[dict]:
     """Run every unfinished cell of ``spec``; returns the results of all cells."""
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
+    if workers is not None and workers < 1:
+        raise SweepError(f"workers must be a positive number, got {workers}")
     sweep_dir = Path(sweep_dir)
     with os_errors(sweep_dir, "creating the sweep directory"):
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -178,9 +201,18 @@ def run_sweep(spec: ExperimentSpec, sweep_dir, *, smoke: bool = False, backend: 
 
 def _run_sweep(spec, sweep_dir: Path, smoke, backend, workers, address, on_note, on_start, on_done) -> list[dict]:
     seeds, budget, data = spec.resolved(smoke)
-    meta = {"name": spec.name, "title": spec.title, "layout": spec.layout, "smoke": smoke, "seeds": seeds,
-            "budget": budget, "data": data, "algorithms": spec.algorithms, "source": spec.source,
-            "grid": spec.grid[0] if spec.grid else None}
+    meta = {
+        "name": spec.name,
+        "title": spec.title,
+        "layout": spec.layout,
+        "smoke": smoke,
+        "seeds": seeds,
+        "budget": budget,
+        "data": data,
+        "algorithms": spec.algorithms,
+        "source": spec.source,
+        "grid": spec.grid[0] if spec.grid else None,
+    }
     cells = spec.cells(smoke)
     meta["cells"] = [c.key for c in cells]  # the report aggregates these only, not cells of an earlier edit
     atomic_write_json(sweep_dir / "sweep.json", meta)
@@ -193,19 +225,23 @@ def _run_sweep(spec, sweep_dir: Path, smoke, backend, workers, address, on_note,
     jobs = [(c.to_json(), str(cell_dir(sweep_dir, c)), str(paths[c.dataset]), threads) for c in todo]
     run = _run_local if backend == "local" else _run_ray
     run(jobs, workers, address, lambda job, result: on_done and on_done(Cell.from_json(job[0]), result))
-    return [json.loads((cell_dir(sweep_dir, c) / "result.json").read_text()) for c in cells
-            if (cell_dir(sweep_dir, c) / "result.json").exists()]
+    return [
+        json.loads((cell_dir(sweep_dir, c) / "result.json").read_text())
+        for c in cells
+        if (cell_dir(sweep_dir, c) / "result.json").exists()
+    ]
 
 
 def _run_local(jobs, workers, address, done) -> None:
     if address:
-        raise SweepError("--address applies to the ray backend only")
+        raise SweepError("<<address=...>> applies to the ray backend only (<<backend=ray>>)")
     if workers == 1:
         for job in jobs:
             done(job, run_cell(*job))
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         futures = {pool.submit(run_cell, *job): job for job in jobs}
         while futures:
             finished, _ = wait(futures, return_when=FIRST_COMPLETED)

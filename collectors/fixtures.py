@@ -13,6 +13,7 @@ driven close to zero.
 Shapes can mimic real tasks (``SHAPES``), e.g. ``halfcheetah-6x1`` has 6 agents with observations
 9,9,8,9,9,8, state 17 and one action each, as gymnasium-robotics' HalfCheetah 6x1.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datakit.dataset import Dataset
-from datakit.spec import Box, Discrete, EnvSpec
-from datakit.writer import DatasetWriter
-
+from omgmg.datakit.dataset import Dataset
+from omgmg.datakit.spec import Box, Discrete, EnvSpec
+from omgmg.datakit.writer import DatasetWriter
 
 FALL_PENALTY = 50.0
 
@@ -44,8 +44,7 @@ SHAPES = {
     "halfcheetah-6x1": FixtureShape(obs_dims=(9, 9, 8, 9, 9, 8), state_dim=17, action_dim=1, episode_limit=1000),
     "hopper-3x1": FixtureShape(obs_dims=(8, 9, 8), state_dim=11, action_dim=1, episode_limit=1000),
     "ant-2x4": FixtureShape(obs_dims=(63, 63), state_dim=105, action_dim=4, episode_limit=1000),
-    "protoss-5v5": FixtureShape(obs_dims=(127,) * 5, state_dim=120, n_actions=10, episode_limit=200,
-                                reports_wins=True),
+    "protoss-5v5": FixtureShape(obs_dims=(127,) * 5, state_dim=120, n_actions=10, episode_limit=200, reports_wins=True),
 }
 
 
@@ -54,11 +53,23 @@ def fixture_spec(shape: str) -> EnvSpec:
         raise ValueError(f"unknown fixture shape {shape!r}; choose one of {', '.join(SHAPES)}")
     s = SHAPES[shape]
     n = len(s.obs_dims)
-    spaces = tuple(Discrete(s.n_actions) for _ in range(n)) if s.n_actions else \
-        tuple(Box((-1.0,) * s.action_dim, (1.0,) * s.action_dim) for _ in range(n))
-    return EnvSpec(suite="fixture", task=shape, backend="numpy", agent_ids=tuple(f"agent_{i}" for i in range(n)),
-                   obs_dims=s.obs_dims, state_dim=s.state_dim, action_spaces=spaces, episode_limit=s.episode_limit,
-                   reports_wins=s.reports_wins, backend_versions={"numpy": np.__version__})
+    spaces = (
+        tuple(Discrete(s.n_actions) for _ in range(n))
+        if s.n_actions
+        else tuple(Box((-1.0,) * s.action_dim, (1.0,) * s.action_dim) for _ in range(n))
+    )
+    return EnvSpec(
+        suite="fixture",
+        task=shape,
+        backend="numpy",
+        agent_ids=tuple(f"agent_{i}" for i in range(n)),
+        obs_dims=s.obs_dims,
+        state_dim=s.state_dim,
+        action_spaces=spaces,
+        episode_limit=s.episode_limit,
+        reports_wins=s.reports_wins,
+        backend_versions={"numpy": np.__version__},
+    )
 
 
 class LinearSystem:
@@ -104,7 +115,7 @@ class LinearSystem:
     def reward(self, x: np.ndarray, terminated: bool, won: bool) -> np.float32:
         """The team reward of arriving at x."""
         fell = terminated and not won
-        return np.float32(-FALL_PENALTY if fell else -np.mean(x ** 2))
+        return np.float32(-FALL_PENALTY if fell else -np.mean(x**2))
 
     def transition(self, x: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, bool, bool]:
         """One step of the dynamics: (next x, terminated, won)."""
@@ -116,7 +127,7 @@ class LinearSystem:
         x = (0.95 * x + 0.1 * push + 0.05 * self.rng.normal(size=x.shape)).astype(np.float32)
         if np.abs(x).max() > self.fall_radius:
             return x, True, False
-        if spec.reports_wins and np.mean(x ** 2) < 0.08:
+        if spec.reports_wins and np.mean(x**2) < 0.08:
             return x, True, True
         return x, False, False
 
@@ -141,9 +152,14 @@ class LinearSystem:
             if terminated:
                 break
         out = {
-            "obs": np.stack(rows["obs"]), "state": np.stack(rows["state"]), "actions": np.stack(rows["actions"]),
-            "reward": np.asarray(rows["reward"], np.float32), "final_obs": self.observe(x), "final_state": x,
-            "terminated": terminated, "truncated": not terminated,
+            "obs": np.stack(rows["obs"]),
+            "state": np.stack(rows["state"]),
+            "actions": np.stack(rows["actions"]),
+            "reward": np.asarray(rows["reward"], np.float32),
+            "final_obs": self.observe(x),
+            "final_state": x,
+            "terminated": terminated,
+            "truncated": not terminated,
         }
         if spec.discrete:
             out["avail"], out["final_avail"] = np.stack(rows["avail"]), avail
@@ -152,21 +168,48 @@ class LinearSystem:
         return out
 
 
-def make_fixture(path, shape: str = "continuous", *, episodes: int = 20, seed: int = 0, noise: float = 0.5,
-                 max_episode_len: int | None = None, level: str | None = "medium", overwrite: bool = False,
-                 chunk_rows: int | None = None, progress=None) -> Dataset:
+def make_fixture(
+    path,
+    shape: str = "continuous",
+    *,
+    episodes: int = 20,
+    seed: int = 0,
+    noise: float = 0.5,
+    max_episode_len: int | None = None,
+    level: str | None = "medium",
+    overwrite: bool = False,
+    chunk_rows: int | None = None,
+    progress=None,
+) -> Dataset:
     """Write a fixture dataset of ``episodes`` episodes to ``path`` and return it opened.
 
     ``progress``, if given, is called with the number of episodes written so far.
     """
     spec = fixture_spec(shape)
     system = LinearSystem(spec, seed)
-    behaviour = {"algorithm": "noisy-linear-controller", "checkpoint_sha256": None, "seed": seed,
-                 "noise": noise, "stochastic": True, "eval_score": None}
-    collection = {"generator": "datakit.fixtures", "stored_action": "executed (clipped to bounds)",
-                  "note": "synthetic linear-Gaussian data for tests and demos, not a benchmark"}
-    writer = DatasetWriter(Path(path), spec, level=level, behaviour_policy=behaviour, collection=collection,
-                           overwrite=overwrite, resume=False, chunk_rows=chunk_rows)
+    behaviour = {
+        "algorithm": "noisy-linear-controller",
+        "checkpoint_sha256": None,
+        "seed": seed,
+        "noise": noise,
+        "stochastic": True,
+        "eval_score": None,
+    }
+    collection = {
+        "generator": "omgmg.collectors.fixtures",
+        "stored_action": "executed (clipped to bounds)",
+        "note": "synthetic linear-Gaussian data for tests and demos, not a benchmark",
+    }
+    writer = DatasetWriter(
+        Path(path),
+        spec,
+        level=level,
+        behaviour_policy=behaviour,
+        collection=collection,
+        overwrite=overwrite,
+        resume=False,
+        chunk_rows=chunk_rows,
+    )
     try:
         for e in range(episodes):
             writer.add_episode(**system.episode(noise=noise, max_len=max_episode_len))

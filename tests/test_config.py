@@ -1,0 +1,97 @@
+"""One config story: both commands take their options from the config dataclasses, --help shows the
+default that applies on each suite, bad values are ConfigErrors raised by the dataclasses (exit 2),
+and library messages name the library's parameter while the commands show their flag."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from omgmg.algos import make_config
+from omgmg.cli.data import main as data_cli
+from omgmg.cli.train import main as train_cli
+from omgmg.collectors.collect import CollectRequest
+from omgmg.collectors.fixtures import make_fixture
+from omgmg.collectors.happo import HAPPOConfig
+from omgmg.collectors.mappo import MAPPOConfig
+from omgmg.datakit.errors import ConfigError, RequestError
+
+
+def test_behaviour_settings_reach_the_behaviour_config_and_others_are_refused():
+    req = CollectRequest("fixture", "continuous", "medium", train_steps=3000, seed=4, behaviour={"actor_lr": 1e-3})
+    cfg = req.behaviour_config("happo")
+    assert isinstance(cfg, HAPPOConfig) and cfg.actor_lr == 1e-3 and cfg.total_env_steps == 3000 and cfg.seed == 4
+    assert req.behaviour_config("happo").critic_lr == HAPPOConfig().critic_lr  # the rest stays default
+    with pytest.raises(ConfigError, match="behaviour setting lr is not one of happo's"):
+        CollectRequest("fixture", "continuous", "medium", behaviour={"lr": 1e-3}).behaviour_config("happo")
+    assert CollectRequest("fixture", "discrete", "medium", behaviour={"lr": 2e-4}).behaviour_config("mappo").lr == 2e-4
+    with pytest.raises(ConfigError, match="eval_every must be >= 1"):
+        CollectRequest("fixture", "discrete", "medium", behaviour={"eval_every": 0}).behaviour_config("mappo")
+
+
+def test_collect_options_come_from_the_request_and_the_behaviour_configs():
+    help_ = CliRunner().invoke(data_cli, ["collect", "--help"], terminal_width=200).output
+    for option in ("--level", "--transitions", "--num-envs", "--medium-fraction", "--force", "--tensorboard"):
+        assert option in help_
+    assert "--behaviour.lr" in help_ and "--behaviour.actor-lr" in help_ and "--behaviour.gamma" in help_
+    assert "--behaviour.seed" not in help_ and "--behaviour.total-env-steps" not in help_  # set by the request
+    assert "Seed of the behaviour policy's training and of the rollouts." in help_  # CollectRequest's docstring
+    assert "mappo: Width of the two hidden layers of actor and critic. (default 64)" in help_
+    bad = CliRunner().invoke(
+        data_cli, ["collect", "fixture", "continuous", "--level", "medium", "--behaviour.lr", "0.001"]
+    )
+    assert bad.exit_code == 2 and "behaviour setting lr is not one of happo's" in bad.output
+    random = CliRunner().invoke(
+        data_cli, ["collect", "fixture", "continuous", "--level", "random", "--behaviour.gamma", "0.9"]
+    )
+    assert random.exit_code == 2 and "behaviour settings do not apply" in random.output
+    assert (
+        CliRunner()
+        .invoke(data_cli, ["collect", "fixture", "continuous", "--level", "random", "--workers", "0"])
+        .exit_code
+        == 2
+    )
+
+
+def test_train_help_shows_the_default_each_suite_gets():
+    help_ = CliRunner().invoke(train_cli, ["train", "--help"], terminal_width=200).output
+    line = " ".join(help_.split("--nu FLOAT", 1)[1].split("--", 1)[0].split())
+    assert "(default 1.0; mamujoco: 10.0, smacv2: 1.0)" in line
+    assert make_config("omgmg", "mamujoco").nu == 10.0 and make_config("omgmg", "smacv2").nu == 1.0
+
+
+def test_bad_settings_are_config_errors_that_name_the_setting_not_a_flag(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        make_config("bc", None, lam=0.5)
+    assert str(e.value).startswith("lam=... does not apply to bc") and "--" not in str(e.value)
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        make_config("omgmg", None, lr=-1.0)
+    with pytest.raises(ConfigError, match="unknown algorithm 'sac'"):
+        make_config("sac")
+    with pytest.raises(ConfigError):
+        MAPPOConfig(num_envs=0)
+    ds = make_fixture(tmp_path / "d.zarr", "continuous", episodes=3)
+    out = CliRunner().invoke(train_cli, ["train", "--dataset", str(ds.path), "--algo", "bc", "--lam", "0.5"])
+    assert out.exit_code == 2 and "--lam does not apply to bc" in out.output
+
+
+def test_library_messages_name_parameters_and_the_commands_show_flags(tmp_path):
+    make_fixture(tmp_path / "d.zarr", "continuous", episodes=3)
+    with pytest.raises(RequestError) as e:
+        from omgmg.collectors.collect import collect
+
+        collect(CollectRequest("fixture", "continuous", "random", out=tmp_path / "d.zarr"), on_note=lambda m: None)
+    assert "pass force=True to replace it or out=... for another path" in str(e.value)
+    out = CliRunner().invoke(
+        data_cli, ["collect", "fixture", "continuous", "--level", "random", "--out", str(tmp_path / "d.zarr")]
+    )
+    assert out.exit_code == 2 and "pass --force to replace it or --out for another path" in out.output
+
+
+def test_each_setting_named_in_a_message_becomes_the_flag_that_sets_it():
+    from omgmg.cli.common import as_flag
+    from omgmg.datakit.errors import render_options
+
+    text = "<<resume=False>>, <<overwrite=True>>, <<backend=smax>>, <<out=...>>, <<tensorboard=False>>"
+    assert render_options(text) == "resume=False, overwrite=True, backend='smax', out=..., tensorboard=False"
+    assert render_options(text, as_flag) == "--force, --force, --backend smax, --out, --no-tensorboard"
