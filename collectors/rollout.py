@@ -112,7 +112,7 @@ def rollout_episodes(
 ) -> None:
     """Append episodes of ``policy`` until the writer holds ``until`` = (kind, count).
 
-    Episode j of a phase (its *slot*) starts from a reset seeded ``_phase_seed(seed, phase) + j`` and
+    Episode j of a phase (its *slot*) starts from a reset seeded ``phase_seed(seed, phase) + j`` and
     draws its policy noise from a stream seeded the same way, whichever env runs it. Each env is
     given its next slot when it starts one (so its auto-reset can start that slot at once), and no
     env waits for another: only the last episodes of a budget run alone. Episodes are appended in slot

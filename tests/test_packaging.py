@@ -11,6 +11,7 @@ would import a module the wheel forgot; the wheel's file list is compared with t
 from __future__ import annotations
 
 import json
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -41,7 +42,13 @@ def test_every_package_folder_is_declared_under_the_one_omgmg_name():
 
 
 def test_every_source_file_is_in_the_installed_distribution_and_nothing_else_at_top_level():
-    dist = metadata.distribution("omgmg")
+    # the installed distribution, not the omgmg.egg-info an in-tree build leaves in the checkout (which
+    # `python -m pytest` has on sys.path first, and which lists the source tree's paths)
+    site = sysconfig.get_paths()["purelib"]
+    found = [d for d in metadata.distributions(path=[site]) if d.metadata["Name"] == "omgmg"]
+    if not found:
+        pytest.skip(f"omgmg is not installed in {site}")
+    dist = found[0]
     direct = dist.read_text("direct_url.json")
     if direct and json.loads(direct).get("dir_info", {}).get("editable"):
         pytest.skip("editable install: the distribution is the source tree itself")
