@@ -168,6 +168,12 @@ def import_group():
     help="Episodes this long are taken as time-limit truncations, shorter ones as terminations.",
 )
 @click.option(
+    "--rows",
+    type=click.Choice(["final-row", "last-step"]),
+    help="How the file marks episode ends: an extra d = 1 row holding the final observation (final-row, OMIGA's "
+    "own files) or d = 1 on the last real step (last-step). Default: detected from the episodes that reach the limit.",
+)
+@click.option(
     "--action-bound",
     default=1.0,
     show_default=True,
@@ -176,7 +182,9 @@ def import_group():
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @friendly_errors
-def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit: int, action_bound: float, force: bool):
+def import_omiga_cmd(
+    src: Path, task: str, level: str, out: Path, episode_limit: int, rows: str | None, action_bound: float, force: bool
+):
     """Import an OMIGA MaMuJoCo HDF5 file (keys s, o, a, r, d)."""
     from omgmg.datakit.format import normalise_level
     from omgmg.datakit.omiga import import_omiga
@@ -189,6 +197,7 @@ def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit:
             task=task,
             level=level,
             episode_limit=episode_limit,
+            rows=rows,
             action_bound=action_bound,
             overwrite=force,
             progress=update,
@@ -203,21 +212,32 @@ def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit:
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--format", "format_", required=True, type=click.Choice(["omiga"]), help="Target layout.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="File to write.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="File to write (default: OMIGA's name for it, {Scenario}-v2-{agent_conf}-{level}.hdf5, beside PATH).",
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @friendly_errors
-def export(path: Path, format_: str, out: Path, force: bool):
-    """Export a dataset to another layout (OMIGA's HDF5, for the official OMIGA code)."""
+def export(path: Path, format_: str, out: Path | None, force: bool):
+    """Export a dataset to another layout (OMIGA's HDF5, which the official OMIGA code trains on)."""
     from omgmg.datakit import open_dataset
-    from omgmg.datakit.omiga import export_omiga
+    from omgmg.datakit.omiga import export_omiga, omiga_file_name
 
     ds = open_dataset(path)
+    out = out or Path(path).parent / omiga_file_name(ds)
     with progress_bar("exporting rows", ds.n_transitions + ds.n_episodes) as update:
         export_omiga(ds, out, overwrite=force, progress=update)
     console.print(f"[bold green]exported[/] {path} -> {out}", highlight=False)
     console.print(
         "note: OMIGA's layout treats every episode end as terminal, time-limit truncations included", highlight=False
     )
+    if ds.spec.options.get("obs_mode") != "omiga":
+        console.print(
+            "note: the data has local observations, so OMIGA's state s (= o) holds every agent's local "
+            "observation; collect with --obs-mode omiga for OMIGA's own layout",
+            highlight=False,
+        )
 
 
 @main.command()

@@ -71,6 +71,9 @@ class CollectRequest:
     """Seed of the behaviour policy's training and of the rollouts."""
     backend: str | None = None
     """Simulator backend (SMACv2: sc2 or smax)."""
+    obs_mode: str | None = None
+    """MaMuJoCo observations: local (each agent's own joints, padded to the widest; the default) or
+    omiga (the public OMIGA datasets' layout, which OMIGA's code trains on). Recorded in the dataset."""
     train_steps: int | None = None
     """Behaviour-policy training budget in env steps (default: happo 2M, mappo 5M)."""
     out: Path | None = None
@@ -102,6 +105,10 @@ class CollectRequest:
             raise ConfigError("give either a transition budget or an episode budget, not both")
         if not 0 < self.medium_fraction < 1:  # also refuses NaN
             raise ConfigError(f"medium_fraction must lie in (0, 1), got {self.medium_fraction}")
+
+    def task_options(self) -> dict:
+        """The environment options the request asks for (``local`` observations are the default: none)."""
+        return {"obs_mode": self.obs_mode} if self.obs_mode not in (None, "local") else {}
 
     def behaviour_config(self, algo: str):
         """The behaviour algorithm's config: its defaults, the request's budget, seed and workers, and
@@ -150,7 +157,8 @@ def random_policy(spec: EnvSpec) -> RolloutPolicy:
 
 
 def default_out(ref: TaskRef, level: str, seed: int) -> Path:
-    return data_home() / "datasets" / f"{ref.suite}-{ref.task}-{ref.backend}-{level}-seed{seed}.zarr"
+    layout = "".join(f"-{v}" for v in ref.options.values())  # e.g. -omiga: another layout, another dataset
+    return data_home() / "datasets" / f"{ref.suite}-{ref.task}-{ref.backend}{layout}-{level}-seed{seed}.zarr"
 
 
 def choose_checkpoints(evals: list[dict], fraction: float) -> dict[str, dict]:
@@ -170,7 +178,7 @@ def collect(
     on_rollout: Callable[[int, int], None] | None = None,
 ) -> Dataset:
     """Train or reuse the behaviour policy, roll it out at ``req.level``, validate, move into place."""
-    ref = resolve(req.suite, req.task, backend=req.backend)
+    ref = resolve(req.suite, req.task, backend=req.backend, **req.task_options())
     if req.level == "random" and req.behaviour:
         raise ConfigError("the random level trains no behaviour policy; behaviour settings do not apply")
     if ref.note:

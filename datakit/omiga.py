@@ -15,8 +15,19 @@ time limit and any shorter one terminated (a fall). Rows after the last d = 1 ro
 cut by the end of the file: truncated, its last row serving as final observation. Both rules are
 recorded in the dataset's ``collection`` metadata.
 
-**Export** writes the layout back (float32, ``r`` and ``d`` as (T, 1)) so OMIGA's code trains on our
-data. It necessarily loses the termination/truncation distinction (OMIGA masks both).
+**Export** writes the layout OMIGA's training code takes (``{Scenario}-v2-{agent_conf}-{level}.hdf5``,
+float32, ``r`` and ``d`` as (T, 1)). ``s`` is ``o``: OMIGA's environment returns each agent's
+observation as its state (``get_state()`` is ``get_obs()``), and its code sizes the mixer from the
+observation width (``Linear(N * O, ...)`` over ``s.reshape(-1, N * O)``), so any other ``s`` crashes
+its first training step. Data collected in OMIGA's observation layout (``obs_mode="omiga"``) thus
+export exactly as OMIGA's environment would have written them. Data with local observations export
+the same way, by an explicit, recorded choice (attribute ``obs_mode: local``): OMIGA's mixer then
+sees every agent's local observation, which together hold the robot's whole state; collect with
+``obs_mode="omiga"`` to train OMIGA's code on its own layout. (A dataset imported from an OMIGA file whose ``s``
+rows differ per agent exports that ``s`` as it came.) Our global state and each agent's
+observation width are kept beside, in ``omgmg/state`` and the file's attributes, which OMIGA's
+loader ignores and our importer reads back, so export and import round-trip exactly. The
+termination/truncation distinction is lost in OMIGA's layout (OMIGA masks both).
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from omgmg.datakit.spec import Box, EnvSpec
 from omgmg.datakit.writer import DatasetWriter
 
 OMIGA_KEYS = ("s", "o", "a", "r", "d")
+OMGMG_STATE = "omgmg/state"  # our global state, (T, S), kept beside OMIGA's keys by our export
 MAMUJOCO_EPISODE_LIMIT = 1000
 STATE_FLATTENED = "per-agent s rows concatenated"
 
@@ -72,18 +84,38 @@ def _per_step(name: str, arr, T: int, N: int):
     raise DatasetError(f"'{name}' has shape {shape}; expected ({T},), ({T}, 1) or ({T}, {N})")
 
 
-def _episode_bounds(done: np.ndarray) -> list[tuple[int, int, int]]:
+ROW_CONVENTIONS = {
+    "final-row": "each episode ends with an extra row, d = 1, holding its final observation (OMIGA's own "
+    "files and OG-MARL's conversions of them)",
+    "last-step": "d = 1 marks each episode's last real step; the file holds no final observations, so each "
+    "episode's last observation stands in for it (only a time-limit truncation bootstraps from it)",
+}
+
+
+def detect_rows(done: np.ndarray, episode_limit: int) -> str | None:
+    """The row convention the d column shows: a segment of ``episode_limit + 1`` rows is a full episode
+    plus its final row, one of ``episode_limit`` rows and none longer is a full episode of last-step
+    rows; None when no episode reaches the limit (every one terminated early: either fits)."""
+    ends = np.flatnonzero(done)
+    longest = int(np.diff(np.concatenate([[-1], ends])).max(initial=0))
+    return {episode_limit + 1: "final-row", episode_limit: "last-step"}.get(longest)
+
+
+def _episode_bounds(done: np.ndarray, rows: str) -> list[tuple[int, int, int]]:
     """(first step row, end row exclusive, final-observation row) per episode from the d column."""
     finals = np.flatnonzero(done)
     bounds, start = [], 0
     for f in finals:
-        if f == start:
+        if rows == "last-step":
+            bounds.append((start, int(f) + 1, int(f)))
+        elif f == start:
             raise DatasetError(f"row {f} has d=1 but the episode before it has no steps (two final rows in a row)")
-        bounds.append((start, int(f), int(f)))
+        else:
+            bounds.append((start, int(f), int(f)))
         start = int(f) + 1
     T = len(done)
-    if start < T - 1:  # trailing rows without a final row: the last one is the final observation
-        bounds.append((start, T - 1, T - 1))
+    if start < T - 1:  # trailing rows without a d = 1 row: a cut episode, its last row as final observation
+        bounds.append((start, T if rows == "last-step" else T - 1, T - 1))
     return bounds
 
 
@@ -94,6 +126,7 @@ def import_omiga(
     task: str,
     level: str,
     episode_limit: int = MAMUJOCO_EPISODE_LIMIT,
+    rows: str | None = None,
     action_bound: float = 1.0,
     overwrite: bool = False,
     block_rows: int = 200_000,
@@ -145,9 +178,36 @@ def import_omiga(
             read_state = lambda lo, hi: np.asarray(s[lo:hi])  # noqa: E731
         else:
             raise DatasetError(f"'s' has shape {s.shape}; expected ({T}, {N}, S) or ({T}, S)")
+        ours = f.attrs.get("exported_by") == "omgmg" and OMGMG_STATE in f
+        obs_dims, options, layout = (O,) * N, {"obs_mode": "omiga"}, None
+        if not ours and s.shape == o.shape and np.array_equal(s[: min(T, 1000)], o[: min(T, 1000)]):
+            if _omiga_observations(np.asarray(o[: min(T, 1000)])):  # as OMIGA's environment writes them
+                flatten, S = False, O - N
+                read_state = lambda lo, hi: _znorm(np.asarray(o[lo:hi, 0, : O - N], np.float64))  # noqa: E731
+                layout = (
+                    "OMIGA's: o_i = znorm(concat(x, onehot(i))) and s = o; the state is znorm(o_0[:S]) = znorm(x), "
+                    "as the environment computes it"
+                )
+            else:
+                options, layout = {}, "s equals o, but o is not OMIGA's znorm(concat(x, onehot(i))) layout"
+        if ours:  # an omgmg export: its own state, observation widths and layout come back
+            kept = f[OMGMG_STATE]
+            flatten, S = False, kept.shape[1]
+            read_state = lambda lo, hi: np.asarray(kept[lo:hi])  # noqa: E731
+            obs_dims = tuple(int(d) for d in f.attrs["obs_dims"])
+            options = {"obs_mode": "omiga"} if f.attrs.get("obs_mode") == "omiga" else {}
         read_r = _per_step("r", f["r"], T, N)
         done = _per_step("d", f["d"], T, N)(0, T) > 0.5  # (T,) small: read whole
-        bounds = _episode_bounds(done)
+        if rows is not None and rows not in ROW_CONVENTIONS:
+            raise RequestError(f"unknown row convention {rows!r}: choose {' or '.join(ROW_CONVENTIONS)}")
+        rows = rows or ("final-row" if f.attrs.get("exported_by") == "omgmg" else detect_rows(done, episode_limit))
+        if rows is None:
+            raise RequestError(
+                f"{src}: no episode reaches the {episode_limit}-step limit, so the rows cannot tell whether each "
+                "episode ends with an extra final row (<<rows=final-row>>, OMIGA's own files) or d = 1 marks its "
+                "last step (<<rows=last-step>>); say which"
+            )
+        bounds = _episode_bounds(done, rows)
         if not bounds:
             raise DatasetError(f"{src} holds no complete episode")
         spec = EnvSpec(
@@ -155,11 +215,11 @@ def import_omiga(
             task=task,
             backend="omiga-hdf5",
             agent_ids=tuple(f"agent_{i}" for i in range(N)),
-            obs_dims=(O,) * N,
+            obs_dims=obs_dims,
             state_dim=S,
             action_spaces=tuple(Box((-action_bound,) * A, (action_bound,) * A) for _ in range(N)),
             episode_limit=episode_limit,
-            options={"obs_mode": "omiga"},
+            options=options,
             backend_versions={"h5py": h5py.__version__},
         )
         collection = {
@@ -170,12 +230,18 @@ def import_omiga(
                 f"file has no truncation flag: episodes of exactly {episode_limit} steps are "
                 "taken as time-limit truncations, shorter ones as terminations"
             ),
+            "row_convention": f"{rows}: {ROW_CONVENTIONS[rows]}",
             "trailing_rows_rule": "rows after the last d=1 row form a truncated episode whose last row is its "
             "final observation",
             "stored_action": "as in the source file",
         }
         if flatten:
             collection["state_layout"] = STATE_FLATTENED
+        if layout:
+            collection["observation_layout"] = layout
+        if ours:  # the state omgmg's export kept; still the source's per-agent s rows if it came from one
+            source_s = str(f.attrs.get("s", "")).startswith("the source file's per-agent s")
+            collection["state_layout"] = STATE_FLATTENED if source_s else f"kept by omgmg's export in {OMGMG_STATE}"
         writer = DatasetWriter(
             out,
             spec,
@@ -223,6 +289,29 @@ def import_omiga(
     return writer.close()
 
 
+def _znorm(x: np.ndarray) -> np.ndarray:
+    """Each row minus its own mean, over its own std (OMIGA's environment's normalisation). (rows, S)"""
+    return (x - x.mean(axis=-1, keepdims=True)) / x.std(axis=-1, keepdims=True)
+
+
+def _omiga_observations(o: np.ndarray) -> bool:
+    """Whether rows of o (T, N, O) are OMIGA's znorm(concat(x, onehot(i))): each agent's last N entries
+    peak at its own index and are equal elsewhere, and every row has mean 0 and std 1."""
+    T, N, O = o.shape
+    if O <= N:
+        return False
+    tail = o[:, :, O - N :]  # (T, N, N)
+    own = tail[:, np.arange(N), np.arange(N)]  # (T, N)
+    others = np.where(np.eye(N, dtype=bool)[None], np.nan, tail)
+    flat = np.nanmax(others, axis=2) - np.nanmin(others, axis=2) if N > 1 else np.zeros((T, N))
+    return bool(
+        np.all(own > np.nanmax(others, axis=2) if N > 1 else True)
+        and np.allclose(flat, 0, atol=1e-5)
+        and np.allclose(o.mean(axis=2), 0, atol=1e-4)
+        and np.allclose(o.std(axis=2), 1, atol=1e-3)
+    )
+
+
 def _group_bounds(bounds: list[tuple[int, int, int]], block_rows: int) -> Iterator[list[tuple[int, int, int]]]:
     """Consecutive episodes grouped into reads of about ``block_rows`` rows."""
     group: list[tuple[int, int, int]] = []
@@ -233,6 +322,13 @@ def _group_bounds(bounds: list[tuple[int, int, int]], block_rows: int) -> Iterat
         group.append(b)
     if group:
         yield group
+
+
+def omiga_file_name(dataset: Dataset) -> str:
+    """The file name OMIGA's code loads a dataset from (``data_dir + f"{scenario}-{agent_conf}-{data_type}.hdf5"``
+    with scenarios named like ``HalfCheetah-v2``): ``HalfCheetah-v2-6x1-medium.hdf5``."""
+    scenario, _, conf = dataset.spec.task.partition("-")
+    return f"{scenario}-v2-{conf}-{dataset.level or 'unknown'}.hdf5"
 
 
 def export_omiga(dataset, out, *, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> Path:
@@ -252,12 +348,10 @@ def export_omiga(dataset, out, *, overwrite: bool = False, progress: Callable[[i
         if not overwrite:
             raise RequestError(f"{out} already exists; choose another path or pass <<overwrite=True>>")
         check_replaceable(out, owned=is_omgmg_export, what="a file omgmg exported", sources=(ds.path,))
-    N, O, A = ds.spec.n_agents, ds.spec.obs_dim, ds.spec.action_dim
-    flattened = ds.meta["collection"].get("state_layout") == STATE_FLATTENED
-    S = ds.spec.state_dim // N if flattened else ds.spec.state_dim
+    N, O, A, S = ds.spec.n_agents, ds.spec.obs_dim, ds.spec.action_dim, ds.spec.state_dim
     rows = ds.n_transitions + ds.n_episodes
     make_parent(out)
-    need = rows * 4 * (N * (O + S + A) + 2) + (1 << 20)  # uncompressed float32 rows + headroom
+    need = rows * 4 * (N * (2 * O + A) + S + 2) + (1 << 20)  # uncompressed float32 rows + headroom
     free = shutil.disk_usage(out.parent).free
     if free < need:
         raise OutputError(
@@ -267,7 +361,9 @@ def export_omiga(dataset, out, *, overwrite: bool = False, progress: Callable[[i
     tmp = out.with_name(f".{out.name}.partial")
     with OutputLock(out, "export"), os_errors(out, "exporting to"):
         try:
-            _write_omiga(ds, tmp, N, O, S, A, rows, flattened, progress)
+            # a file imported from OMIGA's layout with per-agent s rows goes back as it came
+            source_s = ds.meta["collection"].get("state_layout") == STATE_FLATTENED and S == N * O
+            _write_omiga(ds, tmp, N, O, S, A, rows, source_s, progress)
             os.replace(tmp, out)  # atomic: a reader sees the old export or the new one
             fsync_dir(out.parent)
         finally:
@@ -275,26 +371,35 @@ def export_omiga(dataset, out, *, overwrite: bool = False, progress: Callable[[i
     return out
 
 
-def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: int, flattened: bool, progress) -> None:
+def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: int, source_s: bool, progress) -> None:
     import h5py
 
     with h5py.File(tmp, "w") as f:
         dsets = {
             "o": f.create_dataset("o", (rows, N, O), "float32", chunks=(min(rows, 4096), N, O)),
-            "s": f.create_dataset("s", (rows, N, S), "float32", chunks=(min(rows, 4096), N, S)),
+            "s": f.create_dataset("s", (rows, N, O), "float32", chunks=(min(rows, 4096), N, O)),
             "a": f.create_dataset("a", (rows, N, A), "float32", chunks=(min(rows, 4096), N, A)),
             "r": f.create_dataset("r", (rows, 1), "float32", chunks=(min(rows, 65536), 1)),
             "d": f.create_dataset("d", (rows, 1), "float32", chunks=(min(rows, 65536), 1)),
+            "state": f.create_dataset(OMGMG_STATE, (rows, S), "float32", chunks=(min(rows, 4096), S)),
         }
         f.attrs["exported_by"] = "omgmg"
         f.attrs["task"] = ds.spec.task
+        f.attrs["obs_mode"] = ds.spec.options.get("obs_mode", "local")
+        f.attrs["obs_dims"] = list(ds.spec.obs_dims)
+        f.attrs["s"] = (
+            "the source file's per-agent s"
+            if source_s
+            else "o: OMIGA's environment gives each agent's observation as its state (see omgmg.datakit.omiga)"
+        )
         row = 0
         for ep in iter_episodes(ds):
             L = len(ep["reward"])
-            state = np.concatenate([ep["state"], ep["final_state"][None]])  # (L + 1, S or N*S)
-            state = state.reshape(L + 1, N, S) if flattened else np.broadcast_to(state[:, None], (L + 1, N, S))
-            dsets["o"][row : row + L + 1] = np.concatenate([ep["obs"], ep["final_obs"][None]])
-            dsets["s"][row : row + L + 1] = state
+            obs = np.concatenate([ep["obs"], ep["final_obs"][None]])  # (L + 1, N, O)
+            state = np.concatenate([ep["state"], ep["final_state"][None]])  # (L + 1, S)
+            dsets["o"][row : row + L + 1] = obs
+            dsets["s"][row : row + L + 1] = state.reshape(L + 1, N, O) if source_s else obs
+            dsets["state"][row : row + L + 1] = state
             dsets["a"][row : row + L] = ep["actions"]  # the final row's action stays 0 (unused by OMIGA)
             dsets["r"][row : row + L, 0] = ep["reward"]
             dsets["d"][row + L, 0] = 1.0

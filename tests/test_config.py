@@ -95,3 +95,13 @@ def test_each_setting_named_in_a_message_becomes_the_flag_that_sets_it():
     text = "<<resume=False>>, <<overwrite=True>>, <<backend=smax>>, <<out=...>>, <<tensorboard=False>>"
     assert render_options(text) == "resume=False, overwrite=True, backend='smax', out=..., tensorboard=False"
     assert render_options(text, as_flag) == "--force, --force, --backend smax, --out, --no-tensorboard"
+
+
+def test_the_observation_layout_is_a_request_option_and_local_is_the_default():
+    assert CollectRequest("mamujoco", "Hopper-3x1", "random").task_options() == {}
+    assert CollectRequest("mamujoco", "Hopper-3x1", "random", obs_mode="local").task_options() == {}
+    assert CollectRequest("mamujoco", "Hopper-3x1", "random", obs_mode="omiga").task_options() == {"obs_mode": "omiga"}
+    help_ = CliRunner().invoke(data_cli, ["collect", "--help"], terminal_width=200).output
+    assert "--obs-mode TEXT" in help_ and "OMIGA's code trains on" in help_
+    out = CliRunner().invoke(data_cli, ["collect", "smacv2", "protoss_5v5", "--level", "random", "--obs-mode", "omiga"])
+    assert out.exit_code == 2 and "take no options" in out.output
