@@ -146,17 +146,21 @@ def train(
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file; a run directory is a folder: choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not is_omgmg_run(out):
-        raise RequestError(
-            f"{out} is a folder with files that is not an omgmg run directory; choose another "
-            "output path (omgmg writes only into empty folders or its own run directories)"
-        )
-    with os_errors(out, "creating the run directory"):
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    with os_errors(out, "creating the run directory's folder"):
+        out.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)
     try:
+        # the lock first (its file lies beside the run directory): a run another process is starting
+        # is reported as in use, not mistaken for a foreign folder before its config.json exists
         with OutputLock(out, "run directory"):
+            if out.is_dir() and any(out.iterdir()) and not is_omgmg_run(out):
+                raise RequestError(
+                    f"{out} is a folder with files that is not an omgmg run directory; choose another "
+                    "output path (omgmg writes only into empty folders or its own run directories)"
+                )
+            with os_errors(out, "creating the run directory"):
+                (out / "checkpoints").mkdir(parents=True, exist_ok=True)
             return _train(algo_name, dataset, cfg, out, evaluate, progress, warn, tensorboard)
     finally:
         torch.set_num_threads(threads)

@@ -205,7 +205,7 @@ def test_a_second_writer_is_refused_and_a_killed_one_releases_the_output(tmp_pat
 def test_two_trainings_into_one_run_directory_are_refused(tmp_path):
     ds = make_fixture(tmp_path / "d.zarr", "continuous", episodes=8)
     out = tmp_path / "run"
-    out.mkdir()
+    (out / "checkpoints").mkdir(parents=True)  # as a starting run leaves it before its config.json exists
     with OutputLock(out, "run directory"):
         with pytest.raises(OutputError, match="run directory .* is in use"):
             train("bc", ds, BCConfig(steps=5, eval_every=5, eval_episodes=1, hidden=8), out, evaluate=False)
