@@ -38,7 +38,7 @@ def warn(message: str) -> None:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    message = render_options(message, as_flag)
+    """One error line and exit; library errors arrive rendered with their flags (``friendly_errors``)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
