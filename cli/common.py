@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from omgmg.datakit.errors import DatasetError, InvalidDatasetError, RequestError, render_options
@@ -34,12 +35,12 @@ def as_flag(name: str, value: str) -> str:
 
 def warn(message: str) -> None:
     message = render_options(message, as_flag)
-    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     """One error line and exit; library errors arrive rendered with their flags (``friendly_errors``)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -54,9 +55,10 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except InvalidDatasetError as e:
-            err_console.print(f"[bold red]error:[/] {e.path} is not a valid omgmg dataset", highlight=False)
+            path = escape(str(e.path))
+            err_console.print(f"[bold red]error:[/] {path} is not a valid omgmg dataset", highlight=False)
             for p in e.problems:
-                err_console.print(f"  {p}", highlight=False, soft_wrap=True)
+                err_console.print(f"  {p}", highlight=False, soft_wrap=True, markup=False)
             sys.exit(EXIT_INVALID)
         except RequestError as e:
             fail(e.render(as_flag), EXIT_USAGE)
@@ -111,7 +113,7 @@ class ProgressBars:
 
     def note(self, message: str) -> None:
         """A line above the bars."""
-        self._progress.console.print(render_options(message, as_flag), highlight=False, soft_wrap=True)
+        self._progress.console.print(render_options(message, as_flag), highlight=False, soft_wrap=True, markup=False)
 
 
 @contextmanager

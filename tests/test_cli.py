@@ -100,6 +100,19 @@ def test_bad_options_exit_2(tmp_path):
     assert "Invalid value" in run(data_cli, "fixture", tmp_path / "x.zarr", "--shape", "nope", code=2).output
 
 
+def test_error_lines_keep_their_brackets(tmp_path):
+    import h5py
+    import numpy as np
+
+    with h5py.File(tmp_path / "o.hdf5", "w") as f:
+        f["o"] = np.zeros((3, 2, 4))
+    out = run(data_cli, "import", "omiga", tmp_path / "o.hdf5", "--task", "Hopper-3x1", "--level", "medium",
+              "--out", tmp_path / "o.zarr", code=1).output  # fmt: skip
+    assert "lacks the OMIGA keys ['s', 'a', 'r', 'd'] (found ['o'])" in " ".join(out.split())
+    out = run(data_cli, "validate", tmp_path / "runs[exp1]" / "d.zarr", code=1).output
+    assert "runs[exp1]" in out  # a path with brackets is text, never rich markup
+
+
 def test_import_and_export_omiga(tmp_path):
     omiga_file(tmp_path / "src.hdf5", [10, 3, 10], limit=10)
     result = run(
