@@ -191,10 +191,9 @@ def import_omiga(
             else:
                 options, layout = {}, "s equals o, but o is not OMIGA's znorm(concat(x, onehot(i))) layout"
         if ours:  # an omgmg export: its own state, observation widths and layout come back
-            kept = f[OMGMG_STATE]
+            kept, obs_dims = _our_export_extras(src, f, T, N, O)
             flatten, S = False, kept.shape[1]
             read_state = lambda lo, hi: np.asarray(kept[lo:hi])  # noqa: E731
-            obs_dims = tuple(int(d) for d in f.attrs["obs_dims"])
             options = {"obs_mode": "omiga"} if f.attrs.get("obs_mode") == "omiga" else {}
         read_r = _per_step("r", f["r"], T, N)
         done = _per_step("d", f["d"], T, N)(0, T) > 0.5  # (T,) small: read whole
@@ -287,6 +286,25 @@ def import_omiga(
             writer.abort()  # an import is re-run from the source, never resumed
             raise
     return writer.close()
+
+
+def _our_export_extras(src: Path, f, T: int, N: int, O: int):
+    """The state array and observation widths an omgmg export keeps beside OMIGA's keys, checked:
+    damage there is one line, not a traceback or a dataset of the wrong shape."""
+    import h5py
+
+    kept, widths = f[OMGMG_STATE], f.attrs.get("obs_dims")
+    problem = None
+    if not isinstance(kept, h5py.Dataset) or kept.ndim != 2 or kept.shape[0] != T:
+        problem = f"{OMGMG_STATE} has shape {getattr(kept, 'shape', None)}, expected ({T}, S)"
+    elif widths is None or len(widths) != N or not all(0 < int(w) <= O for w in widths):
+        shown = None if widths is None else [int(w) for w in widths]
+        problem = f"its obs_dims attribute is {shown}, expected {N} widths in 1..{O}"
+    if problem:
+        raise DatasetError(
+            f"{src} says omgmg exported it, but {problem}: the file is damaged; export it again from its dataset"
+        )
+    return kept, tuple(int(w) for w in widths)
 
 
 def _znorm(x: np.ndarray) -> np.ndarray:

@@ -325,3 +325,20 @@ def test_the_row_convention_is_detected_from_full_episodes_asked_for_otherwise_a
     with pytest.raises(DatasetError, match="cannot tell whether.*rows='final-row'.*rows='last-step'"):
         import_omiga(tmp_path / "c.hdf5", tmp_path / "c.zarr", task="Hopper-3x1", level="medium", episode_limit=10)
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_a_damaged_omgmg_export_is_one_line_and_writes_nothing(continuous_data, tmp_path):
+    export_omiga(continuous_data[0], tmp_path / "x.hdf5")
+    damage = {
+        "widths": lambda f: f.attrs.__setitem__("obs_dims", [99, 1, 2]),
+        "no-widths": lambda f: f.attrs.__delitem__("obs_dims"),
+        "short-state": lambda f: (f.__delitem__("omgmg/state"), f.create_dataset("omgmg/state", data=np.zeros((3, 5)))),
+    }
+    for name, edit in damage.items():
+        path = tmp_path / f"{name}.hdf5"
+        path.write_bytes((tmp_path / "x.hdf5").read_bytes())
+        with h5py.File(path, "r+") as f:
+            edit(f)
+        with pytest.raises(DatasetError, match="says omgmg exported it, but .*: the file is damaged"):
+            import_omiga(path, tmp_path / f"{name}.zarr", task="Hopper-3x1", level="medium", action_bound=2.0)
+        assert not (tmp_path / f"{name}.zarr").exists() and not (tmp_path / f".{name}.zarr.partial").exists()
