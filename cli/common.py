@@ -27,6 +27,8 @@ def as_flag(name: str, value: str) -> str:
     command-line flag that sets it: ``--force`` starts over or replaces, ``--backend smax``, ``--out``."""
     if (name, value) in (("force", "True"), ("overwrite", "True"), ("resume", "False")):
         return "--force"
+    if (name, value) == ("evaluate", "False"):
+        return "--no-eval"
     option = name.replace("_", "-")
     if value == "False":
         return f"--no-{option}"

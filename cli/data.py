@@ -16,6 +16,7 @@ from omgmg.cli.common import (
     progress_bar,
     progress_bars,
     version_option,
+    warn,
 )
 from omgmg.cli.options import config_options, given, request_options
 from omgmg.collectors.behaviour import ALGORITHMS as BEHAVIOUR_ALGORITHMS
@@ -152,7 +153,7 @@ def fixture(out: Path, shape: str, episodes: int, seed: int, max_episode_len: in
 
 @main.group(name="import")
 def import_group():
-    """Convert datasets from other layouts to format v1."""
+    """Convert datasets from other layouts (OMIGA's HDF5 files, OG-MARL's vaults) to omgmg datasets."""
 
 
 @import_group.command(name="omiga")
@@ -209,22 +210,107 @@ def import_omiga_cmd(
     console.print(f"assumed: {ds.meta['collection']['termination_rule']}", highlight=False)
 
 
-@main.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--format", "format_", required=True, type=click.Choice(["omiga"]), help="Target layout.")
+@import_group.command(name="og-marl")
+@click.argument("vault", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the .zarr dataset.")
+@click.option("--uid", help="Which dataset of a .vlt folder (e.g. Expert); needed when it holds several.")
 @click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    help="File to write (default: OMIGA's name for it, {Scenario}-v2-{agent_conf}-{level}.hdf5, beside PATH).",
+    "--task",
+    help="OG-MARL's ENV_NAME/SCENARIO, e.g. gymnasium_mamujoco/3hopper or smac_v2/terran_5_vs_5. "
+    "Default: read from the path, {source}/{env_name}/{scenario}.vlt/{uid}.",
+)
+@click.option("--level", help="expert, medium, medium-expert, medium-replay or random. Default: the uid, if it is one.")
+@click.option(
+    "--episode-limit",
+    type=click.IntRange(min=1),
+    help="Episodes this long are taken as time-limit truncations. Default: 1000 (MaMuJoCo), 200 (SMACv2).",
+)
+@click.option(
+    "--rows",
+    type=click.Choice(["final-row", "last-step"]),
+    help="How episode ends are marked: on the last real step (last-step, OG-MARL's recorder) or by an extra row "
+    "holding the final observation (final-row, OG-MARL's conversions of OMIGA's files). Default: detected.",
+)
+@click.option(
+    "--action-bound",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Continuous actions lie in [-bound, bound].",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @friendly_errors
-def export(path: Path, format_: str, out: Path | None, force: bool):
-    """Export a dataset to another layout (OMIGA's HDF5, which the official OMIGA code trains on)."""
+def import_og_marl_cmd(
+    vault: Path,
+    out: Path,
+    uid: str | None,
+    task: str | None,
+    level: str | None,
+    episode_limit: int | None,
+    rows: str | None,
+    action_bound: float,
+    force: bool,
+):
+    """Import an OG-MARL vault dataset (flashbax; needs omgmg[ogmarl]): VAULT is NAME.vlt/UID or NAME.vlt."""
+    from omgmg.datakit.format import normalise_level
+    from omgmg.datakit.ogmarl import import_vault
+
+    level = normalise_level(level)  # an unknown level is a usage error (exit 2), as in collect
+    with progress_bar("importing rows", None) as update:
+        ds = import_vault(
+            vault,
+            out,
+            uid=uid,
+            task=task,
+            level=level,
+            episode_limit=episode_limit,
+            rows=rows,
+            action_bound=action_bound,
+            overwrite=force,
+            progress=update,
+        )
+    collection = ds.meta["collection"]
+    console.print(
+        f"[bold green]imported[/] {vault} -> {out}: {ds.spec.name}, {ds.level}, {ds.n_episodes} episodes, "
+        f"{ds.n_transitions} transitions",
+        highlight=False,
+    )
+    console.print(f"rows: {collection['row_convention'].split(':')[0]}", highlight=False)
+    if "warning" in collection:
+        warn(collection["warning"])
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "format_",
+    required=True,
+    type=click.Choice(["omiga", "og-marl"]),
+    help="Target layout: OMIGA's HDF5 file or an OG-MARL vault (flashbax; needs omgmg[ogmarl]).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="omiga: the file (default: OMIGA's name for it, {Scenario}-v2-{agent_conf}-{level}.hdf5, beside PATH). "
+    "og-marl: the NAME.vlt folder (default: vaults/{source}/{env_name}/{scenario}.vlt beside PATH, where OG-MARL "
+    "looks).",
+)
+@click.option("--uid", help="og-marl: the dataset's name in the vault (default: its level, e.g. Medium-Expert).")
+@click.option("--force", is_flag=True, help="Replace OUT (og-marl: OUT/UID) if omgmg exported it.")
+@friendly_errors
+def export(path: Path, format_: str, out: Path | None, uid: str | None, force: bool):
+    """Export a dataset to another layout: OMIGA's HDF5 (the official OMIGA code trains on it) or an
+    OG-MARL vault (OG-MARL's code trains on it)."""
     from omgmg.datakit import open_dataset
     from omgmg.datakit.omiga import export_omiga, omiga_file_name
 
     ds = open_dataset(path)
+    if format_ == "og-marl":
+        _export_vault(ds, out, uid, force)
+        return
+    if uid is not None:
+        fail("--uid is for --format og-marl (a vault's dataset name); an OMIGA file has none")
     out = out or Path(path).parent / omiga_file_name(ds)
     with progress_bar("exporting rows", ds.n_transitions + ds.n_episodes) as update:
         export_omiga(ds, out, overwrite=force, progress=update)
@@ -238,6 +324,30 @@ def export(path: Path, format_: str, out: Path | None, force: bool):
             "observation; collect with --obs-mode omiga for OMIGA's own layout",
             highlight=False,
         )
+
+
+def _export_vault(ds, out: Path | None, uid: str | None, force: bool) -> None:
+    from omgmg.datakit.ogmarl import default_vault_path, export_vault, vault_names
+
+    out = out or default_vault_path(ds)
+    with progress_bar("exporting rows", ds.n_transitions) as update:
+        target = export_vault(ds, out, uid=uid, overwrite=force, progress=update)
+    console.print(f"[bold green]exported[/] {ds.path} -> {target}", highlight=False)
+    names = vault_names(ds.spec)
+    vlt = target.parent.absolute()
+    if (vlt.parent.parent.name, vlt.parent.name, vlt.name) == (names[0], names[1], f"{names[2]}.vlt"):
+        reader = (
+            f"OG-MARL's populate_from_vault(source={names[0]!r}, env_name={names[1]!r}, scenario_name={names[2]!r}, "
+            f"dataset_name={target.name!r}, rel_dir={str(vlt.parents[2])!r})"
+        )
+    else:
+        reader = f"flashbax's Vault(vault_name={vlt.name!r}, vault_uid={target.name!r}, rel_dir={str(vlt.parent)!r})"
+    console.print(f"read it with {reader}", highlight=False)
+    console.print(
+        "note: OG-MARL's layout keeps no final observations; omgmg keeps them beside the vault, in "
+        "omgmg-finals.npz, so importing it back gives this dataset",
+        highlight=False,
+    )
 
 
 @main.command()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ from omgmg.datakit.outputs import (
     make_parent,
     os_errors,
 )
+from omgmg.datakit.rows import ROW_CONVENTIONS, detect_rows, episode_bounds, group_bounds
 from omgmg.datakit.spec import Box, EnvSpec
 from omgmg.datakit.writer import DatasetWriter
 
@@ -82,41 +83,6 @@ def _per_step(name: str, arr, T: int, N: int):
 
         return read
     raise DatasetError(f"'{name}' has shape {shape}; expected ({T},), ({T}, 1) or ({T}, {N})")
-
-
-ROW_CONVENTIONS = {
-    "final-row": "each episode ends with an extra row, d = 1, holding its final observation (OMIGA's own "
-    "files and OG-MARL's conversions of them)",
-    "last-step": "d = 1 marks each episode's last real step; the file holds no final observations, so each "
-    "episode's last observation stands in for it (only a time-limit truncation bootstraps from it)",
-}
-
-
-def detect_rows(done: np.ndarray, episode_limit: int) -> str | None:
-    """The row convention the d column shows: a segment of ``episode_limit + 1`` rows is a full episode
-    plus its final row, one of ``episode_limit`` rows and none longer is a full episode of last-step
-    rows; None when no episode reaches the limit (every one terminated early: either fits)."""
-    ends = np.flatnonzero(done)
-    longest = int(np.diff(np.concatenate([[-1], ends])).max(initial=0))
-    return {episode_limit + 1: "final-row", episode_limit: "last-step"}.get(longest)
-
-
-def _episode_bounds(done: np.ndarray, rows: str) -> list[tuple[int, int, int]]:
-    """(first step row, end row exclusive, final-observation row) per episode from the d column."""
-    finals = np.flatnonzero(done)
-    bounds, start = [], 0
-    for f in finals:
-        if rows == "last-step":
-            bounds.append((start, int(f) + 1, int(f)))
-        elif f == start:
-            raise DatasetError(f"row {f} has d=1 but the episode before it has no steps (two final rows in a row)")
-        else:
-            bounds.append((start, int(f), int(f)))
-        start = int(f) + 1
-    T = len(done)
-    if start < T - 1:  # trailing rows without a d = 1 row: a cut episode, its last row as final observation
-        bounds.append((start, T if rows == "last-step" else T - 1, T - 1))
-    return bounds
 
 
 def import_omiga(
@@ -181,9 +147,9 @@ def import_omiga(
         ours = f.attrs.get("exported_by") == "omgmg" and OMGMG_STATE in f
         obs_dims, options, layout = (O,) * N, {"obs_mode": "omiga"}, None
         if not ours and s.shape == o.shape and np.array_equal(s[: min(T, 1000)], o[: min(T, 1000)]):
-            if _omiga_observations(np.asarray(o[: min(T, 1000)])):  # as OMIGA's environment writes them
+            if is_omiga_observations(np.asarray(o[: min(T, 1000)])):  # as OMIGA's environment writes them
                 flatten, S = False, O - N
-                read_state = lambda lo, hi: _znorm(np.asarray(o[lo:hi, 0, : O - N], np.float64))  # noqa: E731
+                read_state = lambda lo, hi: znorm(np.asarray(o[lo:hi, 0, : O - N], np.float64))  # noqa: E731
                 layout = (
                     "OMIGA's: o_i = znorm(concat(x, onehot(i))) and s = o; the state is znorm(o_0[:S]) = znorm(x), "
                     "as the environment computes it"
@@ -206,7 +172,7 @@ def import_omiga(
                 "episode ends with an extra final row (<<rows=final-row>>, OMIGA's own files) or d = 1 marks its "
                 "last step (<<rows=last-step>>); say which"
             )
-        bounds = _episode_bounds(done, rows)
+        bounds = episode_bounds(done, rows)
         if not bounds:
             raise DatasetError(f"{src} holds no complete episode")
         spec = EnvSpec(
@@ -252,7 +218,7 @@ def import_omiga(
             sources=(src,),
         )
         try:
-            for group in _group_bounds(bounds, block_rows):
+            for group in group_bounds(bounds, block_rows):
                 lo, hi = group[0][0], group[-1][2] + 1
                 block = {
                     "o": np.asarray(o[lo:hi], np.float32),
@@ -307,12 +273,12 @@ def _our_export_extras(src: Path, f, T: int, N: int, O: int):
     return kept, tuple(int(w) for w in widths)
 
 
-def _znorm(x: np.ndarray) -> np.ndarray:
+def znorm(x: np.ndarray) -> np.ndarray:
     """Each row minus its own mean, over its own std (OMIGA's environment's normalisation). (rows, S)"""
     return (x - x.mean(axis=-1, keepdims=True)) / x.std(axis=-1, keepdims=True)
 
 
-def _omiga_observations(o: np.ndarray) -> bool:
+def is_omiga_observations(o: np.ndarray) -> bool:
     """Whether rows of o (T, N, O) are OMIGA's znorm(concat(x, onehot(i))): each agent's last N entries
     peak at its own index and are equal elsewhere, and every row has mean 0 and std 1."""
     T, N, O = o.shape
@@ -328,18 +294,6 @@ def _omiga_observations(o: np.ndarray) -> bool:
         and np.allclose(o.mean(axis=2), 0, atol=1e-4)
         and np.allclose(o.std(axis=2), 1, atol=1e-3)
     )
-
-
-def _group_bounds(bounds: list[tuple[int, int, int]], block_rows: int) -> Iterator[list[tuple[int, int, int]]]:
-    """Consecutive episodes grouped into reads of about ``block_rows`` rows."""
-    group: list[tuple[int, int, int]] = []
-    for b in bounds:
-        if group and b[2] + 1 - group[0][0] > block_rows:
-            yield group
-            group = []
-        group.append(b)
-    if group:
-        yield group
 
 
 def omiga_file_name(dataset: Dataset) -> str:

@@ -30,6 +30,7 @@ MODULE_TIERS = {
     "test_loader": "roundtrip",
     "test_metrics": "unit",
     "test_omgmg": "unit",
+    "test_ogmarl": "roundtrip",
     "test_omiga": "roundtrip",
     "test_packaging": "unit",
     "test_readme": "roundtrip",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omgmg.collectors.envs.base import MultiAgentEnv, Reset, Step, VecStep, VectorEnv
-from omgmg.datakit.errors import DatasetError, RequestError
+from omgmg.datakit.errors import BackendUnavailable, DatasetError, RequestError
 from omgmg.datakit.spec import EnvSpec
 
 SUITES = ("mamujoco", "smacv2", "fixture")
@@ -168,9 +168,18 @@ def task_for_dataset(spec: EnvSpec) -> TaskRef:
     """The task (and backend) on which a policy trained on a dataset with this spec is evaluated.
 
     Data imported from OMIGA's HDF5 files (backend ``omiga-hdf5``) is evaluated on gymnasium-robotics
-    with ``obs_mode="omiga"``; everything else on the backend that produced it.
+    with ``obs_mode="omiga"``, and so is data recorded on the original MaMuJoCo (``mujoco-py``, from OG-MARL's
+    vaults) in OMIGA's observation layout, which gymnasium-robotics reproduces; the original MaMuJoCo's
+    local observations it does not, so such data is refused. Everything else is evaluated on the backend
+    that produced it.
     """
-    backend = None if spec.backend in ("omiga-hdf5", "gymnasium-robotics", "numpy") else spec.backend
+    if spec.backend == "mujoco-py" and spec.options.get("obs_mode") != "omiga":
+        raise BackendUnavailable(
+            f"this {spec.name} data was recorded on the original MaMuJoCo (v2 environments on mujoco-py) with its "
+            "local observations, which gymnasium-robotics' v5 environments do not reproduce, so a policy trained "
+            "on it cannot be evaluated here: train with <<evaluate=False>>"
+        )
+    backend = None if spec.backend in ("omiga-hdf5", "gymnasium-robotics", "mujoco-py", "numpy") else spec.backend
     return (
         resolve(spec.suite, spec.task, backend=backend, **spec.options)
         if spec.suite == "mamujoco"
