@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(log: Path, *args: str) -> str:
     """One CLI command as a user types it; its output is logged, a failure stops the script."""
     start = time.time()
-    done = subprocess.run(args, capture_output=True, text=True)
+    module = {"omgmg-data": "omgmg.cli.data", "omgmg": "omgmg.cli.train"}[args[0]]  # this interpreter's omgmg
+    done = subprocess.run([sys.executable, "-m", module, *args[1:]], capture_output=True, text=True)
     with open(log, "a") as f:
         took = f"(exit {done.returncode}, {time.time() - start:.0f} s)"
         f.write(f"$ {' '.join(args)}\n{done.stdout}{done.stderr}{took}\n\n")

@@ -145,7 +145,7 @@ def import_omiga(
         else:
             raise DatasetError(f"'s' has shape {s.shape}; expected ({T}, {N}, S) or ({T}, S)")
         ours = f.attrs.get("exported_by") == "omgmg" and OMGMG_STATE in f
-        obs_dims, options, layout = (O,) * N, {"obs_mode": "omiga"}, None
+        obs_dims, options, layout, spaces = (O,) * N, {"obs_mode": "omiga"}, None, None
         if not ours and s.shape == o.shape and np.array_equal(s[: min(T, 1000)], o[: min(T, 1000)]):
             if is_omiga_observations(np.asarray(o[: min(T, 1000)])):  # as OMIGA's environment writes them
                 flatten, S = False, O - N
@@ -158,6 +158,7 @@ def import_omiga(
                 options, layout = {}, "s equals o, but o is not OMIGA's znorm(concat(x, onehot(i))) layout"
         if ours:  # an omgmg export: its own state, observation widths and layout come back
             kept, obs_dims = _our_export_extras(src, f, T, N, O)
+            spaces = _our_action_spaces(f, N, A)
             flatten, S = False, kept.shape[1]
             read_state = lambda lo, hi: np.asarray(kept[lo:hi])  # noqa: E731
             options = {"obs_mode": "omiga"} if f.attrs.get("obs_mode") == "omiga" else {}
@@ -182,7 +183,7 @@ def import_omiga(
             agent_ids=tuple(f"agent_{i}" for i in range(N)),
             obs_dims=obs_dims,
             state_dim=S,
-            action_spaces=tuple(Box((-action_bound,) * A, (action_bound,) * A) for _ in range(N)),
+            action_spaces=spaces or tuple(Box((-action_bound,) * A, (action_bound,) * A) for _ in range(N)),
             episode_limit=episode_limit,
             options=options,
             backend_versions={"h5py": h5py.__version__},
@@ -227,7 +228,7 @@ def import_omiga(
                     "r": read_r(lo, hi).astype(np.float32),
                 }
                 worst = float(np.abs(block["a"]).max(initial=0.0))
-                if worst > action_bound:
+                if spaces is None and worst > action_bound:
                     raise DatasetError(
                         f"{src}: actions reach {worst:.4g}, outside [-{action_bound}, {action_bound}]; "
                         "pass the task's real bound as <<action_bound=...>>"
@@ -271,6 +272,20 @@ def _our_export_extras(src: Path, f, T: int, N: int, O: int):
             f"{src} says omgmg exported it, but {problem}: the file is damaged; export it again from its dataset"
         )
     return kept, tuple(int(w) for w in widths)
+
+
+def _our_action_spaces(f, N: int, A: int) -> tuple[Box, ...] | None:
+    """Each agent's action bounds as omgmg's export recorded them (exports before they were recorded: None)."""
+    if "action_low" not in f.attrs:
+        return None
+    low, high = np.asarray(f.attrs["action_low"], float), np.asarray(f.attrs["action_high"], float)
+    dims = np.asarray(f.attrs.get("action_dims", [A] * N), int)
+    if low.shape != (N, A) or high.shape != (N, A) or dims.shape != (N,) or not all(0 < d <= A for d in dims):
+        raise DatasetError(
+            f"{f.filename} says omgmg exported it, but its action_low/action_high/action_dims attributes do not fit "
+            f"{N} agents with {A} action entries: the file is damaged; export it again from its dataset"
+        )
+    return tuple(Box(tuple(low[i, :d]), tuple(high[i, :d])) for i, d in enumerate(dims))
 
 
 def znorm(x: np.ndarray) -> np.ndarray:
@@ -359,6 +374,9 @@ def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: i
         f.attrs["task"] = ds.spec.task
         f.attrs["obs_mode"] = ds.spec.options.get("obs_mode", "local")
         f.attrs["obs_dims"] = list(ds.spec.obs_dims)
+        low, high, _ = ds.spec.action_bounds()  # each agent's bounds, (N, A), padded with 0
+        f.attrs["action_low"], f.attrs["action_high"] = low, high
+        f.attrs["action_dims"] = [space.dim for space in ds.spec.action_spaces]
         f.attrs["s"] = (
             "the source file's per-agent s"
             if source_s

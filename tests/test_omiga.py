@@ -150,10 +150,9 @@ def test_export_is_what_the_official_omiga_code_trains_on(continuous_data, tmp_p
 def test_our_export_imports_back_with_its_state_widths_and_layout(continuous_data, tmp_path):
     ds, _ = continuous_data
     export_omiga(ds, tmp_path / "x.hdf5")
-    back = import_omiga(
-        tmp_path / "x.hdf5", tmp_path / "b.zarr", task="Hopper-3x1", level="medium", episode_limit=10, action_bound=2.0
-    )
+    back = import_omiga(tmp_path / "x.hdf5", tmp_path / "b.zarr", task="Hopper-3x1", level="medium", episode_limit=10)
     assert back.spec.obs_dims == ds.spec.obs_dims == (4, 3, 4) and back.spec.options == {}  # local, as collected
+    assert back.spec.action_spaces == ds.spec.action_spaces  # each agent's own size and bounds (2, 1, 2)
     assert back.spec.state_dim == ds.spec.state_dim
     for key in ("steps/obs", "steps/state", "steps/actions", "steps/reward", "episodes/final_state"):
         assert np.array_equal(back.read(key), ds.read(key)), key
@@ -333,6 +332,7 @@ def test_a_damaged_omgmg_export_is_one_line_and_writes_nothing(continuous_data, 
         "widths": lambda f: f.attrs.__setitem__("obs_dims", [99, 1, 2]),
         "no-widths": lambda f: f.attrs.__delitem__("obs_dims"),
         "short-state": lambda f: (f.__delitem__("omgmg/state"), f.create_dataset("omgmg/state", data=np.zeros((3, 5)))),
+        "bounds": lambda f: f.attrs.__setitem__("action_low", np.zeros((2, 2))),
     }
     for name, edit in damage.items():
         path = tmp_path / f"{name}.hdf5"
