@@ -1,6 +1,6 @@
 """Evidence for interop (issue 17), run by hand: every conversion as a user runs it, on real MaMuJoCo data.
 
-    python benchmarks/interop.py --out interop-evidence      # about 15 minutes on 2 cores
+    python benchmarks/interop.py --out interop-evidence      # about 3 minutes on 2 cores
 
 1. A file made the way OMIGA's environment makes one (HalfCheetah-6x1 rollouts in OMIGA's observation
    layout computed in float64, s == o, an extra d = 1 row per episode) is imported, validated, trained on
