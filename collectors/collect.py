@@ -74,6 +74,9 @@ class CollectRequest:
     obs_mode: str | None = None
     """MaMuJoCo observations: local (each agent's own joints, padded to the widest; the default) or
     omiga (the public OMIGA datasets' layout, which OMIGA's code trains on). Recorded in the dataset."""
+    reward_scale: str | None = None
+    """SMAX rewards: smacv2 (a won battle returns 20, as SMACv2's scaling gives; the default) or smax
+    (SMAX's own reward, at most 2). Recorded in the dataset."""
     train_steps: int | None = None
     """Behaviour-policy training budget in env steps (default: happo 2M, mappo 5M)."""
     out: Path | None = None
@@ -107,8 +110,12 @@ class CollectRequest:
             raise ConfigError(f"medium_fraction must lie in (0, 1), got {self.medium_fraction}")
 
     def task_options(self) -> dict:
-        """The environment options the request asks for (``local`` observations are the default: none)."""
-        return {"obs_mode": self.obs_mode} if self.obs_mode not in (None, "local") else {}
+        """The environment options the request asks for (defaults: none; ``local`` observations and SMAX's
+        ``smacv2`` reward scale are the defaults)."""
+        options = {"obs_mode": self.obs_mode} if self.obs_mode not in (None, "local") else {}
+        if self.reward_scale is not None:
+            options["reward_scale"] = self.reward_scale
+        return options
 
     def behaviour_config(self, algo: str):
         """The behaviour algorithm's config: its defaults, the request's budget, seed and workers, and
@@ -157,7 +164,9 @@ def random_policy(spec: EnvSpec) -> RolloutPolicy:
 
 
 def default_out(ref: TaskRef, level: str, seed: int) -> Path:
-    layout = "".join(f"-{v}" for v in ref.options.values())  # e.g. -omiga: another layout, another dataset
+    # e.g. -omiga: another layout, another dataset (SMAX's default reward scale goes unnamed; the other is -smax)
+    shown = {k: v for k, v in ref.options.items() if (k, v) != ("reward_scale", "smacv2")}
+    layout = "".join(f"-{v}" for v in shown.values())
     return data_home() / "datasets" / f"{ref.suite}-{ref.task}-{ref.backend}{layout}-{level}-seed{seed}.zarr"
 
 

@@ -256,6 +256,33 @@ def test_smax_specs(race):
 
 
 @pytest.mark.slow
+def test_smax_rewards_are_on_smacv2s_scale_by_default_and_smaxs_on_request(smax_vec):
+    from omgmg.collectors.envs import task_for_dataset
+
+    own = make_vector_env("smacv2/protoss_5v5", 4, backend="smax", reward_scale="smax")
+    assert smax_vec.spec.options["reward_scale"] == "smacv2" and own.spec.options["reward_scale"] == "smax"
+    a, b = smax_vec.reset(seed=5), own.reset(seed=5)
+    assert np.array_equal(a.obs, b.obs)
+    rng, scaled, raw, won = np.random.default_rng(0), [], [], []
+    for _ in range(120):  # same seeds, same actions: the same battles, rewards 20 / (1 + 1) = 10 times larger
+        logits = rng.random(a.avail.shape) + a.avail
+        actions = logits.argmax(-1)
+        sa, sb = smax_vec.step(actions), own.step(actions)
+        assert np.array_equal(sa.won, sb.won) and np.array_equal(sa.terminated, sb.terminated)
+        scaled.append(sa.reward)
+        raw.append(sb.reward)
+        won.append(sa.won)
+        a = sa
+    scaled, raw = np.asarray(scaled), np.asarray(raw)
+    assert np.abs(raw).max() > 0 and np.allclose(scaled, 10 * raw, rtol=1e-6)
+    assert raw.max() <= 2.0 + 1e-6  # SMAX's step reward: lost enemy health (at most 1 in all) + a win bonus of 1
+    old = smax_vec.spec.replace(options={k: v for k, v in smax_vec.spec.options.items() if k != "reward_scale"})
+    assert task_for_dataset(old).options == {"reward_scale": "smax"}  # datasets made before the change
+    with pytest.raises(DatasetError, match="unknown SMAX reward_scale 'x'"):
+        resolve("smacv2/protoss_5v5", backend="smax", reward_scale="x")
+
+
+@pytest.mark.slow
 def test_smax_steps_end_episodes_and_compiles_once(smax_vec):
     vec, spec = smax_vec, smax_vec.spec
     r = vec.reset(seed=5)

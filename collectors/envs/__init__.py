@@ -10,7 +10,8 @@ Task names are ``SUITE/TASK`` (or suite and task apart), case-insensitive. Suite
 - ``mamujoco``: any ``Scenario-agent_conf`` gymnasium-robotics supports (``omgmg.collectors.envs.mamujoco``);
   option ``obs_mode="omiga"`` for OMIGA-style observations.
 - ``smacv2``: ``{protoss,terran,zerg}_{5,10,20}v{n}`` on ``backend="sc2"`` (StarCraft II) or
-  ``"smax"`` (JaxMARL); the default is sc2 where installed, else smax (``omgmg.collectors.envs.smacv2``).
+  ``"smax"`` (JaxMARL); the default is sc2 where installed, else smax (``omgmg.collectors.envs.smacv2``);
+  SMAX option ``reward_scale="smacv2"`` (default: a won battle returns 20) or ``"smax"``.
 - ``fixture``: the synthetic fixture systems (``omgmg.collectors.fixtures``), for tests
   (``omgmg.collectors.envs.fixture``).
 """
@@ -96,10 +97,18 @@ def resolve(name: str, task: str | None = None, *, backend: str | None = None, *
         from omgmg.collectors.envs import smacv2
 
         canonical = smacv2.canonical_task(task)
-        if options:
-            raise RequestError(f"SMACv2 tasks take no options (got {sorted(options)})")
+        unknown = set(options) - {"reward_scale"}
+        if unknown:
+            raise RequestError(f"unknown SMACv2 option(s) {sorted(unknown)}; known: reward_scale (SMAX only)")
         chosen, note = smacv2.choose_backend(backend)
-        return TaskRef(suite, canonical, chosen, {}, note)
+        if chosen == "sc2" and options.get("reward_scale", "smacv2") != "smacv2":
+            raise RequestError("StarCraft II's rewards are on SMACv2's own scale; reward_scale is an SMAX option")
+        if chosen == "smax":
+            from omgmg.collectors.envs.smax import DEFAULT_REWARD_SCALE, reward_factor
+
+            reward_factor(options.get("reward_scale", DEFAULT_REWARD_SCALE))  # an unknown scale is refused here
+            options = {"reward_scale": options.get("reward_scale", DEFAULT_REWARD_SCALE)}
+        return TaskRef(suite, canonical, chosen, dict(options) if chosen == "smax" else {}, note)
     from omgmg.collectors.fixtures import SHAPES
 
     if task.lower() not in SHAPES:
@@ -122,7 +131,7 @@ def _factory(ref: TaskRef, seed: int = 0):
             return functools.partial(SC2Env, ref.task, seed)
         from omgmg.collectors.envs.smax import SmaxEnv
 
-        return functools.partial(SmaxEnv, ref.task)
+        return functools.partial(SmaxEnv, ref.task, **ref.options)
     from omgmg.collectors.envs.fixture import FixtureEnv
 
     return functools.partial(FixtureEnv, ref.task)
@@ -156,7 +165,7 @@ def make_vector_env(
     if ref.suite == "smacv2" and ref.backend == "smax":
         from omgmg.collectors.envs.smax import SmaxVectorEnv
 
-        return SmaxVectorEnv(ref.task, num_envs, parts)
+        return SmaxVectorEnv(ref.task, num_envs, parts, **ref.options)
     from omgmg.collectors.envs.vector import SerialVectorEnv, SubprocVectorEnv
 
     if workers > 1:
@@ -180,11 +189,11 @@ def task_for_dataset(spec: EnvSpec) -> TaskRef:
             "on it cannot be evaluated here: train with <<evaluate=False>>"
         )
     backend = None if spec.backend in ("omiga-hdf5", "gymnasium-robotics", "mujoco-py", "numpy") else spec.backend
-    return (
-        resolve(spec.suite, spec.task, backend=backend, **spec.options)
-        if spec.suite == "mamujoco"
-        else resolve(spec.suite, spec.task, backend=backend)
-    )
+    if spec.suite == "mamujoco":
+        return resolve(spec.suite, spec.task, backend=backend, **spec.options)
+    if spec.suite == "smacv2" and spec.backend == "smax":  # evaluated on the dataset's reward scale
+        return resolve(spec.suite, spec.task, backend=backend, reward_scale=spec.options.get("reward_scale", "smax"))
+    return resolve(spec.suite, spec.task, backend=backend)
 
 
 def check_compatible(dataset: EnvSpec, env: EnvSpec) -> None:

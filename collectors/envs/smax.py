@@ -13,6 +13,14 @@ What we change from SMAX's ``smacv2_{n}_units`` scenario (see also ``omgmg.colle
 - **Terminated vs truncated.** SMAX's ``done`` merges both; a battle decided (one side dead) is a
   termination, reaching the limit with both sides alive is a truncation.
 - **Wins.** SMAX's info has no win flag; ``won`` = every enemy dead and at least one ally alive.
+- **Rewards on SMACv2's scale** (``reward_scale="smacv2"``, the default). SMAX pays each step the
+  enemies' lost health as a fraction of their full health, summed and divided by their number, plus
+  ``won_battle_bonus`` (1) on a win: a won battle returns at most 1 + 1 = 2. SMACv2 scales its rewards
+  so that the most an episode can return, a won battle, is ``reward_scale_rate`` = 20. We multiply
+  SMAX's reward by 20 / (1 + won_battle_bonus) = 10, so a won battle returns 20 here too and a
+  value-based method sees returns of SMACv2's size (the Q term of OMGMG's Eq. (10) is otherwise ten
+  times smaller next to its BC term). ``reward_scale="smax"`` keeps SMAX's own reward. The scale is
+  recorded in each dataset's spec (``options.reward_scale``); datasets without it are on SMAX's scale.
 - **One compilation.** SMAX's reset returns weakly typed integer fields (``state.step``) that make a
   jitted step compile again once it sees a stepped state; all leaves are made strongly typed on
   every reset and step, and :meth:`SmaxVectorEnv.reset` warms the jitted functions up.
@@ -30,7 +38,7 @@ import numpy as np
 
 from omgmg.collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
 from omgmg.collectors.envs.smacv2 import EPISODE_LIMIT, parse_task, smax_missing
-from omgmg.datakit.errors import BackendUnavailable, DatasetError
+from omgmg.datakit.errors import BackendUnavailable, DatasetError, RequestError
 from omgmg.datakit.spec import Discrete, EnvSpec
 
 SMAX_UNIT_TYPES = ("marine", "marauder", "stalker", "zealot", "zergling", "hydralisk")  # SMAX's index order
@@ -40,6 +48,23 @@ RACE_SMAX_UNITS = {
     "zerg": ("zergling", "hydralisk"),
 }
 RACE_SMAX_WEIGHTS = (0.5, 0.5)
+SMACV2_MAX_RETURN = 20.0  # SMACv2's reward_scale_rate: a won battle returns this much
+SMAX_WON_BATTLE_BONUS = 1.0  # HeuristicEnemySMAX's default won_battle_bonus
+REWARD_SCALES = {
+    # a won battle: all enemy health (1 in SMAX's units) plus the win bonus -> SMACv2's 20
+    "smacv2": SMACV2_MAX_RETURN / (1.0 + SMAX_WON_BATTLE_BONUS),
+    "smax": 1.0,
+}
+DEFAULT_REWARD_SCALE = "smacv2"
+
+
+def reward_factor(reward_scale: str) -> float:
+    if reward_scale not in REWARD_SCALES:
+        raise RequestError(
+            f"unknown SMAX reward_scale {reward_scale!r}: choose smacv2 (a won battle returns 20, as in SMACv2) "
+            "or smax (SMAX's own reward: at most 2)"
+        )
+    return REWARD_SCALES[reward_scale]
 
 
 @contextlib.contextmanager
@@ -93,7 +118,8 @@ def _versions() -> dict[str, str]:
 class _SmaxCore:
     """The jitted, vmapped reset and step shared by the single and the vector env."""
 
-    def __init__(self, task: str):
+    def __init__(self, task: str, reward_scale: str = DEFAULT_REWARD_SCALE):
+        factor = reward_factor(reward_scale)
         jax, jnp, HeuristicEnemySMAX, map_name_to_scenario = _jax()
         race, n = parse_task(task)
         # SMAX tests its limit before counting the step, so max_steps=L allows L + 1 steps: pass L - 1.
@@ -103,6 +129,7 @@ class _SmaxCore:
             see_enemy_actions=True,
             walls_cause_death=True,
             attack_mode="closest",
+            won_battle_bonus=SMAX_WON_BATTLE_BONUS,
         )
         env._env.unit_type_generator = RaceUnitTypes(race, n)
         agents = list(env.agents)
@@ -122,6 +149,7 @@ class _SmaxCore:
                 "unit_types": {race: list(RACE_SMAX_UNITS[race])},
                 "unit_weights": list(RACE_SMAX_WEIGHTS),
                 "start_positions": "surrounded_and_reflect",
+                "reward_scale": reward_scale,
             },
             backend_versions=_versions(),
         )
@@ -166,7 +194,7 @@ class _SmaxCore:
                 pick(r_o, o),
                 pick(r_s, s),
                 pick(r_av, av),
-                rewards[agents[0]],
+                rewards[agents[0]] * factor,
                 terminated,
                 truncated,
                 won,
@@ -256,8 +284,8 @@ class SmaxVectorEnv(VectorEnv):
     """E SMAX envs in one jitted, vmapped step, or in ``parts`` batches stepped by separate calls of
     it (one compilation): while JAX computes one part, the caller can work on another (``groups``)."""
 
-    def __init__(self, task: str, num_envs: int, parts: int = 1):
-        self.core = _SmaxCore(task)
+    def __init__(self, task: str, num_envs: int, parts: int = 1, reward_scale: str = DEFAULT_REWARD_SCALE):
+        self.core = _SmaxCore(task, reward_scale)
         self.spec, self.num_envs = self.core.spec, num_envs
         parts = max(1, min(parts, num_envs))
         bounds = np.linspace(0, num_envs, parts + 1).round().astype(int)
@@ -304,8 +332,8 @@ class SmaxVectorEnv(VectorEnv):
 class SmaxEnv(MultiAgentEnv):
     """A single SMAX env: the vector env with E = 1."""
 
-    def __init__(self, task: str):
-        self.vec = SmaxVectorEnv(task, 1)
+    def __init__(self, task: str, reward_scale: str = DEFAULT_REWARD_SCALE):
+        self.vec = SmaxVectorEnv(task, 1, reward_scale=reward_scale)
         self.spec = self.vec.spec
         self._next_seed = 0
 

@@ -24,6 +24,7 @@ The schema (docs/experiments.md has it with examples; ``omgmg/experiments/specs/
     suite = "mamujoco"
     task = "Hopper-3x1"
     levels = ["expert", "medium"]
+    steps = 50000                         # optional: steps / eval_every / eval_episodes for these datasets
     # or: path = "/data/hopper-medium.zarr" (an existing dataset; label = "hopper-medium" optional)
 
     [grid]                                # optional: one hyperparameter, a list of values
@@ -166,6 +167,8 @@ class ExperimentSpec:
     grid: tuple[str, list[float]] | None = None
     overrides: dict[str, dict] = field(default_factory=dict)
     source: str = ""
+    dataset_budgets: dict[DatasetRef, dict] = field(default_factory=dict)
+    """The [budget] keys a [[datasets]] entry sets for its own datasets (the smoke budget ignores them)."""
 
     def resolved(self, smoke: bool) -> tuple[list[int], dict, dict]:
         """(seeds, budget, data settings) for the full or the smoke budget."""
@@ -192,7 +195,8 @@ class ExperimentSpec:
                         fixed = dict(self.overrides.get(algo, {}))
                         if point is not None:
                             fixed[point[0]] = point[1]
-                        cfg = make_config(algo, suite, **fixed, **budget, seed=seed)
+                        own = {} if smoke else self.dataset_budgets.get(ds, {})
+                        cfg = make_config(algo, suite, **fixed, **(budget | own), seed=seed)
                         out.append(Cell(algo, ds, seed, point, dataclasses.asdict(cfg), dict(data)))
         return out
 
@@ -276,15 +280,23 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
             else:
                 need(isinstance(v, int) and v >= (0 if k == "seed" else 1), f"[{where}] {k} must be a positive integer")
 
-    datasets = []
+    datasets, dataset_budgets = [], {}
     need(isinstance(raw["datasets"], list) and raw["datasets"], "[[datasets]] needs at least one entry")
     for i, d in enumerate(raw["datasets"]):
         where = f"datasets[{i}]"
+        own = {k: d[k] for k in BUDGET_KEYS if k in d}
+        for k, v in own.items():
+            need(isinstance(v, int) and v >= 1, f"{where}: {k} must be a positive integer")
+        d = {k: v for k, v in d.items() if k not in BUDGET_KEYS}
         if "path" in d:
-            need(set(d) <= {"path", "label"}, f"{where}: a dataset given by path takes only path and label")
+            need(set(d) <= {"path", "label"}, f"{where}: a dataset given by path takes only path, label, {', '.join(BUDGET_KEYS)}")
             datasets.append(DatasetRef(path=str(d["path"]), label=d.get("label")))
+            dataset_budgets[datasets[-1]] = own
             continue
-        need(set(d) == {"suite", "task", "levels"}, f"{where}: give either path, or suite, task and levels")
+        need(
+            set(d) == {"suite", "task", "levels"},
+            f"{where}: give either path, or suite, task and levels (and optionally {', '.join(BUDGET_KEYS)})",
+        )
         need(d["suite"] in ("mamujoco", "smacv2"), f"{where}: suite must be mamujoco or smacv2, got {d['suite']!r}")
         need(isinstance(d["levels"], list) and d["levels"], f"{where}: levels must be a non-empty list")
         for level in d["levels"]:
@@ -293,6 +305,7 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
             except DatasetError as e:  # its message lists the levels
                 raise SpecError(f"{source}: {where}: {e}") from None
             datasets.append(DatasetRef(suite=d["suite"], task=str(d["task"]), level=level))
+            dataset_budgets[datasets[-1]] = own
 
     grid = None
     if "grid" in raw:
@@ -333,4 +346,5 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
         grid=grid,
         overrides={k: dict(v) for k, v in overrides.items()},
         source=source,
+        dataset_budgets={ref: own for ref, own in dataset_budgets.items() if own},
     )
