@@ -56,6 +56,7 @@ class Batch:
     episode_start: torch.Tensor  # (B,) 1.0 where the step is the first of its episode
     avail: torch.Tensor | None = None  # (B, N, K) bool, discrete tasks
     next_avail: torch.Tensor | None = None  # (B, N, K) bool, discrete tasks
+    index: torch.Tensor | None = None  # (B,) int64: each transition's row in steps/ (its place in the dataset)
 
     def to(self, device) -> Batch:
         return Batch(
@@ -89,8 +90,10 @@ class _Table:
         next_index: np.ndarray,
         starts: np.ndarray,
         device,
+        first_row: int = 0,
     ):
         self.n_steps = len(next_index)
+        self.index = torch.arange(first_row, first_row + self.n_steps, dtype=torch.int64, device=device)  # (T,)
         cat = lambda a, b: torch.from_numpy(np.ascontiguousarray(np.concatenate([a, b]))).to(device)  # noqa: E731
         self.obs = cat(steps["obs"], finals["final_obs"])  # (T + E, N, O)
         self.state = cat(steps["state"], finals["final_state"])  # (T + E, S)
@@ -122,6 +125,7 @@ class _Table:
             episode_start=sel(self.episode_start, idx),
             avail=None if self.avail is None else sel(self.avail, idx),
             next_avail=None if self.avail is None else sel(self.avail, nxt),
+            index=sel(self.index, idx),
         )
 
 
@@ -164,7 +168,7 @@ def _read_block(ds: Dataset, start: int, stop: int, ends: np.ndarray, device, ch
         [[0] if (first_ep == 0 and start == 0) or (start - 1) in ends else [], local_ends + 1]
     ).astype(np.int64)
     starts = starts[starts < n]
-    return _Table(steps, finals, next_index, starts, device)
+    return _Table(steps, finals, next_index, starts, device, first_row=start)
 
 
 def _check_values(ds: Dataset, start: int, steps: dict, finals: dict, local_ends: np.ndarray, first_ep: int) -> None:

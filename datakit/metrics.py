@@ -52,6 +52,14 @@ METRICS = {
     "value/top_weight_share": "share of the batch's weight on its largest weight",
     "value/entropy_alpha": "entropy temperature (MACQL's learned alpha)",
     "value/cem_better": "share of states where OMAR's CEM search beat the policy's action",
+    # diagnostics: one batch, every log_every steps (omgmg.diagnostics)
+    "value/z_at_clip": "share of z = w (Qbar - V) / alpha at the clamp +-z_clip (its exp term has no gradient there)",
+    "value/q_tot_batch": "mean Q_tot(s, a) over the diagnosed batch",
+    "value/mc_return": "mean discounted Monte-Carlo return-to-go of the diagnosed batch's transitions in the data",
+    "value/q_tot_over_mc": "value/q_tot_batch minus value/mc_return (above 0: Q_tot overestimates the data's returns)",
+    "policy/grad_q_term": "gradient norm, over the actor's parameters, of the Q term of the actor loss (Eq. 10)",
+    "policy/grad_bc_term": "gradient norm, over the actor's parameters, of the weighted log-likelihood term (Eq. 10)",
+    "policy/actions_on_bounds": "share of the batch's continuous action entries lying on their bounds (+-1)",
     # policies
     "policy/std": "mean standard deviation of the Gaussian policies",
     "policy/entropy": "mean entropy of the policy",

@@ -46,6 +46,7 @@ from omgmg.datakit.outputs import (
     os_errors,
     read_jsonl,
 )
+from omgmg.diagnostics import returns_to_go
 
 STD_FLOOR = 1e-3
 
@@ -236,6 +237,7 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn, t
     # lines after the checkpoint are dropped (and TensorBoard events after it purged)
     log = MetricLog(out, index="step", resume_at=start, tensorboard=tensorboard, warn=warn)
     evaluator = Evaluator(ds, cfg.eval_episodes, cfg.seed) if evaluate else None
+    rtg = torch.from_numpy(returns_to_go(ds, getattr(cfg, "gamma", 0.99)))  # Q_tot's yardstick (omgmg.diagnostics)
     final = {}
     t0 = time.perf_counter()
     try:
@@ -250,6 +252,10 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn, t
                     **{k: v / n for k, v in sums.items()},
                     "time/steps_per_s": n / (time.perf_counter() - t0),
                 }
+                batch = getattr(algo, "last_batch", None)
+                if batch is not None and batch.index is not None:  # after the throughput: not counted in it
+                    with torch.random.fork_rng(devices=[]):  # sampling here leaves training's random stream alone
+                        record |= algo.diagnostics(batch, rtg[batch.index.cpu()].to(batch.reward.device))
                 log.write(record)
                 final.update(record)
                 sums, n, t0 = {}, 0, time.perf_counter()

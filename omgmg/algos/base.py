@@ -20,6 +20,7 @@ from torch import nn
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch, InitialStates
 from omgmg.datakit.spec import EnvSpec
+from omgmg.diagnostics import actions_on_bounds
 from omgmg.nets import AgentMLP, CategoricalPolicy, TanhGaussianPolicy, TwinQ
 
 
@@ -178,7 +179,29 @@ class OfflineAlgorithm(nn.Module):
     def step(self, loader) -> dict[str, float]:
         """One gradient step on a fresh minibatch from ``loader`` (the trainer's entry point). Algorithms
         that need more than a batch of transitions (ComaDICE: initial states) override this."""
-        return self.update(self.prepare(loader.sample()))
+        self.last_batch = self.prepare(loader.sample())
+        return self.update(self.last_batch)
+
+    # ----- diagnostics (omgmg.diagnostics), on one batch every log_every steps -------------------------------
+    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, float]:
+        """What can go wrong, measured on batch ``b`` without changing anything: the share of actions on
+        their bounds (continuous), and Q_tot against ``mc_return``, the data's discounted return-to-go of
+        each transition (algorithms with a mixed Q_tot). Algorithms add their own (OMGMG, OMIGA)."""
+        out = {}
+        if not self.spec.discrete:
+            low, high, mask = (torch.as_tensor(x, device=b.actions.device) for x in self.spec.action_bounds())
+            out["policy/actions_on_bounds"] = actions_on_bounds(b.actions, low, high, mask)
+        if mc_return is not None:
+            with torch.no_grad():
+                q_tot = self.q_tot(b)
+            if q_tot is not None:
+                q, g = float(q_tot.mean()), float(mc_return.mean())
+                out |= {"value/q_tot_batch": q, "value/mc_return": g, "value/q_tot_over_mc": q - g}
+        return out
+
+    def q_tot(self, b: Batch) -> torch.Tensor | None:
+        """Q_tot(s, a) of the batch's transitions, (B,), for algorithms that mix one; None otherwise."""
+        return None
 
     def log_prob_data(self, b: Batch) -> torch.Tensor:
         """log pi_i(a_i | o_i) of the dataset actions under ``self.actor`` (masked softmax or tanh-Gaussian),

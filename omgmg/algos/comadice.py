@@ -110,7 +110,8 @@ class ComaDICE(OfflineAlgorithm):
 
     def step(self, loader) -> dict[str, float]:
         initial = self.prepare_initial(loader.sample_initial())
-        return self.update(self.prepare(loader.sample()), initial)
+        self.last_batch = self.prepare(loader.sample())
+        return self.update(self.last_batch, initial)
 
     def update(self, b: Batch, initial: InitialStates) -> dict[str, float]:
         stats = self.update_critic(b, initial)

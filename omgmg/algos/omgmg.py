@@ -51,6 +51,7 @@ from omgmg.algos.base import OfflineAlgorithm, TDConfig
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch
 from omgmg.datakit.spec import EnvSpec
+from omgmg.diagnostics import grad_norm
 from omgmg.nets import AgentMLP, Mixer, adam, mix, soft_update
 
 
@@ -272,6 +273,26 @@ class OMGMG(OfflineAlgorithm):
         if self.cfg.value_targets:
             soft_update(self.v_target, self.v, self.cfg.tau)
             soft_update(self.mixer_target, self.mixer, self.cfg.tau)
+
+    # ----- diagnostics (omgmg.diagnostics) ---------------------------------------------------------------------
+    def q_tot(self, b: Batch) -> torch.Tensor:
+        w, bias = self.mixer(b.state)
+        return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
+
+    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, float]:
+        """Adds the share of z at its clamp (Eq. 11) and the gradient norms of Eq. (10)'s two terms."""
+        cfg, out = self.cfg, super().diagnostics(b, mc_return)
+        with torch.no_grad():
+            w, _ = self._value_mixer(b.state)
+            z = advantage_exponent(w, self.q_at(self.q_target, b.obs, b.actions), self.v(b.obs)[..., 0], cfg.alpha,
+                                   cfg.z_clip)  # fmt: skip
+        out["value/z_at_clip"] = float((z.abs() >= cfg.z_clip).float().mean())
+        q_pi, log_prob_data = self._actor_terms(b)
+        if cfg.normalize_q_term:
+            q_pi = q_pi / q_pi.abs().mean().detach().clamp(min=1e-6)
+        out["policy/grad_q_term"] = grad_norm(q_pi.mean(), self.actor)
+        out["policy/grad_bc_term"] = grad_norm(cfg.nu * (torch.exp(z) * log_prob_data).mean(), self.actor)
+        return out
 
     def _value_mixer(self, state: torch.Tensor):
         """w(s), b(s) for Eq. (11)'s weights and Eq. (12)'s V_tot(o'): the current mixer, or its target

@@ -154,6 +154,21 @@ class OMIGA(OfflineAlgorithm):
         self.optimize("actor", loss, self.actor)
         return {"loss/actor": loss.item()}
 
+    # ----- diagnostics (omgmg.diagnostics) ---------------------------------------------------------------------
+    def q_tot(self, b: Batch) -> torch.Tensor:
+        w, bias = self.mixer(b.state)
+        return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
+
+    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, float]:
+        """Adds the share of z at its clamp (the implicit value loss gets no exp-term gradient there)."""
+        cfg, out = self.cfg, super().diagnostics(b, mc_return)
+        with torch.no_grad():
+            w_bar, _ = self.mixer_target(b.state)
+            q_bar = self.q_at(self.q_target, b.obs, b.actions)
+            z = advantage_exponent(w_bar, q_bar, self.v(b.obs)[..., 0], cfg.alpha, cfg.z_clip)
+        out["value/z_at_clip"] = float((z.abs() >= cfg.z_clip).float().mean())
+        return out
+
     def update_targets(self) -> None:
         for target, source in ((self.q_target, self.q), (self.v_target, self.v), (self.mixer_target, self.mixer)):
             soft_update(target, source, self.cfg.tau)

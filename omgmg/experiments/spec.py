@@ -289,7 +289,10 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
             need(isinstance(v, int) and v >= 1, f"{where}: {k} must be a positive integer")
         d = {k: v for k, v in d.items() if k not in BUDGET_KEYS}
         if "path" in d:
-            need(set(d) <= {"path", "label"}, f"{where}: a dataset given by path takes only path, label, {', '.join(BUDGET_KEYS)}")
+            need(
+                set(d) <= {"path", "label"},
+                f"{where}: a dataset given by path takes only path, label, {', '.join(BUDGET_KEYS)}",
+            )
             datasets.append(DatasetRef(path=str(d["path"]), label=d.get("label")))
             dataset_budgets[datasets[-1]] = own
             continue

@@ -1,0 +1,84 @@
+"""The diagnostics logged beside the losses: right numbers, and no effect on training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import fixture_datasets, small_config
+
+from omgmg.algos import algorithm_class
+from omgmg.datakit import TransitionLoader, iter_episodes
+from omgmg.diagnostics import actions_on_bounds, divergence_bound, grad_norm, returns_to_go
+from omgmg.trainer import train
+
+
+def test_returns_to_go_are_each_transitions_discounted_rest_of_its_episode(continuous_data):
+    ds, _ = continuous_data
+    rtg = returns_to_go(ds, 0.9)
+    expected = []
+    for ep in iter_episodes(ds):
+        r = ep["reward"].astype(np.float64)
+        expected += [sum(0.9**k * x for k, x in enumerate(r[t:])) for t in range(len(r))]
+    assert rtg.shape == (ds.n_transitions,) and np.allclose(rtg, expected, rtol=1e-5)
+    assert divergence_bound(rtg) == pytest.approx(2 * np.abs(expected).max(), rel=1e-5)
+
+
+def test_actions_on_bounds_counts_each_agents_own_entries_only():
+    low, high = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]), torch.tensor([[1.0, 2.0], [0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # agent 1 has one action entry: its second is padding
+    actions = torch.tensor([[[1.0, 0.3], [-0.5, 0.0]], [[0.2, -2.0], [0.1, 0.0]]])  # (B=2, N=2, A=2)
+    assert actions_on_bounds(actions, low, high, mask) == pytest.approx(3 / 6)
+
+
+def test_grad_norm_is_the_norm_backward_would_give_and_leaves_grads_alone():
+    net = torch.nn.Linear(3, 2)
+    loss = (net(torch.randn(5, 3)) ** 2).sum()
+    norm = grad_norm(loss, net)
+    assert all(p.grad is None for p in net.parameters())
+    loss.backward()
+    assert norm == pytest.approx(float(torch.sqrt(sum((p.grad**2).sum() for p in net.parameters()))), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return fixture_datasets(tmp_path_factory.mktemp("diag"), continuous=10, discrete=10)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_omgmg_logs_its_diagnostics_every_log_every_steps(data, tmp_path, kind):
+    cfg = small_config("omgmg", steps=40, log_every=20, eval_every=40)
+    train("omgmg", data[kind], cfg, tmp_path / "run", evaluate=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = [r for r in logged if "loss/q" in r]
+    assert [r["step"] for r in records] == [20, 40]
+    for r in records:
+        assert 0 <= r["value/z_at_clip"] <= 1 and r["policy/grad_q_term"] >= 0 and r["policy/grad_bc_term"] > 0
+        assert np.isclose(r["value/q_tot_over_mc"], r["value/q_tot_batch"] - r["value/mc_return"])
+        assert ("policy/actions_on_bounds" in r) == (kind == "continuous")
+
+
+def test_diagnostics_change_nothing_training_does(data, tmp_path):
+    """The same run logged every step and every 50 steps ends with the same parameters."""
+    params = []
+    for every in (1, 50):
+        cfg = small_config("omgmg", steps=50, log_every=every, eval_every=50)
+        train("omgmg", data["continuous"], cfg, tmp_path / f"run{every}", evaluate=False)
+        state = torch.load(tmp_path / f"run{every}" / "checkpoints" / "latest.pt", weights_only=True)["weights"]
+        params.append(state)
+    assert params[0].keys() == params[1].keys()
+    assert all(torch.equal(params[0][k], params[1][k]) for k in params[0] if isinstance(params[0][k], torch.Tensor))
+
+
+def test_a_batch_carries_its_rows_so_diagnostics_find_their_returns(data):
+    ds = data["continuous"]
+    steps_reward = ds.read("steps/reward", 0, ds.n_transitions)
+    for streaming in (False, True):
+        loader = TransitionLoader(ds, 16, seed=0, streaming=streaming, block_rows=64, resident_blocks=2)
+        for _ in range(20):
+            b = loader.sample()
+            assert torch.equal(b.reward, torch.from_numpy(steps_reward[b.index.numpy()]))
+    algo = algorithm_class("bc")(ds.spec, small_config("bc"))
+    assert algo.q_tot(b) is None and "value/q_tot_batch" not in algo.diagnostics(b, torch.zeros(16))
