@@ -81,7 +81,7 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
     for col in ("", "step", "return", "win rate", "Q_tot"):
         t.add_column(col, justify="right")
     fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
-    for label, rec in (("final", final), ("best", best)):
+    for label, rec in (("final", final), ("best*", best)):
         if rec:
             wr = rec.get("eval/win_rate")
             t.add_row(
@@ -92,6 +92,8 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
                 fmt(rec.get("value/q_tot")),
             )
     console.print(t)
+    if best:
+        console.print("* best: selected on these evaluation returns (optimistic); the final row is the result")
     console.print(f"curves: {run_dir / 'curves.png'}   log: {run_dir / 'log.jsonl'}", highlight=False)
 
 
@@ -102,15 +104,24 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
 )
 @click.option("--episodes", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=1234, show_default=True, type=int)
-@click.option("--checkpoint", default="best", show_default=True, type=click.Choice(["best", "latest"]))
+@click.option(
+    "--checkpoint",
+    default="final",
+    show_default=True,
+    type=click.Choice(["final", "best", "latest"]),
+    help="final (= latest): the policy at the end of training. best: the one that scored highest in training's "
+    "evaluations, i.e. selected on evaluation returns (an optimistic estimate: report it as such).",
+)
 @friendly_errors
 def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoint: str):
-    """Evaluate a trained run's policy in the environment of its dataset."""
+    """Evaluate a trained run's policy in the environment of its dataset (by default its final policy)."""
     from omgmg.datakit import open_dataset
+    from omgmg.datakit.checkpoints import load_checkpoint
     from omgmg.datakit.errors import RequestError
     from omgmg.trainer import Evaluator, load_policy
 
-    path = run if run.is_file() else run / "checkpoints" / f"{checkpoint}.pt"
+    checkpoint = "final" if checkpoint == "latest" else checkpoint
+    path = run if run.is_file() else run / "checkpoints" / f"{'latest' if checkpoint == 'final' else 'best'}.pt"
     if not path.exists():
         fail(f"no checkpoint at {path}; train first with `omgmg train --out {run}`", EXIT_USAGE)
     if dataset is None:
@@ -133,12 +144,23 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoi
         result = evaluator(algo)
     finally:
         evaluator.close()
+    saved = load_checkpoint(path)
+    step, steps = int(saved["step"]), int(saved["config"].get("steps", saved["step"]))
+    result |= {"checkpoint": checkpoint, "step": step}
     wr = result["eval/win_rate"]
     console.print(
-        f"[bold]{path}[/]: return {result['eval/return']:.4g} ± {result['eval/return_std']:.3g} over "
+        f"[bold]{path}[/] (step {step}): return {result['eval/return']:.4g} ± {result['eval/return_std']:.3g} over "
         f"{episodes} episodes" + ("" if wr is None else f", win rate {100 * wr:.1f}%"),
         highlight=False,
     )
+    if checkpoint == "best":
+        console.print(
+            "note: the best checkpoint was selected on training's evaluation returns: this score is optimistic; "
+            "report the final one (the default) as the result",
+            highlight=False,
+        )
+    elif step < steps:
+        warn(f"the run stopped at step {step} of {steps}: this is its newest policy, not a finished run's")
     from omgmg.datakit.outputs import atomic_write_json
 
     atomic_write_json(path.parent.parent / f"eval-{checkpoint}.json", result)

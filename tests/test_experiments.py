@@ -154,20 +154,23 @@ def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
 # ----- reports ------------------------------------------------------------------------------------------------------
 
 
-def _fake_result(root, name, algorithm, seed, score, q, grid=None, diverged=False, task="Hopper-3x1", win=None):
+def _fake_result(
+    root, name, algorithm, seed, score, q, grid=None, diverged=False, task="Hopper-3x1", win=None, best=None, steps=5
+):
     d = root / "cells" / name
     d.mkdir(parents=True)
+    suite = "smacv2" if "_" in task else "mamujoco"
     cell = {
         "algorithm": algorithm,
         "seed": seed,
         "grid": grid,
-        "config": {},
+        "config": {"steps": steps},
         "data": {"transitions": 10},
-        "dataset": {"suite": "mamujoco", "task": task, "level": "medium", "path": None, "label": None},
+        "dataset": {"suite": suite, "task": task, "level": "medium", "path": None, "label": None},
     }
-    (d / "result.json").write_text(
-        json.dumps({"cell": cell, "score": score, "q_tot": q, "diverged": diverged, "win_rate": win})
-    )
+    result = {"cell": cell, "score": score, "q_tot": q, "diverged": diverged, "win_rate": win, "best_score": best}
+    result["best_win_rate"] = best if win is not None else None
+    (d / "result.json").write_text(json.dumps(result))
 
 
 def test_report_aggregates_mean_and_std_by_hand_and_bolds_the_best(tmp_path):
@@ -195,6 +198,25 @@ def test_report_aggregates_mean_and_std_by_hand_and_bolds_the_best(tmp_path):
     md = write_report(root)[0].read_text()
     assert "**330.0 ± 24.5 ×1**" in md and "| 200.0 ± 81.6 |" in md and "SMOKE budget" in md
     assert normalised(150.0, 100.0, 200.0) == 50.0
+    assert "Not the paper's benchmark: MaMuJoCo runs on gymnasium-robotics v5" in md and "SMAX" not in md
+
+
+def test_report_shows_best_beside_final_names_its_benchmark_and_per_dataset_budgets(tmp_path):
+    root = tmp_path / "pc"
+    meta = {
+        "name": "pc", "title": "P", "layout": "table", "smoke": False, "seeds": [0, 1],
+        "budget": {"steps": 50_000, "eval_every": 5, "eval_episodes": 1}, "data": {}, "algorithms": ["omgmg"],
+        "grid": None,
+    }  # fmt: skip
+    root.mkdir()
+    (root / "sweep.json").write_text(json.dumps(meta))
+    for s in (0, 1):
+        _fake_result(root, f"h{s}", "omgmg", s, 100.0 + s, 1.0, best=200.0 + s, steps=50_000)
+        _fake_result(root, f"p{s}", "omgmg", s, 0.5, 1.0, task="protoss_5v5", win=0.5, best=0.9, steps=20_000)
+    md = write_report(root)[0].read_text()
+    assert "100.5 ± 0.5 [200.5]" in md  # the best (selected on evaluation returns) beside, not instead
+    assert "| protoss_5v5 | medium (20,000 steps) | **50.0 ± 0.0 [90.0]** |" in md  # its own budget, win rates in %
+    assert "SMACv2 tasks run on JaxMARL's SMAX" in md and "gymnasium-robotics v5" in md
 
 
 def test_ablation_report_draws_score_and_q_against_the_grid(tmp_path):

@@ -297,7 +297,10 @@ def test_command_trains_evaluates_and_refuses_bad_options(data, tmp_path):
     cfg = json.loads((run / "config.json").read_text())["config"]
     assert cfg["lam"] == 0.9 and cfg["nu"] == 0.1
     result = CliRunner().invoke(train_cli, ["eval", str(run), "--episodes", "2"])
-    assert result.exit_code == 0 and "win rate" in result.output
+    assert result.exit_code == 0 and "win rate" in result.output and "optimistic" not in result.output
+    assert json.loads((run / "eval-final.json").read_text())["checkpoint"] == "final"  # the default: no selection
+    best = CliRunner().invoke(train_cli, ["eval", str(run), "--episodes", "2", "--checkpoint", "best"])
+    assert best.exit_code == 0 and "selected on training's evaluation returns" in best.output
     bad = CliRunner().invoke(
         train_cli, ["train", "--dataset", str(data["discrete"].path), "--algo", "bc", "--lam", "0.3"]
     )

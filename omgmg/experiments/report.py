@@ -5,9 +5,12 @@
 - MaMuJoCo scores also get a normalised score, 100 * (score - random) / (expert - random), with
   random and expert the mean episode returns of that task's random and expert datasets (from their
   metadata; the sweep generates both); left out where the expert data does not beat the random data.
+- The best score of each run (its highest evaluation during training, i.e. selected on evaluation
+  returns: optimistic) is shown beside the final one, in brackets, never instead of it.
 - Ablations (a spec with a [grid]): final score and final Q_tot against the grid value, one panel per
-  dataset, a red cross where any seed diverged: Q_tot non-finite or above 10 max|r| / (1 - gamma), or
-  a non-finite loss (``omgmg.experiments.sweep.DIVERGENCE_FACTOR``).
+  dataset, a red cross where any seed diverged: Q_tot non-finite or beyond twice the largest discounted
+  return-to-go in the data (``omgmg.diagnostics.divergence_bound``), or a non-finite loss.
+- Every table says in one line how the benchmark differs from the paper's (:data:`BENCHMARK_NOTES`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,20 @@ def load_results(sweep_dir) -> tuple[dict, list[dict]]:
     return meta, results
 
 
+BENCHMARK_NOTES = {
+    "mamujoco": "MaMuJoCo runs on gymnasium-robotics v5 with omgmg's own HAPPO datasets and local observations "
+    "(the paper: OMIGA's v2 datasets, each agent seeing the z-normalised full state and its id)",
+    "smacv2": "SMACv2 tasks run on JaxMARL's SMAX with omgmg's own MAPPO datasets, not on StarCraft II",
+}
+
+
+def benchmark_note(suites) -> str:
+    """One line: how this benchmark differs from the paper's, for the suites a table holds."""
+    suites = set(suites)
+    parts = [BENCHMARK_NOTES[s] for s in ("mamujoco", "smacv2") if s in suites]
+    return "Not the paper's benchmark: " + "; ".join(parts) + "." if parts else ""
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     return float(a.mean()), float(a.std())
@@ -51,11 +68,12 @@ def budget_label(meta: dict) -> str:
     )
 
 
-def _score(result: dict) -> float | None:
-    """The final score in the table's unit: return, or win rate in %."""
-    if result.get("score") is None:
+def _score(result: dict, which: str = "") -> float | None:
+    """The final score (``which=""``) or the best one (``"best_"``) in the table's unit: return, or win rate in %."""
+    if result.get(f"{which}score") is None:
         return None
-    return 100 * result["win_rate"] if result.get("win_rate") is not None else result["score"]
+    win_rate = result.get(f"{which}win_rate")
+    return 100 * win_rate if win_rate is not None else result[f"{which}score"]
 
 
 def _reference_returns(result: dict) -> tuple[float, float] | None:
@@ -90,13 +108,18 @@ def aggregate(results: list[dict]) -> dict:
     for key, rs in groups.items():
         scores = [s for s in map(_score, rs) if s is not None]
         q = [r["q_tot"] for r in rs if r.get("q_tot") is not None]
+        best = [s for s in (_score(r, "best_") for r in rs) if s is not None]
         entry = {
             "n": len(rs),
             "diverged": sum(bool(r.get("diverged")) for r in rs),
             "errors": [r["error"] for r in rs if r.get("error")],
+            "suite": rs[0]["cell"]["dataset"].get("suite"),
+            "steps": sorted({r["cell"]["config"].get("steps") for r in rs} - {None}),
         }
         if scores:
             entry["mean"], entry["std"] = mean_std(scores)
+        if best and len(best) == len(scores):
+            entry["best"] = mean_std(best)
             refs = _reference_returns(rs[0])
             # undefined unless the expert data beats the random data (an under-trained smoke behaviour may not)
             if refs and refs[1] > refs[0] and rs[0].get("win_rate") is None:
@@ -113,6 +136,8 @@ def _fmt(entry: dict) -> str:
     text = f"{entry['mean']:.1f} ± {entry['std']:.1f}"
     if "normalised" in entry:
         text += f" ({entry['normalised'][0]:.0f})"
+    if "best" in entry:
+        text += f" [{entry['best'][0]:.1f}]"
     if entry["diverged"]:
         text += f" ×{entry['diverged']}"
     return text
@@ -129,7 +154,10 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
         f"_{budget_label(meta)}_",
         "",
         "Final evaluation score, mean ± std over seeds (MaMuJoCo: return, with the normalised score in "
-        "parentheses; SMACv2: win rate in %). ×n: n seeds diverged.",
+        "parentheses; SMACv2: win rate in %); in brackets the mean best score, selected on evaluation returns "
+        "(optimistic). ×n: n seeds diverged.",
+        "",
+        benchmark_note(e.get("suite") for e in agg.values()),
         "",
         "| task | dataset | " + " | ".join(algos) + " |",
         "|" + "---|" * (len(algos) + 2),
@@ -151,6 +179,9 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
                 f"{e['std']:.4g}" if e and "mean" in e else "",
                 f"{e['normalised'][0]:.4g}" if e and "normalised" in e else "",
             ]
+        steps = sorted({n for e in entries.values() if e for n in e["steps"]})
+        if steps and steps != [meta["budget"]["steps"]]:  # a [[datasets]] entry with its own budget
+            level = f"{level} ({', '.join(f'{n:,}' for n in steps)} steps)"
         md.append(f"| {task} | {level} | " + " | ".join(cells) + " |")
         csv_rows.append([task, level, *flat])
     return "\n".join(md) + "\n", csv_rows

@@ -31,8 +31,6 @@ from omgmg.datakit.errors import OutputError, RequestError
 from omgmg.datakit.outputs import OutputLock, atomic_write_json, data_home, os_errors
 from omgmg.experiments.spec import Cell, DatasetRef, ExperimentSpec
 
-DIVERGENCE_FACTOR = 10.0  # |Q_tot| above this many times max|r| / (1 - gamma) counts as diverged
-
 
 class SweepError(RequestError):
     """A sweep that cannot run as asked (a backend option that does not apply, Ray missing)."""
@@ -115,10 +113,9 @@ def run_cell(cell_json: dict, cell_dir: str, dataset: str, threads: int) -> dict
 
 
 def _train_cell(cell: Cell, cell_json: dict, out: Path, dataset: str, threads: int) -> dict:
-    import numpy as np
-
     from omgmg.algos import algorithm_class
     from omgmg.datakit import open_dataset
+    from omgmg.diagnostics import divergence_bound, returns_to_go
     from omgmg.trainer import eval_score, read_log, train
 
     atomic_write_json(out / "cell.json", cell_json)
@@ -132,9 +129,8 @@ def _train_cell(cell: Cell, cell_json: dict, out: Path, dataset: str, threads: i
     except Exception as e:  # a cell that crashes is recorded (and retried by the next sweep), the sweep goes on
         result.update(error=f"{type(e).__name__}: {e}", diverged=True, score=None)
     else:
-        max_abs_reward = float(np.abs(ds.read("steps/reward", 0, ds.n_transitions)).max())
-        gamma = cell.config.get("gamma", 0.99)
-        bound = DIVERGENCE_FACTOR * max(max_abs_reward, 1e-8) / max(1 - gamma, 1e-8)
+        # diverged: Q_tot beyond twice the largest discounted return any transition of the data collected
+        bound = divergence_bound(returns_to_go(ds, cell.config.get("gamma", 0.99)))
         q = [r["value/q_tot"] for r in log if "value/q_tot" in r]
         losses = [v for r in log for k, v in r.items() if k.startswith("loss/")]
         diverged = any(not math.isfinite(v) or abs(v) > bound for v in q) or any(not math.isfinite(v) for v in losses)
@@ -143,6 +139,9 @@ def _train_cell(cell: Cell, cell_json: dict, out: Path, dataset: str, threads: i
             score=eval_score(final),
             eval_return=final.get("eval/return"),
             win_rate=final.get("eval/win_rate"),
+            best_score=eval_score(res.best) if res.best else None,  # selected on evaluation returns
+            best_win_rate=res.best.get("eval/win_rate") if res.best else None,
+            best_step=res.best.get("step") if res.best else None,
             q_tot=q[-1] if q else None,
             q_bound=bound,
             diverged=diverged,
