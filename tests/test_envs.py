@@ -229,6 +229,89 @@ def test_sc2_backend_says_what_is_missing_and_how_to_choose_smax(monkeypatch, tm
         choose_backend("pysc2")
 
 
+class StandInCapabilityEnv:
+    """smacv2's ``StarCraftCapabilityEnvWrapper`` as its code (oxwhirl/smacv2, starcraft2.py) behaves, on a
+    script instead of the game: ``step`` returns (reward, terminated, info) with ``battle_won``,
+    ``dead_allies`` and ``dead_enemies``, and ``episode_limit`` at a time-out only when built with
+    ``continuing_episode=True``; a dead agent observes zeros and may only no-op (action 0)."""
+
+    N, K, O, S, LIMIT = 5, 11, 10, 20, 4
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.episode = kwargs, -1
+
+    def get_env_info(self):
+        return {"n_agents": self.N, "n_actions": self.K, "obs_shape": self.O, "state_shape": self.S,
+                "episode_limit": self.LIMIT}  # fmt: skip
+
+    def reset(self):
+        self.episode, self.t, self.dead = self.episode + 1, 0, set()
+        return self.get_obs(), self.get_state()
+
+    def step(self, actions):
+        assert len(actions) == self.N
+        self.t += 1
+        reward, info = 0.5, {"battle_won": False}
+        if self.episode == 0 and self.t == 2:
+            self.dead.add(4)
+        won = self.episode == 0 and self.t == 3
+        info |= {"dead_allies": len(self.dead), "dead_enemies": self.N if won else 0}
+        if won:
+            info["battle_won"], reward = True, reward + 10.0
+            return reward, True, info
+        if self.t >= self.LIMIT:
+            if self.kwargs.get("continuing_episode"):
+                info["episode_limit"] = True
+            return reward, True, info
+        return reward, False, info
+
+    def get_obs(self):
+        return [np.zeros(self.O) if i in self.dead else np.full(self.O, self.t + i, float) for i in range(self.N)]
+
+    def get_state(self):
+        return np.full(self.S, float(self.t))
+
+    def get_avail_actions(self):
+        return [[1] + [0] * (self.K - 1) if i in self.dead else [0] + [1] * (self.K - 1) for i in range(self.N)]
+
+    def close(self):
+        pass
+
+
+def test_sc2_backend_keeps_smacv2s_meaning_of_each_step(monkeypatch):
+    """Against a stand-in of smacv2's interface: the reward passes as SMACv2 scales it, a won battle
+    is a termination with its win, the episode limit a truncation, dead agents keep their zeros and no-op."""
+    import importlib.metadata
+    import sys
+    import types
+
+    from omgmg.collectors.envs import smacv2 as sc2_module
+
+    wrapper = types.ModuleType("smacv2.env.starcraft2.wrapper")
+    wrapper.StarCraftCapabilityEnvWrapper = StandInCapabilityEnv
+    for name in ("smacv2", "smacv2.env", "smacv2.env.starcraft2"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "smacv2.env.starcraft2.wrapper", wrapper)
+    monkeypatch.setattr(sc2_module, "sc2_missing", lambda: None)
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda p: "1.0" if p == "smacv2" else real_version(p))
+    env = make_env("smacv2/zerg_5v5", backend="sc2")
+    assert env.env.kwargs["continuing_episode"] and env.env.kwargs["map_name"] == "10gen_zerg"
+    assert env.spec.backend == "sc2" and env.spec.episode_limit == 4 and env.spec.n_actions == 11
+    env.reset(seed=0)
+    steps = [env.step(np.ones(5, int)) for _ in range(3)]
+    assert [s.reward for s in steps] == [0.5, 0.5, 10.5]  # SMACv2's own scale, unchanged
+    assert [(s.terminated, s.truncated, s.info["won"]) for s in steps] == [(False, False, False)] * 2 + [
+        (True, False, True)
+    ]
+    assert not steps[1].obs[4].any() and steps[1].avail[4].tolist() == [True] + [False] * 10  # dead: no-op only
+    env.reset(seed=0)
+    steps = [env.step(np.ones(5, int)) for _ in range(4)]
+    assert (steps[-1].terminated, steps[-1].truncated, steps[-1].info["won"]) == (False, True, False)
+    with pytest.raises(DatasetError, match="reward_scale is an SMAX option"):
+        resolve("smacv2/zerg_5v5", backend="sc2", reward_scale="smax")
+
+
 def test_sc2_capability_config_matches_smacv2_5v5_settings():
     cfg = sc2_capability_config("terran", 5)
     assert cfg["team_gen"]["unit_types"] == ["marine", "marauder", "medivac"]

@@ -144,7 +144,7 @@ class SC2Env(MultiAgentEnv):
         if why:
             raise BackendUnavailable(f"the sc2 backend cannot run: {why}; or choose <<backend=smax>>")
         self.race, self.n = parse_task(task)
-        self._seed = seed
+        self._seed, self._steps = seed, 0
         self.env = self._build(seed)
         info = self.env.get_env_info()
         from importlib.metadata import version
@@ -175,6 +175,7 @@ class SC2Env(MultiAgentEnv):
             use_unit_ranges=True,
             min_attack_range=2,
             seed=seed,
+            continuing_episode=True,  # SMACv2 sets info["episode_limit"] at a time-out only with this on
         )
 
     def _observe(self) -> Reset:
@@ -189,11 +190,22 @@ class SC2Env(MultiAgentEnv):
             self._seed = seed
             self.env = self._build(seed)
         self.env.reset()
+        self._steps = 0
         return self._observe()
 
     def step(self, actions: np.ndarray) -> Step:
+        """SMACv2's step, its meaning kept: the reward as SMACv2 scales it (a won battle returns about 20),
+        a decided battle a termination (``info["battle_won"]`` the win), the episode limit a truncation
+        (``info["episode_limit"]``; also recognised by the step count where the battle is undecided, in
+        case a smacv2 version leaves the flag out), dead agents' zero observations and no-op-only
+        available actions passed through as the game gives them."""
         reward, done, info = self.env.step([int(a) for a in np.asarray(actions).reshape(-1)])
-        time_limit = bool(info.get("episode_limit", False))
+        self._steps += 1
+        n = self.spec.n_agents
+        undecided = (
+            not info.get("battle_won", False) and info.get("dead_allies", 0) < n and info.get("dead_enemies", 0) < n
+        )
+        time_limit = bool(info.get("episode_limit", False)) or (self._steps >= self.spec.episode_limit and undecided)
         o = self._observe()
         terminated = bool(done) and not time_limit
         return Step(
