@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from omgmg.cli.common import (
     EXIT_INVALID,
@@ -56,6 +57,48 @@ def validate(path: Path):
             f"found; `omgmg-data upgrade {path} --out NEW` rewrites it as format 2",
             highlight=False,
         )
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--episodes",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seeded episodes to replay, spread evenly over the dataset (0: all of them).",
+)
+@click.option(
+    "--atol",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Tolerance per value (0: exact, as MaMuJoCo and SMAX replay on the recorded versions).",
+)
+@friendly_errors
+def verify(path: Path, episodes: int, atol: float):
+    """Re-simulate stored episodes: rebuild the environment from the metadata, reset each chosen episode
+    from its recorded seed, drive it with its stored actions and compare every step (rewards, end flags,
+    observations, states, action masks). One line per mismatch; exit 1 on any."""
+    from omgmg.collectors.verify import verify as run_verify
+
+    with progress_bar("replaying episodes", None) as update:
+        report = run_verify(path, episodes or None, atol=atol, progress=update)
+    for line in report.version_warnings:
+        warn(f"installed versions differ from the recorded ones: {line}")
+    for m in report.mismatches:
+        err_console.print(f"[bold red]mismatch:[/] {escape(str(m))}", highlight=False, soft_wrap=True)
+    n = len(report.episodes)
+    tolerance = "exactly" if atol == 0 else f"within {atol:g}"
+    skipped = f"; {report.unseeded} episodes have no recorded seed" if report.unseeded else ""
+    if report.ok:
+        console.print(
+            f"[bold green]verified[/] {path}: {n} episodes replayed, every step matches {tolerance}{skipped}",
+            highlight=False,
+        )
+        return
+    bad = len({m.episode for m in report.mismatches})
+    fail(f"{path}: {bad} of {n} replayed episodes differ from the data{skipped}", EXIT_INVALID)
 
 
 @main.command()

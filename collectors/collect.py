@@ -24,7 +24,7 @@ import torch
 
 from omgmg.collectors.behaviour import algorithm, algorithm_for, load_agent
 from omgmg.collectors.common import RolloutPolicy, gumbel_argmax
-from omgmg.collectors.envs import TaskRef, make_vector_env, resolve
+from omgmg.collectors.envs import TaskRef, construction, make_vector_env, resolve
 from omgmg.collectors.rollout import rollout_episodes
 from omgmg.collectors.runs import RunDir, score
 from omgmg.collectors.training import train_behaviour
@@ -34,6 +34,7 @@ from omgmg.datakit.errors import ConfigError, RequestError, render_options
 from omgmg.datakit.format import normalise_level
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.outputs import check_replaceable, data_home, is_omgmg_dataset, make_parent
+from omgmg.datakit.provenance import layouts, package_versions, seed_ranges
 from omgmg.datakit.spec import EnvSpec
 from omgmg.datakit.writer import DatasetWriter, episode_arguments, open_unfinished
 
@@ -217,6 +218,12 @@ def collect(
         "budget": {kind: target},
         "collector": "omgmg-data collect",
         "seed": req.seed,
+        "provenance": {  # omgmg.datakit.provenance; episode_seeds is filled in when the rollout ends
+            "packages": package_versions(),
+            "environment": {"task": ref.name, "backend": ref.backend, **construction(ref)},
+            "layouts": layouts(spec),
+            "episode_seeds": [],
+        },
     }
 
     run, picks = None, {}
@@ -308,6 +315,8 @@ def collect(
                     on_rollout(k + 1, count)
         else:
             _roll_out_level(writer, req, spec, ref, picks, (kind, target), on_rollout)
+            seeded = [tuple(x) for _, x in sorted(writer.progress.get("seeded", {}).items(), key=lambda i: int(i[0]))]
+            writer.collection["provenance"]["episode_seeds"] = seed_ranges(seeded, writer.episodes_added)
     return writer.close()  # already closed by the block: the finished dataset
 
 

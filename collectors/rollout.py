@@ -140,10 +140,15 @@ class _SlotRollout:
     ):
         self.writer, self.policy, self.vec, self.phase, self.progress = writer, policy, vec, phase, progress
         self.kind, self.target = until
-        if writer.progress.get("phase") != phase:  # a new phase: remember where it starts in the dataset
-            writer.set_progress({"phase": phase, "first_episode": writer.episodes_added})
-            writer.flush()
         self.base = phase_seed(seed, phase)
+        if writer.progress.get("phase") != phase:  # a new phase: remember where it starts in the dataset
+            writer.set_progress({**writer.progress, "phase": phase, "first_episode": writer.episodes_added})
+        # and which seeds its episodes start from (provenance: omgmg.datakit.provenance.episode_seeds)
+        seeded = dict(writer.progress.get("seeded", {}))
+        if seeded.get(str(phase)) != [writer.progress["first_episode"], self.base]:
+            seeded[str(phase)] = [writer.progress["first_episode"], self.base]
+            writer.set_progress({**writer.progress, "seeded": seeded})
+            writer.flush()
         E = vec.num_envs
         # on resume: the committed episodes are kept, and the next slot to write follows them
         self.slots = SlotSchedule(E, writer.episodes_added - writer.progress["first_episode"])
@@ -187,7 +192,9 @@ class _SlotRollout:
         for k, s in enumerate(self.stepping):  # steps no episode needs: let them finish before the env is reused
             if s is not None:
                 self.groups[k].step_wait()
-        self.writer.set_progress({"phase": self.phase + 1, "first_episode": self.writer.episodes_added})
+        self.writer.set_progress(
+            {**self.writer.progress, "phase": self.phase + 1, "first_episode": self.writer.episodes_added}
+        )
         self.writer.flush()
 
     def write_ready(self) -> bool:

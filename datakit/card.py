@@ -73,6 +73,33 @@ def _num(x) -> str:
     return "-" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))
 
 
+def _provenance_rows(p: dict | None, n_episodes: int) -> list[tuple[str, str]]:
+    """The card's lines for ``collection.provenance`` (omgmg.datakit.provenance)."""
+    if not p:
+        return [("provenance", "not recorded (a dataset made before omgmg recorded it)")]
+    rows = [("provenance", "")]
+    if p.get("packages"):
+        rows.append(("  packages", "  ".join(f"{k} {v}" for k, v in p["packages"].items())))
+    env = p.get("environment")
+    if env:
+        args = ", ".join(f"{k}={v!r}" for k, v in env.get("arguments", {}).items())
+        extra = "  ".join(f"{k} {v}" for k, v in env.items() if k not in ("constructor", "arguments", "task"))
+        rows.append(("  environment", f"{env.get('constructor', '?')}({args})" + (f"  {extra}" if extra else "")))
+    lay = p.get("layouts")
+    if lay:
+        widths = ", ".join(str(o["width"]) for o in lay["observations"])
+        padded = lay["observations"][0]["padded_to"] if lay["observations"] else "-"
+        rows.append(("  layouts", f"observations {widths} (padded to {padded})  state {lay['state']['width']}"))
+    if "episode_seeds" in p:
+        ranges = p["episode_seeds"]
+        seeded = sum(count for _, count, _ in ranges)
+        where = "  ".join(f"episodes {f}-{f + n - 1} from seed {s}" for f, n, s in ranges)
+        rows.append(("  episode seeds", f"{seeded} of {n_episodes} episodes" + (f"  ({where})" if where else "")))
+    if p.get("unknown"):
+        rows.append(("  unknown", "; ".join(p["unknown"])))
+    return rows
+
+
 def render(c: dict):
     """A rich renderable of the card."""
     from rich.console import Group
@@ -114,7 +141,9 @@ def render(c: dict):
         detail = ", ".join(f"{k} {v}" for k, v in bp.items() if k != "algorithm" and v is not None)
         rows.append(("behaviour policy", f"{bp['algorithm']}" + (f"  ({detail})" if detail else "")))
     for k, v in c["collection"].items():
-        rows.append((f"  {k}", str(v)))
+        if k != "provenance":
+            rows.append((f"  {k}", str(v)))
+    rows += _provenance_rows(c["collection"].get("provenance"), c["n_episodes"])
     rows += [
         ("format", f"v{c['format_version']}, written by omgmg {c['omgmg_version']} at {c['created']}"),
         ("stored", _size(c["stored_bytes"])),

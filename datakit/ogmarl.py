@@ -63,6 +63,7 @@ from omgmg.datakit.outputs import (
     os_errors,
     remove_output,
 )
+from omgmg.datakit.provenance import layouts, package_versions
 from omgmg.datakit.rows import ROW_CONVENTIONS, detect_rows, episode_bounds
 from omgmg.datakit.spec import Box, Discrete, EnvSpec
 from omgmg.datakit.writer import DatasetWriter
@@ -429,7 +430,7 @@ def import_vault(
         )
     collection = {
         "source": "og-marl-vault",
-        "source_vault": "/".join(path_names + (uid_dir.name,)) if path_names else uid_dir.name,
+        "source_vault": str(uid_dir),
         "source_rows": int(T),
         "row_convention": f"{rows} ({rows_how}): {ROW_CONVENTIONS[rows]}",
         "termination_rule": (
@@ -444,6 +445,12 @@ def import_vault(
     }
     if ours:
         collection["final_observations"] = f"kept by omgmg's export in {FINALS}"
+    kept = meta["omgmg"].get("provenance") if ours else None
+    collection["provenance"] = (
+        {**kept, "source": {"format": "OG-MARL vault exported by omgmg", "vault": collection["source_vault"]}}
+        if isinstance(kept, dict)
+        else _foreign_provenance(spec, meta, collection, ours)
+    )
     writer = DatasetWriter(
         out,
         spec,
@@ -495,6 +502,23 @@ def _state_frozen(state: np.ndarray, bounds) -> bool:
     return bool(long) and all(
         np.array_equal(state[start:stop], state[start:stop][:1].repeat(stop - start, 0)) for start, stop in long
     )
+
+
+def _foreign_provenance(spec: EnvSpec, meta: dict, collection: dict, ours: bool) -> dict:
+    """What a vault can tell of where its data came from, and what it cannot."""
+    return {
+        "packages": package_versions(("flashbax", "tensorstore", "numpy", "omgmg")),
+        "source": {"format": "OG-MARL vault", "vault": collection["source_vault"], "flashbax_version": meta["version"]},
+        "layouts": layouts(spec),
+        "episode_seeds": [],
+        "unknown": [
+            "the simulator and package versions the data was recorded with"
+            + (" (the exporting dataset recorded none)" if ours else ""),
+            "how the environment was built",
+            "each episode's reset seed (the data cannot be replayed)",
+            "the behaviour policy",
+        ],
+    }
 
 
 def _level_from(meta: dict, uid: str, ours: bool) -> str:
@@ -599,6 +623,7 @@ def export_vault(
             "row_convention": "last-step",
             "finals": FINALS,
             "source_dataset": ds.path.name,
+            "provenance": ds.meta["collection"].get("provenance"),  # the same data: its provenance holds
         },
         "og_marl": {"source": source, "env_name": env_name, "scenario": scenario, "uid": uid},
     }

@@ -52,6 +52,7 @@ from omgmg.datakit.outputs import (
     make_parent,
     os_errors,
 )
+from omgmg.datakit.provenance import layouts, package_versions
 from omgmg.datakit.rows import ROW_CONVENTIONS, detect_rows, episode_bounds, group_bounds
 from omgmg.datakit.spec import Box, EnvSpec
 from omgmg.datakit.writer import DatasetWriter
@@ -200,6 +201,19 @@ def import_omiga(
             "trailing_rows_rule": "rows after the last d=1 row form a truncated episode whose last row is its "
             "final observation",
             "stored_action": "as in the source file",
+        }
+        collection["provenance"] = {
+            "packages": package_versions(("h5py", "numpy", "omgmg")),
+            "source": {"format": "OMIGA HDF5", "file": src.name, "exported_by": str(f.attrs.get("exported_by", ""))},
+            "layouts": layouts(spec),
+            "episode_seeds": [],
+            "unknown": [
+                "the simulator and package versions the data was recorded with",
+                "how the environment was built",
+                "each episode's reset seed (the data cannot be replayed)",
+                "the behaviour policy",
+                "terminations vs truncations (inferred by the termination rule)",
+            ],
         }
         if flatten:
             collection["state_layout"] = STATE_FLATTENED

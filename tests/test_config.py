@@ -104,4 +104,4 @@ def test_the_observation_layout_is_a_request_option_and_local_is_the_default():
     help_ = CliRunner().invoke(data_cli, ["collect", "--help"], terminal_width=200).output
     assert "--obs-mode TEXT" in help_ and "OMIGA's code trains on" in help_
     out = CliRunner().invoke(data_cli, ["collect", "smacv2", "protoss_5v5", "--level", "random", "--obs-mode", "omiga"])
-    assert out.exit_code == 2 and "take no options" in out.output
+    assert out.exit_code == 2 and "SMACv2 tasks take no option obs_mode" in out.output

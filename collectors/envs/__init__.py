@@ -43,6 +43,7 @@ __all__ = [
     "VecStep",
     "VectorEnv",
     "check_compatible",
+    "construction",
     "make_env",
     "make_vector_env",
     "resolve",
@@ -99,7 +100,10 @@ def resolve(name: str, task: str | None = None, *, backend: str | None = None, *
         canonical = smacv2.canonical_task(task)
         unknown = set(options) - {"reward_scale"}
         if unknown:
-            raise RequestError(f"unknown SMACv2 option(s) {sorted(unknown)}; known: reward_scale (SMAX only)")
+            raise RequestError(
+                f"SMACv2 tasks take no option {', '.join(sorted(unknown))} (obs_mode is MaMuJoCo's); their one "
+                "option is reward_scale, for SMAX"
+            )
         chosen, note = smacv2.choose_backend(backend)
         if chosen == "sc2" and options.get("reward_scale", "smacv2") != "smacv2":
             raise RequestError("StarCraft II's rewards are on SMACv2's own scale; reward_scale is an SMAX option")
@@ -171,6 +175,23 @@ def make_vector_env(
     if workers > 1:
         return SubprocVectorEnv(_factory(ref), num_envs, workers)
     return SerialVectorEnv(_factory(ref), num_envs)
+
+
+def construction(ref: TaskRef) -> dict:
+    """How the environment of a resolved task is built: constructor and arguments (for provenance)."""
+    if ref.suite == "mamujoco":
+        from omgmg.collectors.envs import mamujoco
+
+        return mamujoco.construction(ref.task, **ref.options)
+    if ref.suite == "smacv2":
+        if ref.backend == "sc2":
+            from omgmg.collectors.envs import smacv2
+
+            return smacv2.construction(ref.task)
+        from omgmg.collectors.envs import smax
+
+        return smax.construction(ref.task, **ref.options)
+    return {"constructor": "omgmg.collectors.envs.fixture.FixtureEnv", "arguments": {"task": ref.task}}
 
 
 def task_for_dataset(spec: EnvSpec) -> TaskRef:

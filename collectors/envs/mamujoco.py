@@ -118,6 +118,16 @@ def parse_task(task: str) -> tuple[str, str]:
     return scenario, conf
 
 
+def construction(task: str, obs_mode: str = "local") -> dict:
+    """How a MaMuJoCo env of this task is built (recorded in every dataset's provenance)."""
+    scenario, conf = parse_task(task)
+    return {
+        "constructor": "gymnasium_robotics.mamujoco_v1.parallel_env",
+        "arguments": {"scenario": scenario, "agent_conf": conf, "agent_obsk": 1},
+        "obs_mode": obs_mode,
+    }
+
+
 class MaMuJoCoEnv(MultiAgentEnv):
     """One MaMuJoCo task; see the module docstring."""
 

@@ -132,6 +132,31 @@ def sc2_capability_config(race: str, n: int) -> dict:
     }
 
 
+def sc2_arguments(race: str, n: int) -> dict:
+    """StarCraftCapabilityEnvWrapper's arguments (besides the seed) for a race and team size."""
+    return {
+        "capability_config": sc2_capability_config(race, n),
+        "map_name": f"10gen_{race}",
+        "debug": False,
+        "conic_fov": False,
+        "obs_own_pos": True,
+        "use_unit_ranges": True,
+        "min_attack_range": 2,
+        "continuing_episode": True,  # SMACv2 sets info["episode_limit"] at a time-out only with this on
+    }
+
+
+def construction(task: str) -> dict:
+    """How an sc2 env of this task is built, and which StarCraft II builds are installed."""
+    race, n = parse_task(task)
+    versions = sc2_path() / "Versions"
+    return {
+        "constructor": "smacv2.env.starcraft2.wrapper.StarCraftCapabilityEnvWrapper",
+        "arguments": sc2_arguments(race, n),
+        "sc2_builds": sorted(p.name for p in versions.iterdir()) if versions.is_dir() else [],
+    }
+
+
 class SC2Env(MultiAgentEnv):
     """SMACv2 on StarCraft II via ``smacv2.env.starcraft2.wrapper.StarCraftCapabilityEnvWrapper``.
 
@@ -166,17 +191,7 @@ class SC2Env(MultiAgentEnv):
     def _build(self, seed: int):
         from smacv2.env.starcraft2.wrapper import StarCraftCapabilityEnvWrapper
 
-        return StarCraftCapabilityEnvWrapper(
-            capability_config=sc2_capability_config(self.race, self.n),
-            map_name=f"10gen_{self.race}",
-            debug=False,
-            conic_fov=False,
-            obs_own_pos=True,
-            use_unit_ranges=True,
-            min_attack_range=2,
-            seed=seed,
-            continuing_episode=True,  # SMACv2 sets info["episode_limit"] at a time-out only with this on
-        )
+        return StarCraftCapabilityEnvWrapper(**sc2_arguments(self.race, self.n), seed=seed)
 
     def _observe(self) -> Reset:
         obs = np.asarray(self.env.get_obs(), np.float32)  # (N, O)

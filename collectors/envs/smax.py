@@ -115,6 +115,35 @@ def _versions() -> dict[str, str]:
     return {p: version(p) for p in ("jaxmarl", "jax")}
 
 
+def smax_arguments(n: int) -> dict:
+    """HeuristicEnemySMAX's arguments for a team size n (the scenario is ``map_name_to_scenario`` of its name)."""
+    # SMAX tests its limit before counting the step, so max_steps=L allows L + 1 steps: pass L - 1.
+    return {
+        "scenario": f"smacv2_{n}_units",
+        "max_steps": EPISODE_LIMIT - 1,
+        "see_enemy_actions": True,
+        "walls_cause_death": True,
+        "attack_mode": "closest",
+        "won_battle_bonus": SMAX_WON_BATTLE_BONUS,
+    }
+
+
+def construction(task: str, reward_scale: str = DEFAULT_REWARD_SCALE) -> dict:
+    """How an SMAX env of this task is built (recorded in every dataset's provenance)."""
+    race, n = parse_task(task)
+    return {
+        "constructor": "jaxmarl.environments.smax.HeuristicEnemySMAX",
+        "arguments": smax_arguments(n),
+        "unit_type_generator": {
+            "allies": list(RACE_SMAX_UNITS[race]),
+            "weights": list(RACE_SMAX_WEIGHTS),
+            "enemies": "mirror the allies",
+        },  # fmt: skip
+        "reward_scale": reward_scale,
+        "reward_factor": reward_factor(reward_scale),
+    }
+
+
 class _SmaxCore:
     """The jitted, vmapped reset and step shared by the single and the vector env."""
 
@@ -122,15 +151,9 @@ class _SmaxCore:
         factor = reward_factor(reward_scale)
         jax, jnp, HeuristicEnemySMAX, map_name_to_scenario = _jax()
         race, n = parse_task(task)
-        # SMAX tests its limit before counting the step, so max_steps=L allows L + 1 steps: pass L - 1.
-        self.env = env = HeuristicEnemySMAX(
-            scenario=map_name_to_scenario(f"smacv2_{n}_units"),
-            max_steps=EPISODE_LIMIT - 1,
-            see_enemy_actions=True,
-            walls_cause_death=True,
-            attack_mode="closest",
-            won_battle_bonus=SMAX_WON_BATTLE_BONUS,
-        )
+        arguments = smax_arguments(n)
+        arguments["scenario"] = map_name_to_scenario(arguments["scenario"])
+        self.env = env = HeuristicEnemySMAX(**arguments)
         env._env.unit_type_generator = RaceUnitTypes(race, n)
         agents = list(env.agents)
         n_actions = env.action_spaces[agents[0]].n
