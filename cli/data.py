@@ -60,6 +60,48 @@ def validate(path: Path):
 
 
 @main.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    help="PNG of both return distributions side by side (default: A-vs-B.png in the current folder).",
+)
+@friendly_errors
+def compare(a: Path, b: Path, plot: Path | None):
+    """Compare two datasets: shared episodes (by content hash), return distributions side by side (PNG),
+    coverage; warns when two levels of one task are identical or nearly so."""
+    from rich.table import Table
+
+    from omgmg.datakit import open_dataset
+    from omgmg.datakit.coverage import compare as run_compare
+    from omgmg.datakit.coverage import plot_comparison
+
+    da, db = open_dataset(a), open_dataset(b)
+    with progress_bar("hashing episodes", None):
+        c = run_compare(da, db)
+    t = Table(show_edge=False)
+    for col in ("", str(a), str(b)):
+        t.add_column(col, justify="right" if col else "left")
+    t.add_row("task / level", f"{da.spec.name} / {da.level}", f"{db.spec.name} / {db.level}")
+    t.add_row("episodes", str(c.episodes[0]), str(c.episodes[1]))
+    t.add_row("also in the other", f"{100 * c.shared_share[0]:.1f}%", f"{100 * c.shared_share[1]:.1f}%")
+    t.add_row(
+        "return mean ± std",
+        f"{c.returns[0].mean():.4g} ± {c.returns[0].std():.3g}",
+        f"{c.returns[1].mean():.4g} ± {c.returns[1].std():.3g}",
+    )
+    t.add_row("joint SACo / OACo", *(f"{x['joint_saco']:.3f} / {x['oaco']:.3f}" for x in c.coverage))
+    console.print(t)
+    console.print(f"KS distance of the return distributions: {c.ks:.3f}", highlight=False)
+    for w in c.warnings:
+        warn(w)
+    out = plot or Path(f"{Path(a).stem}-vs-{Path(b).stem}.png")
+    plot_comparison(c, out)
+    console.print(f"plot: {out}", highlight=False)
+
+
+@main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
     "--episodes",

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from omgmg.datakit import format as fmt
+from omgmg.datakit.coverage import coverage
 from omgmg.datakit.dataset import Dataset
 
 
@@ -56,6 +57,7 @@ def card(ds: Dataset) -> dict:
         "omgmg_version": m["omgmg_version"],
         "env": spec.to_json(),
         "behaviour_policy": m["behaviour_policy"],
+        "coverage": coverage(ds),
         "collection": m["collection"],
         "arrays": arrays,
     }
@@ -136,6 +138,15 @@ def render(c: dict):
     ]
     if c["win_rate"] is not None:
         rows.append(("win rate", f"{100 * c['win_rate']:.1f}%"))
+    cov = c["coverage"]
+    if cov["joint_saco"] is not None:
+        rows.append(
+            (
+                "coverage",
+                f"joint SACo {cov['joint_saco']:.3f}  per-agent OACo {cov['oaco']:.3f}  "
+                f"(distinct pairs / transitions, values rounded to {cov['decimals']} decimals, as OG-MARL)",
+            )
+        )
     bp = c["behaviour_policy"]
     if bp:
         detail = ", ".join(f"{k} {v}" for k, v in bp.items() if k != "algorithm" and v is not None)

@@ -23,6 +23,7 @@ MODULE_TIERS = {
     "test_cli": "roundtrip",
     "test_collectors": "unit",
     "test_config": "unit",
+    "test_coverage": "roundtrip",
     "test_diagnostics": "unit",
     "test_envs": "unit",
     "test_experiments": "roundtrip",
