@@ -2,6 +2,7 @@
 
     python benchmarks/loader.py                       # 1M transitions per shape, batch 256
     python benchmarks/loader.py --transitions 100000  # quicker
+    python benchmarks/loader.py --http                # also over a local HTTP server (omgmg.datakit.remote)
 
 Datasets shaped like gymnasium-robotics' HalfCheetah-6x1 (6 agents, obs 9/9/8/9/9/8, state 17,
 action 1) and Ant-2x4 (2 agents, obs 63, state 105, action 4) are written once into --workdir
@@ -65,6 +66,33 @@ def throughput(loader: TransitionLoader, batches: int) -> float:
     return batches * loader.batch_size / (time.perf_counter() - t0)
 
 
+def over_http(folder: Path, name: str, batch_size: int, batches: int) -> dict:
+    """The same dataset read through a local HTTP server: open time, in-memory load time and streaming
+    transitions/s (the server runs in this process, on the same 2 cores)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{name}"
+    try:
+        t0 = time.perf_counter()
+        ds = open_dataset(url)
+        open_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        TransitionLoader(ds, batch_size=batch_size, seed=0)
+        load_s = time.perf_counter() - t0
+        stream_tps = throughput(TransitionLoader(ds, batch_size=batch_size, seed=0, streaming=True), batches)
+    finally:
+        server.shutdown()
+    return {"http_open_ms": open_s * 1e3, "http_in_memory_load_s": load_s, "http_streaming_transitions_per_s": stream_tps}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--transitions", type=int, default=1_000_000)
@@ -73,6 +101,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "omgmg-bench")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    p.add_argument("--http", action="store_true", help="also read each dataset through a local HTTP server")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -111,13 +140,18 @@ def main() -> None:
             "batches_per_omiga_step_in_memory": mem_tps / args.batch_size / OMIGA_STEPS_PER_S[task],
             "batches_per_omiga_step_streaming": stream_tps / args.batch_size / OMIGA_STEPS_PER_S[task],
         }
+        if args.http:
+            row |= over_http(args.workdir, path.name, args.batch_size, args.batches)
         results.append(row)
         print(json.dumps(row, indent=None, default=lambda x: round(x, 3)))
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"loader, batch {args.batch_size}, {args.threads} threads")
-    for col in ("shape", "in-memory tr/s", "streaming tr/s", "batch ms", "batches/OMIGA step", "load s", "MiB"):
+    cols = ["shape", "in-memory tr/s", "streaming tr/s", "batch ms", "batches/OMIGA step", "load s", "MiB"]
+    if args.http:
+        cols += ["HTTP streaming tr/s", "HTTP load s"]
+    for col in cols:
         table.add_column(col, justify="right", no_wrap=True)
     for r in results:
         table.add_row(
@@ -128,6 +162,11 @@ def main() -> None:
             f"{r['batches_per_omiga_step_in_memory']:.0f} / {r['batches_per_omiga_step_streaming']:.0f}",
             f"{r['in_memory_load_s']:.2f}",
             f"{r['stored_mib']:.0f}",
+            *(
+                [f"{r['http_streaming_transitions_per_s']:,.0f}", f"{r['http_in_memory_load_s']:.2f}"]
+                if args.http
+                else []
+            ),
         )
     Console(width=120).print(table)
     if args.out:

@@ -6,6 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from omgmg.datakit.errors import DatasetError, InvalidDatasetError, RequestError, render_options
+from omgmg.datakit.remote import RemoteLocation, is_remote
 
 console = Console(soft_wrap=True)  # long paths and messages stay on one line
 err_console = Console(stderr=True, soft_wrap=True)
@@ -20,6 +22,23 @@ err_console = Console(stderr=True, soft_wrap=True)
 EXIT_INVALID = 1  # the data, a file or the machine is in the way
 EXIT_USAGE = 2  # the request is bad (click uses 2 for usage errors too)
 EXIT_INTERRUPTED = 130
+
+
+def dataset_location(value) -> Path | RemoteLocation:
+    """A dataset argument: a URL (http(s)://, s3://, gs://) stays a URL, anything else is a path."""
+    return RemoteLocation(value) if is_remote(str(value)) else Path(value)
+
+
+class DatasetLocation(click.ParamType):
+    """A dataset folder or URL (click.Path would turn ``http://host/x.zarr`` into ``http:/host/x.zarr``)."""
+
+    name = "PATH|URL"
+
+    def convert(self, value, param, ctx):
+        return dataset_location(value)
+
+
+DATASET = DatasetLocation()
 
 
 def as_flag(name: str, value: str) -> str:

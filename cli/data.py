@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from omgmg.cli.common import (
+    DATASET,
     EXIT_INVALID,
     console,
     err_console,
@@ -33,7 +34,7 @@ def main():
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=DATASET)
 @friendly_errors
 def validate(path: Path):
     """Check every invariant of the format over every value of the dataset at PATH.
@@ -60,8 +61,8 @@ def validate(path: Path):
 
 
 @main.command()
-@click.argument("a", type=click.Path(path_type=Path))
-@click.argument("b", type=click.Path(path_type=Path))
+@click.argument("a", type=DATASET)
+@click.argument("b", type=DATASET)
 @click.option(
     "--plot",
     type=click.Path(path_type=Path),
@@ -102,7 +103,7 @@ def compare(a: Path, b: Path, plot: Path | None):
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=DATASET)
 @click.option(
     "--episodes",
     default=10,
@@ -144,7 +145,7 @@ def verify(path: Path, episodes: int, atol: float):
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=DATASET)
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON instead of a table.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Also write a return histogram to this PNG file.")
 @friendly_errors
@@ -366,7 +367,7 @@ def import_og_marl_cmd(
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=DATASET)
 @click.option(
     "--format",
     "format_",
@@ -433,6 +434,21 @@ def _export_vault(ds, out: Path | None, uid: str | None, force: bool) -> None:
         "omgmg-finals.npz, so importing it back gives this dataset",
         highlight=False,
     )
+
+
+@main.command()
+@click.argument("url")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the dataset (NAME.zarr).")
+@click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
+@friendly_errors
+def download(url: str, out: Path, force: bool):
+    """Copy a dataset from a URL (http(s)://, s3://, gs://) to OUT, checking every chunk and value on arrival;
+    nothing is left at OUT unless all of it arrived intact. Every other command also reads URLs directly."""
+    from omgmg.datakit.remote import download as run_download
+
+    with progress_bar("downloading files", None) as update:
+        path = run_download(url, out, overwrite=force, progress=update)
+    console.print(f"[bold green]downloaded[/] {url} -> {path}: every chunk and value checked", highlight=False)
 
 
 @main.command()

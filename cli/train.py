@@ -11,8 +11,19 @@ from pathlib import Path
 
 import click
 
-from omgmg.cli.common import EXIT_USAGE, console, fail, friendly_errors, progress_bars, version_option, warn
+from omgmg.cli.common import (
+    DATASET,
+    EXIT_USAGE,
+    console,
+    dataset_location,
+    fail,
+    friendly_errors,
+    progress_bars,
+    version_option,
+    warn,
+)
 from omgmg.cli.options import config_options, given
+from omgmg.datakit.remote import is_remote
 
 
 def _algorithm_options(fn):
@@ -31,7 +42,7 @@ def main():
 
 
 @main.command(context_settings={"show_default": False})
-@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="A format-v1 dataset (.zarr).")
+@click.option("--dataset", required=True, type=DATASET, help="A format-v1 dataset (.zarr).")
 @click.option(
     "--algo",
     default="omgmg",
@@ -99,9 +110,7 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
 
 @main.command(name="eval")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option(
-    "--dataset", type=click.Path(path_type=Path), help="Dataset the policy was trained on (default: from the run)."
-)
+@click.option("--dataset", type=DATASET, help="Dataset the policy was trained on (default: from the run).")
 @click.option("--episodes", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=1234, show_default=True, type=int)
 @click.option(
@@ -127,10 +136,10 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoi
     if dataset is None:
         config_path = path.parent.parent / "config.json"
         try:
-            dataset = Path(json.loads(config_path.read_text())["dataset"])
+            dataset = dataset_location(json.loads(config_path.read_text())["dataset"])
         except (OSError, ValueError, KeyError, TypeError):
             fail(f"{config_path} does not name the run's dataset (missing or damaged); pass --dataset", EXIT_USAGE)
-        if not dataset.is_absolute():  # written by omgmg 0.1.0, relative to where training ran
+        if not is_remote(dataset) and not dataset.is_absolute():  # omgmg 0.1.0 wrote it relative to where it ran
             fail(f"{config_path} names the dataset by the relative path {dataset}; pass --dataset", EXIT_USAGE)
     ds = open_dataset(dataset)
     algo = load_policy(path)
@@ -268,7 +277,7 @@ def report(sweep_dir: Path, out: Path | None, marl_eval_json: bool):
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dataset", type=DATASET)
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--streaming", is_flag=True, help="Use the bounded-memory streaming loader.")

@@ -18,12 +18,17 @@ import numpy as np
 from omgmg.datakit import format as fmt
 from omgmg.datakit import integrity
 from omgmg.datakit.errors import DatasetError, InvalidDatasetError, RequestError
+from omgmg.datakit.remote import RemoteLocation, is_remote, open_group
 from omgmg.datakit.spec import EnvSpec
 
 
 def _open_zarr_group(path: Path, mode: str = "r"):
     import zarr
 
+    if is_remote(path):
+        if mode != "r":
+            raise RequestError(f"{path} is a remote dataset: omgmg only reads it (download it to change it)")
+        return open_group(path)
     if not path.exists():
         partial = partial_path(path)
         hint = (
@@ -118,8 +123,9 @@ class Dataset:
 
 
 def open_dataset(path, *, check: bool = True) -> Dataset:
-    """Open a dataset read-only. With ``check`` (default) run the cheap structural check."""
-    path = Path(path)
+    """Open a dataset read-only (a folder, or a URL: :mod:`omgmg.datakit.remote`). With ``check`` (default)
+    run the cheap structural check."""
+    path = RemoteLocation(path) if is_remote(path) else Path(path)
     group = _open_zarr_group(path)
     meta = dict(group.attrs)
     if fmt.WRITER_ATTR in meta:

@@ -42,22 +42,64 @@ def store_root(group) -> Path | None:
     return Path(root) if root is not None else None
 
 
+class _Files:
+    """The chunk files of a store: a local folder, or a remote store's fsspec filesystem (read-only)."""
+
+    def __init__(self, group):
+        from omgmg.datakit.remote import sync_filesystem
+
+        self.root = store_root(group)
+        fs = getattr(group.store, "fs", None)
+        self.fs = None if fs is None else sync_filesystem(fs)
+        self.base = str(getattr(group.store, "path", "")).rstrip("/")
+
+    @property
+    def readable(self) -> bool:
+        return self.root is not None or self.fs is not None
+
+    def path(self, rel: str):
+        return self.root / rel if self.root is not None else f"{self.base}/{rel}"
+
+    def size(self, path) -> int | None:
+        """The file's size, or None when it is missing."""
+        if self.root is not None:
+            try:
+                return os.stat(path).st_size
+            except FileNotFoundError:
+                return None
+        try:
+            return int(self.fs.info(path)["size"])
+        except FileNotFoundError:
+            return None
+
+    def read(self, path, head: int | None = None, tail: int | None = None) -> bytes:
+        """The whole file, its first ``head`` or its last ``tail`` bytes."""
+        if self.root is not None:
+            with open(path, "rb") as f:
+                if tail is not None:
+                    f.seek(-tail, os.SEEK_END)
+                return f.read(head) if head is not None else f.read()
+        data = self.fs.cat_file(path)  # remote: one request per chunk file
+        return data[:head] if head is not None else data[-tail:] if tail is not None else data
+
+
 def chunk_files(group, key: str) -> list[tuple[int, Path]]:
     """(chunk index along the leading axis, file) for every chunk the array's shape implies."""
-    return _chunk_files(group, group[key])
+    return _chunk_files(_Files(group), group[key])
 
 
-def _chunk_files(group, arr) -> list[tuple[int, Path]]:
-    root = store_root(group)
+def _chunk_files(files: _Files, arr) -> list[tuple[int, Path | str]]:
     n = int(arr.cdata_shape[0]) if arr.shape[0] else 0
     encode = arr.metadata.chunk_key_encoding.encode_chunk_key
     zeros = (0,) * (arr.ndim - 1)
-    return [(i, root / arr.path / encode((i, *zeros))) for i in range(n)]
+    return [(i, files.path(f"{arr.path}/{encode((i, *zeros))}")) for i in range(n)]
 
 
 def check_chunks(group, keys: list[str], version: int, *, checksums: bool) -> list[Problem]:
-    """Problems with the chunk files of the arrays ``keys`` (see the module docstring)."""
-    if store_root(group) is None:
+    """Problems with the chunk files of the arrays ``keys`` (see the module docstring). On a remote
+    store only ``checksums=True`` (validation) reads the chunk files: opening it checks no chunk."""
+    files = _Files(group)
+    if not files.readable or (files.root is None and not checksums):
         return []
     tail = CHECKSUM_BYTES if version >= 2 else 0
     problems = []
@@ -70,15 +112,13 @@ def check_chunks(group, keys: list[str], version: int, *, checksums: bool) -> li
             span = f"rows {i * rows}-{min(length, (i + 1) * rows) - 1}"
             return Problem(f"{key} chunk {i} ({span})", message, REGENERATE)
 
-        for i, path in _chunk_files(group, arr):
-            try:
-                size = os.stat(path).st_size
-            except FileNotFoundError:
+        for i, path in _chunk_files(files, arr):
+            size = files.size(path)
+            if size is None:
                 if not may_be_absent:
                     problems.append(problem(i, "chunk file is missing (it would read as zeros)"))
                 continue
-            with open(path, "rb") as f:
-                data = f.read() if checksums and tail else f.read(BLOSC_HEADER_BYTES)
+            data = files.read(path) if checksums and tail else files.read(path, head=BLOSC_HEADER_BYTES)
             if size < BLOSC_HEADER_BYTES + tail:
                 problems.append(problem(i, f"chunk file is truncated ({size} bytes)"))
                 continue
@@ -105,15 +145,13 @@ def content_sha256(group, keys: list[str], version: int) -> str:
     """sha256 over every chunk's checksum (format 2: 4 bytes read per chunk) or bytes (format 1),
     with each array's shape: two stores with the same fingerprint hold the same data."""
     h = hashlib.sha256()
+    files = _Files(group)
     for key in keys:
         arr = group[key]
         h.update(f"{key}:{tuple(arr.shape)}".encode())
-        for i, path in _chunk_files(group, arr):
-            if not path.exists():  # format 1: an all-zero chunk that was never written
+        for i, path in _chunk_files(files, arr):
+            if files.size(path) is None:  # format 1: an all-zero chunk that was never written
                 h.update(f"absent {i}".encode())
                 continue
-            with open(path, "rb") as f:
-                if version >= 2:
-                    f.seek(-CHECKSUM_BYTES, os.SEEK_END)
-                h.update(f.read())
+            h.update(files.read(path, tail=CHECKSUM_BYTES) if version >= 2 else files.read(path))
     return h.hexdigest()

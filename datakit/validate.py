@@ -15,6 +15,7 @@ from omgmg.datakit import format as fmt
 from omgmg.datakit import integrity
 from omgmg.datakit.dataset import _open_zarr_group
 from omgmg.datakit.errors import Problem
+from omgmg.datakit.remote import RemoteLocation, is_remote
 from omgmg.datakit.spec import EnvSpec
 
 RETURN_RTOL = 1e-5
@@ -188,7 +189,7 @@ def check_episodes(spec: EnvSpec, block: dict[str, np.ndarray], offset: int = 0)
 
 def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     """Every check of the spec over every value; returns the problems found (empty when valid)."""
-    path = Path(path)
+    path = RemoteLocation(path) if is_remote(path) else Path(path)
     group = _open_zarr_group(path)
     meta = dict(group.attrs)
     if fmt.WRITER_ATTR in meta and "stats" not in meta:

@@ -214,7 +214,7 @@ def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn, t
     identity = run_identity(algo_name, ds, cfg)
     config = {
         "algorithm": algo_name,
-        "dataset": str(Path(ds.path).absolute()),
+        "dataset": str(ds.path.absolute()),  # a folder, or a URL (omgmg.datakit.remote)
         "dataset_identity": identity["dataset_identity"],
         "dataset_content": identity["dataset_content"],
         "dataset_level": ds.level,

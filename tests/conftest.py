@@ -36,6 +36,7 @@ MODULE_TIERS = {
     "test_omiga": "roundtrip",
     "test_packaging": "unit",
     "test_readme": "roundtrip",
+    "test_remote": "roundtrip",
     "test_reliability": "roundtrip",
     "test_verify": "roundtrip",
     "test_validate": "roundtrip",

@@ -1,0 +1,105 @@
+"""Datasets read straight from a URL: a local HTTP server started by the test serves a dataset folder."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import fixture_datasets
+
+from omgmg.cli.data import main as data_cli
+from omgmg.cli.train import main as train_cli
+from omgmg.datakit import DatasetError, TransitionLoader, open_dataset, validate
+from omgmg.datakit.remote import download
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(root folder, base URL): everything under root is served read-only over HTTP."""
+    root = tmp_path_factory.mktemp("served")
+    fixture_datasets(root, continuous=8, discrete=6)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_url_reads_like_the_folder_and_is_never_written(served):
+    root, base = served
+    before = _files(root)
+    for name in ("c.zarr", "d.zarr"):
+        local, remote = open_dataset(root / name), open_dataset(f"{base}/{name}")
+        assert remote.path == f"{base}/{name}" and remote.path.name == name
+        assert remote.content_sha256() == local.content_sha256() and validate(f"{base}/{name}") == []
+        for streaming in (False, True):
+            kw = {"streaming": True, "block_rows": 64, "resident_blocks": 2} if streaming else {}
+            a = TransitionLoader(local, 32, seed=3, **kw).sample()
+            b = TransitionLoader(remote, 32, seed=3, **kw).sample()
+            assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()) if x is not None)
+    assert _files(root) == before  # read-only: nothing was written to the served store
+
+
+def test_commands_take_urls(served, tmp_path):
+    root, base = served
+    runner = CliRunner()
+    shown = runner.invoke(data_cli, ["inspect", f"{base}/c.zarr", "--json"])
+    assert shown.exit_code == 0 and '"joint_saco"' in shown.output
+    assert runner.invoke(data_cli, ["validate", f"{base}/d.zarr"]).exit_code == 0
+    trained = runner.invoke(
+        train_cli,
+        ["train", "--dataset", f"{base}/c.zarr", "--algo", "bc", "--steps", "10", "--eval-every", "10",
+         "--eval-episodes", "1", "--hidden", "16", "--batch-size", "16", "--out", str(tmp_path / "run")],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    evaluated = runner.invoke(train_cli, ["eval", str(tmp_path / "run"), "--episodes", "1"])  # the run's URL
+    assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_bad_urls_are_one_line(served):
+    root, base = served
+    with pytest.raises(DatasetError, match="is not an omgmg dataset: no zarr.json there"):
+        open_dataset(f"{base}/nothing.zarr")
+    with pytest.raises(DatasetError, match="did not answer"):
+        open_dataset("http://127.0.0.1:9/c.zarr")
+    out = CliRunner().invoke(data_cli, ["inspect", "http://127.0.0.1:9/c.zarr"])
+    assert out.exit_code == 1 and "did not answer" in out.output and "Traceback" not in out.output
+
+
+def test_download_checks_every_chunk_and_leaves_nothing_when_one_is_damaged(served, tmp_path):
+    root, base = served
+    got = download(f"{base}/c.zarr", tmp_path / "got.zarr")
+    assert open_dataset(got).content_sha256() == open_dataset(root / "c.zarr").content_sha256()
+    with pytest.raises(DatasetError, match="already exists.*overwrite=True"):
+        download(f"{base}/c.zarr", got)
+    damaged = shutil.copytree(root / "c.zarr", root / "damaged.zarr")
+    chunk = next(p for p in sorted((damaged / "steps" / "obs").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    data = bytearray(chunk.read_bytes())
+    data[40] ^= 0xFF  # a flipped byte: the file's size is right, its checksum is not
+    chunk.write_bytes(bytes(data))
+    assert any("checksum" in str(p) for p in validate(f"{base}/damaged.zarr"))
+    out = CliRunner().invoke(data_cli, ["download", f"{base}/damaged.zarr", "--out", str(tmp_path / "bad.zarr")])
+    assert out.exit_code == 1 and "arrived damaged" in out.output and "checksum" in out.output
+    assert not (tmp_path / "bad.zarr").exists() and not list(tmp_path.glob(".bad.zarr*"))
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    refused = CliRunner().invoke(data_cli, ["download", f"{base}/c.zarr", "--out", str(mine), "--force"])
+    assert refused.exit_code == 2 and "not an omgmg dataset" in refused.output
+    assert (mine / "keep.txt").read_text() == "mine"
+    assert np.array_equal(open_dataset(got).read("steps/obs"), open_dataset(root / "c.zarr").read("steps/obs"))
