@@ -90,7 +90,11 @@ def over_http(folder: Path, name: str, batch_size: int, batches: int) -> dict:
         stream_tps = throughput(TransitionLoader(ds, batch_size=batch_size, seed=0, streaming=True), batches)
     finally:
         server.shutdown()
-    return {"http_open_ms": open_s * 1e3, "http_in_memory_load_s": load_s, "http_streaming_transitions_per_s": stream_tps}
+    return {
+        "http_open_ms": open_s * 1e3,
+        "http_in_memory_load_s": load_s,
+        "http_streaming_transitions_per_s": stream_tps,
+    }
 
 
 def main() -> None:
