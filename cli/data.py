@@ -237,6 +237,15 @@ def fixture(out: Path, shape: str, episodes: int, seed: int, max_episode_len: in
     )
 
 
+ACTION_BOUND = click.option(
+    "--action-bound",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Continuous actions lie in [-bound, bound] (the file does not say).",
+)
+
+
 @main.group(name="import")
 def import_group():
     """Convert datasets from other layouts (OMIGA's HDF5 files, OG-MARL's vaults) to omgmg datasets."""
@@ -260,13 +269,7 @@ def import_group():
     help="How the file marks episode ends: an extra d = 1 row holding the final observation (final-row, OMIGA's "
     "own files) or d = 1 on the last real step (last-step). Default: detected from the episodes that reach the limit.",
 )
-@click.option(
-    "--action-bound",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Actions lie in [-bound, bound].",
-)
+@ACTION_BOUND
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @friendly_errors
 def import_omiga_cmd(
@@ -317,13 +320,7 @@ def import_omiga_cmd(
     help="How episode ends are marked: on the last real step (last-step, OG-MARL's recorder) or by an extra row "
     "holding the final observation (final-row, OG-MARL's conversions of OMIGA's files). Default: detected.",
 )
-@click.option(
-    "--action-bound",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Continuous actions lie in [-bound, bound].",
-)
+@ACTION_BOUND
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @friendly_errors
 def import_og_marl_cmd(
