@@ -441,7 +441,7 @@ def _export_vault(ds, out: Path | None, uid: str | None, force: bool) -> None:
 def download(url: str, out: Path, force: bool):
     """Copy a dataset from a URL (http(s)://, s3://, gs://) to OUT, checking every chunk and value on arrival;
     nothing is left at OUT unless all of it arrived intact. Every other command also reads URLs directly."""
-    from omgmg.datakit.remote import download as run_download
+    from omgmg.datakit.download import download as run_download
 
     with progress_bar("downloading files", None) as update:
         path = run_download(url, out, overwrite=force, progress=update)

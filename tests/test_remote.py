@@ -16,7 +16,7 @@ from conftest import fixture_datasets
 from omgmg.cli.data import main as data_cli
 from omgmg.cli.train import main as train_cli
 from omgmg.datakit import DatasetError, TransitionLoader, open_dataset, validate
-from omgmg.datakit.remote import download
+from omgmg.datakit.download import download
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
