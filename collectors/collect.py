@@ -317,6 +317,13 @@ def collect(
             _roll_out_level(writer, req, spec, ref, picks, (kind, target), on_rollout)
             seeded = [tuple(x) for _, x in sorted(writer.progress.get("seeded", {}).items(), key=lambda i: int(i[0]))]
             writer.collection["provenance"]["episode_seeds"] = seed_ranges(seeded, writer.episodes_added)
+            # how many envs one simulator call stepped: JAX compiles SMAX's step per batch size, and its floats
+            # agree bit for bit only between runs of one batch size (omgmg.collectors.verify replays at it)
+            parts = ROLLOUT_PARTS if ref.backend == "smax" else 1
+            writer.collection["provenance"]["rollout"] = {
+                "num_envs": req.num_envs,
+                "envs_per_simulator_call": int(np.ceil(req.num_envs / max(1, min(parts, req.num_envs)))),
+            }
     return writer.close()  # already closed by the block: the finished dataset
 
 

@@ -7,6 +7,11 @@ observation, state and action mask are compared with what the dataset holds. MaM
 deterministic given the seed and the actions, so on the recorded package versions the replay is exact
 (the default tolerance is 0); elsewhere ``atol`` states the tolerance used.
 
+SMAX is replayed in a vector env of as many envs as one simulator call stepped during collection
+(``provenance.rollout.envs_per_simulator_call``; 32 for the default collection), the episode in its
+first lane: JAX compiles the step once per batch size, and a step compiled for one env rounds some
+floats differently (by ~1e-7) from one compiled for 32.
+
 An episode's replay stops at its first mismatching step (every later step follows from it); each
 mismatching field there is one :class:`Mismatch`. A seeded episode cut by the collection budget ends
 truncated in the data while the environment runs on: accepted where it is the last episode of its
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omgmg.collectors.envs import check_compatible, make_env, task_for_dataset
+from omgmg.collectors.envs import check_compatible, make_vector_env, task_for_dataset
 from omgmg.datakit import format as fmt
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import RequestError
@@ -79,16 +84,20 @@ def verify(
         atol=atol,
         unseeded=ds.n_episodes - len(seeded_episodes(provenance)),
     )
-    env = make_env(task_for_dataset(ds.spec))
+    ref = task_for_dataset(ds.spec)
+    lanes = (
+        provenance.get("rollout", {}).get("envs_per_simulator_call", DEFAULT_SMAX_LANES) if ref.backend == "smax" else 1
+    )
+    vec = make_vector_env(ref, lanes)
     try:
-        check_compatible(ds.spec, env.spec)
+        check_compatible(ds.spec, vec.spec)
         range_ends = {first + count - 1 for first, count, _ in provenance["episode_seeds"]}
         for k, e in enumerate(seeded):
-            report.mismatches += _replay(ds, env, e, episode_seed(provenance, e), atol, cut_ok=e in range_ends)
+            report.mismatches += _replay(ds, vec, e, episode_seed(provenance, e), atol, cut_ok=e in range_ends)
             if progress:
                 progress(k + 1, len(seeded))
     finally:
-        env.close()
+        vec.close()
     return report
 
 
@@ -101,15 +110,20 @@ def _read_episode(ds: Dataset, e: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _replay(ds: Dataset, env, e: int, seed: int, atol: float, cut_ok: bool) -> list[Mismatch]:
+def _replay(ds: Dataset, vec, e: int, seed: int, atol: float, cut_ok: bool) -> list[Mismatch]:
+    """Episode e in the vector env's first lane (the others wait, inactive)."""
     ep = _read_episode(ds, e)
     L = len(ep["reward"])
-    r = env.reset(seed=seed)
-    found = _compare(e, 0, "at reset", ep["obs"][0], ep["state"][0], ep.get("avail", [None])[0], r, atol)
+    r = vec.reset(seed)  # env 0 starts from the seed itself
+    found = _compare(e, 0, "at reset", ep["obs"][0], ep["state"][0], ep.get("avail", [None])[0], _lane(r), atol)
     if found:
         return found
+    active = np.zeros(vec.num_envs, bool)
+    active[0] = True
+    actions = np.zeros((vec.num_envs, *ep["actions"].shape[1:]), ep["actions"].dtype)
     for t in range(L):
-        s = env.step(ep["actions"][t])
+        actions[0] = ep["actions"][t]
+        s = _Step(vec.step(actions, active=active))
         last = t == L - 1
         found = []
         if not np.isclose(np.float32(s.reward), ep["reward"][t], rtol=0, atol=atol):
@@ -132,6 +146,31 @@ def _replay(ds: Dataset, env, e: int, seed: int, atol: float, cut_ok: bool) -> l
         if found:
             return found
     return []
+
+
+DEFAULT_SMAX_LANES = 32  # the default collection: 64 envs in 2 parts
+
+
+class _Lane:
+    """obs/state/avail of lane 0 of a vector reset."""
+
+    def __init__(self, obs, state, avail):
+        self.obs, self.state, self.avail = obs, state, avail
+
+
+def _lane(r) -> _Lane:
+    return _Lane(r.obs[0], r.state[0], None if r.avail is None else r.avail[0])
+
+
+class _Step(_Lane):
+    """Lane 0 of a vector step as a single env's step: at an episode end, the final observation."""
+
+    def __init__(self, v):
+        self.reward, self.terminated, self.truncated = float(v.reward[0]), bool(v.terminated[0]), bool(v.truncated[0])
+        done = self.terminated or self.truncated
+        obs, state, avail = (v.final_obs, v.final_state, v.final_avail) if done else (v.obs, v.state, v.avail)
+        super().__init__(obs[0], state[0], None if avail is None else avail[0])
+        self.info = {"won": bool(v.won[0])}
 
 
 def _row(ep: dict, key: str, t: int):

@@ -111,3 +111,14 @@ def test_a_dataset_exported_to_a_vault_and_imported_back_still_replays(collected
         back.meta["collection"]["provenance"]["episode_seeds"] == ds.meta["collection"]["provenance"]["episode_seeds"]
     )
     assert verify(back, episodes=None).ok
+
+
+@pytest.mark.slow
+def test_smax_episodes_replay_exactly_at_the_collections_batch_size(tmp_path):
+    """JAX compiles SMAX's step per batch size; a replay at the collection's (recorded) size is exact."""
+    req = CollectRequest("smacv2", "protoss_5v5", "random", backend="smax", episodes=6, num_envs=8, out=tmp_path / "s")
+    ds = collect(req, on_note=lambda m: None)
+    assert ds.meta["collection"]["provenance"]["rollout"] == {"num_envs": 8, "envs_per_simulator_call": 4}
+    assert ds.meta["collection"]["provenance"]["environment"]["reward_scale"] == "smacv2"
+    report = verify(ds, episodes=None)
+    assert report.ok, [str(m) for m in report.mismatches]
