@@ -95,6 +95,8 @@ def compare(a: Path, b: Path, plot: Path | None):
     t.add_row("joint SACo / OACo", *(f"{x['joint_saco']:.3f} / {x['oaco']:.3f}" for x in c.coverage))
     console.print(t)
     console.print(f"KS distance of the return distributions: {c.ks:.3f}", highlight=False)
+    for note in c.notes:
+        console.print(f"note: {note}", highlight=False)
     for w in c.warnings:
         warn(w)
     out = plot or Path(f"{Path(a).stem}-vs-{Path(b).stem}.png")

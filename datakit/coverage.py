@@ -15,8 +15,10 @@ discrete tasks (SMACv2) and for duplicated data. Pairs are counted by a 64-bit h
 row (two distinct rows share a hash with probability below 1e-7 in a million rows).
 
 **Overlap** (:func:`compare`): episodes are matched by the sha256 of their observations, actions and
-rewards; two datasets of one task whose episodes are mostly shared, or whose return distributions
-barely differ, are flagged: the "expert and mixed datasets that turned out identical" failure.
+rewards; two datasets of one task whose episodes are mostly shared (more than half of each), or whose
+return distributions barely differ, are flagged: the "expert and mixed datasets that turned out
+identical" failure. One dataset lying mostly inside the other (a medium dataset inside the
+medium-expert one collected from the same policies and seeds, as that level is defined) is noted.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class Comparison:
     ks: float
     coverage: tuple[dict, dict]
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Overlap worth knowing that is not a warning: one dataset inside the other."""
 
 
 def compare(a: Dataset, b: Dataset) -> Comparison:
@@ -131,11 +135,17 @@ def compare(a: Dataset, b: Dataset) -> Comparison:
         coverage=(coverage(a), coverage(b)),
     )
     levels = f"{a.level or '?'} and {b.level or '?'}"
-    if max(share) > SAME_EPISODES:
+    if min(share) > SAME_EPISODES:  # each is mostly the other
         c.warnings.append(
             f"{levels} share {100 * share[0]:.0f}% / {100 * share[1]:.0f}% of their episodes: "
             + ("identical data" if min(share) == 1.0 else "largely the same data")
             + (" under two level names" if a.level != b.level else "")
+        )
+    elif max(share) > SAME_EPISODES:  # one lies inside the other (medium inside medium-expert, by definition)
+        inner, outer = (0, 1) if share[0] >= share[1] else (1, 0)
+        c.notes.append(
+            f"{100 * share[inner]:.0f}% of {c.names[inner]}'s episodes are also in {c.names[outer]} "
+            f"(which holds {c.episodes[outer]} episodes, {100 * share[outer]:.0f}% of them shared)"
         )
     if same_task and a.level != b.level and c.ks < SAME_RETURNS:
         c.warnings.append(
