@@ -144,8 +144,8 @@ def compare(a: Dataset, b: Dataset) -> Comparison:
     elif max(share) > SAME_EPISODES:  # one lies inside the other (medium inside medium-expert, by definition)
         inner, outer = (0, 1) if share[0] >= share[1] else (1, 0)
         c.notes.append(
-            f"{100 * share[inner]:.0f}% of {c.names[inner]}'s episodes are also in {c.names[outer]} "
-            f"(which holds {c.episodes[outer]} episodes, {100 * share[outer]:.0f}% of them shared)"
+            f"{100 * share[inner]:.1f}% of {c.names[inner]}'s episodes are also in {c.names[outer]} "
+            f"(which holds {c.episodes[outer]} episodes, {100 * share[outer]:.1f}% of them shared)"
         )
     if same_task and a.level != b.level and c.ks < SAME_RETURNS:
         c.warnings.append(
