@@ -49,7 +49,9 @@ def test_compare_finds_shared_episodes_and_flags_levels_that_are_the_same_data(t
     inside = write(tmp_path / "inside.zarr", spec, eps[:2], level="medium")  # medium inside medium-expert
     c = compare(inside, a)
     assert c.shared_share == (1.0, 0.5) and not any("share" in w for w in c.warnings)
-    assert c.notes == ["100.0% of inside.zarr's episodes are also in a.zarr (which holds 4 episodes, 50.0% of them shared)"]
+    assert c.notes == [
+        "100.0% of inside.zarr's episodes are also in a.zarr (which holds 4 episodes, 50.0% of them shared)"
+    ]
     same = write(tmp_path / "same.zarr", spec, eps[:4], level="expert")  # medium's data under another name
     c = compare(a, same)
     assert c.shared_share == (1.0, 1.0) and c.ks == 0.0
