@@ -92,8 +92,9 @@ def verify(
     try:
         check_compatible(ds.spec, vec.spec)
         range_ends = {first + count - 1 for first, count, _ in provenance["episode_seeds"]}
+        bounds = (ds.episode_starts(), ds.episode_lengths())  # read once, not once per episode
         for k, e in enumerate(seeded):
-            report.mismatches += _replay(ds, vec, e, episode_seed(provenance, e), atol, cut_ok=e in range_ends)
+            report.mismatches += _replay(ds, vec, e, episode_seed(provenance, e), atol, e in range_ends, bounds)
             if progress:
                 progress(k + 1, len(seeded))
     finally:
@@ -101,18 +102,18 @@ def verify(
     return report
 
 
-def _read_episode(ds: Dataset, e: int) -> dict[str, np.ndarray]:
-    start = int(ds.episode_starts()[e])
-    stop = start + int(ds.episode_lengths()[e])
+def _read_episode(ds: Dataset, e: int, starts: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+    start = int(starts[e])
+    stop = start + int(lengths[e])
     out = {}
     for a in fmt.array_layout(ds.spec):
         out[a.name] = ds.read(a.key, start, stop) if a.group == "steps" else ds.read(a.key, e, e + 1)[0]
     return out
 
 
-def _replay(ds: Dataset, vec, e: int, seed: int, atol: float, cut_ok: bool) -> list[Mismatch]:
-    """Episode e in the vector env's first lane (the others wait, inactive)."""
-    ep = _read_episode(ds, e)
+def _replay(ds: Dataset, vec, e: int, seed: int, atol: float, cut_ok: bool, bounds) -> list[Mismatch]:
+    """Episode e in the vector env's first lane (the others wait, inactive); ``bounds``: (starts, lengths)."""
+    ep = _read_episode(ds, e, *bounds)
     L = len(ep["reward"])
     r = vec.reset(seed)  # env 0 starts from the seed itself
     found = _compare(e, 0, "at reset", ep["obs"][0], ep["state"][0], ep.get("avail", [None])[0], _lane(r), atol)
