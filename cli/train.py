@@ -41,6 +41,42 @@ def main():
     """Offline MARL training and evaluation (OMGMG and baselines)."""
 
 
+DEVICE = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where to train: cpu, cuda, cuda:INDEX, or auto (a CUDA device when there is one).",
+)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,7' -> [0, 2, 7]; ranges and lists combine ('0-2,9')."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give seeds as a range 0-4, a list 0,1,2, or both (0-2,9)") from None
+    if len(set(seeds)) < len(seeds) or not seeds:
+        raise click.BadParameter(f"{text!r}: each seed once, at least one")
+    return seeds
+
+
+def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
+    """('lam=0,0.25,0.5', 'nu=1,10') -> {'lam': [0.0, 0.25, 0.5], 'nu': [1.0, 10.0]}."""
+    grid: dict[str, list[float]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        try:
+            grid[name.strip()] = [float(v) for v in values.split(",")] if sep else []
+        except ValueError:
+            grid[name.strip()] = []
+        if not grid[name.strip()]:
+            raise click.BadParameter(f"{item!r}: write NAME=V1,V2,... (e.g. lam=0,0.25,0.5)", param_hint="--grid")
+    return grid
+
+
 @main.command(context_settings={"show_default": False})
 @click.option("--dataset", required=True, type=DATASET, help="A format-v1 dataset (.zarr).")
 @click.option(
@@ -49,17 +85,48 @@ def main():
     show_default=True,
     help="Algorithm: bc, mabcq, macql, icq, omar, omiga, comadice or omgmg.",
 )
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/DATASET/ALGO-seedS).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Run directory (default runs/DATASET/ALGO-seedS); with --seeds or --grid, the folder that gets one run "
+    "directory per member (default runs/DATASET).",
+)
 @click.option("--eval/--no-eval", "evaluate", default=True, help="Evaluate in the environment every eval_every steps.")
 @click.option(
     "--tensorboard/--no-tensorboard",
     default=None,
     help="Also write TensorBoard event files to OUT/tensorboard (default: when tensorboard is installed).",
 )
+@DEVICE
+@click.option(
+    "--seeds",
+    help="Train several seeds as one batched program (e.g. 0-4 or 0,1,2): one run directory per seed, each as a "
+    "single run with that --seed writes.",
+)
+@click.option(
+    "--grid",
+    multiple=True,
+    metavar="NAME=V1,V2,...",
+    help="Also batch values of a loss hyperparameter (repeatable; members: every seed x every combination). Which "
+    "ones an algorithm batches: omgmg lam, nu, alpha; omiga alpha; icq beta, alpha; macql cql_alpha; omar "
+    "cql_alpha, omar_coe; comadice alpha.",
+)
 @_algorithm_options
 @friendly_errors
-def train(dataset: Path, algo: str, out: Path | None, evaluate: bool, tensorboard: bool | None, **options):
+def train(
+    dataset: Path,
+    algo: str,
+    out: Path | None,
+    evaluate: bool,
+    tensorboard: bool | None,
+    device: str,
+    seeds: str | None,
+    grid: tuple[str, ...],
+    **options,
+):
     """Train an algorithm on a dataset; running it again resumes the run."""
+    import itertools
+
     from omgmg.algos import algorithm_class, make_config
     from omgmg.datakit import open_dataset
     from omgmg.trainer import train as run_train
@@ -67,22 +134,57 @@ def train(dataset: Path, algo: str, out: Path | None, evaluate: bool, tensorboar
     algorithm_class(algo)  # an unknown name is refused before the dataset is opened
     suite = open_dataset(dataset).spec.suite
     # dataclass defaults < per-suite defaults < options given; a wrong name or value is a ConfigError
-    cfg = make_config(algo, suite, **given(options))
-    out = out or Path("runs") / Path(dataset).stem / f"{algo}-seed{cfg.seed}"
+    base = given(options)
+    seed_list = parse_seeds(seeds) if seeds else None
+    points = parse_grid(grid)
+    batchable = algorithm_class(algo).member_hyperparameters
+    for name in points:
+        if name not in batchable:
+            raise click.BadParameter(
+                f"{algo} batches only {', '.join(batchable) or 'seeds'}, not {name}: train other values of {name} "
+                "as separate runs",
+                param_hint="--grid",
+            )
+    if seed_list is None and not points:
+        cfgs, outs = [make_config(algo, suite, **base)], None
+        outs = [out or Path("runs") / Path(dataset).stem / f"{algo}-seed{cfgs[0].seed}"]
+    else:
+        seed_list = seed_list or [base.get("seed", 0)]
+        combos = [dict(zip(points, values, strict=True)) for values in itertools.product(*points.values())]
+        cfgs, outs = [], []
+        folder = out or Path("runs") / Path(dataset).stem
+        for combo in combos:
+            for s in seed_list:
+                cfgs.append(make_config(algo, suite, **(base | combo | {"seed": s})))
+                outs.append(folder / (f"{algo}-seed{s}" + "".join(f"-{k}{v:g}" for k, v in combo.items())))
+    several = len(cfgs) > 1
     with progress_bars() as bars:
-        update = bars.add(f"{algo} on {Path(dataset).name}", cfg.steps)
+        name = f"{algo} on {Path(dataset).name}" + (f" ({len(cfgs)} members)" if several else "")
+        update = bars.add(name, cfgs[0].steps)
 
-        def progress(step, total, ev):
+        def progress(step, total, evs):
             info = None
-            if ev and ev.get("eval/return") is not None:
-                wr = ev.get("eval/win_rate")
-                info = f"eval return {ev['eval/return']:.4g}" + (f", win {100 * wr:.0f}%" if wr is not None else "")
+            if evs and evs[0].get("eval/return") is not None:
+                returns = [ev["eval/return"] for ev in evs]
+                wins = [ev.get("eval/win_rate") for ev in evs]
+                info = "eval return " + " ".join(f"{r:.4g}" for r in returns)
+                if wins[0] is not None:
+                    info += ", win " + " ".join(f"{100 * w:.0f}%" for w in wins)
             update(step, info=info)
 
         result = run_train(
-            algo, dataset, cfg, out, evaluate=evaluate, progress=progress, warn=warn, tensorboard=tensorboard
+            algo,
+            dataset,
+            cfgs if several else cfgs[0],
+            outs if several else outs[0],
+            evaluate=evaluate,
+            progress=progress,
+            warn=warn,
+            tensorboard=tensorboard,
+            device=device,
         )
-    _print_result(result.run_dir, result.final, result.best)
+    for r in result if several else [result]:
+        _print_result(r.run_dir, r.final, r.best)
 
 
 def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
@@ -113,6 +215,7 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
 @click.option("--dataset", type=DATASET, help="Dataset the policy was trained on (default: from the run).")
 @click.option("--episodes", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=1234, show_default=True, type=int)
+@DEVICE
 @click.option(
     "--checkpoint",
     default="final",
@@ -122,12 +225,12 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
     "evaluations, i.e. selected on evaluation returns (an optimistic estimate: report it as such).",
 )
 @friendly_errors
-def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoint: str):
+def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: str, checkpoint: str):
     """Evaluate a trained run's policy in the environment of its dataset (by default its final policy)."""
     from omgmg.datakit import open_dataset
     from omgmg.datakit.checkpoints import load_checkpoint
     from omgmg.datakit.errors import RequestError
-    from omgmg.trainer import Evaluator, load_policy
+    from omgmg.trainer import Evaluator, load_policy, resolve_device
 
     checkpoint = "final" if checkpoint == "latest" else checkpoint
     path = run if run.is_file() else run / "checkpoints" / f"{'latest' if checkpoint == 'final' else 'best'}.pt"
@@ -142,7 +245,7 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoi
         if not is_remote(dataset) and not dataset.is_absolute():  # omgmg 0.1.0 wrote it relative to where it ran
             fail(f"{config_path} names the dataset by the relative path {dataset}; pass --dataset", EXIT_USAGE)
     ds = open_dataset(dataset)
-    algo = load_policy(path)
+    algo = load_policy(path).to(resolve_device(device))
     if algo.spec.identity() != ds.spec.identity():
         raise RequestError(
             f"the policy in {path} was trained on {algo.spec.name}, but {dataset} is "
@@ -191,9 +294,26 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, checkpoi
 @click.option("--address", help="Ray cluster address for --backend ray (default: start a local Ray instance).")
 @click.option("--workers", type=int, help="Parallel cells (default: the CPU count).")
 @click.option("--list", "list_only", is_flag=True, help="Only list the cells and whether each is finished.")
+@click.option(
+    "--members-per-job",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Train up to this many cells that differ only in seed (or in a hyperparameter the algorithm batches) as "
+    "one batched job; 1 on CPUs, where batching saves little (benchmarks/train.py --members); 10-20 on a GPU.",
+)
+@DEVICE
 @friendly_errors
 def sweep(
-    spec: str, out: Path | None, smoke: bool, backend: str, address: str | None, workers: int | None, list_only: bool
+    spec: str,
+    out: Path | None,
+    smoke: bool,
+    backend: str,
+    address: str | None,
+    workers: int | None,
+    list_only: bool,
+    members_per_job: int,
+    device: str,
 ):
     """Run every cell (datasets x algorithms x seeds x grid) of an experiment SPEC not yet finished.
 
@@ -241,6 +361,8 @@ def sweep(
             on_note=bars.note,
             on_start=on_start,
             on_done=on_done,
+            members_per_job=members_per_job,
+            device=device,
         )
     errors = [r for r in results if r.get("error")]
     paths = write_report(out)

@@ -3,6 +3,13 @@
     loader = TransitionLoader("hopper-medium.zarr", batch_size=256, seed=0)
     batch = loader.sample()          # Batch of torch tensors, batch first: obs (B, N, O), ...
 
+    loader = TransitionLoader("hopper-medium.zarr", batch_size=256, seed=[0, 1, 2])
+    batch = loader.sample_members()  # one minibatch per member seed, stacked: obs (3, B, N, O), ...
+
+With several seeds (the members of a batched training run, ``omgmg.members``) each seed has its own
+generator, and member k's minibatches are exactly those a loader with seed k alone draws (in memory;
+streaming members share the resident blocks, ordered by the first seed).
+
 Next observations come from the format's invariant 3: row ``t + 1`` inside an episode, the stored
 ``final_obs`` after an episode's last step. So a time-limit truncation bootstraps from the real
 next state, and ``batch.terminated`` is 1 only for true terminal states:
@@ -204,14 +211,18 @@ class _Slots:
         n = block.reward.shape[0]
         lo = slot * self.block_rows
         for name in self.names:
-            self.data[name][lo : lo + n].copy_(getattr(block, name))
+            self.data[name][lo : lo + n].copy_(getattr(block, name), non_blocking=True)
         self.data["episode_start"][lo + n : lo + self.block_rows] = 0  # stale rows are never sampled
         self.lengths[slot] = n
 
-    def sample(self, batch_size: int, gen: torch.Generator) -> Batch:
+    def rows(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+        """Uniformly drawn rows among the resident transitions."""
         slot = torch.multinomial(self.lengths.double(), batch_size, replacement=True, generator=gen)
         row = (torch.rand(batch_size, generator=gen, dtype=torch.float64) * self.lengths[slot]).long()
-        return self.gather(slot * self.block_rows + row)
+        return slot * self.block_rows + row
+
+    def sample(self, batch_size: int, gen: torch.Generator) -> Batch:
+        return self.gather(self.rows(batch_size, gen))
 
     def gather(self, idx: torch.Tensor) -> Batch:
         idx = idx.to(self.data["reward"].device)
@@ -235,7 +246,7 @@ class TransitionLoader:
         dataset,
         batch_size: int = 256,
         *,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         device="cpu",
         streaming: bool = False,
         block_rows: int | None = None,
@@ -252,7 +263,9 @@ class TransitionLoader:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.streaming = streaming
-        self._gen = torch.Generator().manual_seed(seed)
+        seeds = [int(s) for s in seed] if isinstance(seed, list | tuple) else [int(seed)]
+        self._gens = [torch.Generator().manual_seed(s) for s in seeds]  # one per member
+        self._gen = self._gens[0]
         lengths = self.ds.episode_lengths()
         self._ends = np.cumsum(lengths) - 1  # (E,)
         if not streaming:
@@ -265,7 +278,7 @@ class TransitionLoader:
         self._blocks = [(a, min(T, a + self.block_rows)) for a in range(0, T, self.block_rows)]
         self.resident_blocks = max(1, min(resident_blocks, len(self._blocks)))
         self.swap_every = swap_every or max(1, round(reuse * self.block_rows / batch_size))
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(seeds[0])
         self._order: list[int] = []
         first = self._load(self._next_block())
         self._slots = _Slots(first, self.resident_blocks, self.block_rows, self.device)
@@ -287,7 +300,12 @@ class TransitionLoader:
         """Read block b and resolve every row's next observation: a Batch over the whole block."""
         start, stop = self._blocks[b]
         table = _read_block(self.ds, start, stop, self._ends, torch.device("cpu"))
-        return table.gather(torch.arange(table.n_steps))
+        block = table.gather(torch.arange(table.n_steps))
+        if self.device.type == "cuda":  # page-locked, so the swap's copy to the device runs asynchronously
+            block = Batch(
+                **{f.name: None if (v := getattr(block, f.name)) is None else v.pin_memory() for f in fields(block)}
+            )
+        return block
 
     def _prefetch(self) -> None:
         b = self._next_block()
@@ -315,14 +333,19 @@ class TransitionLoader:
         self._prefetch()
 
     # ----- public -------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """The sampling stream's position, for checkpoints: a loader given it back with
-        :meth:`load_state_dict` draws the same batches as the one it was taken from (in memory; a
+    def state_dict(self, member: int = 0) -> dict:
+        """The sampling stream's position of one member's seed, for checkpoints: a loader given it back
+        with :meth:`load_state_dict` draws the same batches as the one it was taken from (in memory; a
         streaming loader resumes its random stream but refills its resident blocks afresh)."""
-        return {"generator": self._gen.get_state()}
+        return {"generator": self._gens[member].get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self._gen.set_state(state["generator"])
+    def load_state_dict(self, state: dict, member: int = 0) -> None:
+        self._gens[member].set_state(state["generator"])
+
+    @property
+    def members(self) -> int:
+        """How many seeds (members) the loader draws for."""
+        return len(self._gens)
 
     @property
     def resident_transitions(self) -> int:
@@ -330,7 +353,7 @@ class TransitionLoader:
         return int(self._slots.lengths.sum()) if self.streaming else self._table.n_steps
 
     def sample(self, batch_size: int | None = None) -> Batch:
-        """One minibatch of uniformly sampled transitions."""
+        """One minibatch of uniformly sampled transitions (the first seed's stream)."""
         batch_size = batch_size or self.batch_size
         if self.streaming:
             self._maybe_swap()
@@ -338,18 +361,43 @@ class TransitionLoader:
         idx = torch.randint(self._table.n_steps, (batch_size,), generator=self._gen)
         return self._table.gather(idx.to(self.device))
 
+    def sample_members(self, batch_size: int | None = None) -> Batch:
+        """One minibatch per member seed, stacked: (M, B, ...), gathered in one op from memory."""
+        batch_size = batch_size or self.batch_size
+        M = len(self._gens)
+        if self.streaming:
+            self._maybe_swap()
+            rows = torch.cat([self._slots.rows(batch_size, g) for g in self._gens])
+            flat = self._slots.gather(rows)
+        else:
+            n = self._table.n_steps
+            rows = torch.cat([torch.randint(n, (batch_size,), generator=g) for g in self._gens])
+            flat = self._table.gather(rows.to(self.device))
+        return Batch(
+            **{f.name: None if (v := getattr(flat, f.name)) is None else v.reshape(M, batch_size, *v.shape[1:])
+               for f in fields(Batch)}
+        )  # fmt: skip
+
     def sample_initial(self, batch_size: int | None = None) -> InitialStates:
         """Observations at uniformly sampled episode starts (resident ones in streaming mode)."""
-        batch_size = batch_size or self.batch_size
+        return self._initial(batch_size or self.batch_size, self._gen)
+
+    def sample_initial_members(self, batch_size: int | None = None) -> InitialStates:
+        """:meth:`sample_initial` per member seed, stacked: (M, B, ...)."""
+        parts = [self._initial(batch_size or self.batch_size, g) for g in self._gens]
+        stack = lambda name: None if getattr(parts[0], name) is None else torch.stack([getattr(p, name) for p in parts])  # noqa: E731
+        return InitialStates(obs=stack("obs"), state=stack("state"), avail=stack("avail"))
+
+    def _initial(self, batch_size: int, gen: torch.Generator) -> InitialStates:
         if self.streaming:
             starts = self._slots.start_rows()
             if len(starts) == 0:  # every resident block lies inside one long episode
                 raise DatasetError("no episode start is resident; use larger streaming blocks")
-            pick = starts[torch.randint(len(starts), (batch_size,), generator=self._gen).to(starts.device)]
+            pick = starts[torch.randint(len(starts), (batch_size,), generator=gen).to(starts.device)]
             b = self._slots.gather(pick)
             return InitialStates(obs=b.obs, state=b.state, avail=b.avail)
         t = self._table
-        rows = t.starts[torch.randint(len(t.starts), (batch_size,), generator=self._gen).to(t.starts.device)]
+        rows = t.starts[torch.randint(len(t.starts), (batch_size,), generator=gen).to(t.starts.device)]
         return InitialStates(obs=t.obs[rows], state=t.state[rows], avail=None if t.avail is None else t.avail[rows])
 
     def __iter__(self) -> Iterator[Batch]:

@@ -52,14 +52,18 @@ def divergence_bound(rtg: np.ndarray) -> float:
     return DIVERGENCE_FACTOR * max(float(np.abs(rtg).max(initial=0.0)), 1e-8)
 
 
-def actions_on_bounds(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor) -> float:
-    """Share of the agents' own continuous action entries within 1e-6 of their low or high bound."""
-    on = ((actions - low).abs() < 1e-6) | ((high - actions).abs() < 1e-6)
-    return float((on & (mask > 0)).sum() / mask.expand_as(actions).sum().clamp(min=1))
+def actions_on_bounds(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each member's share of the agents' own continuous action entries within 1e-6 of their low or high
+    bound: (M, B, N, A) -> (M,)."""
+    own = (mask > 0).expand_as(actions)
+    on = (((actions - low).abs() < 1e-6) | ((high - actions).abs() < 1e-6)) & own
+    return on.flatten(1).sum(1) / own.flatten(1).sum(1).clamp(min=1)
 
 
-def grad_norm(loss: torch.Tensor, module: torch.nn.Module) -> float:
-    """The gradient norm of ``loss`` over ``module``'s parameters, without touching their .grad."""
+def grad_norm(loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """Each member's gradient norm of its loss ``loss`` (M,) over ``module``'s (member-stacked) parameters,
+    without touching their .grad: (M,)."""
     params = [p for p in module.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None)))
+    grads = torch.autograd.grad(loss.sum(), params, retain_graph=True, allow_unused=True)
+    squares = [g.detach().reshape(g.shape[0], -1).square().sum(1) for g in grads if g is not None]
+    return torch.stack(squares).sum(0).sqrt()

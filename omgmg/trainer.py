@@ -22,6 +22,7 @@ short episodes are not over-represented) in the environment the dataset came fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -34,9 +35,9 @@ import torch
 from omgmg.algos import algorithm_class
 from omgmg.algos.base import OfflineAlgorithm, OfflineConfig
 from omgmg.datakit import TransitionLoader, open_dataset
-from omgmg.datakit.checkpoints import load_checkpoint, save_checkpoint
+from omgmg.datakit.checkpoints import load_checkpoint, previous_path, save_checkpoint
 from omgmg.datakit.dataset import Dataset
-from omgmg.datakit.errors import OutputError, RequestError
+from omgmg.datakit.errors import ConfigError, OutputError, RequestError
 from omgmg.datakit.format import identity_sha256
 from omgmg.datakit.metrics import MetricLog
 from omgmg.datakit.outputs import (
@@ -47,6 +48,7 @@ from omgmg.datakit.outputs import (
     read_jsonl,
 )
 from omgmg.diagnostics import returns_to_go
+from omgmg.members import MemberRandom, member_slice, stack_states
 
 STD_FLOOR = 1e-3
 
@@ -84,14 +86,21 @@ class Evaluator:
         self.seed, self.episodes = seed, episodes
 
     @torch.no_grad()
-    def __call__(self, algo: OfflineAlgorithm, round_: int = 0) -> dict:
+    def __call__(self, algo: OfflineAlgorithm, round_: int = 0, member: int = 0, seed: int | None = None) -> dict:
+        """Member ``member``'s deterministic policy for one episode per env; the episodes' seeds derive from
+        ``seed`` (default: the evaluator's) and ``round_``, so a member sees what a single run with its
+        seed sees."""
         from omgmg.collectors.envs.base import run_episodes
 
-        def act(obs, avail):
-            o = algo.normalise_obs(torch.from_numpy(obs))
-            return algo.act(o, None if avail is None else torch.from_numpy(avail)).cpu().numpy()
+        device = algo.obs_mean.device
 
-        res = run_episodes(self.vec, act, seed=self.seed * 1_000_003 + round_)
+        def act(obs, avail):  # every member acts on the same observations; member ``member``'s actions are used
+            o = algo.normalise_obs(torch.from_numpy(obs).to(device)).expand(algo.members, *obs.shape)
+            a = None if avail is None else torch.from_numpy(avail).to(device).expand(algo.members, *avail.shape)
+            return algo.act(o, a)[member].cpu().numpy()
+
+        base = self.seed if seed is None else seed
+        res = run_episodes(self.vec, act, seed=base * 1_000_003 + round_)
         wins = self.vec.spec.reports_wins
         return {
             "eval/return": float(res.returns.mean()),
@@ -119,52 +128,125 @@ class TrainResult:
     best: dict | None
 
 
-def build(algo_name: str, ds: Dataset, cfg: OfflineConfig) -> OfflineAlgorithm:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` (or None): the first CUDA device when there is one, else the CPU; otherwise as given. A CUDA
+    device on a machine without one is refused in a line."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r} is not a device: use auto, cpu or cuda[:INDEX]") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no CUDA device that torch can use; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def build(algo_name: str, ds: Dataset, cfg: OfflineConfig | list[OfflineConfig], device="cpu") -> OfflineAlgorithm:
+    """The algorithm for one config, or for a list of members' configs (``omgmg.members``), on ``device``.
+
+    Member k is initialised alone under ``torch.manual_seed(seed_k)``, exactly as a single run with that
+    seed, and its random stream continues from where that initialisation left the generator: so member k
+    of a batched run draws what the single run draws."""
     cls = algorithm_class(algo_name)
-    if not isinstance(cfg, cls.config_cls):
-        raise TypeError(f"{algo_name} needs a {cls.config_cls.__name__}, got {type(cfg).__name__}")
-    algo = cls(ds.spec, cfg)
-    if cfg.normalize_obs:
+    cfgs = list(cfg) if isinstance(cfg, list | tuple) else [cfg]
+    for c in cfgs:
+        if not isinstance(c, cls.config_cls):
+            raise TypeError(f"{algo_name} needs a {cls.config_cls.__name__}, got {type(c).__name__}")
+    device = torch.device(device)
+    singles, streams = [], []
+    with torch.random.fork_rng(devices=[]):
+        for c in cfgs:
+            torch.manual_seed(c.seed)
+            singles.append(cls(ds.spec, c))
+            streams.append(torch.get_rng_state())
+    algo = singles[0] if len(cfgs) == 1 else cls(ds.spec, cfgs)
+    if len(cfgs) > 1:
+        algo.load_state_dict(stack_states([s.state_dict() for s in singles], member_keys(algo)))
+    if cfgs[0].normalize_obs:
         algo.set_normalisation(*dataset_statistics(ds))
+    algo.to(device)
+    if device.type == "cpu":
+        algo.rng = MemberRandom([torch.Generator().set_state(s) for s in streams])
+    else:  # a device generator cannot take a CPU state: seeded per member instead
+        algo.rng = MemberRandom.seeded([c.seed for c in cfgs], device)
     return algo
+
+
+def loader_device(ds: Dataset, device: torch.device) -> torch.device:
+    """Where the in-memory loader keeps the data: on the training device when it fits in half of that
+    device's free memory (minibatches are then gathered there, no copy per step), else in host memory."""
+    if device.type != "cuda":
+        return device
+    spec = ds.spec
+    per_row = 4 * (2 * spec.n_agents * spec.obs_dim + 2 * spec.state_dim + spec.n_agents * (spec.action_dim or 1) + 8)
+    if spec.discrete:
+        per_row += 2 * spec.n_agents * spec.n_actions  # availability masks, bool
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if ds.n_transitions * per_row < 0.5 * free else torch.device("cpu")
+
+
+def member_keys(algo: OfflineAlgorithm) -> set[str]:
+    """The state-dict entries that carry the member axis: every parameter (targets included)."""
+    return {name for name, _ in algo.named_parameters(remove_duplicate=False)}
 
 
 def train(
     algo_name: str,
     dataset,
-    cfg: OfflineConfig,
+    cfg: OfflineConfig | list[OfflineConfig],
     out,
     *,
     evaluate: bool = True,
-    progress: Callable[[int, int, dict | None], None] | None = None,
+    progress: Callable[[int, int, list[dict] | None], None] | None = None,
     warn: Callable[[str], None] | None = None,
     tensorboard: bool | None = None,
-) -> TrainResult:
+    device: str | torch.device | None = "cpu",
+) -> TrainResult | list[TrainResult]:
     """Train ``algo_name`` on a dataset into run directory ``out`` (resuming it if it holds a run).
 
+    With a list of configs and a list of run directories, one per member (``omgmg.members``: seeds, and
+    values of the algorithm's ``member_hyperparameters``), the members train as one batched program and
+    each directory gets what a single run with that config would write; a list of results is returned.
+
     ``tensorboard``: also write TensorBoard event files to ``out/tensorboard`` (None: when installed;
-    see :class:`omgmg.datakit.metrics.MetricLog`)."""
-    out = Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file; a run directory is a folder: choose another output path")
-    with os_errors(out, "creating the run directory's folder"):
-        out.parent.mkdir(parents=True, exist_ok=True)
+    see :class:`omgmg.datakit.metrics.MetricLog`). ``device``: cpu, cuda[:i] or auto."""
+    several = isinstance(cfg, list | tuple)
+    cfgs = list(cfg) if several else [cfg]
+    outs = [Path(o).absolute() for o in (out if several else [out])]
+    if len(outs) != len(cfgs):
+        raise RequestError(f"{len(cfgs)} members need {len(cfgs)} run directories, got {len(outs)}")
+    if len(set(outs)) < len(outs):
+        raise RequestError("two members were given the same run directory; give each member its own")
+    device = resolve_device(device)
+    for o in outs:
+        if o.exists() and not o.is_dir():
+            raise OutputError(f"{o} is a file; a run directory is a folder: choose another output path")
+        with os_errors(o, "creating the run directory's folder"):
+            o.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(cfgs[0].torch_threads)
     try:
-        # the lock first (its file lies beside the run directory): a run another process is starting
-        # is reported as in use, not mistaken for a foreign folder before its config.json exists
-        with OutputLock(out, "run directory"):
-            if out.is_dir() and any(out.iterdir()) and not is_omgmg_run(out):
-                raise RequestError(
-                    f"{out} is a folder with files that is not an omgmg run directory; choose another "
-                    "output path (omgmg writes only into empty folders or its own run directories)"
-                )
-            with os_errors(out, "creating the run directory"):
-                (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-            return _train(algo_name, dataset, cfg, out, evaluate, progress, warn, tensorboard)
+        with contextlib.ExitStack() as locks:
+            # the locks first (their files lie beside the run directories): a run another process is starting
+            # is reported as in use, not mistaken for a foreign folder before its config.json exists
+            for o in outs:
+                locks.enter_context(OutputLock(o, "run directory"))
+            for o in outs:
+                if o.is_dir() and any(o.iterdir()) and not is_omgmg_run(o):
+                    raise RequestError(
+                        f"{o} is a folder with files that is not an omgmg run directory; choose another "
+                        "output path (omgmg writes only into empty folders or its own run directories)"
+                    )
+            for o in outs:
+                with os_errors(o, "creating the run directory"):
+                    (o / "checkpoints").mkdir(parents=True, exist_ok=True)
+            results = _train(algo_name, dataset, cfgs, outs, evaluate, progress, warn, tensorboard, device)
     finally:
         torch.set_num_threads(threads)
+    return results if several else results[0]
 
 
 def run_identity(algo_name: str, ds: Dataset, cfg: OfflineConfig) -> dict:
@@ -206,101 +288,220 @@ def _check_resume(out: Path, state: dict, wanted: dict, ds: Dataset) -> None:
     raise RequestError(f"{out} holds {what}; choose another output path, or delete that run directory to start over")
 
 
-def _train(algo_name, dataset, cfg, out: Path, evaluate: bool, progress, warn, tensorboard) -> TrainResult:
+def _resume_states(outs: list[Path], warn) -> list[dict | None]:
+    """Each member's checkpoint to resume from (None: it starts afresh), all at one step.
+
+    Members save one after another at the same step, so an interruption in between leaves some a save
+    ahead: those go back to their ``latest.previous.pt``, which holds the step the others are at."""
+    states = []
+    for o in outs:
+        latest = o / "checkpoints" / "latest.pt"
+        has = latest.exists() or (o / "checkpoints" / "latest.previous.pt").exists()
+        states.append(load_checkpoint(latest, warn=warn) if has else None)
+    started = [s for s in states if s is not None]
+    if not started:
+        return states
+    if len(started) < len(states):
+        fresh = [str(o) for o, s in zip(outs, states, strict=True) if s is None]
+        raise RequestError(
+            f"some members' run directories hold a run and others ({', '.join(fresh)}) do not: train the "
+            "members that started together again, or the new ones as a batch of their own"
+        )
+    step = min(int(s["step"]) for s in states)
+    for i, (o, s) in enumerate(zip(outs, states, strict=True)):
+        if int(s["step"]) != step:
+            previous = previous_path(o / "checkpoints" / "latest.pt")
+            older = load_checkpoint(previous, fallback=False) if previous.exists() else None
+            if older is None or int(older["step"]) != step:
+                raise RequestError(
+                    f"{o} is at step {s['step']} and another member at step {step}, with no checkpoint of "
+                    "that step to go back to: resume these members one at a time"
+                )
+            states[i] = older
+    return states
+
+
+def _train(algo_name, dataset, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device) -> list[TrainResult]:
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
-    torch.manual_seed(cfg.seed)
-    algo = build(algo_name, ds, cfg)
-    loader = TransitionLoader(ds, cfg.batch_size, seed=cfg.seed)
-    identity = run_identity(algo_name, ds, cfg)
-    config = {
-        "algorithm": algo_name,
-        "dataset": str(ds.path.absolute()),  # a folder, or a URL (omgmg.datakit.remote)
-        "dataset_identity": identity["dataset_identity"],
-        "dataset_content": identity["dataset_content"],
-        "dataset_level": ds.level,
-        "config": dataclasses.asdict(cfg),
-    }
-    latest = out / "checkpoints" / "latest.pt"
-    start, best = 0, None
-    sums: dict[str, float] = {}  # running means of the next log line
+    M, cfg = len(cfgs), cfgs[0]
+    algo = build(algo_name, ds, cfgs, device)
+    loader = TransitionLoader(ds, cfg.batch_size, seed=[c.seed for c in cfgs], device=loader_device(ds, device))
+    identities = [run_identity(algo_name, ds, c) for c in cfgs]
+    configs = [
+        {
+            "algorithm": algo_name,
+            "dataset": str(ds.path.absolute()),  # a folder, or a URL (omgmg.datakit.remote)
+            "dataset_identity": ident["dataset_identity"],
+            "dataset_content": ident["dataset_content"],
+            "dataset_level": ds.level,
+            "config": dataclasses.asdict(c),
+        }
+        for c, ident in zip(cfgs, identities, strict=True)
+    ]
+    start, bests = 0, [None] * M
+    sums: dict[str, torch.Tensor] = {}  # running sums (M,) of the next log line, on the device
     n = 0
-    if latest.exists() or (out / "checkpoints" / "latest.previous.pt").exists():
-        state = load_checkpoint(latest, warn=warn)
-        _check_resume(out, state, identity, ds)
-        algo.load_state_dict(state["weights"])
-        algo.load_optimizer_state(state["optim"])
-        loader.load_state_dict(state.get("loader") or {"generator": state["loader_rng"]})  # or a 0.1.0 checkpoint
-        torch.set_rng_state(state["torch_rng"])
-        start, best = int(state["step"]), state.get("best")
-        sums, n = dict(state.get("log_sums", {})), int(state.get("log_n", 0))
-    atomic_write_json(out / "config.json", config)
+    states = _resume_states(outs, warn)
+    if states[0] is not None:
+        for o, state, ident in zip(outs, states, identities, strict=True):
+            _check_resume(o, state, ident, ds)
+        load_members(algo, loader, states)
+        start, bests = int(states[0]["step"]), [s.get("best") for s in states]
+        n = int(states[0].get("log_n", 0))
+        names = states[0].get("log_sums", {}).keys()
+        sums = {k: torch.tensor([float(s["log_sums"][k]) for s in states], device=device) for k in names}
+    for o, config in zip(outs, configs, strict=True):
+        atomic_write_json(o / "config.json", config)
     # lines after the checkpoint are dropped (and TensorBoard events after it purged)
-    log = MetricLog(out, index="step", resume_at=start, tensorboard=tensorboard, warn=warn)
+    logs = [MetricLog(o, index="step", resume_at=start, tensorboard=tensorboard, warn=warn) for o in outs]
     evaluator = Evaluator(ds, cfg.eval_episodes, cfg.seed) if evaluate else None
-    rtg = torch.from_numpy(returns_to_go(ds, getattr(cfg, "gamma", 0.99)))  # Q_tot's yardstick (omgmg.diagnostics)
-    final = {}
+    rtg = torch.from_numpy(returns_to_go(ds, getattr(cfg, "gamma", 0.99))).to(device)  # Q_tot's yardstick
+    finals: list[dict] = [{} for _ in range(M)]
     t0 = time.perf_counter()
     try:
         for step in range(start + 1, cfg.steps + 1):
-            metrics = algo.step(loader)
+            metrics = algo.step(loader)  # (M,) tensors on the device: no host sync here
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums[k] + v if k in sums else v.clone()
             n += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
-                record = {
-                    "step": step,
-                    **{k: v / n for k, v in sums.items()},
-                    "time/steps_per_s": n / (time.perf_counter() - t0),
-                }
+                rate = n / (time.perf_counter() - t0)
+                records = _per_member({k: v / n for k, v in sums.items()}, M)
                 batch = getattr(algo, "last_batch", None)
                 if batch is not None and batch.index is not None:  # after the throughput: not counted in it
-                    with torch.random.fork_rng(devices=[]):  # sampling here leaves training's random stream alone
-                        record |= algo.diagnostics(batch, rtg[batch.index.cpu()].to(batch.reward.device))
-                log.write(record)
-                final.update(record)
+                    with torch.random.fork_rng(devices=[]):  # sampling here leaves training's random streams alone
+                        saved = algo.rng.get_state()
+                        diagnostics = _per_member(algo.diagnostics(batch, rtg[batch.index]), M)
+                        algo.rng.set_state(saved)
+                    records = [r | d for r, d in zip(records, diagnostics, strict=True)]
+                for log, final, record in zip(logs, finals, records, strict=True):
+                    record = {"step": step, **record, "time/steps_per_s": rate}
+                    log.write(record)
+                    final.update(record)
                 sums, n, t0 = {}, 0, time.perf_counter()
                 if progress:
                     progress(step, cfg.steps, None)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                ev = {"step": step}
-                if evaluator is not None:
-                    ev.update(evaluator(algo, round_=step))
-                    if best is None or eval_score(ev) > eval_score(best):
-                        best = ev
-                        _save(out / "checkpoints" / "best.pt", algo, algo_name, config, loader, step, best, sums, n)
-                log.write(ev)  # before the checkpoint: a crash in between cuts the log back
-                final.update(ev)
-                _save(latest, algo, algo_name, config, loader, step, best, sums, n)
+                evs = [{"step": step} for _ in range(M)]
+                for k in range(M):
+                    if evaluator is not None:
+                        evs[k].update(evaluator(algo, round_=step, member=k, seed=cfgs[k].seed))
+                        if bests[k] is None or eval_score(evs[k]) > eval_score(bests[k]):
+                            bests[k] = evs[k]
+                            ckpt = member_checkpoint(algo, loader, k, algo_name, configs[k], step, bests[k], sums, n)
+                            save_checkpoint(ckpt, outs[k] / "checkpoints" / "best.pt", keep_previous=False)
+                    logs[k].write(evs[k])  # before the checkpoint: a crash in between cuts the log back
+                    finals[k].update(evs[k])
+                for k in range(M):
+                    ckpt = member_checkpoint(algo, loader, k, algo_name, configs[k], step, bests[k], sums, n)
+                    save_checkpoint(ckpt, outs[k] / "checkpoints" / "latest.pt", keep_previous=True)
                 if progress:
-                    progress(step, cfg.steps, ev)
+                    progress(step, cfg.steps, evs)
                 t0 = time.perf_counter()
     finally:
-        log.close()
+        for log in logs:
+            log.close()
         if evaluator is not None:
             evaluator.close()
-    plot_run(out)
-    result = {"final": final, "best": best, "algorithm": algo_name, "dataset": config["dataset"]}
-    atomic_write_json(out / "results.json", result)
-    return TrainResult(out, final, best)
+    results = []
+    for o, config, final, best in zip(outs, configs, finals, bests, strict=True):
+        plot_run(o)
+        result = {"final": final, "best": best, "algorithm": algo_name, "dataset": config["dataset"]}
+        atomic_write_json(o / "results.json", result)
+        results.append(TrainResult(o, final, best))
+    return results
 
 
-def _save(path: Path, algo, algo_name, config, loader, step, best, log_sums, log_n) -> None:
-    state = {
-        "weights": algo.state_dict(),
-        "optim": algo.optimizer_state(),
+def _per_member(metrics: dict[str, torch.Tensor], members: int) -> list[dict[str, float]]:
+    """{name: (M,) tensor} -> M dicts of floats, with one read from the device for all of them."""
+    if not metrics:
+        return [{} for _ in range(members)]
+    names = list(metrics)
+    values = torch.stack([metrics[k].detach().float().reshape(-1) for k in names]).cpu().tolist()  # (K, M)
+    return [{k: values[i][m] for i, k in enumerate(names)} for m in range(len(values[0]))]
+
+
+# ----- checkpoints: one per member, each a single run's --------------------------------------------------------
+
+
+def member_checkpoint(algo, loader, k: int, algo_name: str, config: dict, step: int, best, sums: dict, n: int) -> dict:
+    """Member k's checkpoint, exactly what a single run with its config writes (member tensors (1, ...))."""
+    return {
+        "weights": member_slice(algo.state_dict(), member_keys(algo), k),
+        "optim": {name: _optimizer_slice(o.state_dict(), k) for name, o in algo.optimizers.items()},
         "algorithm": algo_name,
-        "config": dataclasses.asdict(algo.cfg),
+        "config": dataclasses.asdict(algo.cfgs[k]),
         "env": algo.spec.to_json(),
         "dataset_identity": config["dataset_identity"],
         "dataset_content": config["dataset_content"],
         "step": step,
         "best": best,
-        "loader": loader.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "log_sums": dict(log_sums),
-        "log_n": log_n,
+        "loader": loader.state_dict(member=k),
+        "torch_rng": algo.rng.generators[k].get_state(),
+        "log_sums": {name: float(v[k]) for name, v in sums.items()},
+        "log_n": n,
     }
-    save_checkpoint(state, path, keep_previous=path.name == "latest.pt")
+
+
+def _optimizer_slice(state: dict, k: int) -> dict:
+    """Member k's slice of an optimiser state over member-stacked parameters (Adam's moments are shaped as
+    their parameters; its step count is shared)."""
+    return {
+        "state": {
+            i: {key: v[k : k + 1].clone() if torch.is_tensor(v) and v.ndim > 0 else v for key, v in per_param.items()}
+            for i, per_param in state["state"].items()
+        },
+        "param_groups": state["param_groups"],
+    }
+
+
+def load_members(algo, loader, states: list[dict]) -> None:
+    """Stack members' checkpoints (each a single run's) into ``algo``, ``loader`` and the random streams."""
+    keys = member_keys(algo)
+    weights = [upgrade_weights(algo, s["weights"]) for s in states]
+    algo.load_state_dict(stack_states(weights, keys))
+    params = dict(algo.named_parameters(remove_duplicate=False))
+    for name, opt in algo.optimizers.items():
+        parts = [s["optim"][name] for s in states]
+        stacked = {
+            "state": {
+                i: {
+                    key: torch.cat([p["state"][i][key] for p in parts]) if torch.is_tensor(v) and v.ndim > 0 else v
+                    for key, v in per_param.items()
+                }
+                for i, per_param in parts[0]["state"].items()
+            },
+            "param_groups": parts[0]["param_groups"],
+        }
+        _upgrade_optimizer(opt, stacked, params)
+        opt.load_state_dict(stacked)
+    for k, s in enumerate(states):
+        loader.load_state_dict(s.get("loader") or {"generator": s["loader_rng"]}, member=k)  # or a 0.1.0 checkpoint
+    if algo.rng.device.type == "cpu":
+        algo.rng.set_state([s["torch_rng"] for s in states])
+    # a CUDA run resumes its random streams seeded afresh: a CPU generator's state does not carry over
+
+
+def upgrade_weights(algo, weights: dict) -> dict:
+    """A single run's weights written before the member axis (omgmg < 0.3) reshaped to carry it: every
+    parameter gains a leading axis of 1 (same numbers; a bias (out,) becomes (1, 1, out))."""
+    expected = algo.state_dict()
+    out = dict(weights)
+    for key in member_keys(algo):
+        v, want = weights.get(key), expected[key]
+        if v is not None and v.shape[1:] != want.shape[1:] and v.numel() * algo.members == want.numel():
+            out[key] = v.reshape(1, *want.shape[1:])
+    return out
+
+
+def _upgrade_optimizer(opt, state: dict, params: dict) -> None:
+    """Adam moments of a checkpoint written before the member axis, reshaped like their parameters."""
+    ordered = [p for group in opt.param_groups for p in group["params"]]
+    for i, per_param in state["state"].items():
+        p = ordered[int(i)]
+        for key, v in per_param.items():
+            if torch.is_tensor(v) and v.ndim > 0 and v.shape != p.shape and v.numel() == p.numel():
+                per_param[key] = v.reshape(p.shape)
 
 
 def load_policy(path) -> OfflineAlgorithm:
@@ -310,7 +511,7 @@ def load_policy(path) -> OfflineAlgorithm:
     state = load_checkpoint(path, fallback=False)
     cls = algorithm_class(state["algorithm"])
     algo = cls(EnvSpec.from_json(state["env"]), cls.config_cls(**state["config"]))
-    algo.load_state_dict(state["weights"])
+    algo.load_state_dict(upgrade_weights(algo, state["weights"]))
     algo.eval()
     return algo
 

@@ -30,6 +30,7 @@ MODULE_TIERS = {
     "test_format": "roundtrip",
     "test_layers": "unit",
     "test_loader": "roundtrip",
+    "test_members": "unit",
     "test_metrics": "unit",
     "test_omgmg": "unit",
     "test_ogmarl": "roundtrip",

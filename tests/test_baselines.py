@@ -21,6 +21,7 @@ from omgmg.algos.omar import cem_search, omar_actor_loss
 from omgmg.algos.omiga import omiga_q_target, weighted_likelihood_actor_loss
 from omgmg.cli.train import main as train_cli
 from omgmg.datakit import TransitionLoader
+from omgmg.members import MemberRandom
 from omgmg.trainer import build, load_policy, train
 
 BASELINES = ("mabcq", "macql", "icq", "omar", "omiga", "comadice")
@@ -51,41 +52,44 @@ def test_bcq_pieces_by_hand():
     avail = torch.tensor([[True, True, True, False]])
     # relative probabilities 1, 0.2, 0.4, 0.4: above 0.3 and available -> actions 0 and 2
     assert allowed_actions(probs, avail, 0.3).tolist() == [[True, False, True, False]]
-    a = torch.tensor([[[0.5, -0.5]]])
-    zero = torch.zeros(1, 1, 2)
+    a = torch.tensor([[[[0.5, -0.5]]]])  # (M, B, N, A)
+    zero = torch.zeros(1, 1, 1, 2)
     assert vae_loss(a, a, zero, zero).item() == pytest.approx(0.0)  # perfect reconstruction, prior latent
-    mean = torch.ones(1, 1, 2)
+    mean = torch.ones(1, 1, 1, 2)
     assert vae_loss(a, a, mean, zero).item() == pytest.approx(0.5 * 0.5 * 2)  # KL = 0.5 * sum(mean^2)
 
 
 def test_cql_penalty_by_hand():
-    q = torch.tensor([[[1.0, 2.0, -torch.inf]]])  # an unavailable action contributes nothing
-    q_data = torch.tensor([[2.0]])
+    q = torch.tensor([[[[1.0, 2.0, -torch.inf]]]])  # (M, B, N, C): an unavailable action contributes nothing
+    q_data = torch.tensor([[[2.0]]])
     assert conservative_penalty(q, q_data).item() == pytest.approx(math.log(math.e + math.e**2) - 2.0)
 
 
 def test_icq_weights_and_target_by_hand():
-    x = torch.tensor([0.0, math.log(3.0)])
-    assert torch.allclose(batch_softmax_weights(x, 1.0), torch.tensor([0.5, 1.5]))  # B * softmax: mean 1
-    r, ends, q_next = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, math.log(3.0)])
-    y = icq_target(r, ends, q_next, gamma=0.5, beta=1.0)
+    x = torch.tensor([[0.0, math.log(3.0)]])  # (M, B): the softmax is over each member's batch
+    assert torch.allclose(batch_softmax_weights(x, 1.0), torch.tensor([[0.5, 1.5]]))  # B * softmax: mean 1
+    r, ends, q_next = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, math.log(3.0)]])
+    y = icq_target(r, ends, q_next, gamma=0.5, beta=1.0)[0]
     assert y[0].item() == pytest.approx(1.0 + 0.5 * 0.5 * 0.0) and y[1].item() == pytest.approx(1.0)
-    w = torch.tensor([[2.0], [2.0]])
-    adv = torch.tensor([[0.0], [math.log(3.0)]])
-    logp = torch.tensor([[-1.0], [-2.0]])
+    w = torch.tensor([[[2.0], [2.0]]])
+    adv = torch.tensor([[[0.0], [math.log(3.0)]]])
+    logp = torch.tensor([[[-1.0], [-2.0]]])
     assert icq_actor_loss(w, adv, logp, alpha=1.0).item() == pytest.approx(-(2 * 0.5 * -1 + 2 * 1.5 * -2) / 2)
+    # two members with their own temperatures: each member's weights are its own softmax
+    two = batch_softmax_weights(torch.cat([x, x]), torch.tensor([1.0, 1e6]))
+    assert torch.allclose(two, torch.tensor([[0.5, 1.5], [1.0, 1.0]]), atol=1e-5)
 
 
 def test_omar_actor_loss_and_cem_by_hand():
-    q_pi = torch.tensor([[2.0]])
-    pi, target = torch.tensor([[[0.0, 0.0]]]), torch.tensor([[[0.3, 0.4]]])
+    q_pi = torch.tensor([[[2.0]]])
+    pi, target = torch.tensor([[[[0.0, 0.0]]]]), torch.tensor([[[[0.3, 0.4]]]])
     assert omar_actor_loss(q_pi, pi, target, coe=0.7).item() == pytest.approx(0.3 * -2.0 + 0.7 * 0.25)
-    torch.manual_seed(0)
     peak = torch.tensor([0.5, -0.25])
     best, value = cem_search(
-        lambda u: -((u - peak) ** 2).sum(-1), (64, 2), 2, iters=2, samples=20, elites=5, init_std=2.0
-    )
-    assert best.shape == (64, 2, 2) and value.shape == (64, 2)
+        lambda u: -((u - peak) ** 2).sum(-1), (64, 2), 2, iters=2, samples=20, elites=5, init_std=2.0,
+        rng=MemberRandom.seeded([0, 1]),
+    )  # fmt: skip
+    assert best.shape == (2, 64, 2, 2) and value.shape == (2, 64, 2)
     assert (best - peak).norm(dim=-1).median() < 0.25  # two rounds of 20 land near the peak
     assert torch.allclose(value, -((best - peak) ** 2).sum(-1))
 
@@ -105,7 +109,7 @@ def test_omiga_keeps_its_own_value_loss_which_omgmgs_eq11_equals_today():
     from omgmg.algos import omgmg, omiga
 
     g = torch.Generator().manual_seed(0)
-    w, q, v = torch.rand(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    w, q, v = torch.rand(1, 6, 3, generator=g), torch.randn(1, 6, 3, generator=g), torch.randn(1, 6, 3, generator=g)
     z_omiga, z_omgmg = omiga.advantage_exponent(w, q, v, 2.0, 10.0), omgmg.advantage_exponent(w, q, v, 2.0, 10.0)
     assert torch.equal(z_omiga, z_omgmg)
     assert torch.equal(omiga.implicit_value_loss(z_omiga, w, v, 2.0), omgmg.implicit_value_loss(z_omgmg, w, v, 2.0))
@@ -123,9 +127,9 @@ def test_soft_chi2_closed_forms_by_hand():
         assert (w * x - alpha * f).max().item() == pytest.approx(
             soft_chi2_dual(torch.tensor(x), alpha).item(), abs=1e-4
         )
-    loss = dice_nu_loss(torch.tensor([10.0]), torch.tensor([0.0, 3.0]), gamma=0.9, alpha=2.0)
+    loss = dice_nu_loss(torch.tensor([[10.0]]), torch.tensor([[0.0, 3.0]]), gamma=0.9, alpha=2.0)
     assert loss.item() == pytest.approx(0.1 * 10 + (0 + 5.25) / 2)
-    assert ratio_weighted_actor_loss(torch.tensor([2.0]), torch.tensor([[-1.0, -2.0]])).item() == pytest.approx(3.0)
+    assert ratio_weighted_actor_loss(torch.tensor([[2.0]]), torch.tensor([[[-1.0, -2.0]]])).item() == pytest.approx(3.0)
 
 
 # ----- learning on tiny data ----------------------------------------------------------------------------------------
@@ -140,7 +144,7 @@ def test_two_hundred_steps_lower_the_critic_loss(data, algo, kind):
     torch.manual_seed(0)
     agent = build(algo, data[kind], small(algo))
     loader = TransitionLoader(data[kind], 64, seed=0)
-    logs = [agent.step(loader) for _ in range(200)]
+    logs = [{k: float(v) for k, v in agent.step(loader).items()} for _ in range(200)]
     assert all(np.isfinite(v) for log in logs for v in log.values())
     losses = [log[CRITIC_LOSS[algo]] for log in logs]
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
@@ -156,7 +160,7 @@ def test_comadice_lowers_its_dual_loss_and_normalises_the_ratio(data, kind):
     agent = build("comadice", data[kind], small("comadice", lr=3e-4, gamma=0.9))
     loader = TransitionLoader(data[kind], 64, seed=0)
     probe = TransitionLoader(data[kind], 4096, seed=1)
-    b, initial = agent.prepare(probe.sample()), agent.prepare_initial(probe.sample_initial())
+    b, initial = agent.prepare(probe.sample_members()), agent.prepare_initial(probe.sample_initial_members())
 
     def measure():
         with torch.no_grad():
@@ -167,7 +171,7 @@ def test_comadice_lowers_its_dual_loss_and_normalises_the_ratio(data, kind):
             )
 
     loss0, ratio0 = measure()
-    logs = [agent.step(loader) for _ in range(300)]
+    logs = [{k: float(v) for k, v in agent.step(loader).items()} for _ in range(300)]
     loss1, ratio1 = measure()
     assert all(np.isfinite(v) for log in logs for v in log.values())
     assert loss1 < loss0 - 0.1, (loss0, loss1)
@@ -231,8 +235,8 @@ def test_each_step_moves_only_its_own_networks(data, algo, kind):
     torch.manual_seed(0)
     agent = build(algo, data[kind], small(algo))
     loader = TransitionLoader(data[kind], 64, seed=0)
-    b = agent.prepare(loader.sample())
-    initial = agent.prepare_initial(loader.sample_initial())
+    b = agent.prepare(loader.sample_members())
+    initial = agent.prepare_initial(loader.sample_initial_members())
     for method, expected in STEPS[algo]:
         if (
             not hasattr(agent, "actor")
@@ -281,8 +285,8 @@ def test_checkpoint_reload_gives_identical_parameters_and_actions(data, tmp_path
     a, b = load_policy(path), load_policy(path)
     assert all(torch.equal(saved[k], v) for k, v in a.state_dict().items())
     spec = data[kind].spec
-    obs = a.normalise_obs(torch.randn(16, spec.n_agents, spec.obs_dim))
-    avail = torch.ones(16, spec.n_agents, spec.n_actions, dtype=torch.bool) if spec.discrete else None
+    obs = a.normalise_obs(torch.randn(1, 16, spec.n_agents, spec.obs_dim))
+    avail = torch.ones(1, 16, spec.n_agents, spec.n_actions, dtype=torch.bool) if spec.discrete else None
     assert torch.equal(a.act(obs, avail), b.act(obs, avail))
     assert res.final["eval/return"] is not None and np.isfinite(res.final["eval/return"])
 

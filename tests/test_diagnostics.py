@@ -12,6 +12,7 @@ from conftest import fixture_datasets, small_config
 from omgmg.algos import algorithm_class
 from omgmg.datakit import TransitionLoader, iter_episodes
 from omgmg.diagnostics import actions_on_bounds, divergence_bound, grad_norm, returns_to_go
+from omgmg.nets import MemberLinear
 from omgmg.trainer import train
 
 
@@ -30,16 +31,22 @@ def test_actions_on_bounds_counts_each_agents_own_entries_only():
     low, high = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]), torch.tensor([[1.0, 2.0], [0.5, 0.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # agent 1 has one action entry: its second is padding
     actions = torch.tensor([[[1.0, 0.3], [-0.5, 0.0]], [[0.2, -2.0], [0.1, 0.0]]])  # (B=2, N=2, A=2)
-    assert actions_on_bounds(actions, low, high, mask) == pytest.approx(3 / 6)
+    interior = torch.zeros_like(actions)
+    shares = actions_on_bounds(torch.stack([actions, interior]), low, high, mask)  # two members
+    assert shares.tolist() == pytest.approx([3 / 6, 0.0])  # each member's own share
 
 
-def test_grad_norm_is_the_norm_backward_would_give_and_leaves_grads_alone():
-    net = torch.nn.Linear(3, 2)
-    loss = (net(torch.randn(5, 3)) ** 2).sum()
-    norm = grad_norm(loss, net)
+def test_grad_norm_is_each_members_norm_backward_would_give_and_leaves_grads_alone():
+    net = MemberLinear(2, 3, 2)  # two members
+    losses = (net(torch.randn(2, 5, 3)) ** 2).sum((1, 2))  # (M,)
+    norm = grad_norm(losses, net)
     assert all(p.grad is None for p in net.parameters())
-    loss.backward()
-    assert norm == pytest.approx(float(torch.sqrt(sum((p.grad**2).sum() for p in net.parameters()))), rel=1e-6)
+    for k in range(2):
+        for p in net.parameters():
+            p.grad = None
+        losses[k].backward(retain_graph=True)
+        want = torch.sqrt(sum((p.grad[k] ** 2).sum() for p in net.parameters()))
+        assert float(norm[k]) == pytest.approx(float(want), rel=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +85,7 @@ def test_a_batch_carries_its_rows_so_diagnostics_find_their_returns(data):
     for streaming in (False, True):
         loader = TransitionLoader(ds, 16, seed=0, streaming=streaming, block_rows=64, resident_blocks=2)
         for _ in range(20):
-            b = loader.sample()
+            b = loader.sample_members()
             assert torch.equal(b.reward, torch.from_numpy(steps_reward[b.index.numpy()]))
     algo = algorithm_class("bc")(ds.spec, small_config("bc"))
-    assert algo.q_tot(b) is None and "value/q_tot_batch" not in algo.diagnostics(b, torch.zeros(16))
+    assert algo.q_tot(b) is None and "value/q_tot_batch" not in algo.diagnostics(b, torch.zeros(1, 16))

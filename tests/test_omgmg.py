@@ -37,7 +37,7 @@ def small(**kw) -> OMGMGConfig:
 
 
 def batch(algo, ds, seed=0, size=32) -> Batch:
-    return algo.prepare(TransitionLoader(ds, size, seed=seed).sample())
+    return algo.prepare(TransitionLoader(ds, size, seed=seed).sample_members())  # (1, B, ...): one member
 
 
 # ----- the losses, by hand -------------------------------------------------------------------------------------
@@ -83,9 +83,9 @@ def test_eq10_actor_loss_on_hand_values():
 
 def test_eq9_mixer_weights_are_non_negative_and_shared_by_q_and_v(data):
     algo = build("omgmg", data["continuous"], small())
-    w, b = algo.mixer(torch.randn(64, algo.spec.state_dim) * 5)
-    assert (w >= 0).all() and w.shape == (64, 3) and b.shape == (64,)
-    assert torch.allclose(mix(w, torch.ones(64, 3), b), w.sum(-1) + b)
+    w, b = algo.mixer(torch.randn(1, 64, algo.spec.state_dim) * 5)
+    assert (w >= 0).all() and w.shape == (1, 64, 3) and b.shape == (1, 64)
+    assert torch.allclose(mix(w, torch.ones(1, 64, 3), b), w.sum(-1) + b)
 
 
 def test_discrete_expectations_are_exact_over_available_actions(data):
@@ -157,8 +157,8 @@ def test_truncation_bootstraps_and_termination_does_not_in_the_update(data):
 
     import omgmg.algos.omgmg as mod
 
-    b.terminated[:] = torch.tensor([1, 0, 1, 0, 0, 0, 0, 0], dtype=torch.float32)
-    b.truncated[:] = torch.tensor([0, 1, 0, 0, 0, 0, 0, 0], dtype=torch.float32)
+    b.terminated[0] = torch.tensor([1, 0, 1, 0, 0, 0, 0, 0], dtype=torch.float32)
+    b.truncated[0] = torch.tensor([0, 1, 0, 0, 0, 0, 0, 0], dtype=torch.float32)
     mod.gmg_target, orig = spy, mod.gmg_target
     try:
         with torch.no_grad():
@@ -166,9 +166,9 @@ def test_truncation_bootstraps_and_termination_does_not_in_the_update(data):
         algo.update_q(b, next_q)
     finally:
         mod.gmg_target = orig
-    t = seen["target"]
-    assert torch.equal(t[[0, 2]], b.reward[[0, 2]])  # terminations: target is the reward alone
-    assert not torch.isclose(t[1], b.reward[1])  # the truncated step still bootstraps
+    t, r = seen["target"][0], b.reward[0]
+    assert torch.equal(t[[0, 2]], r[[0, 2]])  # terminations: target is the reward alone
+    assert not torch.isclose(t[1], r[1])  # the truncated step still bootstraps
 
 
 @pytest.mark.slow
@@ -178,7 +178,7 @@ def test_two_hundred_steps_lower_the_q_loss(data, kind):
     torch.manual_seed(0)
     algo = build("omgmg", data[kind], small(lr=1e-3))
     loader = TransitionLoader(data[kind], 64, seed=0)
-    losses = [algo.update(algo.prepare(loader.sample()))["loss/q"] for _ in range(200)]
+    losses = [float(algo.update(algo.prepare(loader.sample_members()))["loss/q"]) for _ in range(200)]
     assert all(np.isfinite(losses))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]), (np.mean(losses[:20]), np.mean(losses[-20:]))
 
@@ -188,7 +188,7 @@ def test_separate_and_shared_networks_both_train(data):
     for shared in (True, False):
         algo = build("omgmg", data["discrete"], small(shared_networks=shared))
         stats = algo.update(batch(algo, data["discrete"]))
-        assert all(np.isfinite(v) for v in stats.values())
+        assert all(torch.isfinite(v).all() for v in stats.values())
 
 
 @pytest.mark.learning
@@ -196,7 +196,7 @@ def test_bc_learns_the_dataset_actions(data):
     # the continuous fixture's behaviour is a linear controller plus noise: its likelihood can rise a lot
     algo = build("bc", data["continuous"], BCConfig(hidden=32, torch_threads=1, lr=1e-3))
     loader = TransitionLoader(data["continuous"], 64, seed=0)
-    losses = [algo.update(algo.prepare(loader.sample()))["loss/actor"] for _ in range(200)]
+    losses = [float(algo.update(algo.prepare(loader.sample_members()))["loss/actor"]) for _ in range(200)]
     assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.5, (np.mean(losses[:20]), np.mean(losses[-20:]))
 
 
@@ -213,7 +213,7 @@ def test_checkpoint_reload_gives_identical_actions(data, tmp_path):
         load_policy(res.run_dir / "checkpoints" / "latest.pt"),
         load_policy(res.run_dir / "checkpoints" / "latest.pt"),
     )
-    obs = torch.randn(20, 3, 4)
+    obs = torch.randn(1, 20, 3, 4)  # (M, E, N, O)
     assert torch.equal(a.act(a.normalise_obs(obs), None), b.act(b.normalise_obs(obs), None))
     assert torch.equal(a.obs_mean, b.obs_mean) and a.obs_std.abs().sum() > 0
     assert (res.run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"

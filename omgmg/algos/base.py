@@ -1,10 +1,17 @@
 """What every offline algorithm shares: the loop's config fields, input normalisation from dataset
-statistics (kept in the checkpoint), optimiser state, and evaluation-time acting.
+statistics (kept in the checkpoint), the member axis, optimiser state, and evaluation-time acting.
 
 An algorithm subclasses :class:`OfflineAlgorithm`, sets ``name`` and ``config_cls``, builds its
-networks and ``self.optimizers`` (a dict) in ``__init__``, and implements ``update(batch)`` (one
-gradient step, returning metrics); ``act(obs, avail)`` (deterministic actions on normalised obs)
-defaults to the deterministic action of ``self.actor``.
+networks (``self.members`` of each, ``omgmg.nets``) and ``self.optimizers`` (a dict) in ``__init__``,
+and implements ``update(batch)`` (one gradient step on a batch ``(M, B, ...)``, returning metrics as
+``(M,)`` tensors that stay on the device); ``act(obs, avail)`` (deterministic actions on normalised
+obs) defaults to the deterministic action of ``self.actor``.
+
+**Members** (``omgmg.members``): an algorithm is built from one config (a single run, M = 1) or a
+list of M configs that differ in their seed and in the fields the class lists in
+``member_hyperparameters`` (the loss hyperparameters it reads through :meth:`hp`). Every loss is a
+per-member mean (``member_mean``), so each member's gradients are its own; random draws come from
+``self.rng``, one generator per member.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch, InitialStates
 from omgmg.datakit.spec import EnvSpec
 from omgmg.diagnostics import actions_on_bounds
-from omgmg.nets import AgentMLP, CategoricalPolicy, TanhGaussianPolicy, TwinQ
+from omgmg.members import MemberRandom, clip_grad_norm_per_member, member_mean
+from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, TwinQ
 
 
 @dataclass
@@ -85,6 +93,27 @@ class TDConfig(OfflineConfig):
             raise ConfigError(f"gamma must lie in [0, 1] and tau in (0, 1], got gamma={self.gamma}, tau={self.tau}")
 
 
+def check_members(cls, cfgs: list[OfflineConfig]) -> None:
+    """Refuse, naming the fields, members that differ in anything but the seed and ``cls``'s
+    ``member_hyperparameters`` (those need separate runs), or that repeat a (seed, setting)."""
+    if not cfgs:
+        raise ConfigError("an algorithm needs at least one member's config")
+    batchable = {"seed", *cls.member_hyperparameters}
+    first = dataclasses.asdict(cfgs[0])
+    for c in cfgs[1:]:
+        other = dataclasses.asdict(c)
+        differ = sorted(k for k in first if k not in batchable and other[k] != first[k])
+        if differ:
+            can = ", ".join(cls.member_hyperparameters) or "none"
+            raise ConfigError(
+                f"members of one {cls.name} run may differ only in seed and {can}; these differ: "
+                f"{', '.join(differ)} (train those as separate runs)"
+            )
+    keys = [tuple(sorted(dataclasses.asdict(c).items())) for c in cfgs]
+    if len(set(keys)) < len(keys):
+        raise ConfigError("two members have the same seed and settings; give each member its own seed or value")
+
+
 def action_bounds(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The spec's (low, high, mask) (:meth:`EnvSpec.action_bounds`), with a unit range [0, 1] on padded
     entries: the tanh squash and the CEM sampling divide by high - low (padded entries are masked out)."""
@@ -95,15 +124,29 @@ def action_bounds(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class OfflineAlgorithm(nn.Module):
     name = "base"
     config_cls = OfflineConfig
+    member_hyperparameters: tuple[str, ...] = ()
+    """Config fields that may differ between members (read through :meth:`hp`); the seed always may."""
 
-    def __init__(self, spec: EnvSpec, cfg: OfflineConfig):
+    def __init__(self, spec: EnvSpec, cfg: OfflineConfig | list[OfflineConfig]):
         super().__init__()
-        self.spec, self.cfg = spec, cfg
+        cfgs = list(cfg) if isinstance(cfg, list | tuple) else [cfg]
+        self.spec, self.cfg, self.cfgs, self.members = spec, cfgs[0], cfgs, len(cfgs)
+        check_members(type(self), cfgs)
+        for name in self.member_hyperparameters:  # (M,) where members differ: moved with .to(device)
+            values = [getattr(c, name) for c in cfgs]
+            if len(set(values)) > 1:
+                self.register_buffer(f"hp_{name}", torch.tensor(values, dtype=torch.float32), persistent=False)
+        self.rng = MemberRandom.seeded([c.seed for c in cfgs])  # the trainer hands each member its own stream
         self.register_buffer("obs_mean", torch.zeros(spec.n_agents, spec.obs_dim))
         self.register_buffer("obs_std", torch.ones(spec.n_agents, spec.obs_dim))
         self.register_buffer("state_mean", torch.zeros(spec.state_dim))
         self.register_buffer("state_std", torch.ones(spec.state_dim))
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def hp(self, name: str):
+        """Hyperparameter ``name`` (one of ``member_hyperparameters``): a float when every member has the
+        same value, else an (M,) tensor (broadcast it with ``omgmg.members.per_member``)."""
+        return getattr(self, f"hp_{name}") if f"hp_{name}" in self._buffers else getattr(self.cfg, name)
 
     # ----- normalisation ------------------------------------------------------------------------------------
     def set_normalisation(self, obs_mean, obs_std, state_mean, state_std) -> None:
@@ -142,10 +185,11 @@ class OfflineAlgorithm(nn.Module):
         """pi_i: a masked softmax over the available actions (discrete), or a tanh-Gaussian over each agent's
         box (continuous), batched over agents."""
         spec, cfg = self.spec, self.cfg
+        M = self.members
         if spec.discrete:
-            return CategoricalPolicy(spec.n_agents, spec.obs_dim, spec.n_actions, cfg.hidden, cfg.shared_networks)
+            return CategoricalPolicy(M, spec.n_agents, spec.obs_dim, spec.n_actions, cfg.hidden, cfg.shared_networks)
         return TanhGaussianPolicy(
-            spec.n_agents, spec.obs_dim, spec.action_dim, *action_bounds(spec), cfg.hidden, cfg.shared_networks
+            M, spec.n_agents, spec.obs_dim, spec.action_dim, *action_bounds(spec), cfg.hidden, cfg.shared_networks
         )
 
     def local_q(self, twin: bool = False) -> nn.Module:
@@ -153,17 +197,29 @@ class OfflineAlgorithm(nn.Module):
         it; ``twin`` gives two independent critics (``TwinQ``)."""
         spec, cfg = self.spec, self.cfg
         in_dim, out_dim = (spec.obs_dim, spec.n_actions) if spec.discrete else (spec.obs_dim + spec.action_dim, 1)
-        return (TwinQ if twin else AgentMLP)(spec.n_agents, in_dim, out_dim, cfg.hidden, shared=cfg.shared_networks)
+        return (TwinQ if twin else AgentMLP)(
+            self.members, spec.n_agents, in_dim, out_dim, cfg.hidden, shared=cfg.shared_networks
+        )
+
+    def agent_mlp(self, in_dim: int, out_dim: int) -> AgentMLP:
+        """A per-agent MLP of the config's width and sharing, one per member (V_i, nu_i, ...)."""
+        cfg = self.cfg
+        return AgentMLP(self.members, self.spec.n_agents, in_dim, out_dim, cfg.hidden, shared=cfg.shared_networks)
+
+    def make_mixer(self) -> Mixer:
+        """Eq. (9)'s mixer w(s) >= 0, b(s) over the global state, one per member."""
+        return Mixer(self.members, self.spec.state_dim, self.spec.n_agents, self.cfg.mixer_hidden)
 
     # ----- pieces every update uses -------------------------------------------------------------------------
     def optimize(self, name: str, loss: torch.Tensor, params) -> None:
-        """One step of optimiser ``name`` on ``loss``, with the gradient norm of ``params`` clipped to
-        ``cfg.grad_norm_clip`` (every algorithm here clips, as the OMIGA code does)."""
+        """One step of optimiser ``name`` on the members' losses ``loss`` (M,), with each member's gradient
+        norm over ``params`` clipped to ``cfg.grad_norm_clip`` (every algorithm here clips, as the OMIGA
+        code does). The losses are summed: a member's parameters get only its own loss's gradient."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
-        nn.utils.clip_grad_norm_(params, self.cfg.grad_norm_clip, foreach=True)
+        clip_grad_norm_per_member(params, self.cfg.grad_norm_clip)
         opt.step()
 
     def q_at(self, q_net: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -173,20 +229,22 @@ class OfflineAlgorithm(nn.Module):
         return q_net(torch.cat([obs, actions], dim=-1))[..., 0]
 
     # ----- to implement -------------------------------------------------------------------------------------
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def step(self, loader) -> dict[str, float]:
-        """One gradient step on a fresh minibatch from ``loader`` (the trainer's entry point). Algorithms
-        that need more than a batch of transitions (ComaDICE: initial states) override this."""
-        self.last_batch = self.prepare(loader.sample())
+    def step(self, loader) -> dict[str, torch.Tensor]:
+        """One gradient step on a fresh minibatch per member from ``loader`` (the trainer's entry point;
+        its seeds are the members'). Algorithms that need more than a batch of transitions (ComaDICE:
+        initial states) override this."""
+        self.last_batch = self.prepare(loader.sample_members().to(self.obs_mean.device))
         return self.update(self.last_batch)
 
     # ----- diagnostics (omgmg.diagnostics), on one batch every log_every steps -------------------------------
-    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, float]:
-        """What can go wrong, measured on batch ``b`` without changing anything: the share of actions on
-        their bounds (continuous), and Q_tot against ``mc_return``, the data's discounted return-to-go of
-        each transition (algorithms with a mixed Q_tot). Algorithms add their own (OMGMG, OMIGA)."""
+    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """What can go wrong, measured on batch ``b`` without changing anything, per member (M,): the share
+        of actions on their bounds (continuous), and Q_tot against ``mc_return``, the data's discounted
+        return-to-go of each transition (algorithms with a mixed Q_tot). Algorithms add their own (OMGMG,
+        OMIGA)."""
         out = {}
         if not self.spec.discrete:
             low, high, mask = (torch.as_tensor(x, device=b.actions.device) for x in self.spec.action_bounds())
@@ -195,25 +253,26 @@ class OfflineAlgorithm(nn.Module):
             with torch.no_grad():
                 q_tot = self.q_tot(b)
             if q_tot is not None:
-                q, g = float(q_tot.mean()), float(mc_return.mean())
+                q, g = member_mean(q_tot), member_mean(mc_return)
                 out |= {"value/q_tot_batch": q, "value/mc_return": g, "value/q_tot_over_mc": q - g}
         return out
 
     def q_tot(self, b: Batch) -> torch.Tensor | None:
-        """Q_tot(s, a) of the batch's transitions, (B,), for algorithms that mix one; None otherwise."""
+        """Q_tot(s, a) of the batch's transitions, (M, B), for algorithms that mix one; None otherwise."""
         return None
 
     def log_prob_data(self, b: Batch) -> torch.Tensor:
         """log pi_i(a_i | o_i) of the dataset actions under ``self.actor`` (masked softmax or tanh-Gaussian),
-        (B, N)."""
+        (M, B, N)."""
         if self.spec.discrete:
             return self.actor.log_probs(b.obs, b.avail).gather(-1, b.actions[..., None])[..., 0]
         return self.actor.log_prob(b.obs, b.actions)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
-        """Deterministic evaluation actions of ``self.actor``: tanh of the Gaussian mean, or the most
-        probable available action. Algorithms without an actor (greedy in Q) override this."""
+        """Deterministic evaluation actions of ``self.actor`` for each member's observations (M, E, N, O):
+        tanh of the Gaussian mean, or the most probable available action. Algorithms without an actor
+        (greedy in Q) override this."""
         return self.actor.deterministic(obs, avail) if self.spec.discrete else self.actor.deterministic(obs)
 
     # ----- checkpoints --------------------------------------------------------------------------------------

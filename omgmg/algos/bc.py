@@ -13,6 +13,7 @@ import torch
 from omgmg.algos.base import OfflineAlgorithm, OfflineConfig
 from omgmg.datakit.loader import Batch
 from omgmg.datakit.spec import EnvSpec
+from omgmg.members import member_mean
 from omgmg.nets import adam
 
 
@@ -22,20 +23,20 @@ class BCConfig(OfflineConfig):
 
 
 def bc_loss(log_prob_data: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of the dataset actions, -E_D[log pi_i(a_i | o_i)]."""
-    return -log_prob_data.mean()
+    """Negative log-likelihood of the dataset actions, -E_D[log pi_i(a_i | o_i)], each member's (M,)."""
+    return -member_mean(log_prob_data)
 
 
 class BC(OfflineAlgorithm):
     name = "bc"
     config_cls = BCConfig
 
-    def __init__(self, spec: EnvSpec, cfg: BCConfig):
+    def __init__(self, spec: EnvSpec, cfg: BCConfig | list[BCConfig]):
         super().__init__(spec, cfg)
         self.actor = self.stochastic_actor()
-        self.optimizers = {"actor": adam(self.actor.parameters(), cfg.lr)}
+        self.optimizers = {"actor": adam(self.actor.parameters(), self.cfg.lr)}
 
-    def update(self, b: Batch) -> dict[str, float]:
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
         loss = bc_loss(self.log_prob_data(b))
         self.optimize("actor", loss, self.actor)
-        return {"loss/actor": loss.item()}
+        return {"loss/actor": loss.detach()}

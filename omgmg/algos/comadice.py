@@ -29,6 +29,7 @@ that a few transitions cannot dominate a batch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,8 @@ from omgmg.algos.base import OfflineAlgorithm, TDConfig
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch, InitialStates
 from omgmg.datakit.spec import EnvSpec
-from omgmg.nets import AgentMLP, Mixer, adam, mix
+from omgmg.members import member_mean, per_member
+from omgmg.nets import adam, mix
 
 
 @dataclass
@@ -59,24 +61,26 @@ class ComaDICEConfig(TDConfig):
 # ----- losses ---------------------------------------------------------------------------------------------------
 
 
-def soft_chi2_ratio(e: torch.Tensor, alpha: float) -> torch.Tensor:
+def soft_chi2_ratio(e: torch.Tensor, alpha) -> torch.Tensor:
     """The optimal ratio w*(e) = (f')^{-1}(e / alpha), clipped at 0: exp(e/alpha) below 0, e/alpha + 1 above."""
+    alpha = per_member(alpha, e)
     return torch.where(e < 0, torch.exp(torch.clamp(e, max=0.0) / alpha), e / alpha + 1.0)
 
 
-def soft_chi2_dual(e: torch.Tensor, alpha: float) -> torch.Tensor:
+def soft_chi2_dual(e: torch.Tensor, alpha) -> torch.Tensor:
     """g(e) = -alpha f(w*(e)) + w*(e) e: alpha (exp(e/alpha) - 1) below 0, e + e^2 / (2 alpha) above."""
+    alpha = per_member(alpha, e)
     return torch.where(e < 0, alpha * (torch.exp(torch.clamp(e, max=0.0) / alpha) - 1.0), e + e**2 / (2 * alpha))
 
 
-def dice_nu_loss(nu_tot_initial: torch.Tensor, e: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:
-    """L(nu) = (1 - gamma) E_{s_0}[nu_tot(s_0)] + E_D[g(e)]."""
-    return (1.0 - gamma) * nu_tot_initial.mean() + soft_chi2_dual(e, alpha).mean()
+def dice_nu_loss(nu_tot_initial: torch.Tensor, e: torch.Tensor, gamma: float, alpha) -> torch.Tensor:
+    """L(nu) = (1 - gamma) E_{s_0}[nu_tot(s_0)] + E_D[g(e)], each member's (M,)."""
+    return (1.0 - gamma) * member_mean(nu_tot_initial) + member_mean(soft_chi2_dual(e, alpha))
 
 
 def ratio_weighted_actor_loss(ratio: torch.Tensor, log_prob_data: torch.Tensor) -> torch.Tensor:
-    """-E_D[w*(s, a) log pi_i(a_i | o_i)]: ratio (B,) shared by all agents, log_prob_data (B, N)."""
-    return -(ratio.detach()[:, None] * log_prob_data).mean()
+    """-E_D[w*(s, a) log pi_i(a_i | o_i)]: ratio (M, B) shared by all agents, log_prob_data (M, B, N). (M,)"""
+    return -member_mean(ratio.detach()[..., None] * log_prob_data)
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
@@ -85,12 +89,14 @@ def ratio_weighted_actor_loss(ratio: torch.Tensor, log_prob_data: torch.Tensor) 
 class ComaDICE(OfflineAlgorithm):
     name = "comadice"
     config_cls = ComaDICEConfig
+    member_hyperparameters = ("alpha",)
 
-    def __init__(self, spec: EnvSpec, cfg: ComaDICEConfig):
+    def __init__(self, spec: EnvSpec, cfg: ComaDICEConfig | list[ComaDICEConfig]):
         super().__init__(spec, cfg)
+        cfg = self.cfg
         self.actor = self.stochastic_actor()
-        self.nu = AgentMLP(spec.n_agents, spec.obs_dim, 1, cfg.hidden, shared=cfg.shared_networks)
-        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
+        self.nu = self.agent_mlp(spec.obs_dim, 1)
+        self.mixer = self.make_mixer()
         self.optimizers = {
             "nu": adam([*self.nu.parameters(), *self.mixer.parameters()], cfg.lr),
             "actor": adam(self.actor.parameters(), cfg.lr),
@@ -101,19 +107,23 @@ class ComaDICE(OfflineAlgorithm):
         return mix(w, self.nu(obs)[..., 0], bias)
 
     def advantage(self, b: Batch) -> torch.Tensor:
-        """e(s, a, s') = r + gamma nu_tot(s') - nu_tot(s), (B,)."""
+        """e(s, a, s') = r + gamma nu_tot(s') - nu_tot(s), (M, B)."""
         return (
             b.reward
             + (1.0 - b.terminated) * self.cfg.gamma * self.nu_tot(b.next_obs, b.next_state)
             - self.nu_tot(b.obs, b.state)
         )
 
-    def step(self, loader) -> dict[str, float]:
-        initial = self.prepare_initial(loader.sample_initial())
-        self.last_batch = self.prepare(loader.sample())
+    def step(self, loader) -> dict[str, torch.Tensor]:
+        device = self.obs_mean.device
+        initial = loader.sample_initial_members()
+        initial = self.prepare_initial(
+            dataclasses.replace(initial, **{k: None if v is None else v.to(device) for k, v in vars(initial).items()})
+        )
+        self.last_batch = self.prepare(loader.sample_members().to(device))
         return self.update(self.last_batch, initial)
 
-    def update(self, b: Batch, initial: InitialStates) -> dict[str, float]:
+    def update(self, b: Batch, initial: InitialStates) -> dict[str, torch.Tensor]:
         stats = self.update_critic(b, initial)
         stats |= self.update_actor(b)
         return stats
@@ -121,14 +131,14 @@ class ComaDICE(OfflineAlgorithm):
     def update_critic(self, b: Batch, initial: InitialStates) -> dict:
         """The nu step: minimise L(nu) over the local nu_i and the mixer."""
         e = self.advantage(b)
-        loss = dice_nu_loss(self.nu_tot(initial.obs, initial.state), e, self.cfg.gamma, self.cfg.alpha)
+        loss = dice_nu_loss(self.nu_tot(initial.obs, initial.state), e, self.cfg.gamma, self.hp("alpha"))
         self.optimize("nu", loss, [*self.nu.parameters(), *self.mixer.parameters()])
-        return {"loss/nu": loss.item(), "value/e": e.mean().item()}
+        return {"loss/nu": loss.detach(), "value/e": member_mean(e.detach())}
 
     def update_actor(self, b: Batch) -> dict:
         """Ratio-weighted likelihood with w*(e) from the nu just updated."""
         with torch.no_grad():
-            ratio = soft_chi2_ratio(self.advantage(b), self.cfg.alpha).clamp(max=self.cfg.max_ratio)
+            ratio = soft_chi2_ratio(self.advantage(b), self.hp("alpha")).clamp(max=self.cfg.max_ratio)
         loss = ratio_weighted_actor_loss(ratio, self.log_prob_data(b))
         self.optimize("actor", loss, self.actor)
-        return {"loss/actor": loss.item(), "value/ratio": ratio.mean().item()}
+        return {"loss/actor": loss.detach(), "value/ratio": member_mean(ratio)}

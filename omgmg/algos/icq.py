@@ -38,7 +38,8 @@ from omgmg.algos.base import OfflineAlgorithm, TDConfig
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch
 from omgmg.datakit.spec import EnvSpec
-from omgmg.nets import Mixer, adam, soft_update
+from omgmg.members import member_mean, per_member
+from omgmg.nets import adam, soft_update
 
 
 @dataclass
@@ -61,22 +62,22 @@ class ICQConfig(TDConfig):
 # ----- losses ---------------------------------------------------------------------------------------------------
 
 
-def batch_softmax_weights(x: torch.Tensor, temperature: float) -> torch.Tensor:
-    """B * softmax over the batch axis (dim 0) of x / temperature: implicit importance weights, mean 1."""
-    return x.shape[0] * torch.softmax(x / temperature, dim=0)
+def batch_softmax_weights(x: torch.Tensor, temperature) -> torch.Tensor:
+    """B * softmax over each member's batch axis (dim 1) of x (M, B, ...) / temperature: implicit
+    importance weights, mean 1."""
+    return x.shape[1] * torch.softmax(x / per_member(temperature, x), dim=1)
 
 
-def icq_target(
-    reward: torch.Tensor, ends: torch.Tensor, next_q_tot: torch.Tensor, gamma: float, beta: float
-) -> torch.Tensor:
-    """y = r + gamma (1 - end) * B softmax_batch(Qbar_tot(s', a') / beta) * Qbar_tot(s', a')."""
+def icq_target(reward: torch.Tensor, ends: torch.Tensor, next_q_tot: torch.Tensor, gamma: float, beta) -> torch.Tensor:
+    """y = r + gamma (1 - end) * B softmax_batch(Qbar_tot(s', a') / beta) * Qbar_tot(s', a'). (M, B)"""
     return reward + (1.0 - ends) * gamma * batch_softmax_weights(next_q_tot, beta) * next_q_tot
 
 
-def icq_actor_loss(w: torch.Tensor, advantage: torch.Tensor, log_prob_data: torch.Tensor, alpha: float) -> torch.Tensor:
-    """-E[w_i(s) * B softmax_batch(A_i / alpha) * log pi_i(a_i | o_i)]; w, advantage, log_prob (B, N)."""
+def icq_actor_loss(w: torch.Tensor, advantage: torch.Tensor, log_prob_data: torch.Tensor, alpha) -> torch.Tensor:
+    """-E[w_i(s) * B softmax_batch(A_i / alpha) * log pi_i(a_i | o_i)]; w, advantage, log_prob (M, B, N).
+    Each member's: (M,)."""
     weights = batch_softmax_weights(advantage.detach(), alpha)
-    return -(w.detach() * weights * log_prob_data).mean()
+    return -member_mean(w.detach() * weights * log_prob_data)
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
@@ -85,12 +86,14 @@ def icq_actor_loss(w: torch.Tensor, advantage: torch.Tensor, log_prob_data: torc
 class ICQ(OfflineAlgorithm):
     name = "icq"
     config_cls = ICQConfig
+    member_hyperparameters = ("beta", "alpha")
 
-    def __init__(self, spec: EnvSpec, cfg: ICQConfig):
+    def __init__(self, spec: EnvSpec, cfg: ICQConfig | list[ICQConfig]):
         super().__init__(spec, cfg)
+        cfg = self.cfg
         self.actor = self.stochastic_actor()
         self.q = self.local_q()
-        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
+        self.mixer = self.make_mixer()
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizers = {
@@ -98,7 +101,7 @@ class ICQ(OfflineAlgorithm):
             "actor": adam(self.actor.parameters(), cfg.lr),
         }
 
-    def update(self, b: Batch) -> dict[str, float]:
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
         stats = self.update_critic(b)
         stats |= self.update_actor(b)
         self.update_targets()
@@ -109,36 +112,36 @@ class ICQ(OfflineAlgorithm):
         with torch.no_grad():
             next_q_tot = self.mixer_target.total(b.next_state, self.q_at(self.q_target, b.next_obs, b.next_actions))
             ends = torch.clamp(b.terminated + b.truncated, max=1.0)  # no next action after either
-            target = icq_target(b.reward, ends, next_q_tot, cfg.gamma, cfg.beta)
+            target = icq_target(b.reward, ends, next_q_tot, cfg.gamma, self.hp("beta"))
         q_tot = self.mixer.total(b.state, self.q_at(self.q, b.obs, b.actions))
-        loss = ((q_tot - target) ** 2).mean()
+        loss = member_mean((q_tot - target) ** 2)
         self.optimize("q", loss, [*self.q.parameters(), *self.mixer.parameters()])
-        return {"loss/q": loss.item(), "value/q_tot": q_tot.mean().item()}
+        return {"loss/q": loss.detach(), "value/q_tot": member_mean(q_tot.detach())}
 
     @torch.no_grad()
     def _advantage(self, b: Batch) -> torch.Tensor:
-        """A_i(o_i, a_i) = Q_i(o_i, a_i) - E_{a~pi_i} Q_i(o_i, a), (B, N)."""
+        """A_i(o_i, a_i) = Q_i(o_i, a_i) - E_{a~pi_i} Q_i(o_i, a), (M, B, N)."""
         if self.spec.discrete:
             q = self.q(b.obs)
             baseline = (self.actor.log_probs(b.obs, b.avail).exp() * q).sum(-1)
             return q.gather(-1, b.actions[..., None])[..., 0] - baseline
-        k, B = self.cfg.n_action_samples, b.obs.shape[0]
-        obs_k = b.obs.repeat(k, 1, 1)
-        baseline = self.q_at(self.q, obs_k, self.actor.sample(obs_k)[0]).reshape(k, B, -1).mean(0)
+        k, (M, B) = self.cfg.n_action_samples, b.obs.shape[:2]
+        obs_k = b.obs.repeat(1, k, 1, 1)  # (M, k B, N, O)
+        baseline = self.q_at(self.q, obs_k, self.actor.sample(obs_k, self.rng)[0]).reshape(M, k, B, -1).mean(1)
         return self.q_at(self.q, b.obs, b.actions) - baseline
 
     def update_actor(self, b: Batch) -> dict:
         with torch.no_grad():
             w, _ = self.mixer(b.state)
         advantage = self._advantage(b)
-        loss = icq_actor_loss(w, advantage, self.log_prob_data(b), self.cfg.alpha)
+        loss = icq_actor_loss(w, advantage, self.log_prob_data(b), self.hp("alpha"))
         self.optimize("actor", loss, self.actor)
         # the share of the batch's weight on its heaviest transition (1/B: uniform; 1: one transition)
-        top_share = torch.softmax(advantage / self.cfg.alpha, dim=0).max(0).values.mean()
+        top_share = member_mean(batch_softmax_weights(advantage, self.hp("alpha")).amax(1)) / advantage.shape[1]
         return {
-            "loss/actor": loss.item(),
-            "value/advantage_std": advantage.std().item(),
-            "value/top_weight_share": top_share.item(),
+            "loss/actor": loss.detach(),
+            "value/advantage_std": advantage.flatten(1).std(1),
+            "value/top_weight_share": top_share,
         }
 
     def update_targets(self) -> None:

@@ -41,7 +41,8 @@ from omgmg.algos.base import OfflineAlgorithm, TDConfig, action_bounds
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch
 from omgmg.datakit.spec import EnvSpec
-from omgmg.nets import ActionBox, AgentMLP, AgentVAE, Mixer, adam, masked_max, soft_update
+from omgmg.members import MemberRandom, member_mean
+from omgmg.nets import ActionBox, AgentVAE, adam, masked_max, soft_update
 
 EVAL_SEED = 12345  # latent draws when acting, so evaluation actions depend on the observation only
 
@@ -73,7 +74,7 @@ class MABCQConfig(TDConfig):
 def vae_loss(recon: torch.Tensor, actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """BCQ's generative-model loss: squared reconstruction error + 0.5 KL(N(mean, std) || N(0, 1))."""
     kl = -0.5 * (1 + 2 * log_std - mean**2 - (2 * log_std).exp()).sum(-1)
-    return ((recon - actions) ** 2).sum(-1).mean() + 0.5 * kl.mean()
+    return member_mean(((recon - actions) ** 2).sum(-1)) + 0.5 * member_mean(kl)
 
 
 def soft_clipped_double_q(q1: torch.Tensor, q2: torch.Tensor, lam: float) -> torch.Tensor:
@@ -95,21 +96,22 @@ class MABCQ(OfflineAlgorithm):
     name = "mabcq"
     config_cls = MABCQConfig
 
-    def __init__(self, spec: EnvSpec, cfg: MABCQConfig):
+    def __init__(self, spec: EnvSpec, cfg: MABCQConfig | list[MABCQConfig]):
         super().__init__(spec, cfg)
-        N, O, S, H, shared = spec.n_agents, spec.obs_dim, spec.state_dim, cfg.hidden, cfg.shared_networks
+        cfg, M = self.cfg, self.members
+        N, O, H, shared = spec.n_agents, spec.obs_dim, cfg.hidden, cfg.shared_networks
         if spec.discrete:
             self.behaviour = self.stochastic_actor()  # G_i(a | o_i): a masked softmax classifier
             self.q = self.local_q()
-            self.mixer = Mixer(S, N, cfg.mixer_hidden)
+            self.mixer = self.make_mixer()
         else:
             A = spec.action_dim
             box = ActionBox(*action_bounds(spec))
-            self.behaviour = AgentVAE(N, O, box, latent=2 * A, hidden=H, shared=shared)  # G_i
-            self.actor = AgentMLP(N, O + A, A, H, shared=shared)  # the perturbation xi_i(o_i, a_i)
+            self.behaviour = AgentVAE(M, N, O, box, latent=2 * A, hidden=H, shared=shared)  # G_i
+            self.actor = self.agent_mlp(O + A, A)  # the perturbation xi_i(o_i, a_i)
             self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
             self.q = self.local_q(twin=True)
-            self.mixer = nn.ModuleList([Mixer(S, N, cfg.mixer_hidden), Mixer(S, N, cfg.mixer_hidden)])
+            self.mixer = nn.ModuleList([self.make_mixer(), self.make_mixer()])
             self.optimizers["actor"] = adam(self.actor.parameters(), cfg.lr)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
@@ -121,7 +123,7 @@ class MABCQ(OfflineAlgorithm):
     def critic_parameters(self) -> list[nn.Parameter]:
         return [*self.q.parameters(), *self.mixer.parameters()]
 
-    def update(self, b: Batch) -> dict[str, float]:
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
         stats = self.update_behaviour_model(b)  # step 1
         stats |= self.update_critic(b)  # step 2
         if not self.spec.discrete:
@@ -133,12 +135,12 @@ class MABCQ(OfflineAlgorithm):
     def update_behaviour_model(self, b: Batch) -> dict:
         if self.spec.discrete:
             log_probs = self.behaviour.log_probs(b.obs, b.avail)
-            loss = F.nll_loss(log_probs.reshape(-1, log_probs.shape[-1]), b.actions.reshape(-1))
+            loss = -member_mean(log_probs.gather(-1, b.actions[..., None]))  # the negative log-likelihood
         else:
-            recon, mean, log_std = self.behaviour(b.obs, b.actions)
+            recon, mean, log_std = self.behaviour(b.obs, b.actions, self.rng)
             loss = vae_loss(recon, b.actions, mean, log_std)
         self.optimize("behaviour", loss, self.behaviour)
-        return {"loss/behaviour": loss.item()}
+        return {"loss/behaviour": loss.detach()}
 
     # ----- continuous: candidates perturbed by xi ------------------------------------------------------------
     def _perturb(self, xi: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -146,17 +148,15 @@ class MABCQ(OfflineAlgorithm):
         scale = self.cfg.phi * (box.high - box.low) / 2
         return box.clamp(actions + scale * torch.tanh(xi(torch.cat([obs, actions], -1))))
 
-    def _best_candidates(
-        self, obs: torch.Tensor, xi: nn.Module, q1: nn.Module, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Per agent, the best by Q^1_i of n perturbed behaviour samples: (B, N, A)."""
-        k, B = self.cfg.n_candidates, obs.shape[0]
-        obs_k = obs.repeat(k, 1, 1)  # (kB, N, O)
-        candidates = self._perturb(xi, obs_k, self.behaviour.decode(obs_k, generator=generator))
-        scores = q1(torch.cat([obs_k, candidates], -1))[..., 0].reshape(k, B, -1)  # (k, B, N)
-        best = scores.argmax(0)  # (B, N)
-        candidates = candidates.reshape(k, B, *candidates.shape[1:])
-        return candidates.gather(0, best[None, ..., None].expand(1, *candidates.shape[1:]))[0]
+    def _best_candidates(self, obs: torch.Tensor, xi: nn.Module, q1: nn.Module, rng: MemberRandom) -> torch.Tensor:
+        """Per agent, the best by Q^1_i of n perturbed behaviour samples: (M, B, N, A)."""
+        k, (M, B) = self.cfg.n_candidates, obs.shape[:2]
+        obs_k = obs.repeat(1, k, 1, 1)  # (M, kB, N, O)
+        candidates = self._perturb(xi, obs_k, self.behaviour.decode(obs_k, rng))
+        scores = q1(torch.cat([obs_k, candidates], -1))[..., 0].reshape(M, k, B, -1)  # (M, k, B, N)
+        best = scores.argmax(1)  # (M, B, N)
+        candidates = candidates.reshape(M, k, B, *candidates.shape[2:])
+        return candidates.gather(1, best[:, None, ..., None].expand(M, 1, *candidates.shape[2:]))[:, 0]
 
     # ----- step 2: the critic ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -170,8 +170,8 @@ class MABCQ(OfflineAlgorithm):
             next_q = self.q_target(b.next_obs).gather(-1, greedy[..., None])[..., 0]
             next_value = self.mixer_target.total(b.next_state, next_q)
         else:
-            a_next = self._best_candidates(b.next_obs, self.actor_target, self.q_target.q1)
-            q = self.q_target(torch.cat([b.next_obs, a_next], -1))[..., 0, :]  # (B, N, 2)
+            a_next = self._best_candidates(b.next_obs, self.actor_target, self.q_target.q1, self.rng)
+            q = self.q_target(torch.cat([b.next_obs, a_next], -1))[..., 0, :]  # (M, B, N, 2)
             totals = [self.mixer_target[k].total(b.next_state, q[..., k]) for k in range(2)]
             next_value = soft_clipped_double_q(totals[0], totals[1], cfg.twin_min_weight)
         return b.reward + (1.0 - b.terminated) * cfg.gamma * next_value
@@ -180,28 +180,28 @@ class MABCQ(OfflineAlgorithm):
         target = self._target(b)
         if self.spec.discrete:
             q_tot = self.mixer.total(b.state, self.q_at(self.q, b.obs, b.actions))
-            loss = F.smooth_l1_loss(q_tot, target)
+            loss = member_mean(F.smooth_l1_loss(q_tot, target, reduction="none"))
         else:
-            q = self.q(torch.cat([b.obs, b.actions], -1))[..., 0, :]  # (B, N, 2)
+            q = self.q(torch.cat([b.obs, b.actions], -1))[..., 0, :]  # (M, B, N, 2)
             totals = [self.mixer[k].total(b.state, q[..., k]) for k in range(2)]
             q_tot = totals[0]
-            loss = ((totals[0] - target) ** 2).mean() + ((totals[1] - target) ** 2).mean()
+            loss = member_mean((totals[0] - target) ** 2) + member_mean((totals[1] - target) ** 2)
         self.optimize("q", loss, self.critic_parameters())
-        return {"loss/q": loss.item(), "value/q_tot": q_tot.mean().item()}
+        return {"loss/q": loss.detach(), "value/q_tot": member_mean(q_tot.detach())}
 
     # ----- step 3: the perturbation model (continuous) -----------------------------------------------------------
     def update_actor(self, b: Batch) -> dict:
         with torch.no_grad():
-            sampled = self.behaviour.decode(b.obs)
+            sampled = self.behaviour.decode(b.obs, self.rng)
             w, _ = self.mixer[0](b.state)
         self.q.requires_grad_(False)
         try:
             perturbed = self._perturb(self.actor, b.obs, sampled)
-            loss = -(w * self.q.q1(torch.cat([b.obs, perturbed], -1))[..., 0]).sum(-1).mean()
+            loss = -member_mean((w * self.q.q1(torch.cat([b.obs, perturbed], -1))[..., 0]).sum(-1))
             self.optimize("actor", loss, self.actor)
         finally:
             self.q.requires_grad_(True)
-        return {"loss/actor": loss.item()}
+        return {"loss/actor": loss.detach()}
 
     def update_targets(self) -> None:
         soft_update(self.q_target, self.q, self.cfg.tau)
@@ -214,5 +214,5 @@ class MABCQ(OfflineAlgorithm):
         if self.spec.discrete:
             allowed = allowed_actions(self.behaviour.log_probs(obs, avail).exp(), avail, self.cfg.threshold)
             return masked_max(self.q(obs), allowed)[1]
-        generator = torch.Generator(device=obs.device).manual_seed(EVAL_SEED)
-        return self._best_candidates(obs, self.actor, self.q.q1, generator)
+        rng = MemberRandom.seeded([EVAL_SEED] * self.members, device=obs.device)
+        return self._best_candidates(obs, self.actor, self.q.q1, rng)

@@ -33,7 +33,8 @@ from omgmg.algos.base import OfflineAlgorithm, TDConfig
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch
 from omgmg.datakit.spec import EnvSpec
-from omgmg.nets import Mixer, adam, masked_max, mix, soft_update
+from omgmg.members import member_mean, per_member
+from omgmg.nets import adam, masked_max, mix, soft_update
 
 
 @dataclass
@@ -59,14 +60,14 @@ class MACQLConfig(TDConfig):
 def conservative_penalty(q_candidates: torch.Tensor, q_data: torch.Tensor) -> torch.Tensor:
     """CQL(H): E[logsumexp_a Q_i(o_i, a) - Q_i(o_i, a_i)], averaged over batch and agents.
 
-    q_candidates (B, N, M): Q_i at M candidate actions (minus their log-density when sampled; masked
-    to -inf where unavailable); q_data (B, N): Q_i at the dataset's action.
+    q_candidates (M, B, N, C): Q_i at C candidate actions (minus their log-density when sampled; masked
+    to -inf where unavailable); q_data (M, B, N): Q_i at the dataset's action. Each member's: (M,).
     """
-    return (torch.logsumexp(q_candidates, dim=-1) - q_data).mean()
+    return member_mean(torch.logsumexp(q_candidates, dim=-1) - q_data)
 
 
 def td_loss(q_tot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return ((q_tot - target.detach()) ** 2).mean()
+    return member_mean((q_tot - target.detach()) ** 2)
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
@@ -75,15 +76,17 @@ def td_loss(q_tot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class MACQL(OfflineAlgorithm):
     name = "macql"
     config_cls = MACQLConfig
+    member_hyperparameters = ("cql_alpha",)
 
-    def __init__(self, spec: EnvSpec, cfg: MACQLConfig):
+    def __init__(self, spec: EnvSpec, cfg: MACQLConfig | list[MACQLConfig]):
         super().__init__(spec, cfg)
+        cfg = self.cfg
         self.q = self.local_q()
         if not spec.discrete:  # discrete MACQL is greedy in Q: no actor
             self.actor = self.stochastic_actor()
-            self.log_entropy_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_entropy_alpha)))
+            self.log_entropy_alpha = nn.Parameter(torch.full((self.members,), math.log(cfg.init_entropy_alpha)))
             self.register_buffer("target_entropy", -self.actor.box.mask.sum(-1))  # -|A_i|, (N,)
-        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
+        self.mixer = self.make_mixer()
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
         self.optimizers = {"q": adam(self.critic_parameters(), cfg.lr)}
@@ -94,7 +97,7 @@ class MACQL(OfflineAlgorithm):
     def critic_parameters(self) -> list[nn.Parameter]:
         return [*self.q.parameters(), *self.mixer.parameters()]
 
-    def update(self, b: Batch) -> dict[str, float]:
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
         stats = self.update_critic(b)
         if not self.spec.discrete:
             stats |= self.update_actor(b)
@@ -108,23 +111,24 @@ class MACQL(OfflineAlgorithm):
             _, greedy = masked_max(self.q(b.next_obs), b.next_avail)  # online argmax (double Q)
             next_q = self.q_target(b.next_obs).gather(-1, greedy[..., None])[..., 0]
         else:
-            next_q = self.q_at(self.q_target, b.next_obs, self.actor.sample(b.next_obs)[0])
+            next_q = self.q_at(self.q_target, b.next_obs, self.actor.sample(b.next_obs, self.rng)[0])
         next_w, next_b = self.mixer_target(b.next_state)
         return b.reward + (1.0 - b.terminated) * self.cfg.gamma * mix(next_w, next_q, next_b)
 
     def _candidates(self, b: Batch) -> torch.Tensor:
-        """Q_i at the logsumexp's candidate actions, (B, N, M), minus log-densities when sampled."""
+        """Q_i at the logsumexp's candidate actions, (M, B, N, C), minus log-densities when sampled."""
         if self.spec.discrete:
             return self.q(b.obs).masked_fill(~b.avail, -torch.inf)
-        k, B = self.cfg.n_action_samples, b.obs.shape[0]
+        k, (M, B) = self.cfg.n_action_samples, b.obs.shape[:2]
+        repeat = lambda x: x[:, None].expand(M, k, *x.shape[1:]).reshape(M, k * B, *x.shape[2:])  # noqa: E731
         with torch.no_grad():
-            uniform, log_u = self.actor.box.uniform((k, B))  # (k, B, N, A), (k, B, N)
-            pi_now, log_now = self.actor.sample(b.obs.expand(k, *b.obs.shape).reshape(k * B, *b.obs.shape[1:]))
-            pi_next, log_next = self.actor.sample(b.next_obs.expand(k, *b.obs.shape).reshape(k * B, *b.obs.shape[1:]))
-        actions = torch.cat([uniform.reshape(k * B, *uniform.shape[2:]), pi_now, pi_next])  # (3kB, N, A)
-        log_density = torch.cat([log_u.reshape(k * B, -1), log_now, log_next])  # (3kB, N)
-        q = self.q_at(self.q, b.obs.repeat(3 * k, 1, 1), actions) - log_density  # (3kB, N)
-        return q.reshape(3 * k, B, -1).permute(1, 2, 0)
+            uniform, log_u = self.actor.box.uniform((k, B), self.rng)  # (M, k, B, N, A), (M, k, B, N)
+            pi_now, log_now = self.actor.sample(repeat(b.obs), self.rng)
+            pi_next, log_next = self.actor.sample(repeat(b.next_obs), self.rng)
+        actions = torch.cat([uniform.reshape(M, k * B, *uniform.shape[3:]), pi_now, pi_next], 1)  # (M, 3kB, N, A)
+        log_density = torch.cat([log_u.reshape(M, k * B, -1), log_now, log_next], 1)  # (M, 3kB, N)
+        q = self.q_at(self.q, b.obs.repeat(1, 3 * k, 1, 1), actions) - log_density  # (M, 3kB, N)
+        return q.reshape(M, 3 * k, B, -1).permute(0, 2, 3, 1)
 
     def update_critic(self, b: Batch) -> dict:
         target = self._target(b)
@@ -133,25 +137,26 @@ class MACQL(OfflineAlgorithm):
         q_tot = mix(w, q_data, bias)
         bellman = td_loss(q_tot, target)
         penalty = conservative_penalty(self._candidates(b), q_data)
-        self.optimize("q", bellman + self.cfg.cql_alpha * penalty, self.critic_parameters())
-        return {"loss/q": bellman.item(), "loss/cql": penalty.item(), "value/q_tot": q_tot.mean().item()}
+        self.optimize("q", bellman + self.hp("cql_alpha") * penalty, self.critic_parameters())
+        return {"loss/q": bellman.detach(), "loss/cql": penalty.detach(), "value/q_tot": member_mean(q_tot.detach())}
 
     # ----- actor (continuous) -------------------------------------------------------------------------------
     def update_actor(self, b: Batch) -> dict:
         """SAC's actor on the mixed critic, then its temperature."""
-        entropy_alpha = self.log_entropy_alpha.exp().detach()
+        entropy_alpha = self.log_entropy_alpha.exp().detach()  # (M,)
         self.q.requires_grad_(False)
         try:
-            actions, log_prob = self.actor.sample(b.obs)
+            actions, log_prob = self.actor.sample(b.obs, self.rng)
             with torch.no_grad():
                 w, _ = self.mixer(b.state)
-            loss = (entropy_alpha * log_prob - w * self.q_at(self.q, b.obs, actions)).mean()
+            loss = member_mean(per_member(entropy_alpha, log_prob) * log_prob - w * self.q_at(self.q, b.obs, actions))
             self.optimize("actor", loss, self.actor)
         finally:
             self.q.requires_grad_(True)
-        alpha_loss = -(self.log_entropy_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        log_alpha = per_member(self.log_entropy_alpha, log_prob)
+        alpha_loss = -member_mean(log_alpha * (log_prob.detach() + self.target_entropy))
         self.optimize("entropy_alpha", alpha_loss, [self.log_entropy_alpha])
-        return {"loss/actor": loss.item(), "value/entropy_alpha": entropy_alpha.item()}
+        return {"loss/actor": loss.detach(), "value/entropy_alpha": entropy_alpha}
 
     def update_targets(self) -> None:
         soft_update(self.q_target, self.q, self.cfg.tau)

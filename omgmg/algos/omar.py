@@ -42,6 +42,7 @@ from omgmg.algos.macql import conservative_penalty
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch
 from omgmg.datakit.spec import EnvSpec
+from omgmg.members import MemberRandom, member_mean
 from omgmg.nets import ActionBox, DeterministicPolicy, TwinQ, adam, masked_max, soft_update
 
 
@@ -84,34 +85,35 @@ class OMARConfig(TDConfig):
 
 def cem_search(
     score,
-    n_agents_shape: tuple[int, ...],
+    shape: tuple[int, ...],
     action_dim: int,
     iters: int,
     samples: int,
     elites: int,
     init_std: float,
-    device=None,
+    rng: MemberRandom,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy maximisation of ``score`` (unit-cube actions (M, *shape, A) -> (M, *shape)) per
-    (batch, agent) independently. Returns the best sample (*shape, A) and its score (*shape)."""
-    mean = torch.zeros(*n_agents_shape, action_dim, device=device)
+    """Cross-entropy maximisation of ``score`` (unit-cube actions (M, S, *shape, A) -> (M, S, *shape), S
+    samples) per member, batch entry and agent independently, ``shape`` = (B, N). Returns each member's
+    best sample (M, *shape, A) and its score (M, *shape)."""
+    M = len(rng)
+    mean = torch.zeros(M, 1, *shape, action_dim, device=rng.device)
     std = torch.full_like(mean, init_std)
     for _ in range(iters):
-        u = (mean + std * torch.randn(samples, *mean.shape, device=device)).clamp(-1.0, 1.0)
-        values = score(u)  # (M, *shape)
-        top = values.topk(elites, dim=0).indices  # (elites, *shape)
-        elite = u.gather(0, top[..., None].expand(elites, *u.shape[1:]))
-        mean, std = elite.mean(0), elite.std(0, unbiased=False)
-    best_value, best = values.max(0)
-    return u.gather(0, best[None, ..., None].expand(1, *u.shape[1:]))[0], best_value
+        u = (mean + std * rng.randn((samples, *shape, action_dim))).clamp(-1.0, 1.0)  # (M, S, *shape, A)
+        values = score(u)  # (M, S, *shape)
+        top = values.topk(elites, dim=1).indices  # (M, elites, *shape)
+        elite = u.gather(1, top[..., None].expand(M, elites, *u.shape[2:]))
+        mean, std = elite.mean(1, keepdim=True), elite.std(1, unbiased=False, keepdim=True)
+    best_value, best = values.max(1)
+    return u.gather(1, best[:, None, ..., None].expand(M, 1, *u.shape[2:]))[:, 0], best_value
 
 
-def omar_actor_loss(
-    q_pi: torch.Tensor, pi_actions: torch.Tensor, imitation_target: torch.Tensor, coe: float
-) -> torch.Tensor:
-    """(1 - coe) * -E[Q_i(o_i, mu_i(o_i))] + coe * E[||mu_i(o_i) - a_hat_i||^2] (sum over action entries)."""
-    imitation = ((pi_actions - imitation_target.detach()) ** 2).sum(-1).mean()
-    return (1 - coe) * -q_pi.mean() + coe * imitation
+def omar_actor_loss(q_pi: torch.Tensor, pi_actions: torch.Tensor, imitation_target: torch.Tensor, coe) -> torch.Tensor:
+    """(1 - coe) * -E[Q_i(o_i, mu_i(o_i))] + coe * E[||mu_i(o_i) - a_hat_i||^2] (sum over action entries),
+    each member's (M,)."""
+    imitation = member_mean(((pi_actions - imitation_target.detach()) ** 2).sum(-1))
+    return (1 - coe) * -member_mean(q_pi) + coe * imitation
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
@@ -120,14 +122,18 @@ def omar_actor_loss(
 class OMAR(OfflineAlgorithm):
     name = "omar"
     config_cls = OMARConfig
+    member_hyperparameters = ("cql_alpha", "omar_coe")
 
-    def __init__(self, spec: EnvSpec, cfg: OMARConfig):
+    def __init__(self, spec: EnvSpec, cfg: OMARConfig | list[OMARConfig]):
         super().__init__(spec, cfg)
+        cfg = self.cfg
         if spec.discrete:
             self.actor = self.stochastic_actor()
         else:
             box = ActionBox(*action_bounds(spec))
-            self.actor = DeterministicPolicy(spec.n_agents, spec.obs_dim, box, cfg.hidden, cfg.shared_networks)
+            self.actor = DeterministicPolicy(
+                self.members, spec.n_agents, spec.obs_dim, box, cfg.hidden, cfg.shared_networks
+            )
         self.q = self.local_q(twin=True)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
@@ -137,7 +143,7 @@ class OMAR(OfflineAlgorithm):
     def box(self) -> ActionBox:
         return self.actor.box
 
-    def update(self, b: Batch) -> dict[str, float]:
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
         stats = self.update_critic(b)  # step 1
         stats |= self.update_actor(b)  # step 2
         self.update_targets()  # step 3
@@ -150,7 +156,7 @@ class OMAR(OfflineAlgorithm):
     def _noisy(self, actions: torch.Tensor, std: float, clip: float | None = None):
         """Actions plus Gaussian noise in the unit cube (optionally clipped), clamped to the box, and the
         noise's log-density (..., N)."""
-        noise = torch.randn_like(actions) * std
+        noise = self.rng.randn(actions.shape[1:]) * std
         if clip is not None:
             noise = noise.clamp(-clip, clip)
         u = (self.box.to_unit(actions) + noise).clamp(-1.0, 1.0)
@@ -165,35 +171,36 @@ class OMAR(OfflineAlgorithm):
         cfg = self.cfg
         with torch.no_grad():
             next_a, _ = self._noisy(self.actor_target(b.next_obs), cfg.target_noise, cfg.target_noise_clip)
-            next_q = self._twin(b.next_obs, next_a, self.q_target).min(-1).values  # (B, N)
-            target = b.reward[:, None] + (1.0 - b.terminated[:, None]) * cfg.gamma * next_q
-        q_data = self._twin(b.obs, b.actions)  # (B, N, 2)
-        bellman = ((q_data - target[..., None]) ** 2).mean() * 2  # sum over the twins
-        k, B = cfg.n_action_samples, b.obs.shape[0]
+            next_q = self._twin(b.next_obs, next_a, self.q_target).min(-1).values  # (M, B, N)
+            target = b.reward[..., None] + (1.0 - b.terminated[..., None]) * cfg.gamma * next_q
+        q_data = self._twin(b.obs, b.actions)  # (M, B, N, 2)
+        bellman = member_mean((q_data - target[..., None]) ** 2) * 2  # sum over the twins
+        k, (M, B) = cfg.n_action_samples, b.obs.shape[:2]
         with torch.no_grad():
-            uniform, log_u = self.box.uniform((k * B,))
-            pi_now, log_now = self._noisy(self.actor(b.obs).repeat(k, 1, 1), cfg.cql_noise)
-            pi_next, log_next = self._noisy(self.actor(b.next_obs).repeat(k, 1, 1), cfg.cql_noise)
-        actions = torch.cat([uniform, pi_now, pi_next])  # (3kB, N, A)
-        log_density = torch.cat([log_u, log_now, log_next])[..., None]  # (3kB, N, 1)
-        q_candidates = (self._twin(b.obs.repeat(3 * k, 1, 1), actions) - log_density).reshape(3 * k, B, -1, 2)
-        penalty = sum(conservative_penalty(q_candidates[..., j].permute(1, 2, 0), q_data[..., j]) for j in range(2))
-        self.optimize("q", bellman + cfg.cql_alpha * penalty, self.q)
-        return {"loss/q": bellman.item(), "loss/cql": penalty.item(), "value/q": q_data.mean().item()}
+            uniform, log_u = self.box.uniform((k * B,), self.rng)
+            pi_now, log_now = self._noisy(self.actor(b.obs).repeat(1, k, 1, 1), cfg.cql_noise)
+            pi_next, log_next = self._noisy(self.actor(b.next_obs).repeat(1, k, 1, 1), cfg.cql_noise)
+        actions = torch.cat([uniform, pi_now, pi_next], 1)  # (M, 3kB, N, A)
+        log_density = torch.cat([log_u, log_now, log_next], 1)[..., None]  # (M, 3kB, N, 1)
+        q_candidates = self._twin(b.obs.repeat(1, 3 * k, 1, 1), actions) - log_density
+        q_candidates = q_candidates.reshape(M, 3 * k, B, -1, 2)
+        penalty = sum(conservative_penalty(q_candidates[..., j].permute(0, 2, 3, 1), q_data[..., j]) for j in range(2))
+        self.optimize("q", bellman + self.hp("cql_alpha") * penalty, self.q)
+        return {"loss/q": bellman.detach(), "loss/cql": penalty.detach(), "value/q": member_mean(q_data.detach())}
 
     def _update_critic_discrete(self, b: Batch) -> dict:
         cfg = self.cfg
         with torch.no_grad():
-            next_probs = self.actor_target.log_probs(b.next_obs, b.next_avail).exp()[..., None]  # (B, N, K, 1)
-            next_q = (next_probs * self.q_target(b.next_obs)).sum(-2).min(-1).values  # (B, N)
-            target = b.reward[:, None] + (1.0 - b.terminated[:, None]) * cfg.gamma * next_q
-        q_all = self.q(b.obs)  # (B, N, K, 2)
-        q_data = q_all.gather(-2, b.actions[..., None, None].expand(*b.actions.shape, 1, 2))[..., 0, :]  # (B, N, 2)
-        bellman = ((q_data - target[..., None]) ** 2).mean() * 2
+            next_probs = self.actor_target.log_probs(b.next_obs, b.next_avail).exp()[..., None]  # (M, B, N, K, 1)
+            next_q = (next_probs * self.q_target(b.next_obs)).sum(-2).min(-1).values  # (M, B, N)
+            target = b.reward[..., None] + (1.0 - b.terminated[..., None]) * cfg.gamma * next_q
+        q_all = self.q(b.obs)  # (M, B, N, K, 2)
+        q_data = q_all.gather(-2, b.actions[..., None, None].expand(*b.actions.shape, 1, 2))[..., 0, :]  # (M, B, N, 2)
+        bellman = member_mean((q_data - target[..., None]) ** 2) * 2
         q_masked = q_all.masked_fill(~b.avail[..., None], -torch.inf)
         penalty = sum(conservative_penalty(q_masked[..., j], q_data[..., j]) for j in range(2))
-        self.optimize("q", bellman + cfg.cql_alpha * penalty, self.q)
-        return {"loss/q": bellman.item(), "loss/cql": penalty.item(), "value/q": q_data.mean().item()}
+        self.optimize("q", bellman + self.hp("cql_alpha") * penalty, self.q)
+        return {"loss/q": bellman.detach(), "loss/cql": penalty.detach(), "value/q": member_mean(q_data.detach())}
 
     # ----- step 2: the rectified actor -----------------------------------------------------------------------
     def update_actor(self, b: Batch) -> dict:
@@ -202,46 +209,47 @@ class OMAR(OfflineAlgorithm):
         cfg = self.cfg
         self.q.requires_grad_(False)
         try:
-            pi = self.actor(b.obs)  # (B, N, A)
-            q_pi = self.q.q1(torch.cat([b.obs, pi], -1))[..., 0]  # (B, N)
+            pi = self.actor(b.obs)  # (M, B, N, A)
+            q_pi = self.q.q1(torch.cat([b.obs, pi], -1))[..., 0]  # (M, B, N)
             with torch.no_grad():
 
-                def score(u):  # Q^1_i at unit-cube actions (M, B, N, A) -> (M, B, N)
-                    obs = b.obs.expand(u.shape[0], *b.obs.shape)
+                def score(u):  # Q^1_i at unit-cube actions (M, S, B, N, A) -> (M, S, B, N)
+                    obs = b.obs[:, None].expand(*u.shape[:2], *b.obs.shape[1:])
                     return self.q.q1(torch.cat([obs, self.box.from_unit(u)], -1))[..., 0]
 
                 best_u, best_q = cem_search(
                     score,
-                    tuple(pi.shape[:2]),
+                    tuple(pi.shape[1:3]),
                     pi.shape[-1],
                     cfg.cem_iters,
                     cfg.cem_samples,
                     cfg.cem_elites,
                     cfg.cem_init_std,
-                    pi.device,
+                    self.rng,
                 )
                 better = (best_q > q_pi)[..., None]
                 target = torch.where(better, self.box.from_unit(best_u), pi)
-            loss = omar_actor_loss(q_pi, self.box.to_unit(pi), self.box.to_unit(target), cfg.omar_coe)
+            loss = omar_actor_loss(q_pi, self.box.to_unit(pi), self.box.to_unit(target), self.hp("omar_coe"))
             self.optimize("actor", loss, self.actor)
         finally:
             self.q.requires_grad_(True)
-        return {"loss/actor": loss.item(), "value/cem_better": better.float().mean().item()}
+        return {"loss/actor": loss.detach(), "value/cem_better": member_mean(better.float())}
 
     def _update_actor_discrete(self, b: Batch) -> dict:
         with torch.no_grad():
-            q1 = self.q.q1(b.obs)  # (B, N, K)
-        log_probs = self.actor.log_probs(b.obs, b.avail)  # (B, N, K)
+            q1 = self.q.q1(b.obs)  # (M, B, N, K)
+        log_probs = self.actor.log_probs(b.obs, b.avail)  # (M, B, N, K)
         q_pi = (log_probs.exp() * q1).sum(-1)  # E_{a~pi_i} Q^1_i(o_i, a)
         with torch.no_grad():
             policy_action = log_probs.argmax(-1)
             best_q, best_action = masked_max(q1, b.avail)  # the search, exact over the available actions
             better = best_q > q1.gather(-1, policy_action[..., None])[..., 0]
             target = torch.where(better, best_action, policy_action)
-        imitation = -log_probs.gather(-1, target[..., None])[..., 0].mean()  # cross-entropy to a_hat
-        loss = (1 - self.cfg.omar_coe) * -q_pi.mean() + self.cfg.omar_coe * imitation
+        imitation = -member_mean(log_probs.gather(-1, target[..., None]))  # cross-entropy to a_hat
+        coe = self.hp("omar_coe")
+        loss = (1 - coe) * -member_mean(q_pi) + coe * imitation
         self.optimize("actor", loss, self.actor)
-        return {"loss/actor": loss.item(), "value/cem_better": better.float().mean().item()}
+        return {"loss/actor": loss.detach(), "value/cem_better": member_mean(better.float())}
 
     def update_targets(self) -> None:
         soft_update(self.q_target, self.q, self.cfg.tau)

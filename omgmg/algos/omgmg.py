@@ -52,7 +52,8 @@ from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch
 from omgmg.datakit.spec import EnvSpec
 from omgmg.diagnostics import grad_norm
-from omgmg.nets import AgentMLP, Mixer, adam, mix, soft_update
+from omgmg.members import member_max, member_mean, per_member
+from omgmg.nets import adam, mix, soft_update
 
 
 @dataclass
@@ -105,17 +106,16 @@ SUITE_DEFAULTS = {
 # ----- losses ---------------------------------------------------------------------------------------------------
 
 
-def advantage_exponent(
-    w: torch.Tensor, q_target: torch.Tensor, v: torch.Tensor, alpha: float, clip: float
-) -> torch.Tensor:
-    """z_i = w_i(s) / alpha * (Qbar_i(o_i, a_i) - V_i(o_i)), clamped as in OMIGA's code. (B, N)"""
-    return (w * (q_target - v) / alpha).clamp(-clip, clip)
+def advantage_exponent(w: torch.Tensor, q_target: torch.Tensor, v: torch.Tensor, alpha, clip: float) -> torch.Tensor:
+    """z_i = w_i(s) / alpha * (Qbar_i(o_i, a_i) - V_i(o_i)), clamped as in OMIGA's code. (M, B, N)"""
+    return (w * (q_target - v) / per_member(alpha, w)).clamp(-clip, clip)
 
 
-def implicit_value_loss(z: torch.Tensor, w: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Eq. (11): implicit local V loss, E[exp(z) + w V / alpha], divided by exp(max z) for stability."""
-    max_z = z.max().detach().clamp(min=-1.0)
-    return (torch.exp(z - max_z) + torch.exp(-max_z) * w * v / alpha).mean()
+def implicit_value_loss(z: torch.Tensor, w: torch.Tensor, v: torch.Tensor, alpha) -> torch.Tensor:
+    """Eq. (11): implicit local V loss, E[exp(z) + w V / alpha], divided by exp(max z) for stability.
+    Each member's: (M,)."""
+    max_z = per_member(member_max(z).detach().clamp(min=-1.0), z)
+    return member_mean(torch.exp(z - max_z) + torch.exp(-max_z) * w * v / per_member(alpha, w))
 
 
 def gmg_target(
@@ -126,32 +126,34 @@ def gmg_target(
     next_q_expected: torch.Tensor,
     next_v: torch.Tensor,
     gamma: float,
-    lam: float,
+    lam,
 ) -> torch.Tensor:
     """Eq. (12)'s target: r + lam*gamma*E_{a'~pibar_tot}[Qbar_tot(o',a')] + (1-lam)*gamma*V_tot(o').
 
-    next_q_expected (B, N) = E_{a'_i~pibar_i} Qbar_i(o'_i, a'_i); next_v (B, N) = V_i(o'_i); the mixer is
-    linear, so both totals use the same w(s'), b(s') (Eq. 9). Bootstraps are cut at terminations only.
+    next_q_expected (M, B, N) = E_{a'_i~pibar_i} Qbar_i(o'_i, a'_i); next_v (M, B, N) = V_i(o'_i); the
+    mixer is linear, so both totals use the same w(s'), b(s') (Eq. 9). Bootstraps are cut at
+    terminations only.
     """
-    q_tot_next = mix(next_w, next_q_expected, next_b)  # (B,)
-    v_tot_next = mix(next_w, next_v, next_b)  # (B,)
+    q_tot_next = mix(next_w, next_q_expected, next_b)  # (M, B)
+    v_tot_next = mix(next_w, next_v, next_b)  # (M, B)
+    lam = per_member(lam, reward)
     return reward + (1.0 - terminated) * gamma * (lam * q_tot_next + (1.0 - lam) * v_tot_next)
 
 
 def gmg_q_loss(q_tot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. (12): squared error between Q_tot(o, a) and the (detached) GMG target."""
-    return ((q_tot - target.detach()) ** 2).mean()
+    """Eq. (12): squared error between Q_tot(o, a) and the (detached) GMG target. (M,)"""
+    return member_mean((q_tot - target.detach()) ** 2)
 
 
 def moderate_generalization_actor_loss(
-    q_pi: torch.Tensor, log_prob_data: torch.Tensor, weight: torch.Tensor, nu: float
+    q_pi: torch.Tensor, log_prob_data: torch.Tensor, weight: torch.Tensor, nu
 ) -> torch.Tensor:
     """Eq. (10), negated: -(E_{a_i~pi_i}[Q_i(o_i, a_i)] + nu * E_D[exp(z_i) * log pi_i(a_i | o_i)]).
 
-    q_pi (B, N): Q_i at the policy's action (or its expectation); log_prob_data (B, N): log pi_i of the
-    dataset action; weight (B, N): exp(z_i), detached.
+    q_pi (M, B, N): Q_i at the policy's action (or its expectation); log_prob_data (M, B, N): log pi_i of
+    the dataset action; weight (M, B, N): exp(z_i), detached. Each member's: (M,).
     """
-    return -(q_pi.mean() + nu * (weight.detach() * log_prob_data).mean())
+    return -(member_mean(q_pi) + nu * member_mean(weight.detach() * log_prob_data))
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
@@ -160,13 +162,15 @@ def moderate_generalization_actor_loss(
 class OMGMG(OfflineAlgorithm):
     name = "omgmg"
     config_cls = OMGMGConfig
+    member_hyperparameters = ("lam", "nu", "alpha")
 
-    def __init__(self, spec: EnvSpec, cfg: OMGMGConfig):
+    def __init__(self, spec: EnvSpec, cfg: OMGMGConfig | list[OMGMGConfig]):
         super().__init__(spec, cfg)
+        cfg = self.cfg
         self.actor = self.stochastic_actor()  # pi_i: masked softmax or tanh-Gaussian
         self.q = self.local_q()  # Q_i(o_i, .) over all actions, or Q_i(o_i, a_i)
-        self.v = AgentMLP(spec.n_agents, spec.obs_dim, 1, cfg.hidden, shared=cfg.shared_networks)  # V_i(o_i)
-        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)  # w(s) >= 0, b(s)
+        self.v = self.agent_mlp(spec.obs_dim, 1)  # V_i(o_i)
+        self.mixer = self.make_mixer()  # w(s) >= 0, b(s)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)  # Qbar_i
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)  # pibar_i
         if cfg.value_targets:  # the deviation: OMIGA's target V and target mixer
@@ -180,43 +184,39 @@ class OMGMG(OfflineAlgorithm):
 
     # ----- network evaluations -----------------------------------------------------------------------------
     def _expected_next_q_discrete(self, next_obs: torch.Tensor, next_avail: torch.Tensor) -> torch.Tensor:
-        """E_{a'_i ~ pibar_i} Qbar_i(o'_i, a'_i), exactly, over the available actions -> (B, N)."""
-        probs = self.actor_target.log_probs(next_obs, next_avail).exp()  # (B, N, K)
+        """E_{a'_i ~ pibar_i} Qbar_i(o'_i, a'_i), exactly, over the available actions -> (M, B, N)."""
+        probs = self.actor_target.log_probs(next_obs, next_avail).exp()  # (M, B, N, K)
         return (probs * self.q_target(next_obs)).sum(-1)
 
     def _target_q_values(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Qbar_i(o_i, a_i), E_{a'_i~pibar_i} Qbar_i(o'_i, a'_i)), each (B, N), without gradient.
+        """(Qbar_i(o_i, a_i), E_{a'_i~pibar_i} Qbar_i(o'_i, a'_i)), each (M, B, N), without gradient.
 
-        Continuous: the target network sees (o, a) and the samples (o', a') in one call of 2B rows.
+        Continuous: the target network sees (o, a) and the samples (o', a') in one call of 2B rows. The
+        samples are drawn even at lam = 0 (where Eq. 12 gives them no weight), so that a member's random
+        stream does not depend on the lam of the members it is batched with.
         """
         if self.spec.discrete:
             q_bar = self.q_at(self.q_target, b.obs, b.actions)
-            next_q = (
-                self._expected_next_q_discrete(b.next_obs, b.next_avail)
-                if self.cfg.lam > 0
-                else torch.zeros_like(q_bar)
-            )
-            return q_bar, next_q
-        B, k = b.obs.shape[0], self.cfg.n_action_samples if self.cfg.lam > 0 else 0
-        obs = torch.cat([b.obs] + [b.next_obs] * k)
-        actions = torch.cat([b.actions] + [self.actor_target.sample(b.next_obs)[0] for _ in range(k)])
-        q = self.q_at(self.q_target, obs, actions)  # ((1 + k) B, N)
-        next_q = q[B:].reshape(k, B, -1).mean(0) if k else torch.zeros_like(q[:B])
-        return q[:B], next_q
+            return q_bar, self._expected_next_q_discrete(b.next_obs, b.next_avail)
+        B, k = b.obs.shape[1], self.cfg.n_action_samples
+        obs = torch.cat([b.obs] + [b.next_obs] * k, dim=1)
+        samples = [self.actor_target.sample(b.next_obs, self.rng)[0] for _ in range(k)]
+        q = self.q_at(self.q_target, obs, torch.cat([b.actions, *samples], dim=1))  # (M, (1 + k) B, N)
+        return q[:, :B], q[:, B:].reshape(q.shape[0], k, B, -1).mean(1)
 
     def _actor_terms(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E_{a~pi_i} Q_i(o_i, a), log pi_i(a_data | o_i)), each (B, N), from one actor pass."""
+        """(E_{a~pi_i} Q_i(o_i, a), log pi_i(a_data | o_i)), each (M, B, N), from one actor pass."""
         if self.spec.discrete:
-            logp = self.actor.log_probs(b.obs, b.avail)  # (B, N, K)
+            logp = self.actor.log_probs(b.obs, b.avail)  # (M, B, N, K)
             q_pi = (logp.exp() * self.q(b.obs)).sum(-1)
             return q_pi, logp.gather(-1, b.actions[..., None])[..., 0]
-        a_pi, log_prob_data = self.actor.sample_and_log_prob(b.obs, b.actions)
+        a_pi, log_prob_data = self.actor.sample_and_log_prob(b.obs, b.actions, self.rng)
         return self.q_at(self.q, b.obs, a_pi), log_prob_data
 
     # ----- one gradient step: Algorithm 1, lines 4-7 --------------------------------------------------------
-    def update(self, b: Batch) -> dict[str, float]:
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
         with torch.no_grad():  # what the targets need, from the target networks (fixed within a step)
-            q_bar, next_q = self._target_q_values(b)  # (B, N) each
+            q_bar, next_q = self._target_q_values(b)  # (M, B, N) each
         z, stats = self.update_v(b, q_bar)  # line 4
         stats |= self.update_q(b, next_q)  # line 5
         stats |= self.update_actor(b, z)  # line 6
@@ -227,16 +227,17 @@ class OMGMG(OfflineAlgorithm):
         """Algorithm 1, line 4: V_i by Eq. (11). Returns z (for Eq. 10's weight) and metrics."""
         cfg = self.cfg
         with torch.no_grad():
-            w, _ = self._value_mixer(b.state)  # (B, N): no gradient
-        v = self.v(b.obs)[..., 0]  # (B, N)
-        z = advantage_exponent(w, q_bar, v, cfg.alpha, cfg.z_clip)
-        v_loss = implicit_value_loss(z, w, v, cfg.alpha)
+            w, _ = self._value_mixer(b.state)  # (M, B, N): no gradient
+        v = self.v(b.obs)[..., 0]  # (M, B, N)
+        z = advantage_exponent(w, q_bar, v, self.hp("alpha"), cfg.z_clip)
+        v_loss = implicit_value_loss(z, w, v, self.hp("alpha"))
         self.optimize("v", v_loss, self.v)
-        return z.detach(), {
-            "loss/v": v_loss.item(),
-            "value/v": v.mean().item(),
-            "value/w": w.mean().item(),
-            "value/exp_z": torch.exp(z).mean().item(),
+        z = z.detach()
+        return z, {
+            "loss/v": v_loss.detach(),
+            "value/v": member_mean(v.detach()),
+            "value/w": member_mean(w),
+            "value/exp_z": member_mean(torch.exp(z)),
         }
 
     def update_q(self, b: Batch, next_q: torch.Tensor) -> dict:
@@ -245,12 +246,16 @@ class OMGMG(OfflineAlgorithm):
         with torch.no_grad():
             next_w, next_b = self._value_mixer(b.next_state)
             next_v = (self.v_target if cfg.value_targets else self.v)(b.next_obs)[..., 0]
-            target = gmg_target(b.reward, b.terminated, next_w, next_b, next_q, next_v, cfg.gamma, cfg.lam)
+            target = gmg_target(b.reward, b.terminated, next_w, next_b, next_q, next_v, cfg.gamma, self.hp("lam"))
         w, bias = self.mixer(b.state)
-        q_tot = mix(w, self.q_at(self.q, b.obs, b.actions), bias)  # (B,)
+        q_tot = mix(w, self.q_at(self.q, b.obs, b.actions), bias)  # (M, B)
         q_loss = gmg_q_loss(q_tot, target)
         self.optimize("q", q_loss, list(self.q.parameters()) + list(self.mixer.parameters()))
-        return {"loss/q": q_loss.item(), "value/q_tot": q_tot.mean().item(), "value/target": target.mean().item()}
+        return {
+            "loss/q": q_loss.detach(),
+            "value/q_tot": member_mean(q_tot.detach()),
+            "value/target": member_mean(target),
+        }
 
     def update_actor(self, b: Batch, z: torch.Tensor) -> dict:
         """Algorithm 1, line 6: pi_i by Eq. (10). Q_i is frozen, so only the actor moves."""
@@ -259,12 +264,12 @@ class OMGMG(OfflineAlgorithm):
         try:
             q_pi, log_prob_data = self._actor_terms(b)
             if cfg.normalize_q_term:
-                q_pi = q_pi / q_pi.abs().mean().detach().clamp(min=1e-6)
-            actor_loss = moderate_generalization_actor_loss(q_pi, log_prob_data, torch.exp(z), cfg.nu)
+                q_pi = q_pi / per_member(member_mean(q_pi.abs()).detach().clamp(min=1e-6), q_pi)
+            actor_loss = moderate_generalization_actor_loss(q_pi, log_prob_data, torch.exp(z), self.hp("nu"))
             self.optimize("actor", actor_loss, self.actor)
         finally:
             self.q.requires_grad_(True)
-        return {"loss/actor": actor_loss.item()}
+        return {"loss/actor": actor_loss.detach()}
 
     def update_targets(self) -> None:
         """Algorithm 1, line 7: Qbar_i <- tau Q_i + (1 - tau) Qbar_i; pibar_i likewise."""
@@ -279,19 +284,19 @@ class OMGMG(OfflineAlgorithm):
         w, bias = self.mixer(b.state)
         return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
 
-    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, float]:
+    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Adds the share of z at its clamp (Eq. 11) and the gradient norms of Eq. (10)'s two terms."""
         cfg, out = self.cfg, super().diagnostics(b, mc_return)
         with torch.no_grad():
             w, _ = self._value_mixer(b.state)
-            z = advantage_exponent(w, self.q_at(self.q_target, b.obs, b.actions), self.v(b.obs)[..., 0], cfg.alpha,
-                                   cfg.z_clip)  # fmt: skip
-        out["value/z_at_clip"] = float((z.abs() >= cfg.z_clip).float().mean())
+            q_bar, v = self.q_at(self.q_target, b.obs, b.actions), self.v(b.obs)[..., 0]
+            z = advantage_exponent(w, q_bar, v, self.hp("alpha"), cfg.z_clip)
+        out["value/z_at_clip"] = member_mean((z.abs() >= cfg.z_clip).float())
         q_pi, log_prob_data = self._actor_terms(b)
         if cfg.normalize_q_term:
-            q_pi = q_pi / q_pi.abs().mean().detach().clamp(min=1e-6)
-        out["policy/grad_q_term"] = grad_norm(q_pi.mean(), self.actor)
-        out["policy/grad_bc_term"] = grad_norm(cfg.nu * (torch.exp(z) * log_prob_data).mean(), self.actor)
+            q_pi = q_pi / per_member(member_mean(q_pi.abs()).detach().clamp(min=1e-6), q_pi)
+        out["policy/grad_q_term"] = grad_norm(member_mean(q_pi), self.actor)
+        out["policy/grad_bc_term"] = grad_norm(self.hp("nu") * member_mean(torch.exp(z) * log_prob_data), self.actor)
         return out
 
     def _value_mixer(self, state: torch.Tensor):

@@ -30,7 +30,8 @@ from omgmg.algos.base import OfflineAlgorithm, TDConfig
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch
 from omgmg.datakit.spec import EnvSpec
-from omgmg.nets import AgentMLP, Mixer, adam, mix, soft_update
+from omgmg.members import member_max, member_mean, per_member
+from omgmg.nets import adam, mix, soft_update
 
 
 @dataclass
@@ -51,19 +52,18 @@ class OMIGAConfig(TDConfig):
 # ----- losses ---------------------------------------------------------------------------------------------------
 
 
-def advantage_exponent(
-    w: torch.Tensor, q_target: torch.Tensor, v: torch.Tensor, alpha: float, clip: float
-) -> torch.Tensor:
-    """z_i = w_i(s) / alpha * (Qbar_i(o_i, a_i) - V_i(o_i)), clamped to [-clip, clip] as the official code. (B, N)"""
-    return (w * (q_target - v) / alpha).clamp(-clip, clip)
+def advantage_exponent(w: torch.Tensor, q_target: torch.Tensor, v: torch.Tensor, alpha, clip: float) -> torch.Tensor:
+    """z_i = w_i(s) / alpha * (Qbar_i(o_i, a_i) - V_i(o_i)), clamped to [-clip, clip] as the official code.
+    (M, B, N)"""
+    return (w * (q_target - v) / per_member(alpha, w)).clamp(-clip, clip)
 
 
-def implicit_value_loss(z: torch.Tensor, w: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Tensor:
+def implicit_value_loss(z: torch.Tensor, w: torch.Tensor, v: torch.Tensor, alpha) -> torch.Tensor:
     """OMIGA's implicit local value loss E[exp(z) + w V / alpha], divided by exp(max z) as the official
-    code does for stability. (OMGMG's Eq. (11) is this loss; omgmg.py states it on its own, so that a
-    change to either method leaves the other as its paper defines it.)"""
-    max_z = z.max().detach().clamp(min=-1.0)
-    return (torch.exp(z - max_z) + torch.exp(-max_z) * w * v / alpha).mean()
+    code does for stability, each member's (M,). (OMGMG's Eq. (11) is this loss; omgmg.py states it on
+    its own, so that a change to either method leaves the other as its paper defines it.)"""
+    max_z = per_member(member_max(z).detach().clamp(min=-1.0), z)
+    return member_mean(torch.exp(z - max_z) + torch.exp(-max_z) * w * v / per_member(alpha, w))
 
 
 def omiga_q_target(
@@ -80,8 +80,8 @@ def omiga_q_target(
 
 
 def weighted_likelihood_actor_loss(weight: torch.Tensor, log_prob_data: torch.Tensor) -> torch.Tensor:
-    """OMIGA's policy loss, -E_D[exp(z_i) log pi_i(a_i | o_i)], weight (B, N) = exp(z_i) detached."""
-    return -(weight.detach() * log_prob_data).mean()
+    """OMIGA's policy loss, -E_D[exp(z_i) log pi_i(a_i | o_i)], weight (M, B, N) = exp(z_i) detached. (M,)"""
+    return -member_mean(weight.detach() * log_prob_data)
 
 
 # ----- the algorithm ----------------------------------------------------------------------------------------------
@@ -90,13 +90,15 @@ def weighted_likelihood_actor_loss(weight: torch.Tensor, log_prob_data: torch.Te
 class OMIGA(OfflineAlgorithm):
     name = "omiga"
     config_cls = OMIGAConfig
+    member_hyperparameters = ("alpha",)
 
-    def __init__(self, spec: EnvSpec, cfg: OMIGAConfig):
+    def __init__(self, spec: EnvSpec, cfg: OMIGAConfig | list[OMIGAConfig]):
         super().__init__(spec, cfg)
+        cfg = self.cfg
         self.actor = self.stochastic_actor()
         self.q = self.local_q()
-        self.v = AgentMLP(spec.n_agents, spec.obs_dim, 1, cfg.hidden, shared=cfg.shared_networks)
-        self.mixer = Mixer(spec.state_dim, spec.n_agents, cfg.mixer_hidden)
+        self.v = self.agent_mlp(spec.obs_dim, 1)
+        self.mixer = self.make_mixer()
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.v_target = copy.deepcopy(self.v).requires_grad_(False)
         self.mixer_target = copy.deepcopy(self.mixer).requires_grad_(False)
@@ -106,7 +108,7 @@ class OMIGA(OfflineAlgorithm):
             "actor": adam(self.actor.parameters(), cfg.lr),
         }
 
-    def update(self, b: Batch) -> dict[str, float]:
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
         z, stats = self.update_critic(b)  # steps 1-2
         stats |= self.update_actor(b, z)  # step 3
         self.update_targets()  # step 4
@@ -123,19 +125,20 @@ class OMIGA(OfflineAlgorithm):
                 b.reward, b.terminated, next_w, next_b, self.v_target(b.next_obs)[..., 0], cfg.gamma
             )
         v = self.v(b.obs)[..., 0]
-        z = advantage_exponent(w_bar, q_bar, v, cfg.alpha, cfg.z_clip)
-        v_loss = implicit_value_loss(z, w_bar, v, cfg.alpha)
+        z = advantage_exponent(w_bar, q_bar, v, self.hp("alpha"), cfg.z_clip)
+        v_loss = implicit_value_loss(z, w_bar, v, self.hp("alpha"))
         self.optimize("v", v_loss, self.v)
         w, bias = self.mixer(b.state)
         q_tot = mix(w, self.q_at(self.q, b.obs, b.actions), bias)
-        q_loss = ((q_tot - target) ** 2).mean()
+        q_loss = member_mean((q_tot - target) ** 2)
         self.optimize("q", q_loss, [*self.q.parameters(), *self.mixer.parameters()])
-        return z.detach(), {
-            "loss/v": v_loss.item(),
-            "loss/q": q_loss.item(),
-            "value/q_tot": q_tot.mean().item(),
-            "value/v": v.mean().item(),
-            "value/exp_z": torch.exp(z).mean().item(),
+        z = z.detach()
+        return z, {
+            "loss/v": v_loss.detach(),
+            "loss/q": q_loss.detach(),
+            "value/q_tot": member_mean(q_tot.detach()),
+            "value/v": member_mean(v.detach()),
+            "value/exp_z": member_mean(torch.exp(z)),
         }
 
     def update_actor(self, b: Batch, z: torch.Tensor | None = None) -> dict:
@@ -147,26 +150,26 @@ class OMIGA(OfflineAlgorithm):
                     w_bar,
                     self.q_at(self.q_target, b.obs, b.actions),
                     self.v(b.obs)[..., 0],
-                    self.cfg.alpha,
+                    self.hp("alpha"),
                     self.cfg.z_clip,
                 )
         loss = weighted_likelihood_actor_loss(torch.exp(z), self.log_prob_data(b))
         self.optimize("actor", loss, self.actor)
-        return {"loss/actor": loss.item()}
+        return {"loss/actor": loss.detach()}
 
     # ----- diagnostics (omgmg.diagnostics) ---------------------------------------------------------------------
     def q_tot(self, b: Batch) -> torch.Tensor:
         w, bias = self.mixer(b.state)
         return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
 
-    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, float]:
+    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Adds the share of z at its clamp (the implicit value loss gets no exp-term gradient there)."""
         cfg, out = self.cfg, super().diagnostics(b, mc_return)
         with torch.no_grad():
             w_bar, _ = self.mixer_target(b.state)
             q_bar = self.q_at(self.q_target, b.obs, b.actions)
-            z = advantage_exponent(w_bar, q_bar, self.v(b.obs)[..., 0], cfg.alpha, cfg.z_clip)
-        out["value/z_at_clip"] = float((z.abs() >= cfg.z_clip).float().mean())
+            z = advantage_exponent(w_bar, q_bar, self.v(b.obs)[..., 0], self.hp("alpha"), cfg.z_clip)
+        out["value/z_at_clip"] = member_mean((z.abs() >= cfg.z_clip).float())
         return out
 
     def update_targets(self) -> None:
