@@ -12,7 +12,7 @@ from omgmg.cli.train import main as train_cli
 from omgmg.collectors.fixtures import make_fixture
 from omgmg.experiments.report import aggregate, load_results, normalised, write_report
 from omgmg.experiments.spec import SpecError, load_spec, parse_spec, shipped_specs
-from omgmg.experiments.sweep import pending_cells, run_sweep
+from omgmg.experiments.sweep import pack_cells, pending_cells, run_sweep
 
 BUDGET = {"steps": 20, "eval_every": 20, "eval_episodes": 1}
 
@@ -136,6 +136,27 @@ def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, t
     assert len(reported) == 4 and {
         r["cell"]["config"]["nu"] for r in reported if r["cell"]["algorithm"] == "omgmg"
     } == {0.3}
+
+
+def test_a_packed_sweep_trains_seeds_and_grid_points_as_one_job_each_cell_in_its_own_run(dataset, tmp_path):
+    raw = spec_dict(dataset, algorithms=["omgmg"], layout="ablation", grid={"nu": [1.0, 10.0]})
+    spec = parse_spec(raw | {"overrides": {"omgmg": {"hidden": 16}}})
+    cells = spec.cells()  # 2 seeds x 2 values of nu
+    assert sorted(len(j) for j in pack_cells(cells, tmp_path / "sw", members_per_job=3)) == [1, 3]
+    done = []
+    results = run_sweep(spec, tmp_path / "sw", workers=1, members_per_job=4, on_note=lambda m: None,
+                        on_done=lambda c, r: done.append(r))  # fmt: skip
+    assert len(results) == 4 and all(r.get("error") is None and np.isfinite(r["score"]) for r in results)
+    assert [r.get("packed_with") for r in done] == [4] * 4
+    for cell in cells:  # every cell: a run directory of its own, trained with its own seed and nu
+        run = tmp_path / "sw" / "cells" / cell.dirname / "run"
+        config = json.loads((run / "config.json").read_text())["config"]
+        assert (config["seed"], config["nu"]) == (cell.config["seed"], cell.config["nu"])
+    # a cell whose run has started resumes alone
+    started = tmp_path / "sw2" / "cells" / cells[0].dirname / "run" / "checkpoints"
+    started.mkdir(parents=True)
+    (started / "latest.pt").write_bytes(b"")
+    assert [cells[0]] in pack_cells(cells, tmp_path / "sw2", members_per_job=4)
 
 
 @pytest.mark.slow

@@ -10,6 +10,12 @@ crashed sweep resumes (unfinished cells also resume from their own last checkpoi
 in a sweep directory at a time and one process trains a cell at a time (exclusive locks); local
 worker processes end when the sweep's process does, however it ends.
 
+**Packed jobs** (``members_per_job`` > 1): cells that share a dataset and an algorithm and differ only
+in their seed or in a hyperparameter the algorithm batches (``member_hyperparameters``) train as the
+members of one batched program (``omgmg.members``), up to ``members_per_job`` per job, locally or as
+one Ray task. Each cell still gets its own run directory and result, exactly as when it runs alone,
+and resumes on its own: a cell that already holds a checkpoint runs as a job of its own.
+
 Generated datasets live under ``$OMGMG_HOME/experiments/data-HASH/`` (HASH over the settings the
 suite's datasets depend on), shared by every sweep with the same settings. With the Ray backend, the sweep directory
 and ``OMGMG_HOME`` must be on storage every node sees, and omgmg installed on every node.
@@ -17,6 +23,7 @@ and ``OMGMG_HOME`` must be on storage every node sees, and omgmg installed on ev
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -90,67 +97,114 @@ def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Calla
 # ----- one cell --------------------------------------------------------------------------------------------------
 
 
-def run_cell(cell_json: dict, cell_dir: str, dataset: str, threads: int) -> dict:
-    """Train and evaluate one cell into ``cell_dir`` (resuming it) and write its ``result.json``.
+def run_cells(cells_json: list[dict], cell_dirs: list[str], dataset: str, threads: int, device: str = "cpu") -> list:
+    """Train cells that differ only in seed or in batchable hyperparameters as the members of one batched
+    program (one cell: a single run), each into its own ``cell_dir``, and write each one's ``result.json``.
 
-    Top-level and argument-only so that it runs in a spawned process or as a Ray task alike.
-    """
+    A cell another process holds is left to it (its result says ``skipped``); the others train."""
     import torch
 
     torch.set_num_threads(threads)
-    cell = Cell.from_json(cell_json)
-    out = Path(cell_dir)
-    with os_errors(out, "creating the cell directory"):
-        out.mkdir(parents=True, exist_ok=True)
+    results: list[dict | None] = [None] * len(cells_json)
+    held = []
     try:
-        lock = OutputLock(out, "sweep cell").acquire()
-    except OutputError as e:  # another process trains this cell: leave it to that one, record nothing
-        return {"key": cell.key, "cell": cell_json, "skipped": str(e)}
-    try:
-        return _train_cell(cell, cell_json, out, dataset, threads)
+        for i, (cell_json, cell_dir) in enumerate(zip(cells_json, cell_dirs, strict=True)):
+            out = Path(cell_dir)
+            with os_errors(out, "creating the cell directory"):
+                out.mkdir(parents=True, exist_ok=True)
+            try:
+                held.append((i, OutputLock(out, "sweep cell").acquire()))
+            except OutputError as e:  # another process trains this cell: leave it to that one, record nothing
+                results[i] = {"key": Cell.from_json(cell_json).key, "cell": cell_json, "skipped": str(e)}
+        todo = [i for i, _ in held]
+        if todo:
+            trained = _train_cells([cells_json[i] for i in todo], [Path(cell_dirs[i]) for i in todo], dataset,
+                                   threads, device)  # fmt: skip
+            for i, result in zip(todo, trained, strict=True):
+                results[i] = result
     finally:
-        lock.release()
+        for _, lock in held:
+            lock.release()
+    return results
 
 
-def _train_cell(cell: Cell, cell_json: dict, out: Path, dataset: str, threads: int) -> dict:
+def _train_cells(cells_json: list[dict], outs: list[Path], dataset: str, threads: int, device: str) -> list[dict]:
     from omgmg.algos import algorithm_class
     from omgmg.datakit import open_dataset
     from omgmg.diagnostics import divergence_bound, returns_to_go
     from omgmg.trainer import eval_score, read_log, train
 
-    atomic_write_json(out / "cell.json", cell_json)
+    cells = [Cell.from_json(c) for c in cells_json]
+    for out, cell_json in zip(outs, cells_json, strict=True):
+        atomic_write_json(out / "cell.json", cell_json)
     t0 = time.time()
-    result = {"key": cell.key, "cell": cell_json, "dataset_path": str(dataset)}
+    results = [{"key": c.key, "cell": j, "dataset_path": str(dataset)} for c, j in zip(cells, cells_json, strict=True)]
+    if len(cells) > 1:
+        for r in results:
+            r["packed_with"] = len(cells)  # members of one batched job (wall_s is the job's)
     try:
         ds = open_dataset(dataset)
-        cfg = algorithm_class(cell.algorithm).config_cls(**{**cell.config, "torch_threads": threads})
-        res = train(cell.algorithm, ds, cfg, out / "run")
-        log = read_log(out / "run")
-    except Exception as e:  # a cell that crashes is recorded (and retried by the next sweep), the sweep goes on
-        result.update(error=f"{type(e).__name__}: {e}", diverged=True, score=None)
+        cls = algorithm_class(cells[0].algorithm).config_cls
+        cfgs = [cls(**{**c.config, "torch_threads": threads}) for c in cells]
+        runs = [out / "run" for out in outs]
+        trained = train(cells[0].algorithm, ds, cfgs if len(cfgs) > 1 else cfgs[0], runs if len(runs) > 1 else runs[0],
+                        device=device)  # fmt: skip
+        trained = trained if isinstance(trained, list) else [trained]
+    except Exception as e:  # a job that crashes is recorded (and retried by the next sweep), the sweep goes on
+        for r in results:
+            r.update(error=f"{type(e).__name__}: {e}", diverged=True, score=None)
     else:
-        # diverged: Q_tot beyond twice the largest discounted return any transition of the data collected
-        bound = divergence_bound(returns_to_go(ds, cell.config.get("gamma", 0.99)))
-        q = [r["value/q_tot"] for r in log if "value/q_tot" in r]
-        losses = [v for r in log for k, v in r.items() if k.startswith("loss/")]
-        diverged = any(not math.isfinite(v) or abs(v) > bound for v in q) or any(not math.isfinite(v) for v in losses)
-        final = res.final
-        result.update(
-            score=eval_score(final),
-            eval_return=final.get("eval/return"),
-            win_rate=final.get("eval/win_rate"),
-            best_score=eval_score(res.best) if res.best else None,  # selected on evaluation returns
-            best_win_rate=res.best.get("eval/win_rate") if res.best else None,
-            best_step=res.best.get("step") if res.best else None,
-            q_tot=q[-1] if q else None,
-            q_bound=bound,
-            diverged=diverged,
-            steps=final.get("step"),
-            dataset_stats=ds.meta.get("stats"),
+        for cell, out, res, result in zip(cells, outs, trained, results, strict=True):
+            # diverged: Q_tot beyond twice the largest discounted return any transition of the data collected
+            bound = divergence_bound(returns_to_go(ds, cell.config.get("gamma", 0.99)))
+            log = read_log(out / "run")
+            q = [r["value/q_tot"] for r in log if "value/q_tot" in r]
+            losses = [v for r in log for k, v in r.items() if k.startswith("loss/")]
+            diverged = any(not math.isfinite(v) or abs(v) > bound for v in q) or any(
+                not math.isfinite(v) for v in losses
+            )
+            final = res.final
+            result.update(
+                score=eval_score(final),
+                eval_return=final.get("eval/return"),
+                win_rate=final.get("eval/win_rate"),
+                best_score=eval_score(res.best) if res.best else None,  # selected on evaluation returns
+                best_win_rate=res.best.get("eval/win_rate") if res.best else None,
+                best_step=res.best.get("step") if res.best else None,
+                q_tot=q[-1] if q else None,
+                q_bound=bound,
+                diverged=diverged,
+                steps=final.get("step"),
+                dataset_stats=ds.meta.get("stats"),
+            )
+    for out, result in zip(outs, results, strict=True):
+        result["wall_s"] = time.time() - t0
+        atomic_write_json(out / "result.json", result)
+    return results
+
+
+def pack_cells(cells: list[Cell], sweep_dir: Path, members_per_job: int) -> list[list[Cell]]:
+    """Jobs of cells: those sharing a dataset, an algorithm and every setting but the seed and the
+    algorithm's ``member_hyperparameters`` go together, up to ``members_per_job`` per job. A cell whose run
+    has started (it holds a checkpoint) resumes alone."""
+    from omgmg.algos import algorithm_class
+
+    groups: dict[str, list[Cell]] = {}
+    jobs: list[list[Cell]] = []
+    for c in cells:
+        started = (cell_dir(sweep_dir, c) / "run" / "checkpoints").is_dir() and any(
+            (cell_dir(sweep_dir, c) / "run" / "checkpoints").glob("latest*.pt")
         )
-    result["wall_s"] = time.time() - t0
-    atomic_write_json(out / "result.json", result)
-    return result
+        if members_per_job <= 1 or started:
+            jobs.append([c])
+            continue
+        free = {"seed", *algorithm_class(c.algorithm).member_hyperparameters}
+        shared = {k: v for k, v in c.config.items() if k not in free}
+        key = json.dumps([c.algorithm, dataclasses.asdict(c.dataset), c.data, shared], sort_keys=True)
+        groups.setdefault(key, []).append(c)
+    for group in groups.values():
+        jobs += [group[i : i + members_per_job] for i in range(0, len(group), members_per_job)]
+    return jobs
 
 
 # ----- the sweep -------------------------------------------------------------------------------------------------
@@ -185,20 +239,29 @@ def run_sweep(
     on_note: Callable[[str], None] = print,
     on_start: Callable[[int, int], None] | None = None,
     on_done: Callable[[Cell, dict], None] | None = None,
+    members_per_job: int = 1,
+    device: str = "cpu",
 ) -> list[dict]:
-    """Run every unfinished cell of ``spec``; returns the results of all cells."""
+    """Run every unfinished cell of ``spec``, ``members_per_job`` cells per batched job at most (see the
+    module docstring), training on ``device``; returns the results of all cells."""
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
         raise SweepError(f"workers must be a positive number, got {workers}")
+    if members_per_job < 1:
+        raise SweepError(f"members_per_job must be a positive number, got {members_per_job}")
     sweep_dir = Path(sweep_dir)
     with os_errors(sweep_dir, "creating the sweep directory"):
         sweep_dir.mkdir(parents=True, exist_ok=True)
     with OutputLock(sweep_dir, "sweep"):
-        return _run_sweep(spec, sweep_dir, smoke, backend, workers, address, on_note, on_start, on_done)
+        return _run_sweep(
+            spec, sweep_dir, smoke, backend, workers, address, on_note, on_start, on_done, members_per_job, device
+        )
 
 
-def _run_sweep(spec, sweep_dir: Path, smoke, backend, workers, address, on_note, on_start, on_done) -> list[dict]:
+def _run_sweep(
+    spec, sweep_dir: Path, smoke, backend, workers, address, on_note, on_start, on_done, members_per_job, device
+) -> list[dict]:
     seeds, budget, data = spec.resolved(smoke)
     meta = {
         "name": spec.name,
@@ -221,9 +284,18 @@ def _run_sweep(spec, sweep_dir: Path, smoke, backend, workers, address, on_note,
     if on_start:
         on_start(len(cells), len(cells) - len(todo))
     threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
-    jobs = [(c.to_json(), str(cell_dir(sweep_dir, c)), str(paths[c.dataset]), threads) for c in todo]
-    run = _run_local if backend == "local" else _run_ray
-    run(jobs, workers, address, lambda job, result: on_done and on_done(Cell.from_json(job[0]), result))
+    jobs = [
+        ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job], str(paths[job[0].dataset]), threads,
+         device)
+        for job in pack_cells(todo, sweep_dir, members_per_job)
+    ]  # fmt: skip
+
+    def done(job, results) -> None:
+        for cell_json, result in zip(job[0], results, strict=True):
+            if on_done:
+                on_done(Cell.from_json(cell_json), result)
+
+    (_run_local if backend == "local" else _run_ray)(jobs, workers, address, done)
     return [
         json.loads((cell_dir(sweep_dir, c) / "result.json").read_text())
         for c in cells
@@ -236,12 +308,12 @@ def _run_local(jobs, workers, address, done) -> None:
         raise SweepError("<<address=...>> applies to the ray backend only (<<backend=ray>>)")
     if workers == 1:
         for job in jobs:
-            done(job, run_cell(*job))
+            done(job, run_cells(*job))
         return
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),)
     ) as pool:
-        futures = {pool.submit(run_cell, *job): job for job in jobs}
+        futures = {pool.submit(run_cells, *job): job for job in jobs}
         while futures:
             finished, _ = wait(futures, return_when=FIRST_COMPLETED)
             for f in finished:
@@ -273,7 +345,8 @@ def _run_ray(jobs, workers, address, done) -> None:
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1)(run_cell)
+        gpus = 1 if jobs and str(jobs[0][4]).startswith("cuda") else 0  # a packed job fills one device
+        remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_cells)
         refs = {remote.remote(*job): job for job in jobs}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
