@@ -3,6 +3,7 @@
     python benchmarks/train.py                      # OMGMG and BC, four task shapes, batch 128
     python benchmarks/train.py --compile            # also try torch.compile on the per-agent networks
     python benchmarks/train.py --algos all --shapes Hopper-3x1,protoss_5v5   # every algorithm
+    python benchmarks/train.py --members 1,2,5,10,20 --device cuda   # batched members (omgmg.members)
 
 Shapes follow the tasks (observation, state and action sizes of HalfCheetah-6x1, Hopper-3x1,
 Ant-2x4 from gymnasium-robotics and protoss_5v5 from SMAX), with OMIGA's network sizes (hidden 256,
@@ -16,6 +17,9 @@ for this sequence of operators), the **matmuls at peak** (the step's FLOPs at th
 and the **rest** (what is left: mostly the memory-bound elementwise, reduction and optimiser
 kernels at the real sizes, plus matmuls running below peak). ``fixed + matmuls at peak`` bounds
 what this operator sequence can reach in eager PyTorch.
+
+``--members``: the member axis instead (M independent seeds trained as one batched program): for each
+M, gradient steps/s of the batched program and member-steps/s (M times that), per shape and device.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def measure(algo, loader, steps: int) -> tuple[float, float, float]:
     step_s = seconds_per_step(algo, loader, steps)
     t0 = time.perf_counter()
     for _ in range(steps):
-        algo.prepare(loader.sample())
+        algo.prepare(loader.sample_members())
     load_s = (time.perf_counter() - t0) / steps
     counter = FlopCounterMode(display=False)
     with counter:
@@ -72,12 +76,15 @@ def measure(algo, loader, steps: int) -> tuple[float, float, float]:
     return 1 / step_s, load_s / step_s, counter.get_total_flops() / 1e9
 
 
-def seconds_per_step(algo, loader, steps: int) -> float:
+def seconds_per_step(algo, loader, steps: int, device=None) -> float:
+    sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else lambda: None
     for _ in range(20):
         algo.step(loader)
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         algo.step(loader)
+    sync()
     return (time.perf_counter() - t0) / steps
 
 
@@ -94,8 +101,8 @@ def mlp_ceiling(peak: float, batch: int = 128, n: int = 6, obs: int = 23) -> flo
     at a trainer's batch: what a step made only of such passes could reach at best."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    net = AgentMLP(n, obs, 1, 256)
-    x = torch.randn(batch, n, obs, requires_grad=True)
+    net = AgentMLP(1, n, obs, 1, 256)
+    x = torch.randn(1, batch, n, obs, requires_grad=True)
     for _ in range(20):
         net(x).sum().backward()
     t0 = time.perf_counter()
@@ -116,12 +123,16 @@ def main() -> None:
     p.add_argument("--algos", default="omgmg,bc", help="comma-separated algorithm names, or 'all'")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated task shapes")
     p.add_argument("--out", type=Path)
+    p.add_argument("--members", help="comma-separated member counts (e.g. 1,2,5,10,20): the member-axis table")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:INDEX (--members only)")
     args = p.parse_args()
     algos = list(ALGORITHMS) if args.algos == "all" else args.algos.split(",")
     for name, known in [*((a, ALGORITHMS) for a in algos), *((s, SHAPES) for s in args.shapes.split(","))]:
         if name not in known:
             p.error(f"unknown name {name!r}: choose from {', '.join(known)}")
     torch.set_num_threads(args.threads)
+    if args.members:
+        return members_table(args, algos)
     peak = peak_gflops()
     ceiling = mlp_ceiling(peak)
     print(json.dumps({"agent_mlp_forward_backward_fraction_of_peak": round(ceiling, 3)}), flush=True)
@@ -208,6 +219,43 @@ def main() -> None:
         "ms per step = fixed (same step at hidden 8, batch 8) + matmuls at peak + rest; "
         "bound = 1000 / (fixed + matmuls at peak)"
     )
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2))
+
+
+def members_table(args, algos: list[str]) -> None:
+    """Steps/s of M members batched, per shape, algorithm and M, on one device."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from omgmg.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    counts = [int(m) for m in args.members.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for task in args.shapes.split(","):
+            ds = make_fixture(Path(d) / f"{SHAPES[task]}.zarr", SHAPES[task], episodes=10, max_episode_len=200)
+            for name in algos:
+                cls = algorithm_class(name).config_cls
+                for M in counts:
+                    cfgs = [cls(seed=s) for s in range(M)]
+                    algo = build(name, ds, cfgs if M > 1 else cfgs[0], device)
+                    loader = TransitionLoader(ds, cfgs[0].batch_size, seed=list(range(M)), device=device)
+                    sps = 1 / seconds_per_step(algo, loader, args.steps, device)
+                    row = {"task_shape": task, "algorithm": name, "members": M, "device": str(device),
+                           "steps_per_s": sps, "member_steps_per_s": M * sps}  # fmt: skip
+                    rows.append(row)
+                    print(
+                        json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True
+                    )
+    t = Table(title=f"members batched on {device} ({args.threads} CPU threads), batch 128, hidden 256")
+    for col in ("shape", "algorithm", "M", "steps/s", "member-steps/s", "ms per member-step"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(r["task_shape"], r["algorithm"], str(r["members"]), f"{r['steps_per_s']:.1f}",
+                  f"{r['member_steps_per_s']:.0f}", f"{1e3 / r['member_steps_per_s']:.2f}")  # fmt: skip
+    Console(width=140).print(t)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 
