@@ -43,11 +43,14 @@ def per_member(value, like: torch.Tensor):
 def clip_grad_norm_per_member(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` for each member on its own: the norm over member k's slice of
     every gradient, each slice scaled by min(1, max_norm / (norm + 1e-6)). Returns the norms (M,)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    owners = [p for p in params if p.grad is not None]
+    if not owners:
         return torch.zeros(0)
-    squares = torch.stack([g.reshape(g.shape[0], -1).square().sum(1) for g in grads]).sum(0)  # (M,)
-    norms = squares.sqrt()
+    if owners[0].shape[0] == 1:  # one member: torch's own clip, one fused norm over all the gradients
+        return torch.nn.utils.clip_grad_norm_(owners, max_norm, foreach=True).reshape(1)
+    grads = [p.grad for p in owners]
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads])
+    norms = torch.linalg.vector_norm(per_tensor, dim=0)  # (M,)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     torch._foreach_mul_(grads, [scale.reshape(-1, *([1] * (g.ndim - 1))) for g in grads])
     return norms
@@ -72,14 +75,18 @@ class MemberRandom:
         return len(self.generators)
 
     def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
-        return torch.stack(
+        return self._stack(
             [torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in self.generators]
         )
 
     def rand(self, shape, dtype=torch.float32) -> torch.Tensor:
-        return torch.stack(
+        return self._stack(
             [torch.rand(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in self.generators]
         )
+
+    @staticmethod
+    def _stack(draws: list[torch.Tensor]) -> torch.Tensor:
+        return draws[0].unsqueeze(0) if len(draws) == 1 else torch.stack(draws)
 
     def multinomial(self, probs: torch.Tensor) -> torch.Tensor:
         """One draw from each row of each member's probabilities (M, R, K) -> (M, R)."""
