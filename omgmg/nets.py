@@ -29,6 +29,7 @@ from omgmg.members import MemberRandom
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # as the official OMIGA actor
 MEAN_MIN, MEAN_MAX = -9.0, 9.0
 ATANH_EPS = 1e-6  # dataset actions on the bounds are pulled inside before atanh
+CENSOR_EDGE = math.atanh(1 - 1e-3)  # censored likelihood: an action on a bound = tanh(x) in the range's last 0.1%
 
 
 def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -197,10 +198,12 @@ class TanhGaussianPolicy(nn.Module):
         mask: np.ndarray,
         hidden: int = 256,
         shared: bool = True,
+        censor_bounds: bool = False,
     ):
         super().__init__()
         self.net = AgentMLP(members, n_agents, obs_dim, 2 * action_dim, hidden, shared=shared)
         self.box = ActionBox(low, high, mask)
+        self.censor_bounds = censor_bounds
 
     def _dist(self, obs):
         mean, log_std = self.net(obs).chunk(2, dim=-1)  # (M, B, N, A) each
@@ -210,12 +213,34 @@ class TanhGaussianPolicy(nn.Module):
         """atanh of an action's unit-cube coordinates, pulled inside (-1, 1) first."""
         return torch.atanh(self.box.to_unit(a).clamp(-1 + ATANH_EPS, 1 - ATANH_EPS))
 
-    def _log_prob(self, mean, log_std, pre_tanh):
-        """log N(x; mean, std) minus the tanh Jacobian, summed over each agent's own entries -> (M, B, N)."""
+    @staticmethod
+    def _entry_log_density(mean, log_std, pre_tanh):
+        """log N(x; mean, std) minus the tanh Jacobian, per action entry (M, B, N, A)."""
         z = (pre_tanh - mean) / log_std.exp()
         gauss = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
-        jac = 2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))  # log(1 - tanh(x)^2), stable
-        return ((gauss - jac) * self.box.mask).sum(-1)
+        return gauss - 2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))  # minus log(1 - tanh(x)^2), stable
+
+    def _log_prob(self, mean, log_std, pre_tanh):
+        """The log-density summed over each agent's own entries -> (M, B, N)."""
+        return (self._entry_log_density(mean, log_std, pre_tanh) * self.box.mask).sum(-1)
+
+    def _log_prob_data(self, mean, log_std, actions: torch.Tensor) -> torch.Tensor:
+        """log pi(a | o) of dataset actions (M, B, N). With ``censor_bounds``, an entry on its bound (within
+        1e-6) is scored by log P(x beyond atanh(1 - 1e-3)), the mass the policy puts on the range's last
+        0.1% on that side: bounded above by 0, its gradient vanishes once the policy puts that mass there,
+        where the density at atanh(1 - 1e-6) keeps pulling the mean towards 7.25 and the std towards 0."""
+        if not self.censor_bounds:
+            return self._log_prob(mean, log_std, self._pre_tanh(actions))
+        unit = self.box.to_unit(actions)
+        high, low = unit >= 1 - ATANH_EPS, unit <= -1 + ATANH_EPS
+        density = self._entry_log_density(mean, log_std, self._pre_tanh(actions))
+        std = log_std.exp()
+        mass = torch.where(
+            high,
+            torch.special.log_ndtr((mean - CENSOR_EDGE) / std),  # log P(x > edge)
+            torch.special.log_ndtr((-CENSOR_EDGE - mean) / std),  # log P(x < -edge)
+        )
+        return (torch.where(high | low, mass, density) * self.box.mask).sum(-1)
 
     def sample(self, obs: torch.Tensor, rng: MemberRandom):
         """Reparameterised sample: (actions in the box (M, B, N, A), log-probs (M, B, N))."""
@@ -227,12 +252,12 @@ class TanhGaussianPolicy(nn.Module):
         """One forward pass for both: a reparameterised sample (M, B, N, A) and log pi(actions | o) (M, B, N)."""
         mean, log_std = self._dist(obs)
         pre = mean + rng.randn(mean.shape[1:]) * log_std.exp()
-        return self.box.from_unit(torch.tanh(pre)), self._log_prob(mean, log_std, self._pre_tanh(actions))
+        return self.box.from_unit(torch.tanh(pre)), self._log_prob_data(mean, log_std, actions)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi(a | o) of dataset actions (M, B, N, A) -> (M, B, N)."""
         mean, log_std = self._dist(obs)
-        return self._log_prob(mean, log_std, self._pre_tanh(actions))
+        return self._log_prob_data(mean, log_std, actions)
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         mean, _ = self._dist(obs)

@@ -89,3 +89,31 @@ def test_a_batch_carries_its_rows_so_diagnostics_find_their_returns(data):
             assert torch.equal(b.reward, torch.from_numpy(steps_reward[b.index.numpy()]))
     algo = algorithm_class("bc")(ds.spec, small_config("bc"))
     assert algo.q_tot(b) is None and "value/q_tot_batch" not in algo.diagnostics(b, torch.zeros(1, 16))
+
+
+def test_censored_bound_actions_score_the_mass_beyond_the_edge_and_stay_bounded():
+    import math
+
+    from omgmg.nets import CENSOR_EDGE, TanhGaussianPolicy
+
+    box = (np.full((1, 2), -1, np.float32), np.ones((1, 2), np.float32), np.ones((1, 2), np.float32))
+    plain = TanhGaussianPolicy(1, 1, 3, 2, *box)
+    censored = TanhGaussianPolicy(1, 1, 3, 2, *box, censor_bounds=True)
+    mean, log_std = torch.tensor([[[[0.3, 7.0]]]]), torch.tensor([[[[-0.5, -5.0]]]])
+    interior = torch.tensor([[[[0.2, -0.4]]]])
+    assert torch.equal(plain._log_prob_data(mean, log_std, interior), censored._log_prob_data(mean, log_std, interior))
+    on_bounds = torch.tensor([[[[-1.0, 1.0]]]])  # entry 0 on its low bound, entry 1 on its high bound
+    got = censored._log_prob_data(mean, log_std, on_bounds)
+    std = log_std.exp()[0, 0, 0]
+    want = math.log(0.5 * math.erfc((0.3 + CENSOR_EDGE) / std[0] / math.sqrt(2))) + math.log(
+        0.5 * math.erfc((CENSOR_EDGE - 7.0) / std[1] / math.sqrt(2))
+    )
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    # mean at atanh(1 - 1e-6), std e^-5: the density there grows without bound as the std shrinks; the mass is <= 0
+    peak, tiny = torch.full((1, 1, 1, 2), math.atanh(1 - 1e-6)), torch.full((1, 1, 1, 2), -5.0)
+    high = torch.ones(1, 1, 1, 2)
+    assert plain._log_prob_data(peak, tiny, high).item() > 30
+    assert -1e-6 < censored._log_prob_data(peak, tiny, high).item() <= 0
+    far = torch.tensor([[[[9.0, 9.0]]]], requires_grad=True)
+    censored._log_prob_data(far, torch.zeros(1, 1, 1, 2), high).sum().backward()
+    assert far.grad.abs().max() < 1e-3  # mass beyond the edge already there: nothing left to pull

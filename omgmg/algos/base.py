@@ -60,6 +60,10 @@ class OfflineConfig:
     """One network for all agents with a one-hot id input (True) or separate stacked weights (False)."""
     grad_norm_clip: float = 1.0
     """Gradient-norm clip of every update."""
+    censor_bound_actions: bool = False
+    """Deviation, off by default: score a dataset action entry on its bound by the probability the
+    tanh-Gaussian actor puts on the last 0.1% of the range (a censored likelihood) instead of the density at
+    atanh(1 - 1e-6); for every likelihood of dataset actions (BC, ICQ, OMIGA, ComaDICE, OMGMG's Eq. 10)."""
 
     def __post_init__(self):
         # every number of every algorithm's config must be finite (a NaN passes any comparison below)
@@ -189,7 +193,14 @@ class OfflineAlgorithm(nn.Module):
         if spec.discrete:
             return CategoricalPolicy(M, spec.n_agents, spec.obs_dim, spec.n_actions, cfg.hidden, cfg.shared_networks)
         return TanhGaussianPolicy(
-            M, spec.n_agents, spec.obs_dim, spec.action_dim, *action_bounds(spec), cfg.hidden, cfg.shared_networks
+            M,
+            spec.n_agents,
+            spec.obs_dim,
+            spec.action_dim,
+            *action_bounds(spec),
+            cfg.hidden,
+            cfg.shared_networks,
+            censor_bounds=cfg.censor_bound_actions,
         )
 
     def local_q(self, twin: bool = False) -> nn.Module:
