@@ -317,8 +317,10 @@ def sweep(
 ):
     """Run every cell (datasets x algorithms x seeds x grid) of an experiment SPEC not yet finished.
 
-    SPEC is a TOML file or a shipped name: table1, table2, ablation-lambda, ablation-nu. Re-running
-    resumes: finished cells are skipped, unfinished ones continue from their last checkpoint.
+    SPEC is a TOML file or a shipped name: table1, table2, ablation-lambda, ablation-nu (the paper's
+    experiments), paper-check (a reduced Table 1/2 at a real budget), select-omgmg, select-omgmg-literal,
+    select-omiga, select-icq (the default-selection protocol, docs/omgmg.md). Re-running resumes:
+    finished cells are skipped, unfinished ones continue from their last checkpoint.
     """
     from omgmg.experiments.report import write_report
     from omgmg.experiments.spec import load_spec

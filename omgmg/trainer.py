@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -228,6 +229,8 @@ def train(
             o.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfgs[0].torch_threads)
+    if warn and device.type == "cpu" and (note := busy_cpu_note(cfgs[0].torch_threads)):
+        warn(note)
     try:
         with contextlib.ExitStack() as locks:
             # the locks first (their files lie beside the run directories): a run another process is starting
@@ -247,6 +250,22 @@ def train(
     finally:
         torch.set_num_threads(threads)
     return results if several else results[0]
+
+
+def busy_cpu_note(torch_threads: int) -> str | None:
+    """A warning when other work already keeps the cores a multi-threaded CPU run needs busy. PyTorch's OpenMP
+    threads spin-wait for each other at every operator; with a thread descheduled the others spin, and a step
+    gets many times slower (Hopper-3x1 OMGMG beside a niced sweep on 2 cores: 300 steps took 208 s with 2
+    threads, 12 s with 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if torch_threads < 2 or load <= cores - torch_threads + 0.5:
+        return None
+    return (
+        f"the CPU is busy (load {load:.1f} on {cores} cores) and training uses {torch_threads} threads, which wait "
+        "on each other when one is descheduled (steps can get 10x slower): pass --torch-threads 1 while other "
+        "work runs"
+    )
 
 
 def run_identity(algo_name: str, ds: Dataset, cfg: OfflineConfig) -> dict:

@@ -105,3 +105,15 @@ def test_the_observation_layout_is_a_request_option_and_local_is_the_default():
     assert "--obs-mode TEXT" in help_ and "OMIGA's code trains on" in help_
     out = CliRunner().invoke(data_cli, ["collect", "smacv2", "protoss_5v5", "--level", "random", "--obs-mode", "omiga"])
     assert out.exit_code == 2 and "SMACv2 tasks take no option obs_mode" in out.output
+
+
+def test_a_multi_threaded_cpu_run_on_busy_cores_is_told_to_use_one_thread(monkeypatch):
+    from omgmg import trainer
+
+    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (2.0, 2.0, 2.0), raising=False)
+    note = trainer.busy_cpu_note(2)
+    assert note and "load 2.0 on 2 cores" in note and "--torch-threads 1" in note
+    assert trainer.busy_cpu_note(1) is None  # one thread waits on no other
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (0.3, 0.3, 0.3), raising=False)
+    assert trainer.busy_cpu_note(2) is None  # an idle machine

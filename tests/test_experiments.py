@@ -40,6 +40,8 @@ def spec_dict(dataset, **changes) -> dict:
 
 def test_the_paper_specs_ship_and_expand_to_the_papers_cells():
     assert {"table1", "table2", "ablation-lambda", "ablation-nu"} <= set(shipped_specs())
+    sweep_help = CliRunner().invoke(train_cli, ["sweep", "--help"]).output
+    assert all(name in sweep_help for name in shipped_specs()), "omgmg sweep --help names every shipped spec"
     t1, t2 = load_spec("table1"), load_spec("table2")
     assert len(t1.cells()) == 3 * 4 * 6 * 5 and len(t1.cells(smoke=True)) == 3 * 4 * 6
     assert len(t2.cells()) == 3 * 4 * 6 * 5
@@ -219,6 +221,7 @@ def test_report_aggregates_mean_and_std_by_hand_and_bolds_the_best(tmp_path):
     md = write_report(root)[0].read_text()
     assert "**330.0 ± 24.5 ×1**" in md and "| 200.0 ± 81.6 |" in md and "SMOKE budget" in md
     assert normalised(150.0, 100.0, 200.0) == 50.0
+    assert normalised(39.0, 18.0, 18.5) is None  # references too close to mean anything
     assert "Not the paper's benchmark: MaMuJoCo runs on gymnasium-robotics v5" in md and "SMAX" not in md
 
 

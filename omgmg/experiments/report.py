@@ -93,7 +93,11 @@ def _reference_returns(result: dict) -> tuple[float, float] | None:
     return means[0], means[1]
 
 
-def normalised(score: float, random: float, expert: float) -> float:
+def normalised(score: float, random: float, expert: float) -> float | None:
+    """100 (score - random) / (expert - random); None unless the expert data beats the random data by more
+    than 10% of the larger return (an under-trained behaviour barely does, and the score then explodes)."""
+    if expert - random <= 0.1 * max(abs(expert), abs(random)):
+        return None
     return 100.0 * (score - random) / (expert - random)
 
 
@@ -121,8 +125,8 @@ def aggregate(results: list[dict]) -> dict:
         if best and len(best) == len(scores):
             entry["best"] = mean_std(best)
             refs = _reference_returns(rs[0])
-            # undefined unless the expert data beats the random data (an under-trained smoke behaviour may not)
-            if refs and refs[1] > refs[0] and rs[0].get("win_rate") is None:
+            # undefined unless the expert data clearly beats the random data (an under-trained behaviour may not)
+            if refs and normalised(0.0, *refs) is not None and rs[0].get("win_rate") is None:
                 entry["normalised"] = mean_std([normalised(s, *refs) for s in scores])
         if q:
             entry["q_tot"] = mean_std(q)
