@@ -1,9 +1,9 @@
 """Trainer speed: gradient steps/s, the loader's share of a step, and FLOP rate against this machine's peak.
 
     python benchmarks/train.py                      # OMGMG and BC, four task shapes, batch 128
-    python benchmarks/train.py --compile            # also try torch.compile on the per-agent networks
+    python benchmarks/train.py --compile            # also OMGMG with its update torch.compile'd (--compile)
     python benchmarks/train.py --algos all --shapes Hopper-3x1,protoss_5v5   # every algorithm
-    python benchmarks/train.py --members 1,2,5,10,20 --device cuda   # batched members (omgmg.members)
+    python benchmarks/train.py --members 1,2,5,10,20 --device cuda --compile   # batched members, eager and graphed
 
 Shapes follow the tasks (observation, state and action sizes of HalfCheetah-6x1, Hopper-3x1,
 Ant-2x4 from gymnasium-robotics and protoss_5v5 from SMAX), with OMIGA's network sizes (hidden 256,
@@ -19,7 +19,9 @@ kernels at the real sizes, plus matmuls running below peak). ``fixed + matmuls a
 what this operator sequence can reach in eager PyTorch.
 
 ``--members``: the member axis instead (M independent seeds trained as one batched program): for each
-M, gradient steps/s of the batched program and member-steps/s (M times that), per shape and device.
+M, gradient steps/s of the batched program and member-steps/s (M times that), per shape and device; with
+``--compile`` each M also with the update compiled (``OfflineAlgorithm.compile_update``: CUDA graphs on a
+CUDA device), after its compilation and warm-up.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--compile", action="store_true", help="also measure torch.compile'd networks")
+    p.add_argument("--compile", action="store_true", help="also measure the update torch.compile'd (graphed on CUDA)")
     p.add_argument("--algos", default="omgmg,bc", help="comma-separated algorithm names, or 'all'")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated task shapes")
     p.add_argument("--out", type=Path)
@@ -153,9 +155,7 @@ def main() -> None:
                 name = label.split()[0]
                 algo = build(name, ds, cfg)
                 if compiled:
-                    for m in algo.modules():
-                        if isinstance(m, AgentMLP):
-                            m.forward = torch.compile(m.forward, dynamic=False)
+                    algo.compile_update()
                 sps, load_share, gflop = measure(algo, TransitionLoader(ds, cfg.batch_size, seed=0), args.steps)
                 fixed = fixed_cost_s(name, ds, cfg, args.steps) if not compiled else float("nan")
                 at_peak = gflop / peak
@@ -239,21 +239,23 @@ def members_table(args, algos: list[str]) -> None:
             for name in algos:
                 cls = algorithm_class(name).config_cls
                 for M in counts:
-                    cfgs = [cls(seed=s) for s in range(M)]
-                    algo = build(name, ds, cfgs if M > 1 else cfgs[0], device)
-                    loader = TransitionLoader(ds, cfgs[0].batch_size, seed=list(range(M)), device=device)
-                    sps = 1 / seconds_per_step(algo, loader, args.steps, device)
-                    row = {"task_shape": task, "algorithm": name, "members": M, "device": str(device),
-                           "steps_per_s": sps, "member_steps_per_s": M * sps}  # fmt: skip
-                    rows.append(row)
-                    print(
-                        json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True
-                    )
+                    for mode in ("eager", "compiled") if args.compile else ("eager",):
+                        cfgs = [cls(seed=s) for s in range(M)]
+                        algo = build(name, ds, cfgs if M > 1 else cfgs[0], device)
+                        if mode == "compiled":
+                            algo.compile_update()
+                        loader = TransitionLoader(ds, cfgs[0].batch_size, seed=list(range(M)), device=device)
+                        sps = 1 / seconds_per_step(algo, loader, args.steps, device)
+                        row = {"task_shape": task, "algorithm": name, "members": M, "mode": mode,
+                               "device": str(device), "steps_per_s": sps, "member_steps_per_s": M * sps}  # fmt: skip
+                        rows.append(row)
+                        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}),
+                              flush=True)  # fmt: skip
     t = Table(title=f"members batched on {device} ({args.threads} CPU threads), batch 128, hidden 256")
-    for col in ("shape", "algorithm", "M", "steps/s", "member-steps/s", "ms per member-step"):
+    for col in ("shape", "algorithm", "M", "update", "steps/s", "member-steps/s", "ms per member-step"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(r["task_shape"], r["algorithm"], str(r["members"]), f"{r['steps_per_s']:.1f}",
+        t.add_row(r["task_shape"], r["algorithm"], str(r["members"]), r["mode"], f"{r['steps_per_s']:.1f}",
                   f"{r['member_steps_per_s']:.0f}", f"{1e3 / r['member_steps_per_s']:.2f}")  # fmt: skip
     Console(width=140).print(t)
     if args.out:

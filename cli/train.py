@@ -49,6 +49,15 @@ DEVICE = click.option(
 )
 
 
+COMPILE = click.option(
+    "--compile",
+    "compile_update",
+    is_flag=True,
+    help="torch.compile each update; on a CUDA device its kernels are replayed as CUDA graphs (mode "
+    "reduce-overhead). Off by default: on this project's 2-core CPU it made steps slower.",
+)
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0-4' -> [0, 1, 2, 3, 4]; '0,2,7' -> [0, 2, 7]; ranges and lists combine ('0-2,9')."""
     seeds: list[int] = []
@@ -98,6 +107,7 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
     help="Also write TensorBoard event files to OUT/tensorboard (default: when tensorboard is installed).",
 )
 @DEVICE
+@COMPILE
 @click.option(
     "--seeds",
     help="Train several seeds as one batched program (e.g. 0-4 or 0,1,2): one run directory per seed, each as a "
@@ -120,6 +130,7 @@ def train(
     evaluate: bool,
     tensorboard: bool | None,
     device: str,
+    compile_update: bool,
     seeds: str | None,
     grid: tuple[str, ...],
     **options,
@@ -182,6 +193,7 @@ def train(
             warn=warn,
             tensorboard=tensorboard,
             device=device,
+            compile_update=compile_update,
         )
     for r in result if several else [result]:
         _print_result(r.run_dir, r.final, r.best)
@@ -303,6 +315,7 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: 
     "one batched job; 1 on CPUs, where batching saves little (benchmarks/train.py --members); 10-20 on a GPU.",
 )
 @DEVICE
+@COMPILE
 @friendly_errors
 def sweep(
     spec: str,
@@ -314,6 +327,7 @@ def sweep(
     list_only: bool,
     members_per_job: int,
     device: str,
+    compile_update: bool,
 ):
     """Run every cell (datasets x algorithms x seeds x grid) of an experiment SPEC not yet finished.
 
@@ -365,6 +379,7 @@ def sweep(
             on_done=on_done,
             members_per_job=members_per_job,
             device=device,
+            compile_update=compile_update,
         )
     errors = [r for r in results if r.get("error")]
     paths = write_report(out)

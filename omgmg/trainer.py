@@ -205,6 +205,7 @@ def train(
     warn: Callable[[str], None] | None = None,
     tensorboard: bool | None = None,
     device: str | torch.device | None = "cpu",
+    compile_update: bool = False,
 ) -> TrainResult | list[TrainResult]:
     """Train ``algo_name`` on a dataset into run directory ``out`` (resuming it if it holds a run).
 
@@ -213,7 +214,8 @@ def train(
     each directory gets what a single run with that config would write; a list of results is returned.
 
     ``tensorboard``: also write TensorBoard event files to ``out/tensorboard`` (None: when installed;
-    see :class:`omgmg.datakit.metrics.MetricLog`). ``device``: cpu, cuda[:i] or auto."""
+    see :class:`omgmg.datakit.metrics.MetricLog`). ``device``: cpu, cuda[:i] or auto. ``compile_update``:
+    :meth:`OfflineAlgorithm.compile_update` (CUDA graphs on a CUDA device; on this project's CPU slower)."""
     several = isinstance(cfg, list | tuple)
     cfgs = list(cfg) if several else [cfg]
     outs = [Path(o).absolute() for o in (out if several else [out])]
@@ -246,7 +248,9 @@ def train(
             for o in outs:
                 with os_errors(o, "creating the run directory"):
                     (o / "checkpoints").mkdir(parents=True, exist_ok=True)
-            results = _train(algo_name, dataset, cfgs, outs, evaluate, progress, warn, tensorboard, device)
+            results = _train(
+                algo_name, dataset, cfgs, outs, evaluate, progress, warn, tensorboard, device, compile_update
+            )
     finally:
         torch.set_num_threads(threads)
     return results if several else results[0]
@@ -340,10 +344,14 @@ def _resume_states(outs: list[Path], warn) -> list[dict | None]:
     return states
 
 
-def _train(algo_name, dataset, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device) -> list[TrainResult]:
+def _train(
+    algo_name, dataset, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device, compile_update: bool = False
+) -> list[TrainResult]:
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     M, cfg = len(cfgs), cfgs[0]
     algo = build(algo_name, ds, cfgs, device)
+    if compile_update:
+        algo.compile_update()
     loader = TransitionLoader(ds, cfg.batch_size, seed=[c.seed for c in cfgs], device=loader_device(ds, device))
     identities = [run_identity(algo_name, ds, c) for c in cfgs]
     configs = [

@@ -207,3 +207,24 @@ def test_command_trains_seeds_and_a_grid_into_one_directory_per_member(data, tmp
     if not torch.cuda.is_available():
         bad = CliRunner().invoke(train_cli, args[:7] + ["--device", "cuda"])
         assert bad.exit_code == 2 and "no CUDA device" in bad.output
+
+
+@pytest.mark.slow
+def test_a_compiled_update_trains_the_members_as_the_eager_one(data, tmp_path):
+    """``--compile`` (torch.compile; CUDA graphs on a CUDA device): two OMGMG members, 40 steps, the same
+    logged losses and final parameters as eager to float32 tolerance (Inductor may fuse and reorder sums)."""
+    for command in ("train", "sweep"):
+        assert "--compile" in CliRunner().invoke(train_cli, [command, "--help"]).output
+    cfgs = [small_config("omgmg", steps=40, log_every=10, seed=s) for s in (0, 1)]
+    eager, compiled = [tmp_path / "e0", tmp_path / "e1"], [tmp_path / "c0", tmp_path / "c1"]
+    train("omgmg", data["continuous"], cfgs, eager, evaluate=False, device=DEVICE)
+    train("omgmg", data["continuous"], cfgs, compiled, evaluate=False, device=DEVICE, compile_update=True)
+    for a, b in zip(eager, compiled, strict=True):
+        la, lb = read_log(a), read_log(b)
+        assert [r["step"] for r in la] == [r["step"] for r in lb] and len(la) >= 4
+        for ra, rb in zip(la, lb, strict=True):
+            for k, v in ra.items():
+                if k.startswith(("loss/", "value/", "policy/")):
+                    assert rb[k] == pytest.approx(v, rel=1e-3, abs=1e-4), (k, ra["step"])
+        wa, wb = _weights(a)["weights"], _weights(b)["weights"]
+        assert max(float((v - wb[k]).abs().max()) for k, v in wa.items()) < 1e-3

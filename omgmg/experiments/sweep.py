@@ -97,7 +97,14 @@ def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Calla
 # ----- one cell --------------------------------------------------------------------------------------------------
 
 
-def run_cells(cells_json: list[dict], cell_dirs: list[str], dataset: str, threads: int, device: str = "cpu") -> list:
+def run_cells(
+    cells_json: list[dict],
+    cell_dirs: list[str],
+    dataset: str,
+    threads: int,
+    device: str = "cpu",
+    compile_update: bool = False,
+) -> list:
     """Train cells that differ only in seed or in batchable hyperparameters as the members of one batched
     program (one cell: a single run), each into its own ``cell_dir``, and write each one's ``result.json``.
 
@@ -119,7 +126,7 @@ def run_cells(cells_json: list[dict], cell_dirs: list[str], dataset: str, thread
         todo = [i for i, _ in held]
         if todo:
             trained = _train_cells([cells_json[i] for i in todo], [Path(cell_dirs[i]) for i in todo], dataset,
-                                   threads, device)  # fmt: skip
+                                   threads, device, compile_update)  # fmt: skip
             for i, result in zip(todo, trained, strict=True):
                 results[i] = result
     finally:
@@ -128,7 +135,9 @@ def run_cells(cells_json: list[dict], cell_dirs: list[str], dataset: str, thread
     return results
 
 
-def _train_cells(cells_json: list[dict], outs: list[Path], dataset: str, threads: int, device: str) -> list[dict]:
+def _train_cells(
+    cells_json: list[dict], outs: list[Path], dataset: str, threads: int, device: str, compile_update: bool
+) -> list[dict]:
     from omgmg.algos import algorithm_class
     from omgmg.datakit import open_dataset
     from omgmg.diagnostics import divergence_bound, returns_to_go
@@ -148,7 +157,7 @@ def _train_cells(cells_json: list[dict], outs: list[Path], dataset: str, threads
         cfgs = [cls(**{**c.config, "torch_threads": threads}) for c in cells]
         runs = [out / "run" for out in outs]
         trained = train(cells[0].algorithm, ds, cfgs if len(cfgs) > 1 else cfgs[0], runs if len(runs) > 1 else runs[0],
-                        device=device)  # fmt: skip
+                        device=device, compile_update=compile_update)  # fmt: skip
         trained = trained if isinstance(trained, list) else [trained]
     except Exception as e:  # a job that crashes is recorded (and retried by the next sweep), the sweep goes on
         for r in results:
@@ -241,9 +250,11 @@ def run_sweep(
     on_done: Callable[[Cell, dict], None] | None = None,
     members_per_job: int = 1,
     device: str = "cpu",
+    compile_update: bool = False,
 ) -> list[dict]:
     """Run every unfinished cell of ``spec``, ``members_per_job`` cells per batched job at most (see the
-    module docstring), training on ``device``; returns the results of all cells."""
+    module docstring), training on ``device`` (``compile_update``: see :func:`omgmg.trainer.train`); returns
+    the results of all cells."""
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
@@ -255,12 +266,34 @@ def run_sweep(
         sweep_dir.mkdir(parents=True, exist_ok=True)
     with OutputLock(sweep_dir, "sweep"):
         return _run_sweep(
-            spec, sweep_dir, smoke, backend, workers, address, on_note, on_start, on_done, members_per_job, device
+            spec,
+            sweep_dir,
+            smoke,
+            backend,
+            workers,
+            address,
+            on_note,
+            on_start,
+            on_done,
+            members_per_job,
+            device,
+            compile_update,
         )
 
 
 def _run_sweep(
-    spec, sweep_dir: Path, smoke, backend, workers, address, on_note, on_start, on_done, members_per_job, device
+    spec,
+    sweep_dir: Path,
+    smoke,
+    backend,
+    workers,
+    address,
+    on_note,
+    on_start,
+    on_done,
+    members_per_job,
+    device,
+    compile_update,
 ) -> list[dict]:
     seeds, budget, data = spec.resolved(smoke)
     meta = {
@@ -286,7 +319,7 @@ def _run_sweep(
     threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
     jobs = [
         ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job], str(paths[job[0].dataset]), threads,
-         device)
+         device, compile_update)
         for job in pack_cells(todo, sweep_dir, members_per_job)
     ]  # fmt: skip
 
