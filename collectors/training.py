@@ -130,6 +130,7 @@ def _train(run: RunDir, progress, warn, tensorboard) -> RunDir:
                 ro, finished = _rollout(agent, vec, recorder, cfg, gen)
                 for _, ep in finished:
                     replay.add_episode(**ep)
+                t_rollout = time.perf_counter() - t0
                 env_steps += cfg.num_envs * cfg.rollout_len
                 adv, ret = gae(
                     ro.rewards, ro.values, ro.next_values, ro.terminated, ro.done, agent.cfg.gamma, agent.cfg.gae_lambda
@@ -138,6 +139,7 @@ def _train(run: RunDir, progress, warn, tensorboard) -> RunDir:
                 record = {
                     "env_steps": env_steps,
                     "time/steps_per_s": cfg.num_envs * cfg.rollout_len / (time.perf_counter() - t0),
+                    "time/rollout_share": t_rollout / (time.perf_counter() - t0),
                     **stats,
                 }
                 if finished:

@@ -77,6 +77,8 @@ METRICS = {
     "charts/win_rate": "share of those episodes won",
     # throughput
     "time/steps_per_s": "gradient steps (offline) or environment steps (behaviour) per second",
+    "time/rollout_share": "behaviour training: the share of an iteration spent stepping the envs and acting (the rest: "
+    "GAE and the PPO update, what a GPU could speed up)",
 }
 
 _PATTERNS = [re.compile(name + r"\Z") for name in METRICS]
