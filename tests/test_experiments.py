@@ -178,7 +178,19 @@ def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
 
 
 def _fake_result(
-    root, name, algorithm, seed, score, q, grid=None, diverged=False, task="Hopper-3x1", win=None, best=None, steps=5
+    root,
+    name,
+    algorithm,
+    seed,
+    score,
+    q,
+    grid=None,
+    diverged=False,
+    task="Hopper-3x1",
+    win=None,
+    best=None,
+    steps=5,
+    refs=None,
 ):
     d = root / "cells" / name
     d.mkdir(parents=True)
@@ -193,6 +205,8 @@ def _fake_result(
     }
     result = {"cell": cell, "score": score, "q_tot": q, "diverged": diverged, "win_rate": win, "best_score": best}
     result["best_win_rate"] = best if win is not None else None
+    if refs:
+        result["reference_returns"] = refs
     (d / "result.json").write_text(json.dumps(result))
 
 
@@ -222,7 +236,21 @@ def test_report_aggregates_mean_and_std_by_hand_and_bolds_the_best(tmp_path):
     assert "**330.0 ± 24.5 ×1**" in md and "| 200.0 ± 81.6 |" in md and "SMOKE budget" in md
     assert normalised(150.0, 100.0, 200.0) == 50.0
     assert normalised(39.0, 18.0, 18.5) is None  # references too close to mean anything
+    assert "normalised" not in bc  # no reference datasets and none recorded
     assert "Not the paper's benchmark: MaMuJoCo runs on gymnasium-robotics v5" in md and "SMAX" not in md
+
+
+def test_a_report_normalises_with_the_references_its_cells_recorded_when_the_data_is_gone(tmp_path):
+    root = tmp_path / "sw"
+    budget = {"steps": 5, "eval_every": 5, "eval_episodes": 1}
+    meta = {"name": "t", "title": "T", "layout": "table", "smoke": False, "seeds": [0, 1], "data": {},
+            "budget": budget, "algorithms": ["bc"], "grid": None}  # fmt: skip
+    root.mkdir()
+    (root / "sweep.json").write_text(json.dumps(meta))
+    for s, x in [(0, 150.0), (1, 250.0)]:
+        _fake_result(root, f"bc{s}", "bc", s, x, None, refs={"random": 100.0, "expert": 300.0})
+    agg = aggregate(load_results(root)[1])
+    assert agg[("Hopper-3x1", "medium", "bc", None)]["normalised"][0] == pytest.approx(50.0)
 
 
 def test_report_shows_best_beside_final_names_its_benchmark_and_per_dataset_budgets(tmp_path):

@@ -24,7 +24,7 @@ import numpy as np
 
 from omgmg.datakit.outputs import atomic_write_json
 from omgmg.experiments.spec import DatasetRef
-from omgmg.experiments.sweep import dataset_path, reference_levels
+from omgmg.experiments.sweep import reference_returns
 
 
 def load_results(sweep_dir) -> tuple[dict, list[dict]]:
@@ -77,20 +77,10 @@ def _score(result: dict, which: str = "") -> float | None:
 
 
 def _reference_returns(result: dict) -> tuple[float, float] | None:
-    """(random, expert) mean returns of the result's task, for the normalised score."""
-    from omgmg.datakit import open_dataset
-
-    cell = result["cell"]
-    refs = reference_levels(DatasetRef(**cell["dataset"]))
-    if not refs:
-        return None
-    means = []
-    for ref in refs:
-        path = dataset_path(ref, cell["data"])
-        if not path.exists():
-            return None
-        means.append(open_dataset(path).meta["stats"]["return"]["mean"])
-    return means[0], means[1]
+    """(random, expert) mean returns of the result's task, for the normalised score: as the cell recorded
+    them when it finished (a report then needs no dataset), else read from the reference datasets."""
+    refs = result.get("reference_returns") or reference_returns(result["cell"])
+    return (refs["random"], refs["expert"]) if refs else None
 
 
 def normalised(score: float, random: float, expert: float) -> float | None:
@@ -122,12 +112,12 @@ def aggregate(results: list[dict]) -> dict:
         }
         if scores:
             entry["mean"], entry["std"] = mean_std(scores)
-        if best and len(best) == len(scores):
-            entry["best"] = mean_std(best)
             refs = _reference_returns(rs[0])
             # undefined unless the expert data clearly beats the random data (an under-trained behaviour may not)
             if refs and normalised(0.0, *refs) is not None and rs[0].get("win_rate") is None:
                 entry["normalised"] = mean_std([normalised(s, *refs) for s in scores])
+        if best and len(best) == len(scores):
+            entry["best"] = mean_std(best)
         if q:
             entry["q_tot"] = mean_std(q)
         out[key] = entry

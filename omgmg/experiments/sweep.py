@@ -69,6 +69,20 @@ def reference_levels(ref: DatasetRef) -> list[DatasetRef]:
     return [DatasetRef(suite=ref.suite, task=ref.task, level=lvl) for lvl in ("random", "expert")]
 
 
+def reference_returns(cell_json: dict) -> dict[str, float] | None:
+    """{level: mean return} of a cell's normalisation references (random, expert), None where the suite has
+    none or their datasets are not there."""
+    from omgmg.datakit import open_dataset
+
+    means = {}
+    for ref in reference_levels(DatasetRef(**cell_json["dataset"])):
+        path = dataset_path(ref, cell_json["data"])
+        if not path.exists():
+            return None
+        means[ref.level] = open_dataset(path).meta["stats"]["return"]["mean"]
+    return means or None
+
+
 def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Callable[[str], None] = print) -> dict:
     """Generate every dataset the cells need (and the normalisation references); returns ref -> path."""
     from omgmg.collectors.collect import CollectRequest, collect
@@ -185,6 +199,7 @@ def _train_cells(
                 diverged=diverged,
                 steps=final.get("step"),
                 dataset_stats=ds.meta.get("stats"),
+                reference_returns=reference_returns(cell.to_json()),  # so a report needs no dataset
             )
     for out, result in zip(outs, results, strict=True):
         result["wall_s"] = time.time() - t0
