@@ -3,7 +3,8 @@
 #   1. the equivalence tests on CUDA (member k of a batched run follows the single run with seed k);
 #   2. gradient steps/s and member-steps/s for M = 1, 2, 5, 10, 20 on the four task shapes, eager;
 #   3. the same for M = 1 and 10 on HalfCheetah-6x1 with the update compiled and replayed as CUDA graphs
-#      (--compile), against the targets: >= 1,000 steps/s for one seed, >= 10,000 member-steps/s for 10.
+#      (--compile), against the targets: >= 1,000 steps/s for one seed, >= 10,000 member-steps/s for 10;
+#   4. step 3 again with TF32 matmuls (--tf32), to state what TF32 changes.
 # Run from the repository root on a machine with a CUDA device and omgmg importable (pip install -e .,
 # or PYTHONPATH pointing at an unpacked install); results go to ${OUT:-gpu-check}/.
 set -o pipefail
@@ -17,3 +18,5 @@ timeout 300 python benchmarks/train.py --members 1,2,5,10,20 --device cuda --ste
   --shapes HalfCheetah-6x1,Hopper-3x1,Ant-2x4,protoss_5v5 --out "$out/members-cuda.json" 2>&1 | tee "$out/members-cuda.log"
 timeout 300 python benchmarks/train.py --members 1,10 --device cuda --steps 200 --compile \
   --shapes HalfCheetah-6x1 --algos omgmg --out "$out/members-cuda-compiled.json" 2>&1 | tee "$out/members-cuda-compiled.log"
+timeout 200 python benchmarks/train.py --members 1,10 --device cuda --steps 200 --compile --tf32 \
+  --shapes HalfCheetah-6x1 --algos omgmg --out "$out/members-cuda-compiled-tf32.json" 2>&1 | tee "$out/members-cuda-compiled-tf32.log"

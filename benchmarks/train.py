@@ -127,12 +127,14 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--members", help="comma-separated member counts (e.g. 1,2,5,10,20): the member-axis table")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:INDEX (--members only)")
+    p.add_argument("--tf32", action="store_true", help="CUDA: float32 matmuls in TF32 (stated in every row)")
     args = p.parse_args()
     algos = list(ALGORITHMS) if args.algos == "all" else args.algos.split(",")
     for name, known in [*((a, ALGORITHMS) for a in algos), *((s, SHAPES) for s in args.shapes.split(","))]:
         if name not in known:
             p.error(f"unknown name {name!r}: choose from {', '.join(known)}")
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32  # omgmg itself leaves torch's default (off)
     if args.members:
         return members_table(args, algos)
     peak = peak_gflops()
@@ -247,11 +249,13 @@ def members_table(args, algos: list[str]) -> None:
                         loader = TransitionLoader(ds, cfgs[0].batch_size, seed=list(range(M)), device=device)
                         sps = 1 / seconds_per_step(algo, loader, args.steps, device)
                         row = {"task_shape": task, "algorithm": name, "members": M, "mode": mode,
-                               "device": str(device), "steps_per_s": sps, "member_steps_per_s": M * sps}  # fmt: skip
+                               "device": str(device), "tf32": args.tf32 and device.type == "cuda", "steps_per_s": sps,
+                               "member_steps_per_s": M * sps}  # fmt: skip
                         rows.append(row)
                         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}),
                               flush=True)  # fmt: skip
-    t = Table(title=f"members batched on {device} ({args.threads} CPU threads), batch 128, hidden 256")
+    tf32 = ", TF32 matmuls" if args.tf32 and device.type == "cuda" else ""
+    t = Table(title=f"members batched on {device} ({args.threads} CPU threads{tf32}), batch 128, hidden 256")
     for col in ("shape", "algorithm", "M", "update", "steps/s", "member-steps/s", "ms per member-step"):
         t.add_column(col, justify="right")
     for r in rows:
