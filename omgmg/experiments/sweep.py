@@ -280,75 +280,45 @@ def run_sweep(
     with os_errors(sweep_dir, "creating the sweep directory"):
         sweep_dir.mkdir(parents=True, exist_ok=True)
     with OutputLock(sweep_dir, "sweep"):
-        return _run_sweep(
-            spec,
-            sweep_dir,
-            smoke,
-            backend,
-            workers,
-            address,
-            on_note,
-            on_start,
-            on_done,
-            members_per_job,
-            device,
-            compile_update,
-        )
+        seeds, budget, data = spec.resolved(smoke)
+        meta = {
+            "name": spec.name,
+            "title": spec.title,
+            "layout": spec.layout,
+            "smoke": smoke,
+            "seeds": seeds,
+            "budget": budget,
+            "data": data,
+            "algorithms": spec.algorithms,
+            "source": spec.source,
+            "grid": spec.grid[0] if spec.grid else None,
+        }
+        cells = spec.cells(smoke)
+        meta["cells"] = [c.key for c in cells]  # the report aggregates these only, not cells of an earlier edit
+        atomic_write_json(sweep_dir / "sweep.json", meta)
+        workers = workers or max(1, (os.cpu_count() or 1))
+        paths = prepare_datasets(cells, data, workers, on_note)
+        todo = pending_cells(sweep_dir, cells)
+        if on_start:
+            on_start(len(cells), len(cells) - len(todo))
+        threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
+        jobs = [
+            ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job], str(paths[job[0].dataset]),
+             threads, device, compile_update)
+            for job in pack_cells(todo, sweep_dir, members_per_job)
+        ]  # fmt: skip
 
+        def done(job, results) -> None:
+            for cell_json, result in zip(job[0], results, strict=True):
+                if on_done:
+                    on_done(Cell.from_json(cell_json), result)
 
-def _run_sweep(
-    spec,
-    sweep_dir: Path,
-    smoke,
-    backend,
-    workers,
-    address,
-    on_note,
-    on_start,
-    on_done,
-    members_per_job,
-    device,
-    compile_update,
-) -> list[dict]:
-    seeds, budget, data = spec.resolved(smoke)
-    meta = {
-        "name": spec.name,
-        "title": spec.title,
-        "layout": spec.layout,
-        "smoke": smoke,
-        "seeds": seeds,
-        "budget": budget,
-        "data": data,
-        "algorithms": spec.algorithms,
-        "source": spec.source,
-        "grid": spec.grid[0] if spec.grid else None,
-    }
-    cells = spec.cells(smoke)
-    meta["cells"] = [c.key for c in cells]  # the report aggregates these only, not cells of an earlier edit
-    atomic_write_json(sweep_dir / "sweep.json", meta)
-    workers = workers or max(1, (os.cpu_count() or 1))
-    paths = prepare_datasets(cells, data, workers, on_note)
-    todo = pending_cells(sweep_dir, cells)
-    if on_start:
-        on_start(len(cells), len(cells) - len(todo))
-    threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
-    jobs = [
-        ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job], str(paths[job[0].dataset]), threads,
-         device, compile_update)
-        for job in pack_cells(todo, sweep_dir, members_per_job)
-    ]  # fmt: skip
-
-    def done(job, results) -> None:
-        for cell_json, result in zip(job[0], results, strict=True):
-            if on_done:
-                on_done(Cell.from_json(cell_json), result)
-
-    (_run_local if backend == "local" else _run_ray)(jobs, workers, address, done)
-    return [
-        json.loads((cell_dir(sweep_dir, c) / "result.json").read_text())
-        for c in cells
-        if (cell_dir(sweep_dir, c) / "result.json").exists()
-    ]
+        (_run_local if backend == "local" else _run_ray)(jobs, workers, address, done)
+        return [
+            json.loads((cell_dir(sweep_dir, c) / "result.json").read_text())
+            for c in cells
+            if (cell_dir(sweep_dir, c) / "result.json").exists()
+        ]
 
 
 def _run_local(jobs, workers, address, done) -> None:
