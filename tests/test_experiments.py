@@ -325,6 +325,9 @@ hidden = 16
     assert list(run) == ["step_0", "absolute_metrics"]
     assert run["step_0"]["step_count"] == 10 and len(run["step_0"]["return"]) == 1
     assert run["absolute_metrics"] == {"return": run["step_0"]["return"]}
+    assert (out / "tiny-curves.png").read_bytes()[:4] == b"\x89PNG" and "tiny-curves.png" in (
+        out / "tiny.md"
+    ).read_text()
     bad = CliRunner().invoke(train_cli, ["sweep", "table9"])
     assert bad.exit_code == 2 and "no spec file 'table9'" in bad.output
     missing = CliRunner().invoke(train_cli, ["report", str(tmp_path / "nothing")])

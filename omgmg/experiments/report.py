@@ -254,6 +254,54 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
     return "\n".join(md) + f"\n\n![{meta['name']}]({out_png.name})\n", csv_rows
 
 
+def learning_curves(sweep_dir: Path, meta: dict, results: list[dict], out_png: Path) -> bool:
+    """Evaluation score against gradient steps (SMACv2: win rate in %), mean ± std over seeds, one panel per
+    dataset and a line per algorithm (and grid value). Reads each cell's run log; False, and nothing written,
+    when no cell's log is there (e.g. a report made from result files alone)."""
+    from omgmg.experiments.spec import Cell
+    from omgmg.experiments.sweep import cell_dir
+    from omgmg.trainer import read_log
+
+    panels: dict = defaultdict(lambda: defaultdict(list))  # (task, level) -> label -> [{step: score}] per seed
+    wins: dict = {}  # (task, level) -> whether its scores are win rates
+    for r in results:
+        run = cell_dir(sweep_dir, Cell.from_json(r["cell"])) / "run"
+        if r.get("error") or r.get("skipped") or not (run / "log.jsonl").exists():
+            continue
+        cell = Cell.from_json(r["cell"])
+        evals = [e for e in read_log(run) if e.get("eval/return") is not None]
+        win = [e.get("eval/win_rate") for e in evals]
+        curve = {e["step"]: (100 * w if w is not None else e["eval/return"]) for e, w in zip(evals, win, strict=True)}
+        label = cell.algorithm + (f" {cell.grid[0]}={cell.grid[1]:g}" if cell.grid else "")
+        panels[cell.dataset.row][label].append(curve)
+        wins[cell.dataset.row] = bool(win) and win[0] is not None
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(panels)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(5.5, 4.2 * len(keys)), 3.6), dpi=100, squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for label, seeds in sorted(panels[key].items()):
+            steps = sorted(set.intersection(*(set(c) for c in seeds)))
+            y = np.array([[c[s] for s in steps] for c in seeds])
+            mean, std = y.mean(0), y.std(0)
+            ax.plot(steps, mean, label=f"{label} ({len(seeds)} seeds)")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_title(" ".join(key), fontsize=9)
+        ax.set_xlabel("gradient steps")
+        ax.set_ylabel("win rate (%)" if wins[key] else "evaluation return")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{meta['name']}: evaluation during training, mean ± std over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return True
+
+
 def marl_eval(sweep_dir) -> dict:
     """The sweep's evaluations in marl-eval's raw-data layout, which BenchMARL, OG-MARL and Mava
     results load with: ``{suite: {task-level: {algorithm: {"run_SEED": {"step_I": {...}, ...,
@@ -295,7 +343,8 @@ def marl_eval(sweep_dir) -> dict:
 
 def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> list[Path]:
     """Write ``NAME.md``, ``NAME.csv`` (and ``NAME.png`` for ablations) into ``out_dir`` (default: the
-    sweep); with ``marl_eval_json`` also ``NAME.marl-eval.json`` (:func:`marl_eval`)."""
+    sweep), and ``NAME-curves.png`` (:func:`learning_curves`) where the cells' logs are there; with
+    ``marl_eval_json`` also ``NAME.marl-eval.json`` (:func:`marl_eval`)."""
     sweep_dir = Path(sweep_dir)
     meta, results = load_results(sweep_dir)
     if not results:
@@ -309,6 +358,10 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
         md, rows = ablation(meta, agg, paths[2])
     else:
         md, rows = table(meta, agg)
+    curves = out_dir / f"{meta['name']}-curves.png"
+    if learning_curves(sweep_dir, meta, results, curves):
+        paths.append(curves)
+        md += f"\n![evaluation during training]({curves.name})\n"
     paths[0].write_text(md)
     with open(paths[1], "w", newline="") as f:
         csv.writer(f).writerows(rows)
