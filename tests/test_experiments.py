@@ -267,7 +267,11 @@ def test_report_shows_best_beside_final_names_its_benchmark_and_per_dataset_budg
         _fake_result(root, f"p{s}", "omgmg", s, 0.5, 1.0, task="protoss_5v5", win=0.5, best=0.9, steps=20_000)
     md = write_report(root)[0].read_text()
     assert "100.5 ± 0.5 [200.5]" in md  # the best (selected on evaluation returns) beside, not instead
-    assert "| protoss_5v5 | medium (20,000 steps) | **50.0 ± 0.0 [90.0]** |" in md  # its own budget, win rates in %
+    assert "| protoss_5v5 | medium (20,000 steps) | 50.0 ± 0.0 [90.0] |" in md  # its own budget, win rates in %
+    assert "**" not in md  # one algorithm: nothing to be best against
+    (root / "cells" / "p1" / "result.json").unlink()
+    md = write_report(root)[0].read_text()
+    assert "| 50.0 ± 0.0 (1 of 2 seeds) [90.0] |" in md  # a row missing seeds says so
     assert "SMACv2 tasks run on JaxMARL's SMAX" in md and "gymnasium-robotics v5" in md
 
 

@@ -111,7 +111,7 @@ def aggregate(results: list[dict]) -> dict:
             "steps": sorted({r["cell"]["config"].get("steps") for r in rs} - {None}),
         }
         if scores:
-            entry["mean"], entry["std"] = mean_std(scores)
+            entry["mean"], entry["std"], entry["scored"] = *mean_std(scores), len(scores)
             refs = _reference_returns(rs[0])
             # undefined unless the expert data clearly beats the random data (an under-trained behaviour may not)
             if refs and normalised(0.0, *refs) is not None and rs[0].get("win_rate") is None:
@@ -124,10 +124,13 @@ def aggregate(results: list[dict]) -> dict:
     return out
 
 
-def _fmt(entry: dict) -> str:
+def _fmt(entry: dict, seeds: int) -> str:
+    """mean ± std (normalised) [best] ×diverged, and how many of the spec's ``seeds`` it holds if not all."""
     if "mean" not in entry:
         return "error"
     text = f"{entry['mean']:.1f} ± {entry['std']:.1f}"
+    if entry["scored"] < seeds:
+        text += f" ({entry['scored']} of {seeds} seeds)"
     if "normalised" in entry:
         text += f" ({entry['normalised'][0]:.0f})"
     if "best" in entry:
@@ -160,11 +163,11 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
     for task, level in rows:
         entries = {a: agg.get((task, level, a, None)) for a in algos}
         means = {a: e["mean"] for a, e in entries.items() if e and "mean" in e}
-        best = max(means.values()) if means else None
+        best = max(means.values()) if len(means) > 1 else None  # bold only against another algorithm
         cells, flat = [], []
         for a in algos:
             e = entries[a]
-            text = "-" if e is None else _fmt(e)
+            text = "-" if e is None else _fmt(e, len(meta["seeds"]))
             if e and "mean" in e and e["mean"] == best:
                 text = f"**{text}**"
             cells.append(text)
