@@ -240,20 +240,29 @@ def train(
             for o in outs:
                 locks.enter_context(OutputLock(o, "run directory"))
             for o in outs:
-                if o.is_dir() and any(o.iterdir()) and not is_omgmg_run(o):
+                if o.is_dir() and not is_omgmg_run(o) and not _is_unstarted_run(o):
                     raise RequestError(
                         f"{o} is a folder with files that is not an omgmg run directory; choose another "
                         "output path (omgmg writes only into empty folders or its own run directories)"
                     )
             for o in outs:
                 with os_errors(o, "creating the run directory"):
-                    (o / "checkpoints").mkdir(parents=True, exist_ok=True)
+                    o.mkdir(exist_ok=True)
             results = _train(
                 algo_name, dataset, cfgs, outs, evaluate, progress, warn, tensorboard, device, compile_update
             )
     finally:
         torch.set_num_threads(threads)
     return results if several else results[0]
+
+
+def _is_unstarted_run(path: Path) -> bool:
+    """An empty folder, or one holding only the empty ``checkpoints/`` that earlier omgmg versions created before their
+    ``config.json``: what a run killed while opening its dataset leaves behind, to be started again."""
+    entries = list(path.iterdir())
+    return not entries or (
+        [e.name for e in entries] == ["checkpoints"] and entries[0].is_dir() and not any(entries[0].iterdir())
+    )
 
 
 def busy_cpu_note(torch_threads: int) -> str | None:
@@ -378,7 +387,9 @@ def _train(
         names = states[0].get("log_sums", {}).keys()
         sums = {k: torch.tensor([float(s["log_sums"][k]) for s in states], device=device) for k in names}
     for o, config in zip(outs, configs, strict=True):
-        atomic_write_json(o / "config.json", config)
+        atomic_write_json(o / "config.json", config)  # first: from here on the folder is an omgmg run
+        with os_errors(o, "creating the run directory"):
+            (o / "checkpoints").mkdir(exist_ok=True)
     # lines after the checkpoint are dropped (and TensorBoard events after it purged)
     logs = [MetricLog(o, index="step", resume_at=start, tensorboard=tensorboard, warn=warn) for o in outs]
     evaluator = Evaluator(ds, cfg.eval_episodes, cfg.seed) if evaluate else None

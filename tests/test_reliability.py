@@ -36,7 +36,7 @@ from omgmg.datakit.dataset import partial_path
 from omgmg.datakit.errors import CheckpointError, DatasetError, InvalidDatasetError, OutputError, RequestError
 from omgmg.datakit.format import array_layout, identity_sha256
 from omgmg.datakit.integrity import chunk_files
-from omgmg.datakit.outputs import OutputLock
+from omgmg.datakit.outputs import OutputLock, is_omgmg_run
 from omgmg.experiments.spec import parse_spec
 from omgmg.experiments.sweep import pending_cells, run_sweep
 from omgmg.trainer import read_log, train
@@ -210,6 +210,36 @@ def test_two_trainings_into_one_run_directory_are_refused(tmp_path):
         with pytest.raises(OutputError, match="run directory .* is in use"):
             train("bc", ds, BCConfig(steps=5, eval_every=5, eval_episodes=1, hidden=8), out, evaluate=False)
     assert not (out / "log.jsonl").exists()
+
+
+def test_a_run_interrupted_before_it_wrote_its_config_starts_again(tmp_path, monkeypatch):
+    """A run killed while it opened its dataset or built its networks (minutes on 1M transitions) left a folder
+    that was then refused as foreign: a sweep cell stayed failed for good. Now it starts again."""
+    import omgmg.trainer as trainer
+
+    ds = make_fixture(tmp_path / "d.zarr", "continuous", episodes=8)
+    cfg = BCConfig(steps=5, eval_every=5, eval_episodes=1, hidden=8)
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "build", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train("bc", ds, cfg, out, evaluate=False)
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert is_omgmg_run(train("bc", ds, cfg, out, evaluate=False).run_dir)
+
+    legacy = tmp_path / "legacy"
+    (legacy / "checkpoints").mkdir(parents=True)  # what earlier versions left at that point
+    assert is_omgmg_run(train("bc", ds, cfg, legacy, evaluate=False).run_dir)
+    foreign = tmp_path / "foreign"
+    (foreign / "checkpoints").mkdir(parents=True)
+    (foreign / "checkpoints" / "mine.pt").write_bytes(b"not omgmg's")
+    with pytest.raises(RequestError, match="not an omgmg run directory"):
+        train("bc", ds, cfg, foreign, evaluate=False)
+    assert (foreign / "checkpoints" / "mine.pt").read_bytes() == b"not omgmg's"
 
 
 PARENT = textwrap.dedent("""
