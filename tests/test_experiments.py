@@ -87,6 +87,15 @@ def test_missing_smoke_and_unknown_spec_names_are_refused(dataset):
         load_spec("table9")
 
 
+def test_a_sweep_folder_named_after_a_shipped_spec_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "paper-check").mkdir()  # `omgmg sweep paper-check --out paper-check`, run again from here
+    assert load_spec("paper-check").name == "paper-check"
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(SpecError, match="mine is a folder; give a TOML spec file"):
+        load_spec("mine")
+
+
 def test_cell_hashes_are_stable_and_change_with_any_hyperparameter(dataset):
     a = parse_spec(spec_dict(dataset)).cells()
     b = parse_spec(spec_dict(dataset)).cells()

@@ -214,13 +214,13 @@ def shipped_specs() -> list[str]:
 def load_spec(name_or_path: str | Path) -> ExperimentSpec:
     """A spec from a TOML path, or one shipped with omgmg by name (table1, table2, ablation-lambda, ...)."""
     path = Path(name_or_path)
-    if not path.exists():
+    if not path.exists() or path.is_dir():  # a folder is never a spec: e.g. a sweep's output named after it
         shipped = SPEC_DIR / f"{name_or_path}.toml"
+        if path.is_dir() and not shipped.exists():
+            raise SpecError(f"{path} is a folder; give a TOML spec file or one of: {', '.join(shipped_specs())}")
         if not shipped.exists():
             raise SpecError(f"no spec file {name_or_path!r}; give a TOML path or one of: {', '.join(shipped_specs())}")
         path = shipped
-    if path.is_dir():
-        raise SpecError(f"{path} is a folder; give a TOML spec file or one of: {', '.join(shipped_specs())}")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
