@@ -314,6 +314,12 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: 
     help="Train up to this many cells that differ only in seed (or in a hyperparameter the algorithm batches) as "
     "one batched job; 1 on CPUs, where batching saves little (benchmarks/train.py --members); 10-20 on a GPU.",
 )
+@click.option(
+    "--torch-threads",
+    type=click.IntRange(min=1),
+    help="Torch threads per cell (default: the CPU count divided by --workers). 1 when other work keeps cores "
+    "busy: a multi-threaded CPU step slows down many times when one of its threads is descheduled.",
+)
 @DEVICE
 @COMPILE
 @friendly_errors
@@ -326,6 +332,7 @@ def sweep(
     workers: int | None,
     list_only: bool,
     members_per_job: int,
+    torch_threads: int | None,
     device: str,
     compile_update: bool,
 ):
@@ -380,6 +387,7 @@ def sweep(
             members_per_job=members_per_job,
             device=device,
             compile_update=compile_update,
+            threads=torch_threads,
         )
     errors = [r for r in results if r.get("error")]
     paths = write_report(out)

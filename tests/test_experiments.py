@@ -326,11 +326,22 @@ eval_episodes = 1
 hidden = 16
 ''')
     out = tmp_path / "sw"
-    result = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--workers", "1"])
+    result = CliRunner().invoke(
+        train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--workers", "1", "--torch-threads", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "1 cells finished" in result.output and (out / "tiny.md").exists()
+    (run_config,) = out.glob("cells/*/run/config.json")
+    assert json.loads(run_config.read_text())["config"]["torch_threads"] == 1
     listed = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--list"])
     assert "done" in listed.output and "1 cells, 1 finished" in listed.output
+    with pytest.MonkeyPatch.context() as m:  # other work keeps both cores busy: told before any cell starts
+        from omgmg import trainer
+
+        m.setattr(trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        m.setattr(trainer.os, "getloadavg", lambda: (2.0, 2.0, 2.0), raising=False)
+        busy = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--torch-threads", "2"])
+    assert busy.exit_code == 0 and "--torch-threads 1" in busy.output, busy.output
     report = CliRunner().invoke(train_cli, ["report", str(out), "--marl-eval"])
     assert report.exit_code == 0 and "fixture" in report.output
     raw = json.loads((out / "tiny.marl-eval.json").read_text())  # marl-eval's layout: env, task, algo, run, step

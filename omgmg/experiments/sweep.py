@@ -266,16 +266,20 @@ def run_sweep(
     members_per_job: int = 1,
     device: str = "cpu",
     compile_update: bool = False,
+    threads: int | None = None,
 ) -> list[dict]:
     """Run every unfinished cell of ``spec``, ``members_per_job`` cells per batched job at most (see the
-    module docstring), training on ``device`` (``compile_update``: see :func:`omgmg.trainer.train`); returns
-    the results of all cells."""
+    module docstring), training on ``device`` (``compile_update``: see :func:`omgmg.trainer.train`) with
+    ``threads`` torch threads per job (default: the CPU count divided by ``workers``, on Ray 1); returns the
+    results of all cells."""
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
         raise SweepError(f"workers must be a positive number, got {workers}")
     if members_per_job < 1:
         raise SweepError(f"members_per_job must be a positive number, got {members_per_job}")
+    if threads is not None and threads < 1:
+        raise SweepError(f"threads must be a positive number, got {threads}")
     sweep_dir = Path(sweep_dir)
     with os_errors(sweep_dir, "creating the sweep directory"):
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -297,11 +301,16 @@ def run_sweep(
         meta["cells"] = [c.key for c in cells]  # the report aggregates these only, not cells of an earlier edit
         atomic_write_json(sweep_dir / "sweep.json", meta)
         workers = workers or max(1, (os.cpu_count() or 1))
+        threads = threads or (max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1)
+        if backend == "local" and device == "cpu":
+            from omgmg.trainer import busy_cpu_note
+
+            if note := busy_cpu_note(threads):  # judged before generating data, which loads the CPU itself
+                on_note(note)
         paths = prepare_datasets(cells, data, workers, on_note)
         todo = pending_cells(sweep_dir, cells)
         if on_start:
             on_start(len(cells), len(cells) - len(todo))
-        threads = max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1
         jobs = [
             ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job], str(paths[job[0].dataset]),
              threads, device, compile_update)
