@@ -171,6 +171,43 @@ def test_a_packed_sweep_trains_seeds_and_grid_points_as_one_job_each_cell_in_its
 
 
 @pytest.mark.slow
+def test_cells_train_while_the_next_source_is_generated_and_finished_sources_are_not_prepared(tmp_path, monkeypatch):
+    """Two dataset sources: the second one's generation (here: waiting) ends only once the first one's cells
+    have finished in the pool. A sweep that generated everything before training would wait forever."""
+    import time
+
+    from omgmg.experiments import sweep as sweep_module
+
+    first = make_fixture(tmp_path / "a.zarr", "continuous", episodes=12)
+    second = make_fixture(tmp_path / "b.zarr", "continuous", episodes=12)
+    raw = spec_dict(first, algorithms=["bc"], seeds=[0], overrides={"bc": {"hidden": 16}})
+    raw["datasets"] = [{"path": str(first.path), "label": "a"}, {"path": str(second.path), "label": "b"}]
+    spec = parse_spec(raw)
+    a_cell = next(c for c in spec.cells() if c.dataset.label == "a")
+    prepare = sweep_module.prepare_datasets
+    seen = []
+
+    def slow_second_source(cells, data, workers, on_note):
+        if cells and cells[0].dataset.label == "b":
+            deadline = time.time() + 120
+            while not (tmp_path / "sw" / "cells" / a_cell.dirname / "result.json").exists():
+                assert time.time() < deadline, "the first source's cell did not train while the second generated"
+                time.sleep(0.1)
+        seen.append(sorted({c.dataset.label for c in cells}))
+        return prepare(cells, data, workers, on_note)
+
+    monkeypatch.setattr(sweep_module, "prepare_datasets", slow_second_source)
+    done = []
+    results = run_sweep(spec, tmp_path / "sw", workers=2, threads=1, on_note=lambda m: None,
+                        on_done=lambda c, r: done.append(c.dataset.label))  # fmt: skip
+    assert sorted(done) == ["a", "b"] and all(r.get("error") is None for r in results)
+    assert ["a"] in seen and ["b"] in seen
+    seen.clear()  # every cell finished: a rerun prepares no source (generated data could have gone)
+    run_sweep(spec, tmp_path / "sw", workers=2, threads=1, on_note=lambda m: None)
+    assert seen == [[]]  # only the up-front check of the given paths of unfinished cells: none
+
+
+@pytest.mark.slow
 def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'omgmg[ray]')")
     spec = parse_spec(spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}}))

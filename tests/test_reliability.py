@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 import zarr
 from click.testing import CliRunner
@@ -245,7 +246,7 @@ def test_a_run_interrupted_before_it_wrote_its_config_starts_again(tmp_path, mon
 PARENT = textwrap.dedent("""
     import multiprocessing as mp, os, sys, time
     sys.path.insert(0, {root!r})
-    from omgmg.experiments.sweep import _die_with_parent
+    from omgmg.experiments.sweep import _stop_with_sweep
 
     def child(path):
         open(path, "w").write(str(os.getpid()))
@@ -254,7 +255,7 @@ PARENT = textwrap.dedent("""
     if __name__ == "__main__":
         ctx = mp.get_context("spawn")
         from concurrent.futures import ProcessPoolExecutor
-        pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),))
+        pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_stop_with_sweep, initargs=(os.getpid(), ctx.Event()))
         pool.submit(child, {pidfile!r})
         time.sleep(60)
 """)
@@ -279,6 +280,52 @@ def test_sweep_workers_end_when_the_sweep_process_is_killed(tmp_path):
     while _alive(child):
         assert time.monotonic() < deadline, "the pool worker outlived its sweep"
         time.sleep(0.1)
+
+
+SPEC = """
+name = "long"
+algorithms = ["bc"]
+seeds = [0, 1]
+datasets = [{{ path = "{path}", label = "fixture" }}]
+overrides = {{ bc = {{ hidden = 16 }} }}
+[budget]
+steps = 1000000
+eval_every = 500000
+eval_episodes = 1
+[smoke]
+seeds = [0]
+steps = 10
+eval_every = 10
+eval_episodes = 1
+"""
+
+
+@pytest.mark.slow
+def test_a_terminated_sweep_stops_its_running_cells_at_once_and_resumes_them(tmp_path):
+    """SIGTERM to the sweep's process (what `kill` and job schedulers send) ends its pool workers too; it
+    used to wait for their cells to finish, an hour at a real budget."""
+    ds = make_fixture(tmp_path / "c.zarr", "continuous", episodes=12)
+    spec = tmp_path / "long.toml"
+    spec.write_text(SPEC.format(path=ds.path))
+    cells = parse_spec(tomllib.loads(spec.read_text())).cells()
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "omgmg.cli.train", "sweep", str(spec), "--out", str(out), "--workers", "2",
+           "--torch-threads", "1"]  # fmt: skip
+    sweep = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((out / "cells" / c.dirname / "run" / "checkpoints").is_dir() for c in cells):
+            assert time.monotonic() < deadline and sweep.poll() is None, "the cells never started"
+            time.sleep(0.2)
+        time.sleep(1)
+        sweep.send_signal(signal.SIGTERM)
+        output, _ = sweep.communicate(timeout=30)  # not the hour its cells would take to finish
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130 and "interrupted" in output
+    for c in cells:  # every worker is gone: its cell's lock is free, and the cell is left to resume
+        OutputLock(out / "cells" / c.dirname, "sweep cell").acquire().release()
+        assert not (out / "cells" / c.dirname / "result.json").exists()
 
 
 def _alive(pid: int) -> bool:

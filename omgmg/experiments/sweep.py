@@ -1,4 +1,4 @@
-"""Running a sweep: generate the datasets a spec needs, then train every cell not yet finished, in a
+"""Running a sweep: generate the datasets a spec needs and train every cell not yet finished, in a
 local process pool or as Ray tasks on a cluster.
 
 A sweep directory holds ``sweep.json`` (the spec and budget it runs) and one directory per cell,
@@ -16,6 +16,9 @@ members of one batched program (``omgmg.members``), up to ``members_per_job`` pe
 one Ray task. Each cell still gets its own run directory and result, exactly as when it runs alone,
 and resumes on its own: a cell that already holds a checkpoint runs as a job of its own.
 
+**Pipelined:** the sweep's process generates one source's datasets at a time (a task's levels share one
+behaviour policy), in the spec's order, and its cells start training as soon as they are there, while the
+next source's are generated; a source whose cells have all finished is not generated again.
 Generated datasets live under ``$OMGMG_HOME/experiments/data-HASH/`` (HASH over the settings the
 suite's datasets depend on), shared by every sweep with the same settings. With the Ray backend, the sweep directory
 and ``OMGMG_HOME`` must be on storage every node sees, and omgmg installed on every node.
@@ -24,13 +27,15 @@ and ``OMGMG_HOME`` must be on storage every node sees, and omgmg installed on ev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -106,6 +111,17 @@ def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Calla
             on_note=on_note,
         )
     return needed
+
+
+def by_data_source(cells: list[Cell]) -> list[list[Cell]]:
+    """The cells grouped by where their datasets come from, in the spec's order: a task's generated
+    levels share one behaviour policy (and its normalisation references), so they are generated
+    together; a dataset given by path is a group of its own."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        source = ("path", c.dataset.path) if c.dataset.path else (c.dataset.suite, c.dataset.task)
+        groups.setdefault(source, []).append(c)
+    return list(groups.values())
 
 
 # ----- one cell --------------------------------------------------------------------------------------------------
@@ -307,22 +323,33 @@ def run_sweep(
 
             if note := busy_cpu_note(threads):  # judged before generating data, which loads the CPU itself
                 on_note(note)
-        paths = prepare_datasets(cells, data, workers, on_note)
         todo = pending_cells(sweep_dir, cells)
         if on_start:
             on_start(len(cells), len(cells) - len(todo))
-        jobs = [
-            ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job], str(paths[job[0].dataset]),
-             threads, device, compile_update)
-            for job in pack_cells(todo, sweep_dir, members_per_job)
-        ]  # fmt: skip
+
+        prepare_datasets([c for c in todo if c.dataset.path], data, workers, on_note)  # a wrong path stops it now
+
+        def ready_jobs():
+            """One source's datasets generated at a time, here, each yielding the jobs it makes ready: they
+            train while the next source's datasets are generated. Sources with nothing left to train are
+            not generated (their finished cells recorded the references they need)."""
+            for group in by_data_source(todo):
+                paths = prepare_datasets(group, data, workers, on_note)
+                yield [
+                    ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job],
+                     str(paths[job[0].dataset]), threads, device, compile_update)
+                    for job in pack_cells(group, sweep_dir, members_per_job)
+                ]  # fmt: skip
 
         def done(job, results) -> None:
             for cell_json, result in zip(job[0], results, strict=True):
                 if on_done:
                     on_done(Cell.from_json(cell_json), result)
 
-        (_run_local if backend == "local" else _run_ray)(jobs, workers, address, done)
+        if backend == "local":
+            _run_local(ready_jobs(), workers, address, done)
+        else:  # a packed job fills one device
+            _run_ray(ready_jobs(), workers, address, done, gpus=1 if str(device).startswith("cuda") else 0)
         return [
             json.loads((cell_dir(sweep_dir, c) / "result.json").read_text())
             for c in cells
@@ -330,37 +357,77 @@ def run_sweep(
         ]
 
 
-def _run_local(jobs, workers, address, done) -> None:
+def _run_local(stages, workers, address, done) -> None:
     if address:
         raise SweepError("<<address=...>> applies to the ray backend only (<<backend=ray>>)")
-    if workers == 1:
-        for job in jobs:
-            done(job, run_cells(*job))
+    if workers == 1:  # in this process: each source's datasets, then its cells
+        for jobs in stages:
+            for job in jobs:
+                done(job, run_cells(*job))
         return
+    context = get_context("spawn")
+    stop = context.Event()
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),)
+        max_workers=workers, mp_context=context, initializer=_stop_with_sweep, initargs=(os.getpid(), stop)
     ) as pool:
-        futures = {pool.submit(run_cells, *job): job for job in jobs}
-        while futures:
-            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-            for f in finished:
-                done(futures.pop(f), f.result())
+        try:
+            _pipeline(stages, lambda job: pool.submit(run_cells, *job), done)
+        except BaseException:  # interrupted or failed: the running cells stop now (each resumes from its last
+            stop.set()  # checkpoint), instead of the pool's shutdown waiting for them to finish
+            raise
 
 
-def _die_with_parent(parent: int) -> None:
-    """In a pool worker: exit as soon as the sweep's process is gone (killed, however), so no orphan
-    keeps training a cell beside the rerun. Whatever the worker was writing is crash-safe."""
-    import threading
+def _pipeline(stages, submit: Callable, done: Callable) -> None:
+    """Submit each stage's jobs (``submit(job)`` -> a future) as soon as the stage is ready, i.e. while this
+    process generates the next stage's datasets; report each job the moment it finishes (``done`` runs in
+    the thread that sees it finish, one call at a time). The first failure, a job's or ``done``'s, cancels
+    the jobs not yet started and is raised here once the running ones have ended."""
+    lock = threading.Lock()
+    futures: list = []
+    failures: list[BaseException] = []
+
+    def report(job, future) -> None:
+        with lock:
+            if failures or future.cancelled():
+                return
+            try:
+                done(job, future.result())
+            except BaseException as e:  # noqa: BLE001 - re-raised in the sweep's thread below
+                failures.append(e)
+
+    try:
+        for jobs in stages:
+            for job in jobs:
+                future = submit(job)
+                future.add_done_callback(functools.partial(report, job))
+                futures.append(future)
+            if failures:
+                break
+        wait(futures)
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    if failures:
+        for f in futures:
+            f.cancel()
+        raise failures[0]
+
+
+def _stop_with_sweep(parent: int, stop) -> None:
+    """In a pool worker: exit as soon as the sweep's process is gone (killed, however) or sets ``stop``
+    (interrupted), so no orphan keeps training a cell beside the rerun and an interrupted sweep does not
+    wait for its cells to finish. Whatever the worker was writing is crash-safe."""
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent and not stop.is_set():
             time.sleep(0.5)
         os._exit(1)
 
-    threading.Thread(target=watch, name="omgmg-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="omgmg-sweep-watch", daemon=True).start()
 
 
-def _run_ray(jobs, workers, address, done) -> None:
+def _run_ray(stages, workers, address, done, gpus: int) -> None:
     try:
         import ray
     except ImportError:
@@ -372,13 +439,8 @@ def _run_ray(jobs, workers, address, done) -> None:
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        gpus = 1 if jobs and str(jobs[0][4]).startswith("cuda") else 0  # a packed job fills one device
         remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_cells)
-        refs = {remote.remote(*job): job for job in jobs}
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            for ref in ready:
-                done(refs.pop(ref), ray.get(ref))
+        _pipeline(stages, lambda job: remote.remote(*job).future(), done)
     finally:
         if started:
             ray.shutdown()
