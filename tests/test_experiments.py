@@ -299,6 +299,19 @@ def test_a_report_normalises_with_the_references_its_cells_recorded_when_the_dat
     assert agg[("Hopper-3x1", "medium", "bc", None)]["normalised"][0] == pytest.approx(50.0)
 
 
+def test_results_carry_their_evaluations_so_curves_need_no_run_logs(dataset, tmp_path):
+    """Committed results (result.json alone) still draw the learning curves."""
+    import shutil
+
+    budget = {"steps": 20, "eval_every": 10, "eval_episodes": 1}
+    spec = parse_spec(spec_dict(dataset, algorithms=["bc"], seeds=[0], budget=budget, overrides={"bc": {"hidden": 16}}))
+    (result,) = run_sweep(spec, tmp_path / "sw", workers=1, on_note=lambda m: None)
+    assert [e["step"] for e in result["evals"]] == [10, 20] and result["evals"][-1]["return"] == result["score"]
+    for run in (tmp_path / "sw" / "cells").glob("*/run"):
+        shutil.rmtree(run)
+    assert (tmp_path / "sw" / "tiny-curves.png") in write_report(tmp_path / "sw")
+
+
 def test_report_shows_best_beside_final_names_its_benchmark_and_per_dataset_budgets(tmp_path):
     root = tmp_path / "pc"
     meta = {

@@ -259,8 +259,8 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
 
 def learning_curves(sweep_dir: Path, meta: dict, results: list[dict], out_png: Path) -> bool:
     """Evaluation score against gradient steps (SMACv2: win rate in %), mean ± std over seeds, one panel per
-    dataset and a line per algorithm (and grid value). Reads each cell's run log; False, and nothing written,
-    when no cell's log is there (e.g. a report made from result files alone)."""
+    dataset and a line per algorithm (and grid value). Reads each cell's run log, or where it is gone the
+    evaluations its result recorded; False, and nothing written, when no cell has either."""
     from omgmg.experiments.spec import Cell
     from omgmg.experiments.sweep import cell_dir
     from omgmg.trainer import read_log
@@ -268,13 +268,22 @@ def learning_curves(sweep_dir: Path, meta: dict, results: list[dict], out_png: P
     panels: dict = defaultdict(lambda: defaultdict(list))  # (task, level) -> label -> [{step: score}] per seed
     wins: dict = {}  # (task, level) -> whether its scores are win rates
     for r in results:
-        run = cell_dir(sweep_dir, Cell.from_json(r["cell"])) / "run"
-        if r.get("error") or r.get("skipped") or not (run / "log.jsonl").exists():
+        if r.get("error") or r.get("skipped"):
             continue
         cell = Cell.from_json(r["cell"])
-        evals = [e for e in read_log(run) if e.get("eval/return") is not None]
-        win = [e.get("eval/win_rate") for e in evals]
-        curve = {e["step"]: (100 * w if w is not None else e["eval/return"]) for e, w in zip(evals, win, strict=True)}
+        run = cell_dir(sweep_dir, cell) / "run"
+        if (run / "log.jsonl").exists():
+            evals = [
+                {"step": e["step"], "return": e["eval/return"], "win_rate": e.get("eval/win_rate")}
+                for e in read_log(run)
+                if e.get("eval/return") is not None
+            ]
+        else:  # a report of result files alone: the evaluations each result recorded
+            evals = r.get("evals") or []
+        if not evals:
+            continue
+        win = [e["win_rate"] for e in evals]
+        curve = {e["step"]: (100 * w if w is not None else e["return"]) for e, w in zip(evals, win, strict=True)}
         label = cell.algorithm + (f" {cell.grid[0]}={cell.grid[1]:g}" if cell.grid else "")
         panels[cell.dataset.row][label].append(curve)
         wins[cell.dataset.row] = bool(win) and win[0] is not None
@@ -346,8 +355,8 @@ def marl_eval(sweep_dir) -> dict:
 
 def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> list[Path]:
     """Write ``NAME.md``, ``NAME.csv`` (and ``NAME.png`` for ablations) into ``out_dir`` (default: the
-    sweep), and ``NAME-curves.png`` (:func:`learning_curves`) where the cells' logs are there; with
-    ``marl_eval_json`` also ``NAME.marl-eval.json`` (:func:`marl_eval`)."""
+    sweep), and ``NAME-curves.png`` (:func:`learning_curves`) where the cells' logs or recorded evaluations
+    are there; with ``marl_eval_json`` also ``NAME.marl-eval.json`` (:func:`marl_eval`)."""
     sweep_dir = Path(sweep_dir)
     meta, results = load_results(sweep_dir)
     if not results:

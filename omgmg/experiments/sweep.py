@@ -216,6 +216,11 @@ def _train_cells(
                 steps=final.get("step"),
                 dataset_stats=ds.meta.get("stats"),
                 reference_returns=reference_returns(cell.to_json()),  # so a report needs no dataset
+                evals=[  # and no run log for its curves
+                    {"step": e["step"], "return": e["eval/return"], "win_rate": e.get("eval/win_rate")}
+                    for e in log
+                    if e.get("eval/return") is not None
+                ],
             )
     for out, result in zip(outs, results, strict=True):
         result["wall_s"] = time.time() - t0
