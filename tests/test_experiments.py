@@ -208,6 +208,22 @@ def test_cells_train_while_the_next_source_is_generated_and_finished_sources_are
 
 
 @pytest.mark.slow
+def test_a_pool_sweep_stops_at_the_first_failure_instead_of_running_every_cell(dataset, tmp_path):
+    spec = parse_spec(spec_dict(dataset, algorithms=["bc"], seeds=[0, 1, 2, 3], overrides={"bc": {"hidden": 16}},
+                                budget={"steps": 400, "eval_every": 400, "eval_episodes": 1}))  # fmt: skip
+
+    class Stop(Exception):
+        pass
+
+    def stop(cell, result):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_sweep(spec, tmp_path / "sw", workers=2, threads=1, on_done=stop, on_note=lambda m: None)
+    assert len(pending_cells(tmp_path / "sw", spec.cells())) >= 2  # the cells queued behind were not run
+
+
+@pytest.mark.slow
 def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'omgmg[ray]')")
     spec = parse_spec(spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}}))

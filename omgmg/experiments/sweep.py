@@ -386,7 +386,7 @@ def _pipeline(stages, submit: Callable, done: Callable) -> None:
     """Submit each stage's jobs (``submit(job)`` -> a future) as soon as the stage is ready, i.e. while this
     process generates the next stage's datasets; report each job the moment it finishes (``done`` runs in
     the thread that sees it finish, one call at a time). The first failure, a job's or ``done``'s, cancels
-    the jobs not yet started and is raised here once the running ones have ended."""
+    the jobs not yet started and is raised here at once (the local backend then stops the running ones)."""
     lock = threading.Lock()
     futures: list = []
     failures: list[BaseException] = []
@@ -408,7 +408,9 @@ def _pipeline(stages, submit: Callable, done: Callable) -> None:
                 futures.append(future)
             if failures:
                 break
-        wait(futures)
+        remaining = set(futures)
+        while remaining and not failures:  # a failure stops the sweep now, not when every job has run
+            _, remaining = wait(remaining, timeout=1.0)
     except BaseException:
         for f in futures:
             f.cancel()
