@@ -265,7 +265,8 @@ def _fake_result(
         "data": {"transitions": 10},
         "dataset": {"suite": suite, "task": task, "level": "medium", "path": None, "label": None},
     }
-    result = {"cell": cell, "score": score, "q_tot": q, "diverged": diverged, "win_rate": win, "best_score": best}
+    result = {"key": name, "cell": cell, "score": score, "q_tot": q, "diverged": diverged, "win_rate": win,
+              "best_score": best}  # fmt: skip
     result["best_win_rate"] = best if win is not None else None
     if refs:
         result["reference_returns"] = refs
@@ -347,6 +348,10 @@ def test_report_shows_best_beside_final_names_its_benchmark_and_per_dataset_budg
     (root / "cells" / "p1" / "result.json").unlink()
     md = write_report(root)[0].read_text()
     assert "| 50.0 ± 0.0 (1 of 2 seeds) [90.0] |" in md  # a row missing seeds says so
+    assert "Unfinished" not in md  # a sweep.json without its cells' list (older sweeps): nothing to count
+    (root / "sweep.json").write_text(json.dumps(meta | {"cells": ["h0", "h1", "p0", "p1"]}))
+    md = write_report(root)[0].read_text()
+    assert "_Unfinished: 3 of 4 cells have a result; run the sweep again to train the rest._" in md
     assert "SMACv2 tasks run on JaxMARL's SMAX" in md and "gymnasium-robotics v5" in md
 
 

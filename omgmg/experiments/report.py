@@ -370,6 +370,12 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
         md, rows = ablation(meta, agg, paths[2])
     else:
         md, rows = table(meta, agg)
+    finished = sum(1 for r in results if not (r.get("error") or r.get("skipped")))
+    if "cells" in meta and finished < len(meta["cells"]):  # said under the budget line
+        budget = f"_{budget_label(meta)}_\n"
+        unfinished = f"_Unfinished: {finished} of {len(meta['cells'])} cells have a result; run the sweep again "
+        unfinished += "to train the rest._\n"
+        md = md.replace(budget, f"{budget}\n{unfinished}", 1)
     curves = out_dir / f"{meta['name']}-curves.png"
     if learning_curves(sweep_dir, meta, results, curves):
         paths.append(curves)
