@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -209,8 +210,13 @@ def test_cells_train_while_the_next_source_is_generated_and_finished_sources_are
 
 @pytest.mark.slow
 def test_a_pool_sweep_stops_at_the_first_failure_instead_of_running_every_cell(dataset, tmp_path):
-    spec = parse_spec(spec_dict(dataset, algorithms=["bc"], seeds=[0, 1, 2, 3], overrides={"bc": {"hidden": 16}},
-                                budget={"steps": 400, "eval_every": 400, "eval_episodes": 1}))  # fmt: skip
+    """Quick cells first, then cells of 200k steps: the first quick result fails (here: its caller's
+    callback), and the long cells stop at once instead of training to the end."""
+    slow = make_fixture(tmp_path / "slow.zarr", "continuous", episodes=12)
+    raw = spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}})
+    raw["datasets"] = [{"path": str(dataset.path), "label": "quick"},
+                       {"path": str(slow.path), "label": "slow", "steps": 200_000}]  # fmt: skip
+    spec = parse_spec(raw)
 
     class Stop(Exception):
         pass
@@ -218,9 +224,12 @@ def test_a_pool_sweep_stops_at_the_first_failure_instead_of_running_every_cell(d
     def stop(cell, result):
         raise Stop
 
+    t0 = time.monotonic()
     with pytest.raises(Stop):
         run_sweep(spec, tmp_path / "sw", workers=2, threads=1, on_done=stop, on_note=lambda m: None)
-    assert len(pending_cells(tmp_path / "sw", spec.cells())) >= 2  # the cells queued behind were not run
+    pending = pending_cells(tmp_path / "sw", spec.cells())
+    assert sorted(c.dataset.label for c in pending) == ["slow", "slow"]  # the quick ones may both have finished
+    assert time.monotonic() - t0 < 120  # 200k steps of the long cells take several minutes
 
 
 @pytest.mark.slow
