@@ -199,3 +199,23 @@ def fixture_datasets(root, continuous: int = 30, discrete: int = 40) -> dict:
         "continuous": make_fixture(root / "c.zarr", "continuous", episodes=continuous),
         "discrete": make_fixture(root / "d.zarr", "discrete", episodes=discrete),
     }
+
+
+def bc_sweep_toml(dataset_path, steps: int, eval_every: int, name: str = "tiny") -> str:
+    """A sweep spec file's text: BC (hidden 16), seeds 0 and 1, on one dataset given by path."""
+    return f"""name = "{name}"
+algorithms = ["bc"]
+seeds = [0, 1]
+datasets = [{{ path = "{dataset_path}", label = "fixture" }}]
+[budget]
+steps = {steps}
+eval_every = {eval_every}
+eval_episodes = 1
+[smoke]
+seeds = [0]
+steps = 10
+eval_every = 10
+eval_episodes = 1
+[overrides.bc]
+hidden = 16
+"""

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import bc_sweep_toml
 
 from omgmg.cli.train import main as train_cli
 from omgmg.collectors.fixtures import make_fixture
@@ -386,22 +387,7 @@ def test_ablation_report_draws_score_and_q_against_the_grid(tmp_path):
 
 def test_sweep_and_report_commands(dataset, tmp_path):
     spec = tmp_path / "tiny.toml"
-    spec.write_text(f'''name = "tiny"
-algorithms = ["bc"]
-seeds = [0, 1]
-datasets = [{{ path = "{dataset.path}", label = "fixture" }}]
-[budget]
-steps = 20
-eval_every = 20
-eval_episodes = 1
-[smoke]
-seeds = [0]
-steps = 10
-eval_every = 10
-eval_episodes = 1
-[overrides.bc]
-hidden = 16
-''')
+    spec.write_text(bc_sweep_toml(dataset.path, steps=20, eval_every=20))
     out = tmp_path / "sw"
     result = CliRunner().invoke(
         train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--workers", "1", "--torch-threads", "1"]

@@ -20,7 +20,7 @@ import tomllib
 import torch
 import zarr
 from click.testing import CliRunner
-from conftest import continuous_spec, crash, hand_episodes, write
+from conftest import bc_sweep_toml, continuous_spec, crash, hand_episodes, write
 
 from omgmg.algos.bc import BCConfig
 from omgmg.cli.data import main as data_cli
@@ -282,31 +282,13 @@ def test_sweep_workers_end_when_the_sweep_process_is_killed(tmp_path):
         time.sleep(0.1)
 
 
-SPEC = """
-name = "long"
-algorithms = ["bc"]
-seeds = [0, 1]
-datasets = [{{ path = "{path}", label = "fixture" }}]
-overrides = {{ bc = {{ hidden = 16 }} }}
-[budget]
-steps = 1000000
-eval_every = 500000
-eval_episodes = 1
-[smoke]
-seeds = [0]
-steps = 10
-eval_every = 10
-eval_episodes = 1
-"""
-
-
 @pytest.mark.slow
 def test_a_terminated_sweep_stops_its_running_cells_at_once_and_resumes_them(tmp_path):
     """SIGTERM to the sweep's process (what `kill` and job schedulers send) ends its pool workers too; it
     used to wait for their cells to finish, an hour at a real budget."""
     ds = make_fixture(tmp_path / "c.zarr", "continuous", episodes=12)
     spec = tmp_path / "long.toml"
-    spec.write_text(SPEC.format(path=ds.path))
+    spec.write_text(bc_sweep_toml(ds.path, steps=1_000_000, eval_every=500_000, name="long"))
     cells = parse_spec(tomllib.loads(spec.read_text())).cells()
     out = tmp_path / "sw"
     cmd = [sys.executable, "-m", "omgmg.cli.train", "sweep", str(spec), "--out", str(out), "--workers", "2",
