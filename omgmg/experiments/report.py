@@ -262,7 +262,7 @@ def learning_curves(sweep_dir: Path, meta: dict, results: list[dict], out_png: P
     dataset and a line per algorithm (and grid value). Reads each cell's run log, or where it is gone the
     evaluations its result recorded; False, and nothing written, when no cell has either."""
     from omgmg.experiments.spec import Cell
-    from omgmg.experiments.sweep import cell_dir
+    from omgmg.experiments.sweep import cell_dir, evaluations
     from omgmg.trainer import read_log
 
     panels: dict = defaultdict(lambda: defaultdict(list))  # (task, level) -> label -> [{step: score}] per seed
@@ -273,11 +273,7 @@ def learning_curves(sweep_dir: Path, meta: dict, results: list[dict], out_png: P
         cell = Cell.from_json(r["cell"])
         run = cell_dir(sweep_dir, cell) / "run"
         if (run / "log.jsonl").exists():
-            evals = [
-                {"step": e["step"], "return": e["eval/return"], "win_rate": e.get("eval/win_rate")}
-                for e in read_log(run)
-                if e.get("eval/return") is not None
-            ]
+            evals = evaluations(read_log(run))
         else:  # a report of result files alone: the evaluations each result recorded
             evals = r.get("evals") or []
         if not evals:

@@ -124,6 +124,15 @@ def by_data_source(cells: list[Cell]) -> list[list[Cell]]:
     return list(groups.values())
 
 
+def evaluations(log: list[dict]) -> list[dict]:
+    """A run log's evaluations, as a result records them: step, return and win rate (None without wins)."""
+    return [
+        {"step": e["step"], "return": e["eval/return"], "win_rate": e.get("eval/win_rate")}
+        for e in log
+        if e.get("eval/return") is not None
+    ]
+
+
 # ----- one cell --------------------------------------------------------------------------------------------------
 
 
@@ -216,11 +225,7 @@ def _train_cells(
                 steps=final.get("step"),
                 dataset_stats=ds.meta.get("stats"),
                 reference_returns=reference_returns(cell.to_json()),  # so a report needs no dataset
-                evals=[  # and no run log for its curves
-                    {"step": e["step"], "return": e["eval/return"], "win_rate": e.get("eval/win_rate")}
-                    for e in log
-                    if e.get("eval/return") is not None
-                ],
+                evals=evaluations(log),  # and no run log for its curves
             )
     for out, result in zip(outs, results, strict=True):
         result["wall_s"] = time.time() - t0
@@ -411,14 +416,12 @@ def _pipeline(stages, submit: Callable, done: Callable) -> None:
         remaining = set(futures)
         while remaining and not failures:  # a failure stops the sweep now, not when every job has run
             _, remaining = wait(remaining, timeout=1.0)
+        if failures:
+            raise failures[0]
     except BaseException:
         for f in futures:
             f.cancel()
         raise
-    if failures:
-        for f in futures:
-            f.cancel()
-        raise failures[0]
 
 
 def _stop_with_sweep(parent: int, stop) -> None:
