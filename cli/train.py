@@ -307,6 +307,14 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: 
 @click.option("--workers", type=int, help="Parallel cells (default: the CPU count).")
 @click.option("--list", "list_only", is_flag=True, help="Only list the cells and whether each is finished.")
 @click.option(
+    "--only",
+    multiple=True,
+    metavar="PATTERN",
+    help="Run only the cells whose SUITE/NAME (as --list prints it) matches this glob, e.g. 'smacv2/*' or "
+    "'*-omgmg-*' (a word without wildcards matches anywhere: zerg); repeatable. Splits one spec across "
+    "machines: `omgmg report --with-results` merges the parts.",
+)
+@click.option(
     "--members-per-job",
     default=1,
     show_default=True,
@@ -331,6 +339,7 @@ def sweep(
     address: str | None,
     workers: int | None,
     list_only: bool,
+    only: tuple[str, ...],
     members_per_job: int,
     torch_threads: int | None,
     device: str,
@@ -345,15 +354,15 @@ def sweep(
     """
     from omgmg.experiments.report import write_report
     from omgmg.experiments.spec import load_spec
-    from omgmg.experiments.sweep import cell_dir, pending_cells, run_sweep
+    from omgmg.experiments.sweep import cell_name, pending_cells, run_sweep, select_cells
 
     experiment = load_spec(spec)  # a SpecError is a usage error (exit 2), as a SweepError below
     out = out or Path("sweeps") / (experiment.name + ("-smoke" if smoke else ""))
     if list_only:
-        cells = experiment.cells(smoke)
+        cells = select_cells(experiment.cells(smoke), only)
         todo = {c.key for c in pending_cells(out, cells)}
         for c in cells:
-            console.print(f"{'todo' if c.key in todo else 'done'}  {cell_dir(out, c)}", highlight=False)
+            console.print(f"{'todo' if c.key in todo else 'done'}  {cell_name(c)}", highlight=False)
         console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished", highlight=False)
         return
     with progress_bars() as bars:
@@ -388,6 +397,7 @@ def sweep(
             device=device,
             compile_update=compile_update,
             threads=torch_threads,
+            only=only,
         )
     errors = [r for r in results if r.get("error")]
     paths = write_report(out)
@@ -410,12 +420,25 @@ def sweep(
     is_flag=True,
     help="Also write NAME.marl-eval.json: every evaluation in marl-eval's layout (BenchMARL, OG-MARL, Mava).",
 )
+@click.option(
+    "--with-results",
+    is_flag=True,
+    help="Also copy the results (sweep.json, each cell's result.json with its evaluations; no logs or "
+    "checkpoints) into --out, and report on everything there: a results-only sweep directory to commit, merge "
+    "parts of a split sweep into, or continue from.",
+)
 @friendly_errors
-def report(sweep_dir: Path, out: Path | None, marl_eval_json: bool):
+def report(sweep_dir: Path, out: Path | None, marl_eval_json: bool, with_results: bool):
     """Tables (markdown + CSV, best per row in bold) and ablation figures (PNG) from a sweep's results."""
-    from omgmg.experiments.report import write_report
+    from omgmg.experiments.report import export_results, write_report
 
+    if with_results and out is None:
+        fail("--with-results copies the results into --out: name that directory", EXIT_USAGE)
     try:
+        if with_results:
+            copied = export_results(sweep_dir, out)
+            console.print(f"{copied} results copied into {out}", highlight=False)
+            sweep_dir = out
         paths = write_report(sweep_dir, out, marl_eval_json=marl_eval_json)
     except FileNotFoundError as e:
         fail(str(e), EXIT_USAGE)

@@ -336,6 +336,80 @@ def test_results_carry_their_evaluations_so_curves_need_no_run_logs(dataset, tmp
     assert (tmp_path / "sw" / "tiny-curves.png") in write_report(tmp_path / "sw")
 
 
+def test_a_sweep_split_with_only_merges_into_one_results_only_directory_that_reports_and_resumes(dataset, tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(bc_sweep_toml(dataset.path, steps=20, eval_every=10))
+    sweep = ["sweep", str(spec), "--workers", "1", "--torch-threads", "1"]
+    for part, pattern in (("a", "*-seed0-*"), ("b", "dataset/*-seed1-*")):  # two machines, one seed each
+        ran = CliRunner().invoke(train_cli, [*sweep, "--out", str(tmp_path / part), "--only", pattern])
+        assert ran.exit_code == 0 and "1 cells finished" in ran.output, ran.output
+        assert "Unfinished: 1 of 2 cells" in (tmp_path / part / "tiny.md").read_text()
+    listed = CliRunner().invoke(train_cli, [*sweep, "--out", str(tmp_path / "a"), "--list", "--only", "seed1"])
+    assert "todo  dataset/fixture-bc-seed1-" in listed.output and "1 cells, 0 finished" in listed.output
+
+    merged = tmp_path / "docs" / "tiny"
+    for part in ("a", "b"):
+        export = ["report", str(tmp_path / part), "--out", str(merged), "--with-results"]
+        exported = CliRunner().invoke(train_cli, export)
+        assert exported.exit_code == 0 and "1 results copied" in exported.output, exported.output
+    assert "Unfinished" not in (merged / "tiny.md").read_text() and (merged / "tiny-curves.png").exists()
+    assert sorted(p.name for p in merged.rglob("*") if p.is_file()) == [
+        "result.json", "result.json", "sweep.json", "tiny-curves.png", "tiny.csv", "tiny.md"]  # fmt: skip
+    for part in ("a", "b"):  # the results themselves, unchanged
+        (source,) = (tmp_path / part / "cells").glob("*/result.json")
+        assert json.loads((merged / "cells" / source.parent.name / "result.json").read_text()) == json.loads(
+            source.read_text()
+        )
+    _, results = load_results(merged)
+    assert sorted(r["cell"]["seed"] for r in results) == [0, 1]
+    marl = CliRunner().invoke(train_cli, ["report", str(merged), "--marl-eval"])  # from the recorded evaluations
+    assert marl.exit_code == 0, marl.output
+    runs = json.loads((merged / "tiny.marl-eval.json").read_text())["dataset"]["fixture"]["bc"]
+    assert sorted(runs) == ["run_0", "run_1"] and runs["run_0"]["step_1"]["step_count"] == 20
+
+    import shutil
+
+    shutil.copytree(merged, tmp_path / "continued")  # a copy continues: nothing left to train
+    again = []
+    run_sweep(load_spec(str(spec)), tmp_path / "continued", workers=1, on_done=lambda c, r: again.append(c),
+              on_note=lambda m: None)  # fmt: skip
+    assert again == []
+
+
+def test_only_patterns_and_result_exports_refuse_what_they_cannot_do(dataset, tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(bc_sweep_toml(dataset.path, steps=10, eval_every=10))
+    nothing = CliRunner().invoke(train_cli, ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--only", "smacv2/*"])
+    assert nothing.exit_code == 2 and "matches none of the spec's 2 cells" in nothing.output
+    assert "dataset/*" in nothing.output and not (tmp_path / "sw").exists()  # nothing written
+    smoke = ["sweep", str(spec), "--smoke", "--out", str(tmp_path / "sw"), "--workers", "1"]
+    ran = CliRunner().invoke(train_cli, smoke)
+    assert ran.exit_code == 0, ran.output
+    no_out = CliRunner().invoke(train_cli, ["report", str(tmp_path / "sw"), "--with-results"])
+    assert no_out.exit_code == 2 and "--out" in no_out.output
+    itself = CliRunner().invoke(train_cli, ["report", str(tmp_path / "sw"), "--out", str(tmp_path / "sw"),
+                                            "--with-results"])  # fmt: skip
+    assert itself.exit_code == 2 and "the sweep directory itself" in itself.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sweep.json").write_text(json.dumps({"name": "table1", "smoke": False}))
+    refused = CliRunner().invoke(train_cli, ["report", str(tmp_path / "sw"), "--out", str(other), "--with-results"])
+    assert refused.exit_code == 2 and "holds the results of sweep 'table1', not of 'tiny' (smoke)" in refused.output
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "sweep.json").write_text("not ours")
+    refused = CliRunner().invoke(train_cli, ["report", str(tmp_path / "sw"), "--out", str(foreign), "--with-results"])
+    assert refused.exit_code == 2 and "is not an omgmg sweep's" in refused.output
+    assert (foreign / "sweep.json").read_text() == "not ours" and sorted(p.name for p in foreign.iterdir()) == [
+        "sweep.json"
+    ]  # untouched
+    assert json.loads((other / "sweep.json").read_text())["name"] == "table1" and not (other / "cells").exists()
+    (other / "sweep.json").write_text(json.dumps({"name": "tiny", "smoke": True, "cells": ["an-edited-cell"]}))
+    edited = CliRunner().invoke(train_cli, ["report", str(tmp_path / "sw"), "--out", str(other), "--with-results"])
+    assert edited.exit_code == 2 and "another version of sweep 'tiny' (1 of its cells" in edited.output
+    assert not (other / "cells").exists()
+
+
 def test_report_shows_best_beside_final_names_its_benchmark_and_per_dataset_budgets(tmp_path):
     root = tmp_path / "pc"
     meta = {

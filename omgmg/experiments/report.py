@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omgmg.datakit.outputs import atomic_write_json
+from omgmg.datakit.outputs import OutputLock, atomic_write_json, os_errors
 from omgmg.experiments.spec import DatasetRef
 from omgmg.experiments.sweep import reference_returns
 
@@ -320,7 +320,8 @@ def marl_eval(sweep_dir) -> dict:
     reports wins. ``absolute_metrics`` is the final evaluation (marl-eval's convention is a final
     evaluation over ten times the episodes; omgmg's is over the run's ``eval_episodes``). An ablation's
     algorithm name carries its grid value, e.g. ``omgmg[lam=0.5]``. Logs written before omgmg kept
-    every episode's return give the evaluation's mean as a single value.
+    every episode's return, and results exported without their logs, give the evaluation's mean as a single
+    value.
     """
     from omgmg.experiments.spec import Cell
     from omgmg.experiments.sweep import cell_dir
@@ -337,6 +338,9 @@ def marl_eval(sweep_dir) -> dict:
         algo = cell.algorithm + (f"[{cell.grid[0]}={cell.grid[1]:g}]" if cell.grid else "")
         task = f"{ref.task}-{ref.level}" if not ref.path else ref.name
         evals = [e for e in read_log(cell_dir(sweep_dir, cell) / "run") if "eval/return" in e]
+        if not evals:  # results alone (``omgmg report --with-results``): the evaluations the result recorded
+            evals = [{"step": e["step"], "eval/return": e["return"], "eval/win_rate": e["win_rate"]}
+                     for e in r.get("evals") or []]  # fmt: skip
         run = {}
         for i, e in enumerate(evals):
             metrics = {"return": e.get("eval/episode_returns", [e["eval/return"]])}
@@ -347,6 +351,67 @@ def marl_eval(sweep_dir) -> dict:
         suite_tasks = out.setdefault(ref.suite or "dataset", {}).setdefault(task, {})
         suite_tasks.setdefault(algo, {})[f"run_{cell.seed}"] = run
     return out
+
+
+def export_results(sweep_dir, out_dir) -> int:
+    """Copy the sweep's finished results into ``out_dir``: ``sweep.json`` and each cell's ``result.json`` (with
+    the evaluations it recorded, filled from its run log where a result older than that field lacks them), no
+    run logs or checkpoints. ``out_dir`` is then a sweep directory of results alone, a few KB per cell: the
+    report can be redrawn from it, committed beside a paper, and the sweep continued from a copy of it
+    (``omgmg sweep SPEC --out COPY`` trains only the missing cells). Results already in ``out_dir`` for other
+    cells of the same experiment stay, so exporting the parts of a sweep split across machines
+    (``omgmg sweep --only``, or a spec file holding some of the cells) one after another merges them; results
+    of another version of the spec (cell lists of which neither holds the other) are refused, never mixed
+    into one table. Returns the number of results copied."""
+    from omgmg.experiments.spec import Cell
+    from omgmg.experiments.sweep import SweepError, cell_dir, evaluations
+    from omgmg.trainer import read_log
+
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    meta, results = load_results(sweep_dir)
+    if out_dir.resolve() == sweep_dir.resolve():
+        raise SweepError(f"--out {out_dir} is the sweep directory itself; export its results to another directory")
+    with os_errors(out_dir, "creating the export directory"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out_dir, "sweep"):  # not into a directory a sweep is running in, nor two exports at once
+        there = out_dir / "sweep.json"
+        keep = meta  # the sweep.json to leave in out_dir: of the two cell lists, the one that holds the other
+        if there.exists():
+            try:
+                theirs = json.loads(there.read_text())
+                name, smoke, listed = theirs["name"], theirs.get("smoke"), set(theirs.get("cells", []))
+            except (OSError, ValueError, TypeError, KeyError):
+                raise SweepError(
+                    f"{there} exists and is not an omgmg sweep's; choose another --out (nothing was written)"
+                ) from None
+            if (name, smoke) != (meta["name"], meta.get("smoke")):
+                label = f"'{name}'{' (smoke)' if smoke else ''}"
+                raise SweepError(
+                    f"{out_dir} holds the results of sweep {label}, not of '{meta['name']}'"
+                    f"{' (smoke)' if meta.get('smoke') else ''}; export into another directory (nothing was written)"
+                )
+            ours = set(meta.get("cells", [c["key"] for c in results]))
+            if ours <= listed:  # this sweep is a part of the one out_dir holds
+                keep = theirs
+            elif not listed <= ours:  # two versions of the spec: their results must not mix in one table
+                raise SweepError(
+                    f"{out_dir} holds results of another version of sweep '{name}' ({len(listed - ours)} of its "
+                    f"cells are not in this one, {len(ours - listed)} of this one's not in it); export into a new "
+                    f"directory, or delete {there} to report this version's cells only (nothing was written)"
+                )
+        copied = 0
+        for result in results:
+            if result.get("error") or result.get("skipped"):
+                continue
+            cell = Cell.from_json(result["cell"])
+            if "evals" not in result and (log := cell_dir(sweep_dir, cell) / "run" / "log.jsonl").exists():
+                result = result | {"evals": evaluations(read_log(log.parent))}
+            with os_errors(out_dir, "exporting results into"):
+                cell_dir(out_dir, cell).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cell_dir(out_dir, cell) / "result.json", result)
+            copied += 1
+        atomic_write_json(there, keep)
+    return copied
 
 
 def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> list[Path]:

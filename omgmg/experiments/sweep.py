@@ -27,6 +27,7 @@ and ``OMGMG_HOME`` must be on storage every node sees, and omgmg installed on ev
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import hashlib
 import json
@@ -278,6 +279,31 @@ def pending_cells(sweep_dir: Path, cells: list[Cell]) -> list[Cell]:
     return [c for c in cells if not finished(sweep_dir, c)]
 
 
+def cell_name(cell: Cell) -> str:
+    """``SUITE/NAME-KEY``: what ``--only`` patterns match, e.g. ``smacv2/*`` or ``*-omgmg-seed0-*``."""
+    return f"{cell.dataset.suite or 'dataset'}/{cell.dirname}"
+
+
+def select_cells(cells: list[Cell], patterns: list[str] | tuple[str, ...] | None) -> list[Cell]:
+    """The cells whose :func:`cell_name` matches any of the glob ``patterns`` (a pattern without wildcards
+    matches anywhere in the name, e.g. ``zerg``; all cells when there are no patterns),
+    so that one spec can be split across machines: each runs a part into its own directory, and their
+    results merge into one report (``omgmg report --with-results``). A pattern that matches no cell is an
+    error, not an empty sweep."""
+    if not patterns:
+        return list(cells)
+    patterns = [p if any(ch in p for ch in "*?[") else f"*{p}*" for p in patterns]  # a plain word: anywhere
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(cell_name(c), pattern) for c in cells):
+            suites = sorted({f"'{c.dataset.suite or 'dataset'}/*'" for c in cells})
+            examples = ", ".join([*suites, f"'*-{cells[0].algorithm}-seed{cells[0].seed}-*'"])
+            raise SweepError(
+                f"--only {pattern!r} matches none of the spec's {len(cells)} cells; patterns are globs over "
+                f"SUITE/NAME as `omgmg sweep --list` prints them, e.g. {examples}"
+            )
+    return [c for c in cells if any(fnmatch.fnmatchcase(cell_name(c), p) for p in patterns)]
+
+
 def run_sweep(
     spec: ExperimentSpec,
     sweep_dir,
@@ -293,11 +319,13 @@ def run_sweep(
     device: str = "cpu",
     compile_update: bool = False,
     threads: int | None = None,
+    only: list[str] | tuple[str, ...] | None = None,
 ) -> list[dict]:
-    """Run every unfinished cell of ``spec``, ``members_per_job`` cells per batched job at most (see the
-    module docstring), training on ``device`` (``compile_update``: see :func:`omgmg.trainer.train`) with
-    ``threads`` torch threads per job (default: the CPU count divided by ``workers``, on Ray 1); returns the
-    results of all cells."""
+    """Run every unfinished cell of ``spec`` (of those ``only`` selects, :func:`select_cells`),
+    ``members_per_job`` cells per batched job at most (see the module docstring), training on ``device``
+    (``compile_update``: see :func:`omgmg.trainer.train`) with ``threads`` torch threads per job (default: the
+    CPU count divided by ``workers``, on Ray 1); returns the results of the selected cells. ``sweep.json``
+    lists all of the spec's cells either way, so a report of a part says that it is one."""
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
@@ -306,6 +334,8 @@ def run_sweep(
         raise SweepError(f"members_per_job must be a positive number, got {members_per_job}")
     if threads is not None and threads < 1:
         raise SweepError(f"threads must be a positive number, got {threads}")
+    all_cells = spec.cells(smoke)
+    cells = select_cells(all_cells, only)  # a pattern that matches nothing stops here, before anything is written
     sweep_dir = Path(sweep_dir)
     with os_errors(sweep_dir, "creating the sweep directory"):
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -323,8 +353,7 @@ def run_sweep(
             "source": spec.source,
             "grid": spec.grid[0] if spec.grid else None,
         }
-        cells = spec.cells(smoke)
-        meta["cells"] = [c.key for c in cells]  # the report aggregates these only, not cells of an earlier edit
+        meta["cells"] = [c.key for c in all_cells]  # the report aggregates these only, not cells of an earlier edit
         atomic_write_json(sweep_dir / "sweep.json", meta)
         workers = workers or max(1, (os.cpu_count() or 1))
         threads = threads or (max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1)
