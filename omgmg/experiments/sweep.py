@@ -293,15 +293,17 @@ def select_cells(cells: list[Cell], patterns: list[str] | tuple[str, ...] | None
     if not patterns:
         return list(cells)
     patterns = [p if any(ch in p for ch in "*?[") else f"*{p}*" for p in patterns]  # a plain word: anywhere
-    for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(cell_name(c), pattern) for c in cells):
+    matches = {p: {c.key for c in cells if fnmatch.fnmatchcase(cell_name(c), p)} for p in patterns}
+    for pattern, keys in matches.items():
+        if not keys:
             suites = sorted({f"'{c.dataset.suite or 'dataset'}/*'" for c in cells})
             examples = ", ".join([*suites, f"'*-{cells[0].algorithm}-seed{cells[0].seed}-*'"])
             raise SweepError(
                 f"--only {pattern!r} matches none of the spec's {len(cells)} cells; patterns are globs over "
                 f"SUITE/NAME as `omgmg sweep --list` prints them, e.g. {examples}"
             )
-    return [c for c in cells if any(fnmatch.fnmatchcase(cell_name(c), p) for p in patterns)]
+    selected = set().union(*matches.values())
+    return [c for c in cells if c.key in selected]
 
 
 def run_sweep(
