@@ -408,6 +408,12 @@ def test_only_patterns_and_result_exports_refuse_what_they_cannot_do(dataset, tm
     edited = CliRunner().invoke(train_cli, ["report", str(tmp_path / "sw"), "--out", str(other), "--with-results"])
     assert edited.exit_code == 2 and "another version of sweep 'tiny' (1 of its cells" in edited.output
     assert not (other / "cells").exists()
+    (result,) = (tmp_path / "sw" / "cells").glob("*/result.json")
+    result.write_text(result.read_text()[:40])  # damaged: cut short
+    damaged = CliRunner().invoke(train_cli, ["report", str(tmp_path / "sw"), "--out", str(tmp_path / "new"),
+                                             "--with-results"])  # fmt: skip
+    assert damaged.exit_code == 1 and f"{result} is damaged" in damaged.output and "Traceback" not in damaged.output
+    assert not (tmp_path / "new").exists()
 
 
 def test_report_shows_best_beside_final_names_its_benchmark_and_per_dataset_budgets(tmp_path):
