@@ -14,7 +14,7 @@ from conftest import fixture_datasets, small_config
 
 from omgmg.algos import ALGORITHMS, algorithm_class
 from omgmg.algos.comadice import dice_nu_loss, ratio_weighted_actor_loss, soft_chi2_dual, soft_chi2_ratio
-from omgmg.algos.icq import batch_softmax_weights, icq_actor_loss, icq_target
+from omgmg.algos.icq import batch_softmax_weights, discounted_top_weight, icq_actor_loss, icq_target
 from omgmg.algos.mabcq import allowed_actions, soft_clipped_double_q, vae_loss
 from omgmg.algos.macql import conservative_penalty
 from omgmg.algos.omar import cem_search, omar_actor_loss
@@ -71,6 +71,10 @@ def test_icq_weights_and_target_by_hand():
     r, ends, q_next = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, math.log(3.0)]])
     y = icq_target(r, ends, q_next, gamma=0.5, beta=1.0)[0]
     assert y[0].item() == pytest.approx(1.0 + 0.5 * 0.5 * 0.0) and y[1].item() == pytest.approx(1.0)
+    assert discounted_top_weight(q_next, gamma=0.5, beta=1.0).tolist() == pytest.approx([0.75])  # 0.5 * 1.5
+    # a batch whose Q_tot spreads over 20 (SMACv2's scale): beta 10 lets gamma * the top weight pass 1, beta 1000 not
+    spread = torch.linspace(0.0, 20.0, 128)[None]
+    assert discounted_top_weight(spread, 0.99, 10.0).item() > 1.0 > discounted_top_weight(spread, 0.99, 1000.0).item()
     w = torch.tensor([[[2.0], [2.0]]])
     adv = torch.tensor([[[0.0], [math.log(3.0)]]])
     logp = torch.tensor([[[-1.0], [-2.0]]])

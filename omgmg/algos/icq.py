@@ -23,6 +23,11 @@ Deviations, stated:
   official code is built on.
 - **Critic input.** Q_i sees the agent's observation (plus id) like every critic here; the
   official critic also sees the global state.
+- **Stability needs beta large against Q_tot's spread.** The batch normaliser lets one transition's
+  implicit weight reach B; once gamma times the top weight exceeds 1 the highest-valued transitions
+  bootstrap from more than their own value and Q_tot runs away (logged as
+  ``value/target_top_weight``). At SMACv2's reward scale (Q_tot up to ~20) the official beta = 1000
+  keeps the weights near 1; beta = 10 and 100 diverged on SMAX protoss_5v5 (docs/omgmg.md).
 - **Continuous actions** (not in the ICQ-MA paper, whose MA experiments are SMAC): Q_i(o_i, a_i) with
   the tanh-Gaussian actor, the baseline E_{a~pi_i} Q_i estimated with ``n_action_samples`` samples.
 """
@@ -73,6 +78,15 @@ def icq_target(reward: torch.Tensor, ends: torch.Tensor, next_q_tot: torch.Tenso
     return reward + (1.0 - ends) * gamma * batch_softmax_weights(next_q_tot, beta) * next_q_tot
 
 
+def discounted_top_weight(next_q_tot: torch.Tensor, gamma: float, beta) -> torch.Tensor:
+    """gamma * the largest implicit weight B softmax_batch(Qbar_tot / beta) of each member's batch, (M,).
+
+    Above 1 the target of the batch's highest-valued transitions is more than their own discounted
+    value: their Q_tot is pushed up, which raises their weight further. That runaway is ICQ's failure
+    mode when beta is small against the spread of Q_tot over a batch (docs/omgmg.md, the ICQ rows)."""
+    return gamma * batch_softmax_weights(next_q_tot, beta).amax(1)
+
+
 def icq_actor_loss(w: torch.Tensor, advantage: torch.Tensor, log_prob_data: torch.Tensor, alpha) -> torch.Tensor:
     """-E[w_i(s) * B softmax_batch(A_i / alpha) * log pi_i(a_i | o_i)]; w, advantage, log_prob (M, B, N).
     Each member's: (M,)."""
@@ -116,7 +130,11 @@ class ICQ(OfflineAlgorithm):
         q_tot = self.mixer.total(b.state, self.q_at(self.q, b.obs, b.actions))
         loss = member_mean((q_tot - target) ** 2)
         self.optimize("q", loss, [*self.q.parameters(), *self.mixer.parameters()])
-        return {"loss/q": loss.detach(), "value/q_tot": member_mean(q_tot.detach())}
+        return {
+            "loss/q": loss.detach(),
+            "value/q_tot": member_mean(q_tot.detach()),
+            "value/target_top_weight": discounted_top_weight(next_q_tot, cfg.gamma, self.hp("beta")),
+        }
 
     @torch.no_grad()
     def _advantage(self, b: Batch) -> torch.Tensor:
