@@ -39,7 +39,7 @@ class OMIGAConfig(TDConfig):
     """OMIGA hyperparameters (shared ones are documented on OfflineConfig and TDConfig)."""
 
     alpha: float = 10.0
-    """Regularisation temperature alpha (the official code's default, 10; see SUITE_DEFAULTS)."""
+    """Regularisation temperature alpha (the official code's default, 10; per-suite values chosen in docs/omgmg.md)."""
     z_clip: float = 10.0
     """Clamp of z = w (Qbar - V) / alpha, as the official code."""
 
