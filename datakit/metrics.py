@@ -50,7 +50,9 @@ METRICS = {
     "value/ratio": "mean importance ratio (ComaDICE w*)",
     "value/advantage_std": "standard deviation of the advantages in the batch",
     "value/top_weight_share": "share of the batch's weight on its largest weight",
-    "value/target_top_weight": "gamma times ICQ's largest implicit weight in the critic target (above 1: Q_tot can run away)",
+    "value/target_top_weight": (
+        "gamma x the largest implicit weight in ICQ's critic target (above 1: Q_tot can run away)"
+    ),
     "value/entropy_alpha": "entropy temperature (MACQL's learned alpha)",
     "value/cem_better": "share of states where OMAR's CEM search beat the policy's action",
     # diagnostics: one batch, every log_every steps (omgmg.diagnostics)
