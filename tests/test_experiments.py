@@ -13,7 +13,7 @@ from conftest import bc_sweep_toml
 from omgmg.cli.train import main as train_cli
 from omgmg.collectors.fixtures import make_fixture
 from omgmg.experiments.report import aggregate, load_results, normalised, write_report
-from omgmg.experiments.spec import SpecError, load_spec, parse_spec, shipped_specs
+from omgmg.experiments.spec import SPEC_DIR, SpecError, load_spec, parse_spec, shipped_specs
 from omgmg.experiments.sweep import pack_cells, pending_cells, run_sweep
 
 BUDGET = {"steps": 20, "eval_every": 20, "eval_episodes": 1}
@@ -87,6 +87,14 @@ def test_missing_smoke_and_unknown_spec_names_are_refused(dataset):
         parse_spec(raw)
     with pytest.raises(SpecError, match="one of: ablation-lambda"):
         load_spec("table9")
+
+
+def test_sweep_json_names_a_shipped_spec_not_this_installs_path(tmp_path):
+    # sweep.json records spec.source; exported results are committed and read on other machines
+    assert load_spec("paper-check").source == "paper-check"
+    mine = tmp_path / "mine.toml"
+    mine.write_text((SPEC_DIR / "paper-check.toml").read_text())
+    assert load_spec(mine).source == str(mine)
 
 
 def test_a_sweep_folder_named_after_a_shipped_spec_does_not_hide_it(tmp_path, monkeypatch):

@@ -214,13 +214,14 @@ def shipped_specs() -> list[str]:
 def load_spec(name_or_path: str | Path) -> ExperimentSpec:
     """A spec from a TOML path, or one shipped with omgmg by name (table1, table2, ablation-lambda, ...)."""
     path = Path(name_or_path)
+    source = str(path)  # recorded in sweep.json: a shipped spec by its name, not this install's path
     if not path.exists() or path.is_dir():  # a folder is never a spec: e.g. a sweep's output named after it
         shipped = SPEC_DIR / f"{name_or_path}.toml"
         if path.is_dir() and not shipped.exists():
             raise SpecError(f"{path} is a folder; give a TOML spec file or one of: {', '.join(shipped_specs())}")
         if not shipped.exists():
             raise SpecError(f"no spec file {name_or_path!r}; give a TOML path or one of: {', '.join(shipped_specs())}")
-        path = shipped
+        path, source = shipped, str(name_or_path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -229,7 +230,7 @@ def load_spec(name_or_path: str | Path) -> ExperimentSpec:
         raise SpecError(f"{path} cannot be read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path} is not valid TOML: {e}") from None
-    return parse_spec(raw, source=str(path))
+    return parse_spec(raw, source=source)
 
 
 def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
