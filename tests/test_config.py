@@ -56,8 +56,13 @@ def test_collect_options_come_from_the_request_and_the_behaviour_configs():
 def test_train_help_shows_the_default_each_suite_gets():
     help_ = CliRunner().invoke(train_cli, ["train", "--help"], terminal_width=200).output
     line = " ".join(help_.split("--nu FLOAT", 1)[1].split("--", 1)[0].split())
-    assert "(default 1.0; mamujoco: 10.0, smacv2: 1.0)" in line
-    assert make_config("omgmg", "mamujoco").nu == 10.0 and make_config("omgmg", "smacv2").nu == 1.0
+    assert "(default 1.0; mamujoco: 10.0, smacv2: 10.0)" in line
+    assert make_config("omgmg", "mamujoco").nu == 10.0 and make_config("omgmg", "smacv2").nu == 10.0
+    assert make_config("omgmg", None).nu == 1.0  # a dataset of no known suite: Algorithm 1 as written
+    # a suite default one algorithm has and the other suite lacks: OMIGA's alpha on MaMuJoCo only
+    alpha = " ".join(help_.split("--alpha FLOAT", 1)[1].split("--", 1)[0].split())
+    assert "omiga: Regularisation temperature" in alpha and "(default 10.0; mamujoco: 100.0)" in alpha
+    assert make_config("omiga", "mamujoco").alpha == 100.0 and make_config("omiga", "smacv2").alpha == 10.0
 
 
 def test_bad_settings_are_config_errors_that_name_the_setting_not_a_flag(tmp_path):
