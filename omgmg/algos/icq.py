@@ -27,7 +27,8 @@ Deviations, stated:
   implicit weight reach B; once gamma times the top weight exceeds 1 the highest-valued transitions
   bootstrap from more than their own value and Q_tot runs away (logged as
   ``value/target_top_weight``). At SMACv2's reward scale (Q_tot up to ~20) the official beta = 1000
-  keeps the weights near 1; beta = 10 and 100 diverged on SMAX protoss_5v5 (docs/omgmg.md).
+  keeps the weights near 1; beta = 10 and 100 diverged on SMAX protoss_5v5. On MaMuJoCo Hopper-3x1
+  (Q_tot rising towards ~300) 1000 is not enough: beta 10, 100 and 1000 all diverged (docs/omgmg.md).
 - **Continuous actions** (not in the ICQ-MA paper, whose MA experiments are SMAC): Q_i(o_i, a_i) with
   the tanh-Gaussian actor, the baseline E_{a~pi_i} Q_i estimated with ``n_action_samples`` samples.
 """
