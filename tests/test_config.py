@@ -63,6 +63,11 @@ def test_train_help_shows_the_default_each_suite_gets():
     alpha = " ".join(help_.split("--alpha FLOAT", 1)[1].split("--", 1)[0].split())
     assert "omiga: Regularisation temperature" in alpha and "(default 10.0; mamujoco: 100.0)" in alpha
     assert make_config("omiga", "mamujoco").alpha == 100.0 and make_config("omiga", "smacv2").alpha == 10.0
+    # ICQ: both temperatures are scale-bound, so both suites get their own (docs/omgmg.md)
+    beta = " ".join(help_.split("--beta FLOAT", 1)[1].split("--", 1)[0].split())
+    assert "(default 1000.0; mamujoco: 100000.0, smacv2: 10000.0)" in beta
+    icq_mamujoco, icq_smacv2 = make_config("icq", "mamujoco"), make_config("icq", "smacv2")
+    assert (icq_mamujoco.beta, icq_mamujoco.alpha) == (1e5, 10.0) and (icq_smacv2.beta, icq_smacv2.alpha) == (1e4, 0.1)
 
 
 def test_bad_settings_are_config_errors_that_name_the_setting_not_a_flag(tmp_path):

@@ -28,7 +28,12 @@ Deviations, stated:
   bootstrap from more than their own value and Q_tot runs away (logged as
   ``value/target_top_weight``). At SMACv2's reward scale (Q_tot up to ~20) the official beta = 1000
   keeps the weights near 1; beta = 10 and 100 diverged on SMAX protoss_5v5. On MaMuJoCo Hopper-3x1
-  (Q_tot rising towards ~300) 1000 is not enough: beta 10, 100 and 1000 all diverged (docs/omgmg.md).
+  (Q_tot rising towards ~300) 1000 is not enough: beta 10, 100 and 1000 all diverged; 1e4 and 1e5
+  stay bounded (docs/omgmg.md), hence the per-suite defaults (SUITE_DEFAULTS).
+- **The actor's alpha is scale-bound too.** B softmax_batch(A_i / alpha) at the official alpha = 0.1
+  gave a third to two thirds of a Hopper batch's actor weight to one transition (logged as
+  ``value/top_weight_share``; the advantages' spread is ~0.5-1.6 there), and the return stayed below
+  300. MaMuJoCo's default alpha is the protocol's choice instead.
 - **Continuous actions** (not in the ICQ-MA paper, whose MA experiments are SMAC): Q_i(o_i, a_i) with
   the tanh-Gaussian actor, the baseline E_{a~pi_i} Q_i estimated with ``n_action_samples`` samples.
 """
@@ -53,9 +58,11 @@ class ICQConfig(TDConfig):
     """ICQ hyperparameters (shared ones are documented on OfflineConfig and TDConfig)."""
 
     beta: float = 1000.0
-    """Critic temperature beta of the implicit importance weights (the official SMAC config's icq_beta)."""
+    """Critic temperature beta of the implicit importance weights (the official SMAC config's icq_beta, 1000;
+    per-suite values chosen in docs/omgmg.md)."""
     alpha: float = 0.1
-    """Actor temperature alpha of the advantage weights (the official SMAC config's icq_alpha)."""
+    """Actor temperature alpha of the advantage weights (the official SMAC config's icq_alpha, 0.1; per-suite
+    values chosen in docs/omgmg.md)."""
     n_action_samples: int = 10
     """Samples of pi_i for the continuous baseline E_{a~pi_i} Q_i(o_i, a)."""
 
@@ -63,6 +70,18 @@ class ICQConfig(TDConfig):
         super().__post_init__()
         if self.beta <= 0 or self.alpha <= 0 or self.n_action_samples < 1:
             raise ConfigError("beta and alpha must be > 0 and n_action_samples >= 1")
+
+
+# Per-suite defaults, applied where the user sets nothing (``omgmg.algos.make_config``), chosen by the
+# selection protocol of docs/omgmg.md (3 seeds, 20k gradient steps, held-out medium-expert level, best
+# final mean). beta in {10, 100, 1000, 1e4, 1e5}: Hopper-3x1 diverged at 10-1000 and scored 53 +- 40 at
+# 1e4, 129 +- 104 at 1e5; SMAX protoss_5v5 scored 81 +- 5% at 1000, 85 +- 3% at 1e4 and 73 +- 3% at 1e5.
+# alpha on MaMuJoCo at beta 1e5, in {0.1, 1, 10}: 129 +- 104, 1042 +- 33, 1245 +- 120 (Hopper-3x1).
+# SMACv2 keeps the official alpha 0.1, under which it learns (not measured at other values).
+SUITE_DEFAULTS = {
+    "mamujoco": {"beta": 1e5, "alpha": 10.0},
+    "smacv2": {"beta": 1e4},
+}
 
 
 # ----- losses ---------------------------------------------------------------------------------------------------
