@@ -349,8 +349,8 @@ def sweep(
 
     SPEC is a TOML file or a shipped name: table1, table2, ablation-lambda, ablation-nu (the paper's
     experiments), paper-check (a reduced Table 1/2 at a real budget), select-omgmg, select-omgmg-literal,
-    select-omiga, select-icq (the default-selection protocol, docs/omgmg.md). Re-running resumes:
-    finished cells are skipped, unfinished ones continue from their last checkpoint.
+    select-omiga, select-icq, select-icq-alpha (the default-selection protocol, docs/omgmg.md). Re-running
+    resumes: finished cells are skipped, unfinished ones continue from their last checkpoint.
     """
     from omgmg.experiments.report import write_report
     from omgmg.experiments.spec import load_spec
