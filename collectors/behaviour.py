@@ -34,7 +34,7 @@ def load_agent(path: Path):
     """Rebuild a behaviour agent from a checkpoint (weights_only: no code is unpickled)."""
     state = load_checkpoint(path, fallback=False)
     cfg_cls, agent_cls = algorithm(state["algorithm"])
-    cfg = cfg_cls(**state["config"])
+    cfg = cfg_cls(**(getattr(cfg_cls, "LEGACY", {}) | state["config"]))  # fields older runs lack
     agent = agent_cls(EnvSpec.from_json(state["env"]), cfg)
     agent.load_state_dict(state["weights"])
     agent.eval()

@@ -46,6 +46,10 @@ def run_key(cfg: LoopConfig) -> dict:
     """What names a run's directory: the config without the fields that do not change results, and
     without the budget when it is a whole number of segments (see the module docstring)."""
     key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_RUN_KEY}
+    # a field added later, at the value the runs made before it had: their directories keep their names
+    for name, value in getattr(cfg, "LEGACY", {}).items():
+        if key.get(name) == value:
+            del key[name]
     if cfg.total_env_steps % cfg.eval_every == 0:
         del key["total_env_steps"]
     return key

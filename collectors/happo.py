@@ -11,10 +11,22 @@ Algorithm (the paper's Algorithm 2, PPO-clip version), per iteration:
 4. Fit V(s) to the returns.
 
 Each agent has its own actor (no parameter sharing) and its own optimiser: a diagonal Gaussian
-whose mean is an MLP of the agent's observation and whose log-std is a learned vector, both in
-the agent's own optimiser. Rollout
-inference evaluates all agents' actors as one batched op (``stacked_forward``). The executed action
-is the sample clipped to the bounds; the log-probability is of the unclipped sample.
+whose mean is an MLP of the agent's observation and whose standard deviation is a learned vector,
+both in the agent's own optimiser. Rollout inference evaluates all agents' actors as one batched op
+(``stacked_forward``). How a Gaussian sample u becomes an action in the bounds is ``policy``:
+
+- ``tanh`` (the default): a tanh-squashed Gaussian, a = c + h tanh(u) with c, h the bounds' centre
+  and half-width, as D4RL's and SAC's behaviour policies: actions lie inside the bounds (on one only
+  where tanh saturates in float32, |u| > 8.3), and their density is the Gaussian's with the
+  change-of-variables term ``-sum log(h (1 - tanh(u)^2))``.
+- ``capped``: HARL's HAPPO: the std is ``max_std * sigmoid(w)`` (at most ``max_std``), the mean is
+  kept inside the bounds (c + h tanh(mean head)), and the sample is clipped to the bounds.
+- ``clip``: omgmg 0.1's policy, kept to reproduce its datasets: an unbounded mean, an uncapped std
+  exp(w), the sample clipped to the bounds. Nothing pulls a mean back once it is past a bound, so
+  on Hopper-3x1 about half of the stored action entries sit on a bound (docs/collecting.md).
+
+PPO's ratio is taken on the Gaussian sample u in every case (for ``tanh`` the change-of-variables
+term is the same in both policies of the ratio and cancels).
 
 Defaults after HARL's HAPPO for MaMuJoCo (lr 5e-4, 5 epochs, gamma 0.99, GAE 0.95, hidden
 128x3, ReLU), with clip 0.2 and observation/state normalisation by running statistics (HARL uses a
@@ -41,6 +53,7 @@ from omgmg.collectors.common import (
     stacked_forward,
 )
 from omgmg.collectors.config import LoopConfig
+from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.spec import EnvSpec
 
 
@@ -70,9 +83,29 @@ class HAPPOConfig(LoopConfig):
     """Initial log standard deviation of every action dimension."""
     max_grad_norm: float = 10.0
     """Gradient-norm clip."""
+    policy: str = "tanh"
+    """How a Gaussian sample becomes an in-bound action: tanh (squashed inside the bounds),
+    capped (HARL: std at most max_std, mean inside the bounds, sample clipped) or clip (omgmg 0.1:
+    unbounded mean and std, sample clipped; reproduces its datasets). See the module docstring."""
+    max_std: float = 0.5
+    """The std cap of the capped policy (HARL's std_y_coef); the other policies ignore it."""
     num_envs: int = 16
     rollout_len: int = 250
     eval_every: int = 100_000
+
+    LEGACY = {"policy": "clip", "max_std": 0.5}
+    """Fields added after runs were made, with the values those runs had: a checkpoint whose config lacks
+    a field was made with this value, and a run's key (its directory name) leaves a field out at it."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if not self.max_std > 0:  # also refuses NaN
+            raise ConfigError(f"max_std must be positive, got {self.max_std}")
+
+
+POLICIES = ("tanh", "capped", "clip")
 
 
 class HAPPOAgent(nn.Module):
@@ -83,7 +116,9 @@ class HAPPOAgent(nn.Module):
         self.spec, self.cfg = spec, cfg
         N, O, A, S, H = spec.n_agents, spec.obs_dim, spec.action_dim, spec.state_dim, cfg.hidden
         self.actors = nn.ModuleList([mlp([O, H, H, H, A], out_gain=0.01) for _ in range(N)])
-        self.log_stds = nn.ParameterList([nn.Parameter(torch.full((A,), cfg.init_log_std)) for _ in range(N)])
+        # the std's parameter w: std = exp(w), or max_std * sigmoid(w) for the capped policy (w = 1 as HARL)
+        w0 = 1.0 if cfg.policy == "capped" else cfg.init_log_std
+        self.log_stds = nn.ParameterList([nn.Parameter(torch.full((A,), w0)) for _ in range(N)])
         self.critic = mlp([S, H, H, H, 1])
         self.obs_norm = RunningMeanStd((N, O))
         self.state_norm = RunningMeanStd((S,))
@@ -92,6 +127,8 @@ class HAPPOAgent(nn.Module):
         self.register_buffer("low", torch.from_numpy(low))
         self.register_buffer("high", torch.from_numpy(high))
         self.register_buffer("action_mask", torch.from_numpy(mask))
+        self.register_buffer("centre", (self.high + self.low) / 2, persistent=False)
+        self.register_buffer("half_width", (self.high - self.low) / 2, persistent=False)
         # one optimiser per agent over its own actor and log-std: updating agent i touches nothing else
         self.actor_optims = [
             torch.optim.Adam(list(a.parameters()) + [s], lr=cfg.actor_lr) for a, s in zip(self.actors, self.log_stds)
@@ -106,21 +143,56 @@ class HAPPOAgent(nn.Module):
             o.load_state_dict(s)
         self.critic_optim.load_state_dict(state["critic"])
 
-    def _log_prob(self, mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor):
-        """Diagonal-Gaussian log-density summed over the agent's own action entries."""
-        z = (actions - mean) / log_std.exp()
+    # ----- the policy: a Gaussian sample u, and the action it becomes ------------------------------------
+    def _mean(self, head: torch.Tensor, agent: int | None = None) -> torch.Tensor:
+        """The Gaussian's mean from the actor output of every agent (..., N, A), or of ``agent`` alone
+        (..., A): the output itself, or inside the bounds (c + h tanh(output)) for ``capped``."""
+        if self.cfg.policy != "capped":
+            return head
+        c, h = (self.centre, self.half_width) if agent is None else (self.centre[agent], self.half_width[agent])
+        return c + h * torch.tanh(head)
+
+    def _log_std(self, w: torch.Tensor) -> torch.Tensor:
+        """The Gaussian's log-std from its parameter w: w itself, or log(max_std sigmoid(w)) when capped."""
+        return math.log(self.cfg.max_std) + nn.functional.logsigmoid(w) if self.cfg.policy == "capped" else w
+
+    def _std(self, w: torch.Tensor) -> torch.Tensor:
+        return self._log_std(w).exp()
+
+    def _log_prob(self, mean: torch.Tensor, w: torch.Tensor, u: torch.Tensor, mask: torch.Tensor):
+        """Log-density of the Gaussian sample u, summed over the agent's own action entries."""
+        log_std = self._log_std(w)
+        z = (u - mean) / log_std.exp()
         per_dim = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
         return (per_dim * mask).sum(-1)
 
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        """The action a Gaussian sample u (E, N, A) becomes: c + h tanh(u), or u clipped to the bounds."""
+        if self.cfg.policy == "tanh":
+            return self.centre + self.half_width * torch.tanh(u)
+        return torch.maximum(torch.minimum(u, self.high), self.low)
+
+    def log_prob_of_action(self, u: torch.Tensor, gaussian_log_prob: torch.Tensor) -> torch.Tensor:
+        """The behaviour policy's log-density of the action that u became (E, N): for ``tanh`` the
+        Gaussian's minus sum log(h (1 - tanh(u)^2)) over the agent's own entries; for the clipping
+        policies the density of the pre-clip sample u (an action on a bound has none of its own)."""
+        if self.cfg.policy != "tanh":
+            return gaussian_log_prob
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|
+        log_dtanh = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))
+        own = self.action_mask > 0
+        per_dim = torch.where(own, log_dtanh + torch.log(torch.where(own, self.half_width, 1.0)), 0.0)
+        return gaussian_log_prob - per_dim.sum(-1)
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, avail, deterministic: bool, gen: torch.Generator):
-        """obs (E, N, O) normalised -> unclipped actions (E, N, A), log-probs (E, N)."""
-        mean = stacked_forward(self.actors, obs)  # (E, N, A): all agents in one batched op
+        """obs (E, N, O) normalised -> Gaussian samples u (E, N, A), their log-probs (E, N)."""
+        mean = self._mean(stacked_forward(self.actors, obs))  # (E, N, A): all agents in one batched op
         if deterministic:
             actions = mean
         else:
             noise = torch.randn(mean.shape, generator=gen)
-            actions = mean + noise * self.log_std.exp()
+            actions = mean + noise * self._std(self.log_std)
         actions = actions * self.action_mask
         return actions, self._log_prob(mean, self.log_std, actions, self.action_mask)
 
@@ -128,26 +200,27 @@ class HAPPOAgent(nn.Module):
         """The stochastic policy frozen for collecting datasets (see :class:`RolloutPolicy`): the
         same actions as ``act`` + ``executed`` given the same normal noise, at a fraction of the cost."""
         actor = FrozenActor(list(self.actors), self.obs_norm)
-        std = self.log_std.detach().exp()
+        std = self._std(self.log_std.detach())
 
         @torch.no_grad()
         def act(obs: np.ndarray, avail, noise: torch.Tensor) -> np.ndarray:
-            actions = (actor(obs) + noise * std) * self.action_mask
-            return torch.maximum(torch.minimum(actions, self.high), self.low).numpy()
+            actions = (self._mean(actor(obs)) + noise * std) * self.action_mask
+            return self.squash(actions).numpy()
 
         return RolloutPolicy(act, "normal", tuple(self.low.shape))
 
     @property
     def log_std(self) -> torch.Tensor:
-        return torch.stack(list(self.log_stds))  # (N, A)
+        """Every agent's std parameter w, (N, A) (the log-std itself except for the capped policy)."""
+        return torch.stack(list(self.log_stds))
 
     @torch.no_grad()
     def value(self, state: torch.Tensor) -> torch.Tensor:
         return self.value_norm.denormalise(self.critic(state)[..., 0])
 
     def executed(self, actions: torch.Tensor):
-        """The action the environment receives: the sample clipped to the bounds."""
-        return torch.maximum(torch.minimum(actions, self.high), self.low).cpu().numpy()
+        """The action the environment receives for Gaussian samples ``actions`` (see ``squash``)."""
+        return self.squash(actions).cpu().numpy()
 
     # ----- losses ---------------------------------------------------------------------------------------
     @staticmethod
@@ -174,8 +247,8 @@ class HAPPOAgent(nn.Module):
             for _ in range(cfg.epochs):
                 for idx in minibatches(adv.shape[0], cfg.num_minibatches, gen):
                     log_std = self.log_stds[i]
-                    logp = self._log_prob(actor(obs_i[idx]), log_std, act_i[idx], mask)
-                    entropy = ((log_std + 0.5 * math.log(2 * math.pi * math.e)) * mask).sum()
+                    logp = self._log_prob(self._mean(actor(obs_i[idx]), i), log_std, act_i[idx], mask)
+                    entropy = ((self._log_std(log_std) + 0.5 * math.log(2 * math.pi * math.e)) * mask).sum()
                     loss = self.sequential_policy_loss(logp, old_i[idx], factor[idx], adv[idx], cfg.clip)
                     loss = loss - cfg.entropy_coef * entropy
                     self.actor_optims[i].zero_grad()
@@ -183,7 +256,7 @@ class HAPPOAgent(nn.Module):
                     nn.utils.clip_grad_norm_(list(actor.parameters()) + [log_std], cfg.max_grad_norm)
                     self.actor_optims[i].step()
             with torch.no_grad():  # compound the factor with agent i's *updated* policy
-                new_logp = self._log_prob(actor(obs_i), self.log_stds[i], act_i, mask)
+                new_logp = self._log_prob(self._mean(actor(obs_i), i), self.log_stds[i], act_i, mask)
                 factor = factor * torch.exp(new_logp - old_i)
             stats[f"loss/actor_{i}"] = loss.item()
         targets = self.value_norm.normalise(returns.reshape(-1), clip=1e6)
@@ -198,6 +271,6 @@ class HAPPOAgent(nn.Module):
                 self.critic_optim.step()
         stats["loss/critic"] = v_loss.item()
         stats["loss/actor"] = float(np.mean([stats[f"loss/actor_{i}"] for i in range(N)]))
-        stats["policy/std"] = self.log_std.exp().mean().item()
+        stats["policy/std"] = self._std(self.log_std).mean().item()
         stats["policy/factor_mean"] = factor.mean().item()
         return stats

@@ -14,6 +14,10 @@ pair is then distinct and coverage sits near 1 whatever the data, so it tells da
 discrete tasks (SMACv2) and for duplicated data. Pairs are counted by a 64-bit hash of each rounded
 row (two distinct rows share a hash with probability below 1e-7 in a million rows).
 
+**Actions on a bound** (:func:`bound_share`): per agent, the share of its own continuous action
+entries within 1e-6 of a bound. A behaviour policy whose samples were clipped stores many (a learner
+with a tanh-Gaussian likelihood then fits atanh(+-1)); tanh-squashed policies store almost none.
+
 **Overlap** (:func:`compare`): episodes are matched by the sha256 of their observations, actions and
 rewards; two datasets of one task whose episodes are mostly shared (more than half of each), or whose
 return distributions barely differ, are flagged: the "expert and mixed datasets that turned out
@@ -66,6 +70,25 @@ def coverage(ds: Dataset) -> dict:
     joint_saco = len(np.unique(np.concatenate(joint))) / T
     oaco = float(np.mean([len(np.unique(np.concatenate(h))) / T for h in per_agent]))
     return {"joint_saco": float(joint_saco), "oaco": oaco, "decimals": DECIMALS}
+
+
+BOUND_ATOL = 1e-6
+BOUND_SHARE_WARNING = 0.02  # the card warns above this share of action entries on a bound
+
+
+def bound_share(ds: Dataset, atol: float = BOUND_ATOL) -> list[float] | None:
+    """Per agent, the share of its own action entries within ``atol`` of a bound of its action box, read
+    in blocks; None for discrete actions or an empty dataset."""
+    spec = ds.spec
+    if spec.discrete or ds.n_transitions == 0:
+        return None
+    low, high, mask = spec.action_bounds()  # (N, A); mask 1 on each agent's own entries
+    on_bound = np.zeros(spec.n_agents, np.int64)
+    for lo in range(0, ds.n_transitions, BLOCK_ROWS):
+        a = ds.read("steps/actions", lo, min(ds.n_transitions, lo + BLOCK_ROWS))  # (T, N, A)
+        hit = (np.abs(a - low) <= atol) | (np.abs(a - high) <= atol)
+        on_bound += (hit & (mask > 0)).sum(axis=(0, 2))
+    return (on_bound / (ds.n_transitions * mask.sum(1))).tolist()
 
 
 def episode_hashes(ds: Dataset) -> list[str]:

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import continuous_spec
 
 from omgmg.cli.data import main as data_cli
 from omgmg.collectors.behaviour import load_agent
 from omgmg.collectors.collect import CollectRequest, collect, random_policy
-from omgmg.collectors.common import Rollout, gae
+from omgmg.collectors.common import Rollout, gae, stacked_forward
 from omgmg.collectors.envs import resolve
 from omgmg.collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
 from omgmg.collectors.envs.vector import SerialVectorEnv
@@ -23,6 +24,7 @@ from omgmg.collectors.recorder import EpisodeRecorder
 from omgmg.collectors.rollout import SlotSchedule, rollout_episodes
 from omgmg.collectors.training import train_behaviour
 from omgmg.datakit import DatasetError, iter_episodes, open_dataset, validate
+from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.writer import DatasetWriter
 
 
@@ -193,12 +195,64 @@ def test_happo_agents_share_no_parameters_or_optimiser():
     assert all(id(agent.log_stds[i]) in owned[i] for i in range(3))
 
 
-def test_happo_executed_actions_are_clipped_and_padding_is_zero():
-    spec = fixture_spec("continuous")
-    agent = HAPPOAgent(spec, HAPPOConfig(init_log_std=2.0))
-    actions, _ = agent.act(torch.zeros(500, 3, spec.obs_dim), None, False, torch.Generator().manual_seed(0))
-    executed = agent.executed(actions)
-    assert executed.min() >= -1 and executed.max() <= 1 and np.abs(actions.numpy()).max() > 1
+@pytest.mark.parametrize("policy", ["tanh", "capped", "clip"])
+def test_happo_policies_keep_executed_actions_in_the_bounds_and_padding_zero(policy):
+    spec = continuous_spec()  # bounds [-1, 1] x [-2, 2], [-0.5, 0.5], [-1, 1]^2; agent b's second entry is padding
+    low, high, mask = (torch.from_numpy(x) for x in spec.action_bounds())
+    agent = HAPPOAgent(spec, HAPPOConfig(init_log_std=0.5, policy=policy))
+    with torch.no_grad():  # means far past the bounds: what the clip policy drifted to on Hopper
+        for actor in agent.actors:
+            actor[-1].bias.fill_(3.0)
+    u, _ = agent.act(torch.zeros(2000, 3, spec.obs_dim), None, False, torch.Generator().manual_seed(0))
+    a = torch.from_numpy(agent.executed(u))
+    assert (a >= low).all() and (a <= high).all() and (a[:, 1, 1] == 0).all()
+    on_bound = ((a == low) | (a == high)) & (mask > 0)
+    if policy == "tanh":  # inside, however far the mean went; on a bound only where tanh saturates in float32
+        assert on_bound.float().mean() < 0.01 and not on_bound[(u.abs() < 8).expand_as(on_bound)].any()
+    elif policy == "capped":  # the mean stays inside the bounds and the std under its cap
+        assert torch.all(agent._std(agent.log_std) <= agent.cfg.max_std)
+        assert 0.2 < on_bound[:, 0, 0].float().mean() < 0.5  # a mean near the bound: some samples clipped
+    else:
+        assert on_bound[:, 0, 0].float().mean() > 0.8  # a mean past the bound: most samples on it
+
+
+def test_tanh_policy_log_prob_is_the_density_of_the_squashed_action():
+    from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
+
+    spec = continuous_spec()
+    agent = HAPPOAgent(spec, HAPPOConfig(init_log_std=0.3, policy="tanh"))
+    obs = torch.randn(500, 3, spec.obs_dim, generator=torch.Generator().manual_seed(1))
+    u, gaussian = agent.act(obs, None, False, torch.Generator().manual_seed(2))
+    got = agent.log_prob_of_action(u, gaussian)
+    mean = stacked_forward(agent.actors, obs).detach()
+    low, high, mask = spec.action_bounds()
+    for i, box in enumerate(spec.action_spaces):
+        d = box.dim
+        c, h = torch.from_numpy((high[i, :d] + low[i, :d]) / 2), torch.from_numpy((high[i, :d] - low[i, :d]) / 2)
+        dist = TransformedDistribution(
+            Normal(mean[:, i, :d], agent.log_std[i, :d].detach().exp()), [TanhTransform(), AffineTransform(c, h)]
+        )
+        a = torch.from_numpy(agent.executed(u))[:, i, :d]
+        assert torch.allclose(got[:, i], dist.log_prob(a).sum(-1), atol=2e-3), i
+
+
+def test_runs_and_checkpoints_made_before_the_policy_setting_are_the_clip_policy(tmp_path):
+    from omgmg.collectors.behaviour import load_agent
+    from omgmg.collectors.config import run_key
+    from omgmg.datakit.checkpoints import load_checkpoint, save_checkpoint
+
+    legacy = run_key(HAPPOConfig(policy="clip"))
+    assert "policy" not in legacy and "max_std" not in legacy  # the directory name runs had before the setting
+    assert run_key(HAPPOConfig())["policy"] == "tanh"
+    cfg = HAPPOConfig(total_env_steps=400, num_envs=2, rollout_len=100, eval_every=200, policy="clip")
+    run = train_behaviour(resolve("fixture/continuous"), "happo", cfg, home=tmp_path)
+    state = load_checkpoint(run.checkpoints()[-1])
+    for key in ("policy", "max_std"):
+        del state["config"][key]  # a checkpoint written before the setting existed
+    save_checkpoint(state, tmp_path / "old.pt")
+    assert load_agent(tmp_path / "old.pt")[0].cfg.policy == "clip"
+    with pytest.raises(ConfigError, match="policy must be one of tanh, capped, clip"):
+        HAPPOConfig(policy="beta")
 
 
 # ----- MAPPO / masks --------------------------------------------------------------------------------------------
