@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +18,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from omgmg.datakit.errors import DatasetError, InvalidDatasetError, RequestError, render_options
 from omgmg.datakit.remote import RemoteLocation, is_remote
 
-console = Console(soft_wrap=True)  # long paths and messages stay on one line
-err_console = Console(stderr=True, soft_wrap=True)
+PIPED_WIDTH = 200
+"""Width of output that is not a terminal (rich's default, 80, cut paths and tables short in logs)."""
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console whose long paths and messages stay on one line; full width when piped."""
+    c = Console(stderr=stderr, soft_wrap=True)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = PIPED_WIDTH
+    return c
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 EXIT_INVALID = 1  # the data, a file or the machine is in the way
 EXIT_USAGE = 2  # the request is bad (click uses 2 for usage errors too)
@@ -117,13 +131,17 @@ def _terminate_as_interrupt():
 
 
 class ProgressBars:
-    """Bars on one rich display (see :func:`progress_bars`)."""
+    """The progress of a command's phases: live bars in a terminal, plain lines otherwise (see
+    :func:`progress_bars`). One bar per phase: ``add`` draws one at once, ``later`` at its first update."""
 
-    def __init__(self, progress: Progress):
-        self._progress = progress
+    def __init__(self, progress: Progress | None, lines: ProgressLines | None = None):
+        self._progress, self._lines = progress, lines
 
-    def add(self, description: str, total: int | None = None) -> Callable:
-        """A new bar; returns ``update(completed=None, total=None, *, advance=None, info=None)``."""
+    def add(self, description: str, total: int | None = None, *, announce: bool = True) -> Callable:
+        """A new bar; returns ``update(completed=None, total=None, *, advance=None, info=None)``. ``announce``:
+        in a log, a line saying the phase started (a bar created at its first update has its own)."""
+        if self._lines is not None:
+            return self._lines.add(description, total, announce)
         task = self._progress.add_task(description, total=total, info="")
 
         def update(completed=None, total=None, *, advance=None, info=None):
@@ -132,15 +150,123 @@ class ProgressBars:
 
         return update
 
+    def later(self, description: str) -> Callable:
+        """A bar that appears at its first update (a phase that may not happen): the same ``update``, and
+        however often it is called, one bar."""
+        bar: list[Callable] = []
+
+        def update(completed=None, total=None, *, advance=None, info=None):
+            if not bar:
+                bar.append(self.add(description, total, announce=False))
+            bar[0](completed, total, advance=advance, info=info)
+
+        return update
+
     def note(self, message: str) -> None:
         """A line above the bars."""
-        self._progress.console.print(render_options(message, as_flag), highlight=False, soft_wrap=True, markup=False)
+        text = render_options(message, as_flag)
+        if self._lines is not None:
+            self._lines.print(text)
+        else:
+            self._progress.console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+class ProgressLines:
+    """Progress for logs (output that is not a terminal: a file, a pipe, a cluster job): one plain line per
+    phase when it starts, whenever its ``info`` changes (an evaluation, a finished cell), at most every
+    ``interval`` seconds otherwise, and when it ends: ``[elapsed] phase: done/total (share) rate, ETA, info``."""
+
+    def __init__(self, console: Console, interval: float):
+        self.console, self.interval = console, interval
+        self.t0 = time.monotonic()
+        self.tasks: list[dict] = []
+
+    def add(self, description: str, total: int | None, announce: bool = True) -> Callable:
+        now = time.monotonic()
+        task = {"description": description, "total": total, "completed": 0, "info": "", "start": now}
+        task |= {"first": None, "shown": None, "last_line": -float("inf")}
+        self.tasks.append(task)
+        if announce:
+            self._show(task)
+
+        def update(completed=None, total=None, *, advance=None, info=None):
+            if total is not None:
+                task["total"] = total
+            if completed is not None:
+                task["completed"] = completed
+            if advance is not None:
+                task["completed"] += advance
+            if task["first"] is None and (completed is not None or advance is not None):
+                # a resumed phase starts part-way: its rate counts the work done from here on
+                task["first"], task["start"] = task["completed"] - (advance or 0), time.monotonic()
+            changed = info is not None and info != task["info"]
+            if info is not None:
+                task["info"] = info
+            finished = task["total"] is not None and task["completed"] >= task["total"]
+            if changed or finished or time.monotonic() - task["last_line"] >= self.interval:
+                self._show(task)
+
+        return update
+
+    def _line(self, task: dict) -> str:
+        done, total = task["completed"], task["total"]
+        if task["first"] is None and not task["info"]:
+            return f"[{_clock(time.monotonic() - self.t0)}] {task['description']}: started" + (
+                f" (0/{total:g})" if total else ""
+            )
+        parts = [f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"]
+        elapsed = time.monotonic() - task["start"]
+        if task["first"] is not None and elapsed > 0 and done > task["first"]:
+            rate = (done - task["first"]) / elapsed
+            parts.append(f"{rate:,.0f}/s" if rate >= 100 else f"{rate:.3g}/s")
+            if total and done < total:
+                parts.append(f"ETA {_clock((total - done) / rate)}")
+        if task["info"]:
+            parts.append(task["info"])
+        return f"[{_clock(time.monotonic() - self.t0)}] {task['description']}: " + ", ".join(parts)
+
+    def _show(self, task: dict) -> None:
+        state = (task["completed"], task["total"], task["info"])
+        if state == task["shown"]:
+            return
+        task["shown"], task["last_line"] = state, time.monotonic()
+        self.print(self._line(task))
+
+    def print(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+    def close(self) -> None:
+        """Each phase's last state, where it was not the last line shown (a phase cut short)."""
+        for task in self.tasks:
+            self._show(task)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+PROGRESS_INTERVAL = 30.0
+"""Seconds between plain progress lines of a phase whose state changes but not its info
+(``OMGMG_PROGRESS_INTERVAL`` sets it)."""
 
 
 @contextmanager
 def progress_bars():
-    """The one progress display of both tools (on stderr, off when it is not a terminal): description,
-    bar, done/total, a free ``info`` text, time elapsed and left. Yields :class:`ProgressBars`."""
+    """The one progress display of both tools, on stderr. In a terminal: live bars (description, bar,
+    done/total, a free ``info`` text, time elapsed and left), redrawn at most 10 times a second. Otherwise
+    (a log file, a pipe): :class:`ProgressLines`. Yields :class:`ProgressBars`."""
+    if not err_console.is_terminal:
+        try:
+            interval = float(os.environ.get("OMGMG_PROGRESS_INTERVAL", PROGRESS_INTERVAL))
+        except ValueError:
+            interval = PROGRESS_INTERVAL
+        lines = ProgressLines(err_console, interval)
+        try:
+            yield ProgressBars(None, lines)
+        finally:
+            lines.close()
+        return
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -149,7 +275,7 @@ def progress_bars():
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=err_console, transient=False, disable=not err_console.is_terminal) as p:
+    with Progress(*columns, console=err_console, transient=False) as p:
         yield ProgressBars(p)
 
 

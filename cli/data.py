@@ -191,17 +191,13 @@ def collect(suite: str, task: str, **options):
     # a bad request is a usage error (exit 2) raised before anything is touched
     req = CollectRequest(suite, task, behaviour=behaviour, **request)
     with progress_bars() as bars:
-        update: dict[str, object] = {}
+        train_bar = bars.later("training behaviour policy")  # one bar per phase, however often it is updated
+        rollout_bar = bars.later(f"collecting {req.level}")
 
         def on_train(steps, total, score):
-            update.setdefault("train", bars.add("training behaviour policy", total))
-            update["train"](steps, total, info=None if score is None else f"eval score {score:.3g}")
+            train_bar(steps, total, info=None if score is None else f"eval score {score:.3g}")
 
-        def on_rollout(done, total):
-            update.setdefault("roll", bars.add(f"collecting {req.level}", total))
-            update["roll"](done, total)
-
-        ds = run_collect(req, on_note=bars.note, on_train=on_train, on_rollout=on_rollout)
+        ds = run_collect(req, on_note=bars.note, on_train=on_train, on_rollout=rollout_bar)
     c = ds.meta["stats"]
     line = (
         f"[bold green]wrote[/] {ds.path}: {c['episodes']} episodes, {c['transitions']} transitions, "

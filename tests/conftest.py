@@ -39,6 +39,7 @@ MODULE_TIERS = {
     "test_readme": "roundtrip",
     "test_remote": "roundtrip",
     "test_reliability": "roundtrip",
+    "test_terminal": "roundtrip",
     "test_verify": "roundtrip",
     "test_validate": "roundtrip",
 }
