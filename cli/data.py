@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -66,7 +67,7 @@ def validate(path: Path):
 @click.option(
     "--plot",
     type=click.Path(path_type=Path),
-    help="PNG of both return distributions side by side (default: A-vs-B.png in the current folder).",
+    help="Also write both return distributions side by side to this PNG file.",
 )
 @friendly_errors
 def compare(a: Path, b: Path, plot: Path | None):
@@ -99,9 +100,13 @@ def compare(a: Path, b: Path, plot: Path | None):
         console.print(f"note: {note}", highlight=False)
     for w in c.warnings:
         warn(w)
-    out = plot or Path(f"{Path(a).stem}-vs-{Path(b).stem}.png")
-    plot_comparison(c, out)
-    console.print(f"plot: {out}", highlight=False)
+    if plot is None:
+        console.print("(--plot FILE.png draws the two return distributions side by side)", highlight=False)
+        return
+    if plot.suffix.lower() != ".png":
+        fail(f"--plot writes PNG; give a file name ending in .png, not {plot.name}")
+    plot_comparison(c, plot)
+    console.print(f"plot: {plot}", highlight=False)
 
 
 @main.command()
@@ -198,14 +203,27 @@ def collect(suite: str, task: str, **options):
             train_bar(steps, total, info=None if score is None else f"eval score {score:.3g}")
 
         ds = run_collect(req, on_note=bars.note, on_train=on_train, on_rollout=rollout_bar)
+    from omgmg.collectors.home import folder_bytes, run_summary
+    from omgmg.datakit.outputs import data_home, from_home_relative, human_bytes
+
     c = ds.meta["stats"]
     line = (
-        f"[bold green]wrote[/] {ds.path}: {c['episodes']} episodes, {c['transitions']} transitions, "
-        f"return {c['return']['mean']:.4g} ± {c['return']['std']:.3g}"
+        f"[bold green]wrote[/] {ds.path} ({human_bytes(folder_bytes(ds.path))}): {c['episodes']} episodes, "
+        f"{c['transitions']} transitions, return {c['return']['mean']:.4g} ± {c['return']['std']:.3g}"
     )
     if c["win_rate"] is not None:
         line += f", win rate {100 * c['win_rate']:.1f}%"
     console.print(line, highlight=False)
+    run = ds.meta["collection"].get("behaviour_run")
+    if run:  # where the behaviour run went, and how much of the disk it keeps
+        root = from_home_relative(run)
+        _, replay = run_summary(root)
+        console.print(
+            f"behaviour run: {root} ({human_bytes(folder_bytes(root))}, of it {human_bytes(replay)} the training "
+            f"episodes medium-replay is collected from); `omgmg-data home` lists what {data_home()} holds and "
+            "prunes it",
+            highlight=False,
+        )
 
 
 @main.command()
@@ -466,6 +484,85 @@ def upgrade(path: Path, out: Path, force: bool):
         f"{ds.n_transitions} transitions",
         highlight=False,
     )
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+@friendly_errors
+def home(ctx):
+    """List what omgmg keeps in $OMGMG_HOME (default ~/.omgmg): behaviour runs (with the training episodes
+    medium-replay is collected from) and datasets collected without --out. `home prune` removes some."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from omgmg.collectors.home import home_entries
+    from omgmg.datakit.outputs import data_home
+
+    entries = home_entries()
+    console.print(f"{data_home()}: {_home_size(entries)}", highlight=False)
+    if not entries:
+        console.print("nothing kept there yet", highlight=False)
+        return
+    console.print(_home_table(entries))
+    console.print("`omgmg-data home prune --help` says how to remove some of it", highlight=False)
+
+
+def _home_size(entries) -> str:
+    from omgmg.datakit.outputs import human_bytes
+
+    kinds = {"run": "behaviour run", "dataset": "dataset", "unfinished": "unfinished collection"}
+    counts = {k: sum(1 for e in entries if e.kind == k) for k in kinds}
+    parts = [f"{n} {kinds[k]}{'s' if n > 1 else ''}" for k, n in counts.items() if n]
+    return f"{human_bytes(sum(e.bytes for e in entries))} in " + (", ".join(parts) or "nothing")
+
+
+def _home_table(entries):
+    from rich.table import Table
+
+    from omgmg.datakit.outputs import human_bytes
+
+    t = Table(show_edge=False)
+    for col in ("kind", "name", "size", "of it training episodes", "what"):
+        t.add_column(col, justify="right" if col in ("size", "of it training episodes") else "left")
+    for e in entries:
+        replay = human_bytes(e.replay_bytes) if e.kind == "run" else ""
+        t.add_row(e.kind, e.name, human_bytes(e.bytes), replay, e.detail + (" (in use)" if e.in_use() else ""))
+    return t
+
+
+@home.command()
+@click.argument("patterns", nargs=-1)
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["run", "dataset", "unfinished"]),
+    help="Only this kind (repeatable): behaviour runs, datasets, unfinished collections. Default: all.",
+)
+@click.option("--yes", is_flag=True, help="Remove without asking.")
+@friendly_errors
+def prune(patterns: tuple[str, ...], kinds: tuple[str, ...], yes: bool):
+    """Remove entries of $OMGMG_HOME whose name matches a PATTERN (a glob, or a word matched anywhere, e.g.
+    protoss_5v5 or 'runs/smacv2/*'; every entry when none is given). A removed behaviour run is trained again
+    from scratch when a collection next needs it; entries another process is using are left alone."""
+    from omgmg.collectors.home import KINDS, home_entries, select
+    from omgmg.collectors.home import prune as run_prune
+    from omgmg.datakit.outputs import human_bytes
+
+    chosen = select(home_entries(), kinds or KINDS, patterns)
+    if not chosen:
+        console.print("nothing matches: `omgmg-data home` lists what is there", highlight=False)
+        return
+    console.print(_home_table(chosen))
+    console.print(f"to remove: {_home_size(chosen)}", highlight=False)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail("not removing anything without a confirmation: pass --yes")
+        click.confirm("remove these?", abort=True, err=True)
+    freed, busy = run_prune(chosen)
+    for e in busy:
+        warn(f"{e.name} is in use by another omgmg process: left in place")
+    n = len(chosen) - len(busy)
+    console.print(f"[bold green]removed[/] {n} {'entry' if n == 1 else 'entries'}, {human_bytes(freed)} freed")
 
 
 if __name__ == "__main__":

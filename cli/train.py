@@ -6,16 +6,16 @@ field is an option with its docstring as help, so the dataclass stays the single
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from omgmg.cli.common import (
     DATASET,
     EXIT_USAGE,
     console,
-    dataset_location,
+    err_console,
     fail,
     friendly_errors,
     progress_bars,
@@ -23,7 +23,6 @@ from omgmg.cli.common import (
     warn,
 )
 from omgmg.cli.options import config_options, given
-from omgmg.datakit.remote import is_remote
 
 
 def _algorithm_options(fn):
@@ -87,7 +86,7 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
 
 
 @main.command(context_settings={"show_default": False})
-@click.option("--dataset", required=True, type=DATASET, help="A format-v1 dataset (.zarr).")
+@click.option("--dataset", required=True, type=DATASET, help="An omgmg dataset: a .zarr folder or its URL.")
 @click.option(
     "--algo",
     default="omgmg",
@@ -146,6 +145,15 @@ def train(
     suite = open_dataset(dataset).spec.suite
     # dataclass defaults < per-suite defaults < options given; a wrong name or value is a ConfigError
     base = given(options)
+    if evaluate and "eval_every" not in base:  # a short run still draws a learning curve, not one point
+        resolved = make_config(algo, suite, **base)
+        if resolved.steps < 2 * resolved.eval_every:
+            base["eval_every"] = max(1, resolved.steps // 10)
+            err_console.print(
+                f"note: evaluating every {base['eval_every']} steps (a tenth of --steps {resolved.steps}); the "
+                f"default {resolved.eval_every} would evaluate only at the end. --eval-every sets it",
+                highlight=False,
+            )
     seed_list = parse_seeds(seeds) if seeds else None
     points = parse_grid(grid)
     batchable = algorithm_class(algo).member_hyperparameters
@@ -224,10 +232,15 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
 
 @main.command(name="eval")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--dataset", type=DATASET, help="Dataset the policy was trained on (default: from the run).")
+@click.option("--dataset", type=DATASET, help="Dataset the policy was trained on (default: the one the run names).")
 @click.option("--episodes", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=1234, show_default=True, type=int)
-@DEVICE
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where to evaluate the policy: cpu, cuda, cuda:INDEX, or auto (a CUDA device when there is one).",
+)
 @click.option(
     "--checkpoint",
     default="final",
@@ -238,56 +251,64 @@ def _print_result(run_dir: Path, final: dict, best: dict | None) -> None:
 )
 @friendly_errors
 def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: str, checkpoint: str):
-    """Evaluate a trained run's policy in the environment of its dataset (by default its final policy)."""
-    from omgmg.datakit import open_dataset
-    from omgmg.datakit.checkpoints import load_checkpoint
-    from omgmg.datakit.errors import RequestError
-    from omgmg.trainer import Evaluator, load_policy, resolve_device
+    """Evaluate a trained run's policy in the environment of its dataset (by default its final policy).
+
+    RUN is a run directory, a checkpoint file, or a folder of runs (`omgmg train --seeds/--grid`): each run is
+    evaluated, and each setting's score is given as mean ± std over its seeds."""
+    from omgmg.trainer import evaluate_run
 
     checkpoint = "final" if checkpoint == "latest" else checkpoint
-    path = run if run.is_file() else run / "checkpoints" / f"{'latest' if checkpoint == 'final' else 'best'}.pt"
-    if not path.exists():
-        fail(f"no checkpoint at {path}; train first with `omgmg train --out {run}`", EXIT_USAGE)
-    if dataset is None:
-        config_path = path.parent.parent / "config.json"
+    runs = [run] if run.is_file() or (run / "checkpoints").is_dir() or not run.is_dir() else None
+    if runs is None:
+        from omgmg.experiments.runs import group_runs, member_runs
+
         try:
-            dataset = dataset_location(json.loads(config_path.read_text())["dataset"])
-        except (OSError, ValueError, KeyError, TypeError):
-            fail(f"{config_path} does not name the run's dataset (missing or damaged); pass --dataset", EXIT_USAGE)
-        if not is_remote(dataset) and not dataset.is_absolute():  # omgmg 0.1.0 wrote it relative to where it ran
-            fail(f"{config_path} names the dataset by the relative path {dataset}; pass --dataset", EXIT_USAGE)
-    ds = open_dataset(dataset)
-    algo = load_policy(path).to(resolve_device(device))
-    if algo.spec.identity() != ds.spec.identity():
-        raise RequestError(
-            f"the policy in {path} was trained on {algo.spec.name}, but {dataset} is "
-            f"{ds.spec.name} ({ds.spec.backend}); pass the dataset the run was trained on"
-        )
-    evaluator = Evaluator(ds, episodes, seed)
-    try:
-        result = evaluator(algo)
-    finally:
-        evaluator.close()
-    saved = load_checkpoint(path)
-    step, steps = int(saved["step"]), int(saved["config"].get("steps", saved["step"]))
-    result |= {"checkpoint": checkpoint, "step": step}
-    wr = result["eval/win_rate"]
-    console.print(
-        f"[bold]{path}[/] (step {step}): return {result['eval/return']:.4g} ± {result['eval/return_std']:.3g} over "
-        f"{episodes} episodes" + ("" if wr is None else f", win rate {100 * wr:.1f}%"),
-        highlight=False,
-    )
+            groups = group_runs(member_runs(run))
+        except FileNotFoundError as e:
+            fail(str(e))
+    else:
+        groups = {"": runs}
+    scores: dict[str, list[float]] = {}
+    unit = "return"
+    with progress_bars() as bars:
+        update = bars.add("evaluating runs", sum(len(v) for v in groups.values()))
+        for label, members in groups.items():
+            for member in members:
+                result = evaluate_run(
+                    member, dataset, episodes=episodes, seed=seed, device=device, checkpoint=checkpoint
+                )
+                _print_evaluation(result, episodes)
+                wr = result["eval/win_rate"]
+                unit = "win rate %" if wr is not None else "return"
+                scores.setdefault(label, []).append(100 * wr if wr is not None else result["eval/return"])
+                update(advance=1)
+    if runs is None:
+        for label, values in scores.items():
+            console.print(
+                f"[bold]{label}[/]: {np.mean(values):.4g} ± {np.std(values):.3g} over {len(values)} seed(s) ({unit})",
+                highlight=False,
+            )
     if checkpoint == "best":
         console.print(
             "note: the best checkpoint was selected on training's evaluation returns: this score is optimistic; "
             "report the final one (the default) as the result",
             highlight=False,
         )
-    elif step < steps:
-        warn(f"the run stopped at step {step} of {steps}: this is its newest policy, not a finished run's")
-    from omgmg.datakit.outputs import atomic_write_json
 
-    atomic_write_json(path.parent.parent / f"eval-{checkpoint}.json", result)
+
+def _print_evaluation(result: dict, episodes: int) -> None:
+    wr = result["eval/win_rate"]
+    console.print(
+        f"[bold]{result['path']}[/] (step {result['step']}): return {result['eval/return']:.4g} ± "
+        f"{result['eval/return_std']:.3g} over {episodes} episodes"
+        + ("" if wr is None else f", win rate {100 * wr:.1f}%"),
+        highlight=False,
+    )
+    if result["checkpoint"] == "final" and result["step"] < result["steps"]:
+        warn(
+            f"the run stopped at step {result['step']} of {result['steps']}: this is its newest policy, not a "
+            "finished run's"
+        )
 
 
 @main.command()
@@ -429,11 +450,26 @@ def sweep(
 )
 @friendly_errors
 def report(sweep_dir: Path, out: Path | None, marl_eval_json: bool, with_results: bool):
-    """Tables (markdown + CSV, best per row in bold) and ablation figures (PNG) from a sweep's results."""
+    """Tables (markdown + CSV, best per row in bold) and ablation figures (PNG) from a sweep's results; for a
+    folder of runs (`omgmg train --seeds/--grid`), each setting's final score, mean ± std over its seeds."""
     from omgmg.experiments.report import export_results, write_report
 
     if with_results and out is None:
         fail("--with-results copies the results into --out: name that directory", EXIT_USAGE)
+    if not (sweep_dir / "sweep.json").exists() and not with_results:  # a folder of --seeds/--grid runs?
+        from omgmg.experiments.runs import member_runs, write_runs_report
+
+        try:
+            member_runs(sweep_dir)
+        except FileNotFoundError:
+            pass  # neither: the sweep report's own message below
+        else:
+            if marl_eval_json:
+                fail("--marl-eval is for sweep directories; a folder of runs has no marl-eval export yet", EXIT_USAGE)
+            paths = write_runs_report(sweep_dir, out)
+            console.print(paths[0].read_text(), highlight=False, markup=False)
+            console.print("written: " + "  ".join(str(p) for p in paths), highlight=False)
+            return
     try:
         if with_results:
             copied = export_results(sweep_dir, out)

@@ -33,7 +33,7 @@ from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import ConfigError, RequestError, render_options
 from omgmg.datakit.format import normalise_level
 from omgmg.datakit.loader import iter_episodes
-from omgmg.datakit.outputs import check_replaceable, data_home, is_omgmg_dataset, make_parent
+from omgmg.datakit.outputs import check_replaceable, data_home, home_relative, is_omgmg_dataset, make_parent
 from omgmg.datakit.provenance import layouts, package_versions, seed_ranges
 from omgmg.datakit.spec import EnvSpec
 from omgmg.datakit.writer import DatasetWriter, episode_arguments, open_unfinished
@@ -227,11 +227,10 @@ def collect(
     }
 
     run, picks = None, {}
-    if req.level != "random":
-        cfg = req.behaviour_config(algo)
+    if cfg is not None:
         run = train_behaviour(ref, algo, cfg, progress=on_train, warn=on_note, tensorboard=req.tensorboard)
         picks = choose_checkpoints(run.evaluations(up_to=cfg.total_env_steps), req.medium_fraction)
-        collection["behaviour_run"] = str(run.root)
+        collection["behaviour_run"] = home_relative(run.root)
         collection["checkpoints"] = {
             name: {"env_steps": p["env_steps"], "sha256": file_sha256(p["path"]), "eval_score": score(p["eval"])}
             for name, p in picks.items()

@@ -30,6 +30,7 @@ from omgmg.collectors.runs import RunDir, plot_curve, score
 from omgmg.datakit.checkpoints import save_checkpoint
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.metrics import MetricLog
+from omgmg.datakit.outputs import home_relative
 from omgmg.datakit.spec import EnvSpec
 from omgmg.datakit.writer import DatasetWriter
 

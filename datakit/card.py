@@ -95,7 +95,8 @@ def _provenance_rows(p: dict | None, n_episodes: int) -> list[tuple[str, str]]:
     if "episode_seeds" in p:
         ranges = p["episode_seeds"]
         seeded = sum(count for _, count, _ in ranges)
-        where = "  ".join(f"episodes {f}-{f + n - 1} from seed {s}" for f, n, s in ranges)
+        # the reset seeds, which the collection seed derives (omgmg.collectors.rollout.phase_seed), one per episode
+        where = "  ".join(f"episodes {f}-{f + n - 1} reset with seeds {s}-{s + n - 1}" for f, n, s in ranges)
         rows.append(("  episode seeds", f"{seeded} of {n_episodes} episodes" + (f"  ({where})" if where else "")))
     if p.get("unknown"):
         rows.append(("  unknown", "; ".join(p["unknown"])))
@@ -147,10 +148,30 @@ def render(c: dict):
                 f"(distinct pairs / transitions, values rounded to {cov['decimals']} decimals, as OG-MARL)",
             )
         )
+    if c["bound_share"] is not None:
+        rows.append(("actions on a bound", bound_share_line(c["bound_share"])[0]))
+    b = c["behaviour_arrays"]
+    if b:
+        parts = []
+        if "log_prob_mean" in b:
+            per_agent = ", ".join(f"{x:.3g}" for x in b["log_prob_mean"])
+            parts.append(f"log-probability of the stored actions, mean per agent {per_agent}")
+        if "clipped_share" in b:
+            parts.append(f"pre-clip samples ({100 * b['clipped_share']:.1f}% of action entries were clipped)")
+        rows.append(("behaviour arrays", "; ".join(parts)))
     bp = c["behaviour_policy"]
     if bp:
-        detail = ", ".join(f"{k} {v}" for k, v in bp.items() if k != "algorithm" and v is not None)
+        detail = ", ".join(f"{k} {v}" for k, v in bp.items() if k not in ("algorithm", "eval_score") and v is not None)
         rows.append(("behaviour policy", f"{bp['algorithm']}" + (f"  ({detail})" if detail else "")))
+        if bp.get("eval_score") is not None:
+            unit = "win rate" if c["win_rate"] is not None else "mean return"
+            rows.append(
+                (
+                    "  checkpoint score",
+                    f"{_num(bp['eval_score'])}: the checkpoint's {unit} in its training's evaluation (deterministic "
+                    "actions); this data's rollouts sample actions, so its own score above differs (usually lower)",
+                )
+            )
     for k, v in c["collection"].items():
         if k != "provenance":
             rows.append((f"  {k}", str(v)))

@@ -158,6 +158,12 @@ def compare(a: Dataset, b: Dataset) -> Comparison:
         coverage=(coverage(a), coverage(b)),
     )
     levels = f"{a.level or '?'} and {b.level or '?'}"
+    if not same_task:
+        c.warnings.append(
+            f"{c.names[0]} and {c.names[1]} are datasets of different tasks ({a.spec.name} on {a.spec.backend}, "
+            f"{b.spec.name} on {b.spec.backend}): their returns are on different scales and they share no episode "
+            "by construction"
+        )
     if min(share) > SAME_EPISODES:  # each is mostly the other
         c.warnings.append(
             f"{levels} share {100 * share[0]:.0f}% / {100 * share[1]:.0f}% of their episodes: "
@@ -186,13 +192,17 @@ def plot_comparison(c: Comparison, out) -> Path:
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    ra, rb = c.returns
-    lo = float(min(ra.min(initial=np.inf), rb.min(initial=np.inf)))
-    hi = float(max(ra.max(initial=-np.inf), rb.max(initial=-np.inf)))
-    bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True, sharey=True)
+
+    def bins(*returns):
+        lo = float(min(r.min(initial=np.inf) for r in returns))
+        hi = float(max(r.max(initial=-np.inf) for r in returns))
+        return np.linspace(lo, hi if hi > lo else lo + 1, 41)
+
+    # one return axis for two datasets of one task; each its own where the tasks (and return scales) differ
+    shared = bins(*c.returns) if c.same_task else None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=c.same_task, sharey=c.same_task)
     for ax, name, r, colour in zip(axes, c.names, c.returns, ("tab:blue", "tab:orange")):
-        ax.hist(r, bins=bins, color=colour, alpha=0.85)
+        ax.hist(r, bins=shared if c.same_task else bins(r), color=colour, alpha=0.85)
         ax.set_title(f"{name}\n{len(r)} episodes, mean {np.mean(r):.4g}", fontsize=9)
         ax.set_xlabel("episode return")
     axes[0].set_ylabel("episodes")

@@ -430,7 +430,7 @@ def import_vault(
         )
     collection = {
         "source": "og-marl-vault",
-        "source_vault": str(uid_dir),
+        "source_vault": f"{uid_dir.parent.name}/{uid_dir.name}",  # the vault's name, not this machine's path
         "source_rows": int(T),
         "row_convention": f"{rows} ({rows_how}): {ROW_CONVENTIONS[rows]}",
         "termination_rule": (

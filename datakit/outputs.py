@@ -42,6 +42,27 @@ def data_home() -> Path:
     return Path(os.environ.get("OMGMG_HOME", Path.home() / ".omgmg")).expanduser()
 
 
+HOME_PREFIX = "$OMGMG_HOME"
+
+
+def home_relative(path) -> str:
+    """How metadata names a path: ``$OMGMG_HOME/...`` for one inside the home folder (true on any machine
+    with its own home), else the absolute path."""
+    path = Path(os.path.abspath(path))
+    home = Path(os.path.abspath(data_home()))
+    try:
+        return f"{HOME_PREFIX}/{path.relative_to(home).as_posix()}"
+    except ValueError:
+        return str(path)
+
+
+def from_home_relative(text: str) -> Path:
+    """The path :func:`home_relative` wrote, on this machine."""
+    if text == HOME_PREFIX or text.startswith(HOME_PREFIX + "/"):
+        return data_home() / text[len(HOME_PREFIX) + 1 :]
+    return Path(text)
+
+
 def _existing_ancestor(path: Path) -> Path:
     p = Path(os.path.abspath(path))
     while not p.exists() and p != p.parent:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -42,12 +43,16 @@ from omgmg.datakit.errors import ConfigError, OutputError, RequestError
 from omgmg.datakit.format import identity_sha256
 from omgmg.datakit.metrics import MetricLog
 from omgmg.datakit.outputs import (
+    HOME_PREFIX,
     OutputLock,
     atomic_write_json,
+    from_home_relative,
+    home_relative,
     is_omgmg_run,
     os_errors,
     read_jsonl,
 )
+from omgmg.datakit.remote import is_remote
 from omgmg.diagnostics import returns_to_go
 from omgmg.members import MemberRandom, member_slice, stack_states
 
@@ -113,6 +118,52 @@ class Evaluator:
 
     def close(self) -> None:
         self.vec.close()
+
+
+def checkpoint_path(run: Path, checkpoint: str = "final") -> Path:
+    """A run directory's checkpoint file (``final`` = ``latest``: the end of training; ``best``: the one that
+    scored highest in training's evaluations), or ``run`` itself when it is a checkpoint file."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    path = run / "checkpoints" / ("best.pt" if checkpoint == "best" else "latest.pt")
+    if not path.exists():
+        raise RequestError(
+            f"no checkpoint at {path}: {run} is not a trained run directory (`omgmg train --out {run}` trains one; "
+            "a folder of --seeds or --grid runs is evaluated member by member)"
+        )
+    return path
+
+
+def evaluate_run(run, dataset=None, *, episodes: int = 10, seed: int = 1234, device="cpu", checkpoint="final") -> dict:
+    """Evaluate a trained run's policy (its ``checkpoint``) in the environment of its dataset (by default the
+    one its ``config.json`` names) for ``episodes`` episodes; returns the evaluation with the checkpoint's step
+    and the run's step budget, and writes it to the run directory as ``eval-CHECKPOINT.json``."""
+    path = checkpoint_path(run, checkpoint)
+    run_dir = path.parent.parent
+    saved = load_checkpoint(path, fallback=False)
+    if dataset is None:
+        try:
+            config = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            raise RequestError(f"{run_dir / 'config.json'} is missing or damaged; pass --dataset") from None
+        dataset = run_dataset(run_dir, config)
+    ds = open_dataset(dataset)
+    algo = load_policy(path).to(resolve_device(device))
+    if algo.spec.identity() != ds.spec.identity():
+        raise RequestError(
+            f"the policy in {path} was trained on {algo.spec.name}, but {dataset} is "
+            f"{ds.spec.name} ({ds.spec.backend}); pass the dataset the run was trained on"
+        )
+    evaluator = Evaluator(ds, episodes, seed)
+    try:
+        result = evaluator(algo)
+    finally:
+        evaluator.close()
+    step, steps = int(saved["step"]), int(saved["config"].get("steps", saved["step"]))
+    result |= {"checkpoint": checkpoint, "step": step, "steps": steps, "episodes": episodes, "path": str(path)}
+    atomic_write_json(run_dir / f"eval-{checkpoint}.json", result)
+    return result
 
 
 def eval_score(record: dict) -> float:
@@ -269,16 +320,73 @@ def busy_cpu_note(torch_threads: int) -> str | None:
     """A warning when other work already keeps the cores a multi-threaded CPU run needs busy. PyTorch's OpenMP
     threads spin-wait for each other at every operator; with a thread descheduled the others spin, and a step
     gets many times slower (Hopper-3x1 OMGMG beside a niced sweep on 2 cores: 300 steps took 208 s with 2
-    threads, 12 s with 1)."""
+    threads, 12 s with 1). Judged by what other processes use now (:func:`other_cpu_load`), not by the load
+    average, which still counts this command's own work of the last minutes (collecting, loading)."""
+    if torch_threads < 2:
+        return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if torch_threads < 2 or load <= cores - torch_threads + 0.5:
+    load = other_cpu_load()
+    if load is None or load <= cores - torch_threads + 0.5:
         return None
     return (
-        f"the CPU is busy (load {load:.1f} on {cores} cores) and training uses {torch_threads} threads, which wait "
-        "on each other when one is descheduled (steps can get 10x slower): pass --torch-threads 1 while other "
-        "work runs"
+        f"the CPU is busy (other processes keep {load:.1f} of {cores} cores busy) and training uses {torch_threads} "
+        "threads, which wait on each other when one is descheduled (steps can get 10x slower): pass "
+        "--torch-threads 1 while other work runs"
     )
+
+
+def other_cpu_load(window: float = 0.25) -> float | None:
+    """How many cores' worth of CPU time the other processes of the machine used over the next ``window``
+    seconds (``/proc/stat``'s busy time less this process's and its children's); None where there is no
+    ``/proc/stat``."""
+
+    def sample() -> tuple[float, float]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        own = sum(os.times()[:4])  # seconds: user, system, children's user and system
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), own
+
+    try:
+        busy0, own0 = sample()
+        t0 = time.monotonic()
+        time.sleep(window)
+        busy1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (time.monotonic() - t0)
+
+
+RELATIVE_TO_RUN = "run directory"
+
+
+def dataset_reference(location, run_dir: Path) -> dict:
+    """How a run's ``config.json`` names its dataset, so that the run is not tied to this machine: a URL as
+    it is; a folder inside ``$OMGMG_HOME`` as ``$OMGMG_HOME/...``; any other folder relative to the run
+    directory (a project copied or moved whole, runs and data together, keeps working), marked so."""
+    if is_remote(str(location)):
+        return {"dataset": str(location)}
+    named = home_relative(location)
+    if named.startswith(HOME_PREFIX):
+        return {"dataset": named}
+    return {"dataset": os.path.relpath(os.path.abspath(location), run_dir), "dataset_relative_to": RELATIVE_TO_RUN}
+
+
+def run_dataset(run_dir: Path, config: dict):
+    """The dataset a run's ``config.json`` names (see :func:`dataset_reference`), on this machine: a URL
+    (``RemoteLocation``) or a path; a RequestError saying to pass the dataset where none can be told."""
+    from omgmg.datakit.remote import RemoteLocation
+
+    text = config.get("dataset")
+    if not isinstance(text, str):
+        raise RequestError(f"{run_dir / 'config.json'} does not name the run's dataset; pass --dataset")
+    if is_remote(text):
+        return RemoteLocation(text)
+    if config.get("dataset_relative_to") == RELATIVE_TO_RUN:
+        return Path(os.path.normpath(Path(run_dir).absolute() / text))
+    path = from_home_relative(text)
+    if not path.is_absolute():  # omgmg 0.1.0 wrote it relative to the folder it ran in, which is not recorded
+        raise RequestError(f"{run_dir / 'config.json'} names the dataset by the relative path {text}; pass --dataset")
+    return path
 
 
 def run_identity(algo_name: str, ds: Dataset, cfg: OfflineConfig) -> dict:
@@ -366,13 +474,13 @@ def _train(
     configs = [
         {
             "algorithm": algo_name,
-            "dataset": str(ds.path.absolute()),  # a folder, or a URL (omgmg.datakit.remote)
+            **dataset_reference(ds.path, o),
             "dataset_identity": ident["dataset_identity"],
             "dataset_content": ident["dataset_content"],
             "dataset_level": ds.level,
             "config": dataclasses.asdict(c),
         }
-        for c, ident in zip(cfgs, identities, strict=True)
+        for c, ident, o in zip(cfgs, identities, outs, strict=True)
     ]
     start, bests = 0, [None] * M
     sums: dict[str, torch.Tensor] = {}  # running sums (M,) of the next log line, on the device

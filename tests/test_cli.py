@@ -164,3 +164,84 @@ def test_versions(tmp_path):
 
     assert __version__ in run(data_cli, "--version").output
     assert __version__ in run(train_cli, "--version").output
+
+
+# ----- the first hour: a folder of seeds, $OMGMG_HOME, short runs, compare ---------------------------------------
+
+
+def test_a_folder_of_seeds_is_reported_and_evaluated_as_mean_and_std(tmp_path):
+    data = tmp_path / "d.zarr"
+    run(data_cli, "fixture", data, "--episodes", 12)
+    folder = tmp_path / "seeds"
+    common = ["--algo", "comadice", "--steps", 20, "--eval-every", 10, "--eval-episodes", 2, "--hidden", 16]
+    run(train_cli, "train", "--dataset", data, *common, "--seeds", "0,1", "--grid", "alpha=1,10", "--out", folder)
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == 4
+    text = run(train_cli, "report", folder).output
+    assert "| comadice alpha=1 | 2 |" in text and "| comadice alpha=10 | 2 |" in text and " ± " in text
+    assert (folder / "runs.md").exists() and (folder / "runs-curves.png").read_bytes()[:4] == b"\x89PNG"
+    result = run(train_cli, "eval", folder, "--episodes", 2).output
+    assert result.count("(step 20)") == 4 and "comadice alpha=1: " in result and "over 2 seed(s)" in result
+    assert "eval-final.json" in {p.name for p in (folder / "comadice-seed0-alpha1").iterdir()}
+    # a single run is still a run, and a folder of nothing says what it wants
+    assert "(step 20)" in run(train_cli, "eval", folder / "comadice-seed1-alpha10", "--episodes", 1).output
+    (tmp_path / "empty").mkdir()
+    assert "holds no run directories" in run(train_cli, "eval", tmp_path / "empty", code=2).output
+
+
+def test_a_run_names_its_dataset_relative_to_itself_and_survives_a_move(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    run(data_cli, "fixture", project / "d.zarr", "--episodes", 12)
+    run(train_cli, "train", "--dataset", project / "d.zarr", "--algo", "bc", "--steps", 10, "--eval-episodes", 1,
+        "--hidden", 16, "--out", project / "runs" / "bc")  # fmt: skip
+    config = json.loads((project / "runs" / "bc" / "config.json").read_text())
+    assert config["dataset"] == "../../d.zarr" and str(tmp_path) not in json.dumps(config)
+    moved = tmp_path / "elsewhere"
+    project.rename(moved)  # runs and data moved together: the run still finds its data
+    assert "(step 10)" in run(train_cli, "eval", moved / "runs" / "bc", "--episodes", 1).output
+
+
+def test_a_run_shorter_than_the_evaluation_interval_still_draws_a_curve(tmp_path):
+    data = tmp_path / "d.zarr"
+    run(data_cli, "fixture", data, "--episodes", 12)
+    out = run(train_cli, "train", "--dataset", data, "--algo", "bc", "--steps", 40, "--eval-episodes", 1,
+              "--hidden", 16, "--out", tmp_path / "r").output  # fmt: skip
+    assert "evaluating every 4 steps (a tenth of --steps 40)" in out
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in log if "eval/return" in r]) == 10
+
+
+def test_home_lists_and_prunes_only_what_omgmg_wrote(tmp_path, monkeypatch):
+    from omgmg.datakit.outputs import OutputLock
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("OMGMG_HOME", str(home))
+    small = ["--behaviour.num-envs", 4, "--behaviour.rollout-len", 25, "--behaviour.eval-every", 1000]
+    collected = run(data_cli, "collect", "fixture", "continuous", "--level", "medium", "--episodes", 10,
+                    "--train-steps", 2000, *small).output  # fmt: skip
+    assert "behaviour run: " in collected and "the training episodes medium-replay is collected from" in collected
+    (home / "datasets" / "mine.zarr").mkdir()  # a folder omgmg did not write
+    (home / "datasets" / "mine.zarr" / "notes.txt").write_text("keep me")
+    listed = run(data_cli, "home").output
+    assert "1 behaviour run, 1 dataset" in listed and "runs/fixture/continuous/numpy/happo/seed0-" in listed
+    assert "mine.zarr" not in listed
+    refused = run(data_cli, "home", "prune", code=2).output  # no terminal to ask: nothing removed
+    assert "pass --yes" in refused and len(list((home / "datasets").iterdir())) == 2
+    run_dir = next((home / "runs").glob("*/*/*/*/*"))
+    with OutputLock(run_dir, "behaviour run"):  # a collection training it right now
+        pruned = run(data_cli, "home", "prune", "--yes").output
+    assert "in use by another omgmg process: left in place" in pruned and "removed 1 entry" in pruned
+    assert run_dir.is_dir() and (home / "datasets" / "mine.zarr" / "notes.txt").read_text() == "keep me"
+    run(data_cli, "home", "prune", "--kind", "run", "fixture", "--yes")
+    assert not (home / "runs" / "fixture").exists()
+    assert "nothing kept there yet" in run(data_cli, "home").output
+
+
+def test_compare_of_two_tasks_says_so_and_writes_a_plot_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run(data_cli, "fixture", "a.zarr", "--episodes", 8)
+    run(data_cli, "fixture", "b.zarr", "--shape", "discrete", "--episodes", 8)
+    out = run(data_cli, "compare", "a.zarr", "b.zarr").output
+    assert "are datasets of different tasks" in out and not list(tmp_path.glob("*.png"))
+    run(data_cli, "compare", "a.zarr", "b.zarr", "--plot", "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -4,6 +4,8 @@ and library messages name the library's parameter while the commands show their 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from click.testing import CliRunner
 
@@ -121,9 +123,35 @@ def test_a_multi_threaded_cpu_run_on_busy_cores_is_told_to_use_one_thread(monkey
     from omgmg import trainer
 
     monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (2.0, 2.0, 2.0), raising=False)
+    monkeypatch.setattr(trainer, "other_cpu_load", lambda: 1.9)
     note = trainer.busy_cpu_note(2)
-    assert note and "load 2.0 on 2 cores" in note and "--torch-threads 1" in note
+    assert note and "other processes keep 1.9 of 2 cores busy" in note and "--torch-threads 1" in note
     assert trainer.busy_cpu_note(1) is None  # one thread waits on no other
-    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (0.3, 0.3, 0.3), raising=False)
-    assert trainer.busy_cpu_note(2) is None  # an idle machine
+    monkeypatch.setattr(trainer, "other_cpu_load", lambda: 0.3)
+    assert trainer.busy_cpu_note(2) is None  # an idle machine, whatever its load average says
+
+
+def test_other_cpu_load_sees_a_busy_process_and_not_this_one():
+    import multiprocessing
+
+    from omgmg.trainer import other_cpu_load
+
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # this process busy: not counted as another's load
+        pass
+    assert other_cpu_load(0.3) is not None
+    spinner = multiprocessing.get_context("spawn").Process(target=_spin, args=(3.0,))
+    spinner.start()
+    try:
+        time.sleep(0.5)
+        assert other_cpu_load(0.5) > 0.5  # one core kept busy by another process
+    finally:
+        spinner.join()
+
+
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass

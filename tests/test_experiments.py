@@ -242,11 +242,8 @@ def test_a_pool_sweep_stops_at_the_first_failure_instead_of_running_every_cell(d
 def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'omgmg[ray]')")
     spec = parse_spec(spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}}))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        results = run_sweep(spec, tmp_path / "sw", backend="ray", workers=2, on_note=lambda m: None)
-    finally:
-        ray.shutdown()
+    results = run_sweep(spec, tmp_path / "sw", backend="ray", workers=2, on_note=lambda m: None)  # starts Ray
+    assert not ray.is_initialized()  # and stops it
     assert len(results) == 2 and all(r.get("error") is None and np.isfinite(r["score"]) for r in results)
     assert all((tmp_path / "sw" / "cells").glob("*/run/checkpoints/latest.pt"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from omgmg.collectors.fixtures import make_fixture
 from omgmg.datakit import TransitionLoader
 from omgmg.datakit.loader import Batch
 from omgmg.nets import mix
-from omgmg.trainer import build, load_policy, read_log, train
+from omgmg.trainer import build, load_policy, read_log, run_dataset, train
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +257,10 @@ def test_a_run_directory_refuses_another_dataset_or_config(data, tmp_path):
     with pytest.raises(DatasetError, match=r"other hyperparameters \(hidden: 16 there vs 8 now\)"):
         train("bc", data["discrete"], BCConfig(steps=10, eval_every=10, eval_episodes=1, hidden=8), tmp_path / "r")
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["dataset"] == str(data["discrete"].path.absolute())  # untouched by the refused runs
+    # untouched by the refused runs; named relative to the run directory, not by this machine's absolute path
+    assert config["dataset"] == os.path.relpath(data["discrete"].path, tmp_path / "r")
+    assert config["dataset_relative_to"] == "run directory"
+    assert run_dataset(tmp_path / "r", config) == data["discrete"].path.absolute()
 
 
 def test_per_suite_defaults_apply_where_the_user_sets_nothing():

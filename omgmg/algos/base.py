@@ -245,8 +245,13 @@ class OfflineAlgorithm(nn.Module):
         launches instead of hundreds. Minibatch sampling (:meth:`step`) stays eager. Code the backend cannot
         compile (no C++ compiler, an unsupported op) runs eagerly, frame by frame, with a warning from torch,
         never half-applied. The losses equal eager's to float tolerance (tests/test_members.py)."""
+        import warnings
+
         import torch._dynamo
 
+        with warnings.catch_warnings():  # torch's own Inductor still imports TorchScript methods (torch.utils.mkldnn)
+            warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+            import torch._inductor.compile_fx  # noqa: F401  (imported once, here, instead of at the first step)
         torch._dynamo.config.suppress_errors = True  # a frame that fails to compile runs eagerly
         cuda = self.obs_mean.device.type == "cuda"
         self.update = torch.compile(self.update, mode="reduce-overhead" if cuda else None)

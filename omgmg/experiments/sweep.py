@@ -475,10 +475,16 @@ def _run_ray(stages, workers, address, done, gpus: int) -> None:
         raise SweepError("the ray backend needs Ray: pip install 'omgmg[ray]'") from None
     started = not ray.is_initialized()
     if started:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        import warnings
+
+        with warnings.catch_warnings():
+            # Ray starts its processes with subprocess (fork, then exec at once), which JAX's fork hook, loaded
+            # when the driver generated SMAX data, cannot tell from a bare fork: its deadlock warning is moot
+            warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=1, num_gpus=gpus)(run_cells)
         _pipeline(stages, lambda job: remote.remote(*job).future(), done)
