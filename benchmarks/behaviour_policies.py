@@ -63,11 +63,11 @@ def measure(level: str, task: str, seed: int, train_steps: int | None, policy: s
         behaviour={} if policy is None else {"policy": policy},
     )
     ds = collect(req, on_note=lambda m: None)
-    shares = bound_share(ds)
+    shares = bound_share(ds)  # None for an empty level: medium-replay when the medium checkpoint is the first
     result = {
-        "bound_share": float(np.mean(shares)),
+        "bound_share": None if shares is None else float(np.mean(shares)),
         "bound_share_per_agent": shares,
-        "return_mean": ds.meta["stats"]["return"]["mean"],
+        "return_mean": (ds.meta["stats"]["return"] or {}).get("mean"),  # None: no episode
         "episodes": ds.n_episodes,
         "transitions": ds.n_transitions,
     }
@@ -152,7 +152,10 @@ def report(out: Path, policies, tasks, seeds) -> str:
                 expert[p, t, name] = ret
                 cells = []
                 for lv in LEVELS:
-                    share = np.array([r[lv]["bound_share"] for r in rows])
+                    share = np.array([r[lv]["bound_share"] for r in rows if r[lv]["bound_share"] is not None])
+                    if not len(share):
+                        cells.append("empty")
+                        continue
                     worst[p] = max(worst[p], float(share.max()))
                     cells.append(f"{100 * share.mean():.2f}% (max {100 * share.max():.2f}%)")
                 lines.append(

@@ -73,18 +73,23 @@ class DiscardingWriter(DatasetWriter):
 
 def rollout(vec, agent, until: tuple[str, int], workdir: Path, writer_cls=DatasetWriter) -> float:
     with tempfile.TemporaryDirectory(dir=workdir) as d:
-        writer = writer_cls(Path(d) / "b.zarr", vec.spec)
+        policy = agent.sampler()
+        writer = writer_cls(Path(d) / "b.zarr", vec.spec, behaviour_arrays=policy.behaviour_arrays)
         t0 = time.perf_counter()
-        rollout_episodes(writer, agent.sampler(), vec, phase=0, until=until, seed=0)
+        rollout_episodes(writer, policy, vec, phase=0, until=until, seed=0)
         writer.sync()  # the last appends run in the background: count them
         rate = writer.transitions_added / (time.perf_counter() - t0)
         writer.abort()
     return rate
 
 
-def medium_agent(home: Path, ref, algo: str):
-    """The medium checkpoint (as `omgmg-data collect` picks it) of the first cached run of a task."""
+def medium_agent(home: Path, ref, algo: str, policy: str | None = None):
+    """The medium checkpoint (as `omgmg-data collect` picks it) of the first cached run of a task (of a
+    HAPPO ``policy``, where given: runs made before the setting are clip runs)."""
     runs = sorted((home / "runs" / ref.suite / ref.task / ref.backend / algo).glob("seed*"))
+    if policy is not None and algo == "happo":
+        kind = lambda r: json.loads((r / "config.json").read_text())["config"].get("policy", "clip")  # noqa: E731
+        runs = [r for r in runs if kind(r) == policy]
     if not runs:
         raise SystemExit(f"no cached {algo} run of {ref.name} under {home}")
     return load_agent(choose_checkpoints(checkpoint_evaluations(runs[0]), 0.5)["medium"]["path"])[0]
@@ -103,6 +108,8 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=40_000, help="env steps of the training measurement")
     p.add_argument("--skip-training", action="store_true", help="measure rollouts only")
     p.add_argument("--runs", type=Path, help="roll out the medium checkpoints of the runs cached under this home")
+    p.add_argument("--policy", help="with --runs: only HAPPO runs of this policy (tanh, capped, clip)")
+    p.add_argument("--tasks", help="comma-separated task names to measure (default: all three)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -112,11 +119,16 @@ def main() -> None:
 
         os.environ["OMGMG_HOME"] = home
         for name, backend, num_envs, workers in CASES:
+            if args.tasks and name.split("/")[1] not in args.tasks.split(","):
+                continue
             ref = resolve(name, backend=backend)
             vec = make_vector_env(ref, num_envs, workers=workers)  # SMAX: all envs in one vmapped batch
             algo = "mappo" if vec.spec.discrete else "happo"
             cfg_cls, agent_cls = algorithm(algo)
-            agent = agent_cls(vec.spec, cfg_cls()) if args.runs is None else medium_agent(args.runs, ref, algo)
+            if args.runs is None:
+                agent = agent_cls(vec.spec, cfg_cls())
+            else:
+                agent = medium_agent(args.runs, ref, algo, args.policy)
             roll_vec = vec
             if ROLLOUT_PARTS > 1 and ref.backend == "smax":  # as collect rolls out; compiled before timing
                 roll_vec = make_vector_env(ref, num_envs, workers=workers, parts=ROLLOUT_PARTS)

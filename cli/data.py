@@ -31,7 +31,7 @@ BEHAVIOUR_CONFIGS = {name: cfg for name, (cfg, _) in BEHAVIOUR_ALGORITHMS.items(
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @version_option()
 def main():
-    """Offline MARL datasets: format v2 (Zarr v3; v1 is read). See schemas/dataset-v2.md for the format."""
+    """Offline MARL datasets: format 3 (Zarr v3; formats 1 and 2 are read). See schemas/dataset-v3.md for the format."""
 
 
 @main.command()
@@ -159,10 +159,11 @@ def verify(path: Path, episodes: int, atol: float):
 def inspect(path: Path, as_json: bool, plot: Path | None):
     """Show the dataset card: where the data came from, its arrays and return statistics."""
     from omgmg.datakit import open_dataset
-    from omgmg.datakit.card import card, plot_returns, render
+    from omgmg.datakit.card import bound_share_line, card, plot_returns, render
 
     ds = open_dataset(path)
     c = card(ds)
+    _, bound_warning = bound_share_line(c["bound_share"])
     if plot is not None:
         if plot.suffix.lower() != ".png":
             fail(f"--plot writes PNG; give a file name ending in .png, not {plot.name}")
@@ -173,6 +174,8 @@ def inspect(path: Path, as_json: bool, plot: Path | None):
         console.print(render(c))
         if plot is not None:
             console.print(f"return histogram written to {plot}", highlight=False)
+    if bound_warning and not as_json:  # the JSON holds the shares itself
+        warn(bound_warning)
 
 
 @main.command(context_settings={"max_content_width": 110})
@@ -313,6 +316,7 @@ def import_omiga_cmd(
         highlight=False,
     )
     console.print(f"assumed: {ds.meta['collection']['termination_rule']}", highlight=False)
+    _say_bound_share(ds)
 
 
 @import_group.command(name="og-marl")
@@ -377,6 +381,19 @@ def import_og_marl_cmd(
     console.print(f"rows: {collection['row_convention'].split(':')[0]}", highlight=False)
     if "warning" in collection:
         warn(collection["warning"])
+    _say_bound_share(ds)
+
+
+def _say_bound_share(ds) -> None:
+    """What an imported dataset's learner will face: the share of its actions on a bound (and a warning)."""
+    from omgmg.datakit.card import bound_share_line
+    from omgmg.datakit.coverage import bound_share
+
+    line, warning = bound_share_line(bound_share(ds))
+    if line != "-":
+        console.print(f"actions on a bound: {line}", highlight=False)
+    if warning:
+        warn(warning)
 
 
 @main.command()
@@ -423,6 +440,7 @@ def export(path: Path, format_: str, out: Path | None, uid: str | None, force: b
             "observation; collect with --obs-mode omiga for OMIGA's own layout",
             highlight=False,
         )
+    _say_behaviour_arrays_beside(ds, "in the file's omgmg/ group, which OMIGA's code does not read")
 
 
 def _export_vault(ds, out: Path | None, uid: str | None, force: bool) -> None:
@@ -447,6 +465,16 @@ def _export_vault(ds, out: Path | None, uid: str | None, force: bool) -> None:
         "omgmg-finals.npz, so importing it back gives this dataset",
         highlight=False,
     )
+    _say_behaviour_arrays_beside(ds, "in omgmg-finals.npz, which OG-MARL's code does not read")
+
+
+def _say_behaviour_arrays_beside(ds, where: str) -> None:
+    if ds.behaviour_arrays:
+        console.print(
+            f"note: the target layout has no room for what the behaviour policy did ({', '.join(ds.behaviour_arrays)}"
+            f"); it travels beside, {where}, and comes back on import",
+            highlight=False,
+        )
 
 
 @main.command()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from omgmg.collectors.behaviour import algorithm, algorithm_for, load_agent
-from omgmg.collectors.common import RolloutPolicy, gumbel_argmax
+from omgmg.collectors.common import RolloutPolicy, categorical_sample
 from omgmg.collectors.envs import TaskRef, construction, make_vector_env, resolve
 from omgmg.collectors.rollout import rollout_episodes
 from omgmg.collectors.runs import RunDir, score
@@ -70,6 +70,10 @@ class CollectRequest:
     """Episode budget (default for SMACv2: 1000)."""
     seed: int = 0
     """Seed of the behaviour policy's training and of the rollouts."""
+    rollout_seed: int | None = None
+    """Seed of the rollouts alone (their resets and action noise; default: seed). Another value gives an
+    independent copy of the level: the same behaviour policy, no episode in common with the default one
+    (medium-replay, the training episodes themselves, has no such copy: train another seed)."""
     backend: str | None = None
     """Simulator backend (SMACv2: sc2 or smax)."""
     obs_mode: str | None = None
@@ -109,6 +113,16 @@ class CollectRequest:
             raise ConfigError("give either a transition budget or an episode budget, not both")
         if not 0 < self.medium_fraction < 1:  # also refuses NaN
             raise ConfigError(f"medium_fraction must lie in (0, 1), got {self.medium_fraction}")
+        if self.rollout_seed is not None and self.level == "medium-replay":
+            raise ConfigError(
+                "medium-replay is the behaviour run's own training episodes, so it has no copy with other rollout "
+                "seeds: a behaviour run of another seed (<<seed=...>>) gives an independent medium-replay"
+            )
+
+    @property
+    def rollouts_seed(self) -> int:
+        """The seed the rollouts' resets and noise derive from (``rollout_seed``, else ``seed``)."""
+        return self.seed if self.rollout_seed is None else self.rollout_seed
 
     def task_options(self) -> dict:
         """The environment options the request asks for (defaults: none; ``local`` observations and SMAX's
@@ -145,30 +159,55 @@ BEHAVIOUR_FIXED = ("total_env_steps", "seed", "workers")
 
 
 def random_policy(spec: EnvSpec) -> RolloutPolicy:
-    """Uniform over each agent's action box, or over its available actions."""
+    """Uniform over each agent's action box, or over its available actions; it records the uniform
+    density (probability) of what it chose."""
     if spec.discrete:
 
-        def act(obs, avail: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+        def act(obs, avail: np.ndarray, noise: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             scores = torch.zeros(avail.shape).masked_fill_(~torch.from_numpy(avail), -float("inf"))
-            return gumbel_argmax(scores, noise).to(torch.int32).numpy()
+            actions, log_prob = categorical_sample(scores, noise)
+            return actions.to(torch.int32).numpy(), {"behaviour_log_prob": log_prob.numpy()}
 
         return RolloutPolicy(act, "uniform", (spec.n_agents, spec.n_actions))
-    low, high, _ = (torch.from_numpy(b) for b in spec.action_bounds())
+    low, high, mask = (torch.from_numpy(b) for b in spec.action_bounds())
+    # the box's uniform log-density per agent: -sum log(high - low) over its own entries
+    log_density = -torch.where(mask > 0, torch.log(torch.where(mask > 0, high - low, 1.0)), 0.0).sum(-1)  # (N,)
 
-    def act(obs, avail, noise: torch.Tensor) -> np.ndarray:
-        return (low + noise * (high - low)).numpy()
+    def act(obs, avail, noise: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        logp = log_density.expand(noise.shape[0], -1).numpy().copy()
+        return (low + noise * (high - low)).numpy(), {"behaviour_log_prob": logp}
 
     return RolloutPolicy(act, "uniform", tuple(low.shape))
+
+
+def recorded_arrays(spec: EnvSpec, behaviour_config) -> tuple[str, ...]:
+    """The behaviour arrays a behaviour policy's rollouts record (``RolloutPolicy.behaviour_arrays``)."""
+    clips = not spec.discrete and behaviour_config.policy != "tanh"
+    return ("log_prob", "pre_clip") if clips else ("log_prob",)
+
+
+def stored_action(spec: EnvSpec, behaviour_config) -> str:
+    """What a dataset's ``steps/actions`` hold, in words (``collection.stored_action``); ``behaviour_config``
+    is None for the random level."""
+    if spec.discrete:
+        what = "uniformly random" if behaviour_config is None else "sampled"
+        return f"the {what} action, one of the available ones"
+    if behaviour_config is None:
+        return "a uniform sample of the action box"
+    if behaviour_config.policy == "tanh":
+        return "the executed action: the Gaussian sample squashed by tanh into the bounds"
+    return "the executed action: the Gaussian sample clipped to the bounds"
 
 
 # ----- the command ---------------------------------------------------------------------------------------------
 
 
-def default_out(ref: TaskRef, level: str, seed: int) -> Path:
+def default_out(ref: TaskRef, level: str, seed: int, rollout_seed: int | None = None) -> Path:
     # e.g. -omiga: another layout, another dataset (SMAX's default reward scale goes unnamed; the other is -smax)
     shown = {k: v for k, v in ref.options.items() if (k, v) != ("reward_scale", "smacv2")}
     layout = "".join(f"-{v}" for v in shown.values())
-    return data_home() / "datasets" / f"{ref.suite}-{ref.task}-{ref.backend}{layout}-{level}-seed{seed}.zarr"
+    copy = "" if rollout_seed is None else f"-rollouts{rollout_seed}"
+    return data_home() / "datasets" / f"{ref.suite}-{ref.task}-{ref.backend}{layout}-{level}-seed{seed}{copy}.zarr"
 
 
 def choose_checkpoints(evals: list[dict], fraction: float) -> dict[str, dict]:
@@ -198,7 +237,7 @@ def collect(
         kind, target = "transitions", req.transitions
     elif req.episodes is not None:
         kind, target = "episodes", req.episodes
-    out = Path(req.out) if req.out else default_out(ref, req.level, req.seed)
+    out = Path(req.out) if req.out else default_out(ref, req.level, req.seed, req.rollout_seed)
     if out.exists() or out.is_symlink():
         if not req.force:
             raise RequestError(
@@ -212,12 +251,14 @@ def collect(
     probe.close()
     algo = algorithm_for(spec)
     definition = LEVEL_DEFINITIONS[req.level].format(fraction=req.medium_fraction)
+    cfg = None if req.level == "random" else req.behaviour_config(algo)
     collection = {
         "level_definition": definition,
-        "stored_action": "executed (continuous samples clipped to bounds)",
+        "stored_action": stored_action(spec, cfg),
         "budget": {kind: target},
         "collector": "omgmg-data collect",
         "seed": req.seed,
+        **({} if req.rollout_seed is None else {"rollout_seed": req.rollout_seed}),
         "provenance": {  # omgmg.datakit.provenance; episode_seeds is filled in when the rollout ends
             "packages": package_versions(),
             "environment": {"task": ref.name, "backend": ref.backend, **construction(ref)},
@@ -277,6 +318,7 @@ def collect(
         "level": req.level,
         "budget": {kind: target},
         "seed": req.seed,
+        **({} if req.rollout_seed is None else {"rollout_seed": req.rollout_seed}),
         "behaviour": None
         if run is None
         else {
@@ -286,6 +328,10 @@ def collect(
             "checkpoints": {name: c["sha256"] for name, c in collection["checkpoints"].items()},
         },
     }
+    if req.level == "medium-replay":  # what the training episodes recorded (runs made before format 3: none)
+        arrays = open_unfinished(run.replay_path).behaviour_arrays
+    else:
+        arrays = ("log_prob",) if cfg is None else recorded_arrays(spec, cfg)
     writer = DatasetWriter(
         out,
         spec,
@@ -295,6 +341,7 @@ def collect(
         overwrite=req.force,
         resume=not req.force,
         request=request,
+        behaviour_arrays=arrays,
     )
     if writer.finished:  # an earlier run had written everything; only its final rename was missing
         on_note(f"{out}: the earlier collection had finished; moved it into place")
@@ -348,7 +395,7 @@ def _roll_out_level(
                     vec,
                     phase=0,
                     until=(kind, max(1, target // 2)),
-                    seed=req.seed,
+                    seed=req.rollouts_seed,
                     progress=on_rollout,
                 )
             rollout_episodes(
@@ -357,12 +404,14 @@ def _roll_out_level(
                 vec,
                 phase=1,
                 until=(kind, target),
-                seed=req.seed,
+                seed=req.rollouts_seed,
                 progress=on_rollout,
             )
         else:
             policy = random_policy(spec) if req.level == "random" else load_agent(picks[req.level]["path"])[0].sampler()
-            rollout_episodes(writer, policy, vec, phase=0, until=(kind, target), seed=req.seed, progress=on_rollout)
+            rollout_episodes(
+                writer, policy, vec, phase=0, until=(kind, target), seed=req.rollouts_seed, progress=on_rollout
+            )
     finally:
         torch.set_num_threads(threads)
         vec.close()

@@ -118,21 +118,32 @@ def stacked_forward(nets: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
 class RolloutPolicy:
     """A frozen, stochastic policy for collecting datasets.
 
-    ``act(raw obs (E, N, O), avail (E, N, K) or None, noise (E, *noise_shape)) -> executed actions``
-    (E, N, A) float32 or (E, N) int32. The caller draws ``noise`` (``noise_kind``: "normal" or
-    "uniform" on [0, 1)), one row per env, so that each env's randomness can come from its own
-    stream and what an env does never depends on the other envs.
+    ``act(raw obs (E, N, O), avail (E, N, K) or None, noise (E, *noise_shape)) -> (executed actions,
+    what the policy did)``: actions (E, N, A) float32 or (E, N) int32, and a dict of the dataset's
+    behaviour arrays for this step (``behaviour_log_prob`` (E, N), and ``behaviour_pre_clip`` (E, N, A)
+    for a policy that clips), exactly those ``behaviour_arrays`` names. The caller draws ``noise``
+    (``noise_kind``: "normal" or "uniform" on [0, 1)), one row per env, so that each env's randomness
+    can come from its own stream and what an env does never depends on the other envs.
     """
 
-    act: Callable[[np.ndarray, np.ndarray | None, torch.Tensor], np.ndarray]
+    act: Callable[[np.ndarray, np.ndarray | None, torch.Tensor], tuple[np.ndarray, dict[str, np.ndarray]]]
     noise_kind: str
     noise_shape: tuple[int, ...]
+    behaviour_arrays: tuple[str, ...] = ("log_prob",)
 
 
 def gumbel_argmax(scores: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """A sample of softmax(scores) over the last axis (the Gumbel-max trick), from uniform noise;
     scores of -inf (unavailable actions) are never picked."""
     return (scores - torch.log(-torch.log(uniform))).argmax(-1)
+
+
+def categorical_sample(scores: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gumbel_argmax` and the sampled action's log-probability under softmax(scores) (-inf scores:
+    unavailable actions, probability 0). (..., K) -> actions (...) int64, log-probabilities (...)."""
+    actions = gumbel_argmax(scores, uniform)
+    log_prob = scores.gather(-1, actions[..., None])[..., 0] - torch.logsumexp(scores, -1)
+    return actions, log_prob
 
 
 class FrozenActor:

@@ -196,18 +196,34 @@ class HAPPOAgent(nn.Module):
         actions = actions * self.action_mask
         return actions, self._log_prob(mean, self.log_std, actions, self.action_mask)
 
+    @property
+    def behaviour_arrays(self) -> tuple[str, ...]:
+        """What a dataset of this policy records beside its actions (``omgmg.datakit.format.BEHAVIOUR_ARRAYS``):
+        the log-probability, and the pre-clip sample where the policy clips."""
+        return ("log_prob",) if self.cfg.policy == "tanh" else ("log_prob", "pre_clip")
+
+    def behaviour_record(self, u: torch.Tensor, gaussian_log_prob: torch.Tensor) -> dict[str, np.ndarray]:
+        """The behaviour arrays of Gaussian samples ``u`` (E, N, A) with their log-densities (E, N)."""
+        out = {"behaviour_log_prob": self.log_prob_of_action(u, gaussian_log_prob).numpy()}
+        if "pre_clip" in self.behaviour_arrays:
+            out["behaviour_pre_clip"] = u.numpy()
+        return out
+
     def sampler(self) -> RolloutPolicy:
         """The stochastic policy frozen for collecting datasets (see :class:`RolloutPolicy`): the
-        same actions as ``act`` + ``executed`` given the same normal noise, at a fraction of the cost."""
+        same actions as ``act`` + ``executed`` given the same normal noise, at a fraction of the cost.
+        The Gaussian's log-density needs no division: the sample's standardised value is the noise."""
         actor = FrozenActor(list(self.actors), self.obs_norm)
-        std = self._std(self.log_std.detach())
+        log_std = self._log_std(self.log_std.detach())
+        std, constant = log_std.exp(), (log_std + 0.5 * math.log(2 * math.pi)) * self.action_mask  # (N, A)
 
         @torch.no_grad()
-        def act(obs: np.ndarray, avail, noise: torch.Tensor) -> np.ndarray:
-            actions = (self._mean(actor(obs)) + noise * std) * self.action_mask
-            return self.squash(actions).numpy()
+        def act(obs: np.ndarray, avail, noise: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            u = (self._mean(actor(obs)) + noise * std) * self.action_mask
+            gaussian = -(0.5 * noise**2 * self.action_mask + constant).sum(-1)  # (E, N)
+            return self.squash(u).numpy(), self.behaviour_record(u, gaussian)
 
-        return RolloutPolicy(act, "normal", tuple(self.low.shape))
+        return RolloutPolicy(act, "normal", tuple(self.low.shape), self.behaviour_arrays)
 
     @property
     def log_std(self) -> torch.Tensor:

@@ -25,8 +25,8 @@ from omgmg.collectors.common import (
     Rollout,
     RolloutPolicy,
     RunningMeanStd,
+    categorical_sample,
     clipped_value_loss,
-    gumbel_argmax,
     minibatches,
     mlp,
 )
@@ -110,11 +110,19 @@ class MAPPOAgent(nn.Module):
         actor = FrozenActor([self.actor] * self.spec.n_agents, self.obs_norm, agent_id_input=True)
 
         @torch.no_grad()
-        def act(obs: np.ndarray, avail: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+        def act(obs: np.ndarray, avail: np.ndarray, noise: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             logits = actor(obs).masked_fill_(~torch.from_numpy(avail), -float("inf"))
-            return gumbel_argmax(logits, noise).to(torch.int32).numpy()
+            actions, log_prob = categorical_sample(logits, noise)
+            return actions.to(torch.int32).numpy(), {"behaviour_log_prob": log_prob.numpy()}
 
         return RolloutPolicy(act, "uniform", (self.spec.n_agents, self.spec.n_actions))
+
+    behaviour_arrays = ("log_prob",)
+    """What a dataset of this policy records beside its actions: the log-probability of each action."""
+
+    def behaviour_record(self, actions: torch.Tensor, log_probs: torch.Tensor) -> dict[str, np.ndarray]:
+        """The behaviour arrays of sampled actions (E, N) with their log-probabilities (E, N)."""
+        return {"behaviour_log_prob": log_probs.numpy()}
 
     @torch.no_grad()
     def value(self, state: torch.Tensor) -> torch.Tensor:

@@ -52,12 +52,21 @@ class EpisodeRecorder:
         self.ungathered: dict[int, int] = {}  # id(EndedEpisode) -> its start, while its rows are still needed
         self.cur = (obs, state, avail)
 
-    def add(self, actions: np.ndarray, step: VecStep, envs: np.ndarray | None = None, gather: bool = True):
-        """Record one step of every env (or of the ``envs`` mask). Returns the recorded episodes that
-        ended, in env order: (env, episode dict), or :class:`EndedEpisode` markers if not ``gather``."""
+    def add(
+        self,
+        actions: np.ndarray,
+        step: VecStep,
+        envs: np.ndarray | None = None,
+        gather: bool = True,
+        behaviour: dict[str, np.ndarray] | None = None,
+    ):
+        """Record one step of every env (or of the ``envs`` mask), with what the behaviour policy did
+        (``behaviour``: ``behaviour_log_prob`` (E, N), ... as :class:`RolloutPolicy` gives them). Returns
+        the recorded episodes that ended, in env order: (env, episode dict), or :class:`EndedEpisode`
+        markers if not ``gather``."""
         obs, state, avail = self.cur
         t = self.now
-        fields = {"obs": obs, "state": state, "actions": actions, "reward": step.reward}
+        fields = {"obs": obs, "state": state, "actions": actions, "reward": step.reward, **(behaviour or {})}
         if avail is not None:
             fields["avail"] = avail
         if t - self.first == (len(self.buf["obs"]) if self.buf else 0):  # the arrays are full (or not made yet)
@@ -117,6 +126,9 @@ class EpisodeRecorder:
             ep["actions"] = ep["actions"].astype(np.int32)
         if self.spec.reports_wins:
             ep["won"] = m.won
+        for name in b:
+            if name.startswith("behaviour_"):
+                ep[name] = b[name][rows, e].astype(np.float32)
         return ep
 
     def _make_room(self, fields: dict[str, np.ndarray]) -> None:

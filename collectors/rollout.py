@@ -173,7 +173,8 @@ class _SlotRollout:
                 r.state[g.envs].copy(),
                 None if self.avail is None else self.avail[g.envs].copy(),
             )
-        self.stepping: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(self.groups)  # (actions, active)
+        # (actions, active, behaviour arrays) of each part's step in flight
+        self.stepping: list[tuple[np.ndarray, np.ndarray, dict] | None] = [None] * len(self.groups)
         while self.count() < self.target:
             for k, g in enumerate(self.groups):
                 if self.stepping[k] is not None:
@@ -181,9 +182,9 @@ class _SlotRollout:
                 active = self.needed()[g.envs]
                 if active.any() and self.count() < self.target:
                     avail = None if self.avail is None else self.avail[g.envs]
-                    actions = self.policy.act(self.obs[g.envs], avail, self.noise.draw(active, g.envs))
+                    actions, behaviour = self.policy.act(self.obs[g.envs], avail, self.noise.draw(active, g.envs))
                     g.step_async(actions, active=active, reseed=base + slots.planned[g.envs])
-                    self.stepping[k] = (actions, active)
+                    self.stepping[k] = (actions, active, behaviour)
                 self.write_ready()  # gather and write earlier episodes while the envs step
             if not any(s is not None for s in self.stepping) and self.count() < self.target:
                 # every needed episode has ended: write them (the slot to write next has ended or runs)
@@ -227,10 +228,10 @@ class _SlotRollout:
 
     def record(self, k: int) -> None:
         """Part k's step has come back: note ended episodes, move their envs on to their next slot."""
-        g, (actions, active) = self.groups[k], self.stepping[k]
+        g, (actions, active, behaviour) = self.groups[k], self.stepping[k]
         self.stepping[k] = None
         step = g.step_wait()
-        for m in self.recorders[k].add(actions, step, envs=active, gather=False):
+        for m in self.recorders[k].add(actions, step, envs=active, gather=False, behaviour=behaviour):
             self.to_gather.append((self.slots.episode_ended(g.envs.start + m.env), self.recorders[k], m))
         moved = np.zeros(self.vec.num_envs, bool)
         moved[g.envs] = step.done & active
@@ -242,7 +243,8 @@ class _SlotRollout:
 
 def cut_episode(ep: dict, keep: int) -> dict:
     """The first ``keep`` steps of an episode, truncated (the budget ran out), with a real next obs."""
-    out = {k: v[:keep] for k, v in ep.items() if k in ("obs", "state", "actions", "reward", "avail")}
+    per_step = ("obs", "state", "actions", "reward", "avail", "behaviour_log_prob", "behaviour_pre_clip")
+    out = {k: v[:keep] for k, v in ep.items() if k in per_step}
     out["final_obs"], out["final_state"] = ep["obs"][keep], ep["state"][keep]
     if "avail" in ep:
         out["final_avail"] = ep["avail"][keep]

@@ -101,9 +101,10 @@ def _train(run: RunDir, progress, warn, tensorboard) -> RunDir:
         spec,
         level=None,
         behaviour_policy={"algorithm": algo, "seed": cfg.seed},
-        collection={"source": "training rollouts", "run": str(run.root)},
+        collection={"source": "training rollouts", "run": home_relative(run.root)},
         resume=True,
         overwrite=True,
+        behaviour_arrays=agent.behaviour_arrays,  # a run begun before format 3 keeps recording none
     )
     state = run.latest_good_checkpoint(warn)
     if state is not None:
@@ -130,7 +131,7 @@ def _train(run: RunDir, progress, warn, tensorboard) -> RunDir:
                 t0 = time.perf_counter()
                 ro, finished = _rollout(agent, vec, recorder, cfg, gen)
                 for _, ep in finished:
-                    replay.add_episode(**ep)
+                    replay.add_episode(**_kept(ep, replay))
                 t_rollout = time.perf_counter() - t0
                 env_steps += cfg.num_envs * cfg.rollout_len
                 adv, ret = gae(
@@ -153,7 +154,7 @@ def _train(run: RunDir, progress, warn, tensorboard) -> RunDir:
             for e in range(cfg.num_envs):  # the segment ends: unfinished episodes are cut (truncated)
                 ep = recorder.cut(e)
                 if ep is not None:
-                    replay.add_episode(**ep)
+                    replay.add_episode(**_kept(ep, replay))
             segment += 1
             ev = evaluate(agent, vec, seed=10**9 + segment)
             _checkpoint(run, log, agent, gen, replay, env_steps, segment, ev, spec)
@@ -215,7 +216,7 @@ def _rollout(agent, vec, recorder: EpisodeRecorder, cfg: LoopConfig, gen) -> tup
             buf["avail"].append(av)
         raw_obs.append(obs_raw)
         raw_states.append(state_raw)
-        finished += recorder.add(executed, step)
+        finished += recorder.add(executed, step, behaviour=agent.behaviour_record(actions, log_probs))
         obs_raw, state_raw, avail = step.obs, step.state, step.avail
     agent.obs_norm.update(torch.from_numpy(np.stack(raw_obs)))
     agent.state_norm.update(torch.from_numpy(np.stack(raw_states)))
@@ -224,6 +225,15 @@ def _rollout(agent, vec, recorder: EpisodeRecorder, cfg: LoopConfig, gen) -> tup
         avail=torch.stack(buf["avail"]) if buf["avail"] else None,
     )
     return ro, finished
+
+
+def _kept(episode: dict, replay: DatasetWriter) -> dict:
+    """An episode without the behaviour arrays a replay store begun by an earlier omgmg does not hold."""
+    return {
+        k: v
+        for k, v in episode.items()
+        if not k.startswith("behaviour_") or k.removeprefix("behaviour_") in replay.behaviour_arrays
+    }
 
 
 def _checkpoint(

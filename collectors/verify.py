@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from omgmg.collectors.envs import check_compatible, make_vector_env, task_for_dataset
-from omgmg.datakit import format as fmt
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import RequestError
 from omgmg.datakit.provenance import episode_seed, seeded_episodes, version_differences
@@ -106,7 +105,7 @@ def _read_episode(ds: Dataset, e: int, starts: np.ndarray, lengths: np.ndarray) 
     start = int(starts[e])
     stop = start + int(lengths[e])
     out = {}
-    for a in fmt.array_layout(ds.spec):
+    for a in ds.layout:
         out[a.name] = ds.read(a.key, start, stop) if a.group == "steps" else ds.read(a.key, e, e + 1)[0]
     return out
 

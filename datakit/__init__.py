@@ -1,6 +1,6 @@
-"""Offline MARL datasets: format v1 (chunked Zarr v3), writer, validation, the shared loader, HDF5 interop.
+"""Offline MARL datasets: format 3 (chunked Zarr v3; 1 and 2 read), writer, validation, the shared loader, HDF5 interop.
 
-The format is specified in ``schemas/dataset-v2.md``. Public API:
+The format is specified in ``schemas/dataset-v3.md``. Public API:
 
 - :class:`EnvSpec`, :class:`Box`, :class:`Discrete`: what a task looks like (stored in metadata).
 - :class:`DatasetWriter`: append whole episodes; atomic and resumable.

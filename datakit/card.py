@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omgmg.datakit import format as fmt
-from omgmg.datakit.coverage import coverage
+from omgmg.datakit.coverage import BLOCK_ROWS, BOUND_ATOL, BOUND_SHARE_WARNING, bound_share, coverage
 from omgmg.datakit.dataset import Dataset
 
 
@@ -17,7 +16,7 @@ def card(ds: Dataset) -> dict:
     ret = m["stats"]["return"] or {}
     length = m["stats"]["episode_length"] or {}
     arrays = []
-    for a in fmt.array_layout(spec):
+    for a in ds.layout:
         arr = ds.array(a.key)
         arrays.append(
             {
@@ -58,9 +57,49 @@ def card(ds: Dataset) -> dict:
         "env": spec.to_json(),
         "behaviour_policy": m["behaviour_policy"],
         "coverage": coverage(ds),
+        "bound_share": bound_share(ds),
+        "behaviour_arrays": behaviour_summary(ds),
         "collection": m["collection"],
         "arrays": arrays,
     }
+
+
+def behaviour_summary(ds: Dataset) -> dict:
+    """What the stored behaviour arrays say, read in blocks: the mean log-probability per agent, and the
+    share of own action entries a clipping policy clipped."""
+    out = {}
+    T = ds.n_transitions
+    if "log_prob" in ds.behaviour_arrays and T:
+        total = np.zeros(ds.spec.n_agents)
+        for lo in range(0, T, BLOCK_ROWS):
+            total += ds.read("steps/behaviour_log_prob", lo, min(T, lo + BLOCK_ROWS)).astype(np.float64).sum(0)
+        out["log_prob_mean"] = (total / T).tolist()
+    if "pre_clip" in ds.behaviour_arrays and T:
+        _, _, mask = ds.spec.action_bounds()
+        clipped = 0
+        for lo in range(0, T, BLOCK_ROWS):
+            hi = min(T, lo + BLOCK_ROWS)
+            differs = ds.read("steps/behaviour_pre_clip", lo, hi) != ds.read("steps/actions", lo, hi)
+            clipped += int((differs & (mask > 0)).sum())
+        out["clipped_share"] = clipped / (T * mask.sum())
+    return out
+
+
+def bound_share_line(shares: list[float] | None) -> tuple[str, str | None]:
+    """The card's line about actions on a bound, and a warning above :data:`BOUND_SHARE_WARNING`."""
+    if shares is None:
+        return "-", None
+    mean = float(np.mean(shares))
+    per_agent = ", ".join(f"{100 * x:.2f}%" for x in shares)
+    line = f"{100 * mean:.2f}% of action entries within {BOUND_ATOL:g} of a bound (per agent {per_agent})"
+    worst = max(shares)
+    if worst <= BOUND_SHARE_WARNING:
+        return line, None
+    return line, (
+        f"{100 * worst:.1f}% of an agent's action entries sit on a bound (over {100 * BOUND_SHARE_WARNING:.0f}%): a "
+        "learner with a tanh-Gaussian likelihood (OMGMG, OMIGA, BC, ...) fits atanh(+-1) there, and its behaviour "
+        "term then swamps the rest (docs/collecting.md); `omgmg train --censor-bound-actions` treats it"
+    )
 
 
 def _size(n: int) -> str:

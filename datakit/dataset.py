@@ -82,8 +82,18 @@ class Dataset:
         """The zarr array ``steps/NAME`` or ``episodes/NAME`` (lazy; slice it to read)."""
         return self.group[key]
 
+    @property
+    def behaviour_arrays(self) -> tuple[str, ...]:
+        """The optional arrays of what the behaviour policy did that this store holds (format 3)."""
+        return fmt.behaviour_arrays(self.meta)
+
+    @property
+    def layout(self) -> list[fmt.ArraySpec]:
+        """Every array this store holds (:func:`omgmg.datakit.format.array_layout`)."""
+        return fmt.array_layout(self.spec, self.behaviour_arrays)
+
     def has(self, key: str) -> bool:
-        return key in {a.key for a in fmt.array_layout(self.spec)}
+        return key in {a.key for a in self.layout}
 
     def episode_lengths(self) -> np.ndarray:
         return np.asarray(self.group["episodes/length"][: self.n_episodes], dtype=np.int64)  # (E,)
@@ -114,7 +124,7 @@ class Dataset:
     def content_sha256(self) -> str:
         """Fingerprint of the data (see :func:`omgmg.datakit.integrity.content_sha256`): equal for copies of
         one dataset, different for any other data of the same task."""
-        keys = [a.key for a in fmt.array_layout(self.spec)]
+        keys = [a.key for a in self.layout]
         return integrity.content_sha256(self.group, keys, self.format_version)
 
     def chunk_rows(self) -> int:
@@ -137,7 +147,7 @@ def open_dataset(path, *, check: bool = True) -> Dataset:
     if check:
         problems = fmt.check_structure(group, spec, meta)
         if not problems:
-            keys = [a.key for a in fmt.array_layout(spec)]
+            keys = [a.key for a in fmt.array_layout(spec, fmt.behaviour_arrays(meta))]
             problems = integrity.check_chunks(group, keys, meta["format_version"], checksums=False)
         if problems:
             raise InvalidDatasetError(path, problems)

@@ -1,6 +1,6 @@
 """The dataset format as code: array layout, codecs, metadata and the cheap structural check.
 
-The specification is ``schemas/dataset-v2.md`` (format 2, written now; format 1 is read); this
+The specification is ``schemas/dataset-v3.md`` (format 2, written now; format 1 is read); this
 module is its single implementation, used by the writer, the reader, the validator and the importers.
 """
 
@@ -20,11 +20,12 @@ from omgmg import schemas
 from omgmg.datakit.errors import Problem
 from omgmg.datakit.spec import EnvSpec
 
-FORMAT_VERSION = 2
-"""Written by this omgmg. 2: every chunk stored and ending in a crc32c checksum (see the spec's
-version history); 1: the same arrays and metadata without checksums."""
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
-SCHEMA_FILE = "dataset-v2.schema.json"  # the metadata of formats 1 and 2 (it did not change)
+FORMAT_VERSION = 3
+"""Written by this omgmg. 3: optional arrays of what the behaviour policy did (:data:`BEHAVIOUR_ARRAYS`);
+2: every chunk stored and ending in a crc32c checksum (see the spec's version history); 1: the same
+arrays and metadata without checksums."""
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
+SCHEMA_FILE = "dataset-v3.schema.json"  # the metadata of formats 1 to 3 (3 added one optional key)
 WRITER_ATTR = "_writer"  # present only on partial (unfinished) stores
 CHUNK_TARGET_BYTES = 2 * 1024 * 1024
 
@@ -43,8 +44,20 @@ class ArraySpec:
         return f"{self.group}/{self.name}"
 
 
-def array_layout(spec: EnvSpec) -> list[ArraySpec]:
-    """Every array a dataset of this task holds, in a fixed order."""
+BEHAVIOUR_ARRAYS = {
+    "log_prob": "steps/behaviour_log_prob: each agent's log-probability of its stored action under the behaviour "
+    "policy that acted (a density for continuous actions, of the executed action: the squashed one for a tanh "
+    "policy, the pre-clip sample for a clipping one; a probability under the available-action mask for "
+    "discrete ones)",
+    "pre_clip": "steps/behaviour_pre_clip: the Gaussian sample before it was clipped to the bounds (continuous "
+    "policies that clip)",
+}
+"""The optional arrays of format 3, by the name ``metadata.behaviour_arrays`` lists them under."""
+
+
+def array_layout(spec: EnvSpec, behaviour: tuple[str, ...] | list[str] = ()) -> list[ArraySpec]:
+    """Every array a dataset of this task holds, in a fixed order; ``behaviour``: the optional arrays of
+    :data:`BEHAVIOUR_ARRAYS` it holds (``metadata.behaviour_arrays``)."""
     n, o, s = spec.n_agents, spec.obs_dim, spec.state_dim
     f32, b = np.dtype("float32"), np.dtype("bool")
     actions = (
@@ -70,7 +83,27 @@ def array_layout(spec: EnvSpec) -> list[ArraySpec]:
         layout.append(ArraySpec("episodes", "final_avail", (n, k), b))
     if spec.reports_wins:
         layout.append(ArraySpec("episodes", "won", (), b))
+    if "log_prob" in behaviour:
+        layout.append(ArraySpec("steps", "behaviour_log_prob", (n,), f32))
+    if "pre_clip" in behaviour:
+        layout.append(ArraySpec("steps", "behaviour_pre_clip", (n, spec.action_dim), f32))
     return layout
+
+
+def behaviour_arrays(meta: dict) -> tuple[str, ...]:
+    """The optional behaviour arrays a store's metadata (or its writer state) says it holds."""
+    return tuple(meta.get("behaviour_arrays") or ())
+
+
+def check_behaviour_arrays(spec: EnvSpec, names) -> None:
+    """Refuse (DatasetError) behaviour arrays that are unknown or do not apply to the task."""
+    from omgmg.datakit.errors import DatasetError
+
+    unknown = sorted(set(names) - set(BEHAVIOUR_ARRAYS))
+    if unknown:
+        raise DatasetError(f"unknown behaviour array(s) {unknown}: choose from {sorted(BEHAVIOUR_ARRAYS)}")
+    if "pre_clip" in names and spec.discrete:
+        raise DatasetError(f"{spec.name} has discrete actions: behaviour_pre_clip applies to continuous ones")
 
 
 def chunk_length(tail: tuple[int, ...], dtype: np.dtype, target_bytes: int = CHUNK_TARGET_BYTES) -> int:
@@ -144,10 +177,13 @@ def build_metadata(
     collection: dict | None,
     stats: dict,
     format_version: int = FORMAT_VERSION,
+    behaviour: tuple[str, ...] = (),
 ) -> dict:
     """A complete metadata dict for a finished dataset."""
+    optional = {"behaviour_arrays": list(behaviour)} if behaviour else {}
     return {
         "format_version": format_version,
+        **optional,
         "env": spec.to_json(),
         "level": level,
         "behaviour_policy": behaviour_policy,
@@ -212,6 +248,14 @@ def check_metadata(meta: Any) -> list[Problem]:
             )
         ]
     problems = []
+    if meta.get("behaviour_arrays") and version < 3:
+        problems.append(
+            Problem(
+                "metadata.behaviour_arrays",
+                f"format {version} has no behaviour arrays (format 3 added them)",
+                "the metadata was edited by hand: restore it or regenerate the dataset",
+            )
+        )
     validator = jsonschema.Draft202012Validator(schemas.load_json(SCHEMA_FILE))
     for err in sorted(validator.iter_errors(meta), key=lambda e: list(e.absolute_path)):
         where = "metadata" + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in err.absolute_path)
@@ -237,7 +281,7 @@ def check_structure(group, spec: EnvSpec, meta: dict | None) -> list[Problem]:
     """Array presence, dtypes, trailing shapes and lengths against the spec and the counts."""
     problems: list[Problem] = []
     lengths: dict[str, int] = {}
-    expected = array_layout(spec)
+    expected = array_layout(spec, behaviour_arrays(meta or {}))
     expected_keys = {a.key for a in expected}
     for a in expected:
         try:

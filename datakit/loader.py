@@ -64,6 +64,7 @@ class Batch:
     avail: torch.Tensor | None = None  # (B, N, K) bool, discrete tasks
     next_avail: torch.Tensor | None = None  # (B, N, K) bool, discrete tasks
     index: torch.Tensor | None = None  # (B,) int64: each transition's row in steps/ (its place in the dataset)
+    behaviour_log_prob: torch.Tensor | None = None  # (B, N) log pi_beta(a_i | o_i), where the dataset stores it
 
     def to(self, device) -> Batch:
         return Batch(
@@ -108,6 +109,8 @@ class _Table:
         actions = np.concatenate([steps["actions"], finals["final_actions"]])  # final rows: no action taken
         self.actions = torch.from_numpy(actions.astype(np.int64) if actions.dtype.kind == "i" else actions).to(device)
         self.reward = torch.from_numpy(steps["reward"]).to(device)  # (T,)
+        logp = steps.get("behaviour_log_prob")
+        self.behaviour_log_prob = None if logp is None else torch.from_numpy(logp).to(device)  # (T, N)
         self.terminated = torch.from_numpy(steps["terminated"].astype(np.float32)).to(device)  # (T,)
         self.truncated = torch.from_numpy((steps["truncated"] & ~steps["terminated"]).astype(np.float32)).to(device)
         start_flag = np.zeros(self.n_steps, np.float32)
@@ -133,11 +136,13 @@ class _Table:
             avail=None if self.avail is None else sel(self.avail, idx),
             next_avail=None if self.avail is None else sel(self.avail, nxt),
             index=sel(self.index, idx),
+            behaviour_log_prob=None if self.behaviour_log_prob is None else sel(self.behaviour_log_prob, idx),
         )
 
 
 def _step_keys(ds: Dataset) -> list[str]:
     keys = ["obs", "state", "actions", "reward", "terminated", "truncated"]
+    keys += [a.name for a in ds.layout if a.name.startswith("behaviour_")]  # what the behaviour policy did
     return keys + (["avail"] if ds.spec.discrete else [])
 
 
@@ -411,7 +416,8 @@ def iter_episodes(dataset, *, stop: int | None = None, block_rows: int = 65536) 
     committed part of an unfinished write, :func:`omgmg.datakit.writer.open_unfinished`).
 
     Each dict has the ``steps/`` arrays (``obs`` (L, N, O), ``state``, ``actions``, ``reward``,
-    ``terminated``, ``truncated``, ``avail`` where discrete), the episode's ``final_obs``,
+    ``terminated``, ``truncated``, ``avail`` where discrete, ``behaviour_log_prob`` and ``behaviour_pre_clip``
+    where stored), the episode's ``final_obs``,
     ``final_state`` (and ``final_avail``, ``won`` where present), ``return`` and ``index``.
     """
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(Path(dataset))

@@ -51,7 +51,7 @@ import numpy as np
 
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import BackendUnavailable, DatasetError, OutputError, RequestError
-from omgmg.datakit.format import normalise_level
+from omgmg.datakit.format import BEHAVIOUR_ARRAYS, normalise_level
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.omiga import is_omiga_observations, znorm
 from omgmg.datakit.outputs import (
@@ -451,6 +451,8 @@ def import_vault(
         if isinstance(kept, dict)
         else _foreign_provenance(spec, meta, collection, ours)
     )
+    # what the behaviour policy did, where omgmg's export kept it beside the vault (OG-MARL's vaults do not record it)
+    behaviour = {n: finals[f"behaviour_{n}"] for n in BEHAVIOUR_ARRAYS if ours and f"behaviour_{n}" in finals}
     writer = DatasetWriter(
         out,
         spec,
@@ -460,6 +462,7 @@ def import_vault(
         overwrite=overwrite,
         resume=False,
         sources=(uid_dir,),
+        behaviour_arrays=tuple(behaviour),
     )
     avail = exp["legals"] > 0.5 if discrete else None
     try:
@@ -487,6 +490,7 @@ def import_vault(
                 avail=avail[start:stop] if discrete else None,
                 final_avail=final_avail,
                 won=won,
+                **{f"behaviour_{n}": arr[start:stop] for n, arr in behaviour.items()},
             )
             if progress:
                 progress(stop, T)
@@ -550,7 +554,13 @@ def _our_finals(uid_dir: Path, meta: dict, bounds, spec: EnvSpec) -> dict[str, n
         + (["final_avail"] if spec.discrete else [])
         + (["won"] if spec.reports_wins else [])
     )
-    if kept is None or not np.array_equal(kept, lengths) or any(len(finals.get(k, ())) != len(lengths) for k in need):
+    per_step = [k for k in finals if k.startswith("behaviour_")]  # one row per step, not per episode
+    if (
+        kept is None
+        or not np.array_equal(kept, lengths)
+        or any(len(finals.get(k, ())) != len(lengths) for k in need)
+        or any(len(finals[k]) != lengths.sum() for k in per_step)
+    ):
         raise DatasetError(
             f"{uid_dir} says omgmg exported it, but {FINALS} does not match its {len(lengths)} episodes: "
             "the vault was changed after the export; export it again"
@@ -660,6 +670,8 @@ def _write_vault(ds: Dataset, Vault, BufferState, aside: Path, uid: str, metadat
         finals["final_avail"] = []
     if spec.reports_wins:
         finals["won"] = []
+    for name in ds.behaviour_arrays:  # per step, in the vault's row order (OG-MARL's layout has no room for them)
+        finals[f"behaviour_{name}"] = []
     vault, pending, written = None, [], 0
 
     def flush():
@@ -701,12 +713,15 @@ def _write_vault(ds: Dataset, Vault, BufferState, aside: Path, uid: str, metadat
         finals["final_obs"].append(ep["final_obs"])
         finals["final_state"].append(ep["final_state"])
         finals["lengths"].append(L)
+        for name in ds.behaviour_arrays:
+            finals[f"behaviour_{name}"].append(ep[f"behaviour_{name}"])
         pending.append(rows)
         if sum(len(p["state"]) for p in pending) >= block_rows:
             flush()
     if pending:
         flush()
     with open(aside / uid / FINALS, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in finals.items()})
+        stacked = {k: np.concatenate(v) if k.startswith("behaviour_") else np.asarray(v) for k, v in finals.items()}
+        np.savez(f, **stacked)
         f.flush()
         os.fsync(f.fileno())

@@ -42,6 +42,7 @@ import numpy as np
 
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import DatasetError, OutputError, RequestError
+from omgmg.datakit.format import BEHAVIOUR_ARRAYS
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.outputs import (
     OutputLock,
@@ -59,6 +60,7 @@ from omgmg.datakit.writer import DatasetWriter
 
 OMIGA_KEYS = ("s", "o", "a", "r", "d")
 OMGMG_STATE = "omgmg/state"  # our global state, (T, S), kept beside OMIGA's keys by our export
+OMGMG_BEHAVIOUR = "omgmg/behaviour_{}"  # the format-3 behaviour arrays, (T, N) / (T, N, A), likewise
 MAMUJOCO_EPISODE_LIMIT = 1000
 STATE_FLATTENED = "per-agent s rows concatenated"
 
@@ -99,7 +101,7 @@ def import_omiga(
     block_rows: int = 200_000,
     progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
-    """Convert one OMIGA HDF5 file to a format-v1 dataset at ``out``; see the module docstring."""
+    """Convert one OMIGA HDF5 file to an omgmg dataset at ``out``; see the module docstring."""
     import h5py
 
     src = Path(src)
@@ -222,6 +224,11 @@ def import_omiga(
         if ours:  # the state omgmg's export kept; still the source's per-agent s rows if it came from one
             source_s = str(f.attrs.get("s", "")).startswith("the source file's per-agent s")
             collection["state_layout"] = STATE_FLATTENED if source_s else f"kept by omgmg's export in {OMGMG_STATE}"
+        # what the behaviour policy did, where an omgmg export carried it beside OMIGA's keys (OMIGA's own files
+        # do not record it)
+        kept_behaviour = {
+            n: f[OMGMG_BEHAVIOUR.format(n)] for n in BEHAVIOUR_ARRAYS if ours and OMGMG_BEHAVIOUR.format(n) in f
+        }
         writer = DatasetWriter(
             out,
             spec,
@@ -231,6 +238,7 @@ def import_omiga(
             overwrite=overwrite,
             resume=False,
             sources=(src,),
+            behaviour_arrays=tuple(kept_behaviour),
         )
         try:
             for group in group_bounds(bounds, block_rows):
@@ -241,6 +249,7 @@ def import_omiga(
                     "a": np.asarray(a[lo:hi], np.float32),
                     "r": read_r(lo, hi).astype(np.float32),
                 }
+                behaviour = {n: np.asarray(arr[lo:hi], np.float32) for n, arr in kept_behaviour.items()}
                 worst = float(np.abs(block["a"]).max(initial=0.0))
                 if spaces is None and worst > action_bound:
                     raise DatasetError(
@@ -260,6 +269,7 @@ def import_omiga(
                         final_state=block["s"][k],
                         terminated=not truncated,
                         truncated=truncated,
+                        **{f"behaviour_{n}": arr[i:j] for n, arr in behaviour.items()},
                     )
                 if progress:
                     progress(hi, T)
@@ -384,6 +394,11 @@ def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: i
             "d": f.create_dataset("d", (rows, 1), "float32", chunks=(min(rows, 65536), 1)),
             "state": f.create_dataset(OMGMG_STATE, (rows, S), "float32", chunks=(min(rows, 4096), S)),
         }
+        for name in ds.behaviour_arrays:  # OMIGA's layout has no room for them: kept beside, as the state is
+            tail = (N,) if name == "log_prob" else (N, A)
+            dsets[name] = f.create_dataset(
+                OMGMG_BEHAVIOUR.format(name), (rows, *tail), "float32", chunks=(min(rows, 4096), *tail)
+            )
         f.attrs["exported_by"] = "omgmg"
         f.attrs["task"] = ds.spec.task
         f.attrs["obs_mode"] = ds.spec.options.get("obs_mode", "local")
@@ -407,6 +422,8 @@ def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: i
             dsets["a"][row : row + L] = ep["actions"]  # the final row's action stays 0 (unused by OMIGA)
             dsets["r"][row : row + L, 0] = ep["reward"]
             dsets["d"][row + L, 0] = 1.0
+            for name in ds.behaviour_arrays:  # the final row took no action: its entries stay 0
+                dsets[name][row : row + L] = ep[f"behaviour_{name}"]
             row += L + 1
             if progress:
                 progress(row, rows)

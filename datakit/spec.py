@@ -4,7 +4,7 @@ An :class:`EnvSpec` is produced by an environment adapter (``omgmg.collectors.en
 dataset's metadata, and checked by a trainer before it evaluates a policy on an environment. It is
 plain data with a JSON form (``to_json`` / ``from_json``), so it can be compared and hashed.
 
-Padding convention (also in ``schemas/dataset-v2.md``): agents may have observations of different
+Padding convention (also in ``schemas/dataset-v3.md``): agents may have observations of different
 sizes (MaMuJoCo HalfCheetah-6x1 gives 9,9,8,9,9,8). Arrays use one common width ``obs_dim`` =
 max over agents, and agent i's entries past ``obs_dims[i]`` are zero. Continuous actions are padded
 the same way to ``action_dim``; discrete agents with fewer actions than ``n_actions`` have the extra

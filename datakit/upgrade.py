@@ -1,8 +1,10 @@
 """Rewriting a dataset of an older format as the current one (``omgmg-data upgrade OLD --out NEW``).
 
-Format 1 -> 2: the same arrays, chunk shapes and metadata, every chunk re-encoded with the crc32c
-checksum codec; ``identity_sha256`` is recomputed for version 2 and ``collection.upgraded_from``
-records the source's format version and content fingerprint. The source is validated fully first
+Format 1 or 2 -> 3: the same arrays, chunk shapes and metadata, every chunk re-encoded with the crc32c
+checksum codec (format 2 added it; format 3 added only optional arrays, which an older store does not
+hold: its data never recorded what the behaviour policy did); ``identity_sha256`` is recomputed for
+the new version and ``collection.upgraded_from`` records the source's format version and content
+fingerprint. The source is validated fully first
 (a damaged store is refused, never carried into a checksummed one), the new store is written aside
 and renamed into place after it validated, and the source is never modified.
 """
@@ -37,7 +39,7 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
         raise InvalidDatasetError(src, problems)
     make_parent(out)
     partial = partial_path(out)
-    layout = fmt.array_layout(old.spec)
+    layout = old.layout
     total = sum(int(old.group[a.key].shape[0]) for a in layout)
     with OutputLock(out, "dataset"), os_errors(out, "upgrading into"):
         if partial.exists():
@@ -59,7 +61,7 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
                     fill_value=0,
                 )
                 .with_config({"write_empty_chunks": True})
-            )  # every chunk stored (format 2)
+            )  # every chunk stored (format 2 on)
             rows = arr.chunks[0] * 8
             for lo in range(0, arr.shape[0], rows):
                 hi = min(arr.shape[0], lo + rows)

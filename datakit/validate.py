@@ -1,4 +1,4 @@
-"""Full validation of a dataset: every invariant of ``schemas/dataset-v2.md`` checked over every value.
+"""Full validation of a dataset: every invariant of ``schemas/dataset-v3.md`` checked over every value.
 
 The scan reads the store in blocks of whole chunks, so memory stays bounded whatever the dataset's
 size. The same value checks (:func:`check_steps`, :func:`check_episodes`) are applied by the writer
@@ -150,6 +150,7 @@ def check_steps(
                 "non-zero value in the padding past an agent's action dim",
                 "pad actions with zeros",
             )
+    problems += check_behaviour(spec, block, offset)
     if is_last is not None:
         ended = block["terminated"] | block["truncated"]
         problems += _rows_problem(
@@ -165,6 +166,43 @@ def check_steps(
             offset,
             "episode ends with neither terminated nor truncated set",
             "mark the last step terminated (true end) or truncated (time limit / cut)",
+        )
+    return problems
+
+
+def check_behaviour(spec: EnvSpec, block: dict[str, np.ndarray], offset: int = 0) -> list[Problem]:
+    """The optional behaviour arrays of format 3, where ``block`` holds them: finite log-probabilities (at most
+    0 for discrete actions), and pre-clip samples that clip to the stored actions with zero padding."""
+    problems = []
+    if "behaviour_log_prob" in block:
+        logp = block["behaviour_log_prob"]
+        problems += _rows_problem(
+            "steps/behaviour_log_prob",
+            _any_rows(~np.isfinite(logp)),
+            offset,
+            "non-finite log-probability",
+            "store the behaviour policy's log-probability of the stored action",
+        )
+        if spec.discrete:
+            problems += _rows_problem(
+                "steps/behaviour_log_prob",
+                _any_rows(logp > 1e-5),
+                offset,
+                "log-probability above 0 for a discrete action",
+                "store log pi(a|o) under the available-action mask, not a density",
+            )
+    if "behaviour_pre_clip" in block:
+        pre = block["behaviour_pre_clip"]
+        low, high, _ = spec.action_bounds()
+        _, act_pad = _pad_masks(spec)
+        with np.errstate(invalid="ignore"):
+            clipped = np.clip(pre, low[None], high[None])
+        problems += _rows_problem(
+            "steps/behaviour_pre_clip",
+            _any_rows(~np.isfinite(pre) | (clipped != block["actions"]) | ((pre != 0) & act_pad[None])),
+            offset,
+            "clipped to the bounds it does not give the stored action (or is non-zero in the padding)",
+            "store the sample before clipping and the clipped sample as the action",
         )
     return problems
 
@@ -204,9 +242,8 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     if problems:
         return problems
     # every chunk present, whole and (format 2) matching its checksum, before anything is decoded
-    problems = integrity.check_chunks(
-        group, [a.key for a in fmt.array_layout(spec)], meta["format_version"], checksums=True
-    )
+    layout = fmt.array_layout(spec, fmt.behaviour_arrays(meta))
+    problems = integrity.check_chunks(group, [a.key for a in layout], meta["format_version"], checksums=True)
     if problems:
         return problems
 
@@ -226,7 +263,7 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     ends = np.cumsum(lengths) - 1  # (E,) row index of each episode's last step
     episode_of_row_returns = np.zeros(E, np.float64)
 
-    steps = [a for a in fmt.array_layout(spec) if a.group == "steps"]
+    steps = [a for a in layout if a.group == "steps"]
     block = block_rows or max(group["steps/obs"].chunks[0], 1) * 4
     for start in range(0, T, block):
         stop = min(T, start + block)
@@ -240,7 +277,7 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
         ep_idx = first_ep + np.concatenate([[0], np.cumsum(is_last[:-1])]).astype(np.int64)
         episode_of_row_returns += np.bincount(ep_idx, weights=data["reward"].astype(np.float64), minlength=E)[:E]
 
-    ep_arrays = [a for a in fmt.array_layout(spec) if a.group == "episodes"]
+    ep_arrays = [a for a in layout if a.group == "episodes"]
     eblock = 65536
     for start in range(0, E, eblock):
         data = {a.name: np.asarray(group[a.key][start : start + eblock]) for a in ep_arrays}

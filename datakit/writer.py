@@ -71,6 +71,7 @@ class DatasetWriter:
         flush_steps: int | None = None,
         chunk_rows: int | None = None,
         sources: tuple = (),
+        behaviour_arrays: tuple[str, ...] = (),
     ):
         self.path = Path(path)
         self.partial = partial_path(self.path)
@@ -84,7 +85,9 @@ class DatasetWriter:
             self.collection["request"] = self.request
         self.overwrite, self.sources = overwrite, tuple(sources)
         self._check_target()
-        self._layout = fmt.array_layout(spec)
+        fmt.check_behaviour_arrays(spec, behaviour_arrays)
+        self.behaviour_arrays = tuple(behaviour_arrays)
+        self._layout = fmt.array_layout(spec, self.behaviour_arrays)
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered_steps = 0
         self.progress: dict = {}
@@ -159,6 +162,16 @@ class DatasetWriter:
                 f"the unfinished write at {self.partial} was made for another request ({differs}); "
                 "run that request again to finish it, or start over (<<resume=False>>)"
             )
+        stored = fmt.behaviour_arrays(state)
+        if stored != self.behaviour_arrays:
+            if self.request is not None:
+                raise RequestError(
+                    f"the unfinished write at {self.partial} stores behaviour arrays {list(stored)}, this request "
+                    f"{list(self.behaviour_arrays)} (an omgmg of another version began it); start over "
+                    "(<<resume=False>>)"
+                )
+            # a store without a request (a behaviour run's training episodes) keeps the arrays it began with
+            self.behaviour_arrays, self._layout = stored, fmt.array_layout(self.spec, stored)
         self.n_episodes, self.n_transitions = int(state["episodes"]), int(state["transitions"])
         self.progress = dict(state.get("progress", {}))
         for a in self._layout:  # drop rows a crash left behind after the last commit
@@ -196,6 +209,7 @@ class DatasetWriter:
             "progress": self.progress,
             "request": self.request,
             "format_version": self.format_version,
+            **({"behaviour_arrays": list(self.behaviour_arrays)} if self.behaviour_arrays else {}),
         }
 
     def _commit(self) -> None:
@@ -232,6 +246,8 @@ class DatasetWriter:
         avail=None,
         final_avail=None,
         won: bool | None = None,
+        behaviour_log_prob=None,
+        behaviour_pre_clip=None,
     ) -> None:
         """Append one whole episode of L steps.
 
@@ -239,6 +255,8 @@ class DatasetWriter:
         discrete tasks; final_obs (N, O), final_state (S,), final_avail (N, K): what the environment
         returned after the last action. ``terminated``: the episode reached a terminal state;
         ``truncated``: it was cut (time limit) and bootstrapping through its end is correct.
+        ``behaviour_log_prob`` (L, N) and ``behaviour_pre_clip`` (L, N, A): what the behaviour policy did,
+        exactly when the writer's ``behaviour_arrays`` names them (``log_prob``, ``pre_clip``).
         """
         if self._closed:
             raise DatasetError(
@@ -262,6 +280,14 @@ class DatasetWriter:
         if L < 1:
             raise DatasetError("an episode needs at least one step (reward must have shape (L,) with L >= 1)")
         steps = {"obs": obs, "state": state, "actions": actions, "reward": reward}
+        for name, value in (("log_prob", behaviour_log_prob), ("pre_clip", behaviour_pre_clip)):
+            if (value is None) == (name in self.behaviour_arrays):
+                raise DatasetError(
+                    f"this writer stores behaviour arrays {list(self.behaviour_arrays) or 'none'}: pass "
+                    f"behaviour_{name} exactly when they name {name}"
+                )
+            if value is not None:
+                steps[f"behaviour_{name}"] = value
         if spec.discrete:
             steps["avail"] = avail
         ep = {"final_obs": final_obs, "final_state": final_state}
@@ -383,6 +409,7 @@ class DatasetWriter:
                     collection=self.collection,
                     stats=fmt.compute_stats(lengths, returns, won),
                     format_version=self.format_version,
+                    behaviour=self.behaviour_arrays,
                 )
                 g.attrs.put(meta)  # replaces all attributes: the _writer marker goes away
                 problems = validate(self.partial)
@@ -439,6 +466,7 @@ def open_unfinished(path) -> Dataset:
         raise DatasetError(f"{partial} is not an unfinished omgmg write")
     meta = {
         "format_version": int(state.get("format_version", 1)),
+        **({"behaviour_arrays": state["behaviour_arrays"]} if state.get("behaviour_arrays") else {}),
         "level": None,
         "stats": {"episodes": int(state["episodes"]), "transitions": int(state["transitions"])},
     }
@@ -454,6 +482,9 @@ def episode_arguments(episode: dict) -> dict:
         out["avail"], out["final_avail"] = episode["avail"], episode["final_avail"]
     if "won" in episode:
         out["won"] = bool(episode["won"])
+    for name in ("behaviour_log_prob", "behaviour_pre_clip"):
+        if name in episode:
+            out[name] = episode[name]
     return out
 
 

@@ -1,7 +1,7 @@
 """The versioned dataset schema, shipped as package data.
 
-``dataset-v2.schema.json`` is the JSON Schema for a dataset's metadata (the root group's
-attributes); ``dataset-v2.md`` is the human-readable spec of arrays, axes and invariants.
+``dataset-v3.schema.json`` is the JSON Schema for a dataset's metadata (the root group's
+attributes); ``dataset-v3.md`` is the human-readable spec of arrays, axes and invariants.
 """
 
 from __future__ import annotations
@@ -13,5 +13,5 @@ from importlib import resources
 
 @cache
 def load_json(name: str) -> dict:
-    """Load a schema file shipped in this package, e.g. ``load_json("dataset-v2.schema.json")``."""
+    """Load a schema file shipped in this package, e.g. ``load_json("dataset-v3.schema.json")``."""
     return json.loads(resources.files(__name__).joinpath(name).read_text(encoding="utf-8"))

@@ -270,13 +270,18 @@ def test_masked_actions_are_never_sampled():
     assert avail.gather(-1, greedy[..., None]).all()
     for policy in (random_policy(spec), agent.sampler()):  # the frozen policies datasets are collected with
         assert policy.noise_kind == "uniform"
-        sampled = policy.act(
+        sampled, behaviour = policy.act(
             np.zeros((2000, 3, spec.obs_dim), np.float32),
             avail.numpy(),
             torch.rand(2000, *policy.noise_shape, generator=g),
         )
         assert np.take_along_axis(avail.numpy(), sampled[..., None].astype(int), -1).all()
         assert len(np.unique(sampled)) > 1
+        logp = behaviour["behaviour_log_prob"]
+        assert logp.shape == (2000, 3) and (logp <= 0).all() and np.isfinite(logp).all()
+    # the random policy records the uniform probability over the available actions
+    _, behaviour = random_policy(spec).act(None, avail.numpy(), torch.rand(2000, *policy.noise_shape, generator=g))
+    assert np.allclose(behaviour["behaviour_log_prob"], -np.log(avail.numpy().sum(-1)))
 
 
 def test_frozen_samplers_match_the_agents_policies():
@@ -290,7 +295,16 @@ def test_frozen_samplers_match_the_agents_policies():
     )
     frozen = happo.sampler()
     noise = torch.randn((256, *frozen.noise_shape), generator=torch.Generator().manual_seed(7))
-    assert np.allclose(frozen.act(obs, None, noise), happo.executed(actions), atol=1e-5)
+    executed, behaviour = frozen.act(obs, None, noise)
+    assert np.allclose(executed, happo.executed(actions), atol=1e-5)
+    # the log-density it records is the agent's own, of the executed (tanh-squashed) action
+    _, gaussian = happo.act(
+        happo.obs_norm.normalise(torch.from_numpy(obs)), None, False, torch.Generator().manual_seed(7)
+    )
+    expected = happo.log_prob_of_action(actions, gaussian).numpy()
+    assert np.allclose(behaviour["behaviour_log_prob"], expected, atol=1e-3) and frozen.behaviour_arrays == (
+        "log_prob",
+    )
 
     spec = fixture_spec("discrete")
     mappo = MAPPOAgent(spec, MAPPOConfig())
@@ -302,7 +316,11 @@ def test_frozen_samplers_match_the_agents_policies():
     probs = torch.softmax(mappo._logits(torch.from_numpy(one), torch.from_numpy(avail)), -1)[0]
     frozen = mappo.sampler()
     n = 20000
-    drawn = frozen.act(np.repeat(one, n, 0), np.repeat(avail, n, 0), torch.rand(n, *frozen.noise_shape, generator=g))
+    drawn, behaviour = frozen.act(
+        np.repeat(one, n, 0), np.repeat(avail, n, 0), torch.rand(n, *frozen.noise_shape, generator=g)
+    )
+    chosen = torch.from_numpy(drawn).long()
+    assert np.allclose(behaviour["behaviour_log_prob"], probs.detach().gather(-1, chosen.T).T.log().numpy(), atol=1e-5)
     freq = torch.stack(
         [torch.bincount(torch.from_numpy(drawn[:, i]).long(), minlength=spec.n_actions) / n for i in range(3)]
     )
@@ -410,6 +428,52 @@ def test_each_level_end_to_end(level, tmp_path):
         assert meta["behaviour_policy"]["algorithm"] == "uniform-random"
     if level == "medium-expert":
         assert set(meta["collection"]["checkpoints"]) == {"medium", "expert"}
+    # what the behaviour policy did (format 3): the tanh policy's log-density of each executed action; the
+    # random level's is the uniform density of the box, -2 log 2 per agent of two entries in [-1, 1]
+    assert ds.behaviour_arrays == ("log_prob",)
+    assert ("uniform" if level == "random" else "squashed by tanh") in meta["collection"]["stored_action"]
+    logp = ds.read("steps/behaviour_log_prob")
+    assert logp.shape == (ds.n_transitions, 3) and np.isfinite(logp).all()
+    if level == "random":
+        assert np.allclose(logp, -2 * np.log(2))
+
+
+@pytest.mark.slow
+@pytest.mark.roundtrip
+def test_a_clipping_behaviour_policy_stores_its_pre_clip_samples_and_their_density(tmp_path):
+    req = CollectRequest(
+        "fixture", "continuous", "medium", episodes=6, train_steps=2000, workers=1, out=tmp_path / "m.zarr",
+        behaviour={"policy": "clip", "init_log_std": 1.0},
+    )  # fmt: skip
+    ds = collect(req, on_note=lambda m: None)
+    assert ds.behaviour_arrays == ("log_prob", "pre_clip") and validate(ds.path) == []
+    pre, actions = ds.read("steps/behaviour_pre_clip"), ds.read("steps/actions")
+    assert np.array_equal(np.clip(pre, -1, 1), actions) and (np.abs(pre) > 1).any()  # some were clipped
+    replay = collect(
+        CollectRequest("fixture", "continuous", "medium-replay", train_steps=2000, workers=1,
+                       out=tmp_path / "r.zarr", behaviour={"policy": "clip", "init_log_std": 1.0}),
+        on_note=lambda m: None,
+    )  # fmt: skip
+    assert replay.behaviour_arrays == ("log_prob", "pre_clip") and validate(replay.path) == []
+
+
+@pytest.mark.roundtrip
+def test_an_independent_copy_of_a_level_shares_no_episode_and_says_so(tmp_path):
+    from omgmg.datakit.coverage import compare
+
+    def level(out, **kw):
+        req = CollectRequest("fixture", "continuous", "random", episodes=20, workers=1, out=tmp_path / out, **kw)
+        return collect(req, on_note=lambda m: None)
+
+    a, again, copy = level("a.zarr"), level("b.zarr"), level("c.zarr", rollout_seed=1)
+    assert compare(a, again).shared == 20  # the same seed: the same episodes
+    c = compare(a, copy)
+    assert c.shared == 0 and c.shared_share == (0.0, 0.0)
+    assert copy.meta["collection"]["rollout_seed"] == 1 and copy.meta["collection"]["seed"] == 0
+    first_seeds = {r[2] for r in a.meta["collection"]["provenance"]["episode_seeds"]}
+    assert first_seeds.isdisjoint(r[2] for r in copy.meta["collection"]["provenance"]["episode_seeds"])
+    with pytest.raises(ConfigError, match="medium-replay is the behaviour run's own training episodes"):
+        CollectRequest("fixture", "continuous", "medium-replay", rollout_seed=1)
 
 
 @pytest.mark.roundtrip
@@ -480,7 +544,7 @@ def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path):
     nor a worker process changes anything."""
 
     def run(name, until, envs):
-        writer = DatasetWriter(tmp_path / name, RaggedEnv.spec)
+        writer = DatasetWriter(tmp_path / name, RaggedEnv.spec, behaviour_arrays=("log_prob",))
         vec = SerialVectorEnv(RaggedEnv, envs)
         rollout_episodes(writer, random_policy(RaggedEnv.spec), vec, phase=0, until=until, seed=3)
         vec.close()
@@ -536,7 +600,7 @@ def test_rollout_pipelines_parts_without_changing_the_data(tmp_path):
     needed env is not stepped) gives the dataset one batch of the same envs gives."""
 
     def run(name, vec, until):
-        writer = DatasetWriter(tmp_path / name, RaggedEnv.spec)
+        writer = DatasetWriter(tmp_path / name, RaggedEnv.spec, behaviour_arrays=("log_prob",))
         rollout_episodes(writer, random_policy(RaggedEnv.spec), vec, phase=0, until=until, seed=3)
         return writer.close()
 

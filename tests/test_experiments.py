@@ -14,7 +14,7 @@ from omgmg.cli.train import main as train_cli
 from omgmg.collectors.fixtures import make_fixture
 from omgmg.experiments.report import aggregate, load_results, normalised, write_report
 from omgmg.experiments.spec import SPEC_DIR, SpecError, load_spec, parse_spec, shipped_specs
-from omgmg.experiments.sweep import pack_cells, pending_cells, run_sweep
+from omgmg.experiments.sweep import dataset_path, pack_cells, pending_cells, reference_levels, run_sweep
 
 BUDGET = {"steps": 20, "eval_every": 20, "eval_episodes": 1}
 
@@ -504,3 +504,36 @@ def test_sweep_and_report_commands(dataset, tmp_path):
     assert bad.exit_code == 2 and "no spec file 'table9'" in bad.output
     missing = CliRunner().invoke(train_cli, ["report", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "not a sweep directory" in missing.output
+
+
+def test_a_spec_asks_for_omigas_layout_and_independent_copies_per_dataset_without_changing_older_cells():
+    base = {
+        "name": "v", "algorithms": ["bc"], "seeds": [0],
+        "budget": {"steps": 10, "eval_every": 10, "eval_episodes": 1},
+        "smoke": {"seeds": [0], "steps": 10, "eval_every": 10, "eval_episodes": 1},
+    }  # fmt: skip
+    plain = parse_spec(base | {"datasets": [{"suite": "mamujoco", "task": "Hopper-3x1", "levels": ["medium"]}]})
+    variant = parse_spec(
+        base | {"datasets": [{"suite": "mamujoco", "task": "Hopper-3x1", "levels": ["medium"], "obs_mode": "omiga",
+                              "rollout_seed": 1}]}
+    )  # fmt: skip
+    (p,), (v,) = plain.cells(), variant.cells()
+    assert "obs_mode" not in p.to_json()["dataset"] and p.key != v.key  # older cells keep their keys
+    assert (
+        v.dataset.obs_mode == "omiga"
+        and v.dataset.rollout_seed == 1
+        and v.dataset.row == ("Hopper-3x1-omiga-rollouts1", "medium")
+    )
+    assert dataset_path(v.dataset, {}).name == "mamujoco-Hopper-3x1-omiga-rollouts1-medium.zarr"
+    assert [r.obs_mode for r in reference_levels(v.dataset)] == ["omiga", "omiga"]
+    for bad, message in (
+        ({"obs_mode": "global"}, "obs_mode is local or omiga"),
+        ({"rollout_seed": -1}, "rollout_seed must be a non-negative integer"),
+        ({"levels": ["medium-replay"], "rollout_seed": 1}, "has no copy with another rollout_seed"),
+    ):
+        entry = {"suite": "mamujoco", "task": "Hopper-3x1", "levels": ["medium"]} | bad
+        with pytest.raises(SpecError, match=message):
+            parse_spec(base | {"datasets": [entry]})
+    omiga = {ref.task for ref in load_spec("paper-check").datasets if ref.obs_mode == "omiga"}
+    assert omiga == {"Hopper-3x1", "HalfCheetah-6x1"}
+    assert {ref.obs_mode for ref in load_spec("table1").datasets if ref.task == "Ant-2x4"} == {None}

@@ -203,7 +203,7 @@ def test_identity_hash_is_stable_and_covers_spaces():
 def test_metadata_is_valid_json_schema_document(continuous_data):
     ds, _ = continuous_data
     meta = json.loads((ds.path / "zarr.json").read_text())["attributes"]
-    assert meta["format_version"] == 2
+    assert meta["format_version"] == 3 and "behaviour_arrays" not in meta  # none asked for
     assert meta["env"]["obs_dims"] == [4, 3, 4]
     assert meta["env"]["action_spaces"][1] == {"type": "box", "low": [-0.5], "high": [0.5]}
     assert "_writer" not in meta

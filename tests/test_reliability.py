@@ -416,7 +416,7 @@ def test_format_1_is_read_checked_for_truncation_and_upgraded_to_checksums(store
     assert "format 1 stores carry no chunk checksums" in run(data_cli, "validate", old).output
     run(data_cli, "upgrade", old, "--out", tmp_path / "v2.zarr")
     new = open_dataset(tmp_path / "v2.zarr")
-    assert new.format_version == 2 and validate(new.path) == [] and same_arrays(new, stored)
+    assert new.format_version == 3 and validate(new.path) == [] and same_arrays(new, stored)
     assert new.meta["collection"]["upgraded_from"]["format_version"] == 1
     assert new.content_sha256() == stored.content_sha256()
     path = _chunk(open_dataset(old), "steps/obs")
@@ -758,7 +758,7 @@ def test_the_same_mistake_gets_the_same_exit_code_in_every_command(stored, tmp_p
     for argv, says in (
         (["collect", "fixture", "continuous", "--level", "random", "--out", stored.path], "exists"),
         (["fixture", stored.path], "exists"),
-        (["upgrade", stored.path, "--out", tmp_path / "u.zarr"], "already format 2"),
+        (["upgrade", stored.path, "--out", tmp_path / "u.zarr"], "already format 3"),
     ):
         assert says in run(data_cli, *argv, code=2).output
     (tmp_path / "e.hdf5").write_text("")

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 import zarr
+from conftest import continuous_spec, discrete_spec, hand_episodes
 
-from omgmg.datakit import DatasetError, InvalidDatasetError, open_dataset, validate
+from omgmg.datakit import DatasetError, DatasetWriter, InvalidDatasetError, open_dataset, validate
 
 
 def _group(ds):
@@ -184,9 +185,9 @@ def test_array_of_wrong_length(continuous_data):
 
 def test_unsupported_format_version(continuous_data):
     ds, _ = continuous_data
-    _set_attr(ds, ("format_version",), 3)
+    _set_attr(ds, ("format_version",), 4)
     p = _only(validate(ds.path), "metadata.format_version", "not supported")
-    assert "[1, 2]" in p.fix
+    assert "[1, 2, 3]" in p.fix
 
 
 def test_schema_violation(continuous_data):
@@ -225,3 +226,64 @@ def test_validation_reads_in_blocks(continuous_data, discrete_data):
     ds, _ = continuous_data
     _set(ds, "steps/obs", (30, 0, 1), np.nan)
     assert validate(ds.path, block_rows=4)[0].index == 30
+
+
+# ----- format 3: what the behaviour policy did ---------------------------------------------------------------
+
+
+def _behaviour_store(tmp_path, spec, names=("log_prob", "pre_clip")):
+    """A format-3 store whose pre-clip samples run past the bounds and clip to the stored actions."""
+    eps = hand_episodes(spec, [5, 3], ["terminated", "truncated"])
+    low, high, mask = spec.action_bounds()
+    with DatasetWriter(tmp_path / "b.zarr", spec, behaviour_arrays=names) as w:
+        for ep in eps:
+            L = len(ep["reward"])
+            pre = np.linspace(-3, 3, L * spec.n_agents * spec.action_dim, dtype=np.float32)
+            pre = pre.reshape(L, spec.n_agents, spec.action_dim) * mask
+            ep = {**ep, "actions": np.clip(pre, low, high)}
+            extra = {"behaviour_log_prob": np.full((L, spec.n_agents), -1.5, np.float32)}
+            if "pre_clip" in names:
+                extra["behaviour_pre_clip"] = pre
+            w.add_episode(**ep, **extra)
+    return open_dataset(tmp_path / "b.zarr")
+
+
+def test_behaviour_arrays_are_written_read_back_and_checked(tmp_path):
+    from omgmg.datakit import TransitionLoader
+
+    spec = continuous_spec()
+    ds = _behaviour_store(tmp_path, spec)
+    assert ds.meta["behaviour_arrays"] == ["log_prob", "pre_clip"] and validate(ds.path) == []
+    pre = ds.read("steps/behaviour_pre_clip")
+    low, high, _ = spec.action_bounds()
+    assert np.array_equal(np.clip(pre, low, high), ds.read("steps/actions")) and (np.abs(pre) > 2).any()
+    batch = TransitionLoader(ds, batch_size=4, seed=0).sample()
+    assert batch.behaviour_log_prob.shape == (4, 3) and (batch.behaviour_log_prob == -1.5).all()
+    # a pre-clip sample that does not clip to its action, a non-finite log-probability: found, and named
+    g = zarr.open_group(str(ds.path), mode="r+")
+    bad = pre.copy()
+    bad[2, 0, 0] = 0.123
+    g["steps/behaviour_pre_clip"][:] = bad
+    _only(validate(ds.path), "steps/behaviour_pre_clip", "does not give the stored action")
+    g["steps/behaviour_pre_clip"][:] = pre
+    logp = ds.read("steps/behaviour_log_prob")
+    logp[4, 1] = np.nan
+    g["steps/behaviour_log_prob"][:] = logp
+    _only(validate(ds.path), "steps/behaviour_log_prob", "non-finite log-probability")
+
+
+def test_a_writer_takes_behaviour_arrays_exactly_as_declared_and_a_format_2_store_cannot_claim_them(tmp_path):
+    spec = continuous_spec()
+    ep = hand_episodes(spec, [3], ["terminated"])[0]
+    with DatasetWriter(tmp_path / "a.zarr", spec, behaviour_arrays=("log_prob",)) as w:
+        with pytest.raises(DatasetError, match="pass behaviour_log_prob exactly when"):
+            w.add_episode(**ep)
+        with pytest.raises(DatasetError, match="pass behaviour_pre_clip exactly when"):
+            w.add_episode(**ep, behaviour_log_prob=np.zeros((3, 3)), behaviour_pre_clip=ep["actions"])
+        w.add_episode(**ep, behaviour_log_prob=np.zeros((3, 3)))
+    with pytest.raises(DatasetError, match="discrete actions: behaviour_pre_clip applies to continuous"):
+        DatasetWriter(tmp_path / "d.zarr", discrete_spec(), behaviour_arrays=("pre_clip",))
+    ds = open_dataset(tmp_path / "a.zarr")
+    _set_attr(ds, ("format_version",), 2)
+    problems = validate(ds.path)
+    assert any(p.where == "metadata.behaviour_arrays" and "format 3 added them" in p.message for p in problems)

@@ -58,8 +58,9 @@ def _read_json(path: Path, fix: str) -> dict:
 
 
 BENCHMARK_NOTES = {
-    "mamujoco": "MaMuJoCo runs on gymnasium-robotics v5 with omgmg's own HAPPO datasets and local observations "
-    "(the paper: OMIGA's v2 datasets, each agent seeing the z-normalised full state and its id)",
+    "mamujoco": "MaMuJoCo runs on gymnasium-robotics v5 with omgmg's own HAPPO datasets (the paper: OMIGA's v2 "
+    "datasets); a task marked -omiga has OMIGA's observation layout (each agent sees the z-normalised full state "
+    "and its id), others local observations (Ant always: its v5 observation differs from v2's)",
     "smacv2": "SMACv2 tasks run on JaxMARL's SMAX with omgmg's own MAPPO datasets, not on StarCraft II",
 }
 

@@ -25,6 +25,8 @@ The schema (docs/experiments.md has it with examples; ``omgmg/experiments/specs/
     task = "Hopper-3x1"
     levels = ["expert", "medium"]
     steps = 50000                         # optional: steps / eval_every / eval_episodes for these datasets
+    obs_mode = "omiga"                    # optional (MaMuJoCo): OMIGA's observation layout (default local)
+    rollout_seed = 1                      # optional: an independent copy of these levels (no shared episode)
     # or: path = "/data/hopper-medium.zarr" (an existing dataset; label = "hopper-medium" optional)
 
     [grid]                                # optional: one hyperparameter, a list of values
@@ -82,24 +84,41 @@ class SpecError(ConfigError):
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A dataset a cell trains on: an existing path, or suite/task/level to generate with the collectors."""
+    """A dataset a cell trains on: an existing path, or suite/task/level to generate with the collectors
+    (``obs_mode``: MaMuJoCo's observation layout, local or omiga; ``rollout_seed``: an independent copy of
+    the level, :class:`omgmg.collectors.collect.CollectRequest`)."""
 
     suite: str | None = None
     task: str | None = None
     level: str | None = None
     path: str | None = None
     label: str | None = None
+    obs_mode: str | None = None
+    rollout_seed: int | None = None
+
+    VARIANT_KEYS = ("obs_mode", "rollout_seed")  # added later: left out of a cell's key where unset
+
+    @property
+    def variant(self) -> str:
+        """How the dataset differs from the task's default data: '' or e.g. '-omiga-rollouts1'."""
+        tag = f"-{self.obs_mode}" if self.obs_mode not in (None, "local") else ""
+        return tag + ("" if self.rollout_seed is None else f"-rollouts{self.rollout_seed}")
 
     @property
     def name(self) -> str:
         if self.path:
             return self.label or Path(self.path).stem
-        return f"{self.task}/{self.level}"
+        return f"{self.task}{self.variant}/{self.level}"
 
     @property
     def row(self) -> tuple[str, str]:
         """(task, level) for reports."""
-        return (self.label or Path(self.path).stem, "-") if self.path else (self.task, self.level)
+        return (self.label or Path(self.path).stem, "-") if self.path else (self.task + self.variant, self.level)
+
+    def to_json(self) -> dict:
+        """The fields, without the variant keys where unset (the keys of cells made before them stay)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in self.VARIANT_KEYS or v is not None}
 
 
 @dataclass(frozen=True)
@@ -118,7 +137,7 @@ class Cell:
         """Hash of everything that determines the cell's result."""
         payload = {
             "algorithm": self.algorithm,
-            "dataset": dataclasses.asdict(self.dataset),
+            "dataset": self.dataset.to_json(),
             "config": self.config,
             "data": self.data if self.dataset.path is None else None,
         }
@@ -133,7 +152,7 @@ class Cell:
     def to_json(self) -> dict:
         return {
             "algorithm": self.algorithm,
-            "dataset": dataclasses.asdict(self.dataset),
+            "dataset": self.dataset.to_json(),
             "seed": self.seed,
             "grid": list(self.grid) if self.grid else None,
             "config": self.config,
@@ -297,18 +316,34 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
             datasets.append(DatasetRef(path=str(d["path"]), label=d.get("label")))
             dataset_budgets[datasets[-1]] = own
             continue
+        variant = {k: d[k] for k in DatasetRef.VARIANT_KEYS if k in d}
+        d = {k: v for k, v in d.items() if k not in DatasetRef.VARIANT_KEYS}
         need(
             set(d) == {"suite", "task", "levels"},
-            f"{where}: give either path, or suite, task and levels (and optionally {', '.join(BUDGET_KEYS)})",
+            f"{where}: give either path, or suite, task and levels (and optionally {', '.join(BUDGET_KEYS)}, "
+            f"{', '.join(DatasetRef.VARIANT_KEYS)})",
         )
         need(d["suite"] in ("mamujoco", "smacv2"), f"{where}: suite must be mamujoco or smacv2, got {d['suite']!r}")
+        need(
+            variant.get("obs_mode", "local") in ("local", "omiga")
+            and (d["suite"] == "mamujoco" or "obs_mode" not in variant),
+            f"{where}: obs_mode is local or omiga, for MaMuJoCo tasks",
+        )
+        need(
+            isinstance(variant.get("rollout_seed", 0), int) and variant.get("rollout_seed", 0) >= 0,
+            f"{where}: rollout_seed must be a non-negative integer",
+        )
         need(isinstance(d["levels"], list) and d["levels"], f"{where}: levels must be a non-empty list")
         for level in d["levels"]:
             try:
                 level = normalise_level(level)
             except DatasetError as e:  # its message lists the levels
                 raise SpecError(f"{source}: {where}: {e}") from None
-            datasets.append(DatasetRef(suite=d["suite"], task=str(d["task"]), level=level))
+            need(
+                level != "medium-replay" or "rollout_seed" not in variant,
+                f"{where}: medium-replay (the behaviour run's training episodes) has no copy with another rollout_seed",
+            )
+            datasets.append(DatasetRef(suite=d["suite"], task=str(d["task"]), level=level, **variant))
             dataset_budgets[datasets[-1]] = own
 
     grid = None

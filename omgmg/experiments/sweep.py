@@ -64,7 +64,7 @@ def dataset_path(ref: DatasetRef, data: dict) -> Path:
         return Path(ref.path)
     settings = generation_settings(ref.suite, data)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return data_home() / "experiments" / f"data-{digest}" / f"{ref.suite}-{ref.task}-{ref.level}.zarr"
+    return data_home() / "experiments" / f"data-{digest}" / f"{ref.suite}-{ref.task}{ref.variant}-{ref.level}.zarr"
 
 
 def reference_levels(ref: DatasetRef) -> list[DatasetRef]:
@@ -72,7 +72,10 @@ def reference_levels(ref: DatasetRef) -> list[DatasetRef]:
     are generated alongside (a random level costs no training; expert reuses the behaviour run)."""
     if ref.path or ref.suite != "mamujoco":
         return []
-    return [DatasetRef(suite=ref.suite, task=ref.task, level=lvl) for lvl in ("random", "expert")]
+    # the expert data of the same behaviour run (one observation layout, one run), whatever the rollout seed
+    return [
+        DatasetRef(suite=ref.suite, task=ref.task, level=lvl, obs_mode=ref.obs_mode) for lvl in ("random", "expert")
+    ]
 
 
 def reference_returns(cell_json: dict) -> dict[str, float] | None:
@@ -105,9 +108,16 @@ def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Calla
         if ref.path:
             raise SweepError(f"dataset {path} does not exist; fix its path in the spec")
         on_note(f"generating {ref.suite}/{ref.task} {ref.level} -> {path}")
+        variant = {k: getattr(ref, k) for k in DatasetRef.VARIANT_KEYS if getattr(ref, k) is not None}
         collect(
             CollectRequest(
-                ref.suite, ref.task, ref.level, out=path, workers=workers, **generation_settings(ref.suite, data)
+                ref.suite,
+                ref.task,
+                ref.level,
+                out=path,
+                workers=workers,
+                **generation_settings(ref.suite, data),
+                **variant,
             ),
             on_note=on_note,
         )
@@ -120,7 +130,7 @@ def by_data_source(cells: list[Cell]) -> list[list[Cell]]:
     together; a dataset given by path is a group of its own."""
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
-        source = ("path", c.dataset.path) if c.dataset.path else (c.dataset.suite, c.dataset.task)
+        source = ("path", c.dataset.path) if c.dataset.path else (c.dataset.suite, c.dataset.task, c.dataset.obs_mode)
         groups.setdefault(source, []).append(c)
     return list(groups.values())
 
