@@ -63,6 +63,15 @@ METRICS = {
     "policy/grad_q_term": "gradient norm, over the actor's parameters, of the Q term of the actor loss (Eq. 10)",
     "policy/grad_bc_term": "gradient norm, over the actor's parameters, of the weighted log-likelihood term (Eq. 10)",
     "policy/actions_on_bounds": "share of the batch's continuous action entries lying on their bounds (+-1)",
+    # the paper's mechanism (Definition 4.2): how far the policy's actions sit from the data (OMGMG: the target
+    # policy pibar that Eq. 12 bootstraps from; OMIGA: its policy), on the diagnosed batch
+    "policy/action_distance": "distance of a' ~ pi(o) from the data's action a at the same o, per entry in units of "
+    "the action range (RMS over an agent's own entries, mean over agents and batch; 0: on the data's actions)",
+    "policy/action_differs": "share of agents whose a' ~ pi(o) differs from the data's action (discrete actions)",
+    "policy/behaviour_log_prob": "mean log pi_beta(a' | o) of the policy's actions under the behaviour policy that "
+    "collected the data (where it is at hand: omgmg.behaviour)",
+    "policy/behaviour_log_prob_data": "mean log pi_beta(a | o) of the data's own actions: the yardstick of "
+    "policy/behaviour_log_prob",
     # policies
     "policy/std": "mean standard deviation of the Gaussian policies",
     "policy/entropy": "mean entropy of the policy",

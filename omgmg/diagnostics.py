@@ -12,6 +12,13 @@ one watches):
   the exp term of Eq. (11) has no gradient, so V_i is pushed by its linear term alone.
 - ``policy/grad_q_term`` and ``policy/grad_bc_term`` (OMGMG): the gradient norms of Eq. (10)'s two
   terms over the actor's parameters, before clipping: which term moves the policy.
+- ``policy/action_distance`` (continuous) or ``policy/action_differs`` (discrete), and
+  ``policy/behaviour_log_prob`` against ``policy/behaviour_log_prob_data`` (OMGMG, OMIGA): the mechanism
+  the paper claims, Definition 4.2's neighbourhood of the data. How far the policy's actions a' ~ pi(o)
+  sit from the data's actions at the same o, and how likely the behaviour policy that collected the data
+  finds them (:mod:`omgmg.behaviour`) beside how likely it finds its own actions. A policy that
+  generalises moderately moves a' off the data (distance above that of a BC policy) while
+  log pi_beta(a') stays near the data's own; a policy that reproduces the data keeps both close to BC's.
 - ``value/q_tot_batch`` against ``value/mc_return``: Q_tot(s, a) against the discounted
   return-to-go the data actually collected from those transitions. For a policy better than the
   data Q_tot may lie somewhat above it; far above it is overestimation. Episodes cut by the time
@@ -58,6 +65,17 @@ def actions_on_bounds(actions: torch.Tensor, low: torch.Tensor, high: torch.Tens
     own = (mask > 0).expand_as(actions)
     on = (((actions - low).abs() < 1e-6) | ((high - actions).abs() < 1e-6)) & own
     return on.flatten(1).sum(1) / own.flatten(1).sum(1).clamp(min=1)
+
+
+def action_distance(
+    a_policy: torch.Tensor, a_data: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Each member's distance of the policy's actions from the data's, (M, B, N, A) -> (M,): per agent the RMS
+    over its own entries of (a' - a) / (high - low), averaged over agents and batch."""
+    own = (mask > 0).to(a_policy.dtype)  # (N, A)
+    span = torch.where(mask > 0, high - low, 1.0)
+    squares = (((a_policy - a_data) / span) ** 2 * own).sum(-1) / own.sum(-1).clamp(min=1)  # (M, B, N)
+    return squares.sqrt().flatten(1).mean(1)
 
 
 def grad_norm(loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:

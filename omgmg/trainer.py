@@ -467,6 +467,7 @@ def _train(
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     M, cfg = len(cfgs), cfgs[0]
     algo = build(algo_name, ds, cfgs, device)
+    algo.behaviour_log_prob = _behaviour_density(ds, warn)  # for the mechanism metrics (omgmg.diagnostics)
     if compile_update:
         algo.compile_update()
     loader = TransitionLoader(ds, cfg.batch_size, seed=[c.seed for c in cfgs], device=loader_device(ds, device))
@@ -552,10 +553,25 @@ def _train(
     results = []
     for o, config, final, best in zip(outs, configs, finals, bests, strict=True):
         plot_run(o)
-        result = {"final": final, "best": best, "algorithm": algo_name, "dataset": config["dataset"]}
+        names = {k: config[k] for k in ("dataset", "dataset_relative_to") if k in config}
+        result = {"final": final, "best": best, "algorithm": algo_name, **names}
         atomic_write_json(o / "results.json", result)
         results.append(TrainResult(o, final, best))
     return results
+
+
+def _behaviour_density(ds: Dataset, warn):
+    """log pi_beta of the policy that collected ``ds`` (:mod:`omgmg.behaviour`), None where it is not at hand
+    (or cannot be loaded: said in a warning, and training goes on without it)."""
+    from omgmg.behaviour import behaviour_density
+    from omgmg.datakit.errors import DatasetError
+
+    try:
+        return behaviour_density(ds)
+    except DatasetError as e:
+        if warn:
+            warn(f"the behaviour policy of {ds.path} could not be loaded ({e}); training goes on without it")
+        return None
 
 
 def _per_member(metrics: dict[str, torch.Tensor], members: int) -> list[dict[str, float]]:
@@ -668,16 +684,17 @@ def read_log(run_dir) -> list[dict]:
 
 
 def plot_run(run_dir) -> Path:
-    """curves.png: evaluation score and Q_tot against gradient steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """curves.png: evaluation score and Q_tot against gradient steps, and where the run logged it, the
+    mechanism (omgmg.diagnostics): how far the policy's actions sit from the data's, and how likely the
+    behaviour policy finds them beside its own actions."""
+    from matplotlib.figure import Figure
 
     log = read_log(run_dir)
     evals = [r for r in log if "eval/return" in r]
     qs = [r for r in log if "value/q_tot" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), dpi=110)
+    distance = next((k for k in ("policy/action_distance", "policy/action_differs") if any(k in r for r in log)), None)
+    fig = Figure(figsize=(15 if distance else 10, 3.5), dpi=110)
+    axes = fig.subplots(1, 3 if distance else 2)
     if evals:
         wins = evals[0].get("eval/win_rate") is not None
         axes[0].plot([r["step"] for r in evals], [eval_score(r) for r in evals], "o-")
@@ -686,10 +703,29 @@ def plot_run(run_dir) -> Path:
     if qs:
         axes[1].plot([r["step"] for r in qs], [r["value/q_tot"] for r in qs])
     axes[1].set_title("Q_tot on dataset batches")
+    if distance:
+        rows = [r for r in log if distance in r]
+        ax = axes[2]
+        label = "a' off the data (RMS / action range)" if distance.endswith("distance") else "share of a' != a"
+        ax.plot([r["step"] for r in rows], [r[distance] for r in rows], color="tab:blue", label=label)
+        ax.set_ylabel(label, color="tab:blue")
+        ax.set_title("where the policy's actions sit")
+        if any("policy/behaviour_log_prob" in r for r in rows):
+            twin = ax.twinx()
+            steps = [r["step"] for r in rows]
+            twin.plot(steps, [r.get("policy/behaviour_log_prob") for r in rows], color="tab:red", label="log beta(a')")
+            twin.plot(
+                steps,
+                [r.get("policy/behaviour_log_prob_data") for r in rows],
+                "--",
+                color="tab:red",
+                label="log beta(a)",
+            )
+            twin.set_ylabel("behaviour log-probability", color="tab:red")
+            twin.legend(fontsize=7, loc="lower right")
     for ax in axes:
         ax.set_xlabel("gradient steps")
     fig.tight_layout()
     out = Path(run_dir) / "curves.png"
     fig.savefig(out)
-    plt.close(fig)
     return out

@@ -11,7 +11,7 @@ from conftest import fixture_datasets, small_config
 
 from omgmg.algos import algorithm_class
 from omgmg.datakit import TransitionLoader, iter_episodes
-from omgmg.diagnostics import actions_on_bounds, divergence_bound, grad_norm, returns_to_go
+from omgmg.diagnostics import action_distance, actions_on_bounds, divergence_bound, grad_norm, returns_to_go
 from omgmg.nets import MemberLinear
 from omgmg.trainer import train
 
@@ -117,3 +117,61 @@ def test_censored_bound_actions_score_the_mass_beyond_the_edge_and_stay_bounded(
     far = torch.tensor([[[[9.0, 9.0]]]], requires_grad=True)
     censored._log_prob_data(far, torch.zeros(1, 1, 1, 2), high).sum().backward()
     assert far.grad.abs().max() < 1e-3  # mass beyond the edge already there: nothing left to pull
+
+
+# ----- the mechanism: where the policy's actions sit against the data's ------------------------------------------
+
+
+def test_action_distance_is_the_rms_over_own_entries_in_units_of_the_range():
+    low, high = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]]), torch.tensor([[1.0, 2.0], [0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    data = torch.zeros(1, 1, 2, 2)
+    policy = torch.tensor([[[[1.0, 2.0], [0.5, 9.0]]]])  # agent 0: 1/2 and 2/4 of its ranges; agent 1: 0.5/1
+    d = action_distance(policy, data, low, high, mask)
+    assert d.tolist() == pytest.approx([(0.5 + 0.5) / 2])  # the padding entry (9.0) does not count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, level", [("continuous", "medium"), ("discrete", "medium"), ("continuous", "random")])
+def test_the_behaviour_density_agrees_with_what_the_collector_recorded(tmp_path, monkeypatch, task, level):
+    from omgmg.behaviour import behaviour_density
+    from omgmg.collectors.collect import CollectRequest, collect
+
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))
+    ds = collect(
+        CollectRequest("fixture", task, level, episodes=8, train_steps=1000, workers=1, out=tmp_path / "d.zarr"),
+        on_note=lambda m: None,
+    )
+    density = behaviour_density(ds)
+    obs, actions = (torch.from_numpy(ds.read(k)) for k in ("steps/obs", "steps/actions"))
+    avail = torch.from_numpy(ds.read("steps/avail")) if ds.spec.discrete else None
+    recorded = ds.read("steps/behaviour_log_prob")
+    assert np.allclose(density(obs, actions, avail).numpy(), recorded, atol=2e-3)  # tanh: atanh of tanh
+    # gone from $OMGMG_HOME (or changed): no density, and training says nothing of it
+    if level != "random":
+        import shutil
+
+        shutil.rmtree(tmp_path / "home" / "runs")
+        assert behaviour_density(ds) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["omgmg", "omiga"])
+def test_the_mechanism_is_logged_for_omgmg_and_omiga(tmp_path, monkeypatch, algo):
+    from omgmg.collectors.collect import CollectRequest, collect
+    from omgmg.trainer import read_log
+
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))
+    ds = collect(
+        CollectRequest("fixture", "continuous", "medium", episodes=8, train_steps=1000, workers=1,
+                       out=tmp_path / "d.zarr"),
+        on_note=lambda m: None,
+    )  # fmt: skip
+    cfg = small_config(algo, steps=20, log_every=10, eval_every=20, eval_episodes=1)
+    train(algo, ds, cfg, tmp_path / "run")
+    logged = [r for r in read_log(tmp_path / "run") if "policy/action_distance" in r]
+    assert len(logged) == 2
+    for r in logged:
+        assert 0 < r["policy/action_distance"] < 1
+        assert np.isfinite(r["policy/behaviour_log_prob"]) and np.isfinite(r["policy/behaviour_log_prob_data"])
+    assert (tmp_path / "run" / "curves.png").exists()

@@ -27,7 +27,7 @@ from torch import nn
 from omgmg.datakit.errors import ConfigError
 from omgmg.datakit.loader import Batch, InitialStates
 from omgmg.datakit.spec import EnvSpec
-from omgmg.diagnostics import actions_on_bounds
+from omgmg.diagnostics import action_distance, actions_on_bounds
 from omgmg.members import MemberRandom, clip_grad_norm_per_member, member_mean
 from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, TwinQ
 
@@ -288,6 +288,28 @@ class OfflineAlgorithm(nn.Module):
     def q_tot(self, b: Batch) -> torch.Tensor | None:
         """Q_tot(s, a) of the batch's transitions, (M, B), for algorithms that mix one; None otherwise."""
         return None
+
+    behaviour_log_prob = None
+    """log pi_beta(a | o) of raw observations under the policy that collected the data (:mod:`omgmg.behaviour`),
+    set by the trainer where it is at hand: :meth:`generalisation` then measures the policy's actions with it."""
+
+    @torch.no_grad()
+    def generalisation(self, b: Batch, actor: nn.Module) -> dict[str, torch.Tensor]:
+        """How far ``actor``'s actions a' ~ actor(o) sit from the data's actions at the same o, per member (M,):
+        ``policy/action_distance`` or ``policy/action_differs``, and the behaviour policy's log-probability
+        of a' beside that of the data's actions where the behaviour policy is known (omgmg.diagnostics)."""
+        if self.spec.discrete:
+            a_pi = actor.sample(b.obs, b.avail, self.rng)
+            out = {"policy/action_differs": member_mean((a_pi != b.actions).float())}
+        else:
+            a_pi = actor.sample(b.obs, self.rng)[0]
+            low, high, mask = (torch.as_tensor(x, device=b.actions.device) for x in self.spec.action_bounds())
+            out = {"policy/action_distance": action_distance(a_pi, b.actions, low, high, mask)}
+        if self.behaviour_log_prob is not None:
+            raw = b.obs * self.obs_std + self.obs_mean  # the behaviour policy reads the environment's observations
+            out["policy/behaviour_log_prob"] = member_mean(self.behaviour_log_prob(raw, a_pi, b.avail))
+            out["policy/behaviour_log_prob_data"] = member_mean(self.behaviour_log_prob(raw, b.actions, b.avail))
+        return out
 
     def log_prob_data(self, b: Batch) -> torch.Tensor:
         """log pi_i(a_i | o_i) of the dataset actions under ``self.actor`` (masked softmax or tanh-Gaussian),

@@ -284,7 +284,8 @@ class OMGMG(OfflineAlgorithm):
         return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
 
     def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Adds the share of z at its clamp (Eq. 11) and the gradient norms of Eq. (10)'s two terms."""
+        """Adds the share of z at its clamp (Eq. 11), the gradient norms of Eq. (10)'s two terms, and where the
+        target policy's actions a' (Eq. 12) sit against the data's (:meth:`generalisation`)."""
         cfg, out = self.cfg, super().diagnostics(b, mc_return)
         with torch.no_grad():
             w, _ = self._value_mixer(b.state)
@@ -296,7 +297,7 @@ class OMGMG(OfflineAlgorithm):
             q_pi = q_pi / per_member(member_mean(q_pi.abs()).detach().clamp(min=1e-6), q_pi)
         out["policy/grad_q_term"] = grad_norm(member_mean(q_pi), self.actor)
         out["policy/grad_bc_term"] = grad_norm(self.hp("nu") * member_mean(torch.exp(z) * log_prob_data), self.actor)
-        return out
+        return out | self.generalisation(b, self.actor_target)  # a' of Eq. (12)'s bootstrap: pibar
 
     def _value_mixer(self, state: torch.Tensor):
         """w(s), b(s) for Eq. (11)'s weights and Eq. (12)'s V_tot(o'): the current mixer, or its target

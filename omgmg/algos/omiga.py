@@ -173,14 +173,15 @@ class OMIGA(OfflineAlgorithm):
         return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
 
     def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Adds the share of z at its clamp (the implicit value loss gets no exp-term gradient there)."""
+        """Adds the share of z at its clamp (the implicit value loss gets no exp-term gradient there), and where
+        the policy's actions sit against the data's (:meth:`generalisation`)."""
         cfg, out = self.cfg, super().diagnostics(b, mc_return)
         with torch.no_grad():
             w_bar, _ = self.mixer_target(b.state)
             q_bar = self.q_at(self.q_target, b.obs, b.actions)
             z = advantage_exponent(w_bar, q_bar, self.v(b.obs)[..., 0], self.hp("alpha"), cfg.z_clip)
         out["value/z_at_clip"] = member_mean((z.abs() >= cfg.z_clip).float())
-        return out
+        return out | self.generalisation(b, self.actor)
 
     def update_targets(self) -> None:
         for target, source in ((self.q_target, self.q), (self.v_target, self.v), (self.mixer_target, self.mixer)):
