@@ -212,9 +212,9 @@ class ProgressLines:
         done, total = task["completed"], task["total"]
         if task["first"] is None and not task["info"]:
             return f"[{_clock(time.monotonic() - self.t0)}] {task['description']}: started" + (
-                f" (0/{total:g})" if total else ""
+                f" (0/{_count(total)})" if total else ""
             )
-        parts = [f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"]
+        parts = [f"{_count(done)}/{_count(total)} ({100 * done / total:.0f}%)" if total else _count(done)]
         elapsed = time.monotonic() - task["start"]
         if task["first"] is not None and elapsed > 0 and done > task["first"]:
             rate = (done - task["first"]) / elapsed
@@ -239,6 +239,11 @@ class ProgressLines:
         """Each phase's last state, where it was not the last line shown (a phase cut short)."""
         for task in self.tasks:
             self._show(task)
+
+
+def _count(x: float) -> str:
+    """A count as people read it: 2,000,000, not 2e+06."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:,.1f}"
 
 
 def _clock(seconds: float) -> str:
