@@ -493,7 +493,7 @@ def download(url: str, out: Path, force: bool):
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=DATASET)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the upgraded dataset.")
 @click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
 @friendly_errors

@@ -14,7 +14,7 @@ from pathlib import Path
 from omgmg.datakit.dataset import open_dataset, partial_path
 from omgmg.datakit.errors import DatasetError, RequestError
 from omgmg.datakit.outputs import OutputLock, check_replaceable, is_omgmg_dataset, make_parent, os_errors
-from omgmg.datakit.remote import filesystem, first_line, is_remote
+from omgmg.datakit.remote import filesystem, is_remote, retrying
 from omgmg.datakit.validate import validate
 from omgmg.datakit.writer import _replace_atomically
 
@@ -28,9 +28,10 @@ def download(url: str, out, *, overwrite: bool = False, progress: Callable[[int,
     fs, root = filesystem(url)
     root = root.rstrip("/")
     try:
-        files = sorted(p for p in fs.find(root) if not p.rstrip("/").endswith("/"))
-    except Exception as e:  # noqa: BLE001
-        raise DatasetError(f"{url}: its files could not be listed ({type(e).__name__}: {first_line(e)})") from None
+        listed = retrying(f"{url} (listing its files)", lambda: fs.find(root))
+    except FileNotFoundError:
+        raise DatasetError(f"{url}: its files could not be listed (the server lists no folder there)") from None
+    files = sorted(p for p in listed if not p.rstrip("/").endswith("/"))
     make_parent(out)
     aside = partial_path(out)
     with OutputLock(out, "download"), os_errors(out, "downloading to"):
@@ -48,10 +49,11 @@ def download(url: str, out, *, overwrite: bool = False, progress: Callable[[int,
                 target = aside / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    data = fs.cat_file(src)
-                except Exception as e:  # noqa: BLE001
+                    data = retrying(f"{url.rstrip('/')}/{rel}", lambda src=src: fs.cat_file(src))
+                except FileNotFoundError:
                     raise DatasetError(
-                        f"{url}: {rel} could not be read ({type(e).__name__}: {first_line(e)})"
+                        f"{url.rstrip('/')}/{rel} is missing, though the server lists it; the store there is "
+                        "damaged: ask its publisher for an intact copy"
                     ) from None
                 target.write_bytes(data)
                 if progress:

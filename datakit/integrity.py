@@ -43,7 +43,8 @@ def store_root(group) -> Path | None:
 
 
 class _Files:
-    """The chunk files of a store: a local folder, or a remote store's fsspec filesystem (read-only)."""
+    """The chunk files of a store: a local folder, or a remote store's fsspec filesystem (read-only; every
+    read there times out and is retried as :mod:`omgmg.datakit.remote` says)."""
 
     def __init__(self, group):
         from omgmg.datakit.remote import sync_filesystem
@@ -52,6 +53,7 @@ class _Files:
         fs = getattr(group.store, "fs", None)
         self.fs = None if fs is None else sync_filesystem(fs)
         self.base = str(getattr(group.store, "path", "")).rstrip("/")
+        self.url = getattr(group.store, "url", None) or self.base
 
     @property
     def readable(self) -> bool:
@@ -60,27 +62,25 @@ class _Files:
     def path(self, rel: str):
         return self.root / rel if self.root is not None else f"{self.base}/{rel}"
 
-    def size(self, path) -> int | None:
-        """The file's size, or None when it is missing."""
+    def fetch(self, path, whole: bool) -> tuple[bytes | None, int | None]:
+        """(the file's bytes: all of them if ``whole``, else at least its Blosc header; its size), or
+        (None, None) when it is missing. A remote file is read whole, in one request: a missing one answers
+        404, anything else (a 500, a timeout) is an error, never taken for a missing file."""
         if self.root is not None:
             try:
-                return os.stat(path).st_size
+                size = os.stat(path).st_size
             except FileNotFoundError:
-                return None
-        try:
-            return int(self.fs.info(path)["size"])
-        except FileNotFoundError:
-            return None
-
-    def read(self, path, head: int | None = None, tail: int | None = None) -> bytes:
-        """The whole file, its first ``head`` or its last ``tail`` bytes."""
-        if self.root is not None:
+                return None, None
             with open(path, "rb") as f:
-                if tail is not None:
-                    f.seek(-tail, os.SEEK_END)
-                return f.read(head) if head is not None else f.read()
-        data = self.fs.cat_file(path)  # remote: one request per chunk file
-        return data[:head] if head is not None else data[-tail:] if tail is not None else data
+                return (f.read() if whole else f.read(BLOSC_HEADER_BYTES)), size
+        from omgmg.datakit.remote import retrying
+
+        rel = str(path)[len(self.base) :]
+        try:
+            data = retrying(f"{self.url}{rel}", lambda: self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None, None
+        return data, len(data)
 
 
 def chunk_files(group, key: str) -> list[tuple[int, Path]]:
@@ -113,12 +113,11 @@ def check_chunks(group, keys: list[str], version: int, *, checksums: bool) -> li
             return Problem(f"{key} chunk {i} ({span})", message, REGENERATE)
 
         for i, path in _chunk_files(files, arr):
-            size = files.size(path)
+            data, size = files.fetch(path, whole=bool(checksums and tail))
             if size is None:
                 if not may_be_absent:
                     problems.append(problem(i, "chunk file is missing (it would read as zeros)"))
                 continue
-            data = files.read(path) if checksums and tail else files.read(path, head=BLOSC_HEADER_BYTES)
             if size < BLOSC_HEADER_BYTES + tail:
                 problems.append(problem(i, f"chunk file is truncated ({size} bytes)"))
                 continue
@@ -150,8 +149,14 @@ def content_sha256(group, keys: list[str], version: int) -> str:
         arr = group[key]
         h.update(f"{key}:{tuple(arr.shape)}".encode())
         for i, path in _chunk_files(files, arr):
-            if files.size(path) is None:  # format 1: an all-zero chunk that was never written
+            if files.root is not None and version >= 2:  # 4 bytes read per chunk
+                with open(path, "rb") as f:
+                    f.seek(-CHECKSUM_BYTES, os.SEEK_END)
+                    h.update(f.read())
+                continue
+            data, size = files.fetch(path, whole=True)
+            if size is None:  # format 1: an all-zero chunk that was never written
                 h.update(f"absent {i}".encode())
                 continue
-            h.update(files.read(path, tail=CHECKSUM_BYTES) if version >= 2 else files.read(path))
+            h.update(data[-CHECKSUM_BYTES:] if version >= 2 else data)
     return h.hexdigest()

@@ -259,7 +259,7 @@ class TransitionLoader:
         reuse: float = 8.0,
         swap_every: int | None = None,
     ):
-        self.ds = dataset if isinstance(dataset, Dataset) else open_dataset(Path(dataset))
+        self.ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
         if self.ds.n_transitions == 0:
             raise DatasetError(f"{self.ds.path} holds no transitions; nothing to sample")
         if batch_size < 1:

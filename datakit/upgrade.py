@@ -17,7 +17,16 @@ from pathlib import Path
 from omgmg.datakit import format as fmt
 from omgmg.datakit.dataset import Dataset, open_dataset, partial_path
 from omgmg.datakit.errors import InvalidDatasetError, RequestError
-from omgmg.datakit.outputs import OutputLock, check_replaceable, is_omgmg_dataset, make_parent, os_errors, remove_output
+from omgmg.datakit.outputs import (
+    OutputLock,
+    check_replaceable,
+    is_omgmg_dataset,
+    make_parent,
+    os_errors,
+    read_lock,
+    remove_output,
+)
+from omgmg.datakit.remote import RemoteLocation, is_remote
 from omgmg.datakit.validate import validate
 from omgmg.datakit.writer import _replace_atomically
 
@@ -26,14 +35,16 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
     """Write the dataset at ``src`` in the current format to ``out``; see the module docstring."""
     import zarr
 
-    src, out = Path(src), Path(out)
+    src = RemoteLocation(src) if is_remote(str(src)) else Path(src)  # a URL stays a URL (read-only)
+    out = Path(out)
     old = open_dataset(src)
+    sources = () if is_remote(src) else (src,)
     if old.format_version == fmt.FORMAT_VERSION:
         raise RequestError(f"{src} is already format {fmt.FORMAT_VERSION}; nothing to upgrade")
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise RequestError(f"{out} already exists; choose another path or pass <<overwrite=True>>")
-        check_replaceable(out, owned=is_omgmg_dataset, what="an omgmg dataset", sources=(src,))
+        check_replaceable(out, owned=is_omgmg_dataset, what="an omgmg dataset", sources=sources)
     problems = validate(src)
     if problems:
         raise InvalidDatasetError(src, problems)
@@ -41,7 +52,7 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
     partial = partial_path(out)
     layout = old.layout
     total = sum(int(old.group[a.key].shape[0]) for a in layout)
-    with OutputLock(out, "dataset"), os_errors(out, "upgrading into"):
+    with OutputLock(out, "dataset"), read_lock(src), os_errors(out, "upgrading into"):
         if partial.exists():
             check_replaceable(partial, owned=is_omgmg_dataset, what="an unfinished omgmg write")
             remove_output(partial)
@@ -85,5 +96,5 @@ def upgrade(src, out, *, overwrite: bool = False, progress: Callable[[int, int],
         problems = validate(partial)
         if problems:
             raise InvalidDatasetError(partial, problems)
-        _replace_atomically(partial, out, overwrite, sources=(src,))  # the writer's own move into place
+        _replace_atomically(partial, out, overwrite, sources=sources)  # the writer's own move into place
     return open_dataset(out)

@@ -103,3 +103,88 @@ def test_download_checks_every_chunk_and_leaves_nothing_when_one_is_damaged(serv
     assert refused.exit_code == 2 and "not an omgmg dataset" in refused.output
     assert (mine / "keep.txt").read_text() == "mine"
     assert np.array_equal(open_dataset(got).read("steps/obs"), open_dataset(root / "c.zarr").read("steps/obs"))
+
+
+# ----- servers that misbehave (issue 38): every reader, one line, no hang past the timeout ------------------------
+
+FAULTS = ["missing", "500", "cut", "hang"]
+SAYS = {
+    "missing": "is missing",
+    "500": "HTTP 500",
+    "cut": "cut short",
+    "hang": "no answer within 1 s",
+}
+READERS = {
+    "train": (
+        train_cli,
+        [
+            "train",
+            "--dataset",
+            "{url}",
+            "--algo",
+            "bc",
+            "--steps",
+            "10",
+            "--no-eval",
+            "--hidden",
+            "8",
+            "--out",
+            "{tmp}/run",
+        ],
+    ),  # fmt: skip
+    "validate": (data_cli, ["validate", "{url}"]),
+    "export": (data_cli, ["export", "{url}", "--format", "omiga", "--out", "{tmp}/x.hdf5"]),
+    "compare": (data_cli, ["compare", "{url}", "{local}"]),
+    "download": (data_cli, ["download", "{url}", "--out", "{tmp}/dl.zarr"]),
+    "batch": (train_cli, ["batch", "{url}"]),
+}
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    from faulty_http import FaultyServer
+
+    root = tmp_path_factory.mktemp("faulty")
+    fixture_datasets(root, continuous=8, discrete=6)
+    with FaultyServer(root) as server:
+        yield root, server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("reader", list(READERS))
+def test_a_server_that_misbehaves_is_one_line_in_every_reader_and_leaves_nothing(faulty, tmp_path, monkeypatch,
+                                                                                  reader, fault):  # fmt: skip
+    import time
+
+    root, server = faulty
+    monkeypatch.setenv("OMGMG_REMOTE_TIMEOUT", "1")
+    monkeypatch.setenv("OMGMG_REMOTE_RETRIES", "1")
+    server.faults.clear()
+    server.faults["c.zarr/steps/obs/c/0/0/0"] = fault  # the first chunk of the observations
+    cli, args = READERS[reader]
+    argv = [a.format(url=f"{server.url}/c.zarr", tmp=tmp_path, local=root / "d.zarr") for a in args]
+    t0 = time.monotonic()
+    result = CliRunner().invoke(cli, argv)
+    assert time.monotonic() - t0 < 30  # a silent server costs the timeout per try, never minutes
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert SAYS[fault] in result.output and "steps/obs" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []  # no run folder, no partial download or export, no lock file
+
+
+def test_transient_failures_are_retried_and_a_healed_server_is_read_in_full(faulty, monkeypatch):
+    from omgmg.datakit import remote
+
+    root, server = faulty
+    monkeypatch.setattr(remote, "FIRST_PAUSE", 0.01)
+    server.faults.clear()
+    key = "c.zarr/steps/obs/c/0/0/0"
+    server.faults[key] = "500*2"  # answers 500 twice, then the file: within the 3 retries
+    server.requests[key] = before = 0
+    local, remote_ds = open_dataset(root / "c.zarr"), open_dataset(f"{server.url}/c.zarr")
+    assert np.array_equal(remote_ds.read("steps/obs"), local.read("steps/obs"))
+    assert server.requests[key] - before == 3
+    server.faults[key] = "cut*1"
+    server.requests[key] = 0
+    assert np.array_equal(open_dataset(f"{server.url}/c.zarr").read("steps/obs"), local.read("steps/obs"))
