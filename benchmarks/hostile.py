@@ -7,7 +7,7 @@ is on disk afterwards. Run it against this tree, or against another checkout to 
     python benchmarks/hostile.py --only force,chunk     # cases whose name contains a word
 
 Disk-full cases mount a 2 MiB tmpfs and are skipped where mounting is not permitted (needs root).
-Prints a markdown table (case, exit code, first line, afterwards).
+Prints a markdown table (case, exit code, seconds the command took, its first error line, afterwards).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,17 @@ SAME = textwrap.dedent("""
     same = all(np.array_equal(a[k][:], b[k][:]) for k in ("steps/obs", "steps/actions", "steps/reward"))
     print(f"{a.attrs['level']}, {a['episodes/length'].shape[0]} episodes; identical to a fresh run of the request: "
           f"{same}")
+""")
+
+SERVE = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[1] + "/tests")
+    from faulty_http import FaultyServer
+    server = FaultyServer(".")
+    if sys.argv[2] != "none":
+        server.faults["f.zarr/steps/obs/c/0/0/0"] = sys.argv[2]
+    open("url", "w").write(server.url + "/f.zarr")
+    time.sleep(900)
 """)
 
 TRAIN = "omgmg train --algo bc --no-eval --steps 90 --eval-every 30 --log-every 20 --hidden 16 --eval-episodes 1"
@@ -278,6 +290,100 @@ CASES = [
         "echo",
     ),
     ("bad input: a sweep spec that is a folder", ["mkdir spec.toml"], "omgmg sweep spec.toml --out s", "echo"),
+    *[
+        (
+            f"remote: a server whose first steps/obs chunk is {fault}, {verb}",
+            [
+                "omgmg-data fixture f.zarr --episodes 30",
+                f"nohup python serve.py $PYTHONPATH {fault} > serve.log 2>&1 & echo $! > serve.pid; sleep 3",
+            ],
+            command,
+            "kill $(cat serve.pid); ls -a | grep -v -e '^\\.\\.\\?$' -e f.zarr -e serve -e url -e '\\.py$' -e .bin "
+            "| tr '\\n' ' '; echo '(nothing else on disk)'",
+        )
+        for fault in ("missing", "500", "cut", "hang")
+        for verb, command in (
+            ("train", f"{TRAIN} --dataset $(cat url) --out run"),
+            ("validate", "omgmg-data validate $(cat url)"),
+            ("download", "omgmg-data download $(cat url) --out dl.zarr"),
+        )
+    ],
+    (
+        "url: batch of a URL",
+        [
+            "omgmg-data fixture f.zarr --episodes 30",
+            "nohup python serve.py $PYTHONPATH none > serve.log 2>&1 & echo $! > serve.pid; sleep 3",
+        ],
+        "omgmg batch $(cat url) | head -1",
+        "kill $(cat serve.pid)",
+    ),
+    (
+        "url: upgrade of a URL",
+        [
+            "omgmg-data fixture f.zarr --episodes 30",
+            "nohup python serve.py $PYTHONPATH none > serve.log 2>&1 & echo $! > serve.pid; sleep 3",
+        ],
+        "omgmg-data upgrade $(cat url) --out u.zarr",
+        "kill $(cat serve.pid)",
+    ),
+    ("bad input: collect without --level", [], "omgmg-data collect mamujoco Hopper-3x1 --transitions 100", "echo"),
+    (
+        "bad input: --device mps",
+        ["omgmg-data fixture f.zarr --episodes 10"],
+        f"{TRAIN} --dataset f.zarr --out run --device mps",
+        "ls -d run 2>&1",
+    ),
+    (
+        "bad input: --seeds ''",
+        ["omgmg-data fixture f.zarr --episodes 10"],
+        f"{TRAIN} --dataset f.zarr --out run --seeds ''",
+        "ls -d run 2>&1",
+    ),
+    (
+        "bad input: --seeds 0-",
+        ["omgmg-data fixture f.zarr --episodes 10"],
+        f"{TRAIN} --dataset f.zarr --out run --seeds 0-",
+        "ls -d run 2>&1",
+    ),
+    (
+        "bad input: --grid lam=0 --grid lam=1",
+        ["omgmg-data fixture f.zarr --episodes 10"],
+        "omgmg train --dataset f.zarr --no-eval --steps 4 --hidden 8 --grid lam=0 --grid lam=1 --out run",
+        "ls -d run 2>&1",
+    ),
+    (
+        "bad input: verify --atol nan",
+        ["omgmg-data collect fixture continuous --level random --episodes 5 --workers 1 --out d.zarr"],
+        "omgmg-data verify d.zarr --atol nan",
+        "echo",
+    ),
+    (
+        "bad input: import og-marl of omgmg's own export with --task foo/bar",
+        ["omgmg-data fixture f.zarr --episodes 10", "omgmg-data export f.zarr --format og-marl --out v.vlt"],
+        "omgmg-data import og-marl v.vlt --task foo/bar --out i.zarr",
+        "ls -d i.zarr 2>&1",
+    ),
+    (
+        "export: NaN observations and an action of 50.0",
+        [
+            "omgmg-data fixture f.zarr --episodes 10",
+            "python -c \"import zarr,numpy as np; g=zarr.open_group('f.zarr',mode='r+'); o=g['steps/obs'][:]; "
+            "o[5,0,0]=np.nan; g['steps/obs'][:]=o; a=g['steps/actions'][:]; a[7,1,0]=50.0; g['steps/actions'][:]=a\"",
+        ],
+        "omgmg-data export f.zarr --format omiga --out x.hdf5",
+        "ls x.hdf5 2>&1",
+    ),
+    (
+        "sweep: --device cuda on a machine without CUDA",
+        [
+            "omgmg-data fixture f.zarr --episodes 10",
+            'printf \'name = "t"\\nalgorithms = ["bc"]\\nseeds = [0]\\ndatasets = [{ path = "f.zarr" }]\\n'
+            "[budget]\\nsteps = 10\\neval_every = 10\\neval_episodes = 1\\n[smoke]\\nseeds = [0]\\nsteps = 10\\n"
+            "eval_every = 10\\neval_episodes = 1\\n' > spec.toml",
+        ],
+        "omgmg sweep spec.toml --out sw --device cuda",
+        "ls sw/cells 2>&1 | head -1",
+    ),
 ]
 
 
@@ -287,15 +393,15 @@ def main() -> None:
     ap.add_argument("--only", help="Comma-separated words: run the cases whose name contains one of them.")
     args = ap.parse_args()
     words = args.only.split(",") if args.only else None
-    print("| case | exit | first line | afterwards |\n|---|---|---|---|")
+    print("| case | exit | s | first line | afterwards |\n|---|---|---|---|---|")
     for name, setup, command, after in CASES:
         if words and not any(w in name for w in words):
             continue
-        code, line, state = run_case(args.root.resolve(), setup, command, after)
-        print(f"| {name} | {code} | {line} | {state} |", flush=True)
+        code, seconds, line, state = run_case(args.root.resolve(), setup, command, after)
+        print(f"| {name} | {code} | {seconds} | {line} | {state} |", flush=True)
 
 
-def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[str, str, str]:
+def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[str, str, str, str]:
     work = Path(tempfile.mkdtemp(prefix="omgmg-hostile-"))
     bin_dir = work / ".bin"
     bin_dir.mkdir()
@@ -307,9 +413,11 @@ def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[st
     (work / "stop_train.py").write_text(STOP_TRAIN)
     (work / "flip.py").write_text(FLIP)
     (work / "same.py").write_text(SAME)
+    (work / "serve.py").write_text(SERVE)
     env = {
         **os.environ,
         "PYTHONPATH": str(root),
+        "OMGMG_REMOTE_TIMEOUT": "5",  # a silent server's cost, per try
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "OMGMG_HOME": str(work / "home"),
         "COLUMNS": "250",
@@ -319,11 +427,14 @@ def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[st
         for cmd in setup:
             r = sh(cmd)
             if "mount" in cmd and r.returncode:
-                return "-", "skipped: mounting a tmpfs is not permitted here", ""
+                return "-", "-", "skipped: mounting a tmpfs is not permitted here", ""
+        t0 = time.perf_counter()
         met = sh(command)
+        seconds = f"{time.perf_counter() - t0:.1f}"
         lines = [x.strip() for x in (met.stderr + met.stdout).splitlines() if x.strip()]
-        kept = [x for x in lines if not x.startswith("Traceback")]
-        first = kept[0] if kept else ""
+        kept = [x for x in lines if not x.startswith(("Traceback", "["))]  # progress lines ([0:00:01] ...) aside
+        said = [x for x in kept if x.startswith(("error:", "invalid:", "Error:"))]
+        first = (said or kept or [""])[0]
         if first.endswith(("problem(s))", "not a valid omgmg dataset")) and len(kept) > 1:  # show the first problem
             first += " " + kept[1]
         if any(x.startswith("Traceback") for x in lines):
@@ -332,7 +443,7 @@ def run_case(root: Path, setup: list[str], command: str, after: str) -> tuple[st
             first = f"killed by signal {abs(met.returncode) % 128}: " + first
         state = sh(after).stdout.strip().replace("\n", " ") if after else ""
         clip = lambda s: (s[:150] + " ...") if len(s) > 150 else s  # noqa: E731
-        return str(met.returncode), clip(first.replace("|", "/")), clip(state.replace("|", "/"))
+        return str(met.returncode), seconds, clip(first.replace("|", "/")), clip(state.replace("|", "/"))
     finally:
         subprocess.run(["bash", "-c", "umount small 2>/dev/null; true"], cwd=work)
         shutil.rmtree(work, ignore_errors=True)

@@ -87,7 +87,8 @@ def compare(a: Path, b: Path, plot: Path | None):
         t.add_column(col, justify="right" if col else "left")
     t.add_row("task / level", f"{da.spec.name} / {da.level}", f"{db.spec.name} / {db.level}")
     t.add_row("episodes", str(c.episodes[0]), str(c.episodes[1]))
-    t.add_row("also in the other", f"{100 * c.shared_share[0]:.1f}%", f"{100 * c.shared_share[1]:.1f}%")
+    shared = [round(x * n) for x, n in zip(c.shared_share, c.episodes, strict=True)]  # counts: nothing rounded away
+    t.add_row("also in the other", *(f"{k} of {n}" for k, n in zip(shared, c.episodes, strict=True)))
     t.add_row(
         "return mean ± std",
         f"{c.returns[0].mean():.4g} ± {c.returns[0].std():.3g}",
@@ -113,42 +114,65 @@ def compare(a: Path, b: Path, plot: Path | None):
 @click.argument("path", type=DATASET)
 @click.option(
     "--episodes",
-    default=10,
+    default="10",
     show_default=True,
-    type=click.IntRange(min=0),
-    help="Seeded episodes to replay, spread evenly over the dataset (0: all of them).",
+    callback=lambda ctx, param, value: _episode_count(value),
+    help="Seeded episodes to replay, spread evenly over the dataset: a number, or all (0 also means all).",
 )
 @click.option(
     "--atol",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=float("inf")),
+    callback=lambda ctx, param, value: _finite(value, "--atol"),
     help="Tolerance per value (0: exact, as MaMuJoCo and SMAX replay on the recorded versions).",
 )
 @friendly_errors
-def verify(path: Path, episodes: int, atol: float):
+def verify(path: Path, episodes: int | None, atol: float):
     """Re-simulate stored episodes: rebuild the environment from the metadata, reset each chosen episode
     from its recorded seed, drive it with its stored actions and compare every step (rewards, end flags,
     observations, states, action masks). One line per mismatch; exit 1 on any."""
     from omgmg.collectors.verify import verify as run_verify
 
     with progress_bar("replaying episodes", None) as update:
-        report = run_verify(path, episodes or None, atol=atol, progress=update)
+        report = run_verify(path, episodes, atol=atol, progress=update)
     for line in report.version_warnings:
         warn(f"installed versions differ from the recorded ones: {line}")
     for m in report.mismatches:
         err_console.print(f"[bold red]mismatch:[/] {escape(str(m))}", highlight=False, soft_wrap=True)
-    n = len(report.episodes)
+    n, seeded = len(report.episodes), report.seeded
     tolerance = "exactly" if atol == 0 else f"within {atol:g}"
     skipped = f"; {report.unseeded} episodes have no recorded seed" if report.unseeded else ""
+    which = (
+        f"all {n} seeded episodes" if n == seeded else f"{n} of {seeded} seeded episodes (--episodes all: every one)"
+    )
     if report.ok:
         console.print(
-            f"[bold green]verified[/] {path}: {n} episodes replayed, every step matches {tolerance}{skipped}",
+            f"[bold green]verified[/] {path}: {which} replayed, every step matches {tolerance}{skipped}",
             highlight=False,
         )
         return
     bad = len({m.episode for m in report.mismatches})
     fail(f"{path}: {bad} of {n} replayed episodes differ from the data{skipped}", EXIT_INVALID)
+
+
+def _episode_count(text: str) -> int | None:
+    """--episodes of verify: a count, or all (None)."""
+    if str(text).strip().lower() in ("all", "0"):
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 1:
+        raise click.BadParameter(f"{text!r}: give a number of episodes, or all", param_hint="--episodes")
+    return n
+
+
+def _finite(value: float, flag: str) -> float:
+    if value != value:  # NaN passes every range check
+        raise click.BadParameter(f"{flag} must be a number, not nan", param_hint=flag)
+    return value
 
 
 @main.command()
@@ -258,10 +282,8 @@ def fixture(out: Path, shape: str, episodes: int, seed: int, max_episode_len: in
 
 ACTION_BOUND = click.option(
     "--action-bound",
-    default=1.0,
-    show_default=True,
     type=click.FloatRange(min=0, min_open=True),
-    help="Continuous actions lie in [-bound, bound] (the file does not say).",
+    help="Continuous actions lie in [-bound, bound] (the file does not say; default 1).",
 )
 
 
@@ -292,7 +314,14 @@ def import_group():
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @friendly_errors
 def import_omiga_cmd(
-    src: Path, task: str, level: str, out: Path, episode_limit: int, rows: str | None, action_bound: float, force: bool
+    src: Path,
+    task: str,
+    level: str,
+    out: Path,
+    episode_limit: int,
+    rows: str | None,
+    action_bound: float | None,
+    force: bool,
 ):
     """Import an OMIGA MaMuJoCo HDF5 file (keys s, o, a, r, d)."""
     from omgmg.datakit.format import normalise_level
@@ -307,7 +336,7 @@ def import_omiga_cmd(
             level=level,
             episode_limit=episode_limit,
             rows=rows,
-            action_bound=action_bound,
+            action_bound=1.0 if action_bound is None else action_bound,
             overwrite=force,
             progress=update,
         )
@@ -351,7 +380,7 @@ def import_og_marl_cmd(
     level: str | None,
     episode_limit: int | None,
     rows: str | None,
-    action_bound: float,
+    action_bound: float | None,
     force: bool,
 ):
     """Import an OG-MARL vault dataset (flashbax; needs omgmg[ogmarl]): VAULT is NAME.vlt/UID or NAME.vlt."""

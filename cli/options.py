@@ -73,14 +73,16 @@ def request_options(cls, *, skip: Iterable[str] = (), required: Iterable[str] = 
                 fn = click.option(f"{flag(f.name)}/{off}", f.name, default=None, help=docs.get(f.name, ""))(fn)
                 continue
             show = default is not None
+            # a required option gets no default at all: click 8.3+ takes an explicit None as a value given
+            given_default = {} if f.name in required else {"default": default}
             fn = click.option(
                 flag(f.name),
                 f.name,
                 type=_click_type(f.type, default),
-                default=default,
                 required=f.name in required,
                 show_default=show,
                 help=docs.get(f.name, ""),
+                **given_default,
             )(fn)
         return fn
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from omgmg.cli.common import (
     DATASET,
+    EXIT_INVALID,
     EXIT_USAGE,
     console,
     err_console,
@@ -57,17 +58,26 @@ COMPILE = click.option(
 )
 
 
+MAX_MEMBERS = 1000
+"""Runs one batched program trains at most (--seeds x --grid): each member holds its own networks."""
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0-4' -> [0, 1, 2, 3, 4]; '0,2,7' -> [0, 2, 7]; ranges and lists combine ('0-2,9')."""
+    usage = f"{text!r}: give seeds as a range 0-4, a list 0,1,2, or both (0-2,9)"
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give seeds as a range 0-4, a list 0,1,2, or both (0-2,9)") from None
-    if len(set(seeds)) < len(seeds) or not seeds:
-        raise click.BadParameter(f"{text!r}: each seed once, at least one")
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):  # '', '0-', '-1', 'a': no seed to take
+            raise click.BadParameter(usage)
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise click.BadParameter(f"{text!r}: the range {part.strip()} runs backwards; write {last}-{first}")
+        if last - first + 1 + len(seeds) > MAX_MEMBERS:
+            raise click.BadParameter(f"{text!r}: at most {MAX_MEMBERS} seeds in one program; split the run")
+        seeds += list(range(first, last + 1))
+    if len(set(seeds)) < len(seeds):
+        raise click.BadParameter(f"{text!r}: each seed once")
     return seeds
 
 
@@ -76,6 +86,10 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
     grid: dict[str, list[float]] = {}
     for item in items:
         name, sep, values = item.partition("=")
+        if name.strip() in grid:
+            raise click.BadParameter(
+                f"{name.strip()} is given twice; give its values once: {name.strip()}=V1,V2,...", param_hint="--grid"
+            )
         try:
             grid[name.strip()] = [float(v) for v in values.split(",")] if sep else []
         except ValueError:
@@ -154,7 +168,7 @@ def train(
                 f"default {resolved.eval_every} would evaluate only at the end. --eval-every sets it",
                 highlight=False,
             )
-    seed_list = parse_seeds(seeds) if seeds else None
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     points = parse_grid(grid)
     batchable = algorithm_class(algo).member_hyperparameters
     for name in points:
@@ -428,6 +442,8 @@ def sweep(
             f"  [red]error[/] {r['cell']['algorithm']} on {r['cell']['dataset']}: {r['error']}", highlight=False
         )
     console.print("report: " + "  ".join(str(p_) for p_ in paths), highlight=False)
+    if errors:  # a sweep with failed cells did not do what was asked: say so in the exit code
+        fail(f"{len(errors)} of {len(results)} cells failed; running the sweep again retries them", EXIT_INVALID)
 
 
 @main.command()

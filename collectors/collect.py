@@ -104,6 +104,8 @@ class CollectRequest:
     actions) or HAPPOConfig (continuous), e.g. ``{"actor_lr": 3e-4}``."""
 
     def __post_init__(self):
+        if self.level is None:
+            raise ConfigError("which level? give one of expert, medium, medium-expert, medium-replay, random")
         self.level = normalise_level(self.level)
         for name in ("transitions", "episodes", "train_steps", "num_envs", "workers"):
             value = getattr(self, name)

@@ -51,6 +51,8 @@ class VerifyReport:
     atol: float = 0.0
     unseeded: int = 0
     """Episodes the dataset holds without a recorded seed (not replayable)."""
+    seeded: int = 0
+    """Episodes with a recorded seed (of which ``episodes`` were replayed)."""
 
     @property
     def ok(self) -> bool:
@@ -78,6 +80,7 @@ def verify(
     if episodes is not None and episodes < len(seeded):
         seeded = [seeded[int(i)] for i in np.linspace(0, len(seeded) - 1, episodes).round()]
     report = VerifyReport(
+        seeded=len(seeded_episodes(provenance)),
         episodes=seeded,
         version_warnings=version_differences(provenance.get("packages", {})),
         atol=atol,

@@ -92,7 +92,9 @@ def bound_share(ds: Dataset, atol: float = BOUND_ATOL) -> list[float] | None:
 
 
 def episode_hashes(ds: Dataset) -> list[str]:
-    """The sha256 of each episode's observations, actions and rewards (equal episodes, equal hashes)."""
+    """The sha256 of each episode's observations, states, actions, rewards, end flags and final observation
+    and state (equal episodes, equal hashes; a copy differing anywhere in them, its final rows included,
+    is another episode)."""
     out = []
     starts, lengths = ds.episode_starts(), ds.episode_lengths()
     e = 0
@@ -101,12 +103,16 @@ def episode_hashes(ds: Dataset) -> list[str]:
         while f < len(lengths) and starts[f] + lengths[f] - starts[e] <= BLOCK_ROWS:
             f += 1
         lo, hi = int(starts[e]), int(starts[f - 1] + lengths[f - 1])
-        block = {k: ds.read(f"steps/{k}", lo, hi) for k in ("obs", "actions", "reward")}
+        keys = ("obs", "state", "actions", "reward", "terminated", "truncated")
+        block = {k: ds.read(f"steps/{k}", lo, hi) for k in keys}
+        finals = {k: ds.read(f"episodes/{k}", e, f) for k in ("final_obs", "final_state")}
         for j in range(e, f):
             a, b = int(starts[j]) - lo, int(starts[j] + lengths[j]) - lo
             h = hashlib.sha256()
-            for k in ("obs", "actions", "reward"):
+            for k in keys:
                 h.update(np.ascontiguousarray(block[k][a:b]).tobytes())
+            for v in finals.values():
+                h.update(np.ascontiguousarray(v[j - e]).tobytes())
             out.append(h.hexdigest())
         e = f
     return out
@@ -165,16 +171,18 @@ def compare(a: Dataset, b: Dataset) -> Comparison:
             "by construction"
         )
     if min(share) > SAME_EPISODES:  # each is mostly the other
+        counts = [sum(h in common for h in x) for x in (ha, hb)]
         c.warnings.append(
-            f"{levels} share {100 * share[0]:.0f}% / {100 * share[1]:.0f}% of their episodes: "
+            f"{levels} share {counts[0]} of {len(ha)} / {counts[1]} of {len(hb)} of their episodes: "
             + ("identical data" if min(share) == 1.0 else "largely the same data")
             + (" under two level names" if a.level != b.level else "")
         )
     elif max(share) > SAME_EPISODES:  # one lies inside the other (medium inside medium-expert, by definition)
         inner, outer = (0, 1) if share[0] >= share[1] else (1, 0)
+        shared = round(share[inner] * c.episodes[inner])
         c.notes.append(
-            f"{100 * share[inner]:.1f}% of {c.names[inner]}'s episodes are also in {c.names[outer]} "
-            f"(which holds {c.episodes[outer]} episodes, {100 * share[outer]:.1f}% of them shared)"
+            f"{shared} of {c.names[inner]}'s {c.episodes[inner]} episodes are also in {c.names[outer]} "
+            f"(which holds {c.episodes[outer]} episodes)"
         )
     if same_task and a.level != b.level and c.ks < SAME_RETURNS:
         c.warnings.append(

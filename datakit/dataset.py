@@ -17,7 +17,7 @@ import numpy as np
 
 from omgmg.datakit import format as fmt
 from omgmg.datakit import integrity
-from omgmg.datakit.errors import DatasetError, InvalidDatasetError, RequestError
+from omgmg.datakit.errors import DatasetError, InvalidDatasetError, Problem, RequestError
 from omgmg.datakit.remote import RemoteLocation, is_remote, open_group
 from omgmg.datakit.spec import EnvSpec
 
@@ -107,19 +107,11 @@ class Dataset:
         return int(self.meta["format_version"])
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows ``start:stop`` of an array; a chunk whose checksum fails raises a DatasetError."""
+        """Rows ``start:stop`` of an array; a chunk that fails its checksum (format 2 on) or cannot be decoded
+        (a format-1 store, which has no checksums, altered in place) raises a DatasetError naming the rows."""
         arr = self.group[key]
         stop = arr.shape[0] if stop is None else stop
-        try:
-            return np.asarray(arr[start:stop])
-        except ValueError as e:
-            if "checksum" not in str(e):
-                raise
-            raise DatasetError(
-                f"{self.path}: a chunk of {key} within rows {start}-{stop - 1} is damaged (its checksum "
-                f"does not match); run `omgmg-data validate {self.path}` for the list, and restore "
-                "or regenerate the dataset"
-            ) from None
+        return read_rows(arr, key, start, stop, self.path)
 
     def content_sha256(self) -> str:
         """Fingerprint of the data (see :func:`omgmg.datakit.integrity.content_sha256`): equal for copies of
@@ -130,6 +122,35 @@ class Dataset:
     def chunk_rows(self) -> int:
         """Chunk length of ``steps/obs`` along time (the natural unit for streaming reads)."""
         return int(self.group["steps/obs"].chunks[0])
+
+
+def read_rows(arr, key: str, start: int, stop: int, path) -> np.ndarray:
+    """``arr[start:stop]``, with a damaged chunk as one DatasetError naming the store, the array and the rows."""
+    try:
+        return np.asarray(arr[start:stop])
+    except (ValueError, RuntimeError) as e:
+        text = str(e)
+        if "checksum" in text:
+            what = "is damaged (its checksum does not match)"
+        elif "decompress" in text or "blosc" in text.lower():
+            what = "cannot be decoded (damaged; a format-1 store has no checksums to catch it sooner)"
+        else:
+            raise
+        raise DamagedChunk(path, key, start, stop, what) from None
+
+
+class DamagedChunk(DatasetError):
+    """A chunk of ``key`` within rows ``start:stop`` is damaged (``what``); :func:`read_rows` raises it."""
+
+    def __init__(self, path, key: str, start: int, stop: int, what: str):
+        self.key, self.rows, self.what = key, f"{start}-{stop - 1}", what
+        super().__init__(
+            f"{path}: a chunk of {key} within rows {self.rows} {what}; run `omgmg-data validate {path}` for the "
+            "list, and restore or regenerate the dataset"
+        )
+
+    def problem(self) -> Problem:
+        return Problem(self.key, f"a chunk within rows {self.rows} {self.what}", "restore or regenerate the dataset")
 
 
 def open_dataset(path, *, check: bool = True) -> Dataset:

@@ -37,7 +37,6 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -410,17 +409,21 @@ class TransitionLoader:
             yield self.sample()
 
 
-def iter_episodes(dataset, *, stop: int | None = None, block_rows: int = 65536) -> Iterator[dict[str, np.ndarray]]:
+def iter_episodes(
+    dataset, *, stop: int | None = None, block_rows: int = 65536, check: bool = False
+) -> Iterator[dict[str, np.ndarray]]:
     """Whole episodes in order (the first ``stop`` only, if given), as dicts of numpy arrays (time
     first), read in blocks of whole episodes. ``dataset``: a path or a :class:`Dataset` (also the
-    committed part of an unfinished write, :func:`omgmg.datakit.writer.open_unfinished`).
+    committed part of an unfinished write, :func:`omgmg.datakit.writer.open_unfinished`). With ``check``,
+    every block's values are checked against the format's invariants first (InvalidDatasetError, with the
+    lines ``validate`` gives): what exports use, so they never write what validation rejects.
 
     Each dict has the ``steps/`` arrays (``obs`` (L, N, O), ``state``, ``actions``, ``reward``,
     ``terminated``, ``truncated``, ``avail`` where discrete, ``behaviour_log_prob`` and ``behaviour_pre_clip``
     where stored), the episode's ``final_obs``,
     ``final_state`` (and ``final_avail``, ``won`` where present), ``return`` and ``index``.
     """
-    ds = dataset if isinstance(dataset, Dataset) else open_dataset(Path(dataset))
+    ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     lengths = ds.episode_lengths()[:stop]
     starts = np.cumsum(lengths) - lengths
     ep_keys = _final_keys(ds) + ["return"] + (["won"] if ds.spec.reports_wins else [])
@@ -433,6 +436,10 @@ def iter_episodes(dataset, *, stop: int | None = None, block_rows: int = 65536) 
         lo, hi = int(starts[e]), int(starts[f - 1] + lengths[f - 1])
         steps = {k: ds.read(f"steps/{k}", lo, hi) for k in _step_keys(ds)}
         eps = {k: ds.read(f"episodes/{k}", e, f) for k in ep_keys}
+        if check:
+            local_ends = (starts[e:f] + lengths[e:f] - 1 - lo).astype(np.int64)
+            finals = {k: v for k, v in eps.items() if k.startswith("final_")}
+            _check_values(ds, lo, steps, finals, local_ends, e)
         for j in range(e, f):
             a, b = int(starts[j]) - lo, int(starts[j] + lengths[j]) - lo
             out = {k: v[a:b] for k, v in steps.items()}

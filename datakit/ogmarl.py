@@ -50,17 +50,18 @@ from pathlib import Path
 import numpy as np
 
 from omgmg.datakit.dataset import Dataset, open_dataset
-from omgmg.datakit.errors import BackendUnavailable, DatasetError, OutputError, RequestError
+from omgmg.datakit.errors import BackendUnavailable, DatasetError, RequestError
 from omgmg.datakit.format import BEHAVIOUR_ARRAYS, normalise_level
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.omiga import is_omiga_observations, znorm
 from omgmg.datakit.outputs import (
     OutputLock,
     check_replaceable,
+    check_room,
     fsync_dir,
-    human_bytes,
     make_parent,
     os_errors,
+    read_lock,
     remove_output,
 )
 from omgmg.datakit.provenance import layouts, package_versions
@@ -289,11 +290,12 @@ def import_vault(
     level: str | None = None,
     episode_limit: int | None = None,
     rows: str | None = None,
-    action_bound: float = 1.0,
+    action_bound: float | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
     """Convert one OG-MARL vault dataset to an omgmg dataset at ``out``; see the module docstring.
+    ``action_bound``: continuous actions' bound where the vault does not say (default 1).
 
     ``src``: the vault dataset folder (``.../3hopper.vlt/Expert``) or its ``.vlt`` folder with ``uid``.
     ``task``: OG-MARL's ``env_name/scenario`` (default: read from the path); ``level``: default from the
@@ -306,7 +308,15 @@ def import_vault(
     if ours:
         spec = EnvSpec.from_json(meta["omgmg"]["spec"])
         where = None
+        given = {"task": task, "rows": rows, "action_bound": action_bound, "episode_limit": episode_limit}
+        given = {k: v for k, v in given.items() if v is not None}
+        if given:  # an omgmg export says all of these itself: another value would be silently ignored
+            raise RequestError(
+                f"{uid_dir} was exported by omgmg, which recorded its task, rows, action bounds and episode limit "
+                f"({spec.name}); leave out {', '.join(f'<<{k}=...>>' for k in given)}"
+            )
     else:
+        action_bound = 1.0 if action_bound is None else action_bound
         if task is None and path_names is None:
             raise RequestError(
                 f"{uid_dir} is not under {{source}}/{{env_name}}/{{scenario}}.vlt/, so its task is unknown: "
@@ -617,13 +627,20 @@ def export_vault(
     N, O, S, T = spec.n_agents, spec.obs_dim, spec.state_dim, ds.n_transitions
     width = N * O + S + (N * (spec.n_actions + 1) if spec.discrete else N * spec.action_dim) + 3 * N
     need = T * 4 * width + (1 << 20)  # uncompressed float32 rows (gzip makes it smaller) + headroom
+    made = not out.exists()  # the .vlt folder, made here (for the lock): removed again if the export fails
     make_parent(target)
-    free = shutil.disk_usage(out).free
-    if free < need:
-        raise OutputError(
-            f"exporting to {target} needs up to {human_bytes(need)}; its device has {human_bytes(free)} free: "
-            "free some space or write somewhere else"
-        )
+    try:
+        return _export_into(ds, out, target, uid, overwrite, need, block_rows, progress, Vault, BufferState)
+    except BaseException:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _export_into(ds: Dataset, out: Path, target: Path, uid: str, overwrite: bool, need: int, block_rows, progress,
+                 Vault, BufferState) -> Path:  # fmt: skip
+    spec = ds.spec
+    check_room(out, need, target)
     source, env_name, scenario = vault_names(spec)
     metadata = {
         "exported_by": "omgmg",
@@ -638,7 +655,7 @@ def export_vault(
         "og_marl": {"source": source, "env_name": env_name, "scenario": scenario, "uid": uid},
     }
     aside = out.parent / f".{out.name}.{uid}.partial"  # outside the .vlt: OG-MARL lists every folder in it
-    with OutputLock(target, "export"), os_errors(target, "exporting to"):
+    with OutputLock(target, "export"), read_lock(ds.path), os_errors(target, "exporting to"):
         if target.exists() or target.is_symlink():  # judged under the lock: not one another export is writing
             if not overwrite:
                 raise RequestError(f"{target} already exists; choose another uid or path, or pass <<overwrite=True>>")
@@ -692,7 +709,7 @@ def _write_vault(ds: Dataset, Vault, BufferState, aside: Path, uid: str, metadat
         if progress:
             progress(written, T)
 
-    for ep in iter_episodes(ds):
+    for ep in iter_episodes(ds, check=True):  # never write what validation rejects
         L = len(ep["reward"])
         ends = np.zeros((L, N), bool)
         rows = {

@@ -34,24 +34,24 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from omgmg.datakit.dataset import Dataset, open_dataset
-from omgmg.datakit.errors import DatasetError, OutputError, RequestError
+from omgmg.datakit.errors import DatasetError, RequestError
 from omgmg.datakit.format import BEHAVIOUR_ARRAYS
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.outputs import (
     OutputLock,
     check_replaceable,
+    check_room,
     fsync_dir,
-    human_bytes,
     is_omgmg_export,
     make_parent,
     os_errors,
+    read_lock,
 )
 from omgmg.datakit.provenance import layouts, package_versions
 from omgmg.datakit.rows import ROW_CONVENTIONS, detect_rows, episode_bounds, group_bounds
@@ -363,14 +363,9 @@ def export_omiga(dataset, out, *, overwrite: bool = False, progress: Callable[[i
     rows = ds.n_transitions + ds.n_episodes
     make_parent(out)
     need = rows * 4 * (N * (2 * O + A) + S + 2) + (1 << 20)  # uncompressed float32 rows + headroom
-    free = shutil.disk_usage(out.parent).free
-    if free < need:
-        raise OutputError(
-            f"exporting to {out} needs about {human_bytes(need)}; its device has {human_bytes(free)} "
-            "free: free some space or write somewhere else"
-        )
+    check_room(out.parent, need, out)
     tmp = out.with_name(f".{out.name}.partial")
-    with OutputLock(out, "export"), os_errors(out, "exporting to"):
+    with OutputLock(out, "export"), read_lock(ds.path), os_errors(out, "exporting to"):
         try:
             # a file imported from OMIGA's layout with per-agent s rows goes back as it came
             source_s = ds.meta["collection"].get("state_layout") == STATE_FLATTENED and S == N * O
@@ -412,7 +407,7 @@ def _write_omiga(ds: Dataset, tmp: Path, N: int, O: int, S: int, A: int, rows: i
             else "o: OMIGA's environment gives each agent's observation as its state (see omgmg.datakit.omiga)"
         )
         row = 0
-        for ep in iter_episodes(ds):
+        for ep in iter_episodes(ds, check=True):  # never write what validation rejects
             L = len(ep["reward"])
             obs = np.concatenate([ep["obs"], ep["final_obs"][None]])  # (L + 1, N, O)
             state = np.concatenate([ep["state"], ep["final_state"][None]])  # (L + 1, S)

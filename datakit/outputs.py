@@ -78,6 +78,22 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def check_room(folder, need: int, target) -> None:
+    """Refuse (one line) to write ``need`` bytes for ``target`` into ``folder`` when the folder is on a
+    read-only file system, not writable, or its device has less free space than that."""
+    folder = Path(folder)
+    if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY:
+        raise OutputError(f"{folder} is on a read-only file system: write {Path(target).name} somewhere else")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"permission denied: {folder} is not writable; choose a folder you can write to")
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OutputError(
+            f"writing {target} needs about {human_bytes(need)}; its device has {human_bytes(free)} free: free "
+            "some space or write somewhere else"
+        )
+
+
 def output_error(e: OSError, path, doing: str) -> OutputError:
     """One line for an OSError met while ``doing`` something to ``path``."""
     path = Path(path)
@@ -247,9 +263,64 @@ def _describe_holder(fd: int) -> str:
         info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):
         info = {}
-    if not info:
-        return "holder unknown"
+    if not info:  # shared holders write no note: readers such as a training on this dataset
+        return "read by a running omgmg command, e.g. a training on it"
     return f"pid {info.get('pid')} on {info.get('host')}, `{info.get('command')}`, since {info.get('since')}"
+
+
+class ReadLock:
+    """A shared lock on a dataset that a long command reads (a training, an export): while any reader holds
+    it, a command that would replace or rewrite the dataset (``--force``, ``download --force``) is refused by
+    its :class:`OutputLock`, and a reader is refused while a writer holds that. A context manager."""
+
+    def __init__(self, target, what: str = "dataset"):
+        self.target, self.what = Path(target), what
+        self.path = lock_path(self.target)
+        self._fd: int | None = None
+
+    def __enter__(self) -> ReadLock:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # a read-only folder: nothing can replace the dataset from here either
+                return self
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _describe_holder(fd)
+                os.close(fd)
+                raise OutputError(
+                    f"the {self.what} {self.target} is being written by another omgmg process ({holder}); wait for "
+                    "it to finish, then run this again"
+                ) from None
+            try:  # the writer that held it may have unlinked the file we locked: lock the current one
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is None:
+            return
+        try:  # the last reader out removes the file (others that hold it keep it; see OutputLock.acquire)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def read_lock(location):
+    """:class:`ReadLock` on a local dataset; nothing for a URL (omgmg never writes there)."""
+    from contextlib import nullcontext
+
+    from omgmg.datakit.remote import is_remote
+
+    return nullcontext() if is_remote(str(location)) else ReadLock(location)
 
 
 # ----- what --force may replace --------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 
 from omgmg.datakit import format as fmt
 from omgmg.datakit import integrity
-from omgmg.datakit.dataset import _open_zarr_group
+from omgmg.datakit.dataset import DamagedChunk, _open_zarr_group, read_rows
 from omgmg.datakit.errors import Problem
 from omgmg.datakit.remote import RemoteLocation, is_remote
 from omgmg.datakit.spec import EnvSpec
@@ -247,9 +247,16 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     if problems:
         return problems
 
-    lengths = np.asarray(group["episodes/length"][:], np.int64)  # (E,)
+    def whole(key: str) -> np.ndarray:
+        return read_rows(group[key], key, 0, group[key].shape[0], path)
+
+    try:
+        ep = {name: whole(f"episodes/{name}") for name in ("length", "return")}
+        won = whole("episodes/won") if spec.reports_wins else None
+    except DamagedChunk as e:  # a format-1 chunk altered in place
+        return [e.problem()]
+    lengths = ep["length"].astype(np.int64)  # (E,)
     E, T = len(lengths), int(group["steps/obs"].shape[0])
-    ep = {name: np.asarray(group[f"episodes/{name}"][:]) for name in ("length", "return")}
     if int(lengths.sum()) != T or (lengths < 1).any():
         problems.append(
             Problem(
@@ -267,7 +274,10 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     block = block_rows or max(group["steps/obs"].chunks[0], 1) * 4
     for start in range(0, T, block):
         stop = min(T, start + block)
-        data = {a.name: np.asarray(group[a.key][start:stop]) for a in steps}
+        try:
+            data = {a.name: read_rows(group[a.key], a.key, start, stop, path) for a in steps}
+        except DamagedChunk as e:  # a format-1 chunk altered in place: it cannot be decoded
+            return problems + [e.problem()]
         is_last = np.zeros(stop - start, bool)
         in_block = ends[(ends >= start) & (ends < stop)]
         is_last[in_block - start] = True
@@ -280,7 +290,10 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
     ep_arrays = [a for a in layout if a.group == "episodes"]
     eblock = 65536
     for start in range(0, E, eblock):
-        data = {a.name: np.asarray(group[a.key][start : start + eblock]) for a in ep_arrays}
+        try:
+            data = {a.name: read_rows(group[a.key], a.key, start, min(E, start + eblock), path) for a in ep_arrays}
+        except DamagedChunk as e:
+            return problems + [e.problem()]
         problems += check_episodes(spec, data, start)
 
     mismatch = ~np.isclose(ep["return"], episode_of_row_returns, rtol=RETURN_RTOL, atol=RETURN_ATOL)
@@ -291,7 +304,6 @@ def validate(path, *, block_rows: int | None = None) -> list[Problem]:
         "does not equal the sum of the episode's steps/reward",
         "recompute episodes/return from the rewards",
     )
-    won = np.asarray(group["episodes/won"][:]) if spec.reports_wins else None
     problems += _check_stats(meta["stats"], fmt.compute_stats(lengths, ep["return"], won))
     return problems
 

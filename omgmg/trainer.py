@@ -51,6 +51,7 @@ from omgmg.datakit.outputs import (
     is_omgmg_run,
     os_errors,
     read_jsonl,
+    read_lock,
 )
 from omgmg.datakit.remote import is_remote
 from omgmg.diagnostics import returns_to_go
@@ -189,6 +190,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as e:
         raise ConfigError(f"--device {device!r} is not a device: use auto, cpu or cuda[:INDEX]") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(
+            f"--device {device}: a {dev.type} device cannot train or evaluate a run; use auto, cpu or cuda"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: this machine (or this torch build) has no MPS device; use cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: this machine has no CUDA device that torch can use; use cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -296,9 +303,8 @@ def train(
                         f"{o} is a folder with files that is not an omgmg run directory; choose another "
                         "output path (omgmg writes only into empty folders or its own run directories)"
                     )
-            for o in outs:
-                with os_errors(o, "creating the run directory"):
-                    o.mkdir(exist_ok=True)
+            # the run directories are made once the data is read (_train): a command that fails or is killed
+            # while opening or loading the dataset leaves no empty folder behind
             results = _train(
                 algo_name, dataset, cfgs, outs, evaluate, progress, warn, tensorboard, device, compile_update
             )
@@ -428,11 +434,13 @@ def _check_resume(out: Path, state: dict, wanted: dict, ds: Dataset) -> None:
     raise RequestError(f"{out} holds {what}; choose another output path, or delete that run directory to start over")
 
 
-def _resume_states(outs: list[Path], warn) -> list[dict | None]:
+def _resume_states(outs: list[Path], warn, first_save: int) -> list[dict | None]:
     """Each member's checkpoint to resume from (None: it starts afresh), all at one step.
 
     Members save one after another at the same step, so an interruption in between leaves some a save
-    ahead: those go back to their ``latest.previous.pt``, which holds the step the others are at."""
+    ahead: those go back to their ``latest.previous.pt``, which holds the step the others are at. An
+    interruption during the first round of saves (``first_save``: its step) leaves some members with a
+    checkpoint and others none: then every member starts afresh, as it would have run uninterrupted."""
     states = []
     for o in outs:
         latest = o / "checkpoints" / "latest.pt"
@@ -443,10 +451,23 @@ def _resume_states(outs: list[Path], warn) -> list[dict | None]:
         return states
     if len(started) < len(states):
         fresh = [str(o) for o, s in zip(outs, states, strict=True) if s is None]
-        raise RequestError(
-            f"some members' run directories hold a run and others ({', '.join(fresh)}) do not: train the "
-            "members that started together again, or the new ones as a batch of their own"
+        first_round = all(int(s["step"]) == first_save for s in started) and not any(
+            previous_path(o / "checkpoints" / "latest.pt").exists() for o in outs
         )
+        if not first_round:
+            raise RequestError(
+                f"some members' run directories hold a run and others ({', '.join(fresh)}) do not: train the "
+                "members that started together again, or the new ones as a batch of their own"
+            )
+        for o in outs:  # the interrupted first round is dropped: every member starts over from step 0
+            for name in ("latest.pt", "best.pt"):
+                (o / "checkpoints" / name).unlink(missing_ok=True)
+        if warn:
+            warn(
+                f"the first checkpoints (step {first_save}) were being written when this batch stopped, for "
+                f"{len(started)} of its {len(states)} members: every member starts over from step 0"
+            )
+        return [None] * len(states)
     step = min(int(s["step"]) for s in states)
     for i, (o, s) in enumerate(zip(outs, states, strict=True)):
         if int(s["step"]) != step:
@@ -465,6 +486,13 @@ def _train(
     algo_name, dataset, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device, compile_update: bool = False
 ) -> list[TrainResult]:
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
+    with read_lock(ds.path):  # nothing replaces the dataset while the run reads it
+        return _train_on(ds, algo_name, cfgs, outs, evaluate, progress, warn, tensorboard, device, compile_update)
+
+
+def _train_on(
+    ds: Dataset, algo_name, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device, compile_update: bool
+) -> list[TrainResult]:
     M, cfg = len(cfgs), cfgs[0]
     algo = build(algo_name, ds, cfgs, device)
     algo.behaviour_log_prob = _behaviour_density(ds, warn)  # for the mechanism metrics (omgmg.diagnostics)
@@ -486,7 +514,7 @@ def _train(
     start, bests = 0, [None] * M
     sums: dict[str, torch.Tensor] = {}  # running sums (M,) of the next log line, on the device
     n = 0
-    states = _resume_states(outs, warn)
+    states = _resume_states(outs, warn, first_save=min(cfg.eval_every, cfg.steps))
     if states[0] is not None:
         for o, state, ident in zip(outs, states, identities, strict=True):
             _check_resume(o, state, ident, ds)
@@ -496,6 +524,8 @@ def _train(
         names = states[0].get("log_sums", {}).keys()
         sums = {k: torch.tensor([float(s["log_sums"][k]) for s in states], device=device) for k in names}
     for o, config in zip(outs, configs, strict=True):
+        with os_errors(o, "creating the run directory"):
+            o.mkdir(exist_ok=True)
         atomic_write_json(o / "config.json", config)  # first: from here on the folder is an omgmg run
         with os_errors(o, "creating the run directory"):
             (o / "checkpoints").mkdir(exist_ok=True)

@@ -49,9 +49,7 @@ def test_compare_finds_shared_episodes_and_flags_levels_that_are_the_same_data(t
     inside = write(tmp_path / "inside.zarr", spec, eps[:2], level="medium")  # medium inside medium-expert
     c = compare(inside, a)
     assert c.shared_share == (1.0, 0.5) and not any("share" in w for w in c.warnings)
-    assert c.notes == [
-        "100.0% of inside.zarr's episodes are also in a.zarr (which holds 4 episodes, 50.0% of them shared)"
-    ]
+    assert c.notes == ["2 of inside.zarr's 2 episodes are also in a.zarr (which holds 4 episodes)"]
     same = write(tmp_path / "same.zarr", spec, eps[:4], level="expert")  # medium's data under another name
     c = compare(a, same)
     assert c.shared_share == (1.0, 1.0) and c.ks == 0.0
@@ -66,7 +64,20 @@ def test_compare_cli_prints_the_overlap_and_writes_one_png(tmp_path):
     b = write(tmp_path / "b.zarr", spec, eps[1:], level="medium-expert")
     out = CliRunner().invoke(data_cli, ["compare", str(a.path), str(b.path), "--plot", str(tmp_path / "c.png")])
     assert out.exit_code == 0, out.output
-    assert "66.7%" in out.output and "100.0%" in out.output and "largely the same data" in out.output
+    assert "2 of 3" in out.output and "2 of 2" in out.output and "largely the same data" in out.output
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     card = json.loads(CliRunner().invoke(data_cli, ["inspect", str(a.path), "--json"]).output)
     assert card["coverage"]["joint_saco"] == pytest.approx(1.0) and card["coverage"]["decimals"] == 4
+
+
+def test_compare_counts_every_difference_final_observations_included(tmp_path):
+    spec = continuous_spec()
+    eps = hand_episodes(spec, [5] * 217, ["truncated"] * 217)
+    a = write(tmp_path / "a.zarr", spec, eps, level="medium")
+    changed = [dict(ep) for ep in eps]
+    changed[100]["final_obs"] = changed[100]["final_obs"].copy()
+    changed[100]["final_obs"][0, 0] += 1.0  # only the last step's next observation differs
+    b = write(tmp_path / "b.zarr", spec, changed, level="medium")
+    c = compare(a, b)
+    assert c.shared == 216 and not any("identical data" in w for w in c.warnings)
+    assert any("216 of 217 / 216 of 217" in w for w in c.warnings)  # counts: 99.5% is never shown as 100%

@@ -125,6 +125,35 @@ def test_a_batched_run_resumed_after_an_interruption_continues_every_member_exac
         assert drop(a) == drop(b)
 
 
+@pytest.mark.parametrize("saved", [1, 2])  # killed after the first `saved` members wrote their first checkpoint
+def test_a_batch_killed_while_its_first_checkpoints_are_written_starts_over_exactly(data, tmp_path, saved):
+    cfgs = [small_config("bc", steps=60, log_every=15, eval_every=30, eval_episodes=1, seed=s) for s in (0, 1, 2)]
+    straight = [tmp_path / f"a{k}" for k in range(3)]
+    train("bc", data["continuous"], cfgs, straight)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_first_round(step, total, evs):
+        if evs and step == 30:
+            raise Stop
+
+    cut = [tmp_path / f"b{k}" for k in range(3)]
+    with pytest.raises(Stop):
+        train("bc", data["continuous"], cfgs, cut, progress=stop_at_first_round)
+    for o in cut[saved:]:  # as if the kill came after `saved` members' first saves: the others have none
+        for name in ("latest.pt", "best.pt"):
+            (o / "checkpoints" / name).unlink()
+    warnings = []
+    train("bc", data["continuous"], cfgs, cut, warn=warnings.append)
+    assert any("every member starts over from step 0" in w for w in warnings)
+    drop = lambda run: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_log(run)]  # noqa: E731
+    for a, b in zip(straight, cut, strict=True):
+        assert _weights(a)["step"] == _weights(b)["step"] == 60
+        assert all(torch.equal(v, _weights(b)["weights"][k]) for k, v in _weights(a)["weights"].items())
+        assert drop(a) == drop(b)
+
+
 def test_members_one_save_ahead_go_back_to_the_step_the_others_are_at(data, tmp_path):
     cfgs = [small_config("bc", steps=60, log_every=15, eval_every=30, seed=s) for s in (0, 1)]
     outs = [tmp_path / "r0", tmp_path / "r1"]

@@ -215,7 +215,8 @@ def test_two_trainings_into_one_run_directory_are_refused(tmp_path):
 
 def test_a_run_interrupted_before_it_wrote_its_config_starts_again(tmp_path, monkeypatch):
     """A run killed while it opened its dataset or built its networks (minutes on 1M transitions) left a folder
-    that was then refused as foreign: a sweep cell stayed failed for good. Now it starts again."""
+    that was then refused as foreign: a sweep cell stayed failed for good. Now no folder is made before the data
+    is read, and an empty one left by an earlier version starts again."""
     import omgmg.trainer as trainer
 
     ds = make_fixture(tmp_path / "d.zarr", "continuous", episodes=8)
@@ -229,7 +230,8 @@ def test_a_run_interrupted_before_it_wrote_its_config_starts_again(tmp_path, mon
         m.setattr(trainer, "build", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train("bc", ds, cfg, out, evaluate=False)
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert not out.exists() and not list(tmp_path.glob(".run.lock"))  # nothing left behind
+    out.mkdir()  # an empty folder, as an earlier version left it
     assert is_omgmg_run(train("bc", ds, cfg, out, evaluate=False).run_dir)
 
     legacy = tmp_path / "legacy"
@@ -857,3 +859,88 @@ def test_a_crashed_writer_resumes_only_its_own_partial_and_refuses_unknown_folde
     assert (partial_path(tmp_path / "y.zarr") / "keep.txt").exists()
     write(tmp_path / "z.zarr", spec, eps)
     assert len(list(iter_episodes(open_dataset(tmp_path / "z.zarr")))) == 2
+
+
+# ----- the last bad inputs (issue 38) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cli, args, message",
+    [
+        (data_cli, ["collect", "mamujoco", "Hopper-3x1", "--transitions", "100"], "Missing option '--level'"),
+        (train_cli, ["train", "--dataset", "{d}", "--device", "mps"], "has no MPS device"),
+        (train_cli, ["train", "--dataset", "{d}", "--device", "meta"], "a meta device cannot train"),
+        (train_cli, ["train", "--dataset", "{d}", "--seeds", "0-99999999999"], "at most 1000 seeds"),
+        (train_cli, ["train", "--dataset", "{d}", "--seeds", ""], "give seeds as a range"),
+        (train_cli, ["train", "--dataset", "{d}", "--seeds", "0-"], "give seeds as a range"),
+        (
+            train_cli,
+            ["train", "--dataset", "{d}", "--seeds", "0-1", "--grid", "lam=0", "--grid", "lam=1"],
+            "lam is given twice",
+        ),  # fmt: skip
+        (data_cli, ["verify", "{d}", "--atol", "nan"], "--atol must be a number, not nan"),
+        (data_cli, ["verify", "{d}", "--episodes", "some"], "give a number of episodes, or all"),
+    ],
+)
+def test_the_last_bad_inputs_are_one_line_and_touch_nothing(stored, tmp_path, monkeypatch, cli, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = run(cli, *[a.format(d=stored.path) for a in args], code=2)
+    assert message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "runs").exists()  # no run folder for a refused run
+
+
+def test_export_refuses_what_validate_rejects_and_writes_nothing(stored, tmp_path):
+    g = zarr.open_group(str(stored.path), mode="r+")
+    obs, actions = g["steps/obs"][:], g["steps/actions"][:]
+    obs[5, 0, 0], actions[7, 1, 0] = np.nan, 50.0
+    g["steps/obs"][:], g["steps/actions"][:] = obs, actions
+    lines = {str(p) for p in validate(stored.path)}
+    for fmt_, out in (("omiga", tmp_path / "x.hdf5"), ("og-marl", tmp_path / "x.vlt")):
+        result = run(data_cli, "export", stored.path, "--format", fmt_, "--out", out, code=1)
+        assert all(line in result.output for line in lines), result.output  # the lines validate gives
+        assert not out.exists() and not list(tmp_path.glob(".x*"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["validate"], ["inspect"], ["batch"], ["export", "--format", "omiga", "--out", "{tmp}/x.hdf5"],
+     ["upgrade", "--out", "{tmp}/u.zarr"], ["train", "--algo", "bc", "--steps", "5", "--no-eval", "--out", "{tmp}/r"]],
+    ids=lambda a: a[0],
+)  # fmt: skip
+def test_a_format_1_chunk_altered_in_place_is_one_line_in_every_command(stored, tmp_path, args):
+    old = tmp_path / "v1.zarr"
+    write_format_1(stored, old)
+    chunk = _chunk(open_dataset(old), "steps/obs")
+    data = bytearray(chunk.read_bytes())
+    for i in range(40, len(data) - 10):  # same size, other bytes: format 1 has no checksum to catch it
+        data[i] = (data[i] * 7 + 3) % 256
+    chunk.write_bytes(bytes(data))
+    cli = train_cli if args[0] in ("batch", "train") else data_cli
+    argv = [args[0], *(["--dataset", old] if args[0] == "train" else [old]), *args[1:]]
+    result = run(cli, *[str(a).format(tmp=tmp_path) for a in argv], code=1)
+    assert "steps/obs" in result.output and "cannot be decoded" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr", "v1.zarr"]  # nothing written beside them
+
+
+def test_a_dataset_a_training_reads_is_not_replaced_under_it(stored, tmp_path):
+    from omgmg.datakit.outputs import ReadLock
+
+    with ReadLock(stored.path):  # what `omgmg train` holds on its dataset while it runs
+        result = run(data_cli, "fixture", stored.path, "--episodes", 3, "--force", code=1)
+        assert "read by a running omgmg command" in result.output
+    assert open_dataset(stored.path).n_episodes == 30
+    run(data_cli, "fixture", stored.path, "--episodes", 3, "--force")  # the reader is gone: replaced
+    assert not list(tmp_path.glob(".s.zarr.lock"))
+
+
+def test_a_sweep_on_a_device_this_machine_lacks_is_refused_and_failed_cells_are_not_diverged(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    make_fixture(tmp_path / "d.zarr", "continuous", episodes=10)
+    (tmp_path / "spec.toml").write_text(bc_sweep_toml(tmp_path / "d.zarr", steps=10, eval_every=10))
+    result = run(train_cli, "sweep", tmp_path / "spec.toml", "--out", tmp_path / "sw", "--device", "cuda", code=2)
+    assert "no CUDA device" in result.output and not (tmp_path / "sw" / "cells").exists()
+    from omgmg.experiments.report import _fmt
+
+    failed = {"n": 2, "errors": ["RuntimeError: boom", "RuntimeError: boom"], "diverged": 0}
+    assert _fmt(failed, 2) == "failed (2 of 2)"

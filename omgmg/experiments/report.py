@@ -143,9 +143,10 @@ def aggregate(results: list[dict]) -> dict:
 
 
 def _fmt(entry: dict, seeds: int) -> str:
-    """mean ± std (normalised) [best] ×diverged, and how many of the spec's ``seeds`` it holds if not all."""
+    """mean ± std (normalised) [best] ×diverged, and how many of the spec's ``seeds`` it holds if not all;
+    failed cells (an error, no score) are said apart from diverged ones."""
     if "mean" not in entry:
-        return "error"
+        return f"failed ({len(entry['errors'])} of {entry['n']})" if entry["errors"] else "error"
     text = f"{entry['mean']:.1f} ± {entry['std']:.1f}"
     if entry["scored"] < seeds:
         text += f" ({entry['scored']} of {seeds} seeds)"
@@ -155,6 +156,8 @@ def _fmt(entry: dict, seeds: int) -> str:
         text += f" [{entry['best'][0]:.1f}]"
     if entry["diverged"]:
         text += f" ×{entry['diverged']}"
+    if entry["errors"]:
+        text += f" ({len(entry['errors'])} failed)"
     return text
 
 

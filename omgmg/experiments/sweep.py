@@ -210,8 +210,8 @@ def _train_cells(
                         device=device, compile_update=compile_update)  # fmt: skip
         trained = trained if isinstance(trained, list) else [trained]
     except Exception as e:  # a job that crashes is recorded (and retried by the next sweep), the sweep goes on
-        for r in results:
-            r.update(error=f"{type(e).__name__}: {e}", diverged=True, score=None)
+        for r in results:  # failed: not diverged (the report counts the two apart)
+            r.update(error=f"{type(e).__name__}: {e}", diverged=False, score=None)
     else:
         for cell, out, res, result in zip(cells, outs, trained, results, strict=True):
             # diverged: Q_tot beyond twice the largest discounted return any transition of the data collected
@@ -346,6 +346,10 @@ def run_sweep(
         raise SweepError(f"members_per_job must be a positive number, got {members_per_job}")
     if threads is not None and threads < 1:
         raise SweepError(f"threads must be a positive number, got {threads}")
+    if backend == "local":  # a device this machine lacks is one line now, not an error in every cell later
+        from omgmg.trainer import resolve_device
+
+        resolve_device(device)
     all_cells = spec.cells(smoke)
     cells = select_cells(all_cells, only)  # a pattern that matches nothing stops here, before anything is written
     sweep_dir = Path(sweep_dir)
