@@ -325,7 +325,15 @@ def _print_evaluation(result: dict, episodes: int) -> None:
         )
 
 
-@main.command()
+def _shipped_specs_epilog() -> str:
+    from omgmg.experiments.spec import shipped_specs
+
+    names = shipped_specs()
+    lines = [", ".join(names[i : i + 4]) for i in range(0, len(names), 4)]
+    return "\b\nShipped specs:\n" + "\n".join(f"  {line}" for line in lines)  # \b: click keeps the lines as they are
+
+
+@main.command(epilog=_shipped_specs_epilog())
 @click.argument("spec")
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME or sweeps/NAME-smoke)."
@@ -382,9 +390,7 @@ def sweep(
 ):
     """Run every cell (datasets x algorithms x seeds x grid) of an experiment SPEC not yet finished.
 
-    SPEC is a TOML file or a shipped name: table1, table2, ablation-lambda, ablation-nu (the paper's
-    experiments), paper-check (a reduced Table 1/2 at a real budget), select-omgmg, select-omgmg-literal,
-    select-omiga, select-icq, select-icq-alpha (the default-selection protocol, docs/omgmg.md). Re-running
+    SPEC is a TOML file or a shipped name (listed below; docs/experiments.md describes them). Re-running
     resumes: finished cells are skipped, unfinished ones continue from their last checkpoint.
     """
     from omgmg.experiments.report import write_report

@@ -537,3 +537,22 @@ def test_a_spec_asks_for_omigas_layout_and_independent_copies_per_dataset_withou
     omiga = {ref.task for ref in load_spec("paper-check").datasets if ref.obs_mode == "omiga"}
     assert omiga == {"Hopper-3x1", "HalfCheetah-6x1"}
     assert {ref.obs_mode for ref in load_spec("table1").datasets if ref.task == "Ant-2x4"} == {None}
+
+
+def test_aggregate_statistics_follow_rliables_definitions():
+    from omgmg.experiments.stats import improvement_interval, interval, iqm, probability_of_improvement
+
+    scores = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])  # 4 runs x 2 tasks
+    # 8 values; int(0.25 * 8) = 2 cut at each end: mean of 3, 4, 10, 20
+    assert iqm(scores) == pytest.approx((3 + 4 + 10 + 20) / 4)
+    lo, hi = interval(scores, iqm, reps=500)
+    assert lo <= iqm(scores) <= hi and lo < hi
+    constant = np.full((3, 2), 5.0)
+    assert interval(constant, iqm, reps=50) == (5.0, 5.0)  # nothing to resample
+    x, y = np.array([[1.0], [3.0]]), np.array([[2.0], [2.0]])
+    assert probability_of_improvement(x, y) == pytest.approx(0.5)  # 3 > 2 twice, 1 < 2 twice: 2 of 4
+    assert probability_of_improvement(y, y) == pytest.approx(0.5)  # ties count half
+    two_tasks = probability_of_improvement(np.array([[5.0, 0.0]]), np.array([[1.0, 1.0]]))
+    assert two_tasks == pytest.approx(0.5)  # 1 on the first task, 0 on the second, averaged
+    lo, hi = improvement_interval(np.array([[3.0], [4.0], [5.0]]), np.array([[1.0], [2.0], [0.0]]), reps=200)
+    assert lo == hi == 1.0  # every resample: X always above Y

@@ -205,6 +205,62 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
     return "\n".join(md) + "\n", csv_rows
 
 
+def reliable_section(meta: dict, results: list[dict]) -> str:
+    """Aggregates over the datasets of each suite, as rliable / marl-eval report them (omgmg.experiments.stats):
+    each algorithm's IQM and mean of the final scores with 95% stratified-bootstrap intervals, and the
+    probability that OMGMG improves on each other algorithm. Scores: the normalised score (MaMuJoCo) or the
+    win rate in % (SMACv2); a dataset enters only where every algorithm has every seed."""
+    from omgmg.experiments.stats import improvement_interval, interval, iqm, mean, probability_of_improvement
+
+    algos = meta["algorithms"]
+    if len(algos) < 2:
+        return ""
+    cells: dict = defaultdict(dict)  # (suite, task, level) -> (algorithm, seed) -> score
+    for r in results:
+        c, score = r["cell"], _score(r)
+        if score is None or c.get("grid"):
+            continue
+        ds = DatasetRef(**c["dataset"])
+        suite = c["dataset"].get("suite")
+        if suite == "mamujoco":
+            refs = _reference_returns(r)
+            if not refs or normalised(0.0, *refs) is None:
+                continue
+            score = normalised(score, *refs)
+        cells[(suite, *ds.row)][(c["algorithm"], c["seed"])] = score
+    seeds = meta["seeds"]
+    out = []
+    for suite, unit in (("mamujoco", "normalised score"), ("smacv2", "win rate %")):
+        tasks = sorted(k for k in cells if k[0] == suite and all((a, s) in cells[k] for a in algos for s in seeds))
+        if not tasks:
+            continue
+        matrix = {a: np.array([[cells[t][(a, s)] for t in tasks] for s in seeds]) for a in algos}  # (runs, tasks)
+        out += [
+            f"### {suite}: aggregate over {len(tasks)} dataset(s), {len(seeds)} seeds each ({unit})",
+            "",
+            "IQM and mean of the final scores with 95% stratified-bootstrap confidence intervals (runs resampled "
+            "within each dataset), as rliable and marl-eval report them.",
+            "",
+            "| algorithm | IQM [95% CI] | mean [95% CI] |",
+            "|---|---|---|",
+        ]
+        for a in algos:
+            lo, hi = interval(matrix[a], iqm)
+            mlo, mhi = interval(matrix[a], mean)
+            out.append(
+                f"| {a} | {iqm(matrix[a]):.1f} [{lo:.1f}, {hi:.1f}] | {mean(matrix[a]):.1f} [{mlo:.1f}, {mhi:.1f}] |"
+            )
+        if "omgmg" in algos:
+            out += ["", "| P(OMGMG > X) | estimate [95% CI] |", "|---|---|"]
+            for a in algos:
+                if a != "omgmg":
+                    p = probability_of_improvement(matrix["omgmg"], matrix[a])
+                    lo, hi = improvement_interval(matrix["omgmg"], matrix[a])
+                    out.append(f"| {a} | {p:.2f} [{lo:.2f}, {hi:.2f}] |")
+        out.append("")
+    return "\n".join(out)
+
+
 _LEVEL_ORDER = {"expert": 0, "medium": 1, "medium-replay": 2, "medium-expert": 3, "random": 4}
 
 
@@ -452,6 +508,7 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
         md, rows = ablation(meta, agg, paths[2])
     else:
         md, rows = table(meta, agg)
+        md += "\n" + reliable_section(meta, results)
     finished = sum(1 for r in results if not (r.get("error") or r.get("skipped")))
     if "cells" in meta and finished < len(meta["cells"]):  # said under the budget line
         budget = f"_{budget_label(meta)}_\n"
