@@ -89,7 +89,10 @@ def test_imported_data_has_no_seeds_and_says_so(tmp_path, collected):
 def test_verify_cli_exit_codes_and_version_warnings(collected, tmp_path):
     ds = collected["discrete"]
     ok = CliRunner().invoke(data_cli, ["verify", str(ds.path), "--episodes", "3"])
-    assert ok.exit_code == 0 and "3 of 8 seeded episodes (--episodes all: every one) replayed, every step matches exactly" in ok.output
+    assert (
+        ok.exit_code == 0
+        and "3 of 8 seeded episodes (--episodes all: every one) replayed, every step matches exactly" in ok.output
+    )
     copy = shutil.copytree(ds.path, tmp_path / "v.zarr")
     collection = open_dataset(copy).meta["collection"]
     collection["provenance"]["packages"]["numpy"] = "1.0.0"
