@@ -487,7 +487,7 @@ def test_sweep_and_report_commands(dataset, tmp_path):
         from omgmg import trainer
 
         m.setattr(trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-        m.setattr(trainer.os, "getloadavg", lambda: (2.0, 2.0, 2.0), raising=False)
+        m.setattr(trainer, "other_cpu_load", lambda: 2.0)
         busy = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--torch-threads", "2"])
     assert busy.exit_code == 0 and "--torch-threads 1" in busy.output, busy.output
     report = CliRunner().invoke(train_cli, ["report", str(out), "--marl-eval"])
