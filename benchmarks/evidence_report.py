@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omgmg.datakit import open_dataset  # noqa: E402
-from omgmg.trainer import read_log  # noqa: E402
+from omgmg.rundir import read_log  # noqa: E402
 
 
 def main(evidence: Path, out: Path) -> None:

@@ -230,7 +230,7 @@ def members_table(args, algos: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from omgmg.trainer import resolve_device
+    from omgmg.machine import resolve_device
 
     device = resolve_device(args.device)
     counts = [int(m) for m in args.members.split(",")]

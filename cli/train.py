@@ -269,7 +269,7 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: 
 
     RUN is a run directory, a checkpoint file, or a folder of runs (`omgmg train --seeds/--grid`): each run is
     evaluated, and each setting's score is given as mean ± std over its seeds."""
-    from omgmg.trainer import evaluate_run
+    from omgmg.evaluation import evaluate_run
 
     checkpoint = "final" if checkpoint == "latest" else checkpoint
     runs = [run] if run.is_file() or (run / "checkpoints").is_dir() or not run.is_dir() else None

@@ -22,7 +22,8 @@ from omgmg.algos.omiga import omiga_q_target, weighted_likelihood_actor_loss
 from omgmg.cli.train import main as train_cli
 from omgmg.datakit import TransitionLoader
 from omgmg.members import MemberRandom
-from omgmg.trainer import build, load_policy, train
+from omgmg.rundir import load_policy
+from omgmg.trainer import build, train
 
 BASELINES = ("mabcq", "macql", "icq", "omar", "omiga", "comadice")
 CASES = [(a, k) for a in BASELINES for k in ("continuous", "discrete")]

@@ -120,21 +120,21 @@ def test_the_observation_layout_is_a_request_option_and_local_is_the_default():
 
 
 def test_a_multi_threaded_cpu_run_on_busy_cores_is_told_to_use_one_thread(monkeypatch):
-    from omgmg import trainer
+    from omgmg import machine
 
-    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(trainer, "other_cpu_load", lambda: 1.9)
-    note = trainer.busy_cpu_note(2)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(machine, "other_cpu_load", lambda: 1.9)
+    note = machine.busy_cpu_note(2)
     assert note and "other processes keep 1.9 of 2 cores busy" in note and "--torch-threads 1" in note
-    assert trainer.busy_cpu_note(1) is None  # one thread waits on no other
-    monkeypatch.setattr(trainer, "other_cpu_load", lambda: 0.3)
-    assert trainer.busy_cpu_note(2) is None  # an idle machine, whatever its load average says
+    assert machine.busy_cpu_note(1) is None  # one thread waits on no other
+    monkeypatch.setattr(machine, "other_cpu_load", lambda: 0.3)
+    assert machine.busy_cpu_note(2) is None  # an idle machine, whatever its load average says
 
 
 def test_other_cpu_load_sees_a_busy_process_and_not_this_one():
     import multiprocessing
 
-    from omgmg.trainer import other_cpu_load
+    from omgmg.machine import other_cpu_load
 
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:  # this process busy: not counted as another's load

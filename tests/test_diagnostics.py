@@ -159,7 +159,7 @@ def test_the_behaviour_density_agrees_with_what_the_collector_recorded(tmp_path,
 @pytest.mark.parametrize("algo", ["omgmg", "omiga"])
 def test_the_mechanism_is_logged_for_omgmg_and_omiga(tmp_path, monkeypatch, algo):
     from omgmg.collectors.collect import CollectRequest, collect
-    from omgmg.trainer import read_log
+    from omgmg.rundir import read_log
 
     monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))
     ds = collect(

@@ -484,10 +484,10 @@ def test_sweep_and_report_commands(dataset, tmp_path):
     listed = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--list"])
     assert "done" in listed.output and "1 cells, 1 finished" in listed.output
     with pytest.MonkeyPatch.context() as m:  # other work keeps both cores busy: told before any cell starts
-        from omgmg import trainer
+        from omgmg import machine
 
-        m.setattr(trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-        m.setattr(trainer, "other_cpu_load", lambda: 2.0)
+        m.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        m.setattr(machine, "other_cpu_load", lambda: 2.0)
         busy = CliRunner().invoke(train_cli, ["sweep", str(spec), "--smoke", "--out", str(out), "--torch-threads", "2"])
     assert busy.exit_code == 0 and "--torch-threads 1" in busy.output, busy.output
     report = CliRunner().invoke(train_cli, ["report", str(out), "--marl-eval"])

@@ -20,7 +20,8 @@ from omgmg.cli.train import main as train_cli
 from omgmg.datakit import TransitionLoader
 from omgmg.datakit.errors import ConfigError
 from omgmg.members import MemberRandom, clip_grad_norm_per_member, member_mean
-from omgmg.trainer import build, load_policy, read_log, train
+from omgmg.rundir import load_policy, read_log
+from omgmg.trainer import build, train
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from omgmg.collectors.training import train_behaviour
 from omgmg.datakit import TransitionLoader
 from omgmg.datakit.metrics import METRICS, MetricLog, check_record, is_metric, tensorboard_available
 from omgmg.datakit.outputs import read_jsonl
-from omgmg.trainer import build, read_log, train
+from omgmg.rundir import read_log
+from omgmg.trainer import build, train
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ from omgmg.collectors.fixtures import make_fixture
 from omgmg.datakit import TransitionLoader
 from omgmg.datakit.loader import Batch
 from omgmg.nets import mix
-from omgmg.trainer import build, load_policy, read_log, run_dataset, train
+from omgmg.rundir import load_policy, read_log, run_dataset
+from omgmg.trainer import build, train
 
 
 @pytest.fixture(scope="module")

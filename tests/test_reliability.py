@@ -40,7 +40,8 @@ from omgmg.datakit.integrity import chunk_files
 from omgmg.datakit.outputs import OutputLock, is_omgmg_run
 from omgmg.experiments.spec import parse_spec
 from omgmg.experiments.sweep import pending_cells, run_sweep
-from omgmg.trainer import read_log, train
+from omgmg.rundir import read_log
+from omgmg.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -340,7 +340,7 @@ def learning_curves(sweep_dir: Path, meta: dict, results: list[dict], out_png: P
     evaluations its result recorded; False, and nothing written, when no cell has either."""
     from omgmg.experiments.spec import Cell
     from omgmg.experiments.sweep import cell_dir, evaluations
-    from omgmg.trainer import read_log
+    from omgmg.rundir import read_log
 
     panels: dict = defaultdict(lambda: defaultdict(list))  # (task, level) -> label -> [{step: score}] per seed
     wins: dict = {}  # (task, level) -> whether its scores are win rates
@@ -402,7 +402,7 @@ def marl_eval(sweep_dir) -> dict:
     """
     from omgmg.experiments.spec import Cell
     from omgmg.experiments.sweep import cell_dir
-    from omgmg.trainer import read_log
+    from omgmg.rundir import read_log
 
     sweep_dir = Path(sweep_dir)
     _, results = load_results(sweep_dir)
@@ -442,7 +442,7 @@ def export_results(sweep_dir, out_dir) -> int:
     into one table. Returns the number of results copied."""
     from omgmg.experiments.spec import Cell
     from omgmg.experiments.sweep import SweepError, cell_dir, evaluations
-    from omgmg.trainer import read_log
+    from omgmg.rundir import read_log
 
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     meta, results = load_results(sweep_dir)

@@ -77,7 +77,7 @@ def write_runs_report(folder, out_dir=None) -> list[Path]:
     """``runs.md`` and ``runs.csv`` (each group's final score, mean ± std over its seeds, and the mean best in
     brackets) and ``runs-curves.png`` (evaluations during training, mean ± std bands) into ``out_dir``
     (default: the folder)."""
-    from omgmg.trainer import read_log
+    from omgmg.rundir import read_log
 
     folder = Path(folder)
     groups = group_runs(member_runs(folder))

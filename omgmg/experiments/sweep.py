@@ -191,7 +191,8 @@ def _train_cells(
     from omgmg.algos import algorithm_class
     from omgmg.datakit import open_dataset
     from omgmg.diagnostics import divergence_bound, returns_to_go
-    from omgmg.trainer import eval_score, read_log, train
+    from omgmg.rundir import eval_score, read_log
+    from omgmg.trainer import train
 
     cells = [Cell.from_json(c) for c in cells_json]
     for out, cell_json in zip(outs, cells_json, strict=True):
@@ -347,7 +348,7 @@ def run_sweep(
     if threads is not None and threads < 1:
         raise SweepError(f"threads must be a positive number, got {threads}")
     if backend == "local":  # a device this machine lacks is one line now, not an error in every cell later
-        from omgmg.trainer import resolve_device
+        from omgmg.machine import resolve_device
 
         resolve_device(device)
     all_cells = spec.cells(smoke)
@@ -374,7 +375,7 @@ def run_sweep(
         workers = workers or max(1, (os.cpu_count() or 1))
         threads = threads or (max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1)
         if backend == "local" and device == "cpu":
-            from omgmg.trainer import busy_cpu_note
+            from omgmg.machine import busy_cpu_note
 
             if note := busy_cpu_note(threads):  # judged before generating data, which loads the CPU itself
                 on_note(note)
