@@ -89,9 +89,6 @@ class HAPPOConfig(LoopConfig):
     unbounded mean and std, sample clipped; reproduces its datasets). See the module docstring."""
     max_std: float = 0.5
     """The std cap of the capped policy (HARL's std_y_coef); the other policies ignore it."""
-    num_envs: int = 16
-    rollout_len: int = 250
-    eval_every: int = 100_000
 
     LEGACY = {"policy": "clip", "max_std": 0.5}
     """Fields added after runs were made, with the values those runs had: a checkpoint whose config lacks

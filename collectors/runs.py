@@ -122,14 +122,12 @@ def score(evaluation: dict) -> float:
 
 def plot_curve(run: RunDir) -> Path:
     """Evaluation score (and training episode return) against env steps, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend or state
 
     evals = run.evaluations()
     steps = [e["env_steps"] for e in evals]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    fig = Figure(figsize=(6, 3.5), dpi=110)
+    ax = fig.subplots()
     wins = evals and evals[0]["eval"].get("win_rate") is not None
     ax.plot(steps, [score(e["eval"]) for e in evals], "o-", label="eval " + ("win rate" if wins else "return"))
     if not wins:
@@ -148,5 +146,4 @@ def plot_curve(run: RunDir) -> Path:
     fig.tight_layout()
     out = run.root / "curve.png"
     fig.savefig(out)
-    plt.close(fig)
     return out

@@ -240,13 +240,11 @@ def render(c: dict):
 
 def plot_returns(ds: Dataset, out) -> Path:
     """A histogram of per-episode returns (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend or state
 
     returns = np.asarray(ds.read("episodes/return"))
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    fig = Figure(figsize=(6, 3.5), dpi=110)
+    ax = fig.subplots()
     ax.hist(returns, bins=min(50, max(5, len(returns) // 5)), color="#3b7dd8", edgecolor="white")
     ax.axvline(returns.mean(), color="k", ls="--", lw=1, label=f"mean {returns.mean():.4g}")
     ax.set_xlabel("episode return")
@@ -256,5 +254,4 @@ def plot_returns(ds: Dataset, out) -> Path:
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out)
-    plt.close(fig)
     return out

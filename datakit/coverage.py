@@ -194,10 +194,7 @@ def compare(a: Dataset, b: Dataset) -> Comparison:
 
 def plot_comparison(c: Comparison, out) -> Path:
     """Both return distributions side by side (one PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend or state
 
     out = Path(out)
 
@@ -208,7 +205,8 @@ def plot_comparison(c: Comparison, out) -> Path:
 
     # one return axis for two datasets of one task; each its own where the tasks (and return scales) differ
     shared = bins(*c.returns) if c.same_task else None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=c.same_task, sharey=c.same_task)
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2, sharex=c.same_task, sharey=c.same_task)
     for ax, name, r, colour in zip(axes, c.names, c.returns, ("tab:blue", "tab:orange")):
         ax.hist(r, bins=shared if c.same_task else bins(r), color=colour, alpha=0.85)
         ax.set_title(f"{name}\n{len(r)} episodes, mean {np.mean(r):.4g}", fontsize=9)
@@ -217,5 +215,4 @@ def plot_comparison(c: Comparison, out) -> Path:
     fig.suptitle(f"shared episodes: {c.shared}   KS distance of returns: {c.ks:.3f}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

@@ -29,7 +29,7 @@ from omgmg.datakit.loader import Batch, InitialStates
 from omgmg.datakit.spec import EnvSpec
 from omgmg.diagnostics import action_distance, actions_on_bounds
 from omgmg.members import MemberRandom, clip_grad_norm_per_member, member_mean
-from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, TwinQ
+from omgmg.nets import AgentMLP, CategoricalPolicy, Mixer, TanhGaussianPolicy, TwinQ, mix
 
 
 @dataclass
@@ -285,9 +285,15 @@ class OfflineAlgorithm(nn.Module):
                 out |= {"value/q_tot_batch": q, "value/mc_return": g, "value/q_tot_over_mc": q - g}
         return out
 
+    mixed_q_tot = False
+    """Whether Q_tot is the mixer's sum of ``self.q``'s Q_i (Eq. 9): ``q_tot`` then reads it off (OMGMG, OMIGA)."""
+
     def q_tot(self, b: Batch) -> torch.Tensor | None:
         """Q_tot(s, a) of the batch's transitions, (M, B), for algorithms that mix one; None otherwise."""
-        return None
+        if not self.mixed_q_tot:
+            return None
+        w, bias = self.mixer(b.state)
+        return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
 
     behaviour_log_prob = None
     """log pi_beta(a | o) of raw observations under the policy that collected the data (:mod:`omgmg.behaviour`),

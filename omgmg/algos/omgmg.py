@@ -63,7 +63,8 @@ class OMGMGConfig(TDConfig):
     lam: float = 0.5
     """Generalisation discount lambda of Eq. (12), in [0, 1]: weight of the policy's bootstrap."""
     nu: float = 1.0
-    """Penalty coefficient nu of Eq. (10): weight of the behaviour-regularisation term (see SUITE_DEFAULTS)."""
+    """Penalty coefficient nu of Eq. (10): weight of the behaviour-regularisation term (each suite's own default
+    is shown below; the dataclass keeps Algorithm 1's literal settings)."""
     alpha: float = 10.0
     """OMIGA's temperature alpha in Eqs. (10)-(11)."""
     z_clip: float = 10.0
@@ -162,6 +163,7 @@ class OMGMG(OfflineAlgorithm):
     name = "omgmg"
     config_cls = OMGMGConfig
     member_hyperparameters = ("lam", "nu", "alpha")
+    mixed_q_tot = True
 
     def __init__(self, spec: EnvSpec, cfg: OMGMGConfig | list[OMGMGConfig]):
         super().__init__(spec, cfg)
@@ -279,10 +281,6 @@ class OMGMG(OfflineAlgorithm):
             soft_update(self.mixer_target, self.mixer, self.cfg.tau)
 
     # ----- diagnostics (omgmg.diagnostics) ---------------------------------------------------------------------
-    def q_tot(self, b: Batch) -> torch.Tensor:
-        w, bias = self.mixer(b.state)
-        return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
-
     def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Adds the share of z at its clamp (Eq. 11), the gradient norms of Eq. (10)'s two terms, and where the
         target policy's actions a' (Eq. 12) sit against the data's (:meth:`generalisation`)."""

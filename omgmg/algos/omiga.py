@@ -101,6 +101,7 @@ class OMIGA(OfflineAlgorithm):
     name = "omiga"
     config_cls = OMIGAConfig
     member_hyperparameters = ("alpha",)
+    mixed_q_tot = True
 
     def __init__(self, spec: EnvSpec, cfg: OMIGAConfig | list[OMIGAConfig]):
         super().__init__(spec, cfg)
@@ -168,10 +169,6 @@ class OMIGA(OfflineAlgorithm):
         return {"loss/actor": loss.detach()}
 
     # ----- diagnostics (omgmg.diagnostics) ---------------------------------------------------------------------
-    def q_tot(self, b: Batch) -> torch.Tensor:
-        w, bias = self.mixer(b.state)
-        return mix(w, self.q_at(self.q, b.obs, b.actions), bias)
-
     def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Adds the share of z at its clamp (the implicit value loss gets no exp-term gradient there), and where
         the policy's actions sit against the data's (:meth:`generalisation`)."""

@@ -266,14 +266,12 @@ _LEVEL_ORDER = {"expert": 0, "medium": 1, "medium-replay": 2, "medium-expert": 3
 
 def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]]:
     """The ablation figure (score and Q_tot against the grid value, one column per dataset) and its table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend or state
 
     param = meta["grid"]
     datasets = sorted({k[:2] for k in agg})
-    fig, axes = plt.subplots(2, len(datasets), figsize=(3.6 * len(datasets), 6), dpi=100, squeeze=False)
+    fig = Figure(figsize=(3.6 * len(datasets), 6), dpi=100)
+    axes = fig.subplots(2, len(datasets), squeeze=False)
     md = [
         f"## {meta['title']}",
         "",
@@ -330,7 +328,6 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
     fig.suptitle(f"{meta['title']}\n{budget_label(meta)}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)
-    plt.close(fig)
     return "\n".join(md) + f"\n\n![{meta['name']}]({out_png.name})\n", csv_rows
 
 
@@ -362,13 +359,11 @@ def learning_curves(sweep_dir: Path, meta: dict, results: list[dict], out_png: P
         wins[cell.dataset.row] = bool(win) and win[0] is not None
     if not panels:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend or state
 
     keys = sorted(panels)
-    fig, axes = plt.subplots(1, len(keys), figsize=(max(5.5, 4.2 * len(keys)), 3.6), dpi=100, squeeze=False)
+    fig = Figure(figsize=(max(5.5, 4.2 * len(keys)), 3.6), dpi=100)
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for label, seeds in sorted(panels[key].items()):
             steps = sorted(set.intersection(*(set(c) for c in seeds)))
@@ -383,7 +378,6 @@ def learning_curves(sweep_dir: Path, meta: dict, results: list[dict], out_png: P
     fig.suptitle(f"{meta['name']}: evaluation during training, mean ± std over seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png)
-    plt.close(fig)
     return True
 
 
