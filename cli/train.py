@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from omgmg.algos import MAX_MEMBERS
 from omgmg.cli.common import (
     DATASET,
     EXIT_INVALID,
@@ -56,10 +57,6 @@ COMPILE = click.option(
     help="torch.compile each update; on a CUDA device its kernels are replayed as CUDA graphs (mode "
     "reduce-overhead). Off by default: on this project's 2-core CPU it made steps slower.",
 )
-
-
-MAX_MEMBERS = 1000
-"""Runs one batched program trains at most (--seeds x --grid): each member holds its own networks."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -149,9 +146,8 @@ def train(
     **options,
 ):
     """Train an algorithm on a dataset; running it again resumes the run."""
-    import itertools
 
-    from omgmg.algos import algorithm_class, make_config
+    from omgmg.algos import algorithm_class, make_config, member_configs
     from omgmg.datakit import open_dataset
     from omgmg.trainer import train as run_train
 
@@ -170,26 +166,13 @@ def train(
             )
     seed_list = parse_seeds(seeds) if seeds is not None else None
     points = parse_grid(grid)
-    batchable = algorithm_class(algo).member_hyperparameters
-    for name in points:
-        if name not in batchable:
-            raise click.BadParameter(
-                f"{algo} batches only {', '.join(batchable) or 'seeds'}, not {name}: train other values of {name} "
-                "as separate runs",
-                param_hint="--grid",
-            )
     if seed_list is None and not points:
-        cfgs, outs = [make_config(algo, suite, **base)], None
+        cfgs = [make_config(algo, suite, **base)]
         outs = [out or Path("runs") / Path(dataset).stem / f"{algo}-seed{cfgs[0].seed}"]
-    else:
-        seed_list = seed_list or [base.get("seed", 0)]
-        combos = [dict(zip(points, values, strict=True)) for values in itertools.product(*points.values())]
-        cfgs, outs = [], []
+    else:  # the members of one batched program, each a run directory of the folder
+        members = member_configs(algo, suite, base, seed_list, points)
         folder = out or Path("runs") / Path(dataset).stem
-        for combo in combos:
-            for s in seed_list:
-                cfgs.append(make_config(algo, suite, **(base | combo | {"seed": s})))
-                outs.append(folder / (f"{algo}-seed{s}" + "".join(f"-{k}{v:g}" for k, v in combo.items())))
+        cfgs, outs = [c for _, c in members], [folder / name for name, _ in members]
     several = len(cfgs) > 1
     with progress_bars() as bars:
         name = f"{algo} on {Path(dataset).name}" + (f" ({len(cfgs)} members)" if several else "")

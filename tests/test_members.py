@@ -258,3 +258,18 @@ def test_a_compiled_update_trains_the_members_as_the_eager_one(data, tmp_path):
                     assert rb[k] == pytest.approx(v, rel=1e-3, abs=1e-4), (k, ra["step"])
         wa, wb = _weights(a)["weights"], _weights(b)["weights"]
         assert max(float((v - wb[k]).abs().max()) for k, v in wa.items()) < 1e-3
+
+
+def test_member_configs_expand_seeds_and_grid_values_in_the_library():
+    from omgmg.algos import member_configs
+    from omgmg.datakit.errors import ConfigError
+
+    members = member_configs("omgmg", "mamujoco", {"steps": 10}, [0, 1], {"lam": [0.0, 0.5]})
+    assert [name for name, _ in members] == [
+        "omgmg-seed0-lam0", "omgmg-seed1-lam0", "omgmg-seed0-lam0.5", "omgmg-seed1-lam0.5"
+    ]  # fmt: skip
+    assert [(c.seed, c.lam, c.steps, c.nu) for _, c in members][-1] == (1, 0.5, 10, 10.0)  # the suite's nu
+    with pytest.raises(ConfigError, match="bc batches only seeds, not lam"):
+        member_configs("bc", None, {}, [0], {"lam": [0.0]})
+    with pytest.raises(ConfigError, match="more than 1000 in one program"):
+        member_configs("omgmg", None, {}, list(range(600)), {"lam": [0.0, 1.0]})

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+import numpy as np
+
 from omgmg.datakit.errors import ConfigError
 
 _CLASSES = {  # name -> (module, class)
@@ -51,3 +53,35 @@ def make_config(name: str, suite: str | None = None, **overrides):
             f"{named} {'does' if len(unknown) == 1 else 'do'} not apply to {name}; its settings: {', '.join(fields)}"
         )
     return config_cls(**{**suite_defaults(name).get(suite, {}), **overrides})
+
+
+MAX_MEMBERS = 1000
+"""Runs one batched program trains at most (seeds x grid values): each member holds its own networks."""
+
+
+def member_configs(
+    name: str, suite: str | None, base: dict, seeds: list[int] | None, grid: dict[str, list[float]]
+) -> list[tuple[str, object]]:
+    """The members of a batched run (``omgmg train --seeds ... --grid ...``): every seed x every combination
+    of the ``grid`` values, each (its run directory's name, its config: ``make_config`` with ``base``, the
+    combination and the seed). ``grid`` may hold only the algorithm's ``member_hyperparameters``."""
+    import itertools
+
+    batchable = algorithm_class(name).member_hyperparameters
+    for key in grid:
+        if key not in batchable:
+            raise ConfigError(
+                f"{name} batches only {', '.join(batchable) or 'seeds'}, not {key}: train other values of {key} "
+                "as separate runs"
+            )
+    seeds = seeds or [base.get("seed", 0)]
+    count = len(seeds) * int(np.prod([len(v) for v in grid.values()], dtype=np.int64))
+    if count > MAX_MEMBERS:
+        raise ConfigError(f"{count} members (seeds x grid values) are more than {MAX_MEMBERS} in one program")
+    members = []
+    for values in itertools.product(*grid.values()):
+        combo = dict(zip(grid, values, strict=True))
+        for seed in seeds:
+            run = f"{name}-seed{seed}" + "".join(f"-{k}{v:g}" for k, v in combo.items())
+            members.append((run, make_config(name, suite, **(base | combo | {"seed": seed}))))
+    return members
