@@ -52,6 +52,7 @@ import numpy as np
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import BackendUnavailable, DatasetError, RequestError
 from omgmg.datakit.format import BEHAVIOUR_ARRAYS, normalise_level
+from omgmg.datakit.importing import Imported, check_action_bound, foreign_provenance, write_imported
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.omiga import is_omiga_observations, znorm
 from omgmg.datakit.outputs import (
@@ -64,10 +65,8 @@ from omgmg.datakit.outputs import (
     read_lock,
     remove_output,
 )
-from omgmg.datakit.provenance import layouts, package_versions
-from omgmg.datakit.rows import ROW_CONVENTIONS, detect_rows, episode_bounds
+from omgmg.datakit.rows import ROW_CONVENTIONS, choose_rows, episode_bounds, team_values
 from omgmg.datakit.spec import Box, Discrete, EnvSpec
-from omgmg.datakit.writer import DatasetWriter
 
 METADATA = "metadata.json"  # flashbax's
 FINALS = "omgmg-finals.npz"  # ours, beside flashbax's stores
@@ -259,21 +258,6 @@ def is_omgmg_vault(path) -> bool:
 # ----- import -----------------------------------------------------------------------------------------------
 
 
-def _team(name: str, x: np.ndarray, T: int, N: int) -> np.ndarray:
-    """A per-agent (T, N) column that must be equal across agents (or (T,) / (T, 1)) as (T,)."""
-    if x.shape in ((T,), (T, 1)):
-        return x.reshape(T) if name == "rewards" else x.reshape(T).astype(bool)
-    if x.shape != (T, N):
-        raise DatasetError(f"{name!r} has shape {x.shape}; OG-MARL's is (1, {T}, {N})")
-    differ = np.flatnonzero((x != x[:, :1]).any(axis=1))
-    if name == "rewards" and differ.size:
-        raise DatasetError(
-            f"'rewards' differs between agents at row {differ[0]}; omgmg stores one team reward per step, "
-            "so per-agent rewards cannot be imported"
-        )
-    return x[:, 0] if name == "rewards" else x.astype(bool).all(axis=1)  # an end flag: OG-MARL's .all(axis=-1)
-
-
 def _obs_widths(obs: np.ndarray) -> tuple[int, ...]:
     """Each agent's observation width from OG-MARL's zero padding: one past its last column that is ever
     non-zero (PadObsandActs pads every agent to the widest)."""
@@ -295,46 +279,189 @@ def import_vault(
     progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
     """Convert one OG-MARL vault dataset to an omgmg dataset at ``out``; see the module docstring.
-    ``action_bound``: continuous actions' bound where the vault does not say (default 1).
 
     ``src``: the vault dataset folder (``.../3hopper.vlt/Expert``) or its ``.vlt`` folder with ``uid``.
     ``task``: OG-MARL's ``env_name/scenario`` (default: read from the path); ``level``: default from the
-    uid where it names one (``Expert``, ``Medium-Replay``); ``rows``: default detected.
+    uid where it names one (``Expert``, ``Medium-Replay``); ``rows``: default detected;
+    ``action_bound``: continuous actions' bound where the vault does not say (default 1).
+    A vault omgmg exported says all of these itself (and is refused any of them but ``level``).
     """
     uid_dir = locate_vault(src, uid)
     meta = read_metadata(uid_dir)
-    ours = meta.get("exported_by") == "omgmg" and isinstance(meta.get("omgmg"), dict)
-    path_names = names_from_path(uid_dir)
-    if ours:
-        spec = EnvSpec.from_json(meta["omgmg"]["spec"])
-        where = None
+    if meta.get("exported_by") == "omgmg" and isinstance(meta.get("omgmg"), dict):
         given = {"task": task, "rows": rows, "action_bound": action_bound, "episode_limit": episode_limit}
         given = {k: v for k, v in given.items() if v is not None}
-        if given:  # an omgmg export says all of these itself: another value would be silently ignored
+        if given:  # another value would be silently ignored
             raise RequestError(
                 f"{uid_dir} was exported by omgmg, which recorded its task, rows, action bounds and episode limit "
-                f"({spec.name}); leave out {', '.join(f'<<{k}=...>>' for k in given)}"
+                f"({EnvSpec.from_json(meta['omgmg']['spec']).name}); leave out "
+                + ", ".join(f"<<{k}=...>>" for k in given)
             )
+        imported = read_our_vault(uid_dir, meta, level=level)
     else:
-        action_bound = 1.0 if action_bound is None else action_bound
-        if task is None and path_names is None:
-            raise RequestError(
-                f"{uid_dir} is not under {{source}}/{{env_name}}/{{scenario}}.vlt/, so its task is unknown: "
-                "say which with <<task=ENV_NAME/SCENARIO>> (e.g. gymnasium_mamujoco/3hopper)"
-            )
-        if task is not None:
-            env_name, _, scenario = task.partition("/")
-            if not scenario:
-                raise RequestError(
-                    f"name the vault's task as OG-MARL does, ENV_NAME/SCENARIO, e.g. gymnasium_mamujoco/3hopper "
-                    f"(got {task!r})"
-                )
-        else:
-            _, env_name, scenario = path_names
-        where = vault_task(env_name, scenario)
-    level = normalise_level(level) if level else _level_from(meta, uid_dir.name, ours)
-    exp = read_experience(uid_dir)
+        imported = read_og_marl_vault(
+            uid_dir, meta, task=task, level=level, episode_limit=episode_limit, rows=rows,
+            action_bound=1.0 if action_bound is None else action_bound,
+        )  # fmt: skip
+    return write_imported(imported, out, overwrite=overwrite, progress=progress)
 
+
+def read_og_marl_vault(
+    uid_dir: Path, meta: dict, *, task: str | None, level: str | None, episode_limit: int | None, rows: str | None,
+    action_bound: float,
+) -> Imported:  # fmt: skip
+    """A vault OG-MARL (or anyone but omgmg) wrote: the task from its path or ``task``, the layout, widths and
+    row convention inferred from the data, every inference recorded."""
+    where = _task_of(uid_dir, task)
+    level = normalise_level(level) if level else _level_from(meta, uid_dir.name, False)
+    stream = _read_stream(uid_dir, where.suite, discrete=where.suite == "smacv2")
+    obs, T, N, O = stream.obs, *stream.obs.shape
+    options, notes, state = {}, {}, stream.state
+    if where.suite == "mamujoco" and is_omiga_observations(obs[: min(T, 1000)].astype(np.float64)):
+        options = {"obs_mode": "omiga"}
+        state = znorm(obs[:, 0, : O - N].astype(np.float64)).astype(np.float32)
+        notes["observation_layout"] = (
+            "OMIGA's: o_i = znorm(concat(x, onehot(i))); the state is znorm(o_0[:S]) = znorm(x), as OMIGA's "
+            "environment computes it"
+            + (f" (the vault's infos/state {stream.state.shape[1:]} is not used)" if stream.state is not None else "")
+        )
+    state = _team_state(uid_dir, state, T, N, notes)
+    limit = episode_limit or EPISODE_LIMITS[where.suite]
+    done = stream.terminal | stream.truncation
+    rows_how = "as asked" if rows else "detected from episodes that reach the limit"
+    rows = choose_rows(rows, done, limit)
+    if rows is None:  # no full episode: OMIGA's conversions keep final rows, OG-MARL's recorder does not
+        source = (names_from_path(uid_dir) or ("",))[0]
+        rows = "final-row" if source == "omiga" else "last-step"
+        rows_how = f"from the vault's source {source!r}" if source else "OG-MARL's recorder's (the default)"
+    bounds = episode_bounds(done, rows)
+    if not bounds:
+        raise DatasetError(f"{uid_dir} holds no complete episode")
+    if "observation_layout" not in notes and _state_frozen(state, bounds):
+        notes["warning"] = (
+            "infos/state does not change within any episode although the observations do: the vault was "
+            "probably recorded by OG-MARL's ExperienceRecorder, which keeps each episode's reset info for every "
+            "step (it assigns self._info, not self._infos); values trained on this state see one state per episode"
+        )
+    if options.get("obs_mode") == "omiga":
+        obs_dims = (O,) * N
+    else:
+        obs_dims = _obs_widths(obs)
+        notes["obs_dims_rule"] = "each agent's width is one past its last ever non-zero column (zero padding)"
+    if stream.discrete:
+        action_spaces = (Discrete(int(stream.avail.shape[2])),) * N
+    else:
+        check_action_bound(uid_dir, stream.actions, action_bound)
+        A = stream.actions.shape[2]
+        action_spaces = (Box((-action_bound,) * A, (action_bound,) * A),) * N
+    spec = EnvSpec(
+        suite=where.suite,
+        task=where.task,
+        backend=where.backend,
+        agent_ids=tuple(f"agent_{i}" for i in range(N)),
+        obs_dims=obs_dims,
+        state_dim=int(state.shape[1]),
+        action_spaces=action_spaces,
+        episode_limit=limit,
+        reports_wins=False,
+        options=options,
+        backend_versions=_versions(),
+    )
+    collection = _collection(
+        uid_dir, T, f"{rows} ({rows_how})", rows,
+        f"an episode ends where every agent's terminal or truncation flag is set; it is a truncation where the "
+        f"truncation flags are set or it is {limit} steps long, else a termination",
+        notes,
+    )  # fmt: skip
+    collection["provenance"] = _foreign_provenance(spec, meta, collection)
+
+    def episodes():
+        for start, stop, final in bounds:
+            truncated = stop - start >= limit or not done[final] or bool(stream.truncation[final])
+            ends = {"final_obs": obs[final], "final_state": state[final], "terminated": not truncated}
+            ends["final_avail"] = stream.avail[final] if stream.discrete else None
+            yield stream.episode(start, stop, state, truncated=truncated, won=None, **ends), stop
+
+    return Imported(spec, level, collection, uid_dir, T, episodes())
+
+
+def read_our_vault(uid_dir: Path, meta: dict, *, level: str | None) -> Imported:
+    """A vault omgmg exported: its spec, level and provenance from the metadata, each episode's final
+    observation, state and win (and the behaviour arrays) from the finals file kept beside it."""
+    spec = EnvSpec.from_json(meta["omgmg"]["spec"])
+    level = normalise_level(level) if level else _level_from(meta, uid_dir.name, True)
+    stream = _read_stream(uid_dir, spec.suite, discrete=spec.discrete)
+    notes = {}
+    state = _team_state(uid_dir, stream.state, *stream.obs.shape[:2], notes)
+    bounds = episode_bounds(stream.terminal | stream.truncation, "last-step")
+    if not bounds:
+        raise DatasetError(f"{uid_dir} holds no complete episode")
+    finals = _our_finals(uid_dir, meta, bounds, spec)
+    collection = _collection(
+        uid_dir, len(stream.obs), "last-step (omgmg's export)", "last-step",
+        "as exported: omgmg's own terminations and truncations", notes,
+    )  # fmt: skip
+    collection["final_observations"] = f"kept by omgmg's export in {FINALS}"
+    kept = meta["omgmg"].get("provenance")
+    collection["provenance"] = (
+        {**kept, "source": {"format": "OG-MARL vault exported by omgmg", "vault": collection["source_vault"]}}
+        if isinstance(kept, dict)
+        else _foreign_provenance(
+            spec,
+            meta,
+            collection,
+            also_unknown=("all of its provenance: the dataset omgmg exported it from recorded none",),
+        )
+    )
+    # what the behaviour policy did, where omgmg's export kept it beside the vault (OG-MARL's vaults do not record it)
+    behaviour = {n: finals[f"behaviour_{n}"] for n in BEHAVIOUR_ARRAYS if f"behaviour_{n}" in finals}
+
+    def episodes():
+        for e, (start, stop, _) in enumerate(bounds):
+            yield stream.episode(
+                start, stop, state,
+                final_obs=finals["final_obs"][e],
+                final_state=finals["final_state"][e],
+                final_avail=finals["final_avail"][e] if spec.discrete else None,
+                terminated=bool(stream.terminal[stop - 1]),
+                truncated=bool(stream.truncation[stop - 1]),
+                won=bool(finals["won"][e]) if spec.reports_wins else None,
+                **{f"behaviour_{n}": arr[start:stop] for n, arr in behaviour.items()},
+            ), stop  # fmt: skip
+
+    return Imported(spec, level, collection, uid_dir, len(stream.obs), episodes(), tuple(behaviour))
+
+
+@dataclass
+class _Stream:
+    """A vault's leaves as one team's stream of rows, checked: per-agent rewards and end flags made team values."""
+
+    obs: np.ndarray  # (T, N, O)
+    actions: np.ndarray  # (T, N) int or (T, N, A)
+    reward: np.ndarray  # (T,)
+    terminal: np.ndarray  # (T,) bool
+    truncation: np.ndarray  # (T,) bool
+    state: np.ndarray | None  # infos/state as stored: (T, S) or (T, N, S)
+    avail: np.ndarray | None  # infos/legals > 0.5, (T, N, K), discrete actions only
+
+    @property
+    def discrete(self) -> bool:
+        return self.avail is not None
+
+    def episode(self, start: int, stop: int, state: np.ndarray, **ends) -> dict:
+        """One episode's :meth:`DatasetWriter.add_episode` arguments: the rows start:stop and how it ended."""
+        return dict(
+            obs=self.obs[start:stop],
+            state=state[start:stop],
+            actions=self.actions[start:stop],
+            reward=self.reward[start:stop],
+            avail=self.avail[start:stop] if self.discrete else None,
+            **ends,
+        )
+
+
+def _read_stream(uid_dir: Path, suite: str, *, discrete: bool) -> _Stream:
+    exp = read_experience(uid_dir)
     obs, actions = exp["observations"], exp["actions"]
     if obs.ndim != 3:
         raise DatasetError(f"'observations' has shape (1, {', '.join(map(str, obs.shape))}); expected (1, T, N, O)")
@@ -342,172 +469,79 @@ def import_vault(
     for k in LEAVES[1:] + tuple(k for k in ("state", "legals") if k in exp):
         if exp[k].shape[0] != T:
             raise DatasetError(f"leaves disagree on the number of rows: observations {T}, {k} {exp[k].shape[0]}")
-    discrete = np.issubdtype(actions.dtype, np.integer)
-    suite = spec.suite if ours else where.suite
-    want_discrete = spec.discrete if ours else suite == "smacv2"
-    if discrete != want_discrete:
+    if np.issubdtype(actions.dtype, np.integer) != discrete:
         raise DatasetError(
             f"'actions' are {actions.dtype} {actions.shape}, but {suite} tasks have "
-            + ("discrete actions: (1, T, N) integers" if want_discrete else "continuous actions: (1, T, N, A)")
+            + ("discrete actions: (1, T, N) integers" if discrete else "continuous actions: (1, T, N, A)")
         )
     if actions.shape[:2] != (T, N) or actions.ndim != (2 if discrete else 3):
         raise DatasetError(f"'actions' has shape {actions.shape}; expected ({T}, {N}{'' if discrete else ', A'})")
     if discrete and ("legals" not in exp or exp["legals"].shape[:2] != (T, N) or exp["legals"].ndim != 3):
         raise DatasetError(f"{uid_dir}: a discrete-action vault needs infos/legals (1, T, N, K), the legal actions")
-    reward = _team("rewards", exp["rewards"], T, N)
-    terminal = _team("terminals", exp["terminals"], T, N)
-    truncation = _team("truncations", exp["truncations"], T, N)
-    done = terminal | truncation
+    return _Stream(
+        obs=obs,
+        actions=actions,
+        reward=team_values("rewards", exp["rewards"], T, N),
+        terminal=_every_agent("terminals", exp["terminals"], T, N),
+        truncation=_every_agent("truncations", exp["truncations"], T, N),
+        state=exp.get("state"),
+        avail=exp["legals"] > 0.5 if discrete else None,
+    )
 
-    options, notes = (dict(spec.options) if ours else {}), {}
-    state = exp.get("state")
-    if not ours and suite == "mamujoco" and is_omiga_observations(obs[: min(T, 1000)].astype(np.float64)):
-        options = {"obs_mode": "omiga"}
-        state = znorm(obs[:, 0, : O - N].astype(np.float64)).astype(np.float32)
-        notes["observation_layout"] = (
-            "OMIGA's: o_i = znorm(concat(x, onehot(i))); the state is znorm(o_0[:S]) = znorm(x), as OMIGA's "
-            "environment computes it"
-            + (f" (the vault's infos/state {exp['state'].shape[1:]} is not used)" if "state" in exp else "")
-        )
+
+def _every_agent(name: str, flags: np.ndarray, T: int, N: int) -> np.ndarray:
+    """An end flag, per agent (T, N) or per step, as (T,): set where every agent's is (OG-MARL's ``.all(axis=-1)``)."""
+    if flags.shape in ((T,), (T, 1)):
+        return flags.reshape(T).astype(bool)
+    if flags.shape != (T, N):
+        raise DatasetError(f"{name!r} has shape {flags.shape}; OG-MARL's is (1, {T}, {N})")
+    return flags.astype(bool).all(axis=1)
+
+
+def _team_state(uid_dir: Path, state: np.ndarray | None, T: int, N: int, notes: dict) -> np.ndarray:
+    """infos/state as (T, S): per-agent rows kept once when all agents agree, else concatenated (noted)."""
     if state is None:
         raise DatasetError(f"{uid_dir}: the vault has no infos/state; omgmg's datasets need the global state")
-    if state.ndim == 3:  # per agent: one row when all agents agree, else concatenated
+    if state.ndim == 3:
         if np.array_equal(state, np.broadcast_to(state[:, :1], state.shape)):
             state = state[:, 0]
         else:
             state, notes["state_layout"] = state.reshape(T, -1), "per-agent infos/state rows concatenated"
     if state.ndim != 2 or state.shape[0] != T:
         raise DatasetError(f"'infos/state' has shape {state.shape}; expected (1, {T}, S) or (1, {T}, {N}, S)")
+    return state
 
-    if ours:
-        limit = spec.episode_limit
-        rows, rows_how = "last-step", "omgmg's export"
-    else:
-        limit = episode_limit or EPISODE_LIMITS[suite]
-        if rows is not None and rows not in ROW_CONVENTIONS:
-            raise RequestError(f"unknown row convention {rows!r}: choose {' or '.join(ROW_CONVENTIONS)}")
-        rows_how = "as asked" if rows else "detected from episodes that reach the limit"
-        if rows is None:
-            rows = detect_rows(done, limit)
-        if rows is None:  # no full episode: OMIGA's conversions keep final rows, OG-MARL's recorder does not
-            source = path_names[0] if path_names else ""
-            rows = "final-row" if source == "omiga" else "last-step"
-            rows_how = f"from the vault's source {source!r}" if source else "OG-MARL's recorder's (the default)"
-    bounds = episode_bounds(done, rows)
-    if not bounds:
-        raise DatasetError(f"{uid_dir} holds no complete episode")
-    if not ours and "observation_layout" not in notes and _state_frozen(state, bounds):
-        notes["warning"] = (
-            "infos/state does not change within any episode although the observations do: the vault was "
-            "probably recorded by OG-MARL's ExperienceRecorder, which keeps each episode's reset info for every "
-            "step (it assigns self._info, not self._infos); values trained on this state see one state per episode"
-        )
 
-    if ours:
-        finals = _our_finals(uid_dir, meta, bounds, spec)
-        obs_dims, reports_wins = spec.obs_dims, spec.reports_wins
-    else:
-        finals = None
-        if options.get("obs_mode") == "omiga":
-            obs_dims = (O,) * N
-        else:
-            obs_dims = _obs_widths(obs)
-            notes["obs_dims_rule"] = "each agent's width is one past its last ever non-zero column (zero padding)"
-        reports_wins = False
-        if discrete:
-            action_spaces = (Discrete(int(exp["legals"].shape[2])),) * N
-        else:
-            worst = float(np.abs(actions).max(initial=0.0))
-            if worst > action_bound:
-                raise DatasetError(
-                    f"{uid_dir}: actions reach {worst:.4g}, outside [-{action_bound}, {action_bound}]; "
-                    "pass the task's real bound as <<action_bound=...>>"
-                )
-            A = actions.shape[2]
-            action_spaces = (Box((-action_bound,) * A, (action_bound,) * A),) * N
-        spec = EnvSpec(
-            suite=suite,
-            task=where.task,
-            backend=where.backend,
-            agent_ids=tuple(f"agent_{i}" for i in range(N)),
-            obs_dims=obs_dims,
-            state_dim=int(state.shape[1]),
-            action_spaces=action_spaces,
-            episode_limit=limit,
-            reports_wins=reports_wins,
-            options=options,
-            backend_versions=_versions(),
+def _task_of(uid_dir: Path, task: str | None) -> VaultTask:
+    """The vault's task: ``task`` (OG-MARL's ENV_NAME/SCENARIO) where given, else from its path."""
+    if task is None:
+        names = names_from_path(uid_dir)
+        if names is None:
+            raise RequestError(
+                f"{uid_dir} is not under {{source}}/{{env_name}}/{{scenario}}.vlt/, so its task is unknown: "
+                "say which with <<task=ENV_NAME/SCENARIO>> (e.g. gymnasium_mamujoco/3hopper)"
+            )
+        return vault_task(*names[1:])
+    env_name, _, scenario = task.partition("/")
+    if not scenario:
+        raise RequestError(
+            f"name the vault's task as OG-MARL does, ENV_NAME/SCENARIO, e.g. gymnasium_mamujoco/3hopper (got {task!r})"
         )
-    collection = {
+    return vault_task(env_name, scenario)
+
+
+def _collection(uid_dir: Path, T: int, rows_said: str, rows: str, termination_rule: str, notes: dict) -> dict:
+    """The ``collection`` metadata of an imported vault: where it came from and each rule its rows were read by."""
+    return {
         "source": "og-marl-vault",
         "source_vault": f"{uid_dir.parent.name}/{uid_dir.name}",  # the vault's name, not this machine's path
         "source_rows": int(T),
-        "row_convention": f"{rows} ({rows_how}): {ROW_CONVENTIONS[rows]}",
-        "termination_rule": (
-            "as exported: omgmg's own terminations and truncations"
-            if ours
-            else f"an episode ends where every agent's terminal or truncation flag is set; it is a truncation "
-            f"where the truncation flags are set or it is {limit} steps long, else a termination"
-        ),
+        "row_convention": f"{rows_said}: {ROW_CONVENTIONS[rows]}",
+        "termination_rule": termination_rule,
         "trailing_rows_rule": "rows after the last end form a truncated episode, its last row as final observation",
         "stored_action": "as in the source vault",
         **notes,
     }
-    if ours:
-        collection["final_observations"] = f"kept by omgmg's export in {FINALS}"
-    kept = meta["omgmg"].get("provenance") if ours else None
-    collection["provenance"] = (
-        {**kept, "source": {"format": "OG-MARL vault exported by omgmg", "vault": collection["source_vault"]}}
-        if isinstance(kept, dict)
-        else _foreign_provenance(spec, meta, collection, ours)
-    )
-    # what the behaviour policy did, where omgmg's export kept it beside the vault (OG-MARL's vaults do not record it)
-    behaviour = {n: finals[f"behaviour_{n}"] for n in BEHAVIOUR_ARRAYS if ours and f"behaviour_{n}" in finals}
-    writer = DatasetWriter(
-        out,
-        spec,
-        level=level,
-        behaviour_policy=None,
-        collection=collection,
-        overwrite=overwrite,
-        resume=False,
-        sources=(uid_dir,),
-        behaviour_arrays=tuple(behaviour),
-    )
-    avail = exp["legals"] > 0.5 if discrete else None
-    try:
-        for e, (start, stop, final) in enumerate(bounds):
-            L = stop - start
-            if ours:
-                terminated, truncated = bool(terminal[stop - 1]), bool(truncation[stop - 1])
-                final_obs, final_state = finals["final_obs"][e], finals["final_state"][e]
-                final_avail = finals["final_avail"][e] if discrete else None
-                won = bool(finals["won"][e]) if reports_wins else None
-            else:
-                truncated = L >= limit or not done[final] or bool(truncation[final])
-                terminated = not truncated
-                final_obs, final_state = obs[final], state[final]
-                final_avail, won = (avail[final] if discrete else None), None
-            writer.add_episode(
-                obs=obs[start:stop],
-                state=state[start:stop],
-                actions=actions[start:stop],
-                reward=reward[start:stop],
-                final_obs=final_obs,
-                final_state=final_state,
-                terminated=terminated,
-                truncated=truncated,
-                avail=avail[start:stop] if discrete else None,
-                final_avail=final_avail,
-                won=won,
-                **{f"behaviour_{n}": arr[start:stop] for n, arr in behaviour.items()},
-            )
-            if progress:
-                progress(stop, T)
-    except BaseException:
-        writer.abort()  # an import is re-run from the source, never resumed
-        raise
-    return writer.close()
 
 
 def _state_frozen(state: np.ndarray, bounds) -> bool:
@@ -518,21 +552,10 @@ def _state_frozen(state: np.ndarray, bounds) -> bool:
     )
 
 
-def _foreign_provenance(spec: EnvSpec, meta: dict, collection: dict, ours: bool) -> dict:
+def _foreign_provenance(spec: EnvSpec, meta: dict, collection: dict, also_unknown=()) -> dict:
     """What a vault can tell of where its data came from, and what it cannot."""
-    return {
-        "packages": package_versions(("flashbax", "tensorstore", "numpy", "omgmg")),
-        "source": {"format": "OG-MARL vault", "vault": collection["source_vault"], "flashbax_version": meta["version"]},
-        "layouts": layouts(spec),
-        "episode_seeds": [],
-        "unknown": [
-            "the simulator and package versions the data was recorded with"
-            + (" (the exporting dataset recorded none)" if ours else ""),
-            "how the environment was built",
-            "each episode's reset seed (the data cannot be replayed)",
-            "the behaviour policy",
-        ],
-    }
+    source = {"format": "OG-MARL vault", "vault": collection["source_vault"], "flashbax_version": meta["version"]}
+    return foreign_provenance(spec, ("flashbax", "tensorstore"), source, also_unknown=also_unknown)
 
 
 def _level_from(meta: dict, uid: str, ours: bool) -> str:

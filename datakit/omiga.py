@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ import numpy as np
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import DatasetError, RequestError
 from omgmg.datakit.format import BEHAVIOUR_ARRAYS
+from omgmg.datakit.importing import Imported, check_action_bound, foreign_provenance, write_imported
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.outputs import (
     OutputLock,
@@ -53,39 +55,14 @@ from omgmg.datakit.outputs import (
     os_errors,
     read_lock,
 )
-from omgmg.datakit.provenance import layouts, package_versions
-from omgmg.datakit.rows import ROW_CONVENTIONS, detect_rows, episode_bounds, group_bounds
+from omgmg.datakit.rows import ROW_CONVENTIONS, choose_rows, episode_bounds, group_bounds, team_values
 from omgmg.datakit.spec import Box, EnvSpec
-from omgmg.datakit.writer import DatasetWriter
 
 OMIGA_KEYS = ("s", "o", "a", "r", "d")
 OMGMG_STATE = "omgmg/state"  # our global state, (T, S), kept beside OMIGA's keys by our export
 OMGMG_BEHAVIOUR = "omgmg/behaviour_{}"  # the format-3 behaviour arrays, (T, N) / (T, N, A), likewise
 MAMUJOCO_EPISODE_LIMIT = 1000
 STATE_FLATTENED = "per-agent s rows concatenated"
-
-
-def _per_step(name: str, arr, T: int, N: int):
-    """Accept (T,), (T, 1) or (T, N) for r and d; return a function reading rows as (rows,)."""
-    shape = tuple(arr.shape)
-    if shape == (T,):
-        return lambda lo, hi: np.asarray(arr[lo:hi])
-    if shape == (T, 1):
-        return lambda lo, hi: np.asarray(arr[lo:hi])[:, 0]
-    if shape == (T, N):
-
-        def read(lo, hi):
-            block = np.asarray(arr[lo:hi])
-            if not np.all(block == block[:, :1]):
-                row = lo + int(np.flatnonzero((block != block[:, :1]).any(axis=1))[0])
-                raise DatasetError(
-                    f"'{name}' differs between agents at row {row}; omgmg stores one team value "
-                    "per step, so per-agent values cannot be imported"
-                )
-            return block[:, 0]
-
-        return read
-    raise DatasetError(f"'{name}' has shape {shape}; expected ({T},), ({T}, 1) or ({T}, {N})")
 
 
 def import_omiga(
@@ -114,169 +91,185 @@ def import_omiga(
     except OSError as e:
         raise DatasetError(f"{src} is not a readable HDF5 file ({e})") from None
     with f:
-        missing = [k for k in OMIGA_KEYS if k not in f]
-        if missing:
-            raise DatasetError(
-                f"{src} lacks the OMIGA keys {missing} (found {sorted(f.keys())}); "
-                "expected s, o, a, r, d as in the OMIGA MaMuJoCo datasets"
-            )
-        not_arrays = [k for k in OMIGA_KEYS if not isinstance(f[k], h5py.Dataset)]
-        if not_arrays:
-            raise DatasetError(
-                f"{src}: {', '.join(repr(k) for k in not_arrays)} must be arrays (HDF5 datasets), "
-                "not groups; this is not an OMIGA file"
-            )
-        o, s, a = f["o"], f["s"], f["a"]
-        if o.ndim != 3 or a.ndim != 3:
-            raise DatasetError(f"'o' and 'a' must be (T, N, dim); got {o.shape} and {a.shape}")
-        T, N, O = o.shape
-        A = a.shape[2]
-        if a.shape[:2] != (T, N) or s.shape[0] != T:
-            raise DatasetError(f"row counts or agent counts disagree: o {o.shape}, a {a.shape}, s {s.shape}")
-        if s.ndim == 3 and s.shape[1] == N:
-            s_first = np.asarray(s[: min(T, 1000)])
-            flatten = not np.all(s_first == s_first[:, :1])
-            S = s.shape[2] * (N if flatten else 1)
-            read_state = (
-                (lambda lo, hi: np.asarray(s[lo:hi]).reshape(hi - lo, -1))
-                if flatten
-                else (lambda lo, hi: np.asarray(s[lo:hi, 0]))
-            )
-        elif s.ndim == 2:
-            flatten, S = False, s.shape[1]
-            read_state = lambda lo, hi: np.asarray(s[lo:hi])  # noqa: E731
-        else:
-            raise DatasetError(f"'s' has shape {s.shape}; expected ({T}, {N}, S) or ({T}, S)")
-        ours = f.attrs.get("exported_by") == "omgmg" and OMGMG_STATE in f
-        obs_dims, options, layout, spaces = (O,) * N, {"obs_mode": "omiga"}, None, None
-        if not ours and s.shape == o.shape and np.array_equal(s[: min(T, 1000)], o[: min(T, 1000)]):
-            if is_omiga_observations(np.asarray(o[: min(T, 1000)])):  # as OMIGA's environment writes them
-                flatten, S = False, O - N
-                read_state = lambda lo, hi: znorm(np.asarray(o[lo:hi, 0, : O - N], np.float64))  # noqa: E731
-                layout = (
-                    "OMIGA's: o_i = znorm(concat(x, onehot(i))) and s = o; the state is znorm(o_0[:S]) = znorm(x), "
-                    "as the environment computes it"
-                )
-            else:
-                options, layout = {}, "s equals o, but o is not OMIGA's znorm(concat(x, onehot(i))) layout"
-        if ours:  # an omgmg export: its own state, observation widths and layout come back
-            kept, obs_dims = _our_export_extras(src, f, T, N, O)
-            spaces = _our_action_spaces(f, N, A)
-            flatten, S = False, kept.shape[1]
-            read_state = lambda lo, hi: np.asarray(kept[lo:hi])  # noqa: E731
-            options = {"obs_mode": "omiga"} if f.attrs.get("obs_mode") == "omiga" else {}
-        read_r = _per_step("r", f["r"], T, N)
-        done = _per_step("d", f["d"], T, N)(0, T) > 0.5  # (T,) small: read whole
-        if rows is not None and rows not in ROW_CONVENTIONS:
-            raise RequestError(f"unknown row convention {rows!r}: choose {' or '.join(ROW_CONVENTIONS)}")
-        rows = rows or ("final-row" if f.attrs.get("exported_by") == "omgmg" else detect_rows(done, episode_limit))
-        if rows is None:
-            raise RequestError(
-                f"{src}: no episode reaches the {episode_limit}-step limit, so the rows cannot tell whether each "
-                "episode ends with an extra final row (<<rows=final-row>>, OMIGA's own files) or d = 1 marks its "
-                "last step (<<rows=last-step>>); say which"
-            )
-        bounds = episode_bounds(done, rows)
-        if not bounds:
-            raise DatasetError(f"{src} holds no complete episode")
-        spec = EnvSpec(
-            suite="mamujoco",
-            task=task,
-            backend="omiga-hdf5",
-            agent_ids=tuple(f"agent_{i}" for i in range(N)),
-            obs_dims=obs_dims,
-            state_dim=S,
-            action_spaces=spaces or tuple(Box((-action_bound,) * A, (action_bound,) * A) for _ in range(N)),
-            episode_limit=episode_limit,
-            options=options,
-            backend_versions={"h5py": h5py.__version__},
+        imported = read_omiga(
+            f, task=task, level=level, episode_limit=episode_limit, rows=rows, action_bound=action_bound,
+            block_rows=block_rows,
+        )  # fmt: skip
+        return write_imported(imported, out, overwrite=overwrite, progress=progress)
+
+
+def read_omiga(f, *, task: str, level: str, episode_limit: int, rows: str | None, action_bound: float, block_rows: int):
+    """An open OMIGA file (h5py) as an :class:`~omgmg.datakit.importing.Imported`: its episodes are read
+    ``block_rows`` rows at a time while they are written."""
+    import h5py
+
+    src = Path(f.filename)
+    _check_keys(f, src)
+    o, a = f["o"], f["a"]
+    if o.ndim != 3 or a.ndim != 3:
+        raise DatasetError(f"'o' and 'a' must be (T, N, dim); got {o.shape} and {a.shape}")
+    T, N, O = o.shape
+    if a.shape[:2] != (T, N) or f["s"].shape[0] != T:
+        raise DatasetError(f"row counts or agent counts disagree: o {o.shape}, a {a.shape}, s {f['s'].shape}")
+    ours = f.attrs.get("exported_by") == "omgmg" and OMGMG_STATE in f
+    state = _our_state(src, f, T, N, O) if ours else _their_state(f, T, N, O)
+    reward = team_values("r", np.asarray(f["r"]), T, N)
+    done = team_values("d", np.asarray(f["d"]), T, N) > 0.5
+    rows = "final-row" if f.attrs.get("exported_by") == "omgmg" and rows is None else rows
+    rows = choose_rows(rows, done, episode_limit)
+    if rows is None:
+        raise RequestError(
+            f"{src}: no episode reaches the {episode_limit}-step limit, so the rows cannot tell whether each "
+            "episode ends with an extra final row (<<rows=final-row>>, OMIGA's own files) or d = 1 marks its "
+            "last step (<<rows=last-step>>); say which"
         )
-        collection = {
-            "source": "omiga-hdf5",
-            "source_file": src.name,
-            "source_rows": int(T),
-            "termination_rule": (
-                f"file has no truncation flag: episodes of exactly {episode_limit} steps are "
-                "taken as time-limit truncations, shorter ones as terminations"
-            ),
-            "row_convention": f"{rows}: {ROW_CONVENTIONS[rows]}",
-            "trailing_rows_rule": "rows after the last d=1 row form a truncated episode whose last row is its "
-            "final observation",
-            "stored_action": "as in the source file",
-        }
-        collection["provenance"] = {
-            "packages": package_versions(("h5py", "numpy", "omgmg")),
-            "source": {"format": "OMIGA HDF5", "file": src.name, "exported_by": str(f.attrs.get("exported_by", ""))},
-            "layouts": layouts(spec),
-            "episode_seeds": [],
-            "unknown": [
-                "the simulator and package versions the data was recorded with",
-                "how the environment was built",
-                "each episode's reset seed (the data cannot be replayed)",
-                "the behaviour policy",
-                "terminations vs truncations (inferred by the termination rule)",
-            ],
-        }
-        if flatten:
-            collection["state_layout"] = STATE_FLATTENED
-        if layout:
-            collection["observation_layout"] = layout
-        if ours:  # the state omgmg's export kept; still the source's per-agent s rows if it came from one
-            source_s = str(f.attrs.get("s", "")).startswith("the source file's per-agent s")
-            collection["state_layout"] = STATE_FLATTENED if source_s else f"kept by omgmg's export in {OMGMG_STATE}"
-        # what the behaviour policy did, where an omgmg export carried it beside OMIGA's keys (OMIGA's own files
-        # do not record it)
-        kept_behaviour = {
-            n: f[OMGMG_BEHAVIOUR.format(n)] for n in BEHAVIOUR_ARRAYS if ours and OMGMG_BEHAVIOUR.format(n) in f
-        }
-        writer = DatasetWriter(
-            out,
+    bounds = episode_bounds(done, rows)
+    if not bounds:
+        raise DatasetError(f"{src} holds no complete episode")
+    A = a.shape[2]
+    spec = EnvSpec(
+        suite="mamujoco",
+        task=task,
+        backend="omiga-hdf5",
+        agent_ids=tuple(f"agent_{i}" for i in range(N)),
+        obs_dims=state.obs_dims,
+        state_dim=state.dim,
+        action_spaces=state.action_spaces or tuple(Box((-action_bound,) * A, (action_bound,) * A) for _ in range(N)),
+        episode_limit=episode_limit,
+        options=state.options,
+        backend_versions={"h5py": h5py.__version__},
+    )
+    collection = {
+        "source": "omiga-hdf5",
+        "source_file": src.name,
+        "source_rows": int(T),
+        "termination_rule": (
+            f"file has no truncation flag: episodes of exactly {episode_limit} steps are "
+            "taken as time-limit truncations, shorter ones as terminations"
+        ),
+        "row_convention": f"{rows}: {ROW_CONVENTIONS[rows]}",
+        "trailing_rows_rule": "rows after the last d=1 row form a truncated episode whose last row is its "
+        "final observation",
+        "stored_action": "as in the source file",
+        "provenance": foreign_provenance(
             spec,
-            level=level,
-            behaviour_policy=None,
-            collection=collection,
-            overwrite=overwrite,
-            resume=False,
-            sources=(src,),
-            behaviour_arrays=tuple(kept_behaviour),
+            ("h5py",),
+            {"format": "OMIGA HDF5", "file": src.name, "exported_by": str(f.attrs.get("exported_by", ""))},
+            also_unknown=("terminations vs truncations (inferred by the termination rule)",),
+        ),
+        **state.notes,
+    }
+    # what the behaviour policy did, where an omgmg export carried it beside OMIGA's keys (OMIGA's own files
+    # do not record it)
+    behaviour = {n: f[OMGMG_BEHAVIOUR.format(n)] for n in BEHAVIOUR_ARRAYS if ours and OMGMG_BEHAVIOUR.format(n) in f}
+    bound = None if state.action_spaces else action_bound  # an omgmg export recorded its own bounds
+
+    def episodes():
+        for group in group_bounds(bounds, block_rows):
+            lo, hi = group[0][0], group[-1][2] + 1
+            obs, actions = np.asarray(o[lo:hi], np.float32), np.asarray(a[lo:hi], np.float32)
+            states, rewards = state.read(lo, hi).astype(np.float32), reward[lo:hi].astype(np.float32)
+            kept = {n: np.asarray(arr[lo:hi], np.float32) for n, arr in behaviour.items()}
+            if bound is not None:
+                check_action_bound(src, actions, bound)
+            for start, stop, final in group:
+                i, j, k = start - lo, stop - lo, final - lo
+                truncated = stop - start >= episode_limit or not done[final]
+                episode = dict(
+                    obs=obs[i:j],
+                    state=states[i:j],
+                    actions=actions[i:j],
+                    reward=rewards[i:j],
+                    final_obs=obs[k],
+                    final_state=states[k],
+                    terminated=not truncated,
+                    truncated=truncated,
+                    **{f"behaviour_{n}": arr[i:j] for n, arr in kept.items()},
+                )
+                yield episode, (hi if (start, stop, final) == group[-1] else stop)
+
+    return Imported(spec, level, collection, src, int(T), episodes(), tuple(behaviour))
+
+
+def _check_keys(f, src: Path) -> None:
+    import h5py
+
+    missing = [k for k in OMIGA_KEYS if k not in f]
+    if missing:
+        raise DatasetError(
+            f"{src} lacks the OMIGA keys {missing} (found {sorted(f.keys())}); "
+            "expected s, o, a, r, d as in the OMIGA MaMuJoCo datasets"
         )
-        try:
-            for group in group_bounds(bounds, block_rows):
-                lo, hi = group[0][0], group[-1][2] + 1
-                block = {
-                    "o": np.asarray(o[lo:hi], np.float32),
-                    "s": read_state(lo, hi).astype(np.float32),
-                    "a": np.asarray(a[lo:hi], np.float32),
-                    "r": read_r(lo, hi).astype(np.float32),
-                }
-                behaviour = {n: np.asarray(arr[lo:hi], np.float32) for n, arr in kept_behaviour.items()}
-                worst = float(np.abs(block["a"]).max(initial=0.0))
-                if spaces is None and worst > action_bound:
-                    raise DatasetError(
-                        f"{src}: actions reach {worst:.4g}, outside [-{action_bound}, {action_bound}]; "
-                        "pass the task's real bound as <<action_bound=...>>"
-                    )
-                for start, stop, final in group:
-                    i, j, k = start - lo, stop - lo, final - lo
-                    L = stop - start
-                    truncated = L >= episode_limit or not done[final]
-                    writer.add_episode(
-                        obs=block["o"][i:j],
-                        state=block["s"][i:j],
-                        actions=block["a"][i:j],
-                        reward=block["r"][i:j],
-                        final_obs=block["o"][k],
-                        final_state=block["s"][k],
-                        terminated=not truncated,
-                        truncated=truncated,
-                        **{f"behaviour_{n}": arr[i:j] for n, arr in behaviour.items()},
-                    )
-                if progress:
-                    progress(hi, T)
-        except BaseException:
-            writer.abort()  # an import is re-run from the source, never resumed
-            raise
-    return writer.close()
+    not_arrays = [k for k in OMIGA_KEYS if not isinstance(f[k], h5py.Dataset)]
+    if not_arrays:
+        raise DatasetError(
+            f"{src}: {', '.join(repr(k) for k in not_arrays)} must be arrays (HDF5 datasets), "
+            "not groups; this is not an OMIGA file"
+        )
+
+
+@dataclass
+class _State:
+    """Where the global state comes from in one file, and what that says of its observations."""
+
+    read: Callable[[int, int], np.ndarray]
+    """Rows lo:hi of the state, (rows, dim)."""
+    dim: int
+    obs_dims: tuple[int, ...]
+    options: dict
+    notes: dict
+    """What the dataset's ``collection`` records of the layouts (state_layout, observation_layout)."""
+    action_spaces: tuple[Box, ...] | None = None
+
+
+def _their_state(f, T: int, N: int, O: int) -> _State:
+    """The state of a file OMIGA (or anyone but omgmg) wrote: ``s`` as (T, S), or per agent (T, N, S)
+    kept once when every agent's row is the same and concatenated otherwise; where ``s`` is ``o`` in OMIGA's
+    observation layout, the state OMIGA's environment computes from it."""
+    s, o = f["s"], f["o"]
+    head = min(T, 1000)
+    if s.ndim == 3 and s.shape[1] == N:
+        s_first = np.asarray(s[:head])
+        if np.all(s_first == s_first[:, :1]):
+            state = _State(lambda lo, hi: np.asarray(s[lo:hi, 0]), s.shape[2], (O,) * N, {"obs_mode": "omiga"}, {})
+        else:
+            read = lambda lo, hi: np.asarray(s[lo:hi]).reshape(hi - lo, -1)  # noqa: E731
+            state = _State(read, s.shape[2] * N, (O,) * N, {"obs_mode": "omiga"}, {"state_layout": STATE_FLATTENED})
+    elif s.ndim == 2:
+        state = _State(lambda lo, hi: np.asarray(s[lo:hi]), s.shape[1], (O,) * N, {"obs_mode": "omiga"}, {})
+    else:
+        raise DatasetError(f"'s' has shape {s.shape}; expected ({T}, {N}, S) or ({T}, S)")
+    if s.shape != o.shape or not np.array_equal(s[:head], o[:head]):
+        return state
+    if is_omiga_observations(np.asarray(o[:head])):  # as OMIGA's environment writes them
+        return _State(
+            lambda lo, hi: znorm(np.asarray(o[lo:hi, 0, : O - N], np.float64)),
+            O - N,
+            (O,) * N,
+            {"obs_mode": "omiga"},
+            {
+                "observation_layout": "OMIGA's: o_i = znorm(concat(x, onehot(i))) and s = o; the state is "
+                "znorm(o_0[:S]) = znorm(x), as the environment computes it"
+            },
+        )
+    state.options = {}
+    state.notes["observation_layout"] = "s equals o, but o is not OMIGA's znorm(concat(x, onehot(i))) layout"
+    return state
+
+
+def _our_state(src: Path, f, T: int, N: int, O: int) -> _State:
+    """An omgmg export: its own state, observation widths, action bounds and layout come back."""
+    kept, obs_dims = _our_export_extras(src, f, T, N, O)
+    source_s = str(f.attrs.get("s", "")).startswith("the source file's per-agent s")
+    return _State(
+        lambda lo, hi: np.asarray(kept[lo:hi]),
+        kept.shape[1],
+        obs_dims,
+        {"obs_mode": "omiga"} if f.attrs.get("obs_mode") == "omiga" else {},
+        # the state omgmg's export kept; still the source's per-agent s rows if it came from one
+        {"state_layout": STATE_FLATTENED if source_s else f"kept by omgmg's export in {OMGMG_STATE}"},
+        _our_action_spaces(f, N, f["a"].shape[2]),
+    )
 
 
 def _our_export_extras(src: Path, f, T: int, N: int, O: int):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from omgmg.datakit.errors import DatasetError
+from omgmg.datakit.errors import DatasetError, RequestError
 
 ROW_CONVENTIONS = {
     "final-row": "each episode ends with an extra row, d = 1, holding its final observation (OMIGA's own "
@@ -19,6 +19,29 @@ ROW_CONVENTIONS = {
     "last-step": "d = 1 marks each episode's last real step; the file holds no final observations, so each "
     "episode's last observation stands in for it (only a time-limit truncation bootstraps from it)",
 }
+
+
+def team_values(name: str, x: np.ndarray, T: int, N: int) -> np.ndarray:
+    """A per-step column, (T,), (T, 1) or per agent (T, N) with every agent equal, as (T,): omgmg stores one
+    team value per step (a reward, a done flag)."""
+    if x.shape in ((T,), (T, 1)):
+        return x.reshape(T)
+    if x.shape != (T, N):
+        raise DatasetError(f"{name!r} has shape {x.shape}; expected ({T},), ({T}, 1) or ({T}, {N})")
+    differ = np.flatnonzero((x != x[:, :1]).any(axis=1))
+    if differ.size:
+        raise DatasetError(
+            f"{name!r} differs between agents at row {differ[0]}; omgmg stores one team value per step, "
+            "so per-agent values cannot be imported"
+        )
+    return x[:, 0]
+
+
+def choose_rows(rows: str | None, done: np.ndarray, episode_limit: int) -> str | None:
+    """The row convention asked for (checked), else the one the d column shows (:func:`detect_rows`)."""
+    if rows is not None and rows not in ROW_CONVENTIONS:
+        raise RequestError(f"unknown row convention {rows!r}: choose {' or '.join(ROW_CONVENTIONS)}")
+    return rows or detect_rows(done, episode_limit)
 
 
 def detect_rows(done: np.ndarray, episode_limit: int) -> str | None:

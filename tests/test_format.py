@@ -252,3 +252,35 @@ def test_the_committed_episodes_of_an_unfinished_write_read_back_as_written(tmp_
         for k in want:
             assert np.array_equal(np.asarray(got[k]), np.asarray(want[k])), k
     crash(w)
+
+
+def test_the_shared_import_tail_writes_every_episode_or_nothing(tmp_path):
+    from omgmg.datakit.importing import Imported, write_imported
+
+    spec = continuous_spec()
+    episodes = hand_episodes(spec, LENGTHS, ENDS)
+    rows = np.cumsum(LENGTHS)
+
+    def source(fail_at=None):
+        for e, ep in enumerate(episodes):
+            if e == fail_at:
+                raise DatasetError("the source is damaged at episode 3")
+            yield ep, int(rows[e])
+
+    seen = []
+    imported = Imported(spec, "expert", {"source": "hand"}, tmp_path / "src", int(rows[-1]), source())
+    ds = write_imported(imported, tmp_path / "a.zarr", progress=lambda done, total: seen.append((done, total)))
+    assert ds.level == "expert" and ds.meta["collection"]["source"] == "hand"
+    assert seen == [(int(r), int(rows[-1])) for r in rows]
+    for ep, back in zip(episodes, iter_episodes(ds), strict=True):
+        assert np.array_equal(ep["obs"], back["obs"]) and np.array_equal(ep["actions"], back["actions"])
+        assert np.array_equal(ep["final_state"], back["final_state"])
+    (tmp_path / "b.zarr").mkdir()  # something already there (not an omgmg dataset) stays untouched
+    (tmp_path / "b.zarr" / "mine.txt").write_text("keep")
+    broken = Imported(spec, "expert", {"source": "hand"}, tmp_path / "src", int(rows[-1]), source(fail_at=3))
+    with pytest.raises(DatasetError, match="damaged at episode 3"):
+        write_imported(broken, tmp_path / "c.zarr")
+    assert not (tmp_path / "c.zarr").exists() and not list(tmp_path.glob(".*partial"))
+    with pytest.raises(DatasetError):
+        write_imported(broken, tmp_path / "b.zarr", overwrite=True)
+    assert (tmp_path / "b.zarr" / "mine.txt").read_text() == "keep"
