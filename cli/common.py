@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 from omgmg.datakit.errors import DatasetError, InvalidDatasetError, RequestError, render_options
 from omgmg.datakit.remote import RemoteLocation, is_remote
@@ -162,6 +163,15 @@ class ProgressBars:
 
         return update
 
+    def result(self, text: str) -> None:
+        """A line of the command's output (stdout, rich markup), printed above the bars while they are live:
+        a terminal shows stdout and the bars' stderr on one screen, and a line printed past the live display
+        would land on the bar's own line."""
+        if self._progress is not None and console.is_terminal:
+            self._progress.console.print(text, highlight=False)
+        else:
+            console.print(text, highlight=False)
+
     def note(self, message: str) -> None:
         """A line above the bars."""
         text = render_options(message, as_flag)
@@ -272,13 +282,23 @@ def progress_bars():
         finally:
             lines.close()
         return
+    # where the line is short, the description and the free text give way (ellipsis), never the counts or times
+    # the counts and times keep their width; what is left is shared by the description, the bar and the free
+    # text, which end in an ellipsis where the terminal is narrow (rich would otherwise cut the counts)
+    left = max(30, err_console.width - 36)
+    described, bar = min(40, int(0.45 * left)), min(40, max(8, int(0.2 * left)))
     columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TextColumn(
+            "[bold]{task.description}", table_column=Column(max_width=described, no_wrap=True, overflow="ellipsis")
+        ),
+        BarColumn(bar_width=bar),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn(
+            "{task.fields[info]}",
+            table_column=Column(max_width=left - described - bar, no_wrap=True, overflow="ellipsis"),
+        ),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True)),
     ]
     with Progress(*columns, console=err_console, transient=False) as p:
         yield ProgressBars(p)

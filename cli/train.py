@@ -6,10 +6,12 @@ field is an option with its docstring as help, so the dataclass stays the single
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import numpy as np
+from rich.markup import escape
 
 from omgmg.algos import MAX_MEMBERS
 from omgmg.cli.common import (
@@ -274,7 +276,7 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: 
                 result = evaluate_run(
                     member, dataset, episodes=episodes, seed=seed, device=device, checkpoint=checkpoint
                 )
-                _print_evaluation(result, episodes)
+                _print_evaluation(result, episodes, bars.result)
                 wr = result["eval/win_rate"]
                 unit = "win rate %" if wr is not None else "return"
                 scores.setdefault(label, []).append(100 * wr if wr is not None else result["eval/return"])
@@ -293,13 +295,12 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: 
         )
 
 
-def _print_evaluation(result: dict, episodes: int) -> None:
+def _print_evaluation(result: dict, episodes: int, print_line: Callable[[str], None]) -> None:
     wr = result["eval/win_rate"]
-    console.print(
-        f"[bold]{result['path']}[/] (step {result['step']}): return {result['eval/return']:.4g} ± "
+    print_line(
+        f"[bold]{escape(str(result['path']))}[/] (step {result['step']}): return {result['eval/return']:.4g} ± "
         f"{result['eval/return_std']:.3g} over {episodes} episodes"
-        + ("" if wr is None else f", win rate {100 * wr:.1f}%"),
-        highlight=False,
+        + ("" if wr is None else f", win rate {100 * wr:.1f}%")
     )
     if result["checkpoint"] == "final" and result["step"] < result["steps"]:
         warn(

@@ -57,6 +57,16 @@ def inputs(tmp_path_factory):
     export_vault(root / "d.zarr", root / "v0.vlt")  # the import's own input (the test ids run in any order)
     omiga_file(root / "x.hdf5", [10, 4, 10, 6])
     (root / "spec.toml").write_text(bc_sweep_toml(root / "d.zarr", steps=20, eval_every=10))
+    from click.testing import CliRunner
+
+    from omgmg.cli.train import main as train_cli
+
+    trained = CliRunner().invoke(
+        train_cli,
+        ["train", "--dataset", str(root / "d.zarr"), "--algo", "bc", "--seeds", "0-1", "--steps", "20",
+         "--eval-every", "20", "--eval-episodes", "1", "--hidden", "16", "--out", str(root / "seeds")],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output  # two runs for eval to report on
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root))
     )  # serves d.zarr for download
@@ -94,7 +104,9 @@ COMMANDS = [
         ["bc on d.zarr"],
     ),  # noqa: E501
     ("omgmg", "sweep {root}/spec.toml --smoke --out {root}/sweep --workers 1", ["sweep tiny (smoke)"]),
+    ("omgmg", "eval {root}/seeds --episodes 2", ["evaluating runs"]),
 ]
+BAR_END = re.compile(r"(\d+:\d\d:\d\d|-:--:--)$")  # a bar's line ends with its time left
 
 
 @pytest.mark.parametrize("command, args, bars", COMMANDS, ids=[f"{c} {a.split()[0]}" for c, a, _ in COMMANDS])
@@ -104,6 +116,8 @@ def test_every_command_draws_each_bar_once_in_a_terminal(inputs, command, args, 
     assert run.exit_code == 0, run.screen
     for bar in bars:
         assert len(run.lines_with(bar)) == 1, run.screen
+        # counts and times whole, nothing printed onto the bar's line (output printed during the bar goes above it)
+        assert BAR_END.search(run.lines_with(bar)[0]) and "/…" not in run.lines_with(bar)[0], run.screen
     assert len(run.output) / run.seconds < MAX_BYTES_PER_SECOND, (len(run.output), run.seconds)
     assert "Traceback" not in run.screen
 
