@@ -23,7 +23,7 @@ from omgmg.datakit.dataset import Dataset
 from omgmg.datakit.errors import RequestError
 from omgmg.datakit.outputs import atomic_write_json
 from omgmg.machine import resolve_device
-from omgmg.rundir import load_policy, run_dataset
+from omgmg.rundir import policy_from_checkpoint, run_dataset
 
 
 class Evaluator:
@@ -95,7 +95,7 @@ def evaluate_run(run, dataset=None, *, episodes: int = 10, seed: int = 1234, dev
             raise RequestError(f"{run_dir / 'config.json'} is missing or damaged; pass --dataset") from None
         dataset = run_dataset(run_dir, config)
     ds = open_dataset(dataset)
-    algo = load_policy(path).to(resolve_device(device))
+    algo = policy_from_checkpoint(saved).to(resolve_device(device))
     if algo.spec.identity() != ds.spec.identity():
         raise RequestError(
             f"the policy in {path} was trained on {algo.spec.name}, but {dataset} is "

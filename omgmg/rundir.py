@@ -27,7 +27,7 @@ from omgmg.algos import algorithm_class
 from omgmg.algos.base import OfflineAlgorithm, OfflineConfig
 from omgmg.datakit.checkpoints import load_checkpoint, previous_path
 from omgmg.datakit.dataset import Dataset
-from omgmg.datakit.errors import RequestError
+from omgmg.datakit.errors import CheckpointError, RequestError
 from omgmg.datakit.format import identity_sha256
 from omgmg.datakit.outputs import HOME_PREFIX, from_home_relative, home_relative, read_jsonl
 from omgmg.datakit.remote import is_remote
@@ -201,9 +201,9 @@ def _optimizer_slice(state: dict, k: int) -> dict:
 def load_members(algo, loader, states: list[dict]) -> None:
     """Stack members' checkpoints (each a single run's) into ``algo``, ``loader`` and the random streams."""
     keys = member_keys(algo)
-    weights = [upgrade_weights(algo, s["weights"]) for s in states]
-    algo.load_state_dict(stack_states(weights, keys))
-    params = dict(algo.named_parameters(remove_duplicate=False))
+    for s in states:
+        check_member_axis(algo, s["weights"])
+    algo.load_state_dict(stack_states([s["weights"] for s in states], keys))
     for name, opt in algo.optimizers.items():
         parts = [s["optim"][name] for s in states]
         stacked = {
@@ -216,45 +216,41 @@ def load_members(algo, loader, states: list[dict]) -> None:
             },
             "param_groups": parts[0]["param_groups"],
         }
-        _upgrade_optimizer(opt, stacked, params)
         opt.load_state_dict(stacked)
     for k, s in enumerate(states):
-        loader.load_state_dict(s.get("loader") or {"generator": s["loader_rng"]}, member=k)  # or a 0.1.0 checkpoint
+        loader.load_state_dict(s["loader"], member=k)
     if algo.rng.device.type == "cpu":
         algo.rng.set_state([s["torch_rng"] for s in states])
     # a CUDA run resumes its random streams seeded afresh: a CPU generator's state does not carry over
 
 
-def upgrade_weights(algo, weights: dict) -> dict:
-    """A single run's weights written before the member axis (omgmg < 0.3) reshaped to carry it: every
-    parameter gains a leading axis of 1 (same numbers; a bias (out,) becomes (1, 1, out))."""
+def check_member_axis(algo, weights: dict) -> None:
+    """Refuse, in one line, weights without the member axis: every per-member tensor of a checkpoint is
+    (1, ...). Only omgmg development builds before the axis (never released) wrote others."""
     expected = algo.state_dict()
-    out = dict(weights)
     for key in member_keys(algo):
         v, want = weights.get(key), expected[key]
-        if v is not None and v.shape[1:] != want.shape[1:] and v.numel() * algo.members == want.numel():
-            out[key] = v.reshape(1, *want.shape[1:])
-    return out
-
-
-def _upgrade_optimizer(opt, state: dict, params: dict) -> None:
-    """Adam moments of a checkpoint written before the member axis, reshaped like their parameters."""
-    ordered = [p for group in opt.param_groups for p in group["params"]]
-    for i, per_param in state["state"].items():
-        p = ordered[int(i)]
-        for key, v in per_param.items():
-            if torch.is_tensor(v) and v.ndim > 0 and v.shape != p.shape and v.numel() == p.numel():
-                per_param[key] = v.reshape(p.shape)
+        if v is not None and tuple(v.shape[1:]) != tuple(want.shape[1:]):
+            raise CheckpointError(
+                f"the checkpoint's {key} has shape {tuple(v.shape)}, where this omgmg expects (1, "
+                f"{', '.join(map(str, want.shape[1:]))}): it was written by an omgmg development build from before "
+                "the member axis (before any release); train the run again"
+            )
 
 
 def load_policy(path) -> OfflineAlgorithm:
     """Rebuild a trained algorithm from a checkpoint (``weights_only=True``: nothing is unpickled)."""
+    return policy_from_checkpoint(load_checkpoint(path, fallback=False))
+
+
+def policy_from_checkpoint(state: dict) -> OfflineAlgorithm:
+    """The trained algorithm a loaded checkpoint holds, in eval mode."""
     from omgmg.datakit.spec import EnvSpec
 
-    state = load_checkpoint(path, fallback=False)
     cls = algorithm_class(state["algorithm"])
     algo = cls(EnvSpec.from_json(state["env"]), cls.config_cls(**state["config"]))
-    algo.load_state_dict(upgrade_weights(algo, state["weights"]))
+    check_member_axis(algo, state["weights"])
+    algo.load_state_dict(state["weights"])
     algo.eval()
     return algo
 

@@ -18,7 +18,7 @@ from conftest import fixture_datasets, small_config
 from omgmg.algos import ALGORITHMS
 from omgmg.cli.train import main as train_cli
 from omgmg.datakit import TransitionLoader
-from omgmg.datakit.errors import ConfigError
+from omgmg.datakit.errors import CheckpointError, ConfigError
 from omgmg.members import MemberRandom, clip_grad_norm_per_member, member_mean
 from omgmg.rundir import load_policy, read_log
 from omgmg.trainer import build, train
@@ -169,32 +169,28 @@ def test_members_one_save_ahead_go_back_to_the_step_the_others_are_at(data, tmp_
     assert all(torch.equal(v, again[k]) for k, v in straight.items())  # member 0 went back to 30 and redid it
 
 
-def test_a_checkpoint_written_before_the_member_axis_still_loads_and_resumes(data, tmp_path):
+def test_a_checkpoint_without_the_member_axis_is_refused_in_one_line_and_kept(data, tmp_path):
+    """Development builds before the member axis (never released) wrote per-member tensors without it; omgmg
+    keeps no code to convert them, and says so rather than failing deep inside torch."""
     cfg = small_config("omgmg", steps=40, log_every=20, eval_every=20, eval_episodes=1)
     run = tmp_path / "old"
     train("omgmg", data["continuous"], cfg, run)
     path = run / "checkpoints" / "latest.pt"
     state = torch.load(path, weights_only=True)
-    algo = load_policy(path)
-    params = {name for name, _ in algo.named_parameters(remove_duplicate=False)}
-
-    def old(v):  # omgmg < 0.3 had no member axis: nn.Linear's (out, in) and (out,), stacked (N, in, out)
-        v = v[0]
-        return v[0] if v.ndim == 2 and v.shape[0] == 1 else v
-
-    state["weights"] = {k: old(v) if k in params else v for k, v in state["weights"].items()}
-    for opt in state["optim"].values():
-        for per in opt["state"].values():
-            for key in ("exp_avg", "exp_avg_sq"):
-                per[key] = old(per[key])
+    params = {name for name, _ in load_policy(path).named_parameters(remove_duplicate=False)}
+    # those builds: nn.Linear's (out, in) and (out,), per-agent blocks (N, in, out)
+    state["weights"] = {k: v[0, 0] if k in params and v.shape[:2] == (1, 1) else v[0] if k in params else v
+                        for k, v in state["weights"].items()}  # fmt: skip
     from omgmg.datakit.checkpoints import save_checkpoint
 
     save_checkpoint(state, path, keep_previous=False)
-    reloaded = load_policy(path)
-    assert all(torch.equal(v, algo.state_dict()[k]) for k, v in reloaded.state_dict().items())
-    train("omgmg", data["continuous"], small_config("omgmg", steps=60, log_every=20, eval_every=20, eval_episodes=1),
-          run)  # fmt: skip
-    assert _weights(run)["step"] == 60
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"has shape .* before the member axis .*train the run again"):
+        load_policy(path)
+    longer = small_config("omgmg", steps=60, log_every=20, eval_every=20, eval_episodes=1)
+    with pytest.raises(CheckpointError, match="before the member axis"):
+        train("omgmg", data["continuous"], longer, run)  # resuming it
+    assert path.read_bytes() == before
 
 
 def test_members_may_differ_only_in_seed_and_the_batchable_hyperparameters(data):
@@ -230,6 +226,18 @@ def test_command_trains_seeds_and_a_grid_into_one_directory_per_member(data, tmp
     assert names == ["omgmg-seed0-lam0", "omgmg-seed0-lam0.5", "omgmg-seed1-lam0", "omgmg-seed1-lam0.5"]
     config = json.loads((tmp_path / "runs" / "omgmg-seed1-lam0.5" / "config.json").read_text())["config"]
     assert config["seed"] == 1 and config["lam"] == 0.5
+    from omgmg.experiments.runs import runs_to_evaluate  # what `omgmg eval` makes of each kind of path
+
+    groups, folder = runs_to_evaluate(tmp_path / "runs")
+    assert folder and {k: sorted(p.name for p in v) for k, v in groups.items()} == {
+        "omgmg lam=0": ["omgmg-seed0-lam0", "omgmg-seed1-lam0"],
+        "omgmg lam=0.5": ["omgmg-seed0-lam0.5", "omgmg-seed1-lam0.5"],
+    }
+    one = tmp_path / "runs" / "omgmg-seed0-lam0"
+    assert runs_to_evaluate(one) == ({"": [one]}, False)
+    assert runs_to_evaluate(one / "checkpoints" / "latest.pt") == ({"": [one / "checkpoints" / "latest.pt"]}, False)
+    with pytest.raises(FileNotFoundError, match="holds no run directories"):
+        runs_to_evaluate(tmp_path)
     bad = CliRunner().invoke(train_cli, args[:-2] + ["--grid", "hidden=16,32"])
     assert bad.exit_code == 2 and "omgmg batches only lam, nu, alpha, not hidden" in bad.output
     bad = CliRunner().invoke(train_cli, args[:7] + ["--seeds", "3-x"])

@@ -20,6 +20,15 @@ import numpy as np
 from omgmg.datakit.outputs import is_omgmg_run, os_errors
 
 
+def runs_to_evaluate(path) -> tuple[dict[str, list[Path]], bool]:
+    """What ``omgmg eval PATH`` evaluates: a checkpoint file or a run directory alone (``{"": [path]}``), or a
+    folder's runs grouped by setting; and whether it was a folder (then each group's mean over seeds is due)."""
+    path = Path(path)
+    if path.is_file() or (path / "checkpoints").is_dir() or not path.is_dir():
+        return {"": [path]}, False
+    return group_runs(member_runs(path)), True
+
+
 def member_runs(folder) -> list[Path]:
     """The run directories directly inside ``folder``; FileNotFoundError when it holds none."""
     folder = Path(folder)
