@@ -31,7 +31,7 @@ from omgmg.collectors.training import train_behaviour
 from omgmg.datakit.checkpoints import file_sha256
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import ConfigError, RequestError, render_options
-from omgmg.datakit.format import normalise_level
+from omgmg.datakit.format import LEVEL_NAMES, normalise_level
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.outputs import check_replaceable, data_home, home_relative, is_omgmg_dataset, make_parent
 from omgmg.datakit.provenance import layouts, package_versions, seed_ranges
@@ -105,7 +105,7 @@ class CollectRequest:
 
     def __post_init__(self):
         if self.level is None:
-            raise ConfigError("which level? give one of expert, medium, medium-expert, medium-replay, random")
+            raise ConfigError(f"which level? give one of {LEVEL_NAMES}")
         self.level = normalise_level(self.level)
         for name in ("transitions", "episodes", "train_steps", "num_envs", "workers"):
             value = getattr(self, name)

@@ -195,15 +195,16 @@ def build_metadata(
     }
 
 
+LEVELS = ("expert", "medium", "medium-replay", "medium-expert", "random")
+"""The dataset levels, in the order tables list them (what each holds: ``collectors.collect.LEVEL_DEFINITIONS``)."""
+LEVEL_NAMES = f"{', '.join(LEVELS[:-1])} or {LEVELS[-1]}"
+"""The levels as a sentence names them, for help texts and errors."""
+
 LEVEL_ALIASES = {
-    "expert": "expert",
-    "medium": "medium",
-    "random": "random",
-    "medium-expert": "medium-expert",
+    **{level: level for level in LEVELS},
     "medium_expert": "medium-expert",
     "m-expert": "medium-expert",
     "mediumexpert": "medium-expert",
-    "medium-replay": "medium-replay",
     "medium_replay": "medium-replay",
     "m-replay": "medium-replay",
     "mediumreplay": "medium-replay",
@@ -218,9 +219,7 @@ def normalise_level(level: str | None) -> str | None:
         return None
     key = level.strip().lower()
     if key not in LEVEL_ALIASES:
-        raise RequestError(
-            f"unknown level {level!r}: choose one of expert, medium, medium-expert, medium-replay, random"
-        )
+        raise RequestError(f"unknown level {level!r}: choose {LEVEL_NAMES}")
     return LEVEL_ALIASES[key]
 
 

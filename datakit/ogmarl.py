@@ -51,7 +51,7 @@ import numpy as np
 
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import BackendUnavailable, DatasetError, RequestError
-from omgmg.datakit.format import BEHAVIOUR_ARRAYS, normalise_level
+from omgmg.datakit.format import BEHAVIOUR_ARRAYS, LEVEL_NAMES, normalise_level
 from omgmg.datakit.importing import Imported, check_action_bound, foreign_provenance, write_imported
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.omiga import is_omiga_observations, znorm
@@ -66,7 +66,7 @@ from omgmg.datakit.outputs import (
     remove_output,
 )
 from omgmg.datakit.rows import ROW_CONVENTIONS, choose_rows, episode_bounds, team_values
-from omgmg.datakit.spec import Box, Discrete, EnvSpec
+from omgmg.datakit.spec import EPISODE_LIMITS, Box, Discrete, EnvSpec
 
 METADATA = "metadata.json"  # flashbax's
 FINALS = "omgmg-finals.npz"  # ours, beside flashbax's stores
@@ -91,7 +91,6 @@ ENVIRONMENTS = {
     "smac_v2": ("smacv2", "sc2"),
     "smax": ("smacv2", "smax"),
 }
-EPISODE_LIMITS = {"mamujoco": 1000, "smacv2": 200}
 
 
 @dataclass(frozen=True)
@@ -566,7 +565,7 @@ def _level_from(meta: dict, uid: str, ours: bool) -> str:
     except RequestError:
         raise RequestError(
             f"the vault dataset {uid!r} is not named after an omgmg level: say which it is with <<level=...>> "
-            "(expert, medium, medium-expert, medium-replay or random)"
+            f"({LEVEL_NAMES})"
         ) from None
 
 

@@ -56,12 +56,11 @@ from omgmg.datakit.outputs import (
     read_lock,
 )
 from omgmg.datakit.rows import ROW_CONVENTIONS, choose_rows, episode_bounds, group_bounds, team_values
-from omgmg.datakit.spec import Box, EnvSpec
+from omgmg.datakit.spec import EPISODE_LIMITS, Box, EnvSpec
 
 OMIGA_KEYS = ("s", "o", "a", "r", "d")
 OMGMG_STATE = "omgmg/state"  # our global state, (T, S), kept beside OMIGA's keys by our export
 OMGMG_BEHAVIOUR = "omgmg/behaviour_{}"  # the format-3 behaviour arrays, (T, N) / (T, N, A), likewise
-MAMUJOCO_EPISODE_LIMIT = 1000
 STATE_FLATTENED = "per-agent s rows concatenated"
 
 
@@ -71,7 +70,7 @@ def import_omiga(
     *,
     task: str,
     level: str,
-    episode_limit: int = MAMUJOCO_EPISODE_LIMIT,
+    episode_limit: int = EPISODE_LIMITS["mamujoco"],
     rows: str | None = None,
     action_bound: float = 1.0,
     overwrite: bool = False,

@@ -70,6 +70,11 @@ def space_from_json(d: dict) -> Space:
     raise DatasetError(f"unknown action space {d!r}: expected type 'box' or 'discrete'")
 
 
+EPISODE_LIMITS = {"mamujoco": 1000, "smacv2": 200}
+"""Each suite's time limit in steps: MaMuJoCo's (gymnasium's TimeLimit on every task) and SMACv2's. An episode
+that reaches it is a truncation; data from elsewhere is read by the same rule (the importers)."""
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """The outside of a multi-agent task, as stored in dataset metadata."""

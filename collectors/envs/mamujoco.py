@@ -30,7 +30,7 @@ import numpy as np
 
 from omgmg.collectors.envs.base import MultiAgentEnv, Reset, Step
 from omgmg.datakit.errors import BackendUnavailable, RequestError
-from omgmg.datakit.spec import Box, EnvSpec
+from omgmg.datakit.spec import EPISODE_LIMITS, Box, EnvSpec
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class MaMuJoCoEnv(MultiAgentEnv):
                 Box(tuple(map(float, self.env.action_space(a).low)), tuple(map(float, self.env.action_space(a).high)))
                 for a in agents
             ),
-            episode_limit=int(self.single.spec.max_episode_steps or 1000),
+            episode_limit=int(self.single.spec.max_episode_steps or EPISODE_LIMITS["mamujoco"]),
             options={"obs_mode": obs_mode} if obs_mode != "local" else {},
             backend_versions=_versions(),
         )

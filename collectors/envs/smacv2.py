@@ -36,7 +36,6 @@ RACE_UNITS = {  # SMACv2's unit types per race; the third is the rare "exception
 }
 SMACV2_UNIT_WEIGHTS = (0.45, 0.45, 0.10)
 TEAM_SIZES = (5, 10, 20)
-EPISODE_LIMIT = 200
 BACKENDS = ("sc2", "smax")
 PAPER_TASKS = ("protoss_5v5", "terran_5v5", "zerg_5v5")
 

@@ -37,9 +37,9 @@ import sys
 import numpy as np
 
 from omgmg.collectors.envs.base import EnvGroup, MultiAgentEnv, Reset, Step, VecStep, VectorEnv
-from omgmg.collectors.envs.smacv2 import EPISODE_LIMIT, parse_task, smax_missing
+from omgmg.collectors.envs.smacv2 import parse_task, smax_missing
 from omgmg.datakit.errors import BackendUnavailable, DatasetError, RequestError
-from omgmg.datakit.spec import Discrete, EnvSpec
+from omgmg.datakit.spec import EPISODE_LIMITS, Discrete, EnvSpec
 
 SMAX_UNIT_TYPES = ("marine", "marauder", "stalker", "zealot", "zergling", "hydralisk")  # SMAX's index order
 RACE_SMAX_UNITS = {
@@ -120,7 +120,7 @@ def smax_arguments(n: int) -> dict:
     # SMAX tests its limit before counting the step, so max_steps=L allows L + 1 steps: pass L - 1.
     return {
         "scenario": f"smacv2_{n}_units",
-        "max_steps": EPISODE_LIMIT - 1,
+        "max_steps": EPISODE_LIMITS["smacv2"] - 1,
         "see_enemy_actions": True,
         "walls_cause_death": True,
         "attack_mode": "closest",
@@ -166,7 +166,7 @@ class _SmaxCore:
             obs_dims=(obs_dim,) * n,
             state_dim=int(env.state_size),
             action_spaces=(Discrete(n_actions),) * n,
-            episode_limit=EPISODE_LIMIT,
+            episode_limit=EPISODE_LIMITS["smacv2"],
             reports_wins=True,
             options={
                 "unit_types": {race: list(RACE_SMAX_UNITS[race])},

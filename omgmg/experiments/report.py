@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from omgmg.datakit.errors import DatasetError
+from omgmg.datakit.format import LEVELS
 from omgmg.datakit.outputs import OutputLock, atomic_write_json, os_errors
 from omgmg.experiments.spec import DatasetRef
 from omgmg.experiments.sweep import reference_returns
@@ -165,7 +166,7 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
     """Markdown (best mean per row in bold) and CSV rows in the paper's layout: rows task x level,
     columns algorithms."""
     algos = meta["algorithms"]
-    rows = sorted({k[:2] for k in agg}, key=lambda r: (r[0], _LEVEL_ORDER.get(r[1], 9)))
+    rows = sorted({k[:2] for k in agg}, key=lambda r: (r[0], LEVELS.index(r[1]) if r[1] in LEVELS else len(LEVELS)))
     md = [
         f"## {meta['title']}",
         "",
@@ -259,9 +260,6 @@ def reliable_section(meta: dict, results: list[dict]) -> str:
                     out.append(f"| {a} | {p:.2f} [{lo:.2f}, {hi:.2f}] |")
         out.append("")
     return "\n".join(out)
-
-
-_LEVEL_ORDER = {"expert": 0, "medium": 1, "medium-replay": 2, "medium-expert": 3, "random": 4}
 
 
 def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]]:
