@@ -24,6 +24,10 @@ from omgmg.cli.common import (
 from omgmg.cli.options import config_options, given, request_options
 from omgmg.collectors.behaviour import ALGORITHMS as BEHAVIOUR_ALGORITHMS
 from omgmg.collectors.collect import BEHAVIOUR_FIXED, CollectRequest
+from omgmg.collectors.fixtures import SHAPES as FIXTURE_SHAPES
+from omgmg.datakit.format import LEVEL_NAMES
+from omgmg.datakit.rows import ROW_CONVENTIONS
+from omgmg.datakit.spec import EPISODE_LIMITS
 
 BEHAVIOUR_CONFIGS = {name: cfg for name, (cfg, _) in BEHAVIOUR_ALGORITHMS.items()}
 
@@ -259,7 +263,7 @@ def collect(suite: str, task: str, **options):
     "--shape",
     default="continuous",
     show_default=True,
-    type=click.Choice(["continuous", "discrete", "halfcheetah-6x1", "hopper-3x1", "ant-2x4", "protoss-5v5"]),
+    type=click.Choice(list(FIXTURE_SHAPES)),
     help="Which fixture: small continuous/discrete, or shaped like a real task.",
 )
 @click.option("--episodes", default=20, show_default=True, type=click.IntRange(min=1), help="Episodes to write.")
@@ -280,11 +284,58 @@ def fixture(out: Path, shape: str, episodes: int, seed: int, max_episode_len: in
     )
 
 
+# ----- import: the options and the report both commands share ------------------------------------------------
+
 ACTION_BOUND = click.option(
     "--action-bound",
     type=click.FloatRange(min=0, min_open=True),
     help="Continuous actions lie in [-bound, bound] (the file does not say; default 1).",
 )
+IMPORT_OUT = click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Where to write the .zarr dataset."
+)
+IMPORT_FORCE = click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
+
+
+def _level_option(required: bool, default: str = ""):
+    return click.option("--level", required=required, help=f"{LEVEL_NAMES}.{default}")
+
+
+def _episode_limit_option(default: int | None):
+    suites = ", ".join(f"{limit} ({suite})" for suite, limit in EPISODE_LIMITS.items())
+    return click.option(
+        "--episode-limit",
+        default=default,
+        show_default=default is not None,
+        type=click.IntRange(min=1),
+        help="Episodes this long are taken as time-limit truncations, shorter ones as terminations."
+        + ("" if default is not None else f" Default: the suite's, {suites}."),
+    )
+
+
+def _rows_option(default: str):
+    conventions = " ".join(f"{name}: {meaning}." for name, meaning in ROW_CONVENTIONS.items())
+    return click.option(
+        "--rows", type=click.Choice(list(ROW_CONVENTIONS)), help=f"How episode ends are marked. {conventions} {default}"
+    )
+
+
+def _import(src, out: Path, read) -> object:
+    """Run one import (``read(progress)`` returns the dataset) under a bar, then say what came out."""
+    with progress_bar("importing rows", None) as update:
+        ds = read(update)
+    collection = ds.meta["collection"]
+    console.print(
+        f"[bold green]imported[/] {escape(str(src))} -> {escape(str(out))}: {ds.spec.name}, {ds.level}, "
+        f"{ds.n_episodes} episodes, {ds.n_transitions} transitions",
+        highlight=False,
+    )
+    console.print(f"rows: {collection['row_convention'].split(':')[0]}", highlight=False)
+    console.print(f"assumed: {collection['termination_rule']}", highlight=False)
+    if "warning" in collection:
+        warn(collection["warning"])
+    _say_bound_share(ds)
+    return ds
 
 
 @main.group(name="import")
@@ -295,122 +346,53 @@ def import_group():
 @import_group.command(name="omiga")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--task", required=True, help="MaMuJoCo task of the file, e.g. HalfCheetah-6x1.")
-@click.option("--level", required=True, help="expert, medium, medium-expert, medium-replay or random.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the .zarr dataset.")
-@click.option(
-    "--episode-limit",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Episodes this long are taken as time-limit truncations, shorter ones as terminations.",
-)
-@click.option(
-    "--rows",
-    type=click.Choice(["final-row", "last-step"]),
-    help="How the file marks episode ends: an extra d = 1 row holding the final observation (final-row, OMIGA's "
-    "own files) or d = 1 on the last real step (last-step). Default: detected from the episodes that reach the limit.",
-)
+@_level_option(required=True)
+@IMPORT_OUT
+@_episode_limit_option(EPISODE_LIMITS["mamujoco"])
+@_rows_option("Default: detected from the episodes that reach the limit.")
 @ACTION_BOUND
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@IMPORT_FORCE
 @friendly_errors
-def import_omiga_cmd(
-    src: Path,
-    task: str,
-    level: str,
-    out: Path,
-    episode_limit: int,
-    rows: str | None,
-    action_bound: float | None,
-    force: bool,
-):
+def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit: int, rows, action_bound, force: bool):
     """Import an OMIGA MaMuJoCo HDF5 file (keys s, o, a, r, d)."""
     from omgmg.datakit.format import normalise_level
     from omgmg.datakit.omiga import import_omiga
 
     level = normalise_level(level)  # an unknown level is a usage error (exit 2), as in collect
-    with progress_bar("importing rows", None) as update:
-        ds = import_omiga(
-            src,
-            out,
-            task=task,
-            level=level,
-            episode_limit=episode_limit,
-            rows=rows,
-            action_bound=1.0 if action_bound is None else action_bound,
-            overwrite=force,
-            progress=update,
-        )
-    console.print(
-        f"[bold green]imported[/] {src} -> {out}: {ds.n_episodes} episodes, {ds.n_transitions} transitions",
-        highlight=False,
-    )
-    console.print(f"assumed: {ds.meta['collection']['termination_rule']}", highlight=False)
-    _say_bound_share(ds)
+    bound = 1.0 if action_bound is None else action_bound
+    _import(src, out, lambda progress: import_omiga(
+        src, out, task=task, level=level, episode_limit=episode_limit, rows=rows, action_bound=bound,
+        overwrite=force, progress=progress,
+    ))  # fmt: skip
 
 
 @import_group.command(name="og-marl")
 @click.argument("vault", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the .zarr dataset.")
+@IMPORT_OUT
 @click.option("--uid", help="Which dataset of a .vlt folder (e.g. Expert); needed when it holds several.")
 @click.option(
     "--task",
     help="OG-MARL's ENV_NAME/SCENARIO, e.g. gymnasium_mamujoco/3hopper or smac_v2/terran_5_vs_5. "
     "Default: read from the path, {source}/{env_name}/{scenario}.vlt/{uid}.",
 )
-@click.option("--level", help="expert, medium, medium-expert, medium-replay or random. Default: the uid, if it is one.")
-@click.option(
-    "--episode-limit",
-    type=click.IntRange(min=1),
-    help="Episodes this long are taken as time-limit truncations. Default: 1000 (MaMuJoCo), 200 (SMACv2).",
-)
-@click.option(
-    "--rows",
-    type=click.Choice(["final-row", "last-step"]),
-    help="How episode ends are marked: on the last real step (last-step, OG-MARL's recorder) or by an extra row "
-    "holding the final observation (final-row, OG-MARL's conversions of OMIGA's files). Default: detected.",
+@_level_option(required=False, default=" Default: the uid, if it is one.")
+@_episode_limit_option(None)
+@_rows_option(
+    "Default: detected (OG-MARL's recorder writes last-step rows, its conversions of OMIGA's files final-row)."
 )
 @ACTION_BOUND
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@IMPORT_FORCE
 @friendly_errors
-def import_og_marl_cmd(
-    vault: Path,
-    out: Path,
-    uid: str | None,
-    task: str | None,
-    level: str | None,
-    episode_limit: int | None,
-    rows: str | None,
-    action_bound: float | None,
-    force: bool,
-):
+def import_og_marl_cmd(vault: Path, out: Path, uid, task, level, episode_limit, rows, action_bound, force: bool):
     """Import an OG-MARL vault dataset (flashbax; needs omgmg[ogmarl]): VAULT is NAME.vlt/UID or NAME.vlt."""
     from omgmg.datakit.format import normalise_level
     from omgmg.datakit.ogmarl import import_vault
 
     level = normalise_level(level)  # an unknown level is a usage error (exit 2), as in collect
-    with progress_bar("importing rows", None) as update:
-        ds = import_vault(
-            vault,
-            out,
-            uid=uid,
-            task=task,
-            level=level,
-            episode_limit=episode_limit,
-            rows=rows,
-            action_bound=action_bound,
-            overwrite=force,
-            progress=update,
-        )
-    collection = ds.meta["collection"]
-    console.print(
-        f"[bold green]imported[/] {vault} -> {out}: {ds.spec.name}, {ds.level}, {ds.n_episodes} episodes, "
-        f"{ds.n_transitions} transitions",
-        highlight=False,
-    )
-    console.print(f"rows: {collection['row_convention'].split(':')[0]}", highlight=False)
-    if "warning" in collection:
-        warn(collection["warning"])
-    _say_bound_share(ds)
+    _import(vault, out, lambda progress: import_vault(
+        vault, out, uid=uid, task=task, level=level, episode_limit=episode_limit, rows=rows,
+        action_bound=action_bound, overwrite=force, progress=progress,
+    ))  # fmt: skip
 
 
 def _say_bound_share(ds) -> None:

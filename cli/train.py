@@ -13,7 +13,7 @@ import click
 import numpy as np
 from rich.markup import escape
 
-from omgmg.algos import MAX_MEMBERS
+from omgmg.algos import ALGORITHMS, MAX_MEMBERS, algorithm_class
 from omgmg.cli.common import (
     DATASET,
     EXIT_INVALID,
@@ -36,6 +36,14 @@ def _algorithm_options(fn):
 
     classes = {name: algorithm_class(name).config_cls for name in ALGORITHMS}
     return config_options(classes, suite_defaults={name: suite_defaults(name) for name in ALGORITHMS})(fn)
+
+
+def _batchable() -> str:
+    """Each algorithm's batchable loss hyperparameters, for --grid's help (``member_hyperparameters``)."""
+    classes = {name: algorithm_class(name) for name in ALGORITHMS}
+    return "; ".join(
+        f"{name} {', '.join(c.member_hyperparameters)}" for name, c in classes.items() if c.member_hyperparameters
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -100,12 +108,7 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
 
 @main.command(context_settings={"show_default": False})
 @click.option("--dataset", required=True, type=DATASET, help="An omgmg dataset: a .zarr folder or its URL.")
-@click.option(
-    "--algo",
-    default="omgmg",
-    show_default=True,
-    help="Algorithm: bc, mabcq, macql, icq, omar, omiga, comadice or omgmg.",
-)
+@click.option("--algo", default="omgmg", show_default=True, type=click.Choice(ALGORITHMS), help="Algorithm.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -130,8 +133,7 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
     multiple=True,
     metavar="NAME=V1,V2,...",
     help="Also batch values of a loss hyperparameter (repeatable; members: every seed x every combination). Which "
-    "ones an algorithm batches: omgmg lam, nu, alpha; omiga alpha; icq beta, alpha; macql cql_alpha; omar "
-    "cql_alpha, omar_coe; comadice alpha.",
+    f"ones an algorithm batches: {_batchable()}.",
 )
 @_algorithm_options
 @friendly_errors
@@ -149,12 +151,12 @@ def train(
 ):
     """Train an algorithm on a dataset; running it again resumes the run."""
 
-    from omgmg.algos import algorithm_class, make_config, member_configs
+    from omgmg.algos import make_config, member_configs
     from omgmg.datakit import open_dataset
     from omgmg.trainer import train as run_train
 
-    algorithm_class(algo)  # an unknown name is refused before the dataset is opened
-    suite = open_dataset(dataset).spec.suite
+    ds = open_dataset(dataset)  # once: the trainer takes it as it is
+    suite = ds.spec.suite
     # dataclass defaults < per-suite defaults < options given; a wrong name or value is a ConfigError
     base = given(options)
     if evaluate and "eval_every" not in base:  # a short run still draws a learning curve, not one point
@@ -192,7 +194,7 @@ def train(
 
         result = run_train(
             algo,
-            dataset,
+            ds,
             cfgs if several else cfgs[0],
             outs if several else outs[0],
             evaluate=evaluate,
@@ -255,18 +257,13 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: 
     RUN is a run directory, a checkpoint file, or a folder of runs (`omgmg train --seeds/--grid`): each run is
     evaluated, and each setting's score is given as mean ± std over its seeds."""
     from omgmg.evaluation import evaluate_run
+    from omgmg.experiments.runs import runs_to_evaluate
 
     checkpoint = "final" if checkpoint == "latest" else checkpoint
-    runs = [run] if run.is_file() or (run / "checkpoints").is_dir() or not run.is_dir() else None
-    if runs is None:
-        from omgmg.experiments.runs import group_runs, member_runs
-
-        try:
-            groups = group_runs(member_runs(run))
-        except FileNotFoundError as e:
-            fail(str(e))
-    else:
-        groups = {"": runs}
+    try:
+        groups, folder = runs_to_evaluate(run)
+    except FileNotFoundError as e:
+        fail(str(e))
     scores: dict[str, list[float]] = {}
     unit = "return"
     with progress_bars() as bars:
@@ -281,7 +278,7 @@ def eval_cmd(run: Path, dataset: Path | None, episodes: int, seed: int, device: 
                 unit = "win rate %" if wr is not None else "return"
                 scores.setdefault(label, []).append(100 * wr if wr is not None else result["eval/return"])
                 update(advance=1)
-    if runs is None:
+    if folder:
         for label, values in scores.items():
             console.print(
                 f"[bold]{label}[/]: {np.mean(values):.4g} ± {np.std(values):.3g} over {len(values)} seed(s) ({unit})",
