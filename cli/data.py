@@ -209,7 +209,12 @@ def inspect(path: Path, as_json: bool, plot: Path | None):
 @main.command(context_settings={"max_content_width": 110})
 @click.argument("suite")
 @click.argument("task")
-@request_options(CollectRequest, skip=("suite", "task", "behaviour"), required=("level",))
+@request_options(
+    CollectRequest,
+    skip=("suite", "task", "behaviour"),
+    required=("level",),
+    helps={"level": f"{LEVEL_NAMES} (m-expert, m-replay accepted); docs/collecting.md says what each holds."},
+)
 @config_options(BEHAVIOUR_CONFIGS, prefix="behaviour.", skip=BEHAVIOUR_FIXED)
 @friendly_errors
 def collect(suite: str, task: str, **options):

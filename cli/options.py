@@ -55,10 +55,13 @@ def _click_type(annotation, default):
     return type(default)
 
 
-def request_options(cls, *, skip: Iterable[str] = (), required: Iterable[str] = ()) -> Callable:
+def request_options(
+    cls, *, skip: Iterable[str] = (), required: Iterable[str] = (), helps: dict[str, str] | None = None
+) -> Callable:
     """One option per field of the request dataclass ``cls`` (except ``skip``), its docstring as help
-    and its default as the default; a bool field is a flag."""
-    docs, skip, required = field_docs(cls), set(skip), set(required)
+    (or ``helps[name]``, a help made from the library's own lists) and its default as the default; a bool
+    field is a flag."""
+    docs, skip, required = {**field_docs(cls), **(helps or {})}, set(skip), set(required)
 
     def decorate(fn):
         for f in reversed(dataclasses.fields(cls)):

@@ -63,7 +63,7 @@ class CollectRequest:
     task: str
     """Task within the suite, e.g. Hopper-3x1 or protoss_5v5."""
     level: str
-    """expert, medium, medium-expert (m-expert), medium-replay (m-replay) or random (see LEVEL_DEFINITIONS)."""
+    """The dataset's level: a name of ``datakit.format.LEVELS`` or an alias (what each holds: LEVEL_DEFINITIONS)."""
     transitions: int | None = None
     """Transition budget (default for MaMuJoCo: 1M). Exclusive with ``episodes``."""
     episodes: int | None = None
