@@ -349,7 +349,7 @@ def import_group():
 
 
 @import_group.command(name="omiga")
-@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("src", type=DATASET)
 @click.option("--task", required=True, help="MaMuJoCo task of the file, e.g. HalfCheetah-6x1.")
 @_level_option(required=True)
 @IMPORT_OUT
@@ -359,7 +359,7 @@ def import_group():
 @IMPORT_FORCE
 @friendly_errors
 def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit: int, rows, action_bound, force: bool):
-    """Import an OMIGA MaMuJoCo HDF5 file (keys s, o, a, r, d)."""
+    """Import an OMIGA MaMuJoCo HDF5 file (keys s, o, a, r, d): a path or a URL (hf://, http(s)://, s3://)."""
     from omgmg.datakit.format import normalise_level
     from omgmg.datakit.omiga import import_omiga
 
@@ -372,7 +372,7 @@ def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit:
 
 
 @import_group.command(name="og-marl")
-@click.argument("vault", type=click.Path(path_type=Path))
+@click.argument("vault", type=DATASET)
 @IMPORT_OUT
 @click.option("--uid", help="Which dataset of a .vlt folder (e.g. Expert); needed when it holds several.")
 @click.option(
@@ -389,7 +389,8 @@ def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit:
 @IMPORT_FORCE
 @friendly_errors
 def import_og_marl_cmd(vault: Path, out: Path, uid, task, level, episode_limit, rows, action_bound, force: bool):
-    """Import an OG-MARL vault dataset (flashbax; needs omgmg[ogmarl]): VAULT is NAME.vlt/UID or NAME.vlt."""
+    """Import an OG-MARL vault dataset (flashbax; needs omgmg[ogmarl]): VAULT is NAME.vlt/UID, NAME.vlt or
+    a zipped vault as published (NAME.zip, unpacked aside), on disk or at a URL (hf://, http(s)://, s3://)."""
     from omgmg.datakit.format import normalise_level
     from omgmg.datakit.ogmarl import import_vault
 
@@ -499,9 +500,13 @@ def _say_behaviour_arrays_beside(ds, where: str) -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
 @friendly_errors
 def download(url: str, out: Path, force: bool):
-    """Copy a dataset from a URL (http(s)://, s3://, gs://) to OUT, checking every chunk and value on arrival;
-    nothing is left at OUT unless all of it arrived intact. Every other command also reads URLs directly."""
+    """Copy a dataset from a URL (http(s)://, s3://, gs://, hf://datasets/ORG/REPO[@REVISION]/PATH) to OUT,
+    checking every chunk and value on arrival; nothing is left at OUT unless all of it arrived intact. Every
+    other command also reads URLs directly."""
     from omgmg.datakit.download import download as run_download
+    from omgmg.datakit.hub import is_hub, pin
+
+    url = pin(url) if is_hub(url) else url  # the commit it names now: what is said below, and fetched
 
     with progress_bar("downloading files", None) as update:
         path = run_download(url, out, overwrite=force, progress=update)

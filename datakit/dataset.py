@@ -18,6 +18,7 @@ import numpy as np
 from omgmg.datakit import format as fmt
 from omgmg.datakit import integrity
 from omgmg.datakit.errors import DatasetError, InvalidDatasetError, Problem, RequestError
+from omgmg.datakit.hub import is_hub, pin
 from omgmg.datakit.remote import RemoteLocation, is_remote, open_group
 from omgmg.datakit.spec import EnvSpec
 
@@ -156,6 +157,8 @@ class DamagedChunk(DatasetError):
 def open_dataset(path, *, check: bool = True) -> Dataset:
     """Open a dataset read-only (a folder, or a URL: :mod:`omgmg.datakit.remote`). With ``check`` (default)
     run the cheap structural check."""
+    if is_hub(path):
+        path = pin(path)  # a branch moves: the dataset is read, and recorded, at the commit it names now
     path = RemoteLocation(path) if is_remote(path) else Path(path)
     group = _open_zarr_group(path)
     meta = dict(group.attrs)

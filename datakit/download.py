@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omgmg.datakit.dataset import open_dataset, partial_path
 from omgmg.datakit.errors import DatasetError, RequestError
+from omgmg.datakit.hub import is_hub, pin
 from omgmg.datakit.outputs import OutputLock, check_replaceable, is_omgmg_dataset, make_parent, os_errors
 from omgmg.datakit.remote import filesystem, is_remote, retrying
 from omgmg.datakit.validate import validate
@@ -22,7 +23,11 @@ from omgmg.datakit.writer import _replace_atomically
 def download(url: str, out, *, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> Path:
     """Copy the dataset at ``url`` to ``out`` atomically, checking every chunk and value on arrival."""
     if not is_remote(url):
-        raise RequestError(f"{url} is not a URL; give http(s)://, s3:// or gs:// (a local dataset needs no download)")
+        raise RequestError(
+            f"{url} is not a URL; give http(s)://, s3://, gs:// or hf:// (a local dataset needs no download)"
+        )
+    if is_hub(url):
+        url = pin(url)
     out = Path(out)
     open_dataset(url)  # answers, is a dataset, has the structure of one: before anything is written
     fs, root = filesystem(url)

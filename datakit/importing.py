@@ -15,19 +15,31 @@ validated and renamed into place; any failure, the source's included, throws the
 
     imported = Imported(spec, "medium", collection, source=path, source_rows=T, episodes=read_episodes())
     write_imported(imported, "hopper-medium.zarr")
+
+A source need not be on this disk: :func:`fetched` gives every importer a local path for a URL (``hf://``
+through the hub's cache, pinned to a commit; ``http(s)://``, ``s3://``, ``gs://`` into a folder beside the
+output) and unpacks a ``.zip`` (a published vault) there, and the dataset's ``collection.origin`` records
+where it came from: the pinned location and the sha256 of what was fetched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import hashlib
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from omgmg.datakit.dataset import Dataset
-from omgmg.datakit.errors import DatasetError
+from omgmg.datakit.errors import DatasetError, RequestError
+from omgmg.datakit.hub import fetch_file, is_hub, pin
 from omgmg.datakit.provenance import layouts, package_versions
+from omgmg.datakit.remote import filesystem, is_remote, retrying
 from omgmg.datakit.spec import EnvSpec
 from omgmg.datakit.writer import DatasetWriter
 
@@ -59,15 +71,21 @@ class Imported:
 
 
 def write_imported(
-    imported: Imported, out, *, overwrite: bool = False, progress: Callable[[int, int], None] | None = None
+    imported: Imported,
+    out,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    origin: dict | None = None,
 ) -> Dataset:
-    """Write an imported source's episodes as the dataset ``out``, atomically; see the module docstring."""
+    """Write an imported source's episodes as the dataset ``out``, atomically; see the module docstring.
+    ``origin``: where a fetched source came from (:func:`fetched`), kept as ``collection.origin``."""
     writer = DatasetWriter(
         out,
         imported.spec,
         level=imported.level,
         behaviour_policy=None,
-        collection=imported.collection,
+        collection={**imported.collection, **({"origin": origin} if origin else {})},
         overwrite=overwrite,
         resume=False,
         sources=(imported.source,),
@@ -103,3 +121,88 @@ def check_action_bound(source, actions: np.ndarray, bound: float) -> None:
             f"{source}: actions reach {worst:.4g}, outside [-{bound}, {bound}]; "
             "pass the task's real bound as <<action_bound=...>>"
         )
+
+
+@contextmanager
+def fetched(location, out) -> Iterator[tuple[Path, dict | None]]:
+    """(a local path for the source ``location``, its origin or None). A local path is used as it is; a URL's
+    file is fetched (``hf://`` into the hub's cache, pinned; others into a folder beside ``out``); a ``.zip`` is
+    unpacked into a folder beside ``out``, every member checked to stay inside it. What was made aside is
+    removed when the import ends, whatever its outcome."""
+    out = Path(out)
+    aside = None
+    try:
+        origin = None
+        if is_remote(str(location)):
+            location = pin(str(location)) if is_hub(str(location)) else str(location)
+            if is_hub(location):
+                path = fetch_file(location)
+            else:
+                aside = _aside(out)
+                path = aside / location.rstrip("/").rsplit("/", 1)[-1]
+                _fetch_url(location, path)
+            origin = {"location": location}
+        else:
+            path = Path(location)
+        if path.suffix == ".zip" and path.is_file():
+            origin = {**(origin or {"location": path.name}), "sha256": _sha256(path)}
+            aside = aside or _aside(out)
+            path = _unzip(path, aside / "unpacked" / _zip_folder(location), location)
+        yield path, origin
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _aside(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-", dir=out.parent))
+
+
+def _fetch_url(url: str, target: Path) -> None:
+    fs, path = filesystem(url)
+    try:
+        data = retrying(url, lambda: fs.cat_file(path))
+    except FileNotFoundError:
+        raise DatasetError(f"{url}: no file there") from None
+    target.write_bytes(data)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _zip_folder(location) -> str:
+    """Where a zip's members go: below the two folders that held it (``core/smac_v2/x.zip`` -> core/smac_v2),
+    so a vault inside reads as ``{source}/{env_name}/{scenario}.vlt``, the path its task is read from."""
+    parts = [p for p in str(location).replace("\\", "/").split("/")[:-1] if p and "@" not in p and ":" not in p]
+    return "/".join(parts[-2:]) or "archive"
+
+
+def _unzip(archive: Path, into: Path, location) -> Path:
+    """Unpack ``archive`` into ``into``; the one folder (or vault) it holds, else ``into`` itself."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            bad = z.testzip()
+            if bad is not None:
+                raise DatasetError(f"{location}: the archive is damaged (member {bad} fails its CRC check)")
+            root = into.resolve()
+            for member in z.infolist():
+                target = (into / member.filename).resolve()
+                if not target.is_relative_to(root) or member.filename.startswith("/"):
+                    raise DatasetError(f"{location}: the archive's member {member.filename!r} would land outside it")
+            into.mkdir(parents=True, exist_ok=True)
+            z.extractall(into)
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"{location} is not a readable zip archive ({e})") from None
+    vaults = sorted(into.glob("*.vlt")) or sorted(into.glob("*/*.vlt")) or sorted(into.glob("*/*/*.vlt"))
+    if len(vaults) == 1:
+        return vaults[0]
+    top = [p for p in into.iterdir()]
+    if not top:
+        raise RequestError(f"{location}: the archive is empty")
+    return top[0] if len(top) == 1 else into

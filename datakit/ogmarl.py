@@ -52,7 +52,7 @@ import numpy as np
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import BackendUnavailable, DatasetError, RequestError
 from omgmg.datakit.format import BEHAVIOUR_ARRAYS, LEVEL_NAMES, normalise_level
-from omgmg.datakit.importing import Imported, check_action_bound, foreign_provenance, write_imported
+from omgmg.datakit.importing import Imported, check_action_bound, fetched, foreign_provenance, write_imported
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.omiga import is_omiga_observations, znorm
 from omgmg.datakit.outputs import (
@@ -285,24 +285,25 @@ def import_vault(
     ``action_bound``: continuous actions' bound where the vault does not say (default 1).
     A vault omgmg exported says all of these itself (and is refused any of them but ``level``).
     """
-    uid_dir = locate_vault(src, uid)
-    meta = read_metadata(uid_dir)
-    if meta.get("exported_by") == "omgmg" and isinstance(meta.get("omgmg"), dict):
-        given = {"task": task, "rows": rows, "action_bound": action_bound, "episode_limit": episode_limit}
-        given = {k: v for k, v in given.items() if v is not None}
-        if given:  # another value would be silently ignored
-            raise RequestError(
-                f"{uid_dir} was exported by omgmg, which recorded its task, rows, action bounds and episode limit "
-                f"({EnvSpec.from_json(meta['omgmg']['spec']).name}); leave out "
-                + ", ".join(f"<<{k}=...>>" for k in given)
-            )
-        imported = read_our_vault(uid_dir, meta, level=level)
-    else:
-        imported = read_og_marl_vault(
-            uid_dir, meta, task=task, level=level, episode_limit=episode_limit, rows=rows,
-            action_bound=1.0 if action_bound is None else action_bound,
-        )  # fmt: skip
-    return write_imported(imported, out, overwrite=overwrite, progress=progress)
+    with fetched(src, out) as (path, origin):  # a URL fetched, a zipped vault unpacked aside
+        uid_dir = locate_vault(path, uid)
+        meta = read_metadata(uid_dir)
+        if meta.get("exported_by") == "omgmg" and isinstance(meta.get("omgmg"), dict):
+            given = {"task": task, "rows": rows, "action_bound": action_bound, "episode_limit": episode_limit}
+            given = {k: v for k, v in given.items() if v is not None}
+            if given:  # another value would be silently ignored
+                raise RequestError(
+                    f"{uid_dir} was exported by omgmg, which recorded its task, rows, action bounds and episode limit "
+                    f"({EnvSpec.from_json(meta['omgmg']['spec']).name}); leave out "
+                    + ", ".join(f"<<{k}=...>>" for k in given)
+                )
+            imported = read_our_vault(uid_dir, meta, level=level)
+        else:
+            imported = read_og_marl_vault(
+                uid_dir, meta, task=task, level=level, episode_limit=episode_limit, rows=rows,
+                action_bound=1.0 if action_bound is None else action_bound,
+            )  # fmt: skip
+        return write_imported(imported, out, overwrite=overwrite, progress=progress, origin=origin)
 
 
 def read_og_marl_vault(

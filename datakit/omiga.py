@@ -43,7 +43,7 @@ import numpy as np
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import DatasetError, RequestError
 from omgmg.datakit.format import BEHAVIOUR_ARRAYS
-from omgmg.datakit.importing import Imported, check_action_bound, foreign_provenance, write_imported
+from omgmg.datakit.importing import Imported, check_action_bound, fetched, foreign_provenance, write_imported
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.outputs import (
     OutputLock,
@@ -80,21 +80,21 @@ def import_omiga(
     """Convert one OMIGA HDF5 file to an omgmg dataset at ``out``; see the module docstring."""
     import h5py
 
-    src = Path(src)
     if not re.fullmatch(r"[A-Za-z0-9]+-[0-9A-Za-z|_]+", task):
         raise RequestError(f"task {task!r} is not a MaMuJoCo task name like HalfCheetah-6x1")
-    if not src.is_file():
-        raise RequestError(f"no file at {src}")
-    try:
-        f = h5py.File(src, "r")
-    except OSError as e:
-        raise DatasetError(f"{src} is not a readable HDF5 file ({e})") from None
-    with f:
-        imported = read_omiga(
-            f, task=task, level=level, episode_limit=episode_limit, rows=rows, action_bound=action_bound,
-            block_rows=block_rows,
-        )  # fmt: skip
-        return write_imported(imported, out, overwrite=overwrite, progress=progress)
+    with fetched(src, out) as (path, origin):  # a URL's file fetched first (hf://: into the hub's cache)
+        if not path.is_file():
+            raise RequestError(f"no file at {src}")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise DatasetError(f"{src} is not a readable HDF5 file ({e})") from None
+        with f:
+            imported = read_omiga(
+                f, task=task, level=level, episode_limit=episode_limit, rows=rows, action_bound=action_bound,
+                block_rows=block_rows,
+            )  # fmt: skip
+            return write_imported(imported, out, overwrite=overwrite, progress=progress, origin=origin)
 
 
 def read_omiga(f, *, task: str, level: str, episode_limit: int, rows: str | None, action_bound: float, block_rows: int):

@@ -1,11 +1,12 @@
-"""Datasets read straight from a URL (``http(s)://``, ``s3://``, ``gs://``), read-only, through zarr's fsspec
-store, and copied to disk with :func:`download`.
+"""Datasets read straight from a URL (``http(s)://``, ``s3://``, ``gs://``, ``hf://``), read-only, through zarr's
+fsspec store, and copied to disk with :func:`download`.
 
 Every reader of a local dataset reads a remote one the same way (``open_dataset``, the loader in
 memory or streaming, ``inspect``, ``validate``, ``verify``, ``omgmg train --dataset``): the store is
 opened with ``mode="r"``, so nothing is ever written there. Chunk checks read the chunk files through
 the same filesystem (:mod:`omgmg.datakit.integrity`). HTTP needs ``aiohttp``, S3 ``s3fs``, Google
-Cloud Storage ``gcsfs``: the extra ``omgmg[remote]`` brings them.
+Cloud Storage ``gcsfs``, the Hugging Face hub ``huggingface_hub`` (:mod:`omgmg.datakit.hub`: a hub location
+is pinned to a commit before it is read): the extra ``omgmg[remote]`` brings them.
 
 Every read goes through :class:`CheckedStore`, so a remote store is read as safely as a local one:
 
@@ -27,8 +28,8 @@ from pathlib import Path
 
 from omgmg.datakit.errors import BackendUnavailable, DatasetError
 
-SCHEMES = ("http://", "https://", "s3://", "gs://")
-PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs"}
+SCHEMES = ("http://", "https://", "s3://", "gs://", "hf://")
+PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs", "hf": "huggingface_hub"}
 INSTALL = "pip install 'omgmg[remote]'"
 
 
@@ -122,6 +123,13 @@ def describe(e: BaseException) -> tuple[str, bool]:
     import asyncio
 
     status = getattr(e, "status", None) or getattr(e, "code", None)
+    status = status or getattr(getattr(e, "response", None), "status_code", None)  # httpx (the hub's client)
+    if isinstance(e, PermissionError) or status in (401, 403):
+        return (
+            f"access refused ({first_line(e)[:120]}): the credentials are wrong or may not read it "
+            "(s3://: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE; hf://: HF_TOKEN)",
+            False,
+        )
     if isinstance(status, int) and 100 <= status < 600:
         message = getattr(e, "message", "") or ""
         return f"HTTP {status}{' ' + message if message else ''}", status >= 500 or status in (408, 429)
@@ -189,6 +197,10 @@ def open_group(url: str):
     import zarr
     from zarr.storage import FsspecStore
 
+    if url.startswith("hf://"):
+        from omgmg.datakit.hub import pin
+
+        url = pin(url)  # a wrong repository or revision is one line here, before any file is asked for
     fs, root = filesystem(url)
     try:
         retrying(f"{url.rstrip('/')}/zarr.json", lambda: fs.cat_file(f"{root.rstrip('/')}/zarr.json"))

@@ -1,0 +1,160 @@
+"""Hugging Face hub locations, against a local stand-in for the hub (tests/hub_server.py) that answers the
+endpoints huggingface_hub calls: stores read at a pinned commit, zipped vaults imported in one step."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import fixture_datasets
+from hub_server import HubServer
+
+from omgmg.cli.data import main as data_cli
+from omgmg.cli.train import main as train_cli
+from omgmg.datakit import open_dataset
+from omgmg.datakit.errors import DatasetError, RequestError
+from omgmg.datakit.hub import parse
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # the hub's cache, fresh per test
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        import huggingface_hub.constants as constants  # read at import: point it at the stand-in too
+
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+        yield server
+
+
+def test_locations_parse_into_repository_revision_and_path():
+    assert parse("hf://datasets/org/data/a/b.zarr") == parse("hf://datasets/org/data@main/a/b.zarr")
+    where = parse("hf://datasets/org/data@refs/pr/3/x.zip")
+    assert (where.repo_id, where.revision, where.path) == ("org/data", "refs/pr/3", "x.zip")
+    for bad in ("hf://org/data/x.zarr", "hf://datasets/org", "hf://datasets/org/data@/x"):
+        with pytest.raises(RequestError):
+            parse(bad)
+
+
+def test_a_store_on_the_hub_is_read_at_the_commit_its_branch_named(hub, tmp_path):
+    fixture_datasets(tmp_path, continuous=6, discrete=4)
+    first = hub.commit("org/data", HubServer.folder(tmp_path / "c.zarr", "stores/x.zarr"))
+    ds = open_dataset("hf://datasets/org/data/stores/x.zarr")
+    assert ds.path == f"hf://datasets/org/data@{first}/stores/x.zarr"  # pinned: what runs and outputs record
+    local = open_dataset(tmp_path / "c.zarr")
+    assert ds.content_sha256() == local.content_sha256()
+    assert np.array_equal(ds.read("steps/obs"), local.read("steps/obs"))
+
+    hub.commit("org/data", HubServer.folder(tmp_path / "d.zarr", "stores/x.zarr"), replace=True)  # main moves on
+    assert open_dataset(f"hf://datasets/org/data@{first}/stores/x.zarr").content_sha256() == local.content_sha256()
+    assert open_dataset("hf://datasets/org/data/stores/x.zarr").spec.name != local.spec.name
+
+    run = tmp_path / "run"
+    trained = CliRunner().invoke(train_cli, ["train", "--dataset", f"hf://datasets/org/data@{first}/stores/x.zarr",
+                                             "--algo", "bc", "--steps", "5", "--no-eval", "--hidden", "8",
+                                             "--out", str(run)])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((run / "config.json").read_text())["dataset"] == f"hf://datasets/org/data@{first}/stores/x.zarr"
+
+    got = CliRunner().invoke(data_cli, ["download", f"hf://datasets/org/data@{first}/stores/x.zarr",
+                                        "--out", str(tmp_path / "copy.zarr")])  # fmt: skip
+    assert got.exit_code == 0 and first in got.output, got.output
+    assert _files(tmp_path / "copy.zarr") == _files(tmp_path / "c.zarr")  # byte for byte
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_hub_locations_are_one_line(hub, tmp_path):
+    fixture_datasets(tmp_path, continuous=4, discrete=0)
+    hub.commit("org/data", HubServer.folder(tmp_path / "c.zarr", "stores/x.zarr"))
+    says = {
+        "hf://datasets/org/data@nobranch/stores/x.zarr": "has no revision 'nobranch'",
+        "hf://datasets/org/missing/stores/x.zarr": "no dataset repository org/missing",
+        "hf://datasets/org/data/stores/y.zarr": "no zarr.json there",
+        "hf://org/data/stores/x.zarr": "write hf://datasets/ORG/REPO",
+    }
+    for url, said in says.items():
+        for args in (["validate", url], ["download", url, "--out", str(tmp_path / "dl.zarr")]):
+            result = CliRunner().invoke(data_cli, args)
+            assert result.exit_code in (1, 2) and said in result.output, (args, result.output)
+            assert "Traceback" not in result.output and not (tmp_path / "dl.zarr").exists()
+    with pytest.raises(DatasetError, match="no file 'vaults/none.zip'"):
+        from omgmg.datakit.hub import fetch_file
+
+        fetch_file("hf://datasets/org/data/vaults/none.zip")
+
+
+# ----- zipped vaults, as OG-MARL publishes them (core/<env>/<scenario>.zip holding <scenario>.vlt/) ---------------
+
+
+def _zipped_vault(tmp_path) -> tuple[bytes, object]:
+    """A vault as OG-MARL's conversion of OMIGA's data writes it, zipped as OG-MARL's hub repository holds it;
+    and the dataset importing the unzipped folder gives."""
+    pytest.importorskip("flashbax")
+    from test_ogmarl import omiga_conversion_steps, record_vault
+
+    from omgmg.datakit.ogmarl import import_vault
+
+    vault = record_vault(tmp_path / "vaults", "omiga", "mamujoco", "3hopper", "Medium", omiga_conversion_steps()[0])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for p in sorted(vault.parent.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(vault.parent.parent).as_posix())  # 3hopper.vlt/Medium/...
+    return buffer.getvalue(), import_vault(vault, tmp_path / "direct.zarr")
+
+
+def test_a_zipped_vault_on_the_hub_is_fetched_unpacked_and_imported_in_one_step(hub, tmp_path):
+    archive, direct = _zipped_vault(tmp_path)
+    sha = hub.commit("org/og", {"prior_work/omiga/mamujoco/3hopper.zip": archive})
+    out = tmp_path / "out" / "hopper.zarr"
+    result = CliRunner().invoke(data_cli, ["import", "og-marl", "hf://datasets/org/og/prior_work/omiga/mamujoco/3hopper.zip",
+                                           "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ds = open_dataset(out)
+    assert ds.content_sha256() == direct.content_sha256() and ds.level == "medium"
+    import hashlib
+
+    origin = ds.meta["collection"]["origin"]
+    assert origin == {
+        "location": f"hf://datasets/org/og@{sha}/prior_work/omiga/mamujoco/3hopper.zip",
+        "sha256": hashlib.sha256(archive).hexdigest(),
+    }
+    assert sorted(p.name for p in out.parent.iterdir()) == ["hopper.zarr"]  # nothing unpacked is left beside it
+    requests = len(hub.requests)
+    again = CliRunner().invoke(data_cli, ["import", "og-marl", origin["location"], "--out", str(tmp_path / "b.zarr")])
+    assert again.exit_code == 0 and not any(p.endswith(".zip") for _, p in hub.requests[requests:])  # cached
+
+
+def test_a_damaged_or_hostile_zip_is_refused_and_nothing_is_written(hub, tmp_path):
+    archive, _ = _zipped_vault(tmp_path)
+    cut = archive[: len(archive) // 2]
+    escape = io.BytesIO()
+    with zipfile.ZipFile(escape, "w") as z:
+        z.writestr("../../outside.txt", b"x")
+    flipped = bytearray(archive)
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        first = z.infolist()[-1]
+        flipped[first.header_offset + 30 + len(first.filename) + 1] ^= 0xFF  # a byte of the last member's data
+    hub.commit("org/og", {"core/mamujoco/cut.zip": cut, "core/mamujoco/escape.zip": escape.getvalue(),
+                          "core/mamujoco/flipped.zip": bytes(flipped)})  # fmt: skip
+    says = {"cut": "not a readable zip", "escape": "would land outside it", "flipped": "fails its CRC check"}
+    for name, said in says.items():
+        out = tmp_path / "out" / f"{name}.zarr"
+        result = CliRunner().invoke(data_cli, ["import", "og-marl", f"hf://datasets/org/og/core/mamujoco/{name}.zip",
+                                               "--out", str(out)])  # fmt: skip
+        assert result.exit_code == 1 and said in result.output, (name, result.output)
+        assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path.parent / "outside.txt").exists()

@@ -1,0 +1,139 @@
+"""S3 locations against a real S3-compatible server (moto's server mode, tests/s3_server.py) on 127.0.0.1,
+with credentials checked: read, stream, download, a missing object, a wrong secret, a server killed
+mid-transfer."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import fixture_datasets
+from s3_server import BUCKET, S3Server
+
+from omgmg.cli.data import main as data_cli
+from omgmg.cli.train import main as train_cli
+from omgmg.datakit import DatasetError, TransitionLoader, open_dataset, validate
+from omgmg.datakit.download import download
+
+pytest.importorskip("s3fs")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3-data")
+    fixture_datasets(root, continuous=8, discrete=6)
+    with S3Server() as server:
+        server.put(root / "c.zarr", "c.zarr")
+        server.put(root / "d.zarr", "d.zarr")
+        yield root, server
+
+
+@pytest.fixture
+def env(s3, monkeypatch):
+    root, server = s3
+    for k, v in server.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("OMGMG_REMOTE_TIMEOUT", "5")
+    _forget_clients()
+    yield root, server
+    _forget_clients()
+
+
+def _forget_clients():
+    """fsspec keeps one filesystem per set of options in a process, its credentials included: a test that
+    changes the environment's credentials needs new ones (a command reads them once, at its start)."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_bucket_reads_streams_and_downloads_like_the_folder(env, tmp_path):
+    root, server = env
+    before = server.keys("c.zarr")
+    url = f"s3://{BUCKET}/c.zarr"
+    local, remote = open_dataset(root / "c.zarr"), open_dataset(url)
+    assert remote.content_sha256() == local.content_sha256() and validate(url) == []
+    for kw in ({}, {"streaming": True, "block_rows": 64, "resident_blocks": 2}):
+        a, b = TransitionLoader(local, 32, seed=3, **kw).sample(), TransitionLoader(remote, 32, seed=3, **kw).sample()
+        assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()) if x is not None)
+    got = download(url, tmp_path / "copy.zarr")
+    assert _files(got) == _files(root / "c.zarr")  # byte for byte
+    trained = CliRunner().invoke(train_cli, ["train", "--dataset", url, "--algo", "bc", "--steps", "5", "--no-eval",
+                                             "--hidden", "8", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert server.keys("c.zarr") == before  # read-only
+
+
+def test_a_wrong_secret_or_a_missing_object_is_one_line(env, tmp_path, monkeypatch):
+    root, server = env
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    _forget_clients()
+    refused = CliRunner().invoke(data_cli, ["validate", f"s3://{BUCKET}/c.zarr"])
+    assert refused.exit_code == 1 and "access refused" in refused.output and "AWS_SECRET_ACCESS_KEY" in refused.output
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.env["AWS_SECRET_ACCESS_KEY"])
+    _forget_clients()
+
+    server.put(root / "c.zarr", "holed.zarr")
+    server.client().delete_object(Bucket=BUCKET, Key="holed.zarr/steps/obs/c/0/0/0")
+    url = f"s3://{BUCKET}/holed.zarr"
+    for cli, args in (
+        (data_cli, ["validate", url]),
+        (data_cli, ["download", url, "--out", str(tmp_path / "dl.zarr")]),
+        (train_cli, ["train", "--dataset", url, "--algo", "bc", "--steps", "5", "--no-eval",
+                     "--out", str(tmp_path / "r")]),
+    ):  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and "steps/obs" in result.output and "missing" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # no partial download, no run folder
+    nothing = CliRunner().invoke(data_cli, ["inspect", f"s3://{BUCKET}/none.zarr"])
+    assert nothing.exit_code == 1 and "no zarr.json there" in nothing.output
+
+
+def test_a_zipped_vault_in_a_bucket_imports_in_one_step(env, tmp_path):
+    pytest.importorskip("flashbax")
+    from test_ogmarl import omiga_conversion_steps, record_vault
+
+    root, server = env
+    vault = record_vault(tmp_path / "vaults", "omiga", "mamujoco", "3hopper", "Medium", omiga_conversion_steps()[0])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for p in sorted(vault.parent.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(vault.parent.parent).as_posix())
+    server.client().put_object(Bucket=BUCKET, Key="vaults/omiga/mamujoco/3hopper.zip", Body=buffer.getvalue())
+    out = tmp_path / "out" / "h.zarr"
+    url = f"s3://{BUCKET}/vaults/omiga/mamujoco/3hopper.zip"
+    result = CliRunner().invoke(data_cli, ["import", "og-marl", url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert open_dataset(out).meta["collection"]["origin"]["location"] == url
+    assert [p.name for p in out.parent.iterdir()] == ["h.zarr"]
+
+
+def test_a_server_killed_mid_download_leaves_nothing(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    fixture_datasets(tmp_path / "data", continuous=8, discrete=0)
+    with S3Server() as server:
+        server.put(tmp_path / "data" / "c.zarr", "c.zarr")
+        for k, v in server.env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("OMGMG_REMOTE_TIMEOUT", "2")
+        monkeypatch.setenv("OMGMG_REMOTE_RETRIES", "1")
+        _forget_clients()
+
+        def kill_after_three(done, total):
+            if done == 3:
+                server.kill()
+
+        with pytest.raises(DatasetError, match="could not be read"):
+            download(f"s3://{BUCKET}/c.zarr", tmp_path / "out" / "c.zarr", progress=kill_after_three)
+    assert list((tmp_path / "out").iterdir()) == []
+    assert not np.isnan(open_dataset(tmp_path / "data" / "c.zarr").read("steps/obs")).any()
