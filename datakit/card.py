@@ -142,15 +142,8 @@ def _provenance_rows(p: dict | None, n_episodes: int) -> list[tuple[str, str]]:
     return rows
 
 
-def render(c: dict):
-    """A rich renderable of the card."""
-    from rich.console import Group
-    from rich.panel import Panel
-    from rich.table import Table
-
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold cyan")
-    head.add_column()
+def card_rows(c: dict) -> list[tuple[str, str]]:
+    """The card's (label, value) lines, in the order it shows them (the terminal's panel, a published README)."""
     rows = [
         ("task", f"{c['suite']}/{c['task']}  (backend {c['backend']})"),
         ("level", c["level"] or "-"),
@@ -219,7 +212,19 @@ def render(c: dict):
         ("format", f"v{c['format_version']}, written by omgmg {c['omgmg_version']} at {c['created']}"),
         ("stored", _size(c["stored_bytes"])),
     ]
-    for k, v in rows:
+    return rows
+
+
+def render(c: dict):
+    """A rich renderable of the card."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold cyan")
+    head.add_column()
+    for k, v in card_rows(c):
         head.add_row(k, v)
 
     arrays = Table(title="arrays", title_justify="left", show_edge=False)

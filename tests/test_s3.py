@@ -137,3 +137,74 @@ def test_a_server_killed_mid_download_leaves_nothing(tmp_path, monkeypatch):
             download(f"s3://{BUCKET}/c.zarr", tmp_path / "out" / "c.zarr", progress=kill_after_three)
     assert list((tmp_path / "out").iterdir()) == []
     assert not np.isnan(open_dataset(tmp_path / "data" / "c.zarr").read("steps/obs")).any()
+
+
+# ----- publishing (issue 40): a card, a manifest, read back; resumable; never over what omgmg did not write ------
+
+
+def test_publish_to_a_bucket_reads_back_byte_identical_with_its_card_and_manifest(env, tmp_path):
+    import hashlib
+
+    from omgmg.datakit.publish import publish
+
+    root, server = env
+    url = f"s3://{BUCKET}/published/c.zarr"
+    result = CliRunner().invoke(data_cli, ["publish", str(root / "c.zarr"), url, "--license", "cc-by-4.0"])
+    assert result.exit_code == 0 and "read back and validated" in result.output, result.output
+    held = server.keys("published/c.zarr/")
+    card = held["published/c.zarr/README.md"].decode()
+    assert card.startswith("---\nlicense: cc-by-4.0\n") and "| level | medium |" in card and "returns.png" in card
+    manifest = dict(line.split("  ")[::-1] for line in held["published/c.zarr/MANIFEST.sha256"].decode().splitlines())
+    for rel, digest in manifest.items():
+        assert hashlib.sha256(held[f"published/c.zarr/{rel}"]).hexdigest() == digest
+    copy = download(url, tmp_path / "copy.zarr")
+    local = _files(root / "c.zarr")
+    assert {k: v for k, v in _files(copy).items() if k in local} == local  # the store, byte for byte
+    assert open_dataset(copy).content_sha256() == open_dataset(root / "c.zarr").content_sha256()
+
+    again = publish(root / "c.zarr", url)  # nothing to do but check: every file kept
+    assert again["kept"] == again["files"] - 3  # all but the root zarr.json, manifest and mark
+
+
+def test_an_interrupted_publish_looks_like_no_dataset_and_resumes(env, tmp_path):
+    from omgmg.datakit.publish import publish
+
+    root, server = env
+    url = f"s3://{BUCKET}/interrupted/c.zarr"
+
+    def stop_after_five(done, total):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        publish(root / "c.zarr", url, progress=stop_after_five)
+    assert "interrupted/c.zarr/zarr.json" not in server.keys("interrupted/")  # no dataset there yet
+    refused = CliRunner().invoke(data_cli, ["validate", url])
+    assert refused.exit_code == 1 and "no zarr.json there" in refused.output
+    done = publish(root / "c.zarr", url)
+    assert done["kept"] >= 4 and validate(url) == []
+
+
+def test_publish_never_writes_over_what_omgmg_did_not_publish(env):
+    from omgmg.datakit.errors import RequestError
+    from omgmg.datakit.publish import publish
+
+    root, server = env
+    client = server.client()
+    client.put_object(Bucket=BUCKET, Key="theirs/c.zarr/notes.txt", Body=b"someone else's")
+    for force in ([], ["--force"]):
+        result = CliRunner().invoke(data_cli, ["publish", str(root / "c.zarr"), f"s3://{BUCKET}/theirs/c.zarr", *force])
+        assert result.exit_code == 2 and "omgmg did not publish" in result.output, result.output
+    assert server.keys("theirs/") == {"theirs/c.zarr/notes.txt": b"someone else's"}
+
+    url = f"s3://{BUCKET}/ours/x.zarr"
+    publish(root / "c.zarr", url)
+    with pytest.raises(RequestError, match="another dataset omgmg published"):
+        publish(root / "d.zarr", url)
+    client.put_object(Bucket=BUCKET, Key="ours/x.zarr/added-by-hand.txt", Body=b"mine")
+    with pytest.raises(RequestError, match="added-by-hand.txt"):
+        publish(root / "d.zarr", url, overwrite=True)
+    client.delete_object(Bucket=BUCKET, Key="ours/x.zarr/added-by-hand.txt")
+    publish(root / "d.zarr", url, overwrite=True)  # only what omgmg published there: replaced
+    assert open_dataset(url).content_sha256() == open_dataset(root / "d.zarr").content_sha256()
+    assert validate(url) == []
