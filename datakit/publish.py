@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from omgmg.datakit.card import card, card_rows, plot_returns
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import DatasetError, RequestError
 from omgmg.datakit.hub import is_hub
+from omgmg.datakit.outputs import OutputLock, data_home, make_parent
 from omgmg.datakit.remote import filesystem, is_remote, retrying
 from omgmg.datakit.validate import validate
 
@@ -66,6 +68,23 @@ def publish(
         raise DatasetError(f"{ds.path} is not valid ({problems[0]}); only a valid dataset is published")
     content = ds.content_sha256()
     target = _Target(location)
+    with _lock(location):
+        return _publish(ds, target, content, license=license, overwrite=overwrite, progress=progress)
+
+
+def _lock(location: str) -> OutputLock:
+    """One publish per location on this machine (a second is refused, naming the first). A bucket has no
+    lock of its own: the lock is a file in ``$OMGMG_HOME/locks`` named after the location."""
+    if not is_remote(location):
+        make_parent(Path(location))
+        return OutputLock(Path(location), "publish location")
+    folder = data_home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return OutputLock(folder / re.sub(r"[^A-Za-z0-9._-]+", "_", location), "publish location")
+
+
+def _publish(ds: Dataset, target: _Target, content: str, *, license: str, overwrite: bool, progress) -> dict:
+    location = target.location
     kept_names = target.claim(ds, content, overwrite)
 
     local = _local_files(ds.path)

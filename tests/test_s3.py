@@ -208,3 +208,21 @@ def test_publish_never_writes_over_what_omgmg_did_not_publish(env):
     publish(root / "d.zarr", url, overwrite=True)  # only what omgmg published there: replaced
     assert open_dataset(url).content_sha256() == open_dataset(root / "d.zarr").content_sha256()
     assert validate(url) == []
+
+
+def test_a_second_publish_to_one_location_is_refused_while_the_first_runs(env, tmp_path):
+    from omgmg.datakit.errors import OutputError
+    from omgmg.datakit.publish import publish
+
+    root, server = env
+    url = f"s3://{BUCKET}/twice/c.zarr"
+    seen = []
+
+    def second_meanwhile(done, total):
+        if done == 2 and not seen:
+            with pytest.raises(OutputError, match="in use by another omgmg process") as refused:
+                publish(root / "d.zarr", url)
+            seen.append(str(refused.value))
+
+    publish(root / "c.zarr", url, progress=second_meanwhile)
+    assert seen and open_dataset(url).content_sha256() == open_dataset(root / "c.zarr").content_sha256()
