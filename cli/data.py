@@ -563,6 +563,73 @@ def upgrade(path: Path, out: Path, force: bool):
     )
 
 
+@main.command(name="list")
+@click.option("--remote", is_flag=True, help="The public datasets omgmg can fetch by name (omgmg-data get NAME).")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@friendly_errors
+def list_cmd(remote: bool, as_json: bool):
+    """List datasets: those collected into $OMGMG_HOME, or with --remote the public ones `get` fetches by name
+    (each with its location, what it was recorded on, whether omgmg evaluates it live, its publisher's numbers)."""
+    if not remote:
+        from omgmg.collectors.home import home_entries
+
+        datasets = [e for e in home_entries() if e.kind == "dataset"]
+        if as_json:
+            click.echo(json.dumps([{"name": e.name, "bytes": e.bytes, "what": e.detail} for e in datasets], indent=2))
+        elif datasets:
+            console.print(_home_table(datasets))
+        else:
+            console.print("no dataset collected into $OMGMG_HOME yet (`--remote` lists public ones)", highlight=False)
+        return
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from omgmg.datakit.registry import known_datasets, registry_file, sources
+
+    known = known_datasets()
+    if as_json:
+        click.echo(json.dumps({name: asdict(k) for name, k in known.items()}, indent=2))
+        return
+    t = Table(show_edge=False)
+    t.add_column("name", no_wrap=True, min_width=max(map(len, known), default=4))  # what `get` takes: never cut
+    for col in ("level", "episodes", "transitions", "return", "live eval"):
+        t.add_column(col, justify="right" if col in ("episodes", "transitions") else "left")
+    for name, k in known.items():
+        e = k.expected
+        live = k.evaluable.split(",")[0].split(":")[0] if k.evaluable.startswith(("yes", "no")) else "StarCraft II only"
+        t.add_row(name, k.level, str(e["trajectories"]), str(e["transitions"]),
+                  f"{e['return_mean']:.1f} ± {e['return_std']:.1f}", live)  # fmt: skip
+    console.print(t)
+    console.print(f"registry: {registry_file()}", highlight=False)
+    for who, where in sources().items():
+        console.print(f"  {who}: {where}", highlight=False)
+    console.print("fetch one: omgmg-data get NAME --out NAME.zarr   (locations and details: --json)", highlight=False)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the dataset (NAME.zarr).")
+@click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
+@friendly_errors
+def get(name: str, out: Path, force: bool):
+    """Fetch a public dataset by its name (`omgmg-data list --remote`), check it against its publisher's
+    statistics and import it; nothing is written unless it matches."""
+    from omgmg.datakit.registry import get as run_get
+    from omgmg.datakit.registry import lookup
+
+    entry = lookup(name)
+    ds = _import(entry.location, out, lambda progress: run_get(name, out, overwrite=force, progress=progress))
+    matched = ds.meta["collection"]["publisher_statistics"]["matched_with_done_flags"]
+    console.print(
+        f"matches its publisher's statistics ({entry.expected['trajectories']} episodes, "
+        f"{entry.expected['transitions']} rows, return {entry.expected['return_mean']:.2f} ± "
+        f"{entry.expected['return_std']:.2f}; done flags: {matched})",
+        highlight=False,
+    )
+    console.print(f"evaluable: {entry.evaluable}", highlight=False)
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 @friendly_errors

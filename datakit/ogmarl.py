@@ -276,6 +276,7 @@ def import_vault(
     action_bound: float | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    expected: dict | None = None,
 ) -> Dataset:
     """Convert one OG-MARL vault dataset to an omgmg dataset at ``out``; see the module docstring.
 
@@ -301,22 +302,28 @@ def import_vault(
         else:
             imported = read_og_marl_vault(
                 uid_dir, meta, task=task, level=level, episode_limit=episode_limit, rows=rows,
-                action_bound=1.0 if action_bound is None else action_bound,
+                action_bound=1.0 if action_bound is None else action_bound, expected=expected,
             )  # fmt: skip
         return write_imported(imported, out, overwrite=overwrite, progress=progress, origin=origin)
 
 
 def read_og_marl_vault(
     uid_dir: Path, meta: dict, *, task: str | None, level: str | None, episode_limit: int | None, rows: str | None,
-    action_bound: float,
+    action_bound: float, expected: dict | None = None,
 ) -> Imported:  # fmt: skip
     """A vault OG-MARL (or anyone but omgmg) wrote: the task from its path or ``task``, the layout, widths and
-    row convention inferred from the data, every inference recorded."""
+    row convention inferred from the data, every inference recorded. ``expected``: its publisher's statistics
+    (:mod:`omgmg.datakit.registry`), checked on the vault's rows before anything else."""
     where = _task_of(uid_dir, task)
     level = normalise_level(level) if level else _level_from(meta, uid_dir.name, False)
     stream = _read_stream(uid_dir, where.suite, discrete=where.suite == "smacv2")
     obs, T, N, O = stream.obs, *stream.obs.shape
     options, notes, state = {}, {}, stream.state
+    if expected:
+        from omgmg.datakit.registry import check_published
+
+        flags = check_published(uid_dir.name, stream.reward, stream.terminal, stream.truncation, expected)
+        notes["publisher_statistics"] = {**expected, "matched_with_done_flags": flags}
     if where.suite == "mamujoco" and is_omiga_observations(obs[: min(T, 1000)].astype(np.float64)):
         options = {"obs_mode": "omiga"}
         state = znorm(obs[:, 0, : O - N].astype(np.float64)).astype(np.float32)

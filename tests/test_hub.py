@@ -158,3 +158,83 @@ def test_a_damaged_or_hostile_zip_is_refused_and_nothing_is_written(hub, tmp_pat
         assert result.exit_code == 1 and said in result.output, (name, result.output)
         assert not out.parent.exists() or list(out.parent.iterdir()) == []
     assert not (tmp_path / "outside.txt").exists() and not (tmp_path.parent / "outside.txt").exists()
+
+
+# ----- the registry: public datasets by name, checked against their publisher's statistics ------------------------
+
+
+def test_the_registry_names_the_papers_data_with_its_publishers_numbers():
+    from omgmg.datakit.format import LEVELS
+    from omgmg.datakit.ogmarl import vault_task
+    from omgmg.datakit.registry import known_datasets
+
+    known = known_datasets()
+    hopper = known["og-marl/omiga/hopper-expert"]
+    assert hopper.expected["trajectories"] == 1481 and round(hopper.expected["return_mean"], 1) == 2452.0
+    assert sum(name.startswith("og-marl/omiga/") for name in known) == 12  # 3 tasks x 4 levels: the paper's data
+    for k in known.values():
+        assert parse(k.location).path.endswith(".zip") and k.level in LEVELS
+        vault_task(*k.og_marl_task.split("/"))  # a task omgmg imports
+    listed = CliRunner().invoke(data_cli, ["list", "--remote"], env={"COLUMNS": "200"})
+    assert (
+        listed.exit_code == 0 and "og-marl/omiga/hopper-expert" in listed.output and "2452.0 ± 1097.9" in listed.output
+    )
+
+
+def _publisher_numbers(steps) -> dict:
+    """What OG-MARL's analyse_vault reports for these rows, computed here step by step (agent 0's rewards
+    summed up to each row where every agent's terminal flag is set)."""
+    returns, total = [], 0.0
+    for row in steps:
+        total += float(row["rewards"][0])
+        if row["terminals"].all():
+            returns.append(total)
+            total = 0.0
+    r = np.asarray(returns)
+    return {"transitions": len(steps), "trajectories": len(r), "return_mean": float(r.mean()),
+            "return_std": float(r.std()), "return_min": float(r.min()), "return_max": float(r.max())}  # fmt: skip
+
+
+def test_get_fetches_by_name_checks_the_publishers_numbers_and_refuses_a_tampered_copy(hub, tmp_path, monkeypatch):
+    pytest.importorskip("flashbax")
+    from test_ogmarl import omiga_conversion_steps, record_vault
+
+    steps = omiga_conversion_steps()[0]
+    vault = record_vault(tmp_path / "vaults", "omiga", "mamujoco", "3hopper", "Medium", steps)
+
+    def zipped(folder):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as z:
+            for p in sorted(folder.rglob("*")):
+                if p.is_file():
+                    z.write(p, p.relative_to(folder.parent).as_posix())
+        return buffer.getvalue()
+
+    tampered_steps = [dict(row) for row in steps]
+    tampered_steps[3] = {**steps[3], "rewards": steps[3]["rewards"] + 5.0}  # one reward changed
+    tampered = record_vault(tmp_path / "tampered", "omiga", "mamujoco", "3hopper", "Medium", tampered_steps)
+    sha = hub.commit("lab/og", {"prior_work/omiga/mamujoco/3hopper.zip": zipped(vault.parent),
+                                "mirror/omiga/mamujoco/3hopper.zip": zipped(tampered.parent)})  # fmt: skip
+    entry = {"uid": "Medium", "og_marl_task": "mamujoco/3hopper", "level": "medium", "recorded_on": "test",
+             "evaluable": "yes", "generation": "test", "expected": _publisher_numbers(steps)}  # fmt: skip
+    registry = {"format": 1, "sources": {"test": "tests/test_hub.py"}, "datasets": {
+        "lab/hopper-medium": {**entry, "location": "hf://datasets/lab/og/prior_work/omiga/mamujoco/3hopper.zip"},
+        "lab/hopper-medium-mirror": {**entry, "location": "hf://datasets/lab/og/mirror/omiga/mamujoco/3hopper.zip"},
+    }}  # fmt: skip
+    (tmp_path / "registry.json").write_text(json.dumps(registry))
+    monkeypatch.setenv("OMGMG_REGISTRY", str(tmp_path / "registry.json"))
+
+    out = tmp_path / "got" / "hopper.zarr"
+    got = CliRunner().invoke(data_cli, ["get", "lab/hopper-medium", "--out", str(out)])
+    assert got.exit_code == 0 and "matches its publisher's statistics" in got.output, got.output
+    collection = open_dataset(out).meta["collection"]
+    assert collection["origin"]["location"] == f"hf://datasets/lab/og@{sha}/prior_work/omiga/mamujoco/3hopper.zip"
+    assert collection["publisher_statistics"]["matched_with_done_flags"] == "terminals"
+
+    bad = tmp_path / "got" / "mirror.zarr"
+    refused = CliRunner().invoke(data_cli, ["get", "lab/hopper-medium-mirror", "--out", str(bad)])
+    assert refused.exit_code == 1 and "does not match what its publisher says" in refused.output, refused.output
+    assert "return_mean" in refused.output and "Traceback" not in refused.output
+    assert sorted(p.name for p in out.parent.iterdir()) == ["hopper.zarr"]  # nothing written for the mirror
+    unknown = CliRunner().invoke(data_cli, ["get", "lab/hopper", "--out", str(bad)])
+    assert unknown.exit_code == 2 and "did you mean lab/hopper-medium" in unknown.output
