@@ -320,8 +320,6 @@ def read_og_marl_vault(
     obs, T, N, O = stream.obs, *stream.obs.shape
     options, notes, state = {}, {}, stream.state
     if expected:
-        from omgmg.datakit.registry import check_published
-
         flags = check_published(uid_dir.name, stream.reward, stream.terminal, stream.truncation, expected)
         notes["publisher_statistics"] = {**expected, "matched_with_done_flags": flags}
     if where.suite == "mamujoco" and is_omiga_observations(obs[: min(T, 1000)].astype(np.float64)):
@@ -772,3 +770,57 @@ def _write_vault(ds: Dataset, Vault, BufferState, aside: Path, uid: str, metadat
         np.savez(f, **stacked)
         f.flush()
         os.fsync(f.fileno())
+
+
+# ----- the statistics OG-MARL's cards publish (og_marl/vault_utils/analyse_vault.py) -----------------------------
+
+RETURN_RTOL = 1e-3
+"""Relative tolerance of the return statistics (the publisher summed float32 rewards on an accelerator)."""
+
+
+def publisher_statistics(reward: np.ndarray, terminal: np.ndarray, truncation: np.ndarray, flags: str) -> dict:
+    """OG-MARL's ``analyse_vault`` statistics of a vault's stream: ``reward`` agent 0's per row (T,), the
+    done flags per row (T,) (set where every agent's is); ``flags`` "terminals" or "terminals+truncations"."""
+    done = terminal if flags == "terminals" else terminal | truncation
+    ends = np.flatnonzero(done)
+    sums = np.concatenate([[0.0], np.cumsum(reward.astype(np.float64))])
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    returns = sums[ends + 1] - sums[starts]
+    stats = {"transitions": int(len(reward)), "trajectories": int(len(ends))}
+    if len(returns):
+        stats.update(
+            return_mean=float(returns.mean()),
+            return_std=float(returns.std()),
+            return_min=float(returns.min()),
+            return_max=float(returns.max()),
+        )
+    return stats
+
+
+def check_published(where, reward, terminal, truncation, expected: dict) -> str:
+    """Which done flags reproduce the publisher's statistics; a DatasetError naming every difference if none."""
+    tried = {}
+    for flags in ("terminals", "terminals+truncations"):
+        got = publisher_statistics(reward, terminal, truncation, flags)
+        differ = [k for k, want in expected.items() if not _agrees(k, got.get(k), want)]
+        if not differ:
+            return flags
+        tried[flags] = (got, differ)
+    got, differ = min(tried.values(), key=lambda t: len(t[1]))
+    said = ", ".join(f"{k} {_show(got.get(k))} (publisher: {_show(expected[k])})" for k in differ)
+    raise DatasetError(
+        f"{where} does not match what its publisher says: {said}; nothing was written (a truncated or altered copy, "
+        "or another revision: fetch it again, or import it without the registry with `omgmg-data import og-marl`)"
+    )
+
+
+def _agrees(key: str, got, want) -> bool:
+    if got is None:
+        return False
+    if key in ("transitions", "trajectories"):
+        return int(got) == int(want)
+    return abs(got - want) <= RETURN_RTOL * max(1.0, abs(want))
+
+
+def _show(x) -> str:
+    return "-" if x is None else (f"{x:.6g}" if isinstance(x, float) else str(x))

@@ -10,8 +10,9 @@ The statistics are checked on the source itself, before anything is written, the
 computed them: OG-MARL's ``analyse_vault`` counts the vault's rows as transitions, the rows where every
 agent's done flag is set as trajectories (its cards use the terminal flags, or terminals and truncations
 together: either reading is accepted, and which one matched is recorded), and sums agent 0's rewards
-between those rows into returns. A copy that does not match (a truncated download, a different
-revision, someone else's data under the name) fails loudly and writes nothing.
+between those rows into returns (:func:`omgmg.datakit.ogmarl.check_published`). A copy that does not
+match (a truncated download, a different revision, someone else's data under the name) fails loudly and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -22,12 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
-from omgmg.datakit.errors import ConfigError, DatasetError, RequestError
-
-RETURN_RTOL = 1e-3
-"""Relative tolerance of the return statistics (the publisher summed float32 rewards on an accelerator)."""
+from omgmg.datakit.errors import ConfigError, RequestError
 
 
 @dataclass(frozen=True)
@@ -69,54 +65,6 @@ def lookup(name: str) -> KnownDataset:
         hint = f" (did you mean {', '.join(close[:4])}?)" if close else " (omgmg-data list --remote lists them)"
         raise RequestError(f"no known dataset {name!r}{hint}")
     return known[name]
-
-
-def publisher_statistics(reward: np.ndarray, terminal: np.ndarray, truncation: np.ndarray, flags: str) -> dict:
-    """OG-MARL's ``analyse_vault`` statistics of a vault's stream: ``reward`` agent 0's per row (T,), the
-    done flags per row (T,) (set where every agent's is); ``flags`` "terminals" or "terminals+truncations"."""
-    done = terminal if flags == "terminals" else terminal | truncation
-    ends = np.flatnonzero(done)
-    sums = np.concatenate([[0.0], np.cumsum(reward.astype(np.float64))])
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    returns = sums[ends + 1] - sums[starts]
-    stats = {"transitions": int(len(reward)), "trajectories": int(len(ends))}
-    if len(returns):
-        stats.update(
-            return_mean=float(returns.mean()),
-            return_std=float(returns.std()),
-            return_min=float(returns.min()),
-            return_max=float(returns.max()),
-        )
-    return stats
-
-
-def check_published(where, reward, terminal, truncation, expected: dict) -> str:
-    """Which done flags reproduce the publisher's statistics; a DatasetError naming every difference if none."""
-    tried = {}
-    for flags in ("terminals", "terminals+truncations"):
-        got = publisher_statistics(reward, terminal, truncation, flags)
-        differ = [k for k, want in expected.items() if not _agrees(k, got.get(k), want)]
-        if not differ:
-            return flags
-        tried[flags] = (got, differ)
-    got, differ = min(tried.values(), key=lambda t: len(t[1]))
-    said = ", ".join(f"{k} {_show(got.get(k))} (publisher: {_show(expected[k])})" for k in differ)
-    raise DatasetError(
-        f"{where} does not match what its publisher says: {said}; nothing was written (a truncated or altered copy, "
-        "or another revision: fetch it again, or import it without the registry with `omgmg-data import og-marl`)"
-    )
-
-
-def _agrees(key: str, got, want) -> bool:
-    if got is None:
-        return False
-    if key in ("transitions", "trajectories"):
-        return int(got) == int(want)
-    return abs(got - want) <= RETURN_RTOL * max(1.0, abs(want))
-
-
-def _show(x) -> str:
-    return "-" if x is None else (f"{x:.6g}" if isinstance(x, float) else str(x))
 
 
 def get(name: str, out, *, overwrite: bool = False, progress=None):

@@ -6,6 +6,8 @@ In hand-built episodes ``obs[t, i, 0] = 1000 * i + g`` where g is the global ste
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -157,6 +159,19 @@ def write(path, spec, episodes, **kw):
 
 LENGTHS = [5, 10, 1, 7, 10, 3]
 ENDS = ["terminated", "truncated", "terminated", "both", "truncated", "truncated"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_omgmg_home(tmp_path_factory):
+    """The tests' own $OMGMG_HOME (behaviour runs, datasets collected or fetched without --out, locks): never
+    the user's. One per test session, so what one test caches there another may reuse."""
+    before = os.environ.get("OMGMG_HOME")
+    os.environ["OMGMG_HOME"] = str(tmp_path_factory.mktemp("omgmg-home"))
+    yield
+    if before is None:
+        os.environ.pop("OMGMG_HOME", None)
+    else:
+        os.environ["OMGMG_HOME"] = before
 
 
 @pytest.fixture

@@ -238,3 +238,63 @@ def test_get_fetches_by_name_checks_the_publishers_numbers_and_refuses_a_tampere
     assert sorted(p.name for p in out.parent.iterdir()) == ["hopper.zarr"]  # nothing written for the mirror
     unknown = CliRunner().invoke(data_cli, ["get", "lab/hopper", "--out", str(bad)])
     assert unknown.exit_code == 2 and "did you mean lab/hopper-medium" in unknown.output
+
+
+# ----- the paper's data in a sweep: known datasets fetched by name, reported beside a published table -------------
+
+
+def test_the_shipped_omiga_data_spec_runs_every_published_method_on_the_twelve_datasets():
+    from omgmg.experiments.spec import load_published, load_spec
+
+    spec = load_spec("omiga-data")
+    cells = spec.cells()
+    assert len(cells) == 12 * 8 * 5 and {c.dataset.known for c in cells} == {
+        name for name in __import__("omgmg.datakit.registry", fromlist=["x"]).known_datasets() if "/omiga/" in name
+    }
+    published = load_published(spec.published)
+    assert published["rows"]["og-marl/omiga/hopper|medium"]["bc"] == [511.95, 7.43]  # ComaDICE's table
+    for row in published["rows"].values():
+        assert set(row) <= set(spec.algorithms)  # every published method runs here under omgmg's name
+    ant = next(c for c in cells if c.dataset.known == "og-marl/omiga/ant-medium")
+    hopper = next(c for c in cells if c.dataset.known == "og-marl/omiga/hopper-medium")
+    assert not ant.dataset.evaluable and hopper.dataset.evaluable
+
+
+def test_a_sweep_on_a_known_dataset_fetches_it_once_and_reports_beside_the_published_numbers(hub, tmp_path,
+                                                                                         monkeypatch):  # fmt: skip
+    pytest.importorskip("flashbax")
+    from test_ogmarl import omiga_conversion_steps, record_vault
+
+    steps = omiga_conversion_steps()[0]
+    vault = record_vault(tmp_path / "vaults", "omiga", "mamujoco", "3hopper", "Medium", steps)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for p in sorted(vault.parent.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(vault.parent.parent).as_posix())
+    hub.commit("lab/og", {"prior_work/omiga/mamujoco/3hopper.zip": buffer.getvalue()})
+    entry = {"location": "hf://datasets/lab/og/prior_work/omiga/mamujoco/3hopper.zip", "uid": "Medium",
+             "og_marl_task": "mamujoco/3hopper", "level": "medium", "recorded_on": "test", "evaluable": "yes",
+             "generation": "test", "expected": _publisher_numbers(steps)}  # fmt: skip
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"format": 1, "datasets": {"og-marl/omiga/hopper-medium": entry}}))
+    monkeypatch.setenv("OMGMG_REGISTRY", str(registry))
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))  # where a sweep keeps the datasets it fetches
+    spec = tmp_path / "paper-data.toml"
+    spec.write_text(
+        'name = "paper-data"\nalgorithms = ["bc", "omiga"]\nseeds = [0]\npublished = "comadice-mamujoco"\n'
+        "[budget]\nsteps = 100\neval_every = 100\neval_episodes = 1\n"
+        '[[datasets]]\nknown = ["og-marl/omiga/hopper-medium"]\n'
+        "[smoke]\nseeds = [0]\nsteps = 100\neval_every = 100\neval_episodes = 1\n"
+    )
+    out = tmp_path / "sweep"
+    ran = CliRunner().invoke(train_cli, ["sweep", str(spec), "--out", str(out), "--workers", "1"])
+    assert ran.exit_code == 0, ran.output
+    fetches = [p for m, p in hub.requests if p.endswith(".zip") and m == "GET"]
+    assert len(fetches) == 1  # one fetch for both algorithms' cells
+    report = CliRunner().invoke(train_cli, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    md = (out / "paper-data.md").read_text()
+    assert "Beside the published numbers" in md and "Bui" in md
+    bc = next(line for line in md.splitlines() if line.startswith("| og-marl/omiga/hopper | medium | bc |"))
+    assert "| 511.9 ± 7.4 |" in bc and bc.count("±") == 2  # ours beside theirs, and the gap

@@ -206,6 +206,40 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
     return "\n".join(md) + "\n", csv_rows
 
 
+def published_section(meta: dict, agg: dict) -> str:
+    """Ours beside a published table (the spec's ``published``): for every row and algorithm both hold, the two
+    means ± stds and the gap, (ours - published) in units of the published std across seeds."""
+    from omgmg.experiments.spec import load_published
+
+    pub = load_published(meta["published"])
+    lines = [
+        f"## Beside the published numbers: {pub['title']}",
+        "",
+        f"Source: {pub['source']}. {pub['citation']}",
+        "",
+        f"Their protocol: {pub['protocol']}",
+        "",
+        "Gap: (ours - published) / published std. Ours is evaluated on gymnasium-robotics v5 in OMIGA's "
+        "observation layout, theirs on the v2 environments the data was recorded on (docs/interop.md); a row "
+        "without live evaluation has no score of ours.",
+        "",
+        "| task | dataset | algorithm | ours | published | gap (published std) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (task, level, algo, point), entry in sorted(agg.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        theirs = pub["rows"].get(f"{task}|{level}", {}).get(algo)
+        if point is not None or theirs is None:
+            continue
+        ours = f"{entry['mean']:.1f} ± {entry['std']:.1f}" if "mean" in entry else "-"
+        gap = (entry["mean"] - theirs[0]) / theirs[1] if "mean" in entry and theirs[1] > 0 else None
+        lines.append(
+            f"| {task} | {level} | {algo} | {ours} | {theirs[0]:.1f} ± {theirs[1]:.1f} | "
+            + (f"{gap:+.1f}" if gap is not None else "-")
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def reliable_section(meta: dict, results: list[dict]) -> str:
     """Aggregates over the datasets of each suite, as rliable / marl-eval report them (omgmg.experiments.stats):
     each algorithm's IQM and mean of the final scores with 95% stratified-bootstrap intervals, and the
@@ -501,6 +535,8 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
     else:
         md, rows = table(meta, agg)
         md += "\n" + reliable_section(meta, results)
+    if meta.get("published"):
+        md += "\n" + published_section(meta, agg)
     finished = sum(1 for r in results if not (r.get("error") or r.get("skipped")))
     if "cells" in meta and finished < len(meta["cells"]):  # said under the budget line
         budget = f"_{budget_label(meta)}_\n"

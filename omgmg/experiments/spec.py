@@ -28,6 +28,10 @@ The schema (docs/experiments.md has it with examples; ``omgmg/experiments/specs/
     obs_mode = "omiga"                    # optional (MaMuJoCo): OMIGA's observation layout (default local)
     rollout_seed = 1                      # optional: an independent copy of these levels (no shared episode)
     # or: path = "/data/hopper-medium.zarr" (an existing dataset; label = "hopper-medium" optional)
+    # or: known = ["og-marl/omiga/hopper-medium"] (public datasets by name: `omgmg-data list --remote`)
+
+    published = "comadice-mamujoco"       # optional: a published table to report beside ours
+                                          # (omgmg/experiments/published/NAME.json)
 
     [grid]                                # optional: one hyperparameter, a list of values
     lam = [0.0, 0.5, 1.0]
@@ -55,7 +59,7 @@ from pathlib import Path
 
 import tomllib
 
-from omgmg.datakit.errors import ConfigError, DatasetError
+from omgmg.datakit.errors import ConfigError, DatasetError, RequestError
 from omgmg.datakit.format import normalise_level
 
 SPEC_DIR = Path(__file__).parent / "specs"
@@ -75,6 +79,7 @@ TOP_KEYS = {
     "overrides",
     "smoke",
     "description",
+    "published",
 }
 
 
@@ -95,8 +100,20 @@ class DatasetRef:
     label: str | None = None
     obs_mode: str | None = None
     rollout_seed: int | None = None
+    known: str | None = None
+    """A public dataset by its registry name (:mod:`omgmg.datakit.registry`), fetched where it is missing."""
 
     VARIANT_KEYS = ("obs_mode", "rollout_seed")  # added later: left out of a cell's key where unset
+    OPTIONAL_KEYS = (*VARIANT_KEYS, "known")
+
+    @property
+    def evaluable(self) -> bool:
+        """Whether a policy trained on it is evaluated live: always, but for a known dataset its registry says."""
+        if self.known is None:
+            return True
+        from omgmg.datakit.registry import lookup
+
+        return lookup(self.known).evaluable.startswith("yes")
 
     @property
     def variant(self) -> str:
@@ -108,17 +125,23 @@ class DatasetRef:
     def name(self) -> str:
         if self.path:
             return self.label or Path(self.path).stem
+        if self.known:
+            return self.known
         return f"{self.task}{self.variant}/{self.level}"
 
     @property
     def row(self) -> tuple[str, str]:
-        """(task, level) for reports."""
-        return (self.label or Path(self.path).stem, "-") if self.path else (self.task + self.variant, self.level)
+        """(task, level) for reports (a known dataset: its name less the level, e.g. og-marl/omiga/hopper)."""
+        if self.path:
+            return (self.label or Path(self.path).stem, "-")
+        if self.known:
+            return (self.known.removesuffix(f"-{self.level}"), self.level)
+        return (self.task + self.variant, self.level)
 
     def to_json(self) -> dict:
-        """The fields, without the variant keys where unset (the keys of cells made before them stay)."""
+        """The fields, without the optional keys where unset (the keys of cells made before them stay)."""
         d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if k not in self.VARIANT_KEYS or v is not None}
+        return {k: v for k, v in d.items() if k not in self.OPTIONAL_KEYS or v is not None}
 
 
 @dataclass(frozen=True)
@@ -188,6 +211,8 @@ class ExperimentSpec:
     source: str = ""
     dataset_budgets: dict[DatasetRef, dict] = field(default_factory=dict)
     """The [budget] keys a [[datasets]] entry sets for its own datasets (the smoke budget ignores them)."""
+    published: str | None = None
+    """A published table the report puts beside ours (``published/NAME.json``)."""
 
     def resolved(self, smoke: bool) -> tuple[list[int], dict, dict]:
         """(seeds, budget, data settings) for the full or the smoke budget."""
@@ -308,6 +333,13 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
         for k, v in own.items():
             need(isinstance(v, int) and v >= 1, f"{where}: {k} must be a positive integer")
         d = {k: v for k, v in d.items() if k not in BUDGET_KEYS}
+        if "known" in d:
+            need(set(d) == {"known"}, f"{where}: a known dataset takes only known and {', '.join(BUDGET_KEYS)}")
+            names = d["known"] if isinstance(d["known"], list) else [d["known"]]
+            for name in names:
+                datasets.append(_known_ref(name, f"{source}: {where}"))
+                dataset_budgets[datasets[-1]] = own
+            continue
         if "path" in d:
             need(
                 set(d) <= {"path", "label"},
@@ -372,7 +404,12 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
                 algorithm_class(algo).config_cls(**values)
             except (TypeError, ValueError) as e:
                 raise SpecError(f"{source}: {algo}: {e}") from None
+    published = raw.get("published")
+    if published is not None:
+        need(isinstance(published, str), "published must name a table of omgmg/experiments/published/")
+        load_published(published)  # exists and reads
     return ExperimentSpec(
+        published=published,
         name=raw["name"],
         algorithms=list(algos),
         seeds=list(seeds),
@@ -387,3 +424,30 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
         source=source,
         dataset_budgets={ref: own for ref, own in dataset_budgets.items() if own},
     )
+
+
+PUBLISHED_DIR = Path(__file__).parent / "published"
+
+
+def _known_ref(name, where: str) -> DatasetRef:
+    """The DatasetRef of a public dataset by its registry name (its suite and level from the registry)."""
+    from omgmg.datakit.ogmarl import vault_task
+    from omgmg.datakit.registry import lookup
+
+    try:
+        entry = lookup(str(name))
+    except (ConfigError, DatasetError, RequestError) as e:
+        raise SpecError(f"{where}: {e}") from None
+    task = vault_task(*entry.og_marl_task.split("/"))
+    return DatasetRef(suite=task.suite, task=task.task, level=entry.level, known=entry.name)
+
+
+def load_published(name: str) -> dict:
+    """A published table (``published/NAME.json``): its citation, protocol, and {"TASK|LEVEL": {algo: [mean,
+    std]}} keyed by the report's rows."""
+    path = PUBLISHED_DIR / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        shipped = ", ".join(sorted(p.stem for p in PUBLISHED_DIR.glob("*.json")))
+        raise SpecError(f"no published table {name!r} ({type(e).__name__}); shipped: {shipped}") from None

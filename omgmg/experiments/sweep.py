@@ -62,6 +62,8 @@ def dataset_path(ref: DatasetRef, data: dict) -> Path:
     """Where a cell's dataset lives: its own path, or under $OMGMG_HOME/experiments/data-HASH/."""
     if ref.path:
         return Path(ref.path)
+    if ref.known:  # fetched once, whatever the sweep's generation settings
+        return data_home() / "experiments" / "known" / f"{ref.known.replace('/', '--')}.zarr"
     settings = generation_settings(ref.suite, data)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return data_home() / "experiments" / f"data-{digest}" / f"{ref.suite}-{ref.task}{ref.variant}-{ref.level}.zarr"
@@ -70,7 +72,7 @@ def dataset_path(ref: DatasetRef, data: dict) -> Path:
 def reference_levels(ref: DatasetRef) -> list[DatasetRef]:
     """MaMuJoCo scores are normalised by the random and expert levels' mean returns: those datasets
     are generated alongside (a random level costs no training; expert reuses the behaviour run)."""
-    if ref.path or ref.suite != "mamujoco":
+    if ref.path or ref.known or ref.suite != "mamujoco":
         return []
     # the expert data of the same behaviour run (one observation layout, one run), whatever the rollout seed
     return [
@@ -107,6 +109,13 @@ def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Calla
             continue
         if ref.path:
             raise SweepError(f"dataset {path} does not exist; fix its path in the spec")
+        if ref.known:
+            from omgmg.datakit.registry import get
+
+            on_note(f"fetching {ref.known} -> {path}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            get(ref.known, path)  # checked against its publisher's statistics before it is written
+            continue
         on_note(f"generating {ref.suite}/{ref.task} {ref.level} -> {path}")
         variant = {k: getattr(ref, k) for k in DatasetRef.VARIANT_KEYS if getattr(ref, k) is not None}
         collect(
@@ -130,7 +139,10 @@ def by_data_source(cells: list[Cell]) -> list[list[Cell]]:
     together; a dataset given by path is a group of its own."""
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
-        source = ("path", c.dataset.path) if c.dataset.path else (c.dataset.suite, c.dataset.task, c.dataset.obs_mode)
+        if c.dataset.path or c.dataset.known:
+            source = ("path", c.dataset.path) if c.dataset.path else ("known", c.dataset.known)
+        else:
+            source = (c.dataset.suite, c.dataset.task, c.dataset.obs_mode)
         groups.setdefault(source, []).append(c)
     return list(groups.values())
 
@@ -208,7 +220,8 @@ def _train_cells(
         cfgs = [cls(**{**c.config, "torch_threads": threads}) for c in cells]
         runs = [out / "run" for out in outs]
         trained = train(cells[0].algorithm, ds, cfgs if len(cfgs) > 1 else cfgs[0], runs if len(runs) > 1 else runs[0],
-                        device=device, compile_update=compile_update)  # fmt: skip
+                        device=device, compile_update=compile_update,
+                        evaluate=cells[0].dataset.evaluable)  # fmt: skip
         trained = trained if isinstance(trained, list) else [trained]
     except Exception as e:  # a job that crashes is recorded (and retried by the next sweep), the sweep goes on
         for r in results:  # failed: not diverged (the report counts the two apart)
@@ -369,6 +382,7 @@ def run_sweep(
             "algorithms": spec.algorithms,
             "source": spec.source,
             "grid": spec.grid[0] if spec.grid else None,
+            **({"published": spec.published} if spec.published else {}),
         }
         meta["cells"] = [c.key for c in all_cells]  # the report aggregates these only, not cells of an earlier edit
         atomic_write_json(sweep_dir / "sweep.json", meta)
