@@ -1,6 +1,6 @@
 """``omgmg-data publish``: put a dataset where others can read it (an S3-compatible bucket, Google Cloud
-Storage, or a folder to upload to a hub repository), with a dataset card and a manifest, and prove the
-published copy good by reading it back.
+Storage, a Hugging Face hub dataset repository, or a folder), with a dataset card and a manifest, and
+prove the published copy good by reading it back.
 
 What a published location holds, beside the store's own files (its chunks carry their checksums):
 
@@ -11,7 +11,10 @@ What a published location holds, beside the store's own files (its chunks carry 
 - ``.omgmg-publish.json``: omgmg's mark, written first: which dataset is being published there and
   whether it is complete.
 
-Order makes an interrupted publish safe: the mark first, then every file but the store's root
+On the hub a publish is one commit (every file at once, or none), prepared against the commit the branch
+named when it started (a publish racing another is refused by the hub); the card goes to the
+repository's root ``README.md`` when the dataset is published at the root. Elsewhere, order makes an
+interrupted publish safe: the mark first, then every file but the store's root
 ``zarr.json``, then the card and the manifest, the root ``zarr.json`` last. Until that last file lands
 the location is no dataset (every reader says "no zarr.json there"), so nothing incomplete looks
 complete. Publishing again to the same location resumes: files already there at their size are kept.
@@ -55,11 +58,6 @@ def publish(
 ) -> dict:
     """Publish the local dataset ``dataset`` at ``location``; see the module docstring. Returns what was
     done: {"location", "files", "uploaded", "kept", "content_sha256"}."""
-    if is_hub(location):
-        raise RequestError(
-            f"{location}: omgmg publishes to s3://, gs:// or a local folder; for the Hugging Face hub, publish to "
-            "a folder and upload it with `hf upload ORG/REPO FOLDER --repo-type dataset`"
-        )
     if is_remote(dataset):
         raise RequestError(f"{dataset} is remote: download it first, then publish the local copy")
     ds = open_dataset(dataset)
@@ -67,9 +65,100 @@ def publish(
     if problems:
         raise DatasetError(f"{ds.path} is not valid ({problems[0]}); only a valid dataset is published")
     content = ds.content_sha256()
+    if is_hub(location):
+        return _publish_to_hub(ds, location, content, license=license, overwrite=overwrite, progress=progress)
     target = _Target(location)
     with _lock(location):
         return _publish(ds, target, content, license=license, overwrite=overwrite, progress=progress)
+
+
+def _publish_to_hub(ds: Dataset, location: str, content: str, *, license: str, overwrite: bool, progress) -> dict:
+    """A hub repository takes a publish as one commit: every file appears at once or none does, so there is
+    nothing to resume; the commit names the revision it was prepared against (``parent_commit``), so a
+    publish racing another is refused by the hub instead of mixing with it."""
+    import huggingface_hub as hub
+
+    from omgmg.datakit.hub import HubLocation, describe, parse, pin
+
+    where = parse(location)
+    if where.pinned:
+        raise RequestError(f"{location}: a commit cannot be published to; name a branch (e.g. @main) or none")
+    base = parse(pin(location))
+    prefix = f"{where.path}/" if where.path else ""
+    api = hub.HfApi()
+    try:
+        held = {
+            f.path[len(prefix) :]: f
+            for f in api.list_repo_tree(
+                where.repo_id, where.path or None, repo_type="dataset", revision=base.revision, recursive=True
+            )  # fmt: skip
+            if isinstance(f, hub.hf_api.RepoFile)
+        }
+    except hub.errors.EntryNotFoundError:
+        held = {}
+    except Exception as e:  # noqa: BLE001 - the hub's errors come in many types
+        raise DatasetError(f"{location}: {describe(e, where)}") from None
+    old = _hub_claim(api, where, base, held, content, overwrite)
+    if old == "same":
+        _read_back(base.url(), content)
+        return {"location": base.url(), "files": len(held), "uploaded": 0, "kept": len(held), "content_sha256": content}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {**_local_files(ds.path), **_card_files(ds, Path(tmp), license)}
+        manifest = "".join(f"{_sha256(p)}  {rel}\n" for rel, p in sorted(files.items())).encode()
+        mark = _mark_record(ds, content, state="complete", files=[*sorted(files), MANIFEST])
+        ops = [hub.CommitOperationDelete(prefix + rel) for rel in sorted(old)]
+        ops += [hub.CommitOperationAdd(prefix + rel, str(path)) for rel, path in sorted(files.items())]
+        ops += [hub.CommitOperationAdd(prefix + MANIFEST, manifest), hub.CommitOperationAdd(prefix + MARK, mark)]
+        if progress:
+            progress(0, 1)
+        try:
+            commit = api.create_commit(
+                where.repo_id, ops, repo_type="dataset", revision=where.revision, parent_commit=base.revision,
+                commit_message=f"omgmg-data publish: {ds.spec.name} {ds.level or ''}".strip(),
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001
+            raise DatasetError(f"{location}: the commit was refused ({describe(e, where)}); nothing changed") from None
+    published = HubLocation(where.repo_id, commit.oid, where.path).url()
+    if progress:
+        progress(1, 1)
+    _read_back(published, content)
+    return {"location": published, "files": len(files) + 2, "uploaded": len(files) + 2, "kept": 0,
+            "content_sha256": content}  # fmt: skip
+
+
+def _hub_claim(api, where, base, held: dict, content: str, overwrite: bool):
+    """The files a hub publish replaces (omgmg's earlier publish there), "same" when this dataset is already
+    published there; refuses files omgmg did not publish."""
+    if not held:
+        return {}
+    mark = None
+    if MARK in held:
+        from omgmg.datakit.hub import HubLocation, fetch_file
+
+        mark_url = HubLocation(base.repo_id, base.revision, f"{base.path}/{MARK}" if base.path else MARK).url()
+        try:
+            mark = json.loads(fetch_file(mark_url).read_text())
+        except (OSError, ValueError, DatasetError):
+            mark = None
+    if not isinstance(mark, dict) or mark.get("written_by") != "omgmg":
+        raise RequestError(
+            f"{where.url()} already holds {len(held)} file(s) that omgmg did not publish (no {MARK}); omgmg never "
+            "writes there: choose another path in the repository"
+        )
+    if mark.get("dataset", {}).get("content_sha256") == content:
+        return "same"
+    if not overwrite:
+        raise RequestError(
+            f"{where.url()} holds another dataset omgmg published ({mark.get('dataset', {}).get('task')}, "
+            f"{mark.get('dataset', {}).get('level')}); pass <<overwrite=True>> to replace it, or choose another path"
+        )
+    strangers = sorted(set(held) - set(mark.get("files") or []) - {MARK})
+    if strangers:
+        raise RequestError(
+            f"{where.url()} holds files the earlier publish did not list ({', '.join(strangers[:3])}): omgmg replaces "
+            "only what it wrote; remove them yourself or choose another path"
+        )
+    return held
 
 
 def _lock(location: str) -> OutputLock:
@@ -153,14 +242,7 @@ class _Target:
             return {}
 
     def mark(self, ds: Dataset, content: str, *, state: str, files: list[str] | None = None) -> None:
-        record = {
-            "written_by": "omgmg",
-            "state": state,
-            "dataset": {"task": ds.spec.name, "level": ds.level, "content_sha256": content},
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **({"files": files} if files is not None else {}),
-        }
-        self.put(MARK, json.dumps(record, indent=2).encode())
+        self.put(MARK, _mark_record(ds, content, state=state, files=files))
 
     def claim(self, ds: Dataset, content: str, overwrite: bool) -> dict[str, int]:
         """Make the location ours for this dataset; the files already there that a resume may keep."""
@@ -198,6 +280,18 @@ class _Target:
                 retrying(f"{self.location}/{rel} (removing it)", lambda rel=rel: self.fs.rm_file(self._path(rel)))
         self.mark(ds, content, state="uploading")
         return {}
+
+
+def _mark_record(ds: Dataset, content: str, *, state: str, files: list[str] | None = None) -> bytes:
+    """omgmg's mark on a publish location: which dataset, whether complete, and (then) every file it wrote."""
+    record = {
+        "written_by": "omgmg",
+        "state": state,
+        "dataset": {"task": ds.spec.name, "level": ds.level, "content_sha256": content},
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"files": files} if files is not None else {}),
+    }
+    return json.dumps(record, indent=2).encode()
 
 
 def _local_files(root: Path) -> dict[str, Path]:

@@ -7,11 +7,17 @@ memory, with the headers the client reads (``X-Repo-Commit``, ``ETag``, ``X-Erro
         sha = hub.commit("org/data", {"d.zarr/zarr.json": b"..."})   # a commit on main; returns its hash
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
 
+Writing, as ``HfApi.create_commit`` does it for small files: ``validate-yaml`` (a root README.md),
+``preupload`` (every file answered "regular": its bytes travel in the commit), then ``commit`` (NDJSON:
+a header, then files added as base64 or deleted), refused with 412 when its ``parentCommit`` is not the
+branch's head any more, and with 401 when ``hub.token`` is set and the request does not carry it.
+
 ``hub.requests`` lists (method, path) of every request, so a test can see what the client asked for.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import json
@@ -83,6 +89,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._tree(m[1], unquote(m[2]), unquote(m[3] or "").strip("/"), recursive)
         if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/paths-info/([^/]+)", url.path):
             return self._paths_info(m[1], unquote(m[2]))
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/preupload/([^/]+)", url.path):
+            return self._preupload(m[1], unquote(m[2]))
+        if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/commit/([^/]+)", url.path):
+            return self._commit(m[1], unquote(m[2]))
+        if url.path == "/api/validate-yaml":
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            return self._json({"errors": [], "warnings": []})
         if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", url.path):
             return self._resolve(m[1], unquote(m[2]), unquote(m[3]), head=method == "HEAD")
         self._error(404, "NotFound", f"no route {url.path}", head=method == "HEAD")
@@ -155,6 +168,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(206, part, headers, head)
         return self._send(200, data, headers, head)
 
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _authorised(self) -> bool:
+        token = self.server.owner.token
+        if token is None or self.headers.get("Authorization") == f"Bearer {token}":
+            return True
+        self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
+        return False
+
+    def _preupload(self, repo_id: str, revision: str):
+        files = json.loads(self._body()).get("files", [])
+        if self._authorised() and self._repo_and_files(repo_id, revision)[1] is not None:
+            self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+
+    def _commit(self, repo_id: str, branch: str):
+        lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+        if not self._authorised():
+            return None
+        repo, files = self._repo_and_files(repo_id, branch)
+        if files is None:
+            return None
+        header = next((x["value"] for x in lines if x["key"] == "header"), {})
+        if header.get("parentCommit") not in (None, repo.refs[branch]):
+            return self._error(412, "PreconditionFailed", "A commit has happened since. Please refresh and try again.")
+        tree = dict(files)
+        for item in lines:
+            if item["key"] == "file":
+                tree[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "deletedFile":
+                tree.pop(item["value"]["path"], None)
+            elif item["key"] == "deletedFolder":
+                folder = item["value"]["path"].rstrip("/") + "/"
+                tree = {p: d for p, d in tree.items() if not p.startswith(folder)}
+            elif item["key"] != "header":
+                return self._error(400, "BadRequest", f"the stand-in does not take {item['key']!r} operations")
+        sha = self.server.owner.commit(repo_id, tree, branch=branch, replace=True)
+        self._json({"commitUrl": f"{self.server.owner.url}/datasets/{repo_id}/commit/{sha}", "commitOid": sha,
+                    "pullRequestUrl": None})  # fmt: skip
+
     def do_GET(self):
         self._route("GET")
 
@@ -172,6 +225,8 @@ class HubServer:
         self.httpd.repos = self.repos = {}
         self.httpd.requests = self.requests = []
         self.httpd.faults = self.faults = {}
+        self.httpd.owner = self
+        self.token: str | None = None  # set: commits must carry it
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

@@ -298,3 +298,69 @@ def test_a_sweep_on_a_known_dataset_fetches_it_once_and_reports_beside_the_publi
     assert "Beside the published numbers" in md and "Bui" in md
     bc = next(line for line in md.splitlines() if line.startswith("| og-marl/omiga/hopper | medium | bc |"))
     assert "| 511.9 ± 7.4 |" in bc and bc.count("±") == 2  # ours beside theirs, and the gap
+
+
+# ----- publishing to a hub repository: one commit, read back; never over files omgmg did not publish -------------
+
+
+def test_publish_to_a_hub_repository_is_one_commit_read_back_at_its_commit(hub, tmp_path, monkeypatch):
+    from omgmg.datakit.errors import RequestError
+    from omgmg.datakit.publish import publish
+
+    fixture_datasets(tmp_path, continuous=6, discrete=4)
+    hub.commit("lab/data", {".gitattributes": b"*.zarr filter=lfs\n"})
+    hub.token = "hf_secret"
+    monkeypatch.setenv("HF_TOKEN", "wrong")
+    refused = CliRunner().invoke(data_cli, ["publish", str(tmp_path / "c.zarr"), "hf://datasets/lab/data/c.zarr"])
+    assert refused.exit_code == 1 and "the commit was refused" in refused.output and "nothing changed" in refused.output
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    done = CliRunner().invoke(data_cli, ["publish", str(tmp_path / "c.zarr"), "hf://datasets/lab/data/c.zarr",
+                                         "--license", "cc-by-4.0"])  # fmt: skip
+    assert done.exit_code == 0 and "read back and validated" in done.output, done.output
+    head = hub.repos["lab/data"].refs["main"]
+    files = hub.repos["lab/data"].commits[head]
+    assert files["c.zarr/README.md"].startswith(b"---\nlicense: cc-by-4.0") and "c.zarr/MANIFEST.sha256" in files
+    assert {k: v for k, v in files.items() if k.startswith("c.zarr/") and k[7:] in _files_str(tmp_path / "c.zarr")} == {
+        f"c.zarr/{k}": v for k, v in _files_str(tmp_path / "c.zarr").items()
+    }  # the store, byte for byte
+    assert (
+        open_dataset("hf://datasets/lab/data/c.zarr").content_sha256()
+        == open_dataset(tmp_path / "c.zarr").content_sha256()
+    )
+
+    commits = len(hub.repos["lab/data"].commits)
+    again = publish(tmp_path / "c.zarr", "hf://datasets/lab/data/c.zarr")
+    assert again["uploaded"] == 0 and len(hub.repos["lab/data"].commits) == commits  # already there: no commit
+    with pytest.raises(RequestError, match="another dataset omgmg published"):
+        publish(tmp_path / "d.zarr", "hf://datasets/lab/data/c.zarr")
+    publish(tmp_path / "d.zarr", "hf://datasets/lab/data/c.zarr", overwrite=True)
+    assert (
+        open_dataset("hf://datasets/lab/data/c.zarr").content_sha256()
+        == open_dataset(tmp_path / "d.zarr").content_sha256()
+    )
+    hub.commit("lab/data", {"theirs/notes.txt": b"someone else's"})
+    with pytest.raises(RequestError, match="omgmg did not publish"):
+        publish(tmp_path / "c.zarr", "hf://datasets/lab/data/theirs", overwrite=True)
+
+
+def test_a_publish_racing_another_commit_is_refused_by_the_hub(hub, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from omgmg.datakit.publish import publish
+
+    fixture_datasets(tmp_path, continuous=4, discrete=0)
+    hub.commit("lab/data", {"a.txt": b"a"})
+    real = huggingface_hub.HfApi.create_commit
+
+    def someone_commits_first(self, *args, **kwargs):
+        hub.commit("lab/data", {"b.txt": b"b"})  # between our look at the branch and our commit
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", someone_commits_first)
+    with pytest.raises(DatasetError, match="the commit was refused.*nothing changed"):
+        publish(tmp_path / "c.zarr", "hf://datasets/lab/data/c.zarr")
+    assert not any(p.startswith("c.zarr/") for p in hub.repos["lab/data"].commits[hub.repos["lab/data"].refs["main"]])
+
+
+def _files_str(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
