@@ -507,19 +507,19 @@ def _say_behaviour_arrays_beside(ds, where: str) -> None:
 @click.option("--force", is_flag=True, help="Replace a dataset omgmg published at LOCATION before (nothing else).")
 @friendly_errors
 def publish(path, location: str, license_: str, force: bool):
-    """Publish a dataset to LOCATION (s3://BUCKET/NAME.zarr, gs://..., or a folder to upload to a hub
-    repository) with a dataset card (README.md) and a manifest of every file's sha256, then read it back and
+    """Publish a dataset to LOCATION (s3://BUCKET/NAME.zarr, gs://..., hf://datasets/ORG/REPO/NAME.zarr, or a
+    folder) with a dataset card (README.md) and a manifest of every file's sha256, then read it back and
     validate it. Running it again resumes an interrupted publish."""
     from omgmg.datakit.publish import publish as run_publish
 
     with progress_bar("publishing files", None) as update:
         done = run_publish(path, location, license=license_, overwrite=force, progress=update)
     console.print(
-        f"[bold green]published[/] {escape(str(path))} -> {escape(location)}: {done['files']} files "
+        f"[bold green]published[/] {escape(str(path))} -> {escape(done['location'])}: {done['files']} files "
         f"({done['uploaded']} written, {done['kept']} already there), read back and validated",
         highlight=False,
     )
-    console.print(f"card: {escape(location.rstrip('/'))}/README.md   content sha256: {done['content_sha256']}")
+    console.print(f"card: {escape(done['location'].rstrip('/'))}/README.md   content sha256: {done['content_sha256']}")
 
 
 @main.command()
