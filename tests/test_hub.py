@@ -46,6 +46,7 @@ def test_locations_parse_into_repository_revision_and_path():
             parse(bad)
 
 
+@pytest.mark.slow
 def test_a_store_on_the_hub_is_read_at_the_commit_its_branch_named(hub, tmp_path):
     fixture_datasets(tmp_path, continuous=6, discrete=4)
     first = hub.commit("org/data", HubServer.folder(tmp_path / "c.zarr", "stores/x.zarr"))
@@ -303,6 +304,7 @@ def test_a_sweep_on_a_known_dataset_fetches_it_once_and_reports_beside_the_publi
 # ----- publishing to a hub repository: one commit, read back; never over files omgmg did not publish -------------
 
 
+@pytest.mark.slow
 def test_publish_to_a_hub_repository_is_one_commit_read_back_at_its_commit(hub, tmp_path, monkeypatch):
     from omgmg.datakit.errors import RequestError
     from omgmg.datakit.publish import publish
