@@ -38,6 +38,7 @@ import numpy as np
 from omgmg.datakit.dataset import Dataset
 from omgmg.datakit.errors import DatasetError, RequestError
 from omgmg.datakit.hub import fetch_file, is_hub, pin
+from omgmg.datakit.outputs import os_errors
 from omgmg.datakit.provenance import layouts, package_versions
 from omgmg.datakit.remote import filesystem, is_remote, retrying
 from omgmg.datakit.spec import EnvSpec
@@ -195,8 +196,9 @@ def _unzip(archive: Path, into: Path, location) -> Path:
                 target = (into / member.filename).resolve()
                 if not target.is_relative_to(root) or member.filename.startswith("/"):
                     raise DatasetError(f"{location}: the archive's member {member.filename!r} would land outside it")
-            into.mkdir(parents=True, exist_ok=True)
-            z.extractall(into)
+            with os_errors(into, "unpacking an archive"):  # a full disk is one line, as for any output
+                into.mkdir(parents=True, exist_ok=True)
+                z.extractall(into)
     except zipfile.BadZipFile as e:
         raise DatasetError(f"{location} is not a readable zip archive ({e})") from None
     vaults = sorted(into.glob("*.vlt")) or sorted(into.glob("*/*.vlt")) or sorted(into.glob("*/*/*.vlt"))
