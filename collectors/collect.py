@@ -28,10 +28,10 @@ from omgmg.collectors.envs import TaskRef, construction, make_vector_env, resolv
 from omgmg.collectors.rollout import rollout_episodes
 from omgmg.collectors.runs import RunDir, score
 from omgmg.collectors.training import train_behaviour
-from omgmg.datakit.checkpoints import file_sha256
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import ConfigError, RequestError, render_options
 from omgmg.datakit.format import LEVEL_NAMES, normalise_level
+from omgmg.datakit.integrity import file_sha256
 from omgmg.datakit.loader import iter_episodes
 from omgmg.datakit.outputs import check_replaceable, data_home, home_relative, is_omgmg_dataset, make_parent
 from omgmg.datakit.provenance import layouts, package_versions, seed_ranges

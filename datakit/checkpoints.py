@@ -122,12 +122,3 @@ def load_checkpoint(path, *, fallback: bool = True, warn: Callable[[str], None] 
         if warn:
             warn(f"{first}; continuing from the previous checkpoint {prev.name}")
         return state
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file's bytes (a dataset records the one of each checkpoint that produced it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

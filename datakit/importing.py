@@ -24,7 +24,6 @@ where it came from: the pinned location and the sha256 of what was fetched.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import zipfile
@@ -38,6 +37,7 @@ import numpy as np
 from omgmg.datakit.dataset import Dataset
 from omgmg.datakit.errors import DatasetError, RequestError
 from omgmg.datakit.hub import fetch_file, is_hub, pin
+from omgmg.datakit.integrity import file_sha256
 from omgmg.datakit.outputs import os_errors
 from omgmg.datakit.provenance import layouts, package_versions
 from omgmg.datakit.remote import filesystem, is_remote, retrying
@@ -146,7 +146,7 @@ def fetched(location, out) -> Iterator[tuple[Path, dict | None]]:
         else:
             path = Path(location)
         if path.suffix == ".zip" and path.is_file():
-            origin = {**(origin or {"location": path.name}), "sha256": _sha256(path)}
+            origin = {**(origin or {"location": path.name}), "sha256": file_sha256(path)}
             aside = aside or _aside(out)
             path = _unzip(path, aside / "unpacked" / _zip_folder(location), location)
         yield path, origin
@@ -167,14 +167,6 @@ def _fetch_url(url: str, target: Path) -> None:
     except FileNotFoundError:
         raise DatasetError(f"{url}: no file there") from None
     target.write_bytes(data)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _zip_folder(location) -> str:

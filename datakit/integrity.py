@@ -160,3 +160,12 @@ def content_sha256(group, keys: list[str], version: int) -> str:
                 continue
             h.update(data[-CHECKSUM_BYTES:] if version >= 2 else data)
     return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes (a dataset records its behaviour checkpoint's; publish and import, their files')."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -25,7 +25,6 @@ nothing but what that publish wrote.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tempfile
@@ -37,6 +36,7 @@ from omgmg.datakit.card import card, card_rows, plot_returns
 from omgmg.datakit.dataset import Dataset, open_dataset
 from omgmg.datakit.errors import DatasetError, RequestError
 from omgmg.datakit.hub import is_hub
+from omgmg.datakit.integrity import file_sha256
 from omgmg.datakit.outputs import OutputLock, data_home, make_parent
 from omgmg.datakit.remote import filesystem, is_remote, retrying
 from omgmg.datakit.validate import validate
@@ -104,7 +104,7 @@ def _publish_to_hub(ds: Dataset, location: str, content: str, *, license: str, o
         return {"location": base.url(), "files": len(held), "uploaded": 0, "kept": len(held), "content_sha256": content}
     with tempfile.TemporaryDirectory() as tmp:
         files = {**_local_files(ds.path), **_card_files(ds, Path(tmp), license)}
-        manifest = "".join(f"{_sha256(p)}  {rel}\n" for rel, p in sorted(files.items())).encode()
+        manifest = _manifest(files)
         mark = _mark_record(ds, content, state="complete", files=[*sorted(files), MANIFEST])
         ops = [hub.CommitOperationDelete(prefix + rel) for rel in sorted(old)]
         ops += [hub.CommitOperationAdd(prefix + rel, str(path)) for rel, path in sorted(files.items())]
@@ -180,7 +180,7 @@ def _publish(ds: Dataset, target: _Target, content: str, *, license: str, overwr
     with tempfile.TemporaryDirectory() as tmp:
         extras = _card_files(ds, Path(tmp), license)
         files = {**local, **extras}
-        manifest = "".join(f"{_sha256(p)}  {rel}\n" for rel, p in sorted(files.items())).encode()
+        manifest = _manifest(files)
         order = [rel for rel in sorted(local) if rel != ROOT] + sorted(extras)
         uploaded = 0
         for k, rel in enumerate(order):
@@ -282,6 +282,11 @@ class _Target:
         return {}
 
 
+def _manifest(files: dict[str, Path]) -> bytes:
+    """Every file's sha256, as ``sha256sum`` writes them (``sha256sum -c MANIFEST.sha256`` checks a copy)."""
+    return "".join(f"{file_sha256(p)}  {rel}\n" for rel, p in sorted(files.items())).encode()
+
+
 def _mark_record(ds: Dataset, content: str, *, state: str, files: list[str] | None = None) -> bytes:
     """omgmg's mark on a publish location: which dataset, whether complete, and (then) every file it wrote."""
     record = {
@@ -296,14 +301,6 @@ def _mark_record(ds: Dataset, content: str, *, state: str, files: list[str] | No
 
 def _local_files(root: Path) -> dict[str, Path]:
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_back(location: str, content: str) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from omgmg.datakit.checkpoints import file_sha256
 from omgmg.datakit.dataset import Dataset
+from omgmg.datakit.integrity import file_sha256
 from omgmg.datakit.outputs import from_home_relative
 
 ATANH_EDGE = 1 - 1e-6  # an action on its bound is taken this close to it: atanh stays finite
