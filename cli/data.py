@@ -296,10 +296,10 @@ ACTION_BOUND = click.option(
     type=click.FloatRange(min=0, min_open=True),
     help="Continuous actions lie in [-bound, bound] (the file does not say; default 1).",
 )
-IMPORT_OUT = click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Where to write the .zarr dataset."
+DATASET_OUT = click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Where to write the dataset (NAME.zarr)."
 )
-IMPORT_FORCE = click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
+REPLACE_FORCE = click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
 
 
 def _level_option(required: bool, default: str = ""):
@@ -352,11 +352,11 @@ def import_group():
 @click.argument("src", type=DATASET)
 @click.option("--task", required=True, help="MaMuJoCo task of the file, e.g. HalfCheetah-6x1.")
 @_level_option(required=True)
-@IMPORT_OUT
+@DATASET_OUT
 @_episode_limit_option(EPISODE_LIMITS["mamujoco"])
 @_rows_option("Default: detected from the episodes that reach the limit.")
 @ACTION_BOUND
-@IMPORT_FORCE
+@REPLACE_FORCE
 @friendly_errors
 def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit: int, rows, action_bound, force: bool):
     """Import an OMIGA MaMuJoCo HDF5 file (keys s, o, a, r, d): a path or a URL (hf://, http(s)://, s3://)."""
@@ -373,7 +373,7 @@ def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit:
 
 @import_group.command(name="og-marl")
 @click.argument("vault", type=DATASET)
-@IMPORT_OUT
+@DATASET_OUT
 @click.option("--uid", help="Which dataset of a .vlt folder (e.g. Expert); needed when it holds several.")
 @click.option(
     "--task",
@@ -386,7 +386,7 @@ def import_omiga_cmd(src: Path, task: str, level: str, out: Path, episode_limit:
     "Default: detected (OG-MARL's recorder writes last-step rows, its conversions of OMIGA's files final-row)."
 )
 @ACTION_BOUND
-@IMPORT_FORCE
+@REPLACE_FORCE
 @friendly_errors
 def import_og_marl_cmd(vault: Path, out: Path, uid, task, level, episode_limit, rows, action_bound, force: bool):
     """Import an OG-MARL vault dataset (flashbax; needs omgmg[ogmarl]): VAULT is NAME.vlt/UID, NAME.vlt or
@@ -524,8 +524,8 @@ def publish(path, location: str, license_: str, force: bool):
 
 @main.command()
 @click.argument("url")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the dataset (NAME.zarr).")
-@click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
+@DATASET_OUT
+@REPLACE_FORCE
 @friendly_errors
 def download(url: str, out: Path, force: bool):
     """Copy a dataset from a URL (http(s)://, s3://, gs://, hf://datasets/ORG/REPO[@REVISION]/PATH) to OUT,
@@ -609,8 +609,8 @@ def list_cmd(remote: bool, as_json: bool):
 
 @main.command()
 @click.argument("name")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the dataset (NAME.zarr).")
-@click.option("--force", is_flag=True, help="Replace OUT if it is an omgmg dataset.")
+@DATASET_OUT
+@REPLACE_FORCE
 @friendly_errors
 def get(name: str, out: Path, force: bool):
     """Fetch a public dataset by its name (`omgmg-data list --remote`), check it against its publisher's
