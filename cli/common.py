@@ -266,17 +266,24 @@ PROGRESS_INTERVAL = 30.0
 (``OMGMG_PROGRESS_INTERVAL`` sets it)."""
 
 
+def progress_interval() -> float:
+    """Seconds between progress reports: a live bar's text changes every 2 s, a log gets a line every
+    ``OMGMG_PROGRESS_INTERVAL`` (default 30)."""
+    if err_console.is_terminal:
+        return 2.0
+    try:
+        return float(os.environ.get("OMGMG_PROGRESS_INTERVAL", PROGRESS_INTERVAL))
+    except ValueError:
+        return PROGRESS_INTERVAL
+
+
 @contextmanager
 def progress_bars():
     """The one progress display of both tools, on stderr. In a terminal: live bars (description, bar,
     done/total, a free ``info`` text, time elapsed and left), redrawn at most 10 times a second. Otherwise
     (a log file, a pipe): :class:`ProgressLines`. Yields :class:`ProgressBars`."""
     if not err_console.is_terminal:
-        try:
-            interval = float(os.environ.get("OMGMG_PROGRESS_INTERVAL", PROGRESS_INTERVAL))
-        except ValueError:
-            interval = PROGRESS_INTERVAL
-        lines = ProgressLines(err_console, interval)
+        lines = ProgressLines(err_console, progress_interval())
         try:
             yield ProgressBars(None, lines)
         finally:

@@ -23,6 +23,7 @@ from omgmg.cli.common import (
     fail,
     friendly_errors,
     progress_bars,
+    progress_interval,
     version_option,
     warn,
 )
@@ -405,6 +406,14 @@ def sweep(
             )
             update(advance=1, info=f"last: {cell.dataset.name} {cell.algorithm} seed {cell.seed} -> {info}")
 
+        def on_running(running):
+            cell, step = running[0]
+            more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
+            steps = cell.config.get("steps")
+            update(
+                info=f"training {cell.dataset.name} {cell.algorithm} seed {cell.seed}: step {step:,}/{steps:,}{more}"
+            )
+
         results = run_sweep(
             experiment,
             out,
@@ -415,6 +424,8 @@ def sweep(
             on_note=bars.note,
             on_start=on_start,
             on_done=on_done,
+            on_running=on_running,
+            running_every=progress_interval(),
             members_per_job=members_per_job,
             device=device,
             compile_update=compile_update,

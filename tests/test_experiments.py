@@ -159,6 +159,16 @@ def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, t
     } == {0.3}
 
 
+def test_a_long_cell_is_never_silent_its_step_is_reported_while_it_trains(dataset, tmp_path):
+    budget = {"steps": 3000, "eval_every": 3000, "eval_episodes": 1}
+    one_cell = {"algorithms": ["bc"], "seeds": [0], "overrides": {"bc": {"hidden": 16}}, "budget": budget}
+    spec = parse_spec(spec_dict(dataset, **one_cell))
+    seen = []
+    run_sweep(spec, tmp_path / "sw", workers=1, on_note=lambda m: None, running_every=0.05,
+              on_running=lambda running: seen.extend(step for _, step in running))  # fmt: skip
+    assert seen and 0 < min(seen) < 3000 and seen == sorted(seen)  # read from the cell's log as it grows
+
+
 def test_a_packed_sweep_trains_seeds_and_grid_points_as_one_job_each_cell_in_its_own_run(dataset, tmp_path):
     raw = spec_dict(dataset, algorithms=["omgmg"], layout="ablation", grid={"nu": [1.0, 10.0]})
     spec = parse_spec(raw | {"overrides": {"omgmg": {"hidden": 16}}})

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -341,6 +342,8 @@ def run_sweep(
     on_note: Callable[[str], None] = print,
     on_start: Callable[[int, int], None] | None = None,
     on_done: Callable[[Cell, dict], None] | None = None,
+    on_running: Callable[[list[tuple[Cell, int]]], None] | None = None,
+    running_every: float = 30.0,
     members_per_job: int = 1,
     device: str = "cpu",
     compile_update: bool = False,
@@ -351,7 +354,9 @@ def run_sweep(
     ``members_per_job`` cells per batched job at most (see the module docstring), training on ``device``
     (``compile_update``: see :func:`omgmg.trainer.train`) with ``threads`` torch threads per job (default: the
     CPU count divided by ``workers``, on Ray 1); returns the results of the selected cells. ``sweep.json``
-    lists all of the spec's cells either way, so a report of a part says that it is one."""
+    lists all of the spec's cells either way, so a report of a part says that it is one. ``on_running`` is
+    told every ``running_every`` seconds which cells are training and at what step (from their logs), so a
+    long cell is never silent."""
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
@@ -416,15 +421,62 @@ def run_sweep(
                 if on_done:
                     on_done(Cell.from_json(cell_json), result)
 
-        if backend == "local":
-            _run_local(ready_jobs(), workers, address, done)
-        else:  # a packed job fills one device
-            _run_ray(ready_jobs(), workers, address, done, gpus=1 if str(device).startswith("cuda") else 0)
+        with _watching(sweep_dir, todo, on_running, running_every):
+            if backend == "local":
+                _run_local(ready_jobs(), workers, address, done)
+            else:  # a packed job fills one device
+                _run_ray(ready_jobs(), workers, address, done, gpus=1 if str(device).startswith("cuda") else 0)
         return [
             json.loads((cell_dir(sweep_dir, c) / "result.json").read_text())
             for c in cells
             if (cell_dir(sweep_dir, c) / "result.json").exists()
         ]
+
+
+@contextmanager
+def _watching(sweep_dir: Path, cells: list[Cell], on_running, every: float):
+    """While the body runs, tell ``on_running`` every ``every`` seconds [(cell, step)] of the cells that are
+    training: a run log and no result yet (read from the cell directories, whichever process trains them)."""
+    if on_running is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(every):
+            running = []
+            for c in cells:
+                where = cell_dir(sweep_dir, c)
+                step = None if (where / "result.json").exists() else last_step(where / "run" / "log.jsonl")
+                if step is not None:
+                    running.append((c, step))
+            if running:
+                on_running(running)
+
+    thread = threading.Thread(target=watch, daemon=True, name="sweep-progress")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def last_step(log: Path) -> int | None:
+    """The step of a run log's last complete line (its tail only is read), None where there is none yet."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return None
+    for line in reversed(lines[1:] if len(lines) > 1 else lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def _run_local(stages, workers, address, done) -> None:
