@@ -411,7 +411,7 @@ def sweep(
             more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
             steps = cell.config.get("steps")
             update(
-                info=f"training {cell.dataset.name} {cell.algorithm} seed {cell.seed}: step {step:,}/{steps:,}{more}"
+                info=f"training, step {step:,}/{steps:,}: {cell.dataset.name} {cell.algorithm} seed {cell.seed}{more}"
             )
 
         results = run_sweep(
