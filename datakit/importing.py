@@ -24,6 +24,8 @@ where it came from: the pinned location and the sha256 of what was fetched.
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 import tempfile
 import zipfile
@@ -156,8 +158,25 @@ def fetched(location, out) -> Iterator[tuple[Path, dict | None]]:
 
 
 def _aside(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-", dir=out.parent))
+    """A folder beside ``out`` for what an import fetches and unpacks, named after this process; those of
+    imports that were killed (their process is gone) are removed first, so none piles up."""
+    with os_errors(out.parent, "making a folder for the fetched source in"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.fetch-*"):
+            pid = stale.name.rsplit(".fetch-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.fetch-{os.getpid()}-", dir=out.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fetch_url(url: str, target: Path) -> None:

@@ -134,9 +134,12 @@ def test_a_zipped_vault_on_the_hub_is_fetched_unpacked_and_imported_in_one_step(
         "sha256": hashlib.sha256(archive).hexdigest(),
     }
     assert sorted(p.name for p in out.parent.iterdir()) == ["hopper.zarr"]  # nothing unpacked is left beside it
+    killed = out.parent / ".b.zarr.fetch-999999999-abc"  # an import killed mid-unpack (its process is gone)
+    (killed / "unpacked").mkdir(parents=True)
     requests = len(hub.requests)
-    again = CliRunner().invoke(data_cli, ["import", "og-marl", origin["location"], "--out", str(tmp_path / "b.zarr")])
+    again = CliRunner().invoke(data_cli, ["import", "og-marl", origin["location"], "--out", str(out.parent / "b.zarr")])
     assert again.exit_code == 0 and not any(p.endswith(".zip") for _, p in hub.requests[requests:])  # cached
+    assert sorted(p.name for p in out.parent.iterdir()) == ["b.zarr", "hopper.zarr"]  # the killed one's leftovers too
 
 
 def test_a_damaged_or_hostile_zip_is_refused_and_nothing_is_written(hub, tmp_path):
