@@ -179,6 +179,8 @@ def test_the_registry_names_the_papers_data_with_its_publishers_numbers():
     for k in known.values():
         assert parse(k.location).path.endswith(".zip") and k.level in LEVELS
         vault_task(*k.og_marl_task.split("/"))  # a task omgmg imports
+    local = CliRunner().invoke(data_cli, ["list", "--json"])  # without --remote: what $OMGMG_HOME holds
+    assert local.exit_code == 0 and isinstance(json.loads(local.output), list)
     listed = CliRunner().invoke(data_cli, ["list", "--remote"], env={"COLUMNS": "200"})
     assert (
         listed.exit_code == 0 and "og-marl/omiga/hopper-expert" in listed.output and "2452.0 ± 1097.9" in listed.output
