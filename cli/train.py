@@ -354,6 +354,12 @@ def _shipped_specs_epilog() -> str:
     "busy: a multi-threaded CPU step slows down many times when one of its threads is descheduled.",
 )
 @DEVICE
+@click.option(
+    "--gpus-per-job",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --backend ray --device cuda: the GPUs each packed job asks Ray for (default 1); a fraction "
+    "shares a GPU between jobs (0.5: two per GPU).",
+)
 @COMPILE
 @friendly_errors
 def sweep(
@@ -368,6 +374,7 @@ def sweep(
     members_per_job: int,
     torch_threads: int | None,
     device: str,
+    gpus_per_job: float | None,
     compile_update: bool,
 ):
     """Run every cell (datasets x algorithms x seeds x grid) of an experiment SPEC not yet finished.
@@ -431,6 +438,7 @@ def sweep(
             compile_update=compile_update,
             threads=torch_threads,
             only=only,
+            gpus_per_job=gpus_per_job,
         )
     errors = [r for r in results if r.get("error")]
     paths = write_report(out)

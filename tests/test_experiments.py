@@ -164,9 +164,26 @@ def test_a_long_cell_is_never_silent_its_step_is_reported_while_it_trains(datase
     one_cell = {"algorithms": ["bc"], "seeds": [0], "overrides": {"bc": {"hidden": 16}}, "budget": budget}
     spec = parse_spec(spec_dict(dataset, **one_cell))
     seen = []
-    run_sweep(spec, tmp_path / "sw", workers=1, on_note=lambda m: None, running_every=0.05,
-              on_running=lambda running: seen.extend(step for _, step in running))  # fmt: skip
+    results = run_sweep(spec, tmp_path / "sw", workers=1, on_note=lambda m: None, running_every=0.05,
+                        on_running=lambda running: seen.extend(step for _, step in running))  # fmt: skip
     assert seen and 0 < min(seen) < 3000 and seen == sorted(seen)  # read from the cell's log as it grows
+    import socket
+
+    from omgmg.experiments.report import write_report
+
+    assert (results[0]["device"], results[0]["node"]) == ("cpu", socket.gethostname())  # where it trained
+    md = write_report(tmp_path / "sw")[0].read_text()
+    assert f"Trained on cpu (1 cell), on 1 machine ({socket.gethostname()})" in md
+
+
+def test_ray_jobs_ask_for_a_whole_gpu_or_a_share_of_one():
+    from omgmg.experiments.sweep import SweepError, ray_gpus
+
+    assert ray_gpus("cpu", None, "ray") == 0 and ray_gpus("cuda", None, "ray") == 1
+    assert ray_gpus("cuda:1", 0.25, "ray") == 0.25 and ray_gpus("cuda", 2, "ray") == 2
+    for device, share, backend in (("cuda", 0.5, "local"), ("cpu", 0.5, "ray"), ("cuda", 1.5, "ray")):
+        with pytest.raises(SweepError):
+            ray_gpus(device, share, backend)
 
 
 def test_a_packed_sweep_trains_seeds_and_grid_points_as_one_job_each_cell_in_its_own_run(dataset, tmp_path):

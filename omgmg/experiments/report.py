@@ -517,6 +517,19 @@ def export_results(sweep_dir, out_dir) -> int:
     return copied
 
 
+def trained_where(results: list[dict]) -> str:
+    """Which devices and machines trained the cells ("" for results from before they were recorded)."""
+    from collections import Counter
+
+    trained = [r for r in results if r.get("device")]
+    if not trained:
+        return ""
+    devices = Counter(r["device"] for r in trained)
+    nodes = Counter(r.get("node", "?") for r in trained)
+    said = ", ".join(f"{d} ({n} cell{'s' if n > 1 else ''})" for d, n in devices.most_common())
+    return f"Trained on {said}, on {len(nodes)} machine{'s' if len(nodes) > 1 else ''} ({', '.join(sorted(nodes))})"
+
+
 def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> list[Path]:
     """Write ``NAME.md``, ``NAME.csv`` (and ``NAME.png`` for ablations) into ``out_dir`` (default: the
     sweep), and ``NAME-curves.png`` (:func:`learning_curves`) where the cells' logs or recorded evaluations
@@ -543,6 +556,9 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
         unfinished = f"_Unfinished: {finished} of {len(meta['cells'])} cells have a result; run the sweep again "
         unfinished += "to train the rest._\n"
         md = md.replace(budget, f"{budget}\n{unfinished}", 1)
+    if where := trained_where(results):
+        budget = f"_{budget_label(meta)}_\n"
+        md = md.replace(budget, f"{budget}\n_{where}_\n", 1)
     curves = out_dir / f"{meta['name']}-curves.png"
     if learning_curves(sweep_dir, meta, results, curves):
         paths.append(curves)

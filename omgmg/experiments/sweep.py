@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -211,7 +212,10 @@ def _train_cells(
     for out, cell_json in zip(outs, cells_json, strict=True):
         atomic_write_json(out / "cell.json", cell_json)
     t0 = time.time()
-    results = [{"key": c.key, "cell": j, "dataset_path": str(dataset)} for c, j in zip(cells, cells_json, strict=True)]
+    where = {"device": _device_name(device), "node": socket.gethostname()}  # which machine and device trained it
+    results = [
+        {"key": c.key, "cell": j, "dataset_path": str(dataset), **where} for c, j in zip(cells, cells_json, strict=True)
+    ]
     if len(cells) > 1:
         for r in results:
             r["packed_with"] = len(cells)  # members of one batched job (wall_s is the job's)
@@ -257,6 +261,22 @@ def _train_cells(
         result["wall_s"] = time.time() - t0
         atomic_write_json(out / "result.json", result)
     return results
+
+
+def _device_name(device: str) -> str:
+    """The device a job trains on, as the report records it: cpu, or cuda:INDEX with the GPU's name."""
+    try:
+        from omgmg.machine import resolve_device
+
+        dev = resolve_device(device)
+    except Exception:  # noqa: BLE001 - the job reports the same error itself
+        return str(device)
+    if dev.type == "cuda":
+        import torch
+
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return dev.type
 
 
 def pack_cells(cells: list[Cell], sweep_dir: Path, members_per_job: int) -> list[list[Cell]]:
@@ -349,6 +369,7 @@ def run_sweep(
     compile_update: bool = False,
     threads: int | None = None,
     only: list[str] | tuple[str, ...] | None = None,
+    gpus_per_job: float | None = None,
 ) -> list[dict]:
     """Run every unfinished cell of ``spec`` (of those ``only`` selects, :func:`select_cells`),
     ``members_per_job`` cells per batched job at most (see the module docstring), training on ``device``
@@ -365,6 +386,7 @@ def run_sweep(
         raise SweepError(f"members_per_job must be a positive number, got {members_per_job}")
     if threads is not None and threads < 1:
         raise SweepError(f"threads must be a positive number, got {threads}")
+    gpus = ray_gpus(device, gpus_per_job, backend)
     if backend == "local":  # a device this machine lacks is one line now, not an error in every cell later
         from omgmg.machine import resolve_device
 
@@ -425,7 +447,7 @@ def run_sweep(
             if backend == "local":
                 _run_local(ready_jobs(), workers, address, done)
             else:  # a packed job fills one device
-                _run_ray(ready_jobs(), workers, address, done, gpus=1 if str(device).startswith("cuda") else 0)
+                _run_ray(ready_jobs(), workers, address, done, gpus=gpus)
         return [
             json.loads((cell_dir(sweep_dir, c) / "result.json").read_text())
             for c in cells
@@ -549,7 +571,22 @@ def _stop_with_sweep(parent: int, stop) -> None:
     threading.Thread(target=watch, name="omgmg-sweep-watch", daemon=True).start()
 
 
-def _run_ray(stages, workers, address, done, gpus: int) -> None:
+def ray_gpus(device: str, gpus_per_job: float | None, backend: str) -> float:
+    """The GPUs a Ray job asks for: none on the CPU; on CUDA one per job, or ``gpus_per_job`` (a fraction
+    lets several packed jobs share a GPU, e.g. 0.5: two per GPU; Ray places them)."""
+    cuda = str(device).startswith("cuda")
+    if gpus_per_job is None:
+        return 1.0 if cuda else 0.0
+    if backend != "ray":
+        raise SweepError("<<gpus_per_job=...>> applies to the ray backend only (<<backend=ray>>)")
+    if not cuda:
+        raise SweepError("<<gpus_per_job=...>> needs a CUDA device: add <<device=cuda>>")
+    if not (0 < gpus_per_job <= 1 or float(gpus_per_job).is_integer() and gpus_per_job > 0):
+        raise SweepError(f"gpus_per_job is a fraction of one GPU (0 < x <= 1) or a whole number, got {gpus_per_job}")
+    return float(gpus_per_job)
+
+
+def _run_ray(stages, workers, address, done, gpus: float) -> None:
     try:
         import ray
     except ImportError:
