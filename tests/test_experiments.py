@@ -176,6 +176,30 @@ def test_a_long_cell_is_never_silent_its_step_is_reported_while_it_trains(datase
     assert f"Trained on cpu (1 cell), on 1 machine ({socket.gethostname()})" in md
 
 
+def test_jobs_get_absolute_paths_whatever_the_cwd_of_the_process_that_runs_them(dataset, tmp_path, monkeypatch):
+    # a Ray task runs in its node's working directory: a relative --out once scattered results there
+    from pathlib import Path
+
+    from omgmg.experiments import sweep
+
+    monkeypatch.chdir(dataset.path.parent)
+    spec = parse_spec(spec_dict(dataset, datasets=[{"path": dataset.path.name, "label": "fixture"}]))
+    jobs = []
+
+    class Seen(Exception):
+        pass
+
+    def capture(stages, workers, address, done):
+        jobs.extend(job for stage in stages for job in stage)
+        raise Seen
+
+    monkeypatch.setattr(sweep, "_run_local", capture)
+    with pytest.raises(Seen):
+        run_sweep(spec, "relative-sweep", workers=1, on_note=lambda m: None)
+    assert jobs and all(Path(out).is_absolute() for job in jobs for out in job[1])
+    assert all(Path(job[2]).is_absolute() and Path(job[2]).exists() for job in jobs)
+
+
 def test_ray_jobs_ask_for_a_whole_gpu_or_a_share_of_one():
     from omgmg.experiments.sweep import SweepError, ray_gpus
 

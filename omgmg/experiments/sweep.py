@@ -212,7 +212,7 @@ def _train_cells(
     for out, cell_json in zip(outs, cells_json, strict=True):
         atomic_write_json(out / "cell.json", cell_json)
     t0 = time.time()
-    where = {"device": _device_name(device), "node": socket.gethostname()}  # which machine and device trained it
+    where = {"device": _device_name(device), "node": _node_name()}  # which machine and device trained it
     results = [
         {"key": c.key, "cell": j, "dataset_path": str(dataset), **where} for c, j in zip(cells, cells_json, strict=True)
     ]
@@ -261,6 +261,19 @@ def _train_cells(
         result["wall_s"] = time.time() - t0
         atomic_write_json(out / "result.json", result)
     return results
+
+
+def _node_name() -> str:
+    """This machine's name, and in a Ray task its Ray node (several nodes can share a machine)."""
+    name = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{name}/ray-node-{ray.get_runtime_context().get_node_id()[:8]}"
+    except Exception:  # noqa: BLE001 - no Ray, or not in a task: the host name alone
+        pass
+    return name
 
 
 def _device_name(device: str) -> str:
@@ -393,7 +406,7 @@ def run_sweep(
         resolve_device(device)
     all_cells = spec.cells(smoke)
     cells = select_cells(all_cells, only)  # a pattern that matches nothing stops here, before anything is written
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = Path(sweep_dir).absolute()  # a job runs where its worker's cwd is: Ray's is not ours
     with os_errors(sweep_dir, "creating the sweep directory"):
         sweep_dir.mkdir(parents=True, exist_ok=True)
     with OutputLock(sweep_dir, "sweep"):
@@ -434,7 +447,7 @@ def run_sweep(
                 paths = prepare_datasets(group, data, workers, on_note)
                 yield [
                     ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job],
-                     str(paths[job[0].dataset]), threads, device, compile_update)
+                     str(Path(paths[job[0].dataset]).absolute()), threads, device, compile_update)
                     for job in pack_cells(group, sweep_dir, members_per_job)
                 ]  # fmt: skip
 
