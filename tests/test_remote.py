@@ -188,3 +188,15 @@ def test_transient_failures_are_retried_and_a_healed_server_is_read_in_full(faul
     server.faults[key] = "cut*1"
     server.requests[key] = 0
     assert np.array_equal(open_dataset(f"{server.url}/c.zarr").read("steps/obs"), local.read("steps/obs"))
+
+
+def test_a_sweep_trains_on_a_dataset_given_by_url(served, tmp_path):
+    from omgmg.experiments.spec import parse_spec
+    from omgmg.experiments.sweep import run_sweep
+
+    root, base = served
+    budget = {"steps": 20, "eval_every": 20, "eval_episodes": 1}
+    raw = {"name": "url", "algorithms": ["bc"], "seeds": [0], "budget": budget, "smoke": {"seeds": [0], **budget}}
+    spec = parse_spec(raw | {"datasets": [{"path": f"{base}/c.zarr"}], "overrides": {"bc": {"hidden": 8}}})
+    results = run_sweep(spec, tmp_path / "sw", workers=1, on_note=lambda m: None)
+    assert len(results) == 1 and not results[0].get("error") and results[0]["dataset_path"] == f"{base}/c.zarr"

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from omgmg.datakit.errors import OutputError, RequestError
 from omgmg.datakit.outputs import OutputLock, atomic_write_json, data_home, os_errors
+from omgmg.datakit.remote import is_remote
 from omgmg.experiments.spec import Cell, DatasetRef, ExperimentSpec
 
 
@@ -60,10 +61,10 @@ def generation_settings(suite: str, data: dict) -> dict:
     return {budget: data.get(budget), "train_steps": data.get("train_steps"), "seed": data.get("seed", 0)}
 
 
-def dataset_path(ref: DatasetRef, data: dict) -> Path:
-    """Where a cell's dataset lives: its own path, or under $OMGMG_HOME/experiments/data-HASH/."""
+def dataset_path(ref: DatasetRef, data: dict) -> Path | str:
+    """Where a cell's dataset lives: its own path (absolute) or URL, or under $OMGMG_HOME/experiments/data-HASH/."""
     if ref.path:
-        return Path(ref.path)
+        return ref.path if is_remote(ref.path) else Path(ref.path).absolute()
     if ref.known:  # fetched once, whatever the sweep's generation settings
         return data_home() / "experiments" / "known" / f"{ref.known.replace('/', '--')}.zarr"
     settings = generation_settings(ref.suite, data)
@@ -106,7 +107,7 @@ def prepare_datasets(cells: list[Cell], data: dict, workers: int, on_note: Calla
         for ref in [cell.dataset, *reference_levels(cell.dataset)]:
             needed.setdefault(ref, dataset_path(ref, data))
     for ref, path in needed.items():
-        if path.exists():
+        if is_remote(path) or path.exists():
             open_dataset(path)  # the cheap check: a damaged store stops the sweep with a clear message
             continue
         if ref.path:
@@ -447,7 +448,7 @@ def run_sweep(
                 paths = prepare_datasets(group, data, workers, on_note)
                 yield [
                     ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job],
-                     str(Path(paths[job[0].dataset]).absolute()), threads, device, compile_update)
+                     str(paths[job[0].dataset]), threads, device, compile_update)
                     for job in pack_cells(group, sweep_dir, members_per_job)
                 ]  # fmt: skip
 
