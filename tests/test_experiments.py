@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +199,26 @@ def test_jobs_get_absolute_paths_whatever_the_cwd_of_the_process_that_runs_them(
         run_sweep(spec, "relative-sweep", workers=1, on_note=lambda m: None)
     assert jobs and all(Path(out).is_absolute() for job in jobs for out in job[1])
     assert all(Path(job[2]).is_absolute() and Path(job[2]).exists() for job in jobs)
+
+
+def test_a_cell_trained_on_a_node_without_this_disk_reports_through_its_returned_result(dataset, tmp_path,
+                                                                                          monkeypatch):  # fmt: skip
+    # on a cluster whose nodes share no disk, a task's files stay on its node; its result comes back with it
+    from omgmg.experiments import sweep
+    from omgmg.experiments.report import write_report
+
+    real = sweep.run_cells
+    elsewhere = tmp_path / "other-node"
+
+    def on_another_node(cells_json, outs, *rest):
+        return real(cells_json, [str(elsewhere / Path(o).name) for o in outs], *rest)
+
+    monkeypatch.setattr(sweep, "run_cells", on_another_node)
+    spec = parse_spec(spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}}))
+    results = run_sweep(spec, tmp_path / "sw", workers=1, on_note=lambda m: None)
+    assert len(results) == 2 and all(r.get("score") is not None for r in results)
+    assert len(list((tmp_path / "sw" / "cells").glob("*/result.json"))) == 2 and elsewhere.exists()
+    assert "Trained on cpu (2 cells)" in write_report(tmp_path / "sw")[0].read_text()
 
 
 def test_ray_jobs_ask_for_a_whole_gpu_or_a_share_of_one():

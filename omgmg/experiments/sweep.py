@@ -453,7 +453,13 @@ def run_sweep(
                 ]  # fmt: skip
 
         def done(job, results) -> None:
-            for cell_json, result in zip(job[0], results, strict=True):
+            for cell_json, out, result in zip(job[0], job[1], results, strict=True):
+                out = Path(out)
+                if not (out / "result.json").exists():  # trained on a node that does not share this disk:
+                    with os_errors(out, "recording a cell's result in"):  # its result came back with the task
+                        out.mkdir(parents=True, exist_ok=True)
+                        atomic_write_json(out / "cell.json", cell_json)
+                        atomic_write_json(out / "result.json", result)
                 if on_done:
                     on_done(Cell.from_json(cell_json), result)
 
