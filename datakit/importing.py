@@ -99,6 +99,8 @@ def write_imported(
             writer.add_episode(**episode)
             if progress:
                 progress(rows_read, imported.source_rows)
+        if progress:  # every row read (a last final-observation row belongs to no episode's count)
+            progress(imported.source_rows, imported.source_rows)
     except BaseException:
         writer.abort()  # an import is re-run from the source, never resumed
         raise
@@ -150,7 +152,15 @@ def fetched(location, out) -> Iterator[tuple[Path, dict | None]]:
         if path.suffix == ".zip" and path.is_file():
             origin = {**(origin or {"location": path.name}), "sha256": file_sha256(path)}
             aside = aside or _aside(out)
-            path = _unzip(path, aside / "unpacked" / _zip_folder(location), location)
+            unpacked = aside / "unpacked" / _zip_folder(location)
+            path = _unzip(path, unpacked, location)
+            try:
+                yield path, origin
+            except (DatasetError, RequestError) as e:  # name the archive, not the folder it was unpacked into
+                if e.args and isinstance(e.args[0], str):
+                    e.args = (e.args[0].replace(str(unpacked), f"{location}:"), *e.args[1:])
+                raise
+            return
         yield path, origin
     finally:
         if aside is not None:
