@@ -95,11 +95,12 @@ def write_imported(
         behaviour_arrays=imported.behaviour_arrays,
     )
     try:
+        rows_read = 0
         for episode, rows_read in imported.episodes:
             writer.add_episode(**episode)
             if progress:
                 progress(rows_read, imported.source_rows)
-        if progress:  # every row read (a last final-observation row belongs to no episode's count)
+        if progress and rows_read != imported.source_rows:  # rows no episode counted (a last final row)
             progress(imported.source_rows, imported.source_rows)
     except BaseException:
         writer.abort()  # an import is re-run from the source, never resumed
