@@ -13,6 +13,7 @@ import's provenance and the command's output record, so the same data can be had
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def fetch_file(url: str) -> Path:
     if not where.path:
         raise RequestError(f"{url} names a repository, not a file in it; add the file's path")
     hub = _hub()
+    if not sys.stderr.isatty():  # its bars redraw with carriage returns: in a log, one endless line
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     try:
         return Path(hub.hf_hub_download(where.repo_id, where.path, repo_type="dataset", revision=where.revision))
     except Exception as e:  # noqa: BLE001
