@@ -46,6 +46,7 @@ from omgmg.rundir import (
     member_checkpoint,
     member_keys,
     plot_run,
+    read_log,
     resume_states,
     run_identity,
 )
@@ -281,6 +282,13 @@ def _train_on(
             log.close()
         if evaluator is not None:
             evaluator.close()
+    if start >= cfg.steps:  # finished before (its result lost with the process that wrote it): its last records
+        for o, final in zip(outs, finals, strict=True):
+            log = read_log(o)
+            last = max((r["step"] for r in log if "step" in r), default=None)
+            for record in log:
+                if record.get("step") == last:
+                    final.update(record)
     results = []
     for o, config, final, best in zip(outs, configs, finals, bests, strict=True):
         plot_run(o)

@@ -587,6 +587,16 @@ def test_a_failed_sweep_cell_is_run_again(tmp_path, monkeypatch, quiet):
 # ----- 6. logs ---------------------------------------------------------------------------------------------------
 
 
+def test_a_finished_run_started_again_gives_its_result_again(stored, tmp_path):
+    # a sweep cell killed after its last checkpoint but before its result.json, or resumed on another machine
+    from omgmg.trainer import train
+
+    cfg = BCConfig(steps=60, eval_every=30, eval_episodes=1, hidden=8)
+    first = train("bc", stored, cfg, tmp_path / "run")
+    again = train("bc", stored, cfg, tmp_path / "run")
+    assert again.final == first.final and "eval/return" in again.final and again.best == first.best
+
+
 @pytest.mark.slow
 @pytest.mark.checkpoint
 @pytest.mark.parametrize("stop_at, damage", [(60, "torn"), (20, "before-first-checkpoint")])
