@@ -318,7 +318,9 @@ def _shipped_specs_epilog() -> str:
 @main.command(epilog=_shipped_specs_epilog())
 @click.argument("spec")
 @click.option(
-    "--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME or sweeps/NAME-smoke)."
+    "--out",
+    help="Sweep directory (default sweeps/NAME or sweeps/NAME-smoke), or a URL (s3://BUCKET/sweeps/NAME, ...) "
+    "where the results, run directories and report go, so the machines of a cluster share nothing else.",
 )
 @click.option("--smoke", is_flag=True, help="The spec's small budget: a check that finishes in minutes on 2 cores.")
 @click.option(
@@ -387,10 +389,15 @@ def sweep(
     from omgmg.experiments.sweep import cell_name, pending_cells, run_sweep, select_cells
 
     experiment = load_spec(spec)  # a SpecError is a usage error (exit 2), as a SweepError below
+    from omgmg.experiments import store
+
     out = out or Path("sweeps") / (experiment.name + ("-smoke" if smoke else ""))
+    out = out if store.is_store(out) else Path(out)
     if list_only:
         cells = select_cells(experiment.cells(smoke), only)
-        todo = {c.key for c in pending_cells(out, cells)}
+        if store.is_store(out):
+            store.pull_results(str(out), store.staging(str(out)))
+        todo = {c.key for c in pending_cells(store.staging(str(out)) if store.is_store(out) else out, cells)}
         for c in cells:
             console.print(f"{'todo' if c.key in todo else 'done'}  {cell_name(c)}", highlight=False)
         console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished", highlight=False)
@@ -441,7 +448,11 @@ def sweep(
             gpus_per_job=gpus_per_job,
         )
     errors = [r for r in results if r.get("error")]
-    paths = write_report(out)
+    paths = write_report(store.staging(str(out)) if store.is_store(out) else out)
+    if store.is_store(out):  # the report goes beside the results in the store; this machine keeps a copy
+        for path in paths:
+            store.put(str(out).rstrip("/"), path.name, path.read_bytes())
+        paths = [f"{str(out).rstrip('/')}/{path.name}" for path in paths]
     console.print(f"{len(results)} cells finished ({len(errors)} with errors) in {out}", highlight=False)
     for r in errors:
         console.print(

@@ -226,3 +226,72 @@ def test_a_second_publish_to_one_location_is_refused_while_the_first_runs(env, t
 
     publish(root / "c.zarr", url, progress=second_meanwhile)
     assert seen and open_dataset(url).content_sha256() == open_dataset(root / "c.zarr").content_sha256()
+
+
+# ----- a sweep at a URL (issue 41): results, runs and the report in the store; resumed on another machine ---------
+
+
+def _sweep_spec(path, tmp_path, steps=60, every=30):
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f'name = "s3sweep"\nalgorithms = ["bc"]\nseeds = [0, 1]\n[budget]\nsteps = {steps}\neval_every = {every}\n'
+        f'eval_episodes = 1\n[[datasets]]\npath = "{path}"\n[overrides.bc]\nhidden = 8\n'
+        f"[smoke]\nseeds = [0]\nsteps = {steps}\neval_every = {every}\neval_episodes = 1\n"
+    )
+    return spec
+
+
+def test_a_sweep_at_a_url_keeps_results_runs_and_report_in_the_store_and_resumes_elsewhere(env, tmp_path,
+                                                                                            monkeypatch):  # fmt: skip
+    import json
+
+    root, server = env
+    url = f"s3://{BUCKET}/sweeps/one"
+    spec = _sweep_spec(root / "c.zarr", tmp_path)
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "machine-a"))
+    ran = CliRunner().invoke(train_cli, ["sweep", str(spec), "--out", url, "--workers", "1"])
+    assert ran.exit_code == 0, ran.output
+    held = server.keys("sweeps/one/")
+    results = {k: json.loads(v) for k, v in held.items() if k.endswith("/result.json")}
+    assert len(results) == 2 and "sweeps/one/sweep.json" in held and "sweeps/one/s3sweep.md" in held
+    assert all(k.replace("result.json", "run/checkpoints/latest.pt") in held for k in results)
+    scores = {r["cell"]["seed"]: r["score"] for r in results.values()}
+
+    # another machine (its own $OMGMG_HOME, nothing on its disk): nothing trains again
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "machine-b"))
+    again = CliRunner().invoke(train_cli, ["sweep", str(spec), "--out", url, "--workers", "1", "--list"])
+    assert again.exit_code == 0 and "2 cells, 2 finished" in again.output, again.output
+
+    # a cell whose machine was lost after its last checkpoint, before its result: resumed from the store
+    lost = next(k for k in results if results[k]["cell"]["seed"] == 1)
+    log_key = lost.replace("result.json", "run/log.jsonl")
+    log_before = held[log_key]
+    server.client().delete_object(Bucket=BUCKET, Key=lost)
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "machine-c"))
+    resumed = CliRunner().invoke(train_cli, ["sweep", str(spec), "--out", url, "--workers", "1"])
+    assert resumed.exit_code == 0, resumed.output
+    back = json.loads(server.keys(lost)[lost])
+    assert back["score"] == scores[1] and back["steps"] == 60  # the same run, from its checkpoint
+    assert server.keys(log_key)[log_key] == log_before  # resumed, not trained again
+
+
+def test_a_cells_checkpoints_reach_the_store_while_it_trains(env, tmp_path, monkeypatch):
+    from omgmg.experiments import store
+    from omgmg.experiments.spec import load_spec
+    from omgmg.experiments.sweep import run_sweep
+
+    root, server = env
+    monkeypatch.setattr(store, "MIRROR_EVERY", 0.05)
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))
+    spec = load_spec(_sweep_spec(root / "c.zarr", tmp_path, steps=1500, every=100))
+    mid_run = []
+
+    def look(running):
+        keys = server.keys("sweeps/two/")
+        checkpoints = [k for k in keys if k.endswith("latest.pt")]
+        results = [k for k in keys if k.endswith("result.json")]
+        mid_run.append(bool(checkpoints) and not results)
+
+    run_sweep(spec, f"s3://{BUCKET}/sweeps/two", workers=1, on_note=lambda m: None, on_running=look,
+              running_every=0.3, only=["*seed0*"])  # fmt: skip
+    assert any(mid_run)  # a checkpoint was in the store before the cell finished

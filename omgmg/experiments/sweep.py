@@ -169,13 +169,28 @@ def run_cells(
     threads: int,
     device: str = "cpu",
     compile_update: bool = False,
+    stores: list[str] | None = None,
 ) -> list:
     """Train cells that differ only in seed or in batchable hyperparameters as the members of one batched
     program (one cell: a single run), each into its own ``cell_dir``, and write each one's ``result.json``.
+    With ``stores`` (a sweep at a URL: :mod:`omgmg.experiments.store`) each cell trains in a folder of this
+    machine, fetched from and mirrored to its store folder.
 
     A cell another process holds is left to it (its result says ``skipped``); the others train."""
     import torch
 
+    if stores:
+        from omgmg.experiments import store
+
+        local = [store.node_dir(url) for url in stores]
+        for url, here in zip(stores, local, strict=True):
+            store.pull_run(url, here)  # a cell begun on a machine that was lost resumes here
+        with store.CheckpointMirror(list(zip(stores, local, strict=True))):
+            results = run_cells(cells_json, [str(p) for p in local], dataset, threads, device, compile_update)
+        for url, here, result in zip(stores, local, results, strict=True):
+            if not result.get("skipped"):
+                store.push_cell(url, here)
+        return results
     torch.set_num_threads(threads)
     results: list[dict | None] = [None] * len(cells_json)
     held = []
@@ -407,6 +422,14 @@ def run_sweep(
         resolve_device(device)
     all_cells = spec.cells(smoke)
     cells = select_cells(all_cells, only)  # a pattern that matches nothing stops here, before anything is written
+    url = None
+    if is_remote(str(sweep_dir)):  # results and runs at a URL; this machine keeps a copy of the results
+        from omgmg.experiments import store
+
+        url = str(sweep_dir).rstrip("/")
+        sweep_dir = store.staging(url)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        store.pull_results(url, sweep_dir)
     sweep_dir = Path(sweep_dir).absolute()  # a job runs where its worker's cwd is: Ray's is not ours
     with os_errors(sweep_dir, "creating the sweep directory"):
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -427,6 +450,8 @@ def run_sweep(
         }
         meta["cells"] = [c.key for c in all_cells]  # the report aggregates these only, not cells of an earlier edit
         atomic_write_json(sweep_dir / "sweep.json", meta)
+        if url:
+            store.put(url, "sweep.json", (sweep_dir / "sweep.json").read_bytes())
         workers = workers or max(1, (os.cpu_count() or 1))
         threads = threads or (max(1, (os.cpu_count() or 1) // workers) if backend == "local" else 1)
         if backend == "local" and device == "cpu":
@@ -448,7 +473,8 @@ def run_sweep(
                 paths = prepare_datasets(group, data, workers, on_note)
                 yield [
                     ([c.to_json() for c in job], [str(cell_dir(sweep_dir, c)) for c in job],
-                     str(paths[job[0].dataset]), threads, device, compile_update)
+                     str(paths[job[0].dataset]), threads, device, compile_update,
+                     [f"{url}/cells/{c.dirname}" for c in job] if url else None)
                     for job in pack_cells(group, sweep_dir, members_per_job)
                 ]  # fmt: skip
 
@@ -463,7 +489,10 @@ def run_sweep(
                 if on_done:
                     on_done(Cell.from_json(cell_json), result)
 
-        with _watching(sweep_dir, todo, on_running, running_every):
+        def trained_in(c: Cell) -> Path:  # where a cell's run grows (on this machine, at least)
+            return store.node_dir(f"{url}/cells/{c.dirname}") if url else cell_dir(sweep_dir, c)
+
+        with _watching(sweep_dir, todo, trained_in, on_running, running_every):
             if backend == "local":
                 _run_local(ready_jobs(), workers, address, done)
             else:  # a packed job fills one device
@@ -476,9 +505,9 @@ def run_sweep(
 
 
 @contextmanager
-def _watching(sweep_dir: Path, cells: list[Cell], on_running, every: float):
+def _watching(sweep_dir: Path, cells: list[Cell], trained_in, on_running, every: float):
     """While the body runs, tell ``on_running`` every ``every`` seconds [(cell, step)] of the cells that are
-    training: a run log and no result yet (read from the cell directories, whichever process trains them)."""
+    training: a run log (in ``trained_in(cell)``) and no result yet, whichever process trains them."""
     if on_running is None:
         yield
         return
@@ -488,8 +517,8 @@ def _watching(sweep_dir: Path, cells: list[Cell], on_running, every: float):
         while not stop.wait(every):
             running = []
             for c in cells:
-                where = cell_dir(sweep_dir, c)
-                step = None if (where / "result.json").exists() else last_step(where / "run" / "log.jsonl")
+                done = (cell_dir(sweep_dir, c) / "result.json").exists()
+                step = None if done else last_step(trained_in(c) / "run" / "log.jsonl")
                 if step is not None:
                     running.append((c, step))
             if running:
