@@ -427,6 +427,9 @@ def run_sweep(
         from omgmg.experiments import store
 
         url = str(sweep_dir).rstrip("/")
+        if not url.startswith(("s3://", "gs://")):
+            raise SweepError(f"{url}: a sweep's results go to an object store (s3://, gs://); this location is "
+                             "read-only for omgmg or commits every file (hf://)")  # fmt: skip
         sweep_dir = store.staging(url)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         store.pull_results(url, sweep_dir)
