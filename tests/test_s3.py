@@ -295,3 +295,37 @@ def test_a_cells_checkpoints_reach_the_store_while_it_trains(env, tmp_path, monk
     run_sweep(spec, f"s3://{BUCKET}/sweeps/two", workers=1, on_note=lambda m: None, on_running=look,
               running_every=0.3, only=["*seed0*"])  # fmt: skip
     assert any(mid_run)  # a checkpoint was in the store before the cell finished
+
+
+def test_one_machine_trains_a_cell_at_a_time_and_a_lost_machines_lease_runs_out(env, tmp_path, monkeypatch):
+    import json
+    import time
+
+    from omgmg.experiments import store
+    from omgmg.experiments.spec import load_spec
+    from omgmg.experiments.sweep import run_sweep
+
+    root, server = env
+    monkeypatch.setattr(store.Lease, "SETTLE", 0.05)
+    monkeypatch.setattr(store, "LEASE_SECONDS", 1.0)
+    cell = f"s3://{BUCKET}/sweeps/lease/cells/x"
+    a, b = store.Lease(cell), store.Lease(cell)
+    assert a.acquire(wait=0) is None
+    assert "pid" in b.acquire(wait=0.1)  # held: b waited, then gave up, naming the holder
+    a.release()
+    assert b.acquire(wait=0) is None
+    lost = store.Lease(cell)  # b's machine is lost: its lease is never renewed
+    t0 = time.monotonic()
+    assert lost.acquire(wait=5) is None and time.monotonic() - t0 >= 0.5  # taken once b's ran out
+
+    # in a sweep: a cell another machine holds (a lease that does not run out) is left to it
+    monkeypatch.setenv("OMGMG_HOME", str(tmp_path / "home"))
+    spec = load_spec(_sweep_spec(root / "c.zarr", tmp_path))
+    busy = next(c for c in spec.cells() if c.seed == 1)
+    until = time.time() + 3600
+    server.client().put_object(Bucket=BUCKET, Key=f"sweeps/held/cells/{busy.dirname}/lease.json",
+                               Body=json.dumps({"holder": "x", "host": "other", "pid": 7, "until": until}))  # fmt: skip
+    results = run_sweep(spec, f"s3://{BUCKET}/sweeps/held", workers=1, on_note=lambda m: None)
+    by_seed = {r["cell"]["seed"]: r for r in results}
+    assert by_seed[0]["score"] is not None and "in use by other (pid 7)" in by_seed[1]["skipped"]
+    assert not any(k.endswith("lease.json") and "seed0" in k for k in server.keys("sweeps/held/"))  # let go

@@ -10,13 +10,19 @@ so the machines of a cluster need share nothing but that store.
   and config it belongs to (checkpoint first: a log may run ahead of its checkpoint, and resuming cuts it
   back). When it ends, its files are put there, ``result.json`` last: a cell is finished in the store only
   once everything it wrote is there.
+- One machine trains a cell at a time: a job takes the cell's lease in the store first (:class:`Lease`) and
+  renews it while it trains. A retry on another machine, after its first machine was lost, waits for
+  the lost machine's lease to run out (``LEASE_SECONDS``) and resumes; a cell another machine is training
+  is left to it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
+import time
 from pathlib import Path
 
 from omgmg.datakit.outputs import atomic_write_bytes, data_home
@@ -121,8 +127,9 @@ def push_cell(cell_url: str, local: Path) -> None:
 class CheckpointMirror:
     """While cells train (a context manager), put each new checkpoint of theirs in the store."""
 
-    def __init__(self, pairs: list[tuple[str, Path]], every: float | None = None):
+    def __init__(self, pairs: list[tuple[str, Path]], every: float | None = None, leases: list | None = None):
         self.pairs, self.every = pairs, MIRROR_EVERY if every is None else every
+        self.leases, self.renewed = leases or [], time.monotonic()
         self.seen: dict[Path, float] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True, name="checkpoint-mirror")
@@ -139,8 +146,12 @@ class CheckpointMirror:
                 self.seen[latest] = stamp
 
     def _watch(self) -> None:
-        while not self.stop.wait(self.every):
+        while not self.stop.wait(min(self.every, LEASE_SECONDS / 4)):
             try:
+                if time.monotonic() - self.renewed >= LEASE_SECONDS / 4:
+                    for lease in self.leases:
+                        lease.renew()
+                    self.renewed = time.monotonic()
                 self._sync()
             except Exception:  # noqa: BLE001 - a failed upload is tried again at the next checkpoint or the end
                 pass
@@ -152,3 +163,62 @@ class CheckpointMirror:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
+
+
+LEASE_SECONDS = 60.0
+"""How long a cell's lease holds without renewal: the cost of a lost machine before its cells move on."""
+
+
+class Lease:
+    """A cell held by one machine at a time, across machines that share only the store: ``lease.json`` in the
+    cell's store folder names its holder and when the hold ends. The holder renews it (the checkpoint mirror
+    does, every ``LEASE_SECONDS / 4``); another machine waits for it to end, or gives the cell up after
+    ``wait`` seconds. Two machines taking a free lease at once both write it, wait a moment and read it back:
+    only the one whose write is there keeps it (the store's last write wins, and reads after it see it)."""
+
+    SETTLE = 1.0
+
+    def __init__(self, cell_url: str):
+        import os
+        import socket
+        import uuid
+
+        self.url = cell_url
+        self.me = {"holder": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+
+    def _read(self) -> dict | None:
+        data = _get(self.url, "lease.json")
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            return None
+
+    def _write(self) -> None:
+        put(self.url, "lease.json", json.dumps({**self.me, "until": time.time() + LEASE_SECONDS}).encode())
+
+    def acquire(self, wait: float) -> str | None:
+        """Take the lease; None when taken, else who holds it (after waiting up to ``wait`` seconds)."""
+        deadline = time.monotonic() + wait
+        while True:
+            held = self._read()
+            if held is None or held.get("until", 0) < time.time() or held.get("holder") == self.me["holder"]:
+                self._write()
+                time.sleep(self.SETTLE)
+                held = self._read()
+                if held and held.get("holder") == self.me["holder"]:
+                    return None
+            if time.monotonic() >= deadline:
+                return f"{held.get('host')} (pid {held.get('pid')})" if held else "another machine"
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+    def renew(self) -> None:
+        self._write()
+
+    def release(self) -> None:
+        fs, root = _fs(self.url)
+        held = self._read()
+        if held and held.get("holder") == self.me["holder"]:
+            try:
+                fs.rm_file(f"{root}/lease.json")
+            except FileNotFoundError:
+                pass

@@ -180,17 +180,7 @@ def run_cells(
     import torch
 
     if stores:
-        from omgmg.experiments import store
-
-        local = [store.node_dir(url) for url in stores]
-        for url, here in zip(stores, local, strict=True):
-            store.pull_run(url, here)  # a cell begun on a machine that was lost resumes here
-        with store.CheckpointMirror(list(zip(stores, local, strict=True))):
-            results = run_cells(cells_json, [str(p) for p in local], dataset, threads, device, compile_update)
-        for url, here, result in zip(stores, local, results, strict=True):
-            if not result.get("skipped"):
-                store.push_cell(url, here)
-        return results
+        return _run_cells_in_store(cells_json, stores, dataset, threads, device, compile_update)
     torch.set_num_threads(threads)
     results: list[dict | None] = [None] * len(cells_json)
     held = []
@@ -212,6 +202,41 @@ def run_cells(
     finally:
         for _, lock in held:
             lock.release()
+    return results
+
+
+def _run_cells_in_store(cells_json, stores, dataset, threads, device, compile_update) -> list:
+    """:func:`run_cells` for a sweep in a store: each cell's lease taken (or waited for), its run fetched, its
+    checkpoints mirrored while it trains, its files put back and the lease let go."""
+    from omgmg.experiments import store
+
+    results: list[dict | None] = [None] * len(cells_json)
+    held: list[tuple[int, store.Lease]] = []
+    try:
+        for i, url in enumerate(stores):
+            lease = store.Lease(url)
+            holder = lease.acquire(wait=1.5 * store.LEASE_SECONDS)  # a lost machine's lease runs out first
+            if holder:  # trained by another machine now: left to it
+                cell = Cell.from_json(cells_json[i])
+                results[i] = {"key": cell.key, "cell": cells_json[i], "skipped": f"in use by {holder}"}
+            else:
+                held.append((i, lease))
+        todo = [i for i, _ in held]
+        local = {i: store.node_dir(stores[i]) for i in todo}
+        for i in todo:
+            store.pull_run(stores[i], local[i])  # a cell begun on a machine that was lost resumes here
+        if todo:
+            pairs = [(stores[i], local[i]) for i in todo]
+            with store.CheckpointMirror(pairs, leases=[lease for _, lease in held]):
+                trained = run_cells([cells_json[i] for i in todo], [str(local[i]) for i in todo], dataset, threads,
+                                    device, compile_update)  # fmt: skip
+            for i, result in zip(todo, trained, strict=True):
+                results[i] = result
+                if not result.get("skipped"):
+                    store.push_cell(stores[i], local[i])
+    finally:
+        for _, lease in held:
+            lease.release()
     return results
 
 
