@@ -205,24 +205,15 @@ class OutputLock:
     def acquire(self) -> OutputLock:
         if self._fd is not None:
             return self
-        while True:
-            with os_errors(self.path.parent, f"locking the {self.what} {self.target.name} in"):
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _describe_holder(fd)
-                os.close(fd)
-                raise OutputError(
-                    f"the {self.what} {self.target} is in use by another omgmg process ({holder}); "
-                    "wait for it to finish, or stop it and run this again"
-                ) from None
-            try:  # a holder that released meanwhile unlinked the file we locked: lock the current one
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+
+        def busy(holder: str) -> OutputError:
+            return OutputError(
+                f"the {self.what} {self.target} is in use by another omgmg process ({holder}); "
+                "wait for it to finish, or stop it and run this again"
+            )
+
+        with os_errors(self.path.parent, f"locking the {self.what} {self.target.name} in"):
+            fd = _flock_current(self.path, fcntl.LOCK_EX, busy)
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -258,6 +249,26 @@ class OutputLock:
             os.close(self._fd)
 
 
+def _flock_current(path: Path, how: int, busy) -> int:
+    """Open the lock file ``path`` and ``flock`` it (``how``: LOCK_EX or LOCK_SH, never waiting): its fd, or
+    ``busy(holder)`` raised where another process holds it. A holder that let go meanwhile unlinked the file
+    we locked (see ``release``): then the current file is locked instead."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(fd)
+            os.close(fd)
+            raise busy(holder) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def _describe_holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
@@ -279,27 +290,18 @@ class ReadLock:
         self._fd: int | None = None
 
     def __enter__(self) -> ReadLock:
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:  # a read-only folder: nothing can replace the dataset from here either
-                return self
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _describe_holder(fd)
-                os.close(fd)
-                raise OutputError(
-                    f"the {self.what} {self.target} is being written by another omgmg process ({holder}); wait for "
-                    "it to finish, then run this again"
-                ) from None
-            try:  # the writer that held it may have unlinked the file we locked: lock the current one
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        self._fd = fd
+        def busy(holder: str) -> OutputError:
+            return OutputError(
+                f"the {self.what} {self.target} is being written by another omgmg process ({holder}); wait for "
+                "it to finish, then run this again"
+            )
+
+        try:
+            self._fd = _flock_current(self.path, fcntl.LOCK_SH, busy)
+        except OutputError:
+            raise
+        except OSError:  # a read-only folder: nothing can replace the dataset from here either
+            pass
         return self
 
     def __exit__(self, *exc) -> None:
