@@ -128,9 +128,7 @@ def _publish_to_hub(ds: Dataset, location: str, content: str, *, license: str, o
 
 def _hub_claim(api, where, base, held: dict, content: str, overwrite: bool):
     """The files a hub publish replaces (omgmg's earlier publish there), "same" when this dataset is already
-    published there; refuses files omgmg did not publish."""
-    if not held:
-        return {}
+    published there; :func:`_judge` refuses the rest."""
     mark = None
     if MARK in held:
         from omgmg.datakit.hub import HubLocation, fetch_file
@@ -140,25 +138,37 @@ def _hub_claim(api, where, base, held: dict, content: str, overwrite: bool):
             mark = json.loads(fetch_file(mark_url).read_text())
         except (OSError, ValueError, DatasetError):
             mark = None
+    verdict = _judge(where.url(), held, mark, content, overwrite)
+    return {} if verdict == "fresh" else "same" if verdict == "same" else held
+
+
+def _judge(location: str, held, mark: dict | None, content: str, overwrite: bool) -> str:
+    """What a publish may do where ``held`` (file names) and omgmg's ``mark`` are: "fresh" (nothing there),
+    "same" (this dataset, finished or not), "replace" (another dataset omgmg published there, complete, with
+    nothing added since, and ``overwrite``); anything else is refused in one line."""
+    if not held:
+        return "fresh"
     if not isinstance(mark, dict) or mark.get("written_by") != "omgmg":
         raise RequestError(
-            f"{where.url()} already holds {len(held)} file(s) that omgmg did not publish (no {MARK}); omgmg never "
-            "writes there: choose another path in the repository"
+            f"{location} already holds {len(held)} file(s) that omgmg did not publish (no {MARK}); omgmg never "
+            "writes there: choose another location"
         )
     if mark.get("dataset", {}).get("content_sha256") == content:
         return "same"
     if not overwrite:
         raise RequestError(
-            f"{where.url()} holds another dataset omgmg published ({mark.get('dataset', {}).get('task')}, "
-            f"{mark.get('dataset', {}).get('level')}); pass <<overwrite=True>> to replace it, or choose another path"
+            f"{location} holds another dataset omgmg published ({mark.get('dataset', {}).get('task')}, "
+            f"{mark.get('dataset', {}).get('level')}); pass <<overwrite=True>> to replace it, or choose another "
+            "location"
         )
     strangers = sorted(set(held) - set(mark.get("files") or []) - {MARK})
-    if strangers:
+    if mark.get("state") != "complete" or strangers:
+        what = ", ".join(strangers[:3]) or "an unfinished publish"
         raise RequestError(
-            f"{where.url()} holds files the earlier publish did not list ({', '.join(strangers[:3])}): omgmg replaces "
-            "only what it wrote; remove them yourself or choose another path"
+            f"{location} holds files the earlier publish did not list ({what}): omgmg replaces only what it "
+            "wrote; remove them yourself or choose another location"
         )
-    return held
+    return "replace"
 
 
 def _lock(location: str) -> OutputLock:
@@ -247,37 +257,14 @@ class _Target:
     def claim(self, ds: Dataset, content: str, overwrite: bool) -> dict[str, int]:
         """Make the location ours for this dataset; the files already there that a resume may keep."""
         held = self.listing()
-        if not held:
-            self.mark(ds, content, state="uploading")
-            return {}
-        mark = self.read_mark()
-        if mark is None or mark.get("written_by") != "omgmg":
-            raise RequestError(
-                f"{self.location} already holds {len(held)} file(s) that omgmg did not publish (no {MARK}); "
-                "omgmg never writes there: choose another location"
-            )
-        if mark.get("dataset", {}).get("content_sha256") == content:
-            if mark.get("state") != "complete":
-                return {k: v for k, v in held.items() if k not in (MARK, ROOT, MANIFEST)}  # resume
-            return {k: v for k, v in held.items() if k not in (MARK, MANIFEST)}  # republish: check and keep
-        if not overwrite:
-            raise RequestError(
-                f"{self.location} holds another dataset omgmg published ({mark.get('dataset', {}).get('task')}, "
-                f"{mark.get('dataset', {}).get('level')}); pass <<overwrite=True>> to replace it, or choose another "
-                "location"
-            )
-        listed = set(mark.get("files") or [])
-        strangers = sorted(set(held) - listed - {MARK})
-        if mark.get("state") != "complete" or strangers:
-            what = ", ".join(strangers[:3]) or "an unfinished publish"
-            raise RequestError(
-                f"{self.location} holds files the earlier publish did not list ({what}): omgmg replaces only what "
-                "it wrote; remove them yourself or choose another location"
-            )
-        self.put(ROOT, b"")  # the old dataset stops being one first
-        for rel in sorted(held):
-            if rel != MARK:
-                retrying(f"{self.location}/{rel} (removing it)", lambda rel=rel: self.fs.rm_file(self._path(rel)))
+        verdict = _judge(self.location, held, self.read_mark() if held else None, content, overwrite)
+        if verdict == "same":  # resume (the root zarr.json is written again last) or republish: check and keep
+            return {k: v for k, v in held.items() if k not in (MARK, ROOT, MANIFEST)}
+        if verdict == "replace":
+            self.put(ROOT, b"")  # the old dataset stops being one first
+            for rel in sorted(held):
+                if rel != MARK:
+                    retrying(f"{self.location}/{rel} (removing it)", lambda rel=rel: self.fs.rm_file(self._path(rel)))
         self.mark(ds, content, state="uploading")
         return {}
 
