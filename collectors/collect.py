@@ -24,7 +24,7 @@ import torch
 
 from omgmg.collectors.behaviour import algorithm, algorithm_for, load_agent
 from omgmg.collectors.common import RolloutPolicy, categorical_sample
-from omgmg.collectors.envs import TaskRef, construction, make_vector_env, resolve
+from omgmg.collectors.envs import TaskRef, construction, make_vector_env, resolve, worthwhile_workers
 from omgmg.collectors.rollout import rollout_episodes
 from omgmg.collectors.runs import RunDir, score
 from omgmg.collectors.training import train_behaviour
@@ -385,7 +385,7 @@ def _roll_out_level(
     on_rollout,
 ) -> None:
     kind, target = until
-    vec = make_vector_env(ref, req.num_envs, workers=req.workers, parts=ROLLOUT_PARTS)
+    vec = make_vector_env(ref, req.num_envs, workers=worthwhile_workers(ref, req.workers), parts=ROLLOUT_PARTS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the policy's small matmuls run fastest on one thread, next to the env workers
     try:

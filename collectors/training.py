@@ -23,7 +23,7 @@ import torch
 from omgmg.collectors.behaviour import algorithm, algorithm_for
 from omgmg.collectors.common import Rollout, gae
 from omgmg.collectors.config import LoopConfig
-from omgmg.collectors.envs import TaskRef, make_vector_env
+from omgmg.collectors.envs import TaskRef, make_vector_env, worthwhile_workers
 from omgmg.collectors.envs.base import run_episodes
 from omgmg.collectors.recorder import EpisodeRecorder
 from omgmg.collectors.runs import RunDir, plot_curve, score
@@ -89,7 +89,7 @@ def _train(run: RunDir, progress, warn, tensorboard) -> RunDir:
     ref, algo, cfg = run.ref, run.algo, run.cfg
     _, agent_cls = algorithm(algo)
     torch.manual_seed(cfg.seed)
-    vec = make_vector_env(ref, cfg.num_envs, workers=cfg.workers)
+    vec = make_vector_env(ref, cfg.num_envs, workers=worthwhile_workers(ref, cfg.workers))
     spec = vec.spec
     if algo != algorithm_for(spec):
         raise ConfigError(f"{algo} does not fit {ref.name}: use mappo for discrete and happo for continuous actions")

@@ -24,8 +24,8 @@ from omgmg.collectors.fixtures import make_fixture
 
 pytestmark = pytest.mark.slow
 
-COLLECT = ["collect", "fixture", "continuous", "--level", "medium", "--train-steps", "3000", "--force"]
-SMALL_BEHAVIOUR = ["--behaviour.num-envs", "4", "--behaviour.rollout-len", "25", "--behaviour.eval-every", "1000"]
+COLLECT = ["collect", "fixture", "continuous", "--level", "medium", "--train-steps", "1500", "--force"]
+SMALL_BEHAVIOUR = ["--behaviour.num-envs", "4", "--behaviour.rollout-len", "25", "--behaviour.eval-every", "500"]
 # live bars redraw at most 10 times a second: two bars of one 100-column line each stay far below this
 MAX_BYTES_PER_SECOND = 10_000
 
@@ -143,7 +143,7 @@ def test_a_log_gets_plain_progress_lines_at_a_steady_rhythm(tmp_path):
     training = [line for line in lines if "training behaviour policy:" in line]
     # a line per evaluation (the info changes) and the end; the 30 s rhythm adds none to a run this short
     assert 3 <= len(training) <= 6, lines
-    line = r"\[0:00:\d\d\] training behaviour policy: 3,000/3,000 \(100%\), [\d,.]+/s, eval score .*"
+    line = r"\[0:00:\d\d\] training behaviour policy: 1,500/1,500 \(100%\), [\d,.]+/s, eval score .*"
     assert re.fullmatch(line, training[-1]), training
     collecting = [line for line in lines if "collecting medium:" in line]
     assert 1 <= len(collecting) <= 3 and "30/30 (100%)" in collecting[-1], lines
