@@ -538,7 +538,7 @@ class RaggedEnv(MultiAgentEnv):
 
 @pytest.mark.slow
 @pytest.mark.roundtrip
-def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path):
+def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path, monkeypatch):
     """Each episode comes from its own seed, so a smaller budget keeps a prefix of a larger one,
     and neither the number of envs (which run episodes of 1-12 steps out of step with each other)
     nor a worker process changes anything."""
@@ -561,6 +561,8 @@ def test_kept_episodes_depend_on_seeds_and_budget_only(tmp_path):
         assert np.array_equal(small.read(key), large.read(key, 0, small.n_transitions)), key
         assert np.array_equal(cut.read(key), large.read(key, 0, 101)), key
         assert np.array_equal(other.read(key), large.read(key)), key
+    # a worker process really runs here: the fixture suite's own rule would keep its envs in this process
+    monkeypatch.setattr("omgmg.collectors.collect.worthwhile_workers", lambda ref, requested: requested)
     fixture = [
         collect(
             CollectRequest(
