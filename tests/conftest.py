@@ -23,6 +23,7 @@ TIERS = ("unit", "roundtrip", "learning", "checkpoint")
 MODULE_TIERS = {
     "test_baselines": "unit",
     "test_cli": "roundtrip",
+    "test_cluster": "roundtrip",
     "test_collectors": "unit",
     "test_config": "unit",
     "test_coverage": "roundtrip",

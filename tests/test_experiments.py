@@ -310,16 +310,6 @@ def test_a_pool_sweep_stops_at_the_first_failure_instead_of_running_every_cell(d
     assert labels.count("slow") == 2 and len(labels) <= 3  # one quick cell failed; the other may have finished
 
 
-@pytest.mark.slow
-def test_the_ray_backend_runs_cells_on_a_local_ray_instance(dataset, tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'omgmg[ray]')")
-    spec = parse_spec(spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}}))
-    results = run_sweep(spec, tmp_path / "sw", backend="ray", workers=2, on_note=lambda m: None)  # starts Ray
-    assert not ray.is_initialized()  # and stops it
-    assert len(results) == 2 and all(r.get("error") is None and np.isfinite(r["score"]) for r in results)
-    assert all((tmp_path / "sw" / "cells").glob("*/run/checkpoints/latest.pt"))
-
-
 # ----- reports ------------------------------------------------------------------------------------------------------
 
 
@@ -628,3 +618,4 @@ def test_aggregate_statistics_follow_rliables_definitions():
     assert two_tasks == pytest.approx(0.5)  # 1 on the first task, 0 on the second, averaged
     lo, hi = improvement_interval(np.array([[3.0], [4.0], [5.0]]), np.array([[1.0], [2.0], [0.0]]), reps=200)
     assert lo == hi == 1.0  # every resample: X always above Y
+

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -146,9 +147,10 @@ class CheckpointMirror:
                 self.seen[latest] = stamp
 
     def _watch(self) -> None:
-        while not self.stop.wait(min(self.every, LEASE_SECONDS / 4)):
+        quarter = lease_seconds() / 4
+        while not self.stop.wait(min(self.every, quarter)):
             try:
-                if time.monotonic() - self.renewed >= LEASE_SECONDS / 4:
+                if time.monotonic() - self.renewed >= quarter:
                     for lease in self.leases:
                         lease.renew()
                     self.renewed = time.monotonic()
@@ -169,10 +171,27 @@ LEASE_SECONDS = 60.0
 """How long a cell's lease holds without renewal: the cost of a lost machine before its cells move on."""
 
 
+def lease_seconds() -> float:
+    """``LEASE_SECONDS``, or ``$OMGMG_LEASE_SECONDS`` where a cluster sets it to lose less time to a lost machine
+    (set it alike on every node: the holder's setting decides when its lease ends, another machine's how long
+    it waits for one). At least 2 s: a lease is renewed every quarter of it, and a renewal is a request."""
+    raw = os.environ.get("OMGMG_LEASE_SECONDS")
+    if raw is None:
+        return LEASE_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 2 or seconds == float("inf"):
+        raise ValueError(f"OMGMG_LEASE_SECONDS={raw!r} is not a number of seconds of at least 2; unset it for "
+                         f"the default {LEASE_SECONDS:g}")  # fmt: skip
+    return seconds
+
+
 class Lease:
     """A cell held by one machine at a time, across machines that share only the store: ``lease.json`` in the
     cell's store folder names its holder and when the hold ends. The holder renews it (the checkpoint mirror
-    does, every ``LEASE_SECONDS / 4``); another machine waits for it to end, or gives the cell up after
+    does, every quarter of :func:`lease_seconds`); another machine waits for it to end, or gives the cell up after
     ``wait`` seconds. Two machines taking a free lease at once both write it, wait a moment and read it back:
     only the one whose write is there keeps it (the store's last write wins, and reads after it see it)."""
 
@@ -194,7 +213,7 @@ class Lease:
             return None
 
     def _write(self) -> None:
-        put(self.url, "lease.json", json.dumps({**self.me, "until": time.time() + LEASE_SECONDS}).encode())
+        put(self.url, "lease.json", json.dumps({**self.me, "until": time.time() + lease_seconds()}).encode())
 
     def acquire(self, wait: float) -> str | None:
         """Take the lease; None when taken, else who holds it (after waiting up to ``wait`` seconds)."""

@@ -215,7 +215,7 @@ def _run_cells_in_store(cells_json, stores, dataset, threads, device, compile_up
     try:
         for i, url in enumerate(stores):
             lease = store.Lease(url)
-            holder = lease.acquire(wait=1.5 * store.LEASE_SECONDS)  # a lost machine's lease runs out first
+            holder = lease.acquire(wait=1.5 * store.lease_seconds())  # a lost machine's lease runs out first
             if holder:  # trained by another machine now: left to it
                 cell = Cell.from_json(cells_json[i])
                 results[i] = {"key": cell.key, "cell": cells_json[i], "skipped": f"in use by {holder}"}
@@ -455,6 +455,10 @@ def run_sweep(
         if not url.startswith(("s3://", "gs://")):
             raise SweepError(f"{url}: a sweep's results go to an object store (s3://, gs://); this location is "
                              "read-only for omgmg or commits every file (hf://)")  # fmt: skip
+        try:
+            store.lease_seconds()  # a bad setting is one line here, not an error in every cell
+        except ValueError as e:
+            raise SweepError(str(e)) from None
         sweep_dir = store.staging(url)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         store.pull_results(url, sweep_dir)
