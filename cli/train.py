@@ -334,6 +334,12 @@ def _shipped_specs_epilog() -> str:
 @click.option("--workers", type=int, help="Parallel cells (default: the CPU count).")
 @click.option("--list", "list_only", is_flag=True, help="Only list the cells and whether each is finished.")
 @click.option(
+    "--rates",
+    type=click.Path(path_type=Path),
+    help="With --list: estimate the device-hours of the unfinished cells (jobs as --members-per-job packs them) "
+    "from speeds measured on the sweep's device by `benchmarks/train.py --members 1,10 --out RATES.json`.",
+)
+@click.option(
     "--only",
     multiple=True,
     metavar="PATTERN",
@@ -372,6 +378,7 @@ def sweep(
     address: str | None,
     workers: int | None,
     list_only: bool,
+    rates: Path | None,
     only: tuple[str, ...],
     members_per_job: int,
     torch_threads: int | None,
@@ -401,7 +408,11 @@ def sweep(
         for c in cells:
             console.print(f"{'todo' if c.key in todo else 'done'}  {cell_name(c)}", highlight=False)
         console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished", highlight=False)
+        if rates is not None:
+            print_estimate([c for c in cells if c.key in todo], out, rates, members_per_job, compile_update)
         return
+    if rates is not None:
+        raise click.UsageError("--rates estimates a sweep's cost with --list; it does not change a run")
     with progress_bars() as bars:
         update = bars.add(f"sweep {experiment.name}{' (smoke)' if smoke else ''}")
         update(info="preparing datasets")
@@ -461,6 +472,36 @@ def sweep(
     console.print("report: " + "  ".join(str(p_) for p_ in paths), highlight=False)
     if errors:  # a sweep with failed cells did not do what was asked: say so in the exit code
         fail(f"{len(errors)} of {len(results)} cells failed; running the sweep again retries them", EXIT_INVALID)
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
+def print_estimate(todo, out, rates_path: Path, members_per_job: int, compiled: bool) -> None:
+    """The cost of the unfinished cells at measured speeds (omgmg.experiments.cost)."""
+    from omgmg.experiments import cost, store
+    from omgmg.experiments.sweep import pack_cells
+
+    try:
+        rates = cost.load_rates(rates_path, compiled=compiled)
+    except cost.RatesError as e:
+        raise click.UsageError(str(e)) from None
+    local = store.staging(str(out)) if store.is_store(out) else out
+    est = cost.estimate(pack_cells(todo, local, members_per_job), rates)
+    console.print(
+        f"to train: {est.cells} cells as {est.jobs} jobs, {est.member_steps:,} member-steps; at the speeds in "
+        f"{rates.source} ({', '.join(sorted(rates.devices))}): {_hours(est.device_hours)} device-hours "
+        "(gradient steps only: evaluations and dataset generation come on top)",
+        highlight=False,
+    )
+    for line in sorted(est.stand_ins):
+        console.print(f"  measured stand-in: {line}", highlight=False)
+    for algorithm, shapes in sorted(est.unmeasured.items()):
+        console.print(
+            f"  [yellow]not counted[/]: {algorithm} on {', '.join(sorted(shapes))} (no such row in {rates.source})",
+            highlight=False,
+        )
 
 
 @main.command()

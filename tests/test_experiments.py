@@ -619,3 +619,42 @@ def test_aggregate_statistics_follow_rliables_definitions():
     lo, hi = improvement_interval(np.array([[3.0], [4.0], [5.0]]), np.array([[1.0], [2.0], [0.0]]), reps=200)
     assert lo == hi == 1.0  # every resample: X always above Y
 
+
+def test_list_with_rates_estimates_the_unfinished_jobs_device_hours(dataset, tmp_path):
+    """The cost model: each job of M cells costs steps / (measured steps/s of an M-member program)."""
+    row = {"task_shape": "continuous", "algorithm": "bc", "device": "cpu"}
+    rows = [
+        {**row, "members": 1, "mode": "eager", "steps_per_s": 100.0},
+        {**row, "members": 2, "mode": "eager", "steps_per_s": 150.0},
+        {**row, "members": 1, "mode": "compiled", "steps_per_s": 1.0},  # another mode: not used by an eager sweep
+    ]
+    rates = tmp_path / "rates.json"
+    rates.write_text(json.dumps(rows))
+    spec = tmp_path / "cost.toml"
+    spec.write_text(
+        f"""name = "cost"
+algorithms = ["bc", "omgmg"]
+seeds = [0, 1, 2]
+datasets = [{{ path = "{dataset.path}" }}]
+[budget]
+steps = 3600
+eval_every = 3600
+eval_episodes = 1
+[smoke]
+seeds = [0]
+steps = 10
+eval_every = 10
+eval_episodes = 1
+"""
+    )
+    args = ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--list", "--rates", str(rates)]
+    listed = CliRunner().invoke(train_cli, [*args, "--members-per-job", "2"])
+    assert listed.exit_code == 0, listed.output
+    # bc: seeds 0+1 as one 2-member job (3600 / 150 s) and seed 2 alone (3600 / 100 s) = 60 s = 0.0167 h
+    assert "to train: 3 cells as 2 jobs, 10,800 member-steps" in listed.output
+    assert "0.0167 device-hours" in listed.output
+    assert "not counted: omgmg on continuous" in listed.output  # no row for it: said, not guessed
+    alone = CliRunner().invoke(train_cli, [*args, "--members-per-job", "3"])
+    assert "M = 2 for jobs of 3 (bc, continuous)" in alone.output  # the nearest measured M stands in, named
+    wrong = CliRunner().invoke(train_cli, [*args[:-1], str(spec)])
+    assert wrong.exit_code == 2 and "not a `benchmarks/train.py --members` result" in wrong.output

@@ -1,0 +1,135 @@
+"""What a sweep will cost before it runs: its unfinished jobs' gradient steps over measured speeds.
+
+    device-hours = sum over jobs of  steps / (the job's batched program's gradient steps/s)
+
+The speeds are a ``benchmarks/train.py --members ... --out RATES.json`` measurement on the device the
+sweep will use (one row per task shape, algorithm, member count M and mode: gradient steps/s of the batched
+program). A job of M cells trains ``steps`` batched steps, so at M members it costs ``steps / steps_per_s``
+seconds of one device however many members it holds: that is what ``--members-per-job`` buys on a GPU.
+Evaluation episodes and dataset generation are not counted (the estimate says so).
+
+A job whose exact (shape, algorithm, M) was not measured takes the measured M nearest to its own of that
+shape and algorithm, and a task with no measured shape takes its suite's measured shape (SMACv2's three 5v5
+races share protoss_5v5's sizes to within a few units); each such stand-in is listed, never silent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omgmg.experiments.spec import Cell
+
+SUITE_SHAPES = {"mamujoco": "HalfCheetah-6x1", "smacv2": "protoss_5v5"}
+
+
+class RatesError(ValueError):
+    """The speed file is missing, unreadable or measures none of the sweep's algorithms."""
+
+
+@dataclass
+class Rates:
+    """Measured gradient steps/s of batched programs: ``(shape, algorithm, members) -> steps/s``."""
+
+    table: dict[tuple[str, str, int], float]
+    devices: set[str]
+    source: str
+
+    @property
+    def shapes(self) -> set[str]:
+        return {s for s, _, _ in self.table}
+
+
+@dataclass
+class Estimate:
+    jobs: int = 0
+    cells: int = 0
+    member_steps: int = 0
+    device_seconds: float = 0.0
+    stand_ins: set[str] = field(default_factory=set)  # which measurement stood in for which job
+    unmeasured: dict[str, set[str]] = field(default_factory=dict)  # algorithm -> shapes with no row: not counted
+
+    @property
+    def device_hours(self) -> float:
+        return self.device_seconds / 3600
+
+
+def load_rates(path: Path, *, compiled: bool = False) -> Rates:
+    """The rows of one mode (eager, or compiled for a sweep run with ``--compile``) of a speed file."""
+    mode = "compiled" if compiled else "eager"
+    try:
+        rows = json.loads(Path(path).read_text())
+        table = {
+            (r["task_shape"], r["algorithm"], int(r["members"])): float(r["steps_per_s"])
+            for r in rows
+            if r.get("mode", "eager") == mode and float(r["steps_per_s"]) > 0
+        }
+        devices = {str(r.get("device", "?")) for r in rows if r.get("mode", "eager") == mode}
+    except FileNotFoundError:
+        raise RatesError(
+            f"{path}: no such file; measure one with `python benchmarks/train.py --members 1,10 --out {path}`"
+        ) from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        what = f"{e.__class__.__name__}: {e}"
+        raise RatesError(f"{path}: not a `benchmarks/train.py --members` result ({what})") from None
+    if not table:
+        flag = " --compile" if compiled else ""
+        how = f"`python benchmarks/train.py{flag} --members 1,10`"
+        raise RatesError(f"{path} holds no {mode} rows; measure them with {how}")
+    return Rates(table, devices, str(path))
+
+
+def _rate(rates: Rates, shape: str, algorithm: str, members: int, est: Estimate) -> float | None:
+    measured = sorted(m for s, a, m in rates.table if s == shape and a == algorithm)
+    if not measured:
+        est.unmeasured.setdefault(algorithm, set()).add(shape)
+        return None
+    m = min(measured, key=lambda k: (abs(k - members), -k))
+    if m != members:
+        est.stand_ins.add(f"M = {m} for jobs of {members} ({algorithm}, {shape})")
+    return rates.table[shape, algorithm, m]
+
+
+@functools.cache
+def _stored_env(path: str) -> tuple[str, str]:
+    from omgmg.datakit import open_dataset
+
+    env = open_dataset(path).spec
+    return env.suite, env.task
+
+
+def shape_of(cell: Cell, shapes: set[str]) -> tuple[str | None, str | None]:
+    """The measured shape a cell's task trains at, and a note when it stands in for the task's own."""
+    suite, task = cell.dataset.suite, cell.dataset.task
+    if task is None and cell.dataset.path is not None:  # a dataset given by path: its metadata names the task
+        suite, task = _stored_env(cell.dataset.path)
+    if task in shapes:
+        return task, None
+    fallback = SUITE_SHAPES.get(suite or "")
+    if fallback in shapes:
+        return fallback, f"{fallback} for {task or cell.dataset.name}"
+    return None, None
+
+
+def estimate(jobs: list[list[Cell]], rates: Rates) -> Estimate:
+    """Device-seconds of ``jobs`` (lists of cells trained as one batched program each) at ``rates``."""
+    est = Estimate()
+    for job in jobs:
+        head = job[0]
+        shape, note = shape_of(head, rates.shapes)
+        if shape is None:
+            est.unmeasured.setdefault(head.algorithm, set()).add(head.dataset.task or head.dataset.name)
+            continue
+        if note:
+            est.stand_ins.add(note)
+        rate = _rate(rates, shape, head.algorithm, len(job), est)
+        if rate is None:
+            continue
+        steps = int(head.config["steps"])
+        est.jobs += 1
+        est.cells += len(job)
+        est.member_steps += steps * len(job)
+        est.device_seconds += steps / rate
+    return est
