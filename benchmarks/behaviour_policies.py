@@ -177,7 +177,10 @@ def report(out: Path, policies, tasks, seeds) -> str:
     # its remaining jobs need not run
     out = {p for p in policies if p != "clip" and worst[p] > MAX_BOUND_SHARE}
     needed = [(p, t, s) for p, t, s in jobs(policies, tasks, seeds) if p not in out]
-    if "clip" not in policies or not all(job in done for job in needed):
+    if "clip" not in policies:
+        verdict.append("\nVerdict: not here (the rule compares each candidate with clip: include it in --policies).")
+        return "\n".join(lines + verdict)
+    if not all(job in done for job in needed):
         missing = sum(job not in done for job in needed)
         verdict.append(f"\nVerdict: not yet ({missing} of the jobs the verdict needs are not done).")
         return "\n".join(lines + verdict)
