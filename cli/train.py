@@ -495,6 +495,12 @@ def print_estimate(todo, out, rates_path: Path, members_per_job: int, compiled: 
         "(gradient steps only: evaluations and dataset generation come on top)",
         highlight=False,
     )
+    if len(est.by_algorithm) > 1:
+        shares = sorted(est.by_algorithm.items(), key=lambda kv: -kv[1])
+        console.print(
+            "  by algorithm: " + ", ".join(f"{a} {_hours(s / 3600)}" for a, s in shares) + " device-hours",
+            highlight=False,
+        )
     for line in sorted(est.stand_ins):
         console.print(f"  measured stand-in: {line}", highlight=False)
     for algorithm, shapes in sorted(est.unmeasured.items()):

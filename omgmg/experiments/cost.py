@@ -48,6 +48,7 @@ class Estimate:
     cells: int = 0
     member_steps: int = 0
     device_seconds: float = 0.0
+    by_algorithm: dict[str, float] = field(default_factory=dict)  # algorithm -> device-seconds
     stand_ins: set[str] = field(default_factory=set)  # which measurement stood in for which job
     unmeasured: dict[str, set[str]] = field(default_factory=dict)  # algorithm -> shapes with no row: not counted
 
@@ -132,4 +133,5 @@ def estimate(jobs: list[list[Cell]], rates: Rates) -> Estimate:
         est.cells += len(job)
         est.member_steps += steps * len(job)
         est.device_seconds += steps / rate
+        est.by_algorithm[head.algorithm] = est.by_algorithm.get(head.algorithm, 0.0) + steps / rate
     return est
