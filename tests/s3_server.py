@@ -89,11 +89,13 @@ class S3Server:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             client.put_object(Bucket=BUCKET, Key=f"{key}/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
 
+    def names(self, prefix: str = "") -> list[str]:
+        listed = self.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return [o["Key"] for page in listed for o in page.get("Contents", [])]
+
     def keys(self, prefix: str = "") -> dict[str, bytes]:
         client = self.client()
-        listed = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-        names = [o["Key"] for page in listed for o in page.get("Contents", [])]
-        return {k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in names}
+        return {k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in self.names(prefix)}
 
     def kill(self) -> None:
         self.process.kill()

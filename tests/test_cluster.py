@@ -26,13 +26,13 @@ pytest.importorskip("s3fs")
 
 pytestmark = pytest.mark.slow
 
-STEPS = 1500
+STEPS = 1000
 
 
 def _spec(tmp_path: Path, data_url: str) -> Path:
     spec = tmp_path / "cluster.toml"
     spec.write_text(
-        f'name = "cluster"\nalgorithms = ["bc"]\nseeds = [0, 1]\n[budget]\nsteps = {STEPS}\neval_every = 300\n'
+        f'name = "cluster"\nalgorithms = ["bc"]\nseeds = [0, 1]\n[budget]\nsteps = {STEPS}\neval_every = 250\n'
         f'eval_episodes = 1\n[[datasets]]\npath = "{data_url}"\n[overrides.bc]\nhidden = 8\n'
         f"[smoke]\nseeds = [0]\nsteps = 10\neval_every = 10\neval_episodes = 1\n"
     )
@@ -82,19 +82,15 @@ def test_a_two_node_cluster_sweeps_through_the_store_and_a_lost_nodes_cell_resum
         fixture_datasets(tmp_path, continuous=8, discrete=2)
         server.put(tmp_path / "c.zarr", "data/c.zarr")
         spec = _spec(tmp_path, f"s3://{BUCKET}/data/c.zarr")
-        base = {**os.environ, **server.env, "OMGMG_LEASE_SECONDS": "4", "RAY_USAGE_STATS_ENABLED": "0",
+        base = {**os.environ, **server.env, "OMGMG_LEASE_SECONDS": "2", "RAY_USAGE_STATS_ENABLED": "0",
                 # Ray 2.5x+ starts a head with token authentication; the nodes and the driver share this one
                 "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # fmt: skip
         omgmg = [str(Path(sys.executable).with_name("omgmg")), "sweep", str(spec), "--torch-threads", "1"]
 
-        # the local backend's scores, on this machine alone
-        local = subprocess.run([*omgmg, "--out", str(tmp_path / "local"), "--workers", "1"],
-                               env={**base, "OMGMG_HOME": str(tmp_path / "home-local")},
-                               capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert local.returncode == 0, local.stdout + local.stderr
-        expected = {r["cell"]["seed"]: r["score"] for r in map(json.loads, map(Path.read_text,
-                    (tmp_path / "local").glob("cells/*/result.json")))}  # fmt: skip
-        assert len(expected) == 2
+        # the local backend's scores, on this machine alone (while the cluster starts)
+        local = subprocess.Popen([*omgmg, "--out", str(tmp_path / "local"), "--workers", "1"],
+                                 env={**base, "OMGMG_HOME": str(tmp_path / "home-local")},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
         port = free_port()
         # Ray's sockets live under its temp folder, whose path must stay short (AF_UNIX: 107 bytes)
@@ -106,6 +102,11 @@ def test_a_two_node_cluster_sweeps_through_the_store_and_a_lost_nodes_cell_resum
             _ray(["start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
                   "--temp-dir", str(worker_tmp), "--disable-usage-stats"],
                  {**base, "OMGMG_HOME": str(tmp_path / "home-worker")})  # fmt: skip
+            local_output, _ = local.communicate(timeout=300)
+            assert local.returncode == 0, local_output
+            expected = {r["cell"]["seed"]: r["score"] for r in map(json.loads, map(Path.read_text,
+                        (tmp_path / "local").glob("cells/*/result.json")))}  # fmt: skip
+            assert len(expected) == 2
             url = f"s3://{BUCKET}/sweeps/cluster"
             driver = subprocess.Popen(
                 [*omgmg, "--out", url, "--backend", "ray", "--address", f"127.0.0.1:{port}"],
@@ -118,19 +119,23 @@ def test_a_two_node_cluster_sweeps_through_the_store_and_a_lost_nodes_cell_resum
             killed = None
             deadline = time.monotonic() + 240
             while killed is None and driver.poll() is None and time.monotonic() < deadline:
-                keys = server.keys("sweeps/cluster/cells/")
-                for key, body in keys.items():
-                    if not key.endswith("/lease.json"):
-                        continue
+                names = set(server.names("sweeps/cluster/cells/"))
+                for key in (k for k in names if k.endswith("/lease.json")):
                     cell = key.rsplit("/", 1)[0]
-                    mine = _ancestors(json.loads(body)["pid"]) & worker_node  # trained under the worker's raylet
-                    if mine and f"{cell}/run/checkpoints/latest.pt" in keys and f"{cell}/result.json" not in keys:
+                    if f"{cell}/run/checkpoints/latest.pt" not in names or f"{cell}/result.json" in names:
+                        continue
+                    try:
+                        pid = json.loads(server.client().get_object(Bucket=BUCKET, Key=key)["Body"].read())["pid"]
+                    except server.client().exceptions.NoSuchKey:  # let go in between
+                        continue
+                    if _ancestors(pid) & worker_node:  # trained under the worker node's raylet: kill that node
                         killed = cell
-                        _kill(_processes_under(worker_tmp) + [json.loads(body)["pid"]])
+                        _kill(_processes_under(worker_tmp) + [pid])
                         break
                 time.sleep(0.2)
             output, _ = driver.communicate(timeout=300)
         finally:
+            local.kill()
             _kill(_processes_under(worker_tmp) + _processes_under(head_tmp))
             shutil.rmtree(head_tmp, ignore_errors=True)
             shutil.rmtree(worker_tmp, ignore_errors=True)
