@@ -116,10 +116,10 @@ def test_streaming_matches_in_memory_semantics_across_block_boundaries(tmp_path,
     ends = ["terminated", "truncated"] * 48
     eps = hand_episodes(spec, lengths, ends)
     ds = write(tmp_path / "s.zarr", spec, eps, chunk_rows=16)
-    loader = TransitionLoader(ds, batch_size=32, seed=1, streaming=True, block_rows=32, resident_blocks=3, swap_every=2)
+    loader = TransitionLoader(ds, batch_size=64, seed=1, streaming=True, block_rows=32, resident_blocks=3, swap_every=2)
     assert loader.block_rows == 32
     seen = set()
-    for _ in range(600):
+    for _ in range(300):
         b = loader.sample()
         seen |= check_batch(b, eps)
         assert loader.resident_transitions <= 3 * 32  # memory stays bounded
