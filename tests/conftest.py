@@ -220,11 +220,12 @@ def fixture_datasets(root, continuous: int = 30, discrete: int = 40) -> dict:
     }
 
 
-def bc_sweep_toml(dataset_path, steps: int, eval_every: int, name: str = "tiny") -> str:
-    """A sweep spec file's text: BC (hidden 16), seeds 0 and 1, on one dataset given by path."""
+def bc_sweep_toml(dataset_path, steps: int, eval_every: int, name: str = "tiny", algorithms=("bc",),
+                  seeds=(0, 1)) -> str:  # fmt: skip
+    """A sweep spec file's text: BC (hidden 16) or these algorithms, seeds 0 and 1 or these, on one dataset."""
     return f"""name = "{name}"
-algorithms = ["bc"]
-seeds = [0, 1]
+algorithms = {list(algorithms)}
+seeds = {list(seeds)}
 datasets = [{{ path = "{dataset_path}", label = "fixture" }}]
 [budget]
 steps = {steps}

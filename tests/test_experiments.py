@@ -632,20 +632,7 @@ def test_list_with_rates_estimates_the_unfinished_jobs_device_hours(dataset, tmp
     rates.write_text(json.dumps(rows))
     spec = tmp_path / "cost.toml"
     spec.write_text(
-        f"""name = "cost"
-algorithms = ["bc", "omgmg"]
-seeds = [0, 1, 2]
-datasets = [{{ path = "{dataset.path}" }}]
-[budget]
-steps = 3600
-eval_every = 3600
-eval_episodes = 1
-[smoke]
-seeds = [0]
-steps = 10
-eval_every = 10
-eval_episodes = 1
-"""
+        bc_sweep_toml(dataset.path, steps=3600, eval_every=3600, algorithms=["bc", "omgmg"], seeds=[0, 1, 2])
     )
     args = ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--list", "--rates", str(rates)]
     listed = CliRunner().invoke(train_cli, [*args, "--members-per-job", "2"])
