@@ -489,10 +489,10 @@ def print_estimate(todo, out, rates_path: Path, members_per_job: int, compiled: 
         raise click.UsageError(str(e)) from None
     local = store.staging(str(out)) if store.is_store(out) else out
     est = cost.estimate(pack_cells(todo, local, members_per_job), rates)
+    console.print(f"to train: {est.cells} cells as {est.jobs} jobs, {est.member_steps:,} member-steps", highlight=False)
     console.print(
-        f"to train: {est.cells} cells as {est.jobs} jobs, {est.member_steps:,} member-steps; at the speeds in "
-        f"{rates.source} ({', '.join(sorted(rates.devices))}): {_hours(est.device_hours)} device-hours "
-        "(gradient steps only: evaluations and dataset generation come on top)",
+        f"  {_hours(est.device_hours)} device-hours at the speeds in {rates.source} "
+        f"({', '.join(sorted(rates.devices))}; gradient steps only: evaluations and dataset generation come on top)",
         highlight=False,
     )
     if len(est.by_algorithm) > 1:

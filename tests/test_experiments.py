@@ -639,7 +639,7 @@ def test_list_with_rates_estimates_the_unfinished_jobs_device_hours(dataset, tmp
     assert listed.exit_code == 0, listed.output
     # bc: seeds 0+1 as one 2-member job (3600 / 150 s) and seed 2 alone (3600 / 100 s) = 60 s = 0.0167 h
     assert "to train: 3 cells as 2 jobs, 10,800 member-steps" in listed.output
-    assert "0.0167 device-hours" in listed.output
+    assert "  0.0167 device-hours at the speeds in" in listed.output
     assert "not counted: omgmg on continuous" in listed.output  # no row for it: said, not guessed
     alone = CliRunner().invoke(train_cli, [*args, "--members-per-job", "3"])
     assert "M = 2 for jobs of 3 (bc, continuous)" in alone.output  # the nearest measured M stands in, named
