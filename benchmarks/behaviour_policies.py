@@ -172,13 +172,13 @@ def report(out: Path, policies, tasks, seeds) -> str:
             lines.append(
                 f"\nrandom level, {t}: bound share {100 * r['bound_share']:.4f}%, return {r['return_mean']:.1f}"
             )
-    verdict = ["", "Rule (fixed before the runs): " + __doc__.split("The rule, fixed before the runs")[1].strip()]
+    verdict = ["", "Rule, fixed before the runs" + __doc__.split("The rule, fixed before the runs")[1].rstrip()]
     # a candidate whose finished seeds already break the bound rule is out whatever its other seeds give:
     # its remaining jobs need not run
     out = {p for p in policies if p != "clip" and worst[p] > MAX_BOUND_SHARE}
     needed = [(p, t, s) for p, t, s in jobs(policies, tasks, seeds) if p not in out]
-    if "clip" not in policies:
-        verdict.append("\nVerdict: not here (the rule compares each candidate with clip: include it in --policies).")
+    if "clip" not in policies or policies == ["clip"]:
+        verdict.append("\nVerdict: not here (the rule compares candidates with clip: list both in --policies).")
         return "\n".join(lines + verdict)
     if not all(job in done for job in needed):
         missing = sum(job not in done for job in needed)
