@@ -7,7 +7,7 @@
 #
 # A larger stage runs the same commands with a larger --steps: each resumes its run directories from their
 # last checkpoint (a run's identity is its data and hyperparameters, not its step budget). The two datasets
-# run side by side (one core each). `omgmg report runs/long/DATASET/ALGO` gives mean ± std over the seeds
+# run side by side (one core each; LANES=... runs some of them). `omgmg report runs/long/DATASET/ALGO` gives mean ± std over the seeds
 # and the learning curves.
 set -u
 STEPS=${1:?give the stage: the gradient steps to train to, e.g. 100000}
@@ -19,6 +19,8 @@ lane() {
       --eval-every 10000 --eval-episodes 32 --torch-threads 1 --no-tensorboard --out "$OUT/$1/$algo"
   done
 }
-lane Hopper-3x1-omiga-medium &
-lane HalfCheetah-6x1-omiga-medium-replay &
+# LANES picks the datasets (both by default, side by side): LANES=Hopper-3x1-omiga-medium for one core
+for dataset in ${LANES:-Hopper-3x1-omiga-medium HalfCheetah-6x1-omiga-medium-replay}; do
+  lane "$dataset" &
+done
 wait
