@@ -24,7 +24,10 @@ from s3_server import BUCKET, S3Server, free_port
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'omgmg[ray]')")
 pytest.importorskip("s3fs")
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="finds each node's processes in /proc (Linux)"),
+]
 
 STEPS = 1000
 
