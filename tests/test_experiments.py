@@ -645,3 +645,17 @@ def test_list_with_rates_estimates_the_unfinished_jobs_device_hours(dataset, tmp
     assert "M = 2 for jobs of 3 (bc, continuous)" in alone.output  # the nearest measured M stands in, named
     wrong = CliRunner().invoke(train_cli, [*args[:-1], str(spec)])
     assert wrong.exit_code == 2 and "not a `benchmarks/train.py --members` result" in wrong.output
+
+
+def test_a_clusters_lease_period_is_a_setting_checked_before_anything_runs(dataset, tmp_path, monkeypatch):
+    from omgmg.experiments import store
+    from omgmg.experiments.sweep import SweepError
+
+    assert store.lease_seconds() == store.LEASE_SECONDS
+    monkeypatch.setenv("OMGMG_LEASE_SECONDS", "7.5")
+    assert store.lease_seconds() == 7.5
+    spec = parse_spec(spec_dict(dataset))
+    for bad in ("abc", "1", "inf", "nan"):
+        monkeypatch.setenv("OMGMG_LEASE_SECONDS", bad)
+        with pytest.raises(SweepError, match=f"OMGMG_LEASE_SECONDS='{bad}' is not a number of seconds of at least 2"):
+            run_sweep(spec, "s3://bucket/sweeps/x", on_note=lambda m: None)  # before the store is touched
