@@ -304,8 +304,10 @@ def plot_run(run_dir) -> Path:
             )
             twin.set_ylabel("behaviour log-probability", color="tab:red")
             twin.legend(fontsize=7, loc="lower right")
+    last = max((r["step"] for r in log if "step" in r), default=0)
     for ax in axes:
         ax.set_xlabel("gradient steps")
+        ax.set_xlim(0, 1.03 * max(last, 1))  # every panel over the whole run: one evaluation is a point, not an axis
     fig.tight_layout()
     out = Path(run_dir) / "curves.png"
     fig.savefig(out)
