@@ -10,7 +10,8 @@ Evaluation episodes and dataset generation are not counted (the estimate says so
 
 A job whose exact (shape, algorithm, M) was not measured takes the measured M nearest to its own of that
 shape and algorithm, and a task with no measured shape takes its suite's measured shape (SMACv2's three 5v5
-races share protoss_5v5's sizes to within a few units); each such stand-in is listed, never silent.
+races have protoss_5v5's sizes exactly on SMAX; another MaMuJoCo task is only roughly HalfCheetah-6x1's);
+each such stand-in is listed, never silent.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SUITE_SHAPES = {"mamujoco": "HalfCheetah-6x1", "smacv2": "protoss_5v5"}
 
 
 class RatesError(ValueError):
-    """The speed file is missing, unreadable or measures none of the sweep's algorithms."""
+    """The speed file is missing, unreadable, or holds no rows of the update mode asked for."""
 
 
 @dataclass
