@@ -145,6 +145,8 @@ def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, t
     )
     assert len(second) == 2 and not set(second) & set(ran)  # only the two missing cells ran
     assert len(results) == 4 and all(np.isfinite(r["score"]) and not r.get("error") for r in results)
+    by_algorithm = {r["cell"]["algorithm"]: r for r in results}  # where the policy acts, kept for the figures
+    assert "policy/action_distance" in by_algorithm["omgmg"]["mechanism"] and by_algorithm["bc"]["mechanism"] == {}
     again = []
     run_sweep(spec, tmp_path / "sw", workers=1, on_done=lambda c, r: again.append(c), on_note=lambda m: None)
     assert again == []  # everything finished: nothing runs
@@ -327,6 +329,7 @@ def _fake_result(
     best=None,
     steps=5,
     refs=None,
+    mechanism=None,
 ):
     d = root / "cells" / name
     d.mkdir(parents=True)
@@ -344,6 +347,8 @@ def _fake_result(
     result["best_win_rate"] = best if win is not None else None
     if refs:
         result["reference_returns"] = refs
+    if mechanism:
+        result["mechanism"] = mechanism
     (d / "result.json").write_text(json.dumps(result))
 
 
@@ -530,6 +535,29 @@ def test_ablation_report_draws_score_and_q_against_the_grid(tmp_path):
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
     md = paths[0].read_text()
     assert "| Hopper-3x1 | medium | omgmg | 1 | 20.0 ± 0.0 | 200.0 ± 0.0 | 1/1 |" in md
+
+
+def test_an_ablation_of_runs_that_logged_the_mechanism_draws_it_against_the_grid(tmp_path):
+    from omgmg.experiments.sweep import mechanism
+
+    log = [{"step": s, "policy/action_distance": 0.1 * s, "value/q_tot": 1.0} for s in range(1, 21)]
+    assert mechanism(log) == {"policy/action_distance": pytest.approx(1.55)}  # steps 11-20: the last ten
+    assert mechanism([{"step": 1, "value/q_tot": 1.0}]) == {}  # BC logs none
+    root = tmp_path / "ab"
+    root.mkdir()
+    meta = {"name": "ab", "title": "A", "layout": "ablation", "smoke": False, "seeds": [0, 1],
+            "budget": {"steps": 5, "eval_every": 5, "eval_episodes": 1}, "data": {}, "algorithms": ["omgmg"],
+            "grid": "lam"}  # fmt: skip
+    (root / "sweep.json").write_text(json.dumps(meta))
+    for i, lam in enumerate([0.0, 1.0]):
+        for seed, distance in ((0, 0.1 + 0.2 * lam), (1, 0.2 + 0.2 * lam)):
+            _fake_result(root, f"c{i}{seed}", "omgmg", seed, 10.0, 1.0, grid=["lam", lam],
+                         mechanism={"policy/action_distance": distance})  # fmt: skip
+    md_path, csv_path, png = write_report(root)[:3]
+    assert "| Hopper-3x1 | medium | omgmg | 1 | 10.0 ± 0.0 | 1.0 ± 0.0 | 0.350 ± 0.050 | 0/2 |" in md_path.read_text()
+    assert "policy/action_distance_mean" in csv_path.read_text().splitlines()[0]
+    height = int.from_bytes(png.read_bytes()[20:24], "big")  # the PNG header's height: three rows of panels
+    assert height == 900
 
 
 def test_sweep_and_report_commands(dataset, tmp_path):

@@ -111,7 +111,7 @@ def normalised(score: float, random: float, expert: float) -> float | None:
 
 
 def aggregate(results: list[dict]) -> dict:
-    """(task, level, algorithm, grid value) -> {mean, std, n, diverged, normalised, q_tot}."""
+    """(task, level, algorithm, grid value) -> {mean, std, n, diverged, normalised, q_tot, mechanism}."""
     groups = defaultdict(list)
     for r in results:
         c = r["cell"]
@@ -139,6 +139,10 @@ def aggregate(results: list[dict]) -> dict:
             entry["best"] = mean_std(best)
         if q:
             entry["q_tot"] = mean_std(q)
+        for name in ("policy/action_distance", "policy/action_differs", "policy/behaviour_log_prob"):
+            values = [r["mechanism"][name] for r in rs if name in (r.get("mechanism") or {})]
+            if values:
+                entry.setdefault("mechanism", {})[name] = mean_std(values)
         out[key] = entry
     return out
 
@@ -296,41 +300,51 @@ def reliable_section(meta: dict, results: list[dict]) -> str:
     return "\n".join(out)
 
 
+MECHANISM_LABELS = {
+    "policy/action_distance": "a' off the data (RMS / range)",
+    "policy/action_differs": "share of a' != a",
+}
+
+
 def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]]:
-    """The ablation figure (score and Q_tot against the grid value, one column per dataset) and its table."""
+    """The ablation figure (score, Q_tot and, where the runs logged it, how far the target policy's actions sit
+    from the data's, against the grid value; one column per dataset) and its table."""
     from matplotlib.figure import Figure  # no pyplot: no process-wide backend or state
 
     param = meta["grid"]
     datasets = sorted({k[:2] for k in agg})
-    fig = Figure(figsize=(3.6 * len(datasets), 6), dpi=100)
-    axes = fig.subplots(2, len(datasets), squeeze=False)
+    distance = next(
+        (n for n in MECHANISM_LABELS if any(n in e.get("mechanism", {}) for e in agg.values())), None
+    )  # the mechanism (docs/omgmg.md): in results of runs that logged it
+    rows = [("score", lambda e: (e["mean"], e["std"]) if "mean" in e else None), ("Q_tot", lambda e: e.get("q_tot"))]
+    if distance:
+        rows.append((MECHANISM_LABELS[distance], lambda e: e.get("mechanism", {}).get(distance)))
+    fig = Figure(figsize=(3.6 * len(datasets), 3 * len(rows)), dpi=100)
+    axes = fig.subplots(len(rows), len(datasets), squeeze=False)
+    extra = f" {MECHANISM_LABELS[distance]} |" if distance else ""
     md = [
         f"## {meta['title']}",
         "",
         f"_{budget_label(meta)}_",
         "",
-        f"| task | dataset | algorithm | {param} | score | Q_tot | diverged |",
-        "|---|---|---|---|---|---|---|",
+        f"| task | dataset | algorithm | {param} | score | Q_tot |{extra} diverged |",
+        "|---|---|---|---|---|---|---|" + ("---|" if distance else ""),
     ]
-    csv_rows = [
-        ["task", "dataset", "algorithm", param, "score_mean", "score_std", "q_tot_mean", "q_tot_std", "diverged", "n"]
-    ]
+    header = ["task", "dataset", "algorithm", param, "score_mean", "score_std", "q_tot_mean", "q_tot_std"]
+    csv_rows = [header + ([f"{distance}_mean", f"{distance}_std"] if distance else []) + ["diverged", "n"]]
     for j, (task, level) in enumerate(datasets):
         for algo in meta["algorithms"]:
             keys = sorted(k for k in agg if k[:3] == (task, level, algo))
             xs = [k[3] for k in keys]
-            for row, (field, label) in enumerate((("mean", "score"), ("q_tot", "Q_tot"))):
+            for row, (label, value) in enumerate(rows):
                 ax = axes[row, j]
-                pts = [(x, agg[k]) for x, k in zip(xs, keys) if (field in agg[k])]
+                pts = [(x, value(agg[k]), agg[k]["diverged"]) for x, k in zip(xs, keys) if value(agg[k]) is not None]
                 if not pts:
                     continue
                 x = np.array([p[0] for p in pts], dtype=float)
-                if field == "mean":
-                    y, err = np.array([p[1]["mean"] for p in pts]), np.array([p[1]["std"] for p in pts])
-                else:
-                    y, err = np.array([p[1]["q_tot"][0] for p in pts]), np.array([p[1]["q_tot"][1] for p in pts])
+                y, err = np.array([p[1][0] for p in pts]), np.array([p[1][1] for p in pts])
                 ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=algo)
-                bad = np.array([p[1]["diverged"] > 0 for p in pts])
+                bad = np.array([p[2] > 0 for p in pts])
                 if bad.any():
                     ax.scatter(x[bad], y[bad], marker="x", s=120, c="red", zorder=5, label="diverged")
                 if param == "nu" and (x > 0).all():
@@ -342,21 +356,15 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
                 e = agg[k]
                 score = f"{e['mean']:.1f} ± {e['std']:.1f}" if "mean" in e else "error"
                 q = f"{e['q_tot'][0]:.1f} ± {e['q_tot'][1]:.1f}" if "q_tot" in e else "-"
-                md.append(f"| {task} | {level} | {algo} | {x:g} | {score} | {q} | {e['diverged']}/{e['n']} |")
+                m = e.get("mechanism", {}).get(distance) if distance else None
+                cell = (f" {m[0]:.3f} ± {m[1]:.3f} |" if m else " - |") if distance else ""
+                md.append(f"| {task} | {level} | {algo} | {x:g} | {score} | {q} |{cell} {e['diverged']}/{e['n']} |")
+                q_cols = [e["q_tot"][0], e["q_tot"][1]] if "q_tot" in e else ["", ""]
+                m_cols = (list(m) if m else ["", ""]) if distance else []
                 csv_rows.append(
-                    [
-                        task,
-                        level,
-                        algo,
-                        f"{x:g}",
-                        e.get("mean", ""),
-                        e.get("std", ""),
-                        e["q_tot"][0] if "q_tot" in e else "",
-                        e["q_tot"][1] if "q_tot" in e else "",
-                        e["diverged"],
-                        e["n"],
-                    ]
-                )
+                    [task, level, algo, f"{x:g}", e.get("mean", ""), e.get("std", ""), *q_cols, *m_cols,
+                     e["diverged"], e["n"]]
+                )  # fmt: skip
     fig.suptitle(f"{meta['title']}\n{budget_label(meta)}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)

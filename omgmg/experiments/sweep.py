@@ -297,11 +297,28 @@ def _train_cells(
                 dataset_stats=ds.meta.get("stats"),
                 reference_returns=reference_returns(cell.to_json()),  # so a report needs no dataset
                 evals=evaluations(log),  # and no run log for its curves
+                mechanism=mechanism(log),
             )
     for out, result in zip(outs, results, strict=True):
         result["wall_s"] = time.time() - t0
         atomic_write_json(out / "result.json", result)
     return results
+
+
+MECHANISM = ("policy/action_distance", "policy/action_differs", "policy/behaviour_log_prob",
+             "policy/behaviour_log_prob_data")  # fmt: skip
+"""Where a run's policy acts against the data (``docs/omgmg.md``, "The mechanism, measured"), kept in its result."""
+
+
+def mechanism(log: list[dict], last: int = 10) -> dict[str, float]:
+    """The mean of each :data:`MECHANISM` metric over the run's last ``last`` logged values (one value is a
+    single diagnosed batch: noisy), for the algorithms that log them (OMGMG, OMIGA); empty otherwise."""
+    out = {}
+    for name in MECHANISM:
+        values = [r[name] for r in log if r.get(name) is not None][-last:]
+        if values:
+            out[name] = sum(values) / len(values)
+    return out
 
 
 def _node_name() -> str:
