@@ -11,6 +11,7 @@ for algo_dir in "$RUNS"/*/*/; do
   dataset=$(basename "$(dirname "$algo_dir")")
   algo=$(basename "$algo_dir")
   out="$DEST/$dataset/$algo"
+  grep -qs '"eval/return"' "$algo_dir"*/log.jsonl || continue   # not evaluated yet: nothing to commit
   mkdir -p "$out"
   omgmg report "$algo_dir" --out "$out" > /dev/null
   python3 - "$algo_dir" "$out/evals.jsonl" <<'EOF'
