@@ -9,7 +9,8 @@ seconds of one device however many members it holds: that is what ``--members-pe
 Evaluation episodes and dataset generation are not counted (the estimate says so).
 
 A job whose exact (shape, algorithm, M) was not measured takes the measured M nearest to its own of that
-shape and algorithm, and a task with no measured shape takes its suite's measured shape (SMACv2's three 5v5
+shape and algorithm, on the slow side (a larger job at that M's member-steps/s, a smaller one at its steps/s:
+an upper bound on the cost), and a task with no measured shape takes its suite's measured shape (SMACv2's three 5v5
 races have protoss_5v5's sizes exactly on SMAX; another MaMuJoCo task is only roughly HalfCheetah-6x1's);
 each such stand-in is listed, never silent.
 """
@@ -89,9 +90,12 @@ def _rate(rates: Rates, shape: str, algorithm: str, members: int, est: Estimate)
         est.unmeasured.setdefault(algorithm, set()).add(shape)
         return None
     m = min(measured, key=lambda k: (abs(k - members), -k))
-    if m != members:
-        est.stand_ins.add(f"M = {m} for jobs of {members} ({algorithm}, {shape})")
-    return rates.table[shape, algorithm, m]
+    if m == members:
+        return rates.table[shape, algorithm, m]
+    # a stand-in errs on the slow side: a larger job gains nothing more from batching than M = m did (its
+    # member-steps/s stay m's), a smaller one is no faster than the m-member program
+    est.stand_ins.add(f"M = {m} for jobs of {members} ({algorithm}, {shape}; an upper bound)")
+    return rates.table[shape, algorithm, m] * min(1.0, m / members)
 
 
 @functools.cache
