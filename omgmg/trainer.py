@@ -77,6 +77,8 @@ class TrainResult:
     run_dir: Path
     final: dict
     best: dict | None
+    resumed_from: int = 0
+    """The step this call continued the run from (its checkpoint's); 0 when it began the run."""
 
 
 def build(algo_name: str, ds: Dataset, cfg: OfflineConfig | list[OfflineConfig], device="cpu") -> OfflineAlgorithm:
@@ -295,7 +297,7 @@ def _train_on(
         names = {k: config[k] for k in ("dataset", "dataset_relative_to") if k in config}
         result = {"final": final, "best": best, "algorithm": algo_name, **names}
         atomic_write_json(o / "results.json", result)
-        results.append(TrainResult(o, final, best))
+        results.append(TrainResult(o, final, best, resumed_from=start))
     return results
 
 

@@ -148,9 +148,11 @@ def test_a_two_node_cluster_sweeps_through_the_store_and_a_lost_nodes_cell_resum
         results = {k: json.loads(v) for k, v in held.items() if k.endswith("/result.json")}
         assert {r["cell"]["seed"]: r["score"] for r in results.values()} == expected  # the same numbers
         resumed = results[f"{killed}/result.json"]
-        assert resumed["steps"] == STEPS
+        assert resumed["steps"] == STEPS and 0 < resumed["resumed_from"] < STEPS  # from the worker's checkpoint
+        assert resumed["resumed_from"] % 250 == 0  # a checkpoint step (one per evaluation)
         log = [json.loads(line) for line in held[f"{killed}/run/log.jsonl"].decode().splitlines()]
-        steps = [r["step"] for r in log if "step" in r]
-        assert steps == sorted(steps) and steps[-1] == STEPS  # resumed from its checkpoint: no step twice
+        for kind in ("eval/return", "loss/actor"):  # evaluations and metric lines: each step once, in order
+            steps = [r["step"] for r in log if kind in r]
+            assert steps == sorted(set(steps)) and steps[-1] == STEPS, (kind, steps)
         assert len({r["node"] for r in results.values()}) == 1  # both finished on the head: the worker was lost
         assert not any(k.endswith("lease.json") for k in held)  # every lease let go

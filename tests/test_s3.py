@@ -272,6 +272,7 @@ def test_a_sweep_at_a_url_keeps_results_runs_and_report_in_the_store_and_resumes
     assert resumed.exit_code == 0, resumed.output
     back = json.loads(server.keys(lost)[lost])
     assert back["score"] == scores[1] and back["steps"] == 60  # the same run, from its checkpoint
+    assert back["resumed_from"] == 60 and results[lost]["resumed_from"] == 0  # which the result says
     assert server.keys(log_key)[log_key] == log_before  # resumed, not trained again
 
 

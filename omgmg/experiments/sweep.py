@@ -294,6 +294,7 @@ def _train_cells(
                 q_bound=bound,
                 diverged=diverged,
                 steps=final.get("step"),
+                resumed_from=res.resumed_from,  # > 0: continued from a checkpoint (after an interruption, a lost node)
                 dataset_stats=ds.meta.get("stats"),
                 reference_returns=reference_returns(cell.to_json()),  # so a report needs no dataset
                 evals=evaluations(log),  # and no run log for its curves
