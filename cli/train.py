@@ -400,16 +400,17 @@ def sweep(
 
     out = out or Path("sweeps") / (experiment.name + ("-smoke" if smoke else ""))
     out = out if store.is_store(out) else Path(out)
+    local = store.staging(str(out)) if store.is_store(out) else out  # this machine's copy of the results
     if list_only:
         cells = select_cells(experiment.cells(smoke), only)
         if store.is_store(out):
-            store.pull_results(str(out), store.staging(str(out)))
-        todo = {c.key for c in pending_cells(store.staging(str(out)) if store.is_store(out) else out, cells)}
+            store.pull_results(str(out), local)
+        todo = {c.key for c in pending_cells(local, cells)}
         for c in cells:
             console.print(f"{'todo' if c.key in todo else 'done'}  {cell_name(c)}", highlight=False)
         console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished", highlight=False)
         if rates is not None:
-            print_estimate([c for c in cells if c.key in todo], out, rates, members_per_job, compile_update)
+            print_estimate([c for c in cells if c.key in todo], local, rates, members_per_job, compile_update)
         return
     if rates is not None:
         raise click.UsageError("--rates estimates a sweep's cost with --list; it does not change a run")
@@ -459,7 +460,7 @@ def sweep(
             gpus_per_job=gpus_per_job,
         )
     errors = [r for r in results if r.get("error")]
-    paths = write_report(store.staging(str(out)) if store.is_store(out) else out)
+    paths = write_report(local)
     if store.is_store(out):  # the report goes beside the results in the store; this machine keeps a copy
         for path in paths:
             store.put(str(out).rstrip("/"), path.name, path.read_bytes())
@@ -478,16 +479,15 @@ def _hours(h: float) -> str:
     return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
 
 
-def print_estimate(todo, out, rates_path: Path, members_per_job: int, compiled: bool) -> None:
-    """The cost of the unfinished cells at measured speeds (omgmg.experiments.cost)."""
-    from omgmg.experiments import cost, store
+def print_estimate(todo, local: Path, rates_path: Path, members_per_job: int, compiled: bool) -> None:
+    """The cost of the unfinished cells (their runs in ``local``) at measured speeds (omgmg.experiments.cost)."""
+    from omgmg.experiments import cost
     from omgmg.experiments.sweep import pack_cells
 
     try:
         rates = cost.load_rates(rates_path, compiled=compiled)
     except cost.RatesError as e:
         raise click.UsageError(str(e)) from None
-    local = store.staging(str(out)) if store.is_store(out) else out
     est = cost.estimate(pack_cells(todo, local, members_per_job), rates)
     console.print(f"to train: {est.cells} cells as {est.jobs} jobs, {est.member_steps:,} member-steps", highlight=False)
     console.print(

@@ -26,7 +26,7 @@ from omgmg.datakit.errors import DatasetError
 from omgmg.datakit.format import LEVELS
 from omgmg.datakit.outputs import OutputLock, atomic_write_json, os_errors
 from omgmg.experiments.spec import DatasetRef
-from omgmg.experiments.sweep import reference_returns
+from omgmg.experiments.sweep import MECHANISM, reference_returns
 
 
 def load_results(sweep_dir) -> tuple[dict, list[dict]]:
@@ -139,7 +139,7 @@ def aggregate(results: list[dict]) -> dict:
             entry["best"] = mean_std(best)
         if q:
             entry["q_tot"] = mean_std(q)
-        for name in ("policy/action_distance", "policy/action_differs", "policy/behaviour_log_prob"):
+        for name in MECHANISM:
             values = [r["mechanism"][name] for r in rs if name in (r.get("mechanism") or {})]
             if values:
                 entry.setdefault("mechanism", {})[name] = mean_std(values)
