@@ -13,12 +13,12 @@ one watches):
 - ``policy/grad_q_term`` and ``policy/grad_bc_term`` (OMGMG): the gradient norms of Eq. (10)'s two
   terms over the actor's parameters, before clipping: which term moves the policy.
 - ``policy/action_distance`` (continuous) or ``policy/action_differs`` (discrete), and
-  ``policy/behaviour_log_prob`` against ``policy/behaviour_log_prob_data`` (OMGMG, OMIGA): the mechanism
-  the paper claims, Definition 4.2's neighbourhood of the data. How far the policy's actions a' ~ pi(o)
-  sit from the data's actions at the same o, and how likely the behaviour policy that collected the data
-  finds them (:mod:`omgmg.behaviour`) beside how likely it finds its own actions. A policy that
-  generalises moderately moves a' off the data (distance above that of a BC policy) while
-  log pi_beta(a') stays near the data's own; a policy that reproduces the data keeps both close to BC's.
+  ``policy/behaviour_log_prob`` against ``policy/behaviour_log_prob_data`` (OMGMG, OMIGA, and BC as their
+  yardstick): the mechanism the paper claims, Definition 4.2's neighbourhood of the data. How far the policy's
+  actions a' ~ pi(o) sit from the data's actions at the same o, and how likely the behaviour policy that
+  collected the data finds them (:mod:`omgmg.behaviour`) beside how likely it finds its own actions. A policy
+  that generalises moderately moves a' off the data (distance above that of a BC policy) while log pi_beta(a')
+  stays near the data's own; a policy that reproduces the data keeps both close to BC's.
 - ``value/q_tot_batch`` against ``value/mc_return``: Q_tot(s, a) against the discounted
   return-to-go the data actually collected from those transitions. For a policy better than the
   data Q_tot may lie somewhat above it; far above it is overestimation. Episodes cut by the time

@@ -156,8 +156,8 @@ def test_the_behaviour_density_agrees_with_what_the_collector_recorded(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["omgmg", "omiga"])
-def test_the_mechanism_is_logged_for_omgmg_and_omiga(tmp_path, monkeypatch, algo):
+@pytest.mark.parametrize("algo", ["omgmg", "omiga", "bc"])
+def test_the_mechanism_is_logged_for_omgmg_omiga_and_bc_their_yardstick(tmp_path, monkeypatch, algo):
     from omgmg.collectors.collect import CollectRequest, collect
     from omgmg.rundir import read_log
 

@@ -40,3 +40,8 @@ class BC(OfflineAlgorithm):
         loss = bc_loss(self.log_prob_data(b))
         self.optimize("actor", loss, self.actor)
         return {"loss/actor": loss.detach()}
+
+    def diagnostics(self, b: Batch, mc_return: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Adds where the policy's actions sit against the data's (:meth:`generalisation`): the yardstick for
+        OMGMG's and OMIGA's, since a policy that reproduces the data sits this far from it (docs/omgmg.md)."""
+        return super().diagnostics(b, mc_return) | self.generalisation(b, self.actor)
