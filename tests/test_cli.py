@@ -172,13 +172,18 @@ def test_versions(tmp_path):
 def test_a_folder_of_seeds_is_reported_and_evaluated_as_mean_and_std(tmp_path):
     data = tmp_path / "d.zarr"
     run(data_cli, "fixture", data, "--episodes", 12)
-    folder = tmp_path / "seeds"
+    folder = tmp_path / "both" / "comadice"
     common = ["--algo", "comadice", "--steps", 20, "--eval-every", 10, "--eval-episodes", 2, "--hidden", 16]
     run(train_cli, "train", "--dataset", data, *common, "--seeds", "0,1", "--grid", "alpha=1,10", "--out", folder)
     assert len([p for p in folder.iterdir() if p.is_dir()]) == 4
     text = run(train_cli, "report", folder).output
     assert "| comadice alpha=1 | 2 |" in text and "| comadice alpha=10 | 2 |" in text and " ± " in text
     assert (folder / "runs.md").exists() and (folder / "runs-curves.png").read_bytes()[:4] == b"\x89PNG"
+    # beside another algorithm's folder of seeds: one table, labelled by each algorithm's own knobs
+    both = tmp_path / "both"
+    run(train_cli, "train", "--dataset", data, *common[2:], "--algo", "bc", "--seeds", "0", "--out", both / "bc")
+    text = run(train_cli, "report", both).output
+    assert "| bc | 1 |" in text and "| comadice alpha=10 | 2 |" in text and (both / "runs-curves.png").exists()
     result = run(train_cli, "eval", folder, "--episodes", 2).output
     assert result.count("(step 20)") == 4 and "comadice alpha=1: " in result and "over 2 seed(s)" in result
     assert "eval-final.json" in {p.name for p in (folder / "comadice-seed0-alpha1").iterdir()}

@@ -236,8 +236,10 @@ def test_command_trains_seeds_and_a_grid_into_one_directory_per_member(data, tmp
     one = tmp_path / "runs" / "omgmg-seed0-lam0"
     assert runs_to_evaluate(one) == ({"": [one]}, False)
     assert runs_to_evaluate(one / "checkpoints" / "latest.pt") == ({"": [one / "checkpoints" / "latest.pt"]}, False)
+    assert runs_to_evaluate(tmp_path) == (groups, True)  # a folder of such folders: the runs one level down
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no run directories"):
-        runs_to_evaluate(tmp_path)
+        runs_to_evaluate(tmp_path / "empty")
     bad = CliRunner().invoke(train_cli, args[:-2] + ["--grid", "hidden=16,32"])
     assert bad.exit_code == 2 and "omgmg batches only lam, nu, alpha, not hidden" in bad.output
     bad = CliRunner().invoke(train_cli, args[:7] + ["--seeds", "3-x"])

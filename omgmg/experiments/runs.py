@@ -5,7 +5,9 @@ by setting, and a report of each group's final score, mean ± std over its seeds
     paths = write_runs_report("runs/hopper-medium")           # runs.md, runs.csv, runs-curves.png
 
 Runs belong to one group when they share the algorithm, the dataset and every hyperparameter but the seed;
-a group is named by the algorithm and the hyperparameters that differ between groups.
+a group is named by the algorithm and the hyperparameters that differ between that algorithm's groups. A
+folder of such folders (one per algorithm: ``runs/hopper/{omgmg,omiga,bc}``) is reported as one, so the
+algorithms' curves share a figure.
 """
 
 from __future__ import annotations
@@ -30,13 +32,18 @@ def runs_to_evaluate(path) -> tuple[dict[str, list[Path]], bool]:
 
 
 def member_runs(folder) -> list[Path]:
-    """The run directories directly inside ``folder``; FileNotFoundError when it holds none."""
+    """The run directories directly inside ``folder``, or, where it holds none, inside its subfolders (one
+    folder of seeds per algorithm on one dataset: ``runs/hopper/{omgmg,omiga,bc}``); FileNotFoundError when
+    there are none either way."""
     folder = Path(folder)
-    runs = sorted(p for p in folder.iterdir() if is_omgmg_run(p)) if folder.is_dir() else []
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    runs = [p for p in subfolders if is_omgmg_run(p)]
+    if not runs:
+        runs = [run for sub in subfolders for run in sorted(sub.iterdir()) if is_omgmg_run(run)]
     if not runs:
         raise FileNotFoundError(
             f"{folder} holds no run directories (nor a sweep's sweep.json); give a folder that `omgmg train "
-            "--seeds` or `--grid` wrote, a run directory, or a sweep directory"
+            "--seeds` or `--grid` wrote (or a folder of such folders), a run directory, or a sweep directory"
         )
     return runs
 
@@ -50,12 +57,13 @@ def _setting(run: Path) -> dict:
 def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
     """Runs that differ only in their seed, under one label each (see the module docstring)."""
     settings = {run: _setting(run) for run in runs}
-    varying = sorted(
-        {k for s in settings.values() for k in s if len({json.dumps(t.get(k)) for t in settings.values()}) > 1}
-    )
+    varying = {}  # per algorithm: one algorithm's knobs do not label another's runs
+    for algorithm in {s["algorithm"] for s in settings.values()}:
+        own = [s for s in settings.values() if s["algorithm"] == algorithm]
+        varying[algorithm] = sorted({k for s in own for k in s if len({json.dumps(t.get(k)) for t in own}) > 1})
     groups: dict[str, list[Path]] = defaultdict(list)
     for run, s in settings.items():
-        parts = [s["algorithm"]] + [f"{k}={_short(s.get(k))}" for k in varying if k != "algorithm"]
+        parts = [s["algorithm"]] + [f"{k}={_short(s.get(k))}" for k in varying[s["algorithm"]]]
         groups[" ".join(parts)].append(run)
     return dict(groups)
 

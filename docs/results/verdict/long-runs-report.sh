@@ -1,7 +1,7 @@
 #!/bin/bash
 # What of the long runs (long-runs.sh) is committed at each stage: per dataset and algorithm, `omgmg report`'s
 # table and learning curves (mean ± std over the seeds) and every evaluation of every seed (evals.jsonl, from
-# the runs' logs). The checkpoints (10 MB a program) stay with the runs, so a machine without them starts over.
+# the runs' logs); per dataset, the algorithms side by side in one table and one figure. The checkpoints (10 MB a program) stay with the runs, so a machine without them starts over.
 #
 #   bash docs/results/verdict/long-runs-report.sh runs/long docs/results/verdict/long-runs
 set -eu
@@ -25,4 +25,8 @@ for log in sorted(runs.glob("*/log.jsonl")):
             lines.append(json.dumps({"run": log.parent.name, **record}))
 dest.write_text("\n".join(lines) + "\n")
 EOF
+done
+for dataset_dir in "$RUNS"/*/; do  # the algorithms side by side: one table, one figure per dataset
+  dataset=$(basename "$dataset_dir")
+  [ -d "$DEST/$dataset" ] && omgmg report "$dataset_dir" --out "$DEST/$dataset" > /dev/null
 done
