@@ -70,6 +70,7 @@ def test_the_paper_specs_ship_and_expand_to_the_papers_cells():
         ({"grid": {"lam": [0.5]}}, "lam is not a hyperparameter of bc"),
         ({"grid": {"cql_alpha": [1.0]}}, "cql_alpha is not a hyperparameter of bc"),
         ({"layout": "ablation"}, "layout 'ablation' needs a [grid]"),
+        ({"layout": "selection", "algorithms": ["bc", "omgmg"], "grid": {"lr": [1e-3]}}, "list one algorithm"),
         ({"budget": {"steps": 10}}, "[budget] must set exactly steps, eval_every, eval_episodes"),
         ({"datasets": [{"suite": "mamujoco", "task": "Hopper-3x1", "levels": ["good"]}]}, "unknown level 'good'"),
         ({"overrides": {"icq": {"beta": 1.0}}}, "[overrides.icq]: icq is not among the spec's algorithms"),
@@ -88,6 +89,16 @@ def test_missing_smoke_and_unknown_spec_names_are_refused(dataset):
         parse_spec(raw)
     with pytest.raises(SpecError, match="one of: ablation-lambda"):
         load_spec("table9")
+
+
+def test_a_selection_holds_its_winner_against_the_default_each_suite_runs_without_the_grid():
+    from omgmg.algos import make_config
+
+    spec = load_spec("select-clean-icq-beta")  # ICQ's beta has a default per suite
+    assert spec.layout == "selection" and spec.knob_defaults() == {
+        suite: make_config("icq", suite).beta for suite in ("mamujoco", "smacv2")
+    }
+    assert make_config("icq", "mamujoco").beta != make_config("icq", "smacv2").beta
 
 
 def test_sweep_json_names_a_shipped_spec_not_this_installs_path(tmp_path):
@@ -332,7 +343,7 @@ def _fake_result(
     mechanism=None,
 ):
     d = root / "cells" / name
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     suite = "smacv2" if "_" in task else "mamujoco"
     cell = {
         "algorithm": algorithm,
@@ -558,6 +569,45 @@ def test_an_ablation_of_runs_that_logged_the_mechanism_draws_it_against_the_grid
     assert "policy/action_distance_mean" in csv_path.read_text().splitlines()[0]
     height = int.from_bytes(png.read_bytes()[20:24], "big")  # the PNG header's height: three rows of panels
     assert height == 900
+
+
+def test_a_selection_reports_the_rules_pick_against_the_default_it_ran_with(tmp_path):
+    root = tmp_path / "sel"
+    root.mkdir()
+    meta = {"name": "sel", "title": "S", "layout": "selection", "smoke": False, "seeds": [0, 1, 2],
+            "budget": {"steps": 5, "eval_every": 5, "eval_episodes": 1}, "data": {}, "algorithms": ["omgmg"],
+            "grid": "nu", "defaults": {"mamujoco": 1.0, "smacv2": 1.0}}  # fmt: skip
+    (root / "sweep.json").write_text(json.dumps(meta))
+    refs = {"random": 0.0, "expert": 1000.0}  # normalised = return / 10
+    # MaMuJoCo: two tasks; nu = 10 scores 70, 72, 74 per seed (the mean of the tasks), the default nu = 1 50 each
+    hopper = {0.1: (100, 100, 100), 1.0: (480, 500, 520), 10.0: (690, 710, 730)}
+    cheetah = {0.1: (100, 100, 100), 1.0: (520, 500, 480), 10.0: (710, 730, 750)}
+    for nu in hopper:
+        for seed in range(3):
+            for task, scores in (("Hopper-3x1", hopper), ("HalfCheetah-6x1", cheetah)):
+                _fake_result(root, f"{task}{nu}{seed}", "omgmg", seed, scores[nu][seed], 1.0, grid=["nu", nu],
+                             task=task, refs=refs)  # fmt: skip
+    # SMACv2: nu = 10 wins 52, 50, 48%, the default 50, 48, 46%: 2 points, 2 / sqrt(4 / 3 + 4 / 3) = 1.22 SE
+    for nu, rates in ((0.1, (0.1, 0.1, 0.1)), (1.0, (0.50, 0.48, 0.46)), (10.0, (0.52, 0.50, 0.48))):
+        for seed in range(3):
+            _fake_result(root, f"smax{nu}{seed}", "omgmg", seed, 10.0, 1.0, grid=["nu", nu], task="protoss_5v5",
+                         win=rates[seed])  # fmt: skip
+    md = write_report(root)[0].read_text()
+    assert "| mamujoco | 10 | 70.0, 72.0, 74.0 | 72.0 ± 1.6 |" in md
+    assert "it beats the default 1 by 22.0, 19.05 standard errors: **10 wins**" in md  # 22 / sqrt(4 / 3 + 0 / 3)
+    assert "10 is on the grid's edge: extend the grid one step past it and run nu again" in md
+    assert (
+        "**smacv2**: nu = 10 scores highest (50.0); it beats the default 1 by 2.0, 1.22 standard errors: **10 wins**"
+        in md
+    )
+    # one SMACv2 seed short: no pick
+    (root / "cells" / "smax10.02" / "result.json").unlink()
+    md = write_report(root)[0].read_text()
+    assert "**smacv2**: undecided, nu = 10 lacks seeds" in md and "**10 wins**" in md
+    # seed 2 at 46%: 1.33 points ahead, 0.63 standard errors (sqrt(9.33 / 3 + 4 / 3) = 2.11): the default stays
+    _fake_result(root, "smax10.02", "omgmg", 2, 10.0, 1.0, grid=["nu", 10.0], task="protoss_5v5", win=0.46)
+    md = write_report(root)[0].read_text()
+    assert "beats the default 1 by 1.3, 0.63 standard errors: less than one: **the default 1 stays**" in md
 
 
 def test_sweep_and_report_commands(dataset, tmp_path):

@@ -244,6 +244,87 @@ def published_section(meta: dict, agg: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SUITE_UNITS = {"mamujoco": "normalised score", "smacv2": "win rate %"}
+"""The unit each suite's scores are compared in across datasets (:func:`suite_scores`)."""
+
+
+def suite_scores(results: list[dict]) -> dict[tuple, dict[tuple, float]]:
+    """(suite, task, level) -> (algorithm, grid value or None, seed) -> the final score in the suite's unit
+    (:data:`SUITE_UNITS`): MaMuJoCo's normalised score (cells without one left out), SMACv2's win rate in %."""
+    cells: dict = defaultdict(dict)
+    for r in results:
+        c, score = r["cell"], _score(r)
+        if score is None:
+            continue
+        suite = c["dataset"].get("suite")
+        if suite == "mamujoco":
+            refs = _reference_returns(r)
+            if not refs or normalised(0.0, *refs) is None:
+                continue
+            score = normalised(score, *refs)
+        value = c["grid"][1] if c.get("grid") else None
+        cells[(suite, *DatasetRef(**c["dataset"]).row)][(c["algorithm"], value, c["seed"])] = score
+    return cells
+
+
+def selection_section(meta: dict, results: list[dict]) -> str:
+    """The selection rule's pick of a ``layout = "selection"`` spec's knob, per suite (docs/omgmg.md, "The
+    selection protocol, without a leak"): each value's suite score per seed (the mean over the suite's
+    datasets, in :data:`SUITE_UNITS`); the value with the highest mean wins unless it beats the default the
+    sweep ran with (``meta["defaults"]``) by less than one standard error of the difference (over seeds,
+    the two values' sample variances: sqrt(s_w^2 / n_w + s_d^2 / n_d)); a winner on the edge of a grid of
+    three or more values asks for the grid to be extended past it."""
+    knob, (algo,) = meta["grid"], meta["algorithms"]
+    defaults = meta.get("defaults") or {}
+    cells = suite_scores(results)
+    values = sorted({v for scores in cells.values() for (a, v, _) in scores if a == algo and v is not None})
+    out = [
+        f'### The selection rule\'s pick of {knob} (docs/omgmg.md, "The selection protocol, without a leak")',
+        "",
+        "Suite score per seed: the mean over the suite's datasets (MaMuJoCo: normalised score; SMACv2: win "
+        "rate %). The best mean wins unless it beats the default by less than one standard error of the "
+        "difference, in which case the default stays.",
+        "",
+        f"| suite | {knob} | suite score per seed | mean ± std |",
+        "|---|---|---|---|",
+    ]
+    picks = []
+    for suite in SUITE_UNITS:
+        datasets = sorted(k for k in cells if k[0] == suite)
+        if not datasets:
+            continue
+        per_value = {}
+        for v in values:
+            seeds = sorted({s for k in datasets for (a, x, s) in cells[k] if (a, x) == (algo, v)})
+            complete = [s for s in seeds if all((algo, v, s) in cells[k] for k in datasets)]
+            if complete:
+                per_value[v] = np.array([np.mean([cells[k][(algo, v, s)] for k in datasets]) for s in complete])
+                text = ", ".join(f"{x:.1f}" for x in per_value[v])
+                out.append(f"| {suite} | {v:g} | {text} | {per_value[v].mean():.1f} ± {per_value[v].std():.1f} |")
+        missing = [v for v in values if v not in per_value or len(per_value[v]) < len(meta["seeds"])]
+        if missing:
+            picks.append(f"- **{suite}**: undecided, {knob} = {', '.join(f'{v:g}' for v in missing)} lacks seeds "
+                         f"on some of its {len(datasets)} dataset(s); run the sweep again to finish them.")  # fmt: skip
+            continue
+        best = max(per_value, key=lambda v: per_value[v].mean())
+        default = defaults.get(suite)
+        pick = f"- **{suite}**: {knob} = {best:g} scores highest ({per_value[best].mean():.1f})"
+        if default is None or default not in per_value:
+            pick += "; the sweep recorded no default in its grid to hold it against."
+        elif best == default:
+            pick += ", the default: it stays."
+        else:
+            w, d = per_value[best], per_value[default]
+            gap = w.mean() - d.mean()
+            se = float(np.sqrt(w.var(ddof=1) / len(w) + d.var(ddof=1) / len(d)))
+            verdict = f"**{best:g} wins**" if gap > se else f"less than one: **the default {default:g} stays**"
+            pick += f"; it beats the default {default:g} by {gap:.1f}, {gap / se:.2f} standard errors: {verdict}."
+            if gap > se and len(values) >= 3 and best in (values[0], values[-1]):
+                pick += f" {best:g} is on the grid's edge: extend the grid one step past it and run {knob} again."
+        picks.append(pick)
+    return "\n".join(out + [""] + picks) + "\n"
+
+
 def reliable_section(meta: dict, results: list[dict]) -> str:
     """Aggregates over the datasets of each suite, as rliable / marl-eval report them (omgmg.experiments.stats):
     each algorithm's IQM and mean of the final scores with 95% stratified-bootstrap intervals, and the
@@ -254,26 +335,16 @@ def reliable_section(meta: dict, results: list[dict]) -> str:
     algos = meta["algorithms"]
     if len(algos) < 2:
         return ""
-    cells: dict = defaultdict(dict)  # (suite, task, level) -> (algorithm, seed) -> score
-    for r in results:
-        c, score = r["cell"], _score(r)
-        if score is None or c.get("grid"):
-            continue
-        ds = DatasetRef(**c["dataset"])
-        suite = c["dataset"].get("suite")
-        if suite == "mamujoco":
-            refs = _reference_returns(r)
-            if not refs or normalised(0.0, *refs) is None:
-                continue
-            score = normalised(score, *refs)
-        cells[(suite, *ds.row)][(c["algorithm"], c["seed"])] = score
+    cells = suite_scores(results)
     seeds = meta["seeds"]
     out = []
-    for suite, unit in (("mamujoco", "normalised score"), ("smacv2", "win rate %")):
-        tasks = sorted(k for k in cells if k[0] == suite and all((a, s) in cells[k] for a in algos for s in seeds))
+    for suite, unit in SUITE_UNITS.items():
+        tasks = sorted(
+            k for k in cells if k[0] == suite and all((a, None, s) in cells[k] for a in algos for s in seeds)
+        )
         if not tasks:
             continue
-        matrix = {a: np.array([[cells[t][(a, s)] for t in tasks] for s in seeds]) for a in algos}  # (runs, tasks)
+        matrix = {a: np.array([[cells[t][(a, None, s)] for t in tasks] for s in seeds]) for a in algos}  # (runs, tasks)
         out += [
             f"### {suite}: aggregate over {len(tasks)} dataset(s), {len(seeds)} seeds each ({unit})",
             "",
@@ -550,9 +621,11 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(results)
     paths = [out_dir / f"{meta['name']}.md", out_dir / f"{meta['name']}.csv"]
-    if meta["layout"] == "ablation":
+    if meta["layout"] in ("ablation", "selection"):
         paths.append(out_dir / f"{meta['name']}.png")
         md, rows = ablation(meta, agg, paths[2])
+        if meta["layout"] == "selection":
+            md += "\n" + selection_section(meta, results)
     else:
         md, rows = table(meta, agg)
         md += "\n" + reliable_section(meta, results)

@@ -5,7 +5,9 @@ The schema (docs/experiments.md has it with examples; ``omgmg/experiments/specs/
 
     name = "table1"                       # required
     title = "Table 1: ..."                # shown on reports
-    layout = "table"                      # "table" (algorithms as columns) or "ablation" (needs [grid])
+    layout = "table"                      # "table" (algorithms as columns), "ablation" (needs [grid]) or
+                                          # "selection" (an ablation of one algorithm's knob, reported with
+                                          # the pick of docs/omgmg.md's selection rule)
     algorithms = ["omiga", "omgmg"]       # required, names from ``omgmg train --algo``
     seeds = [0, 1, 2, 3, 4]               # required
 
@@ -63,7 +65,7 @@ from omgmg.datakit.errors import ConfigError, DatasetError, RequestError
 from omgmg.datakit.format import normalise_level
 
 SPEC_DIR = Path(__file__).parent / "specs"
-LAYOUTS = ("table", "ablation")
+LAYOUTS = ("table", "ablation", "selection")
 BUDGET_KEYS = ("steps", "eval_every", "eval_episodes")
 DATA_KEYS = ("transitions", "episodes", "train_steps", "seed")
 TOP_KEYS = {
@@ -244,6 +246,20 @@ class ExperimentSpec:
                         out.append(Cell(algo, ds, seed, point, dataclasses.asdict(cfg), dict(data)))
         return out
 
+    def knob_defaults(self) -> dict[str, float]:
+        """suite -> the value the grid's hyperparameter takes without the grid (the algorithm's per-suite default
+        after the spec's overrides): what a selection's winner is held against."""
+        from omgmg.algos import make_config
+
+        if not self.grid:
+            return {}
+        (algo,), knob = self.algorithms, self.grid[0]
+        suites = {ds.suite if ds.path is None else _suite_of(ds.path) for ds in self.datasets}
+        return {
+            suite: float(getattr(make_config(algo, suite, **self.overrides.get(algo, {})), knob))
+            for suite in sorted(suites - {None})
+        }
+
 
 def _suite_of(path: str) -> str | None:
     from omgmg.datakit import open_dataset
@@ -387,7 +403,8 @@ def parse_spec(raw: dict, source: str = "<spec>") -> ExperimentSpec:
             f"[grid] {param} must be a non-empty list of numbers",
         )
         grid = (param, list(values))
-    need(layout != "ablation" or grid is not None, "layout 'ablation' needs a [grid]")
+    need(layout == "table" or grid is not None, f"layout {layout!r} needs a [grid]")
+    need(layout != "selection" or len(algos) == 1, "layout 'selection' picks one algorithm's knob: list one algorithm")
 
     overrides = raw.get("overrides", {})
     need(isinstance(overrides, dict), "[overrides] must be a table of tables, e.g. [overrides.omgmg]")
