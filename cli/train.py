@@ -542,7 +542,13 @@ def report(sweep_dir: Path, out: Path | None, marl_eval_json: bool, with_results
         try:
             member_runs(sweep_dir)
         except FileNotFoundError:
-            pass  # neither: the sweep report's own message below
+            what = "is neither a sweep directory (no sweep.json) nor a folder of runs"
+            fail(
+                f"{sweep_dir} {what if sweep_dir.is_dir() else 'does not exist'}; give what `omgmg sweep` wrote, "
+                "or what `omgmg train --seeds` / `--grid` wrote (a folder of run directories, or a folder of such "
+                "folders)",
+                EXIT_USAGE,
+            )
         else:
             if marl_eval_json:
                 fail("--marl-eval is for sweep directories; a folder of runs has no marl-eval export yet", EXIT_USAGE)

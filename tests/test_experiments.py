@@ -643,7 +643,12 @@ def test_sweep_and_report_commands(dataset, tmp_path):
     bad = CliRunner().invoke(train_cli, ["sweep", "table9"])
     assert bad.exit_code == 2 and "no spec file 'table9'" in bad.output
     missing = CliRunner().invoke(train_cli, ["report", str(tmp_path / "nothing")])
-    assert missing.exit_code == 2 and "not a sweep directory" in missing.output
+    assert missing.exit_code == 2 and "nothing does not exist; give what `omgmg sweep` wrote" in missing.output
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)  # runs two levels down are not looked for
+    deep = CliRunner().invoke(train_cli, ["report", str(tmp_path / "deep")])
+    assert (
+        deep.exit_code == 2 and "deep is neither a sweep directory (no sweep.json) nor a folder of runs" in deep.output
+    )
 
 
 def test_a_spec_asks_for_omigas_layout_and_independent_copies_per_dataset_without_changing_older_cells():
