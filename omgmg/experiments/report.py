@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -414,7 +415,11 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
                     continue
                 x = np.array([p[0] for p in pts], dtype=float)
                 y, err = np.array([p[1][0] for p in pts]), np.array([p[1][1] for p in pts])
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=algo)
+                if len(x) > 1:  # mean ± std band, as the paper's figures
+                    (line,) = ax.plot(x, y, marker="o", label=algo)
+                    ax.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.2)
+                else:  # a band of one point is a line: an error bar says the same
+                    ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=algo)
                 bad = np.array([p[2] > 0 for p in pts])
                 if bad.any():
                     ax.scatter(x[bad], y[bad], marker="x", s=120, c="red", zorder=5, label="diverged")
@@ -422,7 +427,7 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
                     ax.set_xscale("log")
                 ax.set_xlabel(param)
                 ax.set_ylabel(label)
-                ax.set_title(f"{task} {level}" if row == 0 else "")
+                ax.set_title(f"{task} {level}" if row == 0 else "", fontsize=8)
             for x, k in zip(xs, keys):
                 e = agg[k]
                 score = f"{e['mean']:.1f} ± {e['std']:.1f}" if "mean" in e else "error"
@@ -436,7 +441,12 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
                     [task, level, algo, f"{x:g}", e.get("mean", ""), e.get("std", ""), *q_cols, *m_cols,
                      e["diverged"], e["n"]]
                 )  # fmt: skip
-    fig.suptitle(f"{meta['title']}\n{budget_label(meta)}", fontsize=8)
+    for ax in axes.flat:
+        if not ax.has_data():  # e.g. the mechanism, in results of runs made before it was logged
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
+    width = int(3.6 * len(datasets) * 100 / 6.5)  # characters of 8-point text across the figure, about
+    fig.suptitle(textwrap.fill(f"{meta['title']}; {budget_label(meta)}", width), fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)
     return "\n".join(md) + f"\n\n![{meta['name']}]({out_png.name})\n", csv_rows
