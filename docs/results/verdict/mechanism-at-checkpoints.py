@@ -18,16 +18,17 @@ from pathlib import Path
 import torch
 
 from omgmg.algos import algorithm_class
+from omgmg.behaviour import behaviour_density
 from omgmg.datakit import TransitionLoader, open_dataset
 from omgmg.datakit.checkpoints import load_checkpoint
 from omgmg.diagnostics import action_distance
 from omgmg.rundir import load_members
-from omgmg.trainer import _behaviour_density, build
+from omgmg.trainer import build
 
 BATCHES = 40
 
 runs, ds = Path(sys.argv[1]), open_dataset(sys.argv[2])
-density = _behaviour_density(ds, print)
+density = behaviour_density(ds)  # None where the behaviour policy is not in $OMGMG_HOME
 low, high, mask = (torch.as_tensor(x) for x in ds.spec.action_bounds())
 out, bc_means = {}, []
 for name in ("bc", "omgmg", "omiga"):  # BC first: the others are measured against it
