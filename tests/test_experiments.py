@@ -436,6 +436,13 @@ def test_a_sweep_split_with_only_merges_into_one_results_only_directory_that_rep
         exported = CliRunner().invoke(train_cli, export)
         assert exported.exit_code == 0 and "1 results copied" in exported.output, exported.output
     assert "Unfinished" not in (merged / "tiny.md").read_text() and (merged / "tiny-curves.png").exists()
+    meta = json.loads((tmp_path / "b" / "sweep.json").read_text())  # the sweep run again by a newer omgmg
+    (tmp_path / "b" / "sweep.json").write_text(json.dumps(meta | {"title": "Tiny, rerun"}))
+    assert (
+        CliRunner().invoke(train_cli, ["report", str(tmp_path / "b"), "--out", str(merged), "--with-results"]).exit_code
+        == 0
+    )
+    assert json.loads((merged / "sweep.json").read_text())["title"] == "Tiny, rerun"  # the same cells: the newer record
     assert sorted(p.name for p in merged.rglob("*") if p.is_file()) == [
         "result.json", "result.json", "sweep.json", "tiny-curves.png", "tiny.csv", "tiny.md"]  # fmt: skip
     for part in ("a", "b"):  # the results themselves, unchanged
@@ -564,9 +571,13 @@ def test_an_ablation_of_runs_that_logged_the_mechanism_draws_it_against_the_grid
         for seed, distance in ((0, 0.1 + 0.2 * lam), (1, 0.2 + 0.2 * lam)):
             _fake_result(root, f"c{i}{seed}", "omgmg", seed, 10.0, 1.0, grid=["lam", lam],
                          mechanism={"policy/action_distance": distance})  # fmt: skip
+            _fake_result(root, f"s{i}{seed}", "omgmg", seed, 10.0, 1.0, grid=["lam", lam], task="protoss_5v5",
+                         win=0.5, mechanism={"policy/action_differs": distance / 2})  # fmt: skip
     md_path, csv_path, png = write_report(root)[:3]
-    assert "| Hopper-3x1 | medium | omgmg | 1 | 10.0 ± 0.0 | 1.0 ± 0.0 | 0.350 ± 0.050 | 0/2 |" in md_path.read_text()
-    assert "policy/action_distance_mean" in csv_path.read_text().splitlines()[0]
+    md = md_path.read_text()  # each suite's own metric: the distance on MaMuJoCo, the share that differs on SMAX
+    assert "| Hopper-3x1 | medium | omgmg | 1 | 10.0 ± 0.0 | 1.0 ± 0.0 | 0.350 ± 0.050 (RMS / range) | 0/2 |" in md
+    assert "| protoss_5v5 | medium | omgmg | 1 | 50.0 ± 0.0 | 1.0 ± 0.0 | 0.175 ± 0.025 (share a' != a) | 0/2 |" in md
+    assert csv_path.read_text().splitlines()[0].endswith("off_data_metric,off_data_mean,off_data_std,diverged,n")
     height = int.from_bytes(png.read_bytes()[20:24], "big")  # the PNG header's height: three rows of panels
     assert height == 900
 

@@ -373,9 +373,10 @@ def reliable_section(meta: dict, results: list[dict]) -> str:
 
 
 MECHANISM_LABELS = {
-    "policy/action_distance": "a' off the data (RMS / range)",
-    "policy/action_differs": "share of a' != a",
+    "policy/action_distance": "RMS / range",
+    "policy/action_differs": "share a' != a",
 }
+"""How far a' sits from the data's actions, in the unit of each metric (continuous tasks, discrete ones)."""
 
 
 def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]]:
@@ -385,15 +386,19 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
 
     param = meta["grid"]
     datasets = sorted({k[:2] for k in agg})
-    distance = next(
-        (n for n in MECHANISM_LABELS if any(n in e.get("mechanism", {}) for e in agg.values())), None
-    )  # the mechanism (docs/omgmg.md): in results of runs that logged it
+
+    def off_data(e: dict) -> tuple[str, tuple[float, float]] | None:
+        """The mechanism (docs/omgmg.md) of a point whose runs logged it: (metric, (mean, std)); the metric is
+        the action distance on continuous tasks, the share of a' != a on discrete ones."""
+        return next(((n, e["mechanism"][n]) for n in MECHANISM_LABELS if n in e.get("mechanism", {})), None)
+
+    distance = any(off_data(e) for e in agg.values())
     rows = [("score", lambda e: (e["mean"], e["std"]) if "mean" in e else None), ("Q_tot", lambda e: e.get("q_tot"))]
     if distance:
-        rows.append((MECHANISM_LABELS[distance], lambda e: e.get("mechanism", {}).get(distance)))
+        rows.append(("a' off the data", lambda e: off_data(e)[1] if off_data(e) else None))
     fig = Figure(figsize=(3.6 * len(datasets), 3 * len(rows)), dpi=100)
     axes = fig.subplots(len(rows), len(datasets), squeeze=False)
-    extra = f" {MECHANISM_LABELS[distance]} |" if distance else ""
+    extra = " a' off the data |" if distance else ""
     md = [
         f"## {meta['title']}",
         "",
@@ -403,7 +408,7 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
         "|---|---|---|---|---|---|---|" + ("---|" if distance else ""),
     ]
     header = ["task", "dataset", "algorithm", param, "score_mean", "score_std", "q_tot_mean", "q_tot_std"]
-    csv_rows = [header + ([f"{distance}_mean", f"{distance}_std"] if distance else []) + ["diverged", "n"]]
+    csv_rows = [header + (["off_data_metric", "off_data_mean", "off_data_std"] if distance else []) + ["diverged", "n"]]
     for j, (task, level) in enumerate(datasets):
         for algo in meta["algorithms"]:
             keys = sorted(k for k in agg if k[:3] == (task, level, algo))
@@ -426,17 +431,19 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
                 if param == "nu" and (x > 0).all():
                     ax.set_xscale("log")
                 ax.set_xlabel(param)
-                ax.set_ylabel(label)
+                unit = {off_data(agg[k])[0] for k in keys if off_data(agg[k])}
+                ax.set_ylabel(f"{label} ({MECHANISM_LABELS[unit.pop()]})" if row == 2 and unit else label)
                 ax.set_title(f"{task} {level}" if row == 0 else "", fontsize=8)
             for x, k in zip(xs, keys):
                 e = agg[k]
                 score = f"{e['mean']:.1f} ± {e['std']:.1f}" if "mean" in e else "error"
                 q = f"{e['q_tot'][0]:.1f} ± {e['q_tot'][1]:.1f}" if "q_tot" in e else "-"
-                m = e.get("mechanism", {}).get(distance) if distance else None
-                cell = (f" {m[0]:.3f} ± {m[1]:.3f} |" if m else " - |") if distance else ""
+                m = off_data(e)
+                off = f" {m[1][0]:.3f} ± {m[1][1]:.3f} ({MECHANISM_LABELS[m[0]]}) |" if m else " - |"
+                cell = off if distance else ""
                 md.append(f"| {task} | {level} | {algo} | {x:g} | {score} | {q} |{cell} {e['diverged']}/{e['n']} |")
                 q_cols = [e["q_tot"][0], e["q_tot"][1]] if "q_tot" in e else ["", ""]
-                m_cols = (list(m) if m else ["", ""]) if distance else []
+                m_cols = ([m[0], *m[1]] if m else ["", "", ""]) if distance else []
                 csv_rows.append(
                     [task, level, algo, f"{x:g}", e.get("mean", ""), e.get("std", ""), *q_cols, *m_cols,
                      e["diverged"], e["n"]]
@@ -583,8 +590,8 @@ def export_results(sweep_dir, out_dir) -> int:
                     f"{' (smoke)' if meta.get('smoke') else ''}; export into another directory (nothing was written)"
                 )
             ours = set(meta.get("cells", [c["key"] for c in results]))
-            if ours <= listed:  # this sweep is a part of the one out_dir holds
-                keep = theirs
+            if ours < listed:  # this sweep is a part of the one out_dir holds (the same cells: ours, the newer
+                keep = theirs  # record, which may say more, e.g. the defaults a selection ran with)
             elif not listed <= ours:  # two versions of the spec: their results must not mix in one table
                 raise SweepError(
                     f"{out_dir} holds results of another version of sweep '{name}' ({len(listed - ours)} of its "
