@@ -2,14 +2,13 @@
 
     python docs/results/verdict/mechanism-at-checkpoints.py runs/long/Hopper-3x1-omiga-medium DATASET OUT.json
 
-Per algorithm and seed (the members of one program), averaged over 40 batches drawn with one seed for all:
-the trainer's own diagnostics (``policy/action_distance``: a sampled action a' ~ pi(o) against the data's, in
-units of the action range; ``policy/behaviour_log_prob`` of a' against ``_data`` of the data's action), plus
-two of the deterministic action that evaluation plays, mu(o) = tanh of the Gaussian mean:
-``mean_action_distance`` (mu against the data's action) and ``mean_action_distance_from_bc`` (mu against the
-BC policy's mu of the same seed). The second says how far each method's evaluated policy moves from behaviour
-cloning; the first two how far from the data.
-"""
+Per folder of seeds (one per algorithm or setting, named by its folder; the members of one program), averaged
+over 40 batches drawn with one seed for all: the trainer's own diagnostics (``policy/action_distance``: a
+sampled action a' ~ pi(o) against the data's, in units of the action range; ``policy/behaviour_log_prob`` of a'
+against ``_data`` of the data's action), plus two of the deterministic action that evaluation plays, mu(o) =
+tanh of the Gaussian mean: ``mean_action_distance`` (mu against the data's action) and
+``mean_action_distance_from_bc`` (mu against the BC policy's mu of the same seed). The second says how far each
+method's evaluated policy moves from behaviour cloning; the first two how far from the data."""
 
 import json
 import sys
@@ -31,10 +30,12 @@ runs, ds = Path(sys.argv[1]), open_dataset(sys.argv[2])
 density = behaviour_density(ds)  # None where the behaviour policy is not in $OMGMG_HOME
 low, high, mask = (torch.as_tensor(x) for x in ds.spec.action_bounds())
 out, bc_means = {}, []
-for name in ("bc", "omgmg", "omiga"):  # BC first: the others are measured against it
-    states = [
-        load_checkpoint(p / "checkpoints" / "latest.pt", fallback=False) for p in sorted((runs / name).glob("*-seed*"))
-    ]
+folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: (p.name != "bc", p.name))
+for folder in folders:  # one per algorithm (or setting); BC first: the others are measured against it
+    states = [load_checkpoint(p / "checkpoints" / "latest.pt", fallback=False) for p in sorted(folder.glob("*-seed*"))]
+    if not states:  # not trained yet
+        continue
+    name = states[0]["algorithm"]
     cls = algorithm_class(name)
     cfgs = [cls.config_cls(**s["config"]) for s in states]
     algo = build(name, ds, cfgs)
@@ -54,6 +55,9 @@ for name in ("bc", "omgmg", "omiga"):  # BC first: the others are measured again
             metrics["policy/mean_action_distance_from_bc"] = action_distance(mu, bc_means[i], low, high, mask)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0) + v / BATCHES
-    out[name] = {"step": [s["step"] for s in states], **{k: [round(float(x), 4) for x in v] for k, v in sums.items()}}
-    print(name, json.dumps(out[name]))
+    out[folder.name] = {
+        "step": [s["step"] for s in states],
+        **{k: [round(float(x), 4) for x in v] for k, v in sums.items()},
+    }
+    print(folder.name, json.dumps(out[folder.name]))
 Path(sys.argv[3]).write_text(json.dumps(out, indent=1) + "\n")
