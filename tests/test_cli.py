@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -184,6 +185,10 @@ def test_a_folder_of_seeds_is_reported_and_evaluated_as_mean_and_std(tmp_path):
     run(train_cli, "train", "--dataset", data, *common[2:], "--algo", "bc", "--seeds", "0", "--out", both / "bc")
     text = run(train_cli, "report", both).output
     assert "| bc | 1 |" in text and "| comadice alpha=10 | 2 |" in text and (both / "runs-curves.png").exists()
+    shutil.copytree(both / "bc", both / "bc-again")  # the same run twice: never one seed counted as two
+    twice = run(train_cli, "report", both, code=2).output
+    assert "bc-again/bc-seed0" in twice and "with the same seed (0)" in twice
+    shutil.rmtree(both / "bc-again")
     result = run(train_cli, "eval", folder, "--episodes", 2).output
     assert result.count("(step 20)") == 4 and "comadice alpha=1: " in result and "over 2 seed(s)" in result
     assert "eval-final.json" in {p.name for p in (folder / "comadice-seed0-alpha1").iterdir()}

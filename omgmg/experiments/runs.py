@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omgmg.datakit.errors import RequestError
 from omgmg.datakit.outputs import is_omgmg_run, os_errors
 
 
@@ -62,10 +63,22 @@ def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
         own = [s for s in settings.values() if s["algorithm"] == algorithm]
         varying[algorithm] = sorted({k for s in own for k in s if len({json.dumps(t.get(k)) for t in own}) > 1})
     groups: dict[str, list[Path]] = defaultdict(list)
+    seen: dict[tuple[str, int], Path] = {}
     for run, s in settings.items():
         parts = [s["algorithm"]] + [f"{k}={_short(s.get(k))}" for k in varying[s["algorithm"]]]
-        groups[" ".join(parts)].append(run)
+        label, seed = " ".join(parts), _seed(run)
+        if (label, seed) in seen:  # e.g. a copy, or the same runs in two folders: they must not count twice
+            raise RequestError(
+                f"{seen[label, seed]} and {run} are the same setting ({label}) with the same seed ({seed}); a mean "
+                "over seeds would count it twice: report their folders one at a time, or move one aside"
+            )
+        seen[label, seed] = run
+        groups[label].append(run)
     return dict(groups)
+
+
+def _seed(run: Path) -> int:
+    return json.loads((run / "config.json").read_text())["config"]["seed"]
 
 
 def _short(value) -> str:
