@@ -49,15 +49,18 @@ def member_runs(folder) -> list[Path]:
     return runs
 
 
-def _setting(run: Path) -> dict:
+def _setting(run: Path) -> tuple[dict, int]:
+    """A run's setting (what it shares with the other seeds of its group) and its seed."""
     config = json.loads((run / "config.json").read_text())
     hyper = {k: v for k, v in config["config"].items() if k not in ("seed", "steps")}
-    return {"algorithm": config["algorithm"], "dataset": config["dataset"], **hyper}
+    return {"algorithm": config["algorithm"], "dataset": config["dataset"], **hyper}, config["config"]["seed"]
 
 
 def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
     """Runs that differ only in their seed, under one label each (see the module docstring)."""
-    settings = {run: _setting(run) for run in runs}
+    settings, seeds = {}, {}
+    for run in runs:
+        settings[run], seeds[run] = _setting(run)
     varying = {}  # per algorithm: one algorithm's knobs do not label another's runs
     for algorithm in {s["algorithm"] for s in settings.values()}:
         own = [s for s in settings.values() if s["algorithm"] == algorithm]
@@ -66,7 +69,7 @@ def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
     seen: dict[tuple[str, int], Path] = {}
     for run, s in settings.items():
         parts = [s["algorithm"]] + [f"{k}={_short(s.get(k))}" for k in varying[s["algorithm"]]]
-        label, seed = " ".join(parts), _seed(run)
+        label, seed = " ".join(parts), seeds[run]
         if (label, seed) in seen:  # e.g. a copy, or the same runs in two folders: they must not count twice
             raise RequestError(
                 f"{seen[label, seed]} and {run} are the same setting ({label}) with the same seed ({seed}); a mean "
@@ -75,10 +78,6 @@ def group_runs(runs: list[Path]) -> dict[str, list[Path]]:
         seen[label, seed] = run
         groups[label].append(run)
     return dict(groups)
-
-
-def _seed(run: Path) -> int:
-    return json.loads((run / "config.json").read_text())["config"]["seed"]
 
 
 def _short(value) -> str:
