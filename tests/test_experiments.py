@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -190,6 +191,43 @@ def test_a_long_cell_is_never_silent_its_step_is_reported_while_it_trains(datase
     assert f"Trained on cpu (1 cell), on 1 machine ({socket.gethostname()})" in md
 
 
+def test_a_cell_started_by_an_earlier_sweep_and_waiting_its_turn_is_not_reported_as_training(dataset, tmp_path):
+    from omgmg.experiments.sweep import _watching, cell_dir
+
+    spec = parse_spec(spec_dict(dataset, algorithms=["bc"], overrides={"bc": {"hidden": 16}}))
+    waiting, training = spec.cells()
+    sweep_dir = tmp_path / "sw"
+    for cell, steps in ((waiting, (2000, 3000)), (training, (100,))):
+        (cell_dir(sweep_dir, cell) / "run").mkdir(parents=True)
+        (cell_dir(sweep_dir, cell) / "run" / "log.jsonl").write_text(
+            "".join(json.dumps({"step": s}) + "\n" for s in steps)
+        )
+    hour_ago = time.time() - 3600  # the waiting cell's log: from the sweep that was interrupted
+    os.utime(cell_dir(sweep_dir, waiting) / "run" / "log.jsonl", (hour_ago, hour_ago))
+    seen = []
+    with _watching(sweep_dir, [waiting, training], lambda c: cell_dir(sweep_dir, c), seen.append, every=0.02):
+        time.sleep(0.3)
+        with open(cell_dir(sweep_dir, training) / "run" / "log.jsonl", "a") as f:  # the trainer writes on
+            f.write(json.dumps({"step": 200}) + "\n")
+        time.sleep(0.3)
+    reported = {(c.key, step) for running in seen for c, step in running}
+    assert (training.key, 200) in reported and all(key == training.key for key, _ in reported)
+
+
+def test_the_step_of_a_run_log_is_its_last_complete_line_however_short_or_long(tmp_path):
+    from omgmg.experiments.sweep import last_step
+
+    log = tmp_path / "log.jsonl"
+    assert last_step(log) is None
+    log.write_text(json.dumps({"step": 100}) + "\n")
+    assert last_step(log) == 100  # one line: read whole, not taken for a cut tail
+    with open(log, "a") as f:
+        f.write(json.dumps({"step": 200}) + '\n{"step": 3')  # a line being written
+    assert last_step(log) == 200
+    log.write_text("".join(json.dumps({"step": s, "pad": "x" * 500}) + "\n" for s in range(1, 1001)))
+    assert last_step(log) == 1000  # longer than the tail that is read
+
+
 def test_jobs_get_absolute_paths_whatever_the_cwd_of_the_process_that_runs_them(dataset, tmp_path, monkeypatch):
     # a Ray task runs in its node's working directory: a relative --out once scattered results there
     from pathlib import Path
@@ -258,11 +296,36 @@ def test_a_packed_sweep_trains_seeds_and_grid_points_as_one_job_each_cell_in_its
         run = tmp_path / "sw" / "cells" / cell.dirname / "run"
         config = json.loads((run / "config.json").read_text())["config"]
         assert (config["seed"], config["nu"]) == (cell.config["seed"], cell.config["nu"])
-    # a cell whose run has started resumes alone
-    started = tmp_path / "sw2" / "cells" / cells[0].dirname / "run" / "checkpoints"
-    started.mkdir(parents=True)
-    (started / "latest.pt").write_bytes(b"")
-    assert [cells[0]] in pack_cells(cells, tmp_path / "sw2", members_per_job=4)
+
+
+def test_an_interrupted_packed_job_resumes_as_one_job_and_a_started_cell_never_joins_a_fresh_one(tmp_path):
+    from omgmg.datakit.checkpoints import save_checkpoint
+
+    raw = spec_dict(make_fixture(tmp_path / "d.zarr", "continuous", episodes=4), algorithms=["omgmg"],
+                    layout="ablation", grid={"nu": [1.0, 10.0]}, seeds=[0, 1, 2],
+                    overrides={"omgmg": {"hidden": 16}})  # fmt: skip
+    cells = parse_spec(raw).cells()  # 3 seeds x 2 values of nu: one job of 6 when none has started
+
+    def checkpoint(cell, step):
+        run = tmp_path / "sw" / "cells" / cell.dirname / "run" / "checkpoints"
+        run.mkdir(parents=True, exist_ok=True)
+        if step is None:  # damaged
+            (run / "latest.pt").write_bytes(b"not a checkpoint")
+        else:
+            save_checkpoint({"step": step}, run / "latest.pt")
+
+    def jobs():
+        return sorted(sorted(c.dirname for c in job) for job in pack_cells(cells, tmp_path / "sw", members_per_job=6))
+
+    assert [len(j) for j in jobs()] == [6]
+    for c in cells[:4]:  # a job of four stopped after its checkpoint at step 5000
+        checkpoint(c, 5000)
+    assert sorted(len(j) for j in jobs()) == [2, 4]  # the four resume together; the two unstarted start together
+    checkpoint(cells[3], 10000)  # one member saved a later step before the job stopped
+    assert sorted(len(j) for j in jobs()) == [1, 2, 3]
+    checkpoint(cells[0], None)  # a damaged checkpoint: that cell alone, where its run says what is wrong
+    assert sorted(len(j) for j in jobs()) == [1, 1, 2, 2]
+    assert [cells[0].dirname] in jobs()
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ worker processes end when the sweep's process does, however it ends.
 **Packed jobs** (``members_per_job`` > 1): cells that share a dataset and an algorithm and differ only
 in their seed or in a hyperparameter the algorithm batches (``member_hyperparameters``) train as the
 members of one batched program (``omgmg.members``), up to ``members_per_job`` per job, locally or as
-one Ray task. Each cell still gets its own run directory and result, exactly as when it runs alone,
-and resumes on its own: a cell that already holds a checkpoint runs as a job of its own.
+one Ray task. Each cell still gets its own run directory and result, exactly as when it runs alone.
+Cells that already hold checkpoints of one step (a packed job that was interrupted) resume together as
+one job again; a started cell at any other step resumes on its own.
 
 **Pipelined:** the sweep's process generates one source's datasets at a time (a task's levels share one
 behaviour policy), in the spec's order, and its cells start training as soon as they are there, while the
@@ -351,24 +352,42 @@ def _device_name(device: str) -> str:
     return dev.type
 
 
+UNREADABLE = -1  # a started run whose checkpoint step cannot be read
+
+
+def resume_step(run_dir: Path) -> int | None:
+    """The step a run directory resumes from: None when it holds no checkpoint (it starts afresh),
+    ``UNREADABLE`` when its checkpoints cannot be read here."""
+    from omgmg.datakit.checkpoints import load_checkpoint
+    from omgmg.datakit.errors import CheckpointError
+
+    checkpoints = run_dir / "checkpoints"
+    if not any(checkpoints.glob("latest*.pt")):
+        return None
+    try:
+        return int(load_checkpoint(checkpoints / "latest.pt")["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError, OSError):
+        return UNREADABLE
+
+
 def pack_cells(cells: list[Cell], sweep_dir: Path, members_per_job: int) -> list[list[Cell]]:
     """Jobs of cells: those sharing a dataset, an algorithm and every setting but the seed and the
-    algorithm's ``member_hyperparameters`` go together, up to ``members_per_job`` per job. A cell whose run
-    has started (it holds a checkpoint) resumes alone."""
+    algorithm's ``member_hyperparameters`` go together, up to ``members_per_job`` per job. Cells whose runs
+    have started go together only with cells whose checkpoints hold the same step (:func:`resume_step`), so
+    an interrupted job resumes as the one program it was; a started cell whose step cannot be read resumes
+    alone (its own run then says what is wrong with it)."""
     from omgmg.algos import algorithm_class
 
     groups: dict[str, list[Cell]] = {}
     jobs: list[list[Cell]] = []
     for c in cells:
-        started = (cell_dir(sweep_dir, c) / "run" / "checkpoints").is_dir() and any(
-            (cell_dir(sweep_dir, c) / "run" / "checkpoints").glob("latest*.pt")
-        )
-        if members_per_job <= 1 or started:
+        step = resume_step(cell_dir(sweep_dir, c) / "run")
+        if members_per_job <= 1 or step == UNREADABLE:
             jobs.append([c])
             continue
         free = {"seed", *algorithm_class(c.algorithm).member_hyperparameters}
         shared = {k: v for k, v in c.config.items() if k not in free}
-        key = json.dumps([c.algorithm, dataclasses.asdict(c.dataset), c.data, shared], sort_keys=True)
+        key = json.dumps([c.algorithm, dataclasses.asdict(c.dataset), c.data, shared, step], sort_keys=True)
         groups.setdefault(key, []).append(c)
     for group in groups.values():
         jobs += [group[i : i + members_per_job] for i in range(0, len(group), members_per_job)]
@@ -558,18 +577,21 @@ def run_sweep(
 @contextmanager
 def _watching(sweep_dir: Path, cells: list[Cell], trained_in, on_running, every: float):
     """While the body runs, tell ``on_running`` every ``every`` seconds [(cell, step)] of the cells that are
-    training: a run log (in ``trained_in(cell)``) and no result yet, whichever process trains them."""
+    training: no result yet and a run log (in ``trained_in(cell)``) written since the sweep began, whichever
+    process trains them (a cell started by an earlier sweep and waiting for its turn is not training)."""
     if on_running is None:
         yield
         return
     stop = threading.Event()
+    began = time.time() - 1.0  # file times may be rounded down
 
     def watch():
         while not stop.wait(every):
             running = []
             for c in cells:
+                log = trained_in(c) / "run" / "log.jsonl"
                 done = (cell_dir(sweep_dir, c) / "result.json").exists()
-                step = None if done else last_step(trained_in(c) / "run" / "log.jsonl")
+                step = None if done or _written_before(log, began) else last_step(log)
                 if step is not None:
                     running.append((c, step))
             if running:
@@ -584,16 +606,25 @@ def _watching(sweep_dir: Path, cells: list[Cell], trained_in, on_running, every:
         thread.join()
 
 
+def _written_before(path: Path, when: float) -> bool:
+    """Whether ``path`` was last written before the time ``when`` (False where it cannot be told)."""
+    try:
+        return path.stat().st_mtime < when
+    except OSError:
+        return False
+
+
 def last_step(log: Path) -> int | None:
     """The step of a run log's last complete line (its tail only is read), None where there is none yet."""
     try:
         with open(log, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 65536))
+            start = max(0, f.tell() - 65536)
+            f.seek(start)
             lines = f.read().split(b"\n")
     except OSError:
         return None
-    for line in reversed(lines[1:] if len(lines) > 1 else lines):
+    for line in reversed(lines[1:] if start > 0 else lines):  # a tail's first line may be cut
         try:
             return int(json.loads(line)["step"])
         except (ValueError, KeyError, TypeError):
