@@ -100,6 +100,11 @@ def test_a_selection_holds_its_winner_against_the_default_each_suite_runs_withou
         suite: make_config("icq", suite).beta for suite in ("mamujoco", "smacv2")
     }
     assert make_config("icq", "mamujoco").beta != make_config("icq", "smacv2").beta
+    # and averages each suite's score over all of the suite's datasets, which the sweep records for its report
+    assert spec.suite_datasets() == {
+        "mamujoco": [["Hopper-3x1-omiga-rollouts1", "medium"], ["HalfCheetah-6x1-omiga-rollouts1", "medium"]],
+        "smacv2": [["protoss_5v5-rollouts1", "medium"]],
+    }
 
 
 def test_sweep_json_names_a_shipped_spec_not_this_installs_path(tmp_path):
@@ -682,6 +687,25 @@ def test_a_selection_reports_the_rules_pick_against_the_default_it_ran_with(tmp_
     _fake_result(root, "smax10.02", "omgmg", 2, 10.0, 1.0, grid=["nu", 10.0], task="protoss_5v5", win=0.46)
     md = write_report(root)[0].read_text()
     assert "beats the default 1 by 1.3, 0.63 standard errors: less than one: **the default 1 stays**" in md
+    # the sweep's MaMuJoCo suite also holds Ant, with no results yet: the two tasks' scores are no suite score
+    meta["suite_datasets"] = {"mamujoco": [["Hopper-3x1", "medium"], ["HalfCheetah-6x1", "medium"],
+                                           ["Ant-2x4", "medium"]], "smacv2": [["protoss_5v5", "medium"]]}  # fmt: skip
+    (root / "sweep.json").write_text(json.dumps(meta))
+    md = write_report(root)[0].read_text()
+    assert "| mamujoco | 10 | 70.0, 72.0, 74.0 | 72.0 ± 1.6 |" in md  # shown, and said to be partial
+    assert "**mamujoco**: undecided, Ant-2x4/medium has no results yet" in md and "19.05" not in md
+    assert "**the default 1 stays**" in md  # SMACv2 has all of its datasets: decided as before
+
+
+def test_a_selection_sweep_records_the_default_and_the_datasets_its_rule_needs(dataset, tmp_path):
+    raw = spec_dict(dataset, algorithms=["omgmg"], layout="selection", grid={"nu": [1.0, 10.0]}, seeds=[0],
+                    overrides={"omgmg": {"hidden": 16}})  # fmt: skip
+    spec = parse_spec(raw)
+    run_sweep(spec, tmp_path / "sw", workers=1, members_per_job=2, on_note=lambda m: None)
+    meta = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert meta["defaults"] == spec.knob_defaults() and list(meta["defaults"]) == ["fixture"]  # the data's suite
+    assert meta["suite_datasets"] == {"fixture": [["fixture", "-"]]}
+    assert "| fixture | - | omgmg | 10 |" in write_report(tmp_path / "sw")[0].read_text()
 
 
 def test_sweep_and_report_commands(dataset, tmp_path):

@@ -246,6 +246,16 @@ class ExperimentSpec:
                         out.append(Cell(algo, ds, seed, point, dataclasses.asdict(cfg), dict(data)))
         return out
 
+    def suite_datasets(self) -> dict[str, list[list[str]]]:
+        """suite -> the (task, level) rows of its datasets: what a selection's suite score averages over, so
+        that its pick waits until every one of them has results."""
+        rows: dict[str, list[list[str]]] = {}
+        for ds in self.datasets:
+            suite = ds.suite if ds.path is None else _suite_of(ds.path)
+            if suite is not None and list(ds.row) not in rows.setdefault(suite, []):
+                rows[suite].append(list(ds.row))
+        return rows
+
     def knob_defaults(self) -> dict[str, float]:
         """suite -> the value the grid's hyperparameter takes without the grid (the algorithm's per-suite default
         after the spec's overrides): what a selection's winner is held against."""

@@ -516,7 +516,11 @@ def run_sweep(
             "source": spec.source,
             "grid": spec.grid[0] if spec.grid else None,
             **({"published": spec.published} if spec.published else {}),
-            **({"defaults": spec.knob_defaults()} if spec.layout == "selection" else {}),
+            **(
+                {"defaults": spec.knob_defaults(), "suite_datasets": spec.suite_datasets()}
+                if spec.layout == "selection"
+                else {}
+            ),
         }
         meta["cells"] = [c.key for c in all_cells]  # the report aggregates these only, not cells of an earlier edit
         atomic_write_json(sweep_dir / "sweep.json", meta)
