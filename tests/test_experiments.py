@@ -196,6 +196,23 @@ def test_a_long_cell_is_never_silent_its_step_is_reported_while_it_trains(datase
     assert f"Trained on cpu (1 cell), on 1 machine ({socket.gethostname()})" in md
 
 
+def test_a_job_that_mixes_a_started_cell_with_a_fresh_one_trains_both_instead_of_failing(dataset, tmp_path):
+    """A sweep in a store packs its jobs before it sees the store's checkpoints: a job can hold a cell that
+    an earlier, differently packed job started and one that never ran. One batched program cannot resume
+    both (the trainer refuses); the job trains them as two, and every retry no longer fails the same way."""
+    from omgmg.experiments.sweep import run_cells
+
+    budget = {"steps": 40, "eval_every": 20, "eval_episodes": 1}
+    raw = spec_dict(dataset, algorithms=["bc"], seeds=[0, 1], budget=budget, overrides={"bc": {"hidden": 16}})
+    started, fresh = parse_spec(raw).cells()
+    dirs = [str(tmp_path / "sw" / "cells" / c.dirname) for c in (started, fresh)]
+    (first,) = run_cells([started.to_json()], dirs[:1], str(dataset.path), 1)  # checkpoints at 20 and 40
+    assert first.get("error") is None
+    both = run_cells([started.to_json(), fresh.to_json()], dirs, str(dataset.path), 1)
+    assert [r.get("error") for r in both] == [None, None] and both[0]["score"] == first["score"]
+    assert all(r.get("packed_with") is None for r in both)  # two programs of one member each
+
+
 def test_a_cell_started_by_an_earlier_sweep_and_waiting_its_turn_is_not_reported_as_training(dataset, tmp_path):
     from omgmg.experiments.sweep import _watching, cell_dir
 

@@ -194,16 +194,27 @@ def run_cells(
                 held.append((i, OutputLock(out, "sweep cell").acquire()))
             except OutputError as e:  # another process trains this cell: leave it to that one, record nothing
                 results[i] = {"key": Cell.from_json(cell_json).key, "cell": cell_json, "skipped": str(e)}
-        todo = [i for i, _ in held]
-        if todo:
-            trained = _train_cells([cells_json[i] for i in todo], [Path(cell_dirs[i]) for i in todo], dataset,
+        for part in _by_resume_step([i for i, _ in held], cell_dirs):  # one program per step they resume at
+            trained = _train_cells([cells_json[i] for i in part], [Path(cell_dirs[i]) for i in part], dataset,
                                    threads, device, compile_update)  # fmt: skip
-            for i, result in zip(todo, trained, strict=True):
+            for i, result in zip(part, trained, strict=True):
                 results[i] = result
     finally:
         for _, lock in held:
             lock.release()
     return results
+
+
+def _by_resume_step(indices: list[int], cell_dirs: list[str]) -> list[list[int]]:
+    """The cells of a job split into the parts that can run as one program: those whose runs resume at the
+    same step (:func:`resume_step`; unstarted ones together), each unreadable one alone. A job normally is
+    one part (:func:`pack_cells` packs it so); a sweep in a store packs before it sees the store's
+    checkpoints, and a job mixing started and fresh cells would otherwise fail at every retry."""
+    parts: dict[object, list[int]] = {}
+    for i in indices:
+        step = resume_step(Path(cell_dirs[i]) / "run")
+        parts.setdefault(("alone", i) if step == UNREADABLE else step, []).append(i)
+    return list(parts.values())
 
 
 def _run_cells_in_store(cells_json, stores, dataset, threads, device, compile_update) -> list:
