@@ -723,6 +723,16 @@ def test_a_selection_sweep_records_the_default_and_the_datasets_its_rule_needs(d
     assert meta["defaults"] == spec.knob_defaults() and list(meta["defaults"]) == ["fixture"]  # the data's suite
     assert meta["suite_datasets"] == {"fixture": [["fixture", "-"]]}
     assert "| fixture | - | omgmg | 10 |" in write_report(tmp_path / "sw")[0].read_text()
+    # the default then follows a pick (here: the knob's default set to 77) and the sweep resumes: it still holds
+    # its grid against the default it began with, not against its own winner
+    before = meta["defaults"]["fixture"]
+    followed = parse_spec(raw | {"overrides": {"omgmg": {"hidden": 16, "nu": 77.0}}})
+    assert [c.key for c in followed.cells()] == [c.key for c in spec.cells()] and followed.knob_defaults() != before
+    run_sweep(followed, tmp_path / "sw", workers=1, on_note=lambda m: None)
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["defaults"] == {"fixture": before}
+    grown = parse_spec(raw | {"seeds": [0, 1], "overrides": {"omgmg": {"hidden": 16, "nu": 77.0}}})
+    run_sweep(grown, tmp_path / "sw", workers=1, members_per_job=4, on_note=lambda m: None)  # other cells: anew
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["defaults"] == {"fixture": 77.0}
 
 
 def test_sweep_and_report_commands(dataset, tmp_path):

@@ -453,6 +453,18 @@ def select_cells(cells: list[Cell], patterns: list[str] | tuple[str, ...] | None
     return [c for c in cells if c.key in selected]
 
 
+def held_defaults(path: Path, meta: dict) -> dict:
+    """The defaults a selection holds its grid against: those recorded when this sweep (these cells) first
+    ran, so that resuming it after the defaults followed its own pick does not hold the winner against
+    itself; ``meta``'s (today's) for a new sweep or one whose cells changed."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return meta["defaults"]
+    same = isinstance(before, dict) and before.get("cells") == meta["cells"]
+    return before["defaults"] if same and isinstance(before.get("defaults"), dict) else meta["defaults"]
+
+
 def run_sweep(
     spec: ExperimentSpec,
     sweep_dir,
@@ -534,6 +546,8 @@ def run_sweep(
             ),
         }
         meta["cells"] = [c.key for c in all_cells]  # the report aggregates these only, not cells of an earlier edit
+        if spec.layout == "selection":
+            meta["defaults"] = held_defaults(sweep_dir / "sweep.json", meta)
         atomic_write_json(sweep_dir / "sweep.json", meta)
         if url:
             store.put(url, "sweep.json", (sweep_dir / "sweep.json").read_bytes())
