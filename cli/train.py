@@ -393,7 +393,7 @@ def sweep(
     """
     from omgmg.experiments.report import write_report
     from omgmg.experiments.spec import load_spec
-    from omgmg.experiments.sweep import cell_name, pending_cells, run_sweep, select_cells
+    from omgmg.experiments.sweep import cell_dir, cell_name, pending_cells, resume_step, run_sweep, select_cells
 
     experiment = load_spec(spec)  # a SpecError is a usage error (exit 2), as a SweepError below
     from omgmg.experiments import store
@@ -407,7 +407,9 @@ def sweep(
             store.pull_results(str(out), local)
         todo = {c.key for c in pending_cells(local, cells)}
         for c in cells:
-            console.print(f"{'todo' if c.key in todo else 'done'}  {cell_name(c)}", highlight=False)
+            step = resume_step(cell_dir(local, c) / "run") if c.key in todo else None
+            at = f"  (resumes at step {step:,} of {c.config['steps']:,})" if step is not None and step >= 0 else ""
+            console.print(f"{'todo' if c.key in todo else 'done'}  {cell_name(c)}{at}", highlight=False)
         console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished", highlight=False)
         if rates is not None:
             print_estimate([c for c in cells if c.key in todo], local, rates, members_per_job, compile_update)
@@ -482,14 +484,20 @@ def _hours(h: float) -> str:
 def print_estimate(todo, local: Path, rates_path: Path, members_per_job: int, compiled: bool) -> None:
     """The cost of the unfinished cells (their runs in ``local``) at measured speeds (omgmg.experiments.cost)."""
     from omgmg.experiments import cost
-    from omgmg.experiments.sweep import pack_cells
+    from omgmg.experiments.sweep import cell_dir, pack_cells, resume_step
 
     try:
         rates = cost.load_rates(rates_path, compiled=compiled)
     except cost.RatesError as e:
         raise click.UsageError(str(e)) from None
-    est = cost.estimate(pack_cells(todo, local, members_per_job), rates)
-    console.print(f"to train: {est.cells} cells as {est.jobs} jobs, {est.member_steps:,} member-steps", highlight=False)
+
+    def done_steps(cell) -> int:  # a started cell costs only the steps it has left
+        return max(0, resume_step(cell_dir(local, cell) / "run") or 0)
+
+    est = cost.estimate(pack_cells(todo, local, members_per_job), rates, done_steps)
+    console.print(
+        f"to train: {est.cells} cells as {est.jobs} jobs, {est.member_steps:,} member-steps left", highlight=False
+    )
     console.print(
         f"  {_hours(est.device_hours)} device-hours at the speeds in {rates.source} "
         f"({', '.join(sorted(rates.devices))}; gradient steps only: evaluations and dataset generation come on top)",

@@ -846,8 +846,9 @@ def test_list_with_rates_estimates_the_unfinished_jobs_device_hours(dataset, tmp
     listed = CliRunner().invoke(train_cli, [*args, "--members-per-job", "2"])
     assert listed.exit_code == 0, listed.output
     # bc: seeds 0+1 as one 2-member job (3600 / 150 s) and seed 2 alone (3600 / 100 s) = 60 s = 0.0167 h
-    assert "to train: 3 cells as 2 jobs, 10,800 member-steps" in listed.output
+    assert "to train: 3 cells as 2 jobs, 10,800 member-steps left" in listed.output
     assert "  0.0167 device-hours at the speeds in" in listed.output
+    assert "resumes at" not in listed.output
     assert "not counted: omgmg on continuous" in listed.output  # no row for it: said, not guessed
     alone = CliRunner().invoke(train_cli, [*args, "--members-per-job", "3"])
     # the nearest measured M stands in, named, on the slow side: 3600 steps at 150 x 2/3 steps/s = 36 s
@@ -855,6 +856,17 @@ def test_list_with_rates_estimates_the_unfinished_jobs_device_hours(dataset, tmp
     assert "  0.01 device-hours" in alone.output
     wrong = CliRunner().invoke(train_cli, [*args[:-1], str(spec)])
     assert wrong.exit_code == 2 and "not a `benchmarks/train.py --members` result" in wrong.output
+    # BC's seeds 0 and 1 were interrupted after their checkpoints at step 2400: they cost the 1200 steps left
+    from omgmg.datakit.checkpoints import save_checkpoint
+
+    bc_cells = [c for c in load_spec(spec).cells() if c.algorithm == "bc"]
+    for cell in bc_cells[:2]:
+        (checkpoints := tmp_path / "sw" / "cells" / cell.dirname / "run" / "checkpoints").mkdir(parents=True)
+        save_checkpoint({"step": 2400}, checkpoints / "latest.pt")
+    resumed = CliRunner().invoke(train_cli, [*args, "--members-per-job", "2"])
+    assert resumed.output.count("(resumes at step 2,400 of 3,600)") == 2
+    # 1200 / 150 s for the resumed pair, 3600 / 100 s for seed 2: 44 s
+    assert "3 cells as 2 jobs, 6,000 member-steps left" in resumed.output and "0.0122 device-hours" in resumed.output
 
 
 def test_a_clusters_lease_period_is_a_setting_checked_before_anything_runs(dataset, tmp_path, monkeypatch):

@@ -119,8 +119,10 @@ def shape_of(cell: Cell, shapes: set[str]) -> tuple[str | None, str | None]:
     return None, None
 
 
-def estimate(jobs: list[list[Cell]], rates: Rates) -> Estimate:
-    """Device-seconds of ``jobs`` (lists of cells trained as one batched program each) at ``rates``."""
+def estimate(jobs: list[list[Cell]], rates: Rates, done_steps=lambda cell: 0) -> Estimate:
+    """Device-seconds of ``jobs`` (lists of cells trained as one batched program each) at ``rates``, for the
+    steps each job has left (``done_steps(cell)``: the step its first cell resumes at; a job's cells resume
+    at one step)."""
     est = Estimate()
     for job in jobs:
         head = job[0]
@@ -133,7 +135,7 @@ def estimate(jobs: list[list[Cell]], rates: Rates) -> Estimate:
         rate = _rate(rates, shape, head.algorithm, len(job), est)
         if rate is None:
             continue
-        steps = int(head.config["steps"])
+        steps = max(0, int(head.config["steps"]) - done_steps(head))
         est.jobs += 1
         est.cells += len(job)
         est.member_steps += steps * len(job)
