@@ -433,6 +433,8 @@ def sweep(
                 else f"{score:.3g}"
             )
             update(advance=1, info=f"last: {cell.dataset.name} {cell.algorithm} seed {cell.seed} -> {info}")
+            for warning in result.get("warnings", []):  # e.g. a damaged checkpoint it resumed past
+                bars.note(f"warning: {cell_name(cell)}: {warning}")
 
         def on_running(running):
             cell, step = running[0]

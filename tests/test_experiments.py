@@ -211,6 +211,13 @@ def test_a_job_that_mixes_a_started_cell_with_a_fresh_one_trains_both_instead_of
     both = run_cells([started.to_json(), fresh.to_json()], dirs, str(dataset.path), 1)
     assert [r.get("error") for r in both] == [None, None] and both[0]["score"] == first["score"]
     assert all(r.get("packed_with") is None for r in both)  # two programs of one member each
+    # a damaged checkpoint: the cell resumes from the one before, and its result says so (the sweep shows it)
+    latest = Path(dirs[1]) / "run" / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:500])
+    (Path(dirs[1]) / "result.json").unlink()
+    (again,) = run_cells([fresh.to_json()], dirs[1:], str(dataset.path), 1)
+    assert again.get("error") is None and again["resumed_from"] == 20
+    assert len(again["warnings"]) == 1 and "continuing from the previous checkpoint" in again["warnings"][0]
 
 
 def test_a_cell_started_by_an_earlier_sweep_and_waiting_its_turn_is_not_reported_as_training(dataset, tmp_path):

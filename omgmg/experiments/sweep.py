@@ -272,13 +272,14 @@ def _train_cells(
     if len(cells) > 1:
         for r in results:
             r["packed_with"] = len(cells)  # members of one batched job (wall_s is the job's)
+    warnings: list[str] = []  # e.g. a damaged checkpoint set aside: the sweep shows them, the result keeps them
     try:
         ds = open_dataset(dataset)
         cls = algorithm_class(cells[0].algorithm).config_cls
         cfgs = [cls(**{**c.config, "torch_threads": threads}) for c in cells]
         runs = [out / "run" for out in outs]
         trained = train(cells[0].algorithm, ds, cfgs if len(cfgs) > 1 else cfgs[0], runs if len(runs) > 1 else runs[0],
-                        device=device, compile_update=compile_update,
+                        device=device, compile_update=compile_update, warn=warnings.append,
                         evaluate=cells[0].dataset.evaluable)  # fmt: skip
         trained = trained if isinstance(trained, list) else [trained]
     except Exception as e:  # a job that crashes is recorded (and retried by the next sweep), the sweep goes on
@@ -314,6 +315,9 @@ def _train_cells(
             )
     for out, result in zip(outs, results, strict=True):
         result["wall_s"] = time.time() - t0
+        own = [w for w in warnings if str(out) in w or not any(str(o) in w for o in outs)]  # its own, and the job's
+        if own:
+            result["warnings"] = own
         atomic_write_json(out / "result.json", result)
     return results
 
