@@ -457,16 +457,16 @@ def select_cells(cells: list[Cell], patterns: list[str] | tuple[str, ...] | None
     return [c for c in cells if c.key in selected]
 
 
-def held_defaults(path: Path, meta: dict) -> dict:
-    """The defaults a selection holds its grid against: those recorded when this sweep (these cells) first
-    ran, so that resuming it after the defaults followed its own pick does not hold the winner against
-    itself; ``meta``'s (today's) for a new sweep or one whose cells changed."""
+def held_defaults(path: Path, cells: list[str], today: dict) -> dict:
+    """The defaults a selection holds its grid against: those its ``sweep.json`` recorded when this sweep
+    (these ``cells``) first ran, so that resuming it after the defaults followed its own pick does not hold
+    the winner against itself; ``today``'s for a new sweep or one whose cells changed."""
     try:
         before = json.loads(path.read_text())
     except (OSError, ValueError):
-        return meta["defaults"]
-    same = isinstance(before, dict) and before.get("cells") == meta["cells"]
-    return before["defaults"] if same and isinstance(before.get("defaults"), dict) else meta["defaults"]
+        return today
+    same = isinstance(before, dict) and before.get("cells") == cells
+    return before["defaults"] if same and isinstance(before.get("defaults"), dict) else today
 
 
 def run_sweep(
@@ -543,15 +543,11 @@ def run_sweep(
             "source": spec.source,
             "grid": spec.grid[0] if spec.grid else None,
             **({"published": spec.published} if spec.published else {}),
-            **(
-                {"defaults": spec.knob_defaults(), "suite_datasets": spec.suite_datasets()}
-                if spec.layout == "selection"
-                else {}
-            ),
         }
         meta["cells"] = [c.key for c in all_cells]  # the report aggregates these only, not cells of an earlier edit
-        if spec.layout == "selection":
-            meta["defaults"] = held_defaults(sweep_dir / "sweep.json", meta)
+        if spec.layout == "selection":  # what the report's rule needs
+            meta["defaults"] = held_defaults(sweep_dir / "sweep.json", meta["cells"], spec.knob_defaults())
+            meta["suite_datasets"] = spec.suite_datasets()
         atomic_write_json(sweep_dir / "sweep.json", meta)
         if url:
             store.put(url, "sweep.json", (sweep_dir / "sweep.json").read_bytes())
