@@ -119,8 +119,9 @@ def _train(run: RunDir, progress, warn, tensorboard) -> RunDir:
         if replay.n_episodes:
             replay.truncate(0)
         _checkpoint(run, log, agent, gen, replay, env_steps, segment, evaluate(agent, vec, seed=10**9), spec)
-    if progress:
-        progress(env_steps, cfg.total_env_steps, score(run.evaluations()[-1]["eval"]))
+    if progress:  # a run trained past this request's budget serves it from the evaluations within the budget
+        within = run.evaluations(up_to=cfg.total_env_steps)
+        progress(min(env_steps, cfg.total_env_steps), cfg.total_env_steps, score(within[-1]["eval"]))
     try:
         while env_steps < cfg.total_env_steps:
             segment_end = min(cfg.total_env_steps, (env_steps // cfg.eval_every + 1) * cfg.eval_every)

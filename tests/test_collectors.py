@@ -22,6 +22,7 @@ from omgmg.collectors.happo import HAPPOAgent, HAPPOConfig
 from omgmg.collectors.mappo import MAPPOAgent, MAPPOConfig
 from omgmg.collectors.recorder import EpisodeRecorder
 from omgmg.collectors.rollout import SlotSchedule, rollout_episodes
+from omgmg.collectors.runs import score
 from omgmg.collectors.training import train_behaviour
 from omgmg.datakit import DatasetError, iter_episodes, open_dataset, validate
 from omgmg.datakit.errors import ConfigError
@@ -403,6 +404,20 @@ def test_interrupted_training_resumes_to_the_same_weights(home):
     straight = train_behaviour(ref, "mappo", cfg)
     w_straight = torch.load(straight.checkpoints()[-1], weights_only=True)["weights"]
     assert all(torch.equal(w_resumed[k], w_straight[k]) for k in w_straight)
+
+
+@pytest.mark.slow
+@pytest.mark.checkpoint
+def test_a_shorter_request_served_by_a_longer_run_reports_its_own_budget(home):
+    """A run trained to 2000 steps serves a 1000-step request: the bar must read 1000/1000 and the
+    score of the evaluation at 1000 steps, not 2000/1000 (200%) and the longer run's score."""
+    ref = resolve("fixture/continuous")
+    longer = train_behaviour(ref, "happo", HAPPOConfig(total_env_steps=2000, **SMALL))
+    at_budget = score(longer.evaluations(up_to=1000)[-1]["eval"])
+    assert at_budget != score(longer.evaluations()[-1]["eval"])  # else the test could not tell them apart
+    calls = []
+    train_behaviour(ref, "happo", HAPPOConfig(total_env_steps=1000, **SMALL), progress=lambda *a: calls.append(a))
+    assert calls == [(1000, 1000, at_budget)]
 
 
 # ----- levels end to end ----------------------------------------------------------------------------------------
