@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import time
@@ -224,7 +225,7 @@ class ProgressLines:
             return f"[{_clock(time.monotonic() - self.t0)}] {task['description']}: started" + (
                 f" (0/{_count(total)})" if total else ""
             )
-        parts = [f"{_count(done)}/{_count(total)} ({100 * done / total:.0f}%)" if total else _count(done)]
+        parts = [f"{_count(done)}/{_count(total)} ({math.floor(100 * done / total)}%)" if total else _count(done)]
         elapsed = time.monotonic() - task["start"]
         if task["first"] is not None and elapsed > 0 and done > task["first"]:
             rate = (done - task["first"]) / elapsed
@@ -252,8 +253,8 @@ class ProgressLines:
 
 
 def _count(x: float) -> str:
-    """A count as people read it: 2,000,000, not 2e+06."""
-    return f"{int(x):,}" if float(x).is_integer() else f"{x:,.1f}"
+    """A count as people read it: 2,000,000, not 2e+06; a part-done one rounded down (1.98 is 1.9, not 2.0)."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{math.floor(x * 10) / 10:,.1f}"
 
 
 def _clock(seconds: float) -> str:

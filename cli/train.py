@@ -420,8 +420,19 @@ def sweep(
         update = bars.add(f"sweep {experiment.name}{' (smoke)' if smoke else ''}")
         update(info="preparing datasets")
 
-        def on_start(total, finished):
-            update(finished, total, info=f"{finished} already finished")
+        # progress in cells, a training cell counting the share of its steps done: a packed job's cells
+        # finish together, and a count of finished cells alone would time the sweep by its jobs' sizes
+        finished_cells, trained_share = [0], {}
+
+        def show(**info):
+            update(finished_cells[0] + sum(trained_share.values()), **info)
+
+        def on_start(total, finished, started):
+            finished_cells[0] = finished
+            trained_share.update(started)
+            update(total=total)
+            resumed = f", {len(started)} resume part-way" if started else ""
+            show(info=f"{finished} already finished{resumed}")
 
         def on_done(cell, result):
             score = result.get("score")
@@ -432,7 +443,9 @@ def sweep(
                 if score is None
                 else f"{score:.3g}"
             )
-            update(advance=1, info=f"last: {cell.dataset.name} {cell.algorithm} seed {cell.seed} -> {info}")
+            finished_cells[0] += 1
+            trained_share.pop(cell.key, None)
+            show(info=f"last: {cell.dataset.name} {cell.algorithm} seed {cell.seed} -> {info}")
             for warning in result.get("warnings", []):  # e.g. a damaged checkpoint it resumed past
                 bars.note(f"warning: {cell_name(cell)}: {warning}")
 
@@ -440,9 +453,9 @@ def sweep(
             cell, step = running[0]
             more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
             steps = cell.config.get("steps")
-            update(
-                info=f"training, step {step:,}/{steps:,}: {cell.dataset.name} {cell.algorithm} seed {cell.seed}{more}"
-            )
+            for c, s in running:  # a cell counts whole at its result: its final evaluation may take minutes
+                trained_share[c.key] = min(0.99, s / c.config["steps"])
+            show(info=f"training, step {step:,}/{steps:,}: {cell.dataset.name} {cell.algorithm} seed {cell.seed}{more}")
 
         results = run_sweep(
             experiment,

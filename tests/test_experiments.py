@@ -876,6 +876,38 @@ def test_list_with_rates_estimates_the_unfinished_jobs_device_hours(dataset, tmp
     assert "3 cells as 2 jobs, 6,000 member-steps left" in resumed.output and "0.0122 device-hours" in resumed.output
 
 
+def test_a_packed_sweeps_progress_counts_the_steps_its_cells_have_trained(dataset, tmp_path, monkeypatch):
+    """Two seeds train as one job and finish together: the count moves while they train (a share of each
+    cell), so its rate and ETA follow the steps, not the size of the job."""
+    import re
+
+    spec = tmp_path / "packed.toml"
+    spec.write_text(bc_sweep_toml(dataset.path, steps=600, eval_every=300))
+    monkeypatch.setenv("OMGMG_PROGRESS_INTERVAL", "0.05")
+    args = ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--members-per-job", "2", "--workers", "1"]
+    run = CliRunner().invoke(train_cli, args)
+    assert run.exit_code == 0, run.output
+    counts = [float(n) for n in re.findall(r"sweep tiny: ([\d.]+)/2 ", run.output)]
+    assert any(0 < n < 2 and not n.is_integer() for n in counts), run.output  # part-way through the one job
+    assert counts == sorted(counts) and counts[-1] == 2
+
+    # cells that resume part-way are counted as trained that far from the start, not as speed on the way
+    from omgmg.datakit.checkpoints import save_checkpoint
+
+    class Started(Exception):
+        pass
+
+    def on_start(total, finished, started):
+        raise Started(total, finished, started)
+
+    cells = load_spec(spec).cells()
+    (checkpoints := tmp_path / "sw2" / "cells" / cells[0].dirname / "run" / "checkpoints").mkdir(parents=True)
+    save_checkpoint({"step": 150}, checkpoints / "latest.pt")
+    with pytest.raises(Started) as told:
+        run_sweep(load_spec(spec), tmp_path / "sw2", workers=1, on_note=lambda m: None, on_start=on_start)
+    assert told.value.args == (2, 0, {cells[0].key: 0.25})
+
+
 def test_a_clusters_lease_period_is_a_setting_checked_before_anything_runs(dataset, tmp_path, monkeypatch):
     from omgmg.experiments import store
     from omgmg.experiments.sweep import SweepError

@@ -478,7 +478,7 @@ def run_sweep(
     workers: int | None = None,
     address: str | None = None,
     on_note: Callable[[str], None] = print,
-    on_start: Callable[[int, int], None] | None = None,
+    on_start: Callable[[int, int, dict[str, float]], None] | None = None,
     on_done: Callable[[Cell, dict], None] | None = None,
     on_running: Callable[[list[tuple[Cell, int]]], None] | None = None,
     running_every: float = 30.0,
@@ -495,7 +495,9 @@ def run_sweep(
     CPU count divided by ``workers``, on Ray 1); returns the results of the selected cells. ``sweep.json``
     lists all of the spec's cells either way, so a report of a part says that it is one. ``on_running`` is
     told every ``running_every`` seconds which cells are training and at what step (from their logs), so a
-    long cell is never silent."""
+    long cell is never silent. ``on_start(cells, finished, started)`` is told before any training, with the
+    share of its steps each interrupted cell resumes past (``{cell key: share}``), so progress counted in
+    cells' steps does not mistake resumed work for speed."""
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
@@ -560,7 +562,7 @@ def run_sweep(
                 on_note(note)
         todo = pending_cells(sweep_dir, cells)
         if on_start:
-            on_start(len(cells), len(cells) - len(todo))
+            on_start(len(cells), len(cells) - len(todo), _resumed_shares(sweep_dir, todo))
 
         prepare_datasets([c for c in todo if c.dataset.path], data, workers, on_note)  # a wrong path stops it now
 
@@ -601,6 +603,16 @@ def run_sweep(
             for c in cells
             if (cell_dir(sweep_dir, c) / "result.json").exists()
         ]
+
+
+def _resumed_shares(sweep_dir: Path, cells: list[Cell]) -> dict[str, float]:
+    """``{cell key: share of its steps}`` of the cells whose runs resume part-way."""
+    shares = {}
+    for c in cells:
+        step = resume_step(cell_dir(sweep_dir, c) / "run")
+        if step is not None and step > 0:
+            shares[c.key] = min(1.0, step / c.config["steps"])
+    return shares
 
 
 @contextmanager
