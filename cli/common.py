@@ -225,7 +225,10 @@ class ProgressLines:
             return f"[{_clock(time.monotonic() - self.t0)}] {task['description']}: started" + (
                 f" (0/{_count(total)})" if total else ""
             )
-        parts = [f"{_count(done)}/{_count(total)} ({math.floor(100 * done / total)}%)" if total else _count(done)]
+        if total:
+            parts = [f"{_count(done)}/{_count(total)} ({math.floor(100 * done / total)}%)"]
+        else:  # a phase of unknown size: its count once it counts, its info alone before ("preparing datasets")
+            parts = [_count(done)] if task["first"] is not None else []
         elapsed = time.monotonic() - task["start"]
         if task["first"] is not None and elapsed > 0 and done > task["first"]:
             rate = (done - task["first"]) / elapsed
