@@ -882,7 +882,7 @@ def test_a_packed_sweeps_progress_counts_the_steps_its_cells_have_trained(datase
     import re
 
     spec = tmp_path / "packed.toml"
-    spec.write_text(bc_sweep_toml(dataset.path, steps=600, eval_every=300))
+    spec.write_text(bc_sweep_toml(dataset.path, steps=300, eval_every=300))
     monkeypatch.setenv("OMGMG_PROGRESS_INTERVAL", "0.05")
     args = ["sweep", str(spec), "--out", str(tmp_path / "sw"), "--members-per-job", "2", "--workers", "1"]
     run = CliRunner().invoke(train_cli, args)
@@ -902,7 +902,7 @@ def test_a_packed_sweeps_progress_counts_the_steps_its_cells_have_trained(datase
 
     cells = load_spec(spec).cells()
     (checkpoints := tmp_path / "sw2" / "cells" / cells[0].dirname / "run" / "checkpoints").mkdir(parents=True)
-    save_checkpoint({"step": 150}, checkpoints / "latest.pt")
+    save_checkpoint({"step": 75}, checkpoints / "latest.pt")
     with pytest.raises(Started) as told:
         run_sweep(load_spec(spec), tmp_path / "sw2", workers=1, on_note=lambda m: None, on_start=on_start)
     assert told.value.args == (2, 0, {cells[0].key: 0.25})
