@@ -485,6 +485,27 @@ def test_report_aggregates_mean_and_std_by_hand_and_bolds_the_best(tmp_path):
     assert "Not the paper's benchmark: MaMuJoCo runs on gymnasium-robotics v5" in md and "SMAX" not in md
 
 
+def test_a_reports_budget_line_names_a_dataset_that_ran_its_own_budget(tmp_path):
+    """SMAX cells of a spec run 20k steps and 128 evaluation episodes against the spec's 50k and 32: the
+    header said 50k and 32 for every row."""
+    root = tmp_path / "sw"
+    budget = {"steps": 50000, "eval_every": 5000, "eval_episodes": 32}
+    meta = {"name": "t", "title": "T", "layout": "table", "smoke": False, "seeds": [0], "data": {},
+            "budget": budget, "algorithms": ["bc"], "grid": None}  # fmt: skip
+    root.mkdir()
+    (root / "sweep.json").write_text(json.dumps(meta))
+    _fake_result(root, "hop", "bc", 0, 1000.0, None, steps=50000)
+    _fake_result(root, "smax", "bc", 0, 0.4, None, task="protoss_5v5", win=0.4, steps=20000)
+    cell = root / "cells" / "smax" / "result.json"
+    result = json.loads(cell.read_text())
+    result["cell"]["config"]["eval_episodes"] = 128
+    cell.write_text(json.dumps(result))
+    md = write_report(root)[0].read_text()
+    assert "full budget: 50000 gradient steps, 1 seed(s), 32 evaluation episodes" in md
+    assert "; protoss_5v5: 20000 gradient steps, 128 evaluation episodes_" in md
+    assert "Hopper-3x1:" not in md  # it ran the spec's budget
+
+
 def test_a_report_normalises_with_the_references_its_cells_recorded_when_the_data_is_gone(tmp_path):
     root = tmp_path / "sw"
     budget = {"steps": 5, "eval_every": 5, "eval_episodes": 1}

@@ -79,13 +79,25 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
-def budget_label(meta: dict) -> str:
+def budget_label(meta: dict, agg: dict | None = None) -> str:
+    """The spec's budget, and each task whose cells (``agg``: :func:`aggregate`) ran another one (a dataset's
+    own ``steps`` or ``eval_episodes``, e.g. SMAX's 20k steps and 128 episodes)."""
     b = meta["budget"]
     kind = "SMOKE budget (a quick check, not the paper's setting)" if meta["smoke"] else "full budget"
-    return (
+    label = (
         f"{kind}: {b['steps']} gradient steps, {len(meta['seeds'])} seed(s), {b['eval_episodes']} evaluation "
         f"episodes; datasets {json.dumps(meta['data'])}"
     )
+    own = {}
+    for key, entry in (agg or {}).items():
+        parts = []
+        if entry["steps"] and entry["steps"] != [b["steps"]]:
+            parts.append(f"{' / '.join(map(str, entry['steps']))} gradient steps")
+        if entry["eval_episodes"] and entry["eval_episodes"] != [b["eval_episodes"]]:
+            parts.append(f"{' / '.join(map(str, entry['eval_episodes']))} evaluation episodes")
+        if parts:
+            own[key[0]] = ", ".join(parts)
+    return label + "".join(f"; {task}: {text}" for task, text in sorted(own.items()))
 
 
 def _score(result: dict, which: str = "") -> float | None:
@@ -129,6 +141,7 @@ def aggregate(results: list[dict]) -> dict:
             "errors": [r["error"] for r in rs if r.get("error")],
             "suite": rs[0]["cell"]["dataset"].get("suite"),
             "steps": sorted({r["cell"]["config"].get("steps") for r in rs} - {None}),
+            "eval_episodes": sorted({r["cell"]["config"].get("eval_episodes") for r in rs} - {None}),
         }
         if scores:
             entry["mean"], entry["std"], entry["scored"] = *mean_std(scores), len(scores)
@@ -175,7 +188,7 @@ def table(meta: dict, agg: dict) -> tuple[str, list[list[str]]]:
     md = [
         f"## {meta['title']}",
         "",
-        f"_{budget_label(meta)}_",
+        f"_{budget_label(meta, agg)}_",
         "",
         "Final evaluation score, mean ± std over seeds (MaMuJoCo: return, with the normalised score in "
         "parentheses; SMACv2: win rate in %); in brackets the mean best score, selected on evaluation returns "
@@ -409,7 +422,7 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
     md = [
         f"## {meta['title']}",
         "",
-        f"_{budget_label(meta)}_",
+        f"_{budget_label(meta, agg)}_",
         "",
         f"| task | dataset | algorithm | {param} | score | Q_tot |{extra} diverged |",
         "|---|---|---|---|---|---|---|" + ("---|" if distance else ""),
@@ -460,7 +473,7 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
             ax.set_axis_off()
             ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
     width = int(3.6 * len(datasets) * 100 / 6.5)  # characters of 8-point text across the figure, about
-    fig.suptitle(textwrap.fill(f"{meta['title']}; {budget_label(meta)}", width), fontsize=8)
+    fig.suptitle(textwrap.fill(f"{meta['title']}; {budget_label(meta, agg)}", width), fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)
     return "\n".join(md) + f"\n\n![{meta['name']}]({out_png.name})\n", csv_rows
@@ -657,12 +670,12 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
         md += "\n" + published_section(meta, agg)
     finished = sum(1 for r in results if not (r.get("error") or r.get("skipped")))
     if "cells" in meta and finished < len(meta["cells"]):  # said under the budget line
-        budget = f"_{budget_label(meta)}_\n"
+        budget = f"_{budget_label(meta, agg)}_\n"
         unfinished = f"_Unfinished: {finished} of {len(meta['cells'])} cells have a result; run the sweep again "
         unfinished += "to train the rest._\n"
         md = md.replace(budget, f"{budget}\n{unfinished}", 1)
     if where := trained_where(results):
-        budget = f"_{budget_label(meta)}_\n"
+        budget = f"_{budget_label(meta, agg)}_\n"
         md = md.replace(budget, f"{budget}\n_{where}_\n", 1)
     curves = out_dir / f"{meta['name']}-curves.png"
     if learning_curves(sweep_dir, meta, results, curves):
