@@ -448,7 +448,7 @@ def ablation(meta: dict, agg: dict, out_png: Path) -> tuple[str, list[list[str]]
                 bad = np.array([p[2] > 0 for p in pts])
                 if bad.any():
                     ax.scatter(x[bad], y[bad], marker="x", s=120, c="red", zorder=5, label="diverged")
-                if param == "nu" and (x > 0).all():
+                if (x > 0).all() and x.max() >= 100 * x.min():  # a grid of orders of magnitude (nu, alpha, beta)
                     ax.set_xscale("log")
                 ax.set_xlabel(param)
                 unit = {off_data(agg[k])[0] for k in keys if off_data(agg[k])}
