@@ -47,8 +47,9 @@ class ComaDICEConfig(TDConfig):
     """ComaDICE hyperparameters (shared ones are documented on OfflineConfig and TDConfig; tau is unused:
     ComaDICE keeps no target network)."""
 
-    alpha: float = 1.0
-    """Weight alpha of the soft-chi^2 divergence from the data distribution (the paper sweeps it)."""
+    alpha: float = 10.0
+    """Weight alpha of the soft-chi^2 divergence from the data distribution: the official code's value (its
+    ``main.py`` runs every task at 10); ``select-clean-comadice-alpha`` selects it on held-out copies."""
     max_ratio: float = 100.0
     """Clip of the ratio w*(e) in the actor's weights."""
 
