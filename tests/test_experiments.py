@@ -141,6 +141,18 @@ def test_cell_hashes_are_stable_and_change_with_any_hyperparameter(dataset):
 
 
 @pytest.mark.slow
+def test_a_cell_whose_result_is_not_a_result_is_pending_not_finished(dataset, tmp_path):
+    """A result.json damaged into valid JSON that is not an object (``[]``, ``null``) counted as finished:
+    the sweep skipped the cell and its report then refused the file."""
+    from omgmg.experiments.sweep import cell_dir
+
+    cells = parse_spec(spec_dict(dataset)).cells()
+    for cell, text in zip(cells, ["[]", "null", '{"key": "k", "error": "boom"}', '{"key": "k", "score": 1.0}']):
+        (cell_dir(tmp_path, cell)).mkdir(parents=True)
+        (cell_dir(tmp_path, cell) / "result.json").write_text(text)
+    assert [c.key for c in pending_cells(tmp_path, cells)] == [c.key for c in cells[:3]]
+
+
 def test_an_interrupted_sweep_resumes_and_runs_only_the_missing_cells(dataset, tmp_path):
     spec = parse_spec(spec_dict(dataset))
     ran = []

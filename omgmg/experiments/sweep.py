@@ -420,9 +420,10 @@ def finished(sweep_dir: Path, cell: Cell) -> bool:
     """A cell is finished when it has a result that records no error."""
     path = cell_dir(sweep_dir, cell) / "result.json"
     try:
-        return "error" not in json.loads(path.read_text())
+        result = json.loads(path.read_text())
     except (OSError, ValueError):  # no result yet, or a damaged one: run the cell (again)
         return False
+    return isinstance(result, dict) and "error" not in result  # valid JSON but not a result: damaged too
 
 
 def pending_cells(sweep_dir: Path, cells: list[Cell]) -> list[Cell]:
