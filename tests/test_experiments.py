@@ -141,6 +141,23 @@ def test_cell_hashes_are_stable_and_change_with_any_hyperparameter(dataset):
 
 
 @pytest.mark.slow
+def test_a_sweep_refuses_a_folder_of_someone_elses_files_and_touches_none(dataset, tmp_path):
+    from omgmg.experiments.sweep import SweepError, _check_sweep_folder
+
+    theirs = tmp_path / "thesis"
+    theirs.mkdir()
+    (theirs / "tiny.md").write_text("my notes")  # the name the sweep's report would take
+    spec = parse_spec(spec_dict(dataset))
+    with pytest.raises(SweepError, match=r"holds files no sweep wrote \(tiny.md\) and no sweep.json: give --out"):
+        run_sweep(spec, theirs, workers=1, on_note=lambda m: None)
+    assert sorted(p.name for p in theirs.iterdir()) == ["tiny.md"] and (theirs / "tiny.md").read_text() == "my notes"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _check_sweep_folder(empty)  # a new or empty folder is the sweep's
+    (empty / f".sweep.json.{os.getpid()}.tmp").write_text("{")  # a sweep killed while writing its sweep.json
+    _check_sweep_folder(empty)
+
+
 def test_a_cell_whose_result_is_not_a_result_is_pending_not_finished(dataset, tmp_path):
     """A result.json damaged into valid JSON that is not an object (``[]``, ``null``) counted as finished:
     the sweep skipped the cell and its report then refused the file."""

@@ -530,6 +530,8 @@ def run_sweep(
         sweep_dir.mkdir(parents=True, exist_ok=True)
         store.pull_results(url, sweep_dir)
     sweep_dir = Path(sweep_dir).absolute()  # a job runs where its worker's cwd is: Ray's is not ours
+    if url is None:
+        _check_sweep_folder(sweep_dir)
     with os_errors(sweep_dir, "creating the sweep directory"):
         sweep_dir.mkdir(parents=True, exist_ok=True)
     with OutputLock(sweep_dir, "sweep"):
@@ -604,6 +606,25 @@ def run_sweep(
             for c in cells
             if (cell_dir(sweep_dir, c) / "result.json").exists()
         ]
+
+
+def _check_sweep_folder(path: Path) -> None:
+    """A sweep writes into a new or empty folder, or into one a sweep wrote (it holds ``sweep.json``, written
+    before anything else, or at least its ``cells``): its reports would replace a file of the same name in
+    someone else's folder."""
+    if not path.is_dir() or (path / "sweep.json").exists():
+        return
+    theirs = sorted(e.name for e in path.iterdir() if not _a_sweeps_own(e.name))
+    if theirs:
+        listed = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        raise SweepError(f"{path} holds files no sweep wrote ({listed}) and no sweep.json: give --out a new or "
+                         "empty folder, or the folder of an earlier run of this sweep")  # fmt: skip
+
+
+def _a_sweeps_own(name: str) -> bool:
+    """Whether a sweep folder's entry ``name`` is one a sweep writes before its ``sweep.json`` or without it:
+    its cells, or the temporary file of an interrupted write of ``sweep.json``."""
+    return name == "cells" or (name.startswith(".sweep.json.") and name.endswith(".tmp"))
 
 
 def _resumed_shares(sweep_dir: Path, cells: list[Cell]) -> dict[str, float]:
