@@ -28,6 +28,7 @@ from omgmg.cli.common import (
     warn,
 )
 from omgmg.cli.options import config_options, given
+from omgmg.trainer import CHECKPOINT_MINUTES
 
 
 def _algorithm_options(fn):
@@ -125,6 +126,14 @@ def parse_grid(items: tuple[str, ...]) -> dict[str, list[float]]:
 @DEVICE
 @COMPILE
 @click.option(
+    "--checkpoint-minutes",
+    type=click.FloatRange(min=0),
+    default=CHECKPOINT_MINUTES,
+    show_default=True,
+    help="Between evaluations, also checkpoint at the first log step this many minutes after the last checkpoint, "
+    "so an interrupted run resumes having lost at most about this much work (0: at every log step).",
+)
+@click.option(
     "--seeds",
     help="Train several seeds as one batched program (e.g. 0-4 or 0,1,2): one run directory per seed, each as a "
     "single run with that --seed writes.",
@@ -146,6 +155,7 @@ def train(
     tensorboard: bool | None,
     device: str,
     compile_update: bool,
+    checkpoint_minutes: float,
     seeds: str | None,
     grid: tuple[str, ...],
     **options,
@@ -204,6 +214,7 @@ def train(
             tensorboard=tensorboard,
             device=device,
             compile_update=compile_update,
+            checkpoint_minutes=checkpoint_minutes,
         )
     for r in result if several else [result]:
         _print_result(r.run_dir, r.final, r.best)

@@ -105,13 +105,14 @@ def check_resume(out: Path, state: dict, wanted: dict, ds: Dataset) -> None:
     raise RequestError(f"{out} holds {what}; choose another output path, or delete that run directory to start over")
 
 
-def resume_states(outs: list[Path], warn, first_save: int) -> list[dict | None]:
+def resume_states(outs: list[Path], warn) -> list[dict | None]:
     """Each member's checkpoint to resume from (None: it starts afresh), all at one step.
 
     Members save one after another at the same step, so an interruption in between leaves some a save
     ahead: those go back to their ``latest.previous.pt``, which holds the step the others are at. An
-    interruption during the first round of saves (``first_save``: its step) leaves some members with a
-    checkpoint and others none: then every member starts afresh, as it would have run uninterrupted."""
+    interruption during the first round of saves (members with one checkpoint, all at one step, and no
+    ``latest.previous.pt`` anywhere) leaves some members with a checkpoint and others none: then every member
+    starts afresh, as it would have run uninterrupted."""
     states = []
     for o in outs:
         latest = o / "checkpoints" / "latest.pt"
@@ -122,6 +123,7 @@ def resume_states(outs: list[Path], warn, first_save: int) -> list[dict | None]:
         return states
     if len(started) < len(states):
         fresh = [str(o) for o, s in zip(outs, states, strict=True) if s is None]
+        first_save = int(started[0]["step"])
         first_round = all(int(s["step"]) == first_save for s in started) and not any(
             previous_path(o / "checkpoints" / "latest.pt").exists() for o in outs
         )

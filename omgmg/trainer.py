@@ -6,7 +6,8 @@ Read it top to bottom: :func:`train` takes the run directories' locks and checks
 the algorithm (one or several members) on its device, each member initialised as a single run with its seed;
 the loop takes a step on a fresh minibatch per member, logs every ``log_every`` steps (with the diagnostics,
 :mod:`omgmg.diagnostics`), evaluates every ``eval_every`` steps (:mod:`omgmg.evaluation`) and checkpoints
-(:mod:`omgmg.rundir`). Running the same command again resumes from ``latest.pt`` and continues the same
+(:mod:`omgmg.rundir`), and checkpoints between evaluations too when ``checkpoint_minutes`` of wall time have
+passed since the last one. Running the same command again resumes from ``latest.pt`` and continues the same
 metrics stream (log lines written after that checkpoint are dropped first, and the running means of the
 next log line continue from the checkpoint, so a resumed run logs what an uninterrupted one does); one
 process trains a run directory at a time (an exclusive lock), and the dataset cannot be replaced while it
@@ -52,6 +53,8 @@ from omgmg.rundir import (
 )
 
 STD_FLOOR = 1e-3
+CHECKPOINT_MINUTES = 10.0
+"""Wall time after which a run also checkpoints between evaluations (at its next log step)."""
 
 
 def dataset_statistics(ds: Dataset, block: int = 65536) -> tuple[np.ndarray, ...]:
@@ -137,6 +140,7 @@ def train(
     tensorboard: bool | None = None,
     device: str | torch.device | None = "cpu",
     compile_update: bool = False,
+    checkpoint_minutes: float = CHECKPOINT_MINUTES,
 ) -> TrainResult | list[TrainResult]:
     """Train ``algo_name`` on a dataset into run directory ``out`` (resuming it if it holds a run).
 
@@ -146,7 +150,11 @@ def train(
 
     ``tensorboard``: also write TensorBoard event files to ``out/tensorboard`` (None: when installed;
     see :class:`omgmg.datakit.metrics.MetricLog`). ``device``: cpu, cuda[:i] or auto. ``compile_update``:
-    :meth:`OfflineAlgorithm.compile_update` (CUDA graphs on a CUDA device; on this project's CPU slower)."""
+    :meth:`OfflineAlgorithm.compile_update` (CUDA graphs on a CUDA device; on this project's CPU slower).
+    ``checkpoint_minutes``: between evaluations, also checkpoint at the first log step this long after the last
+    checkpoint, so an interruption loses at most about this much work (0: at every log step)."""
+    if not checkpoint_minutes >= 0:
+        raise RequestError(f"checkpoint_minutes must be a number >= 0, got {checkpoint_minutes}")
     several = isinstance(cfg, list | tuple)
     cfgs = list(cfg) if several else [cfg]
     outs = [Path(o).absolute() for o in (out if several else [out])]
@@ -179,24 +187,30 @@ def train(
             # the run directories are made once the data is read (_train): a command that fails or is killed
             # while opening or loading the dataset leaves no empty folder behind
             results = _train(
-                algo_name, dataset, cfgs, outs, evaluate, progress, warn, tensorboard, device, compile_update
-            )
+                algo_name, dataset, cfgs, outs, evaluate, progress, warn, tensorboard, device, compile_update,
+                checkpoint_minutes,
+            )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     return results if several else results[0]
 
 
 def _train(
-    algo_name, dataset, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device, compile_update: bool = False
-) -> list[TrainResult]:
+    algo_name, dataset, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device, compile_update: bool,
+    checkpoint_minutes: float,
+) -> list[TrainResult]:  # fmt: skip
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     with read_lock(ds.path):  # nothing replaces the dataset while the run reads it
-        return _train_on(ds, algo_name, cfgs, outs, evaluate, progress, warn, tensorboard, device, compile_update)
+        return _train_on(
+            ds, algo_name, cfgs, outs, evaluate, progress, warn, tensorboard, device, compile_update,
+            checkpoint_minutes,
+        )  # fmt: skip
 
 
 def _train_on(
-    ds: Dataset, algo_name, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device, compile_update: bool
-) -> list[TrainResult]:
+    ds: Dataset, algo_name, cfgs, outs, evaluate: bool, progress, warn, tensorboard, device, compile_update: bool,
+    checkpoint_minutes: float,
+) -> list[TrainResult]:  # fmt: skip
     M, cfg = len(cfgs), cfgs[0]
     algo = build(algo_name, ds, cfgs, device)
     algo.behaviour_log_prob = _behaviour_density(ds, warn)  # for the mechanism metrics (omgmg.diagnostics)
@@ -218,7 +232,7 @@ def _train_on(
     start, bests = 0, [None] * M
     sums: dict[str, torch.Tensor] = {}  # running sums (M,) of the next log line, on the device
     n = 0
-    states = resume_states(outs, warn, first_save=min(cfg.eval_every, cfg.steps))
+    states = resume_states(outs, warn)
     if states[0] is not None:
         for o, state, ident in zip(outs, states, identities, strict=True):
             check_resume(o, state, ident, ds)
@@ -238,7 +252,15 @@ def _train_on(
     evaluator = Evaluator(ds, cfg.eval_episodes, cfg.seed) if evaluate else None
     rtg = torch.from_numpy(returns_to_go(ds, getattr(cfg, "gamma", 0.99))).to(device)  # Q_tot's yardstick
     finals: list[dict] = [{} for _ in range(M)]
-    t0 = time.perf_counter()
+
+    def save_latest(step: int) -> float:
+        """Every member's latest.pt at this step (the previous one kept); returns when it was written."""
+        for k in range(M):
+            ckpt = member_checkpoint(algo, loader, k, algo_name, configs[k], step, bests[k], sums, n)
+            save_checkpoint(ckpt, outs[k] / "checkpoints" / "latest.pt", keep_previous=True)
+        return time.monotonic()
+
+    t0, saved_at = time.perf_counter(), time.monotonic()
     try:
         for step in range(start + 1, cfg.steps + 1):
             metrics = algo.step(loader)  # (M,) tensors on the device: no host sync here
@@ -259,7 +281,11 @@ def _train_on(
                     record = {"step": step, **record, "time/steps_per_s": rate}
                     log.write(record)
                     final.update(record)
-                sums, n, t0 = {}, 0, time.perf_counter()
+                sums, n = {}, 0
+                evaluates = step % cfg.eval_every == 0 or step == cfg.steps
+                if not evaluates and time.monotonic() - saved_at >= 60 * checkpoint_minutes:
+                    saved_at = save_latest(step)  # a long gap between evaluations: an interruption loses less
+                t0 = time.perf_counter()
                 if progress:
                     progress(step, cfg.steps, None)
             if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -273,9 +299,7 @@ def _train_on(
                             save_checkpoint(ckpt, outs[k] / "checkpoints" / "best.pt", keep_previous=False)
                     logs[k].write(evs[k])  # before the checkpoint: a crash in between cuts the log back
                     finals[k].update(evs[k])
-                for k in range(M):
-                    ckpt = member_checkpoint(algo, loader, k, algo_name, configs[k], step, bests[k], sums, n)
-                    save_checkpoint(ckpt, outs[k] / "checkpoints" / "latest.pt", keep_previous=True)
+                saved_at = save_latest(step)
                 if progress:
                     progress(step, cfg.steps, evs)
                 t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from conftest import fixture_datasets, small_config
 from omgmg.algos import ALGORITHMS
 from omgmg.cli.train import main as train_cli
 from omgmg.datakit import TransitionLoader
-from omgmg.datakit.errors import CheckpointError, ConfigError
+from omgmg.datakit.errors import CheckpointError, ConfigError, RequestError
 from omgmg.members import MemberRandom, clip_grad_norm_per_member, member_mean
 from omgmg.rundir import load_policy, read_log
 from omgmg.trainer import build, train
@@ -153,6 +153,60 @@ def test_a_batch_killed_while_its_first_checkpoints_are_written_starts_over_exac
         assert _weights(a)["step"] == _weights(b)["step"] == 60
         assert all(torch.equal(v, _weights(b)["weights"][k]) for k, v in _weights(a)["weights"].items())
         assert drop(a) == drop(b)
+
+
+def test_a_batch_interrupted_between_evaluations_resumes_from_its_timed_checkpoint_exactly(data, tmp_path):
+    # checkpoint_minutes=0: a checkpoint at every log step (15, 30, 45, ...), evaluations at 60 only
+    cfgs = [small_config("omgmg", steps=90, log_every=15, eval_every=60, eval_episodes=1, seed=s) for s in (0, 1)]
+    straight = [tmp_path / "a0", tmp_path / "a1"]
+    train("omgmg", data["discrete"], cfgs, straight)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_45(step, total, evs):
+        if step == 45:
+            raise Stop
+
+    cut = [tmp_path / "b0", tmp_path / "b1"]
+    with pytest.raises(Stop):
+        train("omgmg", data["discrete"], cfgs, cut, progress=stop_at_45, checkpoint_minutes=0)
+    assert all(_weights(o)["step"] == 45 for o in cut)  # not the last evaluation's: there was none yet
+    train("omgmg", data["discrete"], cfgs, cut)
+    drop = lambda run: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_log(run)]  # noqa: E731
+    for a, b in zip(straight, cut, strict=True):
+        wa, wb = _weights(a), _weights(b)
+        assert all(torch.equal(v, wb["weights"][k]) for k, v in wa["weights"].items())
+        assert drop(a) == drop(b)
+
+
+def test_a_batch_killed_while_its_first_timed_checkpoints_are_written_starts_over(data, tmp_path):
+    cfgs = [small_config("bc", steps=60, log_every=15, eval_every=30, seed=s) for s in (0, 1)]
+    straight = [tmp_path / "a0", tmp_path / "a1"]
+    train("bc", data["continuous"], cfgs, straight, evaluate=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_15(step, total, evs):
+        if step == 15:
+            raise Stop
+
+    cut = [tmp_path / "b0", tmp_path / "b1"]
+    with pytest.raises(Stop):
+        train("bc", data["continuous"], cfgs, cut, evaluate=False, progress=stop_at_15, checkpoint_minutes=0)
+    (cut[1] / "checkpoints" / "latest.pt").unlink()  # as if killed after member 0's first save (step 15)
+    warnings = []
+    train("bc", data["continuous"], cfgs, cut, evaluate=False, warn=warnings.append)
+    assert any("(step 15)" in w and "every member starts over from step 0" in w for w in warnings)
+    for a, b in zip(straight, cut, strict=True):
+        assert all(torch.equal(v, _weights(b)["weights"][k]) for k, v in _weights(a)["weights"].items())
+
+
+def test_checkpoint_minutes_must_be_a_number_of_minutes(data, tmp_path):
+    with pytest.raises(RequestError, match="checkpoint_minutes must be a number >= 0"):
+        train("bc", data["continuous"], small_config("bc", steps=2), tmp_path / "r", checkpoint_minutes=float("nan"))
+    assert not (tmp_path / "r").exists()
 
 
 def test_members_one_save_ahead_go_back_to_the_step_the_others_are_at(data, tmp_path):
