@@ -241,6 +241,8 @@ def _train_on(
         n = int(states[0].get("log_n", 0))
         names = states[0].get("log_sums", {}).keys()
         sums = {k: torch.tensor([float(s["log_sums"][k]) for s in states], device=device) for k in names}
+        if progress and start < cfg.steps:
+            progress(start, cfg.steps, None)  # a resumed run's progress starts where it resumes
     for o, config in zip(outs, configs, strict=True):
         with os_errors(o, "creating the run directory"):
             o.mkdir(exist_ok=True)

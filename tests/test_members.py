@@ -172,7 +172,9 @@ def test_a_batch_interrupted_between_evaluations_resumes_from_its_timed_checkpoi
     with pytest.raises(Stop):
         train("omgmg", data["discrete"], cfgs, cut, progress=stop_at_45, checkpoint_minutes=0)
     assert all(_weights(o)["step"] == 45 for o in cut)  # not the last evaluation's: there was none yet
-    train("omgmg", data["discrete"], cfgs, cut)
+    calls = []
+    train("omgmg", data["discrete"], cfgs, cut, progress=lambda *call: calls.append(call))
+    assert calls[0] == (45, 90, None)  # the progress of a resumed run starts where it resumes
     drop = lambda run: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_log(run)]  # noqa: E731
     for a, b in zip(straight, cut, strict=True):
         wa, wb = _weights(a), _weights(b)
