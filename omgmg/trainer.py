@@ -154,7 +154,7 @@ def train(
     ``checkpoint_minutes``: between evaluations, also checkpoint at the first log step this long after the last
     checkpoint, so an interruption loses at most about this much work (0: at every log step)."""
     if not checkpoint_minutes >= 0:
-        raise RequestError(f"checkpoint_minutes must be a number >= 0, got {checkpoint_minutes}")
+        raise RequestError(f"<<checkpoint_minutes={checkpoint_minutes}>> is not a number of minutes >= 0")
     several = isinstance(cfg, list | tuple)
     cfgs = list(cfg) if several else [cfg]
     outs = [Path(o).absolute() for o in (out if several else [out])]

@@ -206,8 +206,12 @@ def test_a_batch_killed_while_its_first_timed_checkpoints_are_written_starts_ove
 
 
 def test_checkpoint_minutes_must_be_a_number_of_minutes(data, tmp_path):
-    with pytest.raises(RequestError, match="checkpoint_minutes must be a number >= 0"):
+    with pytest.raises(RequestError, match="checkpoint_minutes='nan' is not a number of minutes >= 0"):
         train("bc", data["continuous"], small_config("bc", steps=2), tmp_path / "r", checkpoint_minutes=float("nan"))
+    assert not (tmp_path / "r").exists()
+    args = ["train", "--dataset", str(data["continuous"].path), "--algo", "bc", "--steps", "2", "--out"]
+    failed = CliRunner().invoke(train_cli, [*args, str(tmp_path / "r"), "--checkpoint-minutes", "nan"])
+    assert failed.exit_code == 2 and "--checkpoint-minutes nan is not a number of minutes" in failed.output
     assert not (tmp_path / "r").exists()
 
 
