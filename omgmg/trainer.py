@@ -269,6 +269,7 @@ def _train_on(
             for k, v in metrics.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             n += 1
+            evaluates = step % cfg.eval_every == 0 or step == cfg.steps
             if step % cfg.log_every == 0 or step == cfg.steps:
                 rate = n / (time.perf_counter() - t0)
                 records = _per_member({k: v / n for k, v in sums.items()}, M)
@@ -284,13 +285,12 @@ def _train_on(
                     log.write(record)
                     final.update(record)
                 sums, n = {}, 0
-                evaluates = step % cfg.eval_every == 0 or step == cfg.steps
                 if not evaluates and time.monotonic() - saved_at >= 60 * checkpoint_minutes:
                     saved_at = save_latest(step)  # a long gap between evaluations: an interruption loses less
                 t0 = time.perf_counter()
                 if progress:
                     progress(step, cfg.steps, None)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if evaluates:
                 evs = [{"step": step} for _ in range(M)]
                 for k in range(M):
                     if evaluator is not None:
