@@ -102,107 +102,72 @@ def test_a_batched_run_writes_what_each_single_run_writes(data, tmp_path, algo, 
         assert load_policy(tmp_path / f"m{c.seed}" / "checkpoints" / "latest.pt").members == 1
 
 
-def test_a_batched_run_resumed_after_an_interruption_continues_every_member_exactly(data, tmp_path):
-    cfgs = [small_config("omgmg", steps=90, log_every=15, eval_every=30, eval_episodes=1, seed=s) for s in (0, 1)]
-    straight = [tmp_path / "a0", tmp_path / "a1"]
-    train("omgmg", data["discrete"], cfgs, straight)
+class Stop(Exception):
+    """Raised from a progress callback: the run stops there, as if killed after its last checkpoint."""
 
-    class Stop(Exception):
-        pass
 
-    def stop_at_60(step, total, evs):
-        if evs and step == 60:
+def _stop_at(stop_step: int, evaluated: bool = False):
+    """A progress callback that stops the run at ``stop_step`` (at its evaluation, with ``evaluated``)."""
+
+    def progress(step, total, evs):
+        if step == stop_step and (evs or not evaluated):
             raise Stop
 
-    cut = [tmp_path / "b0", tmp_path / "b1"]
-    with pytest.raises(Stop):
-        train("omgmg", data["discrete"], cfgs, cut, progress=stop_at_60)
-    assert all(_weights(o)["step"] == 60 for o in cut)
-    train("omgmg", data["discrete"], cfgs, cut)
+    return progress
+
+
+def _assert_same_runs(straight, cut):
+    """Each pair of run directories holds the same weights, bit for bit, and the same log (times aside)."""
     drop = lambda run: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_log(run)]  # noqa: E731
     for a, b in zip(straight, cut, strict=True):
         wa, wb = _weights(a), _weights(b)
+        assert wa["step"] == wb["step"]
         assert all(torch.equal(v, wb["weights"][k]) for k, v in wa["weights"].items())
         assert drop(a) == drop(b)
 
 
-@pytest.mark.parametrize("saved", [1, 2])  # killed after the first `saved` members wrote their first checkpoint
-def test_a_batch_killed_while_its_first_checkpoints_are_written_starts_over_exactly(data, tmp_path, saved):
+# stopped at an evaluation's checkpoint (60), or between evaluations at a timed one (checkpoint_minutes=0: a
+# checkpoint at every log step, 15, 30, 45, ...; evaluations at 60 only)
+@pytest.mark.parametrize("eval_every, checkpoint_minutes, stop_step", [(30, 10.0, 60), (60, 0.0, 45)])
+def test_a_batched_run_resumed_after_an_interruption_continues_every_member_exactly(
+    data, tmp_path, eval_every, checkpoint_minutes, stop_step
+):
+    cfgs = [
+        small_config("omgmg", steps=90, log_every=15, eval_every=eval_every, eval_episodes=1, seed=s) for s in (0, 1)
+    ]
+    straight = [tmp_path / "a0", tmp_path / "a1"]
+    train("omgmg", data["discrete"], cfgs, straight)
+    cut = [tmp_path / "b0", tmp_path / "b1"]
+    with pytest.raises(Stop):
+        stop = _stop_at(stop_step, evaluated=stop_step % eval_every == 0)
+        train("omgmg", data["discrete"], cfgs, cut, progress=stop, checkpoint_minutes=checkpoint_minutes)
+    assert all(_weights(o)["step"] == stop_step for o in cut)
+    calls = []
+    train("omgmg", data["discrete"], cfgs, cut, progress=lambda *call: calls.append(call))
+    assert calls[0] == (stop_step, 90, None)  # the progress of a resumed run starts where it resumes
+    _assert_same_runs(straight, cut)
+
+
+# killed while the first checkpoints are written, after the first `saved` members' saves: at the first evaluation
+# (30), or at the first timed checkpoint (15) of a run that evaluates at 30
+@pytest.mark.parametrize("saved, checkpoint_minutes, stop_step", [(1, 10.0, 30), (2, 10.0, 30), (1, 0.0, 15)])
+def test_a_batch_killed_while_its_first_checkpoints_are_written_starts_over_exactly(
+    data, tmp_path, saved, checkpoint_minutes, stop_step
+):
     cfgs = [small_config("bc", steps=60, log_every=15, eval_every=30, eval_episodes=1, seed=s) for s in (0, 1, 2)]
     straight = [tmp_path / f"a{k}" for k in range(3)]
     train("bc", data["continuous"], cfgs, straight)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_first_round(step, total, evs):
-        if evs and step == 30:
-            raise Stop
-
     cut = [tmp_path / f"b{k}" for k in range(3)]
     with pytest.raises(Stop):
-        train("bc", data["continuous"], cfgs, cut, progress=stop_at_first_round)
+        train("bc", data["continuous"], cfgs, cut, progress=_stop_at(stop_step, evaluated=stop_step == 30),
+              checkpoint_minutes=checkpoint_minutes)  # fmt: skip
     for o in cut[saved:]:  # as if the kill came after `saved` members' first saves: the others have none
         for name in ("latest.pt", "best.pt"):
-            (o / "checkpoints" / name).unlink()
+            (o / "checkpoints" / name).unlink(missing_ok=True)
     warnings = []
     train("bc", data["continuous"], cfgs, cut, warn=warnings.append)
-    assert any("every member starts over from step 0" in w for w in warnings)
-    drop = lambda run: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_log(run)]  # noqa: E731
-    for a, b in zip(straight, cut, strict=True):
-        assert _weights(a)["step"] == _weights(b)["step"] == 60
-        assert all(torch.equal(v, _weights(b)["weights"][k]) for k, v in _weights(a)["weights"].items())
-        assert drop(a) == drop(b)
-
-
-def test_a_batch_interrupted_between_evaluations_resumes_from_its_timed_checkpoint_exactly(data, tmp_path):
-    # checkpoint_minutes=0: a checkpoint at every log step (15, 30, 45, ...), evaluations at 60 only
-    cfgs = [small_config("omgmg", steps=90, log_every=15, eval_every=60, eval_episodes=1, seed=s) for s in (0, 1)]
-    straight = [tmp_path / "a0", tmp_path / "a1"]
-    train("omgmg", data["discrete"], cfgs, straight)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_45(step, total, evs):
-        if step == 45:
-            raise Stop
-
-    cut = [tmp_path / "b0", tmp_path / "b1"]
-    with pytest.raises(Stop):
-        train("omgmg", data["discrete"], cfgs, cut, progress=stop_at_45, checkpoint_minutes=0)
-    assert all(_weights(o)["step"] == 45 for o in cut)  # not the last evaluation's: there was none yet
-    calls = []
-    train("omgmg", data["discrete"], cfgs, cut, progress=lambda *call: calls.append(call))
-    assert calls[0] == (45, 90, None)  # the progress of a resumed run starts where it resumes
-    drop = lambda run: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_log(run)]  # noqa: E731
-    for a, b in zip(straight, cut, strict=True):
-        wa, wb = _weights(a), _weights(b)
-        assert all(torch.equal(v, wb["weights"][k]) for k, v in wa["weights"].items())
-        assert drop(a) == drop(b)
-
-
-def test_a_batch_killed_while_its_first_timed_checkpoints_are_written_starts_over(data, tmp_path):
-    cfgs = [small_config("bc", steps=60, log_every=15, eval_every=30, seed=s) for s in (0, 1)]
-    straight = [tmp_path / "a0", tmp_path / "a1"]
-    train("bc", data["continuous"], cfgs, straight, evaluate=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_15(step, total, evs):
-        if step == 15:
-            raise Stop
-
-    cut = [tmp_path / "b0", tmp_path / "b1"]
-    with pytest.raises(Stop):
-        train("bc", data["continuous"], cfgs, cut, evaluate=False, progress=stop_at_15, checkpoint_minutes=0)
-    (cut[1] / "checkpoints" / "latest.pt").unlink()  # as if killed after member 0's first save (step 15)
-    warnings = []
-    train("bc", data["continuous"], cfgs, cut, evaluate=False, warn=warnings.append)
-    assert any("(step 15)" in w and "every member starts over from step 0" in w for w in warnings)
-    for a, b in zip(straight, cut, strict=True):
-        assert all(torch.equal(v, _weights(b)["weights"][k]) for k, v in _weights(a)["weights"].items())
+    assert any(f"(step {stop_step})" in w and "every member starts over from step 0" in w for w in warnings)
+    _assert_same_runs(straight, cut)
 
 
 def test_checkpoint_minutes_must_be_a_number_of_minutes(data, tmp_path):
