@@ -359,6 +359,15 @@ def _shipped_specs_epilog() -> str:
     "machines: `omgmg report --with-results` merges the parts.",
 )
 @click.option(
+    "--reuse",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="SWEEP_DIR",
+    help="Take the results of cells with the same key (algorithm, resolved config, seed and data) from another "
+    "sweep's directory, or results exported from one, instead of training them again: e.g. the default point of "
+    "one knob's selection in the next knob's. Repeatable; with --list, such cells are listed as 'reuse'.",
+)
+@click.option(
     "--members-per-job",
     default=1,
     show_default=True,
@@ -391,6 +400,7 @@ def sweep(
     list_only: bool,
     rates: Path | None,
     only: tuple[str, ...],
+    reuse: tuple[Path, ...],
     members_per_job: int,
     torch_threads: int | None,
     device: str,
@@ -404,7 +414,16 @@ def sweep(
     """
     from omgmg.experiments.report import write_report
     from omgmg.experiments.spec import load_spec
-    from omgmg.experiments.sweep import cell_dir, cell_name, pending_cells, resume_step, run_sweep, select_cells
+    from omgmg.experiments.sweep import (
+        cell_dir,
+        cell_name,
+        pending_cells,
+        resume_step,
+        reusable_results,
+        reuses,
+        run_sweep,
+        select_cells,
+    )
 
     experiment = load_spec(spec)  # a SpecError is a usage error (exit 2), as a SweepError below
     from omgmg.experiments import store
@@ -416,12 +435,17 @@ def sweep(
         cells = select_cells(experiment.cells(smoke), only)
         if store.is_store(out):
             store.pull_results(str(out), local)
-        todo = {c.key for c in pending_cells(local, cells)}
+        offered = reusable_results(local, reuse) if reuse else {}
+        taken = {c.key for c in cells if reuses(local, c, offered)}
+        todo = {c.key for c in pending_cells(local, cells)} - taken
         for c in cells:
             step = resume_step(cell_dir(local, c) / "run") if c.key in todo else None
             at = f"  (resumes at step {step:,} of {c.config['steps']:,})" if step is not None and step >= 0 else ""
-            console.print(f"{'todo' if c.key in todo else 'done'}  {cell_name(c)}{at}", highlight=False)
-        console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished", highlight=False)
+            state = "reuse" if c.key in taken else "todo" if c.key in todo else "done"
+            console.print(f"{state:<5} {cell_name(c)}{at}", highlight=False)
+        from_others = f", {len(taken)} taken from other sweeps" if taken else ""
+        finished = len(cells) - len(todo) - len(taken)
+        console.print(f"{len(cells)} cells, {finished} finished{from_others}", highlight=False)
         if rates is not None:
             print_estimate([c for c in cells if c.key in todo], local, rates, members_per_job, compile_update)
         return
@@ -486,6 +510,7 @@ def sweep(
             threads=torch_threads,
             only=only,
             gpus_per_job=gpus_per_job,
+            reuse=reuse,
         )
     errors = [r for r in results if r.get("error")]
     paths = write_report(local)

@@ -15,7 +15,7 @@ from conftest import bc_sweep_toml
 from omgmg.cli.train import main as train_cli
 from omgmg.collectors.fixtures import make_fixture
 from omgmg.experiments.report import aggregate, load_results, normalised, write_report
-from omgmg.experiments.spec import SPEC_DIR, SpecError, load_spec, parse_spec, shipped_specs
+from omgmg.experiments.spec import SPEC_DIR, Cell, SpecError, load_spec, parse_spec, shipped_specs
 from omgmg.experiments.sweep import dataset_path, pack_cells, pending_cells, reference_levels, run_sweep
 
 BUDGET = {"steps": 20, "eval_every": 20, "eval_episodes": 1}
@@ -606,6 +606,79 @@ def test_a_sweep_split_with_only_merges_into_one_results_only_directory_that_rep
     run_sweep(load_spec(str(spec)), tmp_path / "continued", workers=1, on_done=lambda c, r: again.append(c),
               on_note=lambda m: None)  # fmt: skip
     assert again == []
+
+
+def _knob_toml(dataset_path, name: str, knob: str, values: list[float]) -> str:
+    """A one-seed OMGMG ablation over one knob, 10 steps (the shape of the select-clean-* specs)."""
+    return f"""name = "{name}"
+layout = "ablation"
+algorithms = ["omgmg"]
+seeds = [0]
+datasets = [{{ path = "{dataset_path}", label = "fixture" }}]
+[grid]
+{knob} = {values}
+[budget]
+steps = 10
+eval_every = 10
+eval_episodes = 1
+[smoke]
+seeds = [0]
+steps = 10
+eval_every = 10
+eval_episodes = 1
+[overrides.omgmg]
+hidden = 16
+"""
+
+
+def test_a_sweep_reuses_another_sweeps_results_for_the_same_cells_and_trains_only_the_rest(dataset, tmp_path):
+    # the next knob's selection holds the previous one's default point: the same cells, trained once
+    alpha = tmp_path / "alpha.toml"
+    alpha.write_text(_knob_toml(dataset.path, "tiny-alpha", "alpha", [10.0, 1.0]))  # 10: OMGMG's default alpha
+    nu_default = load_spec(str(alpha)).cells()[0].config["nu"]
+    nu = tmp_path / "nu.toml"
+    nu.write_text(_knob_toml(dataset.path, "tiny-nu", "nu", [nu_default, nu_default + 2.5]))
+    sweep = ["--workers", "1", "--torch-threads", "1"]
+    first = CliRunner().invoke(train_cli, ["sweep", str(nu), "--out", str(tmp_path / "nu"), *sweep])
+    assert first.exit_code == 0 and "2 cells finished" in first.output, first.output
+
+    listed = CliRunner().invoke(train_cli, ["sweep", str(alpha), "--out", str(tmp_path / "alpha"), "--list",
+                                            "--reuse", str(tmp_path / "nu")])  # fmt: skip
+    assert "reuse dataset/fixture-omgmg-alpha10-seed0-" in listed.output
+    assert "todo  dataset/fixture-omgmg-alpha1-seed0-" in listed.output
+    assert "2 cells, 0 finished, 1 taken from other sweeps" in listed.output
+    trained = []
+    results = run_sweep(load_spec(str(alpha)), tmp_path / "alpha", workers=1, reuse=[tmp_path / "nu"],
+                        on_done=lambda c, r: trained.append(c.grid), on_note=lambda m: None)  # fmt: skip
+    assert trained == [("alpha", 1.0)]  # the default point was not trained again
+    (reused,) = [r for r in results if r.get("reused_from")]
+    (source,) = [r for r in load_results(tmp_path / "nu")[1] if r["cell"]["grid"] == ["nu", nu_default]]
+    assert reused["cell"]["grid"] == ["alpha", 10.0] and reused["key"] == source["key"]  # its own label, one key
+    assert reused["score"] == source["score"] and reused["reused_from"]["sweep"] == "tiny-nu"
+    assert not (tmp_path / "alpha" / "cells" / Cell.from_json(reused["cell"]).dirname / "run").exists()
+    assert (tmp_path / "alpha" / "cells" / Cell.from_json(reused["cell"]).dirname / "result.json").exists()
+    write_report(tmp_path / "alpha")
+    report = (tmp_path / "alpha" / "tiny-alpha.md").read_text()
+    assert "taken from other sweeps: 1 from tiny-nu" in report
+
+    # a result whose description was edited (it no longer hashes to its key) is never taken; bad sources are refused
+    import shutil
+
+    shutil.copytree(tmp_path / "nu", tmp_path / "edited")
+    for path in (tmp_path / "edited" / "cells").glob("*/result.json"):
+        result = json.loads(path.read_text())
+        path.write_text(
+            json.dumps(result | {"cell": result["cell"] | {"config": result["cell"]["config"] | {"lr": 1.0}}})
+        )
+    edited = CliRunner().invoke(train_cli, ["sweep", str(alpha), "--out", str(tmp_path / "fresh"), "--list",
+                                            "--reuse", str(tmp_path / "edited")])  # fmt: skip
+    assert "2 cells, 0 finished" in edited.output and "reuse" not in edited.output.replace("--reuse", "")
+    for source, message in ((tmp_path, "not a sweep's directory (no sweep.json)"),
+                            (tmp_path / "fresh", "this sweep's own directory")):  # fmt: skip
+        refused = CliRunner().invoke(train_cli, ["sweep", str(alpha), "--out", str(tmp_path / "fresh"),
+                                                 "--reuse", str(source), *sweep])  # fmt: skip
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    assert not (tmp_path / "fresh").exists()  # refused before anything was written
 
 
 def test_only_patterns_and_result_exports_refuse_what_they_cannot_do(dataset, tmp_path):

@@ -646,6 +646,17 @@ def trained_where(results: list[dict]) -> str:
     return f"Trained on {said}, on {len(nodes)} machine{'s' if len(nodes) > 1 else ''} ({', '.join(sorted(nodes))})"
 
 
+def reused_line(results: list[dict]) -> str:
+    """Which results were taken from other sweeps (``omgmg sweep --reuse``) rather than trained by this one."""
+    from collections import Counter
+
+    sources = Counter(r["reused_from"].get("sweep") for r in results if isinstance(r.get("reused_from"), dict))
+    if not sources:
+        return ""
+    said = ", ".join(f"{n} from {name}" for name, n in sorted(sources.items(), key=lambda item: str(item[0])))
+    return f"Results of the same cells (algorithm, config, seed and data) taken from other sweeps: {said}"
+
+
 def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> list[Path]:
     """Write ``NAME.md``, ``NAME.csv`` (and ``NAME.png`` for ablations) into ``out_dir`` (default: the
     sweep), and ``NAME-curves.png`` (:func:`learning_curves`) where the cells' logs or recorded evaluations
@@ -674,9 +685,10 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
         unfinished = f"_Unfinished: {finished} of {len(meta['cells'])} cells have a result; run the sweep again "
         unfinished += "to train the rest._\n"
         md = md.replace(budget, f"{budget}\n{unfinished}", 1)
-    if where := trained_where(results):
-        budget = f"_{budget_label(meta, agg)}_\n"
-        md = md.replace(budget, f"{budget}\n_{where}_\n", 1)
+    for line in (reused_line(results), trained_where(results)):  # each lands right under the budget line
+        if line:
+            budget = f"_{budget_label(meta, agg)}_\n"
+            md = md.replace(budget, f"{budget}\n_{line}_\n", 1)
     curves = out_dir / f"{meta['name']}-curves.png"
     if learning_curves(sweep_dir, meta, results, curves):
         paths.append(curves)

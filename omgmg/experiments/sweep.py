@@ -431,6 +431,65 @@ def pending_cells(sweep_dir: Path, cells: list[Cell]) -> list[Cell]:
     return [c for c in cells if not finished(sweep_dir, c)]
 
 
+def reusable_results(sweep_dir: Path, sources) -> dict[str, dict]:
+    """The finished results that other sweeps offer this one: ``{cell key: {"sweep", "cell", "result"}}``.
+
+    ``sources``: sweep directories, or results exported from one (``omgmg report --with-results``). A
+    failed cell, or a result whose cell description does not hash to its key, is never offered."""
+    from omgmg.experiments.report import load_results
+
+    offered: dict[str, dict] = {}
+    for source in sources:
+        source = Path(source)
+        if source.resolve() == Path(sweep_dir).resolve():
+            raise SweepError(f"--reuse {source} is this sweep's own directory; name another sweep's")
+        try:
+            meta, results = load_results(source)
+        except FileNotFoundError:
+            raise SweepError(
+                f"--reuse {source}: not a sweep's directory (no sweep.json); name a folder a sweep ran in or one "
+                "that `omgmg report --with-results` wrote"
+            ) from None
+        for result in results:
+            try:
+                cell = Cell.from_json(result["cell"])
+            except (KeyError, TypeError, ValueError):
+                continue  # not a result this omgmg can read: never guessed at
+            if result.get("error") or result.get("skipped") or cell.key != result.get("key"):
+                continue
+            offered.setdefault(cell.key, {"sweep": meta.get("name"), "cell": cell.dirname, "result": result})
+    return offered
+
+
+def reuses(sweep_dir: Path, cell: Cell, offered: dict[str, dict]) -> bool:
+    """Whether the sweep takes ``cell``'s result from ``offered``: it is offered, and this sweep has neither
+    finished it nor started it (a started cell keeps its own run)."""
+    return cell.key in offered and not finished(sweep_dir, cell) and not (cell_dir(sweep_dir, cell) / "run").exists()
+
+
+def reuse_results(sweep_dir: Path, cells: list[Cell], offered: dict[str, dict]) -> dict[str, dict]:
+    """Record as this sweep's the results other sweeps offer (:func:`reusable_results`) for the same cells,
+    instead of training them again.
+
+    A cell is the same when its key is: the same algorithm, fully resolved config (seed and budget included)
+    and dataset (for a generated one, the same generation request; for a path, the same path, as a sweep's
+    own finished cells are). The default point of one knob's selection is such a cell in the next knob's.
+    The result is copied with this sweep's cell description (its own grid label) and ``reused_from`` naming
+    the source sweep and cell; runs and checkpoints stay where they are. Returns ``{cell key: reused_from}``."""
+    reused = {}
+    for c in cells:
+        if not reuses(sweep_dir, c, offered):
+            continue
+        where = {"sweep": offered[c.key]["sweep"], "cell": offered[c.key]["cell"]}
+        out = cell_dir(sweep_dir, c)
+        with os_errors(out, "recording a reused result in"):
+            out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "cell.json", c.to_json())  # result.json last: the cell is finished only then
+        atomic_write_json(out / "result.json", offered[c.key]["result"] | {"cell": c.to_json(), "reused_from": where})
+        reused[c.key] = where
+    return reused
+
+
 def cell_name(cell: Cell) -> str:
     """``SUITE/NAME-KEY``: what ``--only`` patterns match, e.g. ``smacv2/*`` or ``*-omgmg-seed0-*``."""
     return f"{cell.dataset.suite or 'dataset'}/{cell.dirname}"
@@ -489,6 +548,7 @@ def run_sweep(
     threads: int | None = None,
     only: list[str] | tuple[str, ...] | None = None,
     gpus_per_job: float | None = None,
+    reuse: list | tuple = (),
 ) -> list[dict]:
     """Run every unfinished cell of ``spec`` (of those ``only`` selects, :func:`select_cells`),
     ``members_per_job`` cells per batched job at most (see the module docstring), training on ``device``
@@ -498,7 +558,8 @@ def run_sweep(
     told every ``running_every`` seconds which cells are training and at what step (from their logs), so a
     long cell is never silent. ``on_start(cells, finished, started)`` is told before any training, with the
     share of its steps each interrupted cell resumes past (``{cell key: share}``), so progress counted in
-    cells' steps does not mistake resumed work for speed."""
+    cells' steps does not mistake resumed work for speed. ``reuse``: other sweeps' directories whose results for
+    the same cells are taken instead of training them (:func:`reuse_results`)."""
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}: choose local or ray")
     if workers is not None and workers < 1:
@@ -515,6 +576,10 @@ def run_sweep(
     all_cells = spec.cells(smoke)
     cells = select_cells(all_cells, only)  # a pattern that matches nothing stops here, before anything is written
     url = None
+    if reuse and (is_remote(str(sweep_dir)) or any(is_remote(str(source)) for source in reuse)):
+        raise SweepError("--reuse takes results between sweep directories on this machine; copy a store's results "
+                         "here first (`omgmg report URL --out DIR --with-results`)")  # fmt: skip
+    offered = reusable_results(sweep_dir, reuse)  # a bad source stops here, before anything is written
     if is_remote(str(sweep_dir)):  # results and runs at a URL; this machine keeps a copy of the results
         from omgmg.experiments import store
 
@@ -563,6 +628,12 @@ def run_sweep(
 
             if note := busy_cpu_note(threads):  # judged before generating data, which loads the CPU itself
                 on_note(note)
+        if offered:
+            reused = reuse_results(sweep_dir, cells, offered)
+            if reused:
+                sources = sorted({where["sweep"] for where in reused.values()})
+                on_note(f"{len(reused)} cells' results taken from {', '.join(sources)} (the same algorithm, config, "
+                        "seed and data): not trained again")  # fmt: skip
         todo = pending_cells(sweep_dir, cells)
         if on_start:
             on_start(len(cells), len(cells) - len(todo), _resumed_shares(sweep_dir, todo))
