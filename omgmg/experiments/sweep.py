@@ -632,8 +632,9 @@ def run_sweep(
             reused = reuse_results(sweep_dir, cells, offered)
             if reused:
                 sources = sorted({where["sweep"] for where in reused.values()})
-                on_note(f"{len(reused)} cells' results taken from {', '.join(sources)} (the same algorithm, config, "
-                        "seed and data): not trained again")  # fmt: skip
+                what = "1 cell's result" if len(reused) == 1 else f"{len(reused)} cells' results"
+                on_note(f"{what} taken from {', '.join(sources)} (the same algorithm, config, seed and data): not "
+                        "trained again")  # fmt: skip
         todo = pending_cells(sweep_dir, cells)
         if on_start:
             on_start(len(cells), len(cells) - len(todo), _resumed_shares(sweep_dir, todo))
