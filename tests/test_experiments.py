@@ -674,7 +674,8 @@ def test_a_sweep_reuses_another_sweeps_results_for_the_same_cells_and_trains_onl
                                             "--reuse", str(tmp_path / "edited")])  # fmt: skip
     assert "2 cells, 0 finished" in edited.output and "reuse" not in edited.output.replace("--reuse", "")
     for source, message in ((tmp_path, "not a sweep's directory (no sweep.json)"),
-                            (tmp_path / "fresh", "this sweep's own directory")):  # fmt: skip
+                            (tmp_path / "fresh", "this sweep's own directory"),
+                            ("s3://bucket/sweeps/tiny-nu", "name a sweep directory on this machine")):  # fmt: skip
         refused = CliRunner().invoke(train_cli, ["sweep", str(alpha), "--out", str(tmp_path / "fresh"),
                                                  "--reuse", str(source), *sweep])  # fmt: skip
         assert refused.exit_code == 2 and message in refused.output, refused.output

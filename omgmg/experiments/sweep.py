@@ -576,9 +576,16 @@ def run_sweep(
     all_cells = spec.cells(smoke)
     cells = select_cells(all_cells, only)  # a pattern that matches nothing stops here, before anything is written
     url = None
-    if reuse and (is_remote(str(sweep_dir)) or any(is_remote(str(source)) for source in reuse)):
-        raise SweepError("--reuse takes results between sweep directories on this machine; copy a store's results "
-                         "here first (`omgmg report URL --out DIR --with-results`)")  # fmt: skip
+    if reuse and is_remote(str(sweep_dir)):
+        raise SweepError("--reuse records results in a sweep directory on this machine; a sweep whose results go to "
+                         "a URL does not take them (run it without --reuse)")  # fmt: skip
+    for source in reuse:
+        if is_remote(str(source)):
+            from omgmg.experiments.store import staging
+
+            raise SweepError(f"--reuse {source}: name a sweep directory on this machine, e.g. this machine's copy "
+                             f"of that sweep's results, {staging(str(source))} (`omgmg sweep SPEC --out {source} "
+                             "--list` fetches it)")  # fmt: skip
     offered = reusable_results(sweep_dir, reuse)  # a bad source stops here, before anything is written
     if is_remote(str(sweep_dir)):  # results and runs at a URL; this machine keeps a copy of the results
         from omgmg.experiments import store
