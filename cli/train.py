@@ -361,7 +361,6 @@ def _shipped_specs_epilog() -> str:
 @click.option(
     "--reuse",
     multiple=True,
-    type=click.Path(path_type=Path),
     metavar="SWEEP_DIR",
     help="Take the results of cells with the same key (algorithm, resolved config, seed and data) from another "
     "sweep's directory, or results exported from one, instead of training them again: e.g. the default point of "
@@ -400,7 +399,7 @@ def sweep(
     list_only: bool,
     rates: Path | None,
     only: tuple[str, ...],
-    reuse: tuple[Path, ...],
+    reuse: tuple[str, ...],
     members_per_job: int,
     torch_threads: int | None,
     device: str,

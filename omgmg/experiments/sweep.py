@@ -440,6 +440,12 @@ def reusable_results(sweep_dir: Path, sources) -> dict[str, dict]:
 
     offered: dict[str, dict] = {}
     for source in sources:
+        if is_remote(str(source)):
+            from omgmg.experiments.store import staging
+
+            raise SweepError(f"--reuse {source}: name a sweep directory on this machine, e.g. this machine's copy "
+                             f"of that sweep's results, {staging(str(source))} (`omgmg sweep SPEC --out {source} "
+                             "--list` fetches it)")  # fmt: skip
         source = Path(source)
         if source.resolve() == Path(sweep_dir).resolve():
             raise SweepError(f"--reuse {source} is this sweep's own directory; name another sweep's")
@@ -579,13 +585,6 @@ def run_sweep(
     if reuse and is_remote(str(sweep_dir)):
         raise SweepError("--reuse records results in a sweep directory on this machine; a sweep whose results go to "
                          "a URL does not take them (run it without --reuse)")  # fmt: skip
-    for source in reuse:
-        if is_remote(str(source)):
-            from omgmg.experiments.store import staging
-
-            raise SweepError(f"--reuse {source}: name a sweep directory on this machine, e.g. this machine's copy "
-                             f"of that sweep's results, {staging(str(source))} (`omgmg sweep SPEC --out {source} "
-                             "--list` fetches it)")  # fmt: skip
     offered = reusable_results(sweep_dir, reuse)  # a bad source stops here, before anything is written
     if is_remote(str(sweep_dir)):  # results and runs at a URL; this machine keeps a copy of the results
         from omgmg.experiments import store
