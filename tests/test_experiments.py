@@ -14,9 +14,9 @@ from conftest import bc_sweep_toml
 
 from omgmg.cli.train import main as train_cli
 from omgmg.collectors.fixtures import make_fixture
-from omgmg.experiments.report import aggregate, load_results, normalised, write_report
+from omgmg.experiments.report import aggregate, normalised, write_report
 from omgmg.experiments.spec import SPEC_DIR, Cell, SpecError, load_spec, parse_spec, shipped_specs
-from omgmg.experiments.sweep import dataset_path, pack_cells, pending_cells, reference_levels, run_sweep
+from omgmg.experiments.sweep import dataset_path, load_results, pack_cells, pending_cells, reference_levels, run_sweep
 
 BUDGET = {"steps": 20, "eval_every": 20, "eval_episodes": 1}
 

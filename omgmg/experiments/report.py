@@ -23,41 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from omgmg.datakit.errors import DatasetError
 from omgmg.datakit.format import LEVELS
 from omgmg.datakit.outputs import OutputLock, atomic_write_json, os_errors
 from omgmg.experiments.spec import DatasetRef
-from omgmg.experiments.sweep import MECHANISM, reference_returns
-
-
-def load_results(sweep_dir) -> tuple[dict, list[dict]]:
-    sweep_dir = Path(sweep_dir)
-    meta_path = sweep_dir / "sweep.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `omgmg sweep` first")
-    meta = _read_json(meta_path, "run the sweep again to rewrite it")
-    results = [
-        _read_json(p, "delete it and run the sweep again to retrain that cell")
-        for p in sorted((sweep_dir / "cells").glob("*/result.json"))
-    ]
-    if "cells" in meta:  # cells left from an earlier version of the spec are not part of this sweep
-        current = set(meta["cells"])
-        results = [r for r in results if r["key"] in current]
-    return meta, results
-
-
-def _read_json(path: Path, fix: str) -> dict:
-    """A sweep's JSON file, or a one-line error naming it and the fix where it is damaged."""
-    with os_errors(path, "reading"):
-        text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path} is damaged (not a JSON object as omgmg writes it); {fix}")
-    return data
-
+from omgmg.experiments.sweep import MECHANISM, load_results, reference_returns
 
 BENCHMARK_NOTES = {
     "mamujoco": "MaMuJoCo runs on gymnasium-robotics v5 with omgmg's own HAPPO datasets (the paper: OMIGA's v2 "

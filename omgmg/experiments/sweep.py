@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
-from omgmg.datakit.errors import OutputError, RequestError
+from omgmg.datakit.errors import DatasetError, OutputError, RequestError
 from omgmg.datakit.outputs import OutputLock, atomic_write_json, data_home, os_errors
 from omgmg.datakit.remote import is_remote
 from omgmg.experiments.spec import Cell, DatasetRef, ExperimentSpec
@@ -431,13 +431,42 @@ def pending_cells(sweep_dir: Path, cells: list[Cell]) -> list[Cell]:
     return [c for c in cells if not finished(sweep_dir, c)]
 
 
+def load_results(sweep_dir) -> tuple[dict, list[dict]]:
+    """A sweep directory's ``sweep.json`` and the results of its current cells (what reports and ``--reuse``
+    read)."""
+    sweep_dir = Path(sweep_dir)
+    meta_path = sweep_dir / "sweep.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `omgmg sweep` first")
+    meta = _read_json(meta_path, "run the sweep again to rewrite it")
+    results = [
+        _read_json(p, "delete it and run the sweep again to retrain that cell")
+        for p in sorted((sweep_dir / "cells").glob("*/result.json"))
+    ]
+    if "cells" in meta:  # cells left from an earlier version of the spec are not part of this sweep
+        current = set(meta["cells"])
+        results = [r for r in results if r["key"] in current]
+    return meta, results
+
+
+def _read_json(path: Path, fix: str) -> dict:
+    """A sweep's JSON file, or a one-line error naming it and the fix where it is damaged."""
+    with os_errors(path, "reading"):
+        text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is damaged (not a JSON object as omgmg writes it); {fix}")
+    return data
+
+
 def reusable_results(sweep_dir: Path, sources) -> dict[str, dict]:
     """The finished results that other sweeps offer this one: ``{cell key: {"sweep", "cell", "result"}}``.
 
     ``sources``: sweep directories, or results exported from one (``omgmg report --with-results``). A
     failed cell, or a result whose cell description does not hash to its key, is never offered."""
-    from omgmg.experiments.report import load_results
-
     offered: dict[str, dict] = {}
     for source in sources:
         if is_remote(str(source)):
