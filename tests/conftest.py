@@ -221,9 +221,12 @@ def fixture_datasets(root, continuous: int = 30, discrete: int = 40) -> dict:
 
 
 def bc_sweep_toml(dataset_path, steps: int, eval_every: int, name: str = "tiny", algorithms=("bc",),
-                  seeds=(0, 1)) -> str:  # fmt: skip
-    """A sweep spec file's text: BC (hidden 16) or these algorithms, seeds 0 and 1 or these, on one dataset."""
-    return f"""name = "{name}"
+                  seeds=(0, 1), grid: dict | None = None, small: str = "bc") -> str:  # fmt: skip
+    """A sweep spec file's text: BC or these algorithms, seeds 0 and 1 or these, on one dataset; the ``small``
+    algorithm at hidden 16; with ``grid`` ({knob: values}), an ablation over it."""
+    layout = '\nlayout = "ablation"' if grid else ""
+    knobs = "".join(f"\n{knob} = {list(values)}" for knob, values in (grid or {}).items())
+    return f"""name = "{name}"{layout}
 algorithms = {list(algorithms)}
 seeds = {list(seeds)}
 datasets = [{{ path = "{dataset_path}", label = "fixture" }}]
@@ -236,6 +239,6 @@ seeds = [0]
 steps = 10
 eval_every = 10
 eval_episodes = 1
-[overrides.bc]
-hidden = 16
+[overrides.{small}]
+hidden = 16{"" if not grid else chr(10) + "[grid]" + knobs}
 """

@@ -610,25 +610,8 @@ def test_a_sweep_split_with_only_merges_into_one_results_only_directory_that_rep
 
 def _knob_toml(dataset_path, name: str, knob: str, values: list[float]) -> str:
     """A one-seed OMGMG ablation over one knob, 10 steps (the shape of the select-clean-* specs)."""
-    return f"""name = "{name}"
-layout = "ablation"
-algorithms = ["omgmg"]
-seeds = [0]
-datasets = [{{ path = "{dataset_path}", label = "fixture" }}]
-[grid]
-{knob} = {values}
-[budget]
-steps = 10
-eval_every = 10
-eval_episodes = 1
-[smoke]
-seeds = [0]
-steps = 10
-eval_every = 10
-eval_episodes = 1
-[overrides.omgmg]
-hidden = 16
-"""
+    return bc_sweep_toml(dataset_path, steps=10, eval_every=10, name=name, algorithms=("omgmg",), seeds=(0,),
+                         grid={knob: values}, small="omgmg")  # fmt: skip
 
 
 def test_a_sweep_reuses_another_sweeps_results_for_the_same_cells_and_trains_only_the_rest(dataset, tmp_path):
