@@ -244,7 +244,15 @@ class TanhGaussianPolicy(nn.Module):
 
     def sample(self, obs: torch.Tensor, rng: MemberRandom):
         """Reparameterised sample: (actions in the box (M, B, N, A), log-probs (M, B, N))."""
-        mean, log_std = self._dist(obs)
+        return self._draw(*self._dist(obs), rng)
+
+    def sample_repeated(self, obs: torch.Tensor, k: int, rng: MemberRandom):
+        """k reparameterised samples for each row of obs (M, B, N, O), in ``obs.repeat(1, k, 1, 1)``'s row
+        order: actions (M, k B, N, A) and log-probs (M, k B, N). The same draws as
+        ``sample(obs.repeat(1, k, 1, 1), rng)`` from one forward pass over the B rows, not k B."""
+        return self._draw(*(x.repeat(1, k, 1, 1) for x in self._dist(obs)), rng)
+
+    def _draw(self, mean, log_std, rng: MemberRandom):
         pre = mean + rng.randn(mean.shape[1:]) * log_std.exp()
         return self.box.from_unit(torch.tanh(pre)), self._log_prob(mean, log_std, pre)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -239,6 +240,24 @@ def test_per_member_pieces_by_hand():
     draws = rng.randn((4,))
     assert torch.equal(draws[0], torch.randn(4, generator=torch.Generator().manual_seed(7)))
     assert torch.equal(draws[1], torch.randn(4, generator=torch.Generator().manual_seed(8)))
+
+
+def test_k_samples_per_row_are_the_draws_of_sampling_the_repeated_rows():
+    from omgmg.nets import TanhGaussianPolicy
+
+    box = (
+        np.array([[-1.0, -2.0]] * 3, np.float32),
+        np.array([[1.0, 2.0]] * 3, np.float32),
+        np.ones((3, 2), np.float32),
+    )
+    actor = TanhGaussianPolicy(2, 3, 5, 2, *box, hidden=16)
+    obs = torch.randn(2, 4, 3, 5)  # (M, B, N, O)
+    once, logp_once = actor.sample_repeated(obs, 7, MemberRandom.seeded([1, 2]))
+    repeated, logp_repeated = actor.sample(obs.repeat(1, 7, 1, 1), MemberRandom.seeded([1, 2]))
+    assert once.shape == (2, 28, 3, 2) and logp_once.shape == (2, 28, 3)
+    torch.testing.assert_close(once, repeated)
+    torch.testing.assert_close(logp_once, logp_repeated)
+    assert not torch.allclose(once[:, :4], once[:, 4:8])  # the k copies of a row draw different actions
 
 
 def test_command_trains_seeds_and_a_grid_into_one_directory_per_member(data, tmp_path):

@@ -164,8 +164,8 @@ class ICQ(OfflineAlgorithm):
             baseline = (self.actor.log_probs(b.obs, b.avail).exp() * q).sum(-1)
             return q.gather(-1, b.actions[..., None])[..., 0] - baseline
         k, (M, B) = self.cfg.n_action_samples, b.obs.shape[:2]
-        obs_k = b.obs.repeat(1, k, 1, 1)  # (M, k B, N, O)
-        baseline = self.q_at(self.q, obs_k, self.actor.sample(obs_k, self.rng)[0]).reshape(M, k, B, -1).mean(1)
+        sampled = self.actor.sample_repeated(b.obs, k, self.rng)[0]  # (M, k B, N, A)
+        baseline = self.q_at(self.q, b.obs.repeat(1, k, 1, 1), sampled).reshape(M, k, B, -1).mean(1)
         return self.q_at(self.q, b.obs, b.actions) - baseline
 
     def update_actor(self, b: Batch) -> dict:

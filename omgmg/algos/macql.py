@@ -120,11 +120,10 @@ class MACQL(OfflineAlgorithm):
         if self.spec.discrete:
             return self.q(b.obs).masked_fill(~b.avail, -torch.inf)
         k, (M, B) = self.cfg.n_action_samples, b.obs.shape[:2]
-        repeat = lambda x: x[:, None].expand(M, k, *x.shape[1:]).reshape(M, k * B, *x.shape[2:])  # noqa: E731
         with torch.no_grad():
             uniform, log_u = self.actor.box.uniform((k, B), self.rng)  # (M, k, B, N, A), (M, k, B, N)
-            pi_now, log_now = self.actor.sample(repeat(b.obs), self.rng)
-            pi_next, log_next = self.actor.sample(repeat(b.next_obs), self.rng)
+            pi_now, log_now = self.actor.sample_repeated(b.obs, k, self.rng)  # (M, k B, N, A), (M, k B, N)
+            pi_next, log_next = self.actor.sample_repeated(b.next_obs, k, self.rng)
         actions = torch.cat([uniform.reshape(M, k * B, *uniform.shape[3:]), pi_now, pi_next], 1)  # (M, 3kB, N, A)
         log_density = torch.cat([log_u.reshape(M, k * B, -1), log_now, log_next], 1)  # (M, 3kB, N)
         q = self.q_at(self.q, b.obs.repeat(1, 3 * k, 1, 1), actions) - log_density  # (M, 3kB, N)
