@@ -414,14 +414,17 @@ def sweep(
     from omgmg.experiments.report import write_report
     from omgmg.experiments.spec import load_spec
     from omgmg.experiments.sweep import (
+        DataContent,
         cell_dir,
         cell_name,
+        dataset_path,
         pending_cells,
         resume_step,
         reusable_results,
         reuses,
         run_sweep,
         select_cells,
+        trained_on,
     )
 
     experiment = load_spec(spec)  # a SpecError is a usage error (exit 2), as a SweepError below
@@ -435,11 +438,22 @@ def sweep(
         if store.is_store(out):
             store.pull_results(str(out), local)
         offered = reusable_results(local, reuse) if reuse else {}
-        taken = {c.key for c in cells if reuses(local, c, offered)}
+        _, _, data = experiment.resolved(smoke)
+        content = DataContent()
+        judged = {  # True: trained on this machine's data; None: that data is not generated yet
+            c.key: trained_on(offered[c.key]["result"], dataset_path(c.dataset, data), content)
+            for c in cells
+            if reuses(local, c, offered)
+        }
+        taken = {k for k, same in judged.items() if same is not False}
         todo = {c.key for c in pending_cells(local, cells)} - taken
         for c in cells:
             step = resume_step(cell_dir(local, c) / "run") if c.key in todo else None
             at = f"  (resumes at step {step:,} of {c.config['steps']:,})" if step is not None and step >= 0 else ""
+            if judged.get(c.key) is None and c.key in taken:
+                at = "  (if the data generated here is the data it was trained on)"
+            elif judged.get(c.key) is False:
+                at = "  (offered, but trained on other data than this machine's)"
             state = "reuse" if c.key in taken else "todo" if c.key in todo else "done"
             console.print(f"{state:<5} {cell_name(c)}{at}", highlight=False)
         from_others = f", {len(taken)} taken from other sweeps" if taken else ""

@@ -665,6 +665,46 @@ def test_a_sweep_reuses_another_sweeps_results_for_the_same_cells_and_trains_onl
     assert not (tmp_path / "fresh").exists()  # refused before anything was written
 
 
+def test_a_result_trained_on_other_data_is_not_reused_though_its_cell_has_the_same_key(dataset, tmp_path):
+    # a cell's key names its data by how it is made: the same request on another machine makes other data
+    alpha = tmp_path / "alpha.toml"
+    alpha.write_text(_knob_toml(dataset.path, "tiny-alpha", "alpha", [10.0, 1.0]))
+    nu_default = load_spec(str(alpha)).cells()[0].config["nu"]
+    nu = tmp_path / "nu.toml"
+    nu.write_text(_knob_toml(dataset.path, "tiny-nu", "nu", [nu_default]))
+    run_sweep(load_spec(str(nu)), tmp_path / "nu", workers=1, on_note=lambda m: None)
+    (path,) = (tmp_path / "nu" / "cells").glob("*/result.json")
+    trained = json.loads(path.read_text())
+    assert trained["dataset_content"] == dataset.content_sha256()  # what the check compares
+
+    import shutil
+
+    def offer(name: str, **change) -> Path:
+        """A copy of the nu sweep whose one result is changed as another machine's or an older omgmg's would be."""
+        shutil.copytree(tmp_path / "nu", tmp_path / name)
+        (copy,) = (tmp_path / name / "cells").glob("*/result.json")
+        copy.write_text(json.dumps({k: v for k, v in (trained | change).items() if v is not None}))
+        return tmp_path / name
+
+    elsewhere = offer("elsewhere", dataset_content="0" * 64)
+    older_same = offer("older-same", dataset_content=None)  # before omgmg recorded it: judged by the statistics
+    older_other = offer("older-other", dataset_content=None,
+                        dataset_stats=trained["dataset_stats"] | {"transitions": 1})  # fmt: skip
+    for source, taken in ((elsewhere, False), (older_same, True), (older_other, False)):
+        out = tmp_path / f"alpha-from-{source.name}"
+        listed = CliRunner().invoke(train_cli, ["sweep", str(alpha), "--out", str(out), "--list", "--reuse",
+                                                str(source)])  # fmt: skip
+        assert listed.exit_code == 0, listed.output
+        assert ("reuse dataset/fixture-omgmg-alpha10-seed0-" in listed.output) == taken, listed.output
+        assert ("trained on other data than this machine's" in listed.output) != taken
+        notes, ran = [], []
+        run_sweep(load_spec(str(alpha)), out, workers=1, reuse=[source], on_note=notes.append,
+                  on_done=lambda c, r, ran=ran: ran.append(c.grid))  # fmt: skip
+        assert sorted(ran) == ([("alpha", 1.0)] if taken else [("alpha", 1.0), ("alpha", 10.0)])
+        refused = [n for n in notes if "not taken: trained on other data than" in n]
+        assert len(refused) == (0 if taken else 1) and (taken or str(dataset.path) in refused[0]), notes
+
+
 def test_only_patterns_and_result_exports_refuse_what_they_cannot_do(dataset, tmp_path):
     spec = tmp_path / "tiny.toml"
     spec.write_text(bc_sweep_toml(dataset.path, steps=10, eval_every=10))

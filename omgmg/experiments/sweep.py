@@ -275,6 +275,7 @@ def _train_cells(
     warnings: list[str] = []  # e.g. a damaged checkpoint set aside: the sweep shows them, the result keeps them
     try:
         ds = open_dataset(dataset)
+        content = ds.content_sha256()
         cls = algorithm_class(cells[0].algorithm).config_cls
         cfgs = [cls(**{**c.config, "torch_threads": threads}) for c in cells]
         runs = [out / "run" for out in outs]
@@ -309,6 +310,7 @@ def _train_cells(
                 steps=final.get("step"),
                 resumed_from=res.resumed_from,  # > 0: continued from a checkpoint (after an interruption, a lost node)
                 dataset_stats=ds.meta.get("stats"),
+                dataset_content=content,  # what --reuse checks: the same request can make other data elsewhere
                 reference_returns=reference_returns(cell.to_json()),  # so a report needs no dataset
                 evals=evaluations(log),  # and no run log for its curves
                 mechanism=mechanism(log),
@@ -497,23 +499,69 @@ def reusable_results(sweep_dir: Path, sources) -> dict[str, dict]:
 
 
 def reuses(sweep_dir: Path, cell: Cell, offered: dict[str, dict]) -> bool:
-    """Whether the sweep takes ``cell``'s result from ``offered``: it is offered, and this sweep has neither
-    finished it nor started it (a started cell keeps its own run)."""
+    """Whether ``cell``'s result is offered (:func:`reusable_results`) and this sweep has neither finished it
+    nor started it (a started cell keeps its own run). The sweep takes it only if it was trained on the data
+    this machine holds for the cell (:func:`trained_on`)."""
     return cell.key in offered and not finished(sweep_dir, cell) and not (cell_dir(sweep_dir, cell) / "run").exists()
 
 
-def reuse_results(sweep_dir: Path, cells: list[Cell], offered: dict[str, dict]) -> dict[str, dict]:
+class DataContent:
+    """The content of the datasets at some paths, each read once: a fingerprint over the chunks' checksums
+    (:meth:`Dataset.content_sha256`) and the statistics the dataset records."""
+
+    def __init__(self):
+        self._seen: dict[str, tuple[str, dict] | None] = {}
+
+    def of(self, path) -> tuple[str, dict] | None:
+        """(fingerprint, statistics) of the dataset at ``path``, None where there is none (yet)."""
+        key = str(path)
+        if key not in self._seen:
+            from omgmg.datakit import open_dataset
+
+            if not is_remote(key) and not Path(key).exists():
+                return None  # not generated yet: asked again once it is
+            ds = open_dataset(path)
+            self._seen[key] = (ds.content_sha256(), ds.meta.get("stats"))
+        return self._seen[key]
+
+
+def trained_on(result: dict, path, content: DataContent) -> bool | None:
+    """Whether ``result`` was trained on the data now at ``path``, None where that dataset is not here.
+
+    A cell's key names its data by how it is made (the generation request, or the path), not by its bytes:
+    the same request on another machine (another CPU, another MuJoCo release) trains another behaviour
+    policy and collects other episodes. A result records the content fingerprint of the data it was trained
+    on (``dataset_content``); one written before omgmg recorded it is judged by the dataset statistics it
+    kept (episodes, transitions, returns: equal only for the same episodes)."""
+    here = content.of(path)
+    if here is None:
+        return None
+    fingerprint, stats = here
+    if result.get("dataset_content") is not None:
+        return result["dataset_content"] == fingerprint
+    return result.get("dataset_stats") is not None and result["dataset_stats"] == stats
+
+
+def reuse_results(
+    sweep_dir: Path, cells: list[Cell], offered: dict[str, dict], paths: dict, on_note: Callable[[str], None] = print
+) -> dict[str, dict]:
     """Record as this sweep's the results other sweeps offer (:func:`reusable_results`) for the same cells,
     instead of training them again.
 
     A cell is the same when its key is: the same algorithm, fully resolved config (seed and budget included)
     and dataset (for a generated one, the same generation request; for a path, the same path, as a sweep's
-    own finished cells are). The default point of one knob's selection is such a cell in the next knob's.
-    The result is copied with this sweep's cell description (its own grid label) and ``reused_from`` naming
-    the source sweep and cell; runs and checkpoints stay where they are. Returns ``{cell key: reused_from}``."""
-    reused = {}
+    own finished cells are), and its result was trained on the bytes this machine holds at ``paths[dataset]``
+    (:func:`trained_on`): a result from other data is trained again, with a note. The default point of one
+    knob's selection is such a cell in the next knob's. The result is copied with this sweep's cell
+    description (its own grid label) and ``reused_from`` naming the source sweep and cell; runs and
+    checkpoints stay where they are. Returns ``{cell key: reused_from}``."""
+    reused, other_data = {}, {}
+    content = DataContent()
     for c in cells:
         if not reuses(sweep_dir, c, offered):
+            continue
+        if not trained_on(offered[c.key]["result"], paths[c.dataset], content):
+            other_data.setdefault(str(paths[c.dataset]), []).append(offered[c.key]["sweep"])
             continue
         where = {"sweep": offered[c.key]["sweep"], "cell": offered[c.key]["cell"]}
         out = cell_dir(sweep_dir, c)
@@ -522,6 +570,10 @@ def reuse_results(sweep_dir: Path, cells: list[Cell], offered: dict[str, dict]) 
         atomic_write_json(out / "cell.json", c.to_json())  # result.json last: the cell is finished only then
         atomic_write_json(out / "result.json", offered[c.key]["result"] | {"cell": c.to_json(), "reused_from": where})
         reused[c.key] = where
+    for path, sources in other_data.items():
+        what = "1 cell's result" if len(sources) == 1 else f"{len(sources)} cells' results"
+        on_note(f"{what} offered by {', '.join(sorted(set(sources)))} not taken: trained on other data than "
+                f"{path} holds (another fingerprint; made on another machine?): trained here")  # fmt: skip
     return reused
 
 
@@ -663,8 +715,10 @@ def run_sweep(
 
             if note := busy_cpu_note(threads):  # judged before generating data, which loads the CPU itself
                 on_note(note)
-        if offered:
-            reused = reuse_results(sweep_dir, cells, offered)
+        if offered:  # their data is generated first: a result is taken only if trained on these bytes
+            candidates = [c for c in cells if reuses(sweep_dir, c, offered)]
+            paths = prepare_datasets(candidates, data, workers, on_note) if candidates else {}
+            reused = reuse_results(sweep_dir, candidates, offered, paths, on_note)
             if reused:
                 sources = sorted({where["sweep"] for where in reused.values()})
                 what = "1 cell's result" if len(reused) == 1 else f"{len(reused)} cells' results"
