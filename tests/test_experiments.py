@@ -704,6 +704,18 @@ def test_a_result_trained_on_other_data_is_not_reused_though_its_cell_has_the_sa
         refused = [n for n in notes if "not taken: trained on other data than" in n]
         assert len(refused) == (0 if taken else 1) and (taken or str(dataset.path) in refused[0]), notes
 
+    # a report says what data its results were trained on, and where one dataset's results mix two
+    write_report(tmp_path / "alpha-from-elsewhere")
+    report = (tmp_path / "alpha-from-elsewhere" / "tiny-alpha.md").read_text()
+    assert (
+        f"Data fixture: {dataset.meta['stats']['episodes']} episodes" in report and "different datasets" not in report
+    )
+    (one, _) = sorted((tmp_path / "alpha-from-elsewhere" / "cells").glob("*/result.json"))
+    one.write_text(json.dumps(json.loads(one.read_text()) | {"dataset_content": "1" * 64}))  # a part made elsewhere
+    write_report(tmp_path / "alpha-from-elsewhere")
+    report = (tmp_path / "alpha-from-elsewhere" / "tiny-alpha.md").read_text()
+    assert "fixture: its results come from 2 different datasets, not comparable" in report
+
 
 def test_only_patterns_and_result_exports_refuse_what_they_cannot_do(dataset, tmp_path):
     spec = tmp_path / "tiny.toml"

@@ -626,6 +626,38 @@ def reused_line(results: list[dict]) -> str:
     return f"Results of the same cells (algorithm, config, seed and data) taken from other sweeps: {said}"
 
 
+def data_lines(results: list[dict]) -> list[str]:
+    """The data each dataset's results were trained on (episodes, mean return, content fingerprint), and a
+    warning where one dataset's results come from different data: parts of a sweep run on machines that
+    generated the same request differently, merged by ``omgmg report --with-results``."""
+    from omgmg.experiments.spec import DatasetRef
+
+    held: dict[str, dict[tuple, int]] = {}
+    for r in results:
+        stats = r.get("dataset_stats")
+        if not stats or r.get("error") or r.get("skipped"):
+            continue
+        name = DatasetRef(**r["cell"]["dataset"]).name
+        what = (r.get("dataset_content") or "", stats.get("episodes"), stats.get("transitions"),
+                (stats.get("return") or {}).get("mean"))  # fmt: skip
+        held.setdefault(name, {})
+        held[name][what] = held[name].get(what, 0) + 1
+    lines = []
+    for name, contents in held.items():
+        said = "; ".join(
+            f"{episodes} episodes, {transitions:,} transitions, return {mean:.4g}"
+            + (f", content {fingerprint[:12]}" if fingerprint else "")
+            + (f" ({n} cells)" if len(contents) > 1 else "")
+            for (fingerprint, episodes, transitions, mean), n in contents.items()
+        )
+        if len(contents) > 1:
+            lines.append(f"**{name}: its results come from {len(contents)} different datasets, not comparable "
+                         f"with each other** ({said}): rerun the cells of one on the other's data")  # fmt: skip
+        else:
+            lines.append(f"Data {name}: {said}")
+    return lines
+
+
 def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> list[Path]:
     """Write ``NAME.md``, ``NAME.csv`` (and ``NAME.png`` for ablations) into ``out_dir`` (default: the
     sweep), and ``NAME-curves.png`` (:func:`learning_curves`) where the cells' logs or recorded evaluations
@@ -654,7 +686,7 @@ def write_report(sweep_dir, out_dir=None, *, marl_eval_json: bool = False) -> li
         unfinished = f"_Unfinished: {finished} of {len(meta['cells'])} cells have a result; run the sweep again "
         unfinished += "to train the rest._\n"
         md = md.replace(budget, f"{budget}\n{unfinished}", 1)
-    for line in (reused_line(results), trained_where(results)):  # each lands right under the budget line
+    for line in (*reversed(data_lines(results)), reused_line(results), trained_where(results)):  # under the budget
         if line:
             budget = f"_{budget_label(meta, agg)}_\n"
             md = md.replace(budget, f"{budget}\n_{line}_\n", 1)
