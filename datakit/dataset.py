@@ -10,7 +10,7 @@ or a crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ class Dataset:
     group: object  # zarr.Group
     meta: dict
     spec: EnvSpec
+    _content_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
     # ----- metadata shortcuts -------------------------------------------------------------------
     @property
@@ -116,9 +117,12 @@ class Dataset:
 
     def content_sha256(self) -> str:
         """Fingerprint of the data (see :func:`omgmg.datakit.integrity.content_sha256`): equal for copies of
-        one dataset, different for any other data of the same task."""
-        keys = [a.key for a in self.layout]
-        return integrity.content_sha256(self.group, keys, self.format_version)
+        one dataset, different for any other data of the same task. Computed once per opened dataset (a
+        remote store's chunks are read whole for it; a packed job asks once per member)."""
+        if self._content_sha256 is None:
+            keys = [a.key for a in self.layout]
+            self._content_sha256 = integrity.content_sha256(self.group, keys, self.format_version)
+        return self._content_sha256
 
     def chunk_rows(self) -> int:
         """Chunk length of ``steps/obs`` along time (the natural unit for streaming reads)."""
